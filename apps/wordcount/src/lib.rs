@@ -1,0 +1,63 @@
+//! Word count: for every word of the inputs, `<word> <number of occurrences>`.
+//!
+//! A word is a maximal run of Unicode letters ([`mapreduce::text`]). Reduce
+//! sums the values rather than counting them, so that partial counts (from a
+//! combiner, say) add up correctly.
+
+use std::io::Write;
+
+use mapreduce::{text, App, AppResult, Emitter, MapInput, Values};
+
+/// The word-count app.
+#[derive(Default)]
+pub struct WordCount;
+
+impl App for WordCount {
+    fn map(&self, input: &MapInput<'_>, emit: &mut Emitter<'_>) -> AppResult {
+        text::for_each_word(input.contents, |word| emit.emit(word, b"1"));
+        Ok(())
+    }
+
+    fn reduce(&self, key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
+        let mut total: u64 = 0;
+        while let Some(value) = values.next() {
+            let count: u64 = std::str::from_utf8(value)?.parse().map_err(|e| {
+                format!("count {:?} of word {:?} is not a number: {e}", String::from_utf8_lossy(value), String::from_utf8_lossy(key))
+            })?;
+            total += count;
+        }
+        write!(out, "{total}")?;
+        Ok(())
+    }
+}
+
+mapreduce::export_app!(WordCount);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mapreduce::VecValues;
+
+    #[test]
+    fn map_emits_one_per_word_and_reduce_sums() {
+        let mut pairs = Vec::new();
+        let mut sink = |k: &[u8], v: &[u8]| pairs.push((k.to_vec(), v.to_vec()));
+        // \xff is not valid UTF-8: a non-letter that ends "Café".
+        let input = MapInput { filename: "f", contents: b"the cat, the Caf\xc3\xa9\xffx" };
+        WordCount.map(&input, &mut Emitter::new(&mut sink)).unwrap();
+        let words: Vec<_> = pairs.iter().map(|(k, _)| String::from_utf8(k.clone()).unwrap()).collect();
+        assert_eq!(words, ["the", "cat", "the", "Café", "x"]);
+
+        let mut out = Vec::new();
+        let mut values = VecValues::new(vec![b"1".to_vec(), b"2".to_vec(), b"1".to_vec()]);
+        WordCount.reduce(b"the", &mut Values::new(&mut values), &mut out).unwrap();
+        assert_eq!(out, b"4");
+    }
+
+    #[test]
+    fn a_non_numeric_count_is_an_error_naming_the_word() {
+        let mut values = VecValues::new(vec![b"x".to_vec()]);
+        let err = WordCount.reduce(b"cat", &mut Values::new(&mut values), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("\"cat\""), "{err}");
+    }
+}

@@ -1,0 +1,108 @@
+//! `mr-master`: the coordinator. Parses flags, resolves inputs, binds, and
+//! runs [`mapreduce::coordinator::run`] until the job ends.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use mapreduce::coordinator::{self, CoordinatorConfig};
+use mapreduce::scheduler::SchedulerConfig;
+
+/// Coordinate a MapReduce job: split the inputs into map tasks and reduce
+/// tasks and hand them to `mr-worker` processes over RPC. Exits 0 once every
+/// output file `mr-out-<r>` is final.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Number of reduce tasks, and so of output files (at least 1).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    reduces: u32,
+
+    /// Address to serve RPC on; port 0 picks a free port. The bound address
+    /// is printed on stdout.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7878")]
+    listen: String,
+
+    /// Seconds a task may run before it is given to another worker.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_secs)]
+    task_timeout: f64,
+
+    /// Reported failures (app errors or panics) of one task after which the
+    /// job stops with an error naming the task. Timeouts do not count.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    max_task_failures: u32,
+
+    /// Directory for the output files (created if missing). Intermediate
+    /// files live in a hidden subdirectory of it while the job runs.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    output_dir: PathBuf,
+
+    /// Also write the bound address to this file (atomically) once the
+    /// server accepts connections.
+    #[arg(long, value_name = "PATH")]
+    addr_file: Option<PathBuf>,
+
+    /// Input files or directories (walked recursively; names starting with
+    /// `.` or `_` found in a walk are skipped).
+    #[arg(value_name = "FILE", required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+fn parse_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() && secs < 1e9 => Ok(secs),
+        _ => Err(format!("'{text}' is not a positive number of seconds")),
+    }
+}
+
+fn main() -> ExitCode {
+    mapreduce::logging::init();
+    let _span = tracing::info_span!("master").entered();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mr-master: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(args: Args) -> anyhow::Result<()> {
+    let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
+    if args.output_dir.exists() && !args.output_dir.is_dir() {
+        bail!("output directory {}: exists and is not a directory", args.output_dir.display());
+    }
+    std::fs::create_dir_all(&args.output_dir)
+        .with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    println!("listening on {addr}");
+    if let Some(path) = &args.addr_file {
+        mapreduce::output::write_atomically(path, format!("{addr}\n").as_bytes())
+            .with_context(|| format!("cannot write address file {}", path.display()))?;
+    }
+    let config = CoordinatorConfig {
+        inputs,
+        reduces: args.reduces,
+        output_dir: args.output_dir,
+        scheduler: SchedulerConfig {
+            task_timeout: Duration::from_secs_f64(args.task_timeout),
+            max_task_failures: args.max_task_failures,
+        },
+    };
+    let interrupted = async {
+        // If the handler cannot be installed, run without Ctrl-C handling
+        // rather than stop the job.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    let report = coordinator::run(listener, config, interrupted).await?;
+    tracing::info!("job done in {:.2} s: {} output files", report.elapsed.as_secs_f64(), report.outputs.len());
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `mr-sequential`: the single-process reference run
+//! ([`mapreduce::sequential::run_sequential`]), the tests' oracle.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use mapreduce::plugin::Plugin;
+
+/// Run an app over the inputs in one process and write `mr-out-0`: the
+/// reference output a MapReduce job must reproduce (sorted, over all keys).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Directory for `mr-out-0` (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    output_dir: PathBuf,
+
+    /// The app: a path to a plugin, or a bare NAME for `libNAME.so` in this
+    /// executable's directory.
+    #[arg(value_name = "APP")]
+    app: String,
+
+    /// Input files or directories, resolved as by `mr-master`.
+    #[arg(value_name = "FILE", required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    mapreduce::logging::init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mr-sequential: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let plugin = Plugin::open(&args.app)?;
+    let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
+    std::fs::create_dir_all(&args.output_dir)
+        .with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
+    mapreduce::sequential::run_sequential(&plugin, &inputs, &args.output_dir)?;
+    Ok(())
+}

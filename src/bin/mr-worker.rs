@@ -1,0 +1,62 @@
+//! `mr-worker`: loads an app plugin and runs tasks from the coordinator
+//! ([`mapreduce::worker::run`]) until the job ends.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use mapreduce::plugin::Plugin;
+use mapreduce::worker::{self, WorkerConfig, WorkerExit};
+
+/// Run map and reduce tasks for a MapReduce coordinator (`mr-master`) with
+/// the given app plugin. Exits 0 when the job is done or the coordinator has
+/// gone; non-zero if no coordinator could be reached or the job failed.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The coordinator's address.
+    #[arg(long, value_name = "HOST:PORT", env = "MR_MASTER", default_value = "127.0.0.1:7878")]
+    master: String,
+
+    /// Seconds to keep trying to reach the coordinator at start-up.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_secs)]
+    connect_timeout: f64,
+
+    /// The app: a path to a plugin (`.so`), or a bare NAME for `libNAME.so`
+    /// in this executable's directory (e.g. `wordcount`).
+    #[arg(value_name = "APP")]
+    app: String,
+}
+
+fn parse_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs >= 0.0 && secs.is_finite() && secs < 1e9 => Ok(secs),
+        _ => Err(format!("'{text}' is not a number of seconds")),
+    }
+}
+
+fn main() -> ExitCode {
+    mapreduce::logging::init();
+    let _span = tracing::info_span!("worker", id = %worker::worker_id()).entered();
+    match run(Args::parse()) {
+        Ok(exit) => {
+            tracing::info!("exiting: {}", match exit {
+                WorkerExit::JobDone => "the job is done",
+                WorkerExit::CoordinatorGone => "the coordinator is gone",
+            });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mr-worker: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(args: Args) -> anyhow::Result<WorkerExit> {
+    let plugin = Arc::new(Plugin::open(&args.app)?);
+    let config = WorkerConfig { master: args.master, connect_timeout: Duration::from_secs_f64(args.connect_timeout) };
+    Ok(worker::run(plugin, config).await?)
+}

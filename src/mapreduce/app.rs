@@ -1,0 +1,147 @@
+//! The app API: what a MapReduce app author implements.
+//!
+//! An app is ordinary Rust in its own crate: a type implementing [`App`],
+//! exported with [`export_app!`](crate::export_app), built as a `cdylib`.
+//! `mr-worker` loads it at run time through the C ABI in [`crate::abi`]; the
+//! app never sees that boundary. Keys, values and inputs are bytes, because
+//! inputs need not be UTF-8; [`crate::text`] has helpers for text apps.
+//!
+//! ```
+//! use mapreduce::{App, AppResult, Emitter, MapInput, Values};
+//!
+//! #[derive(Default)]
+//! pub struct LineCount;
+//!
+//! impl App for LineCount {
+//!     fn map(&self, input: &MapInput<'_>, emit: &mut Emitter<'_>) -> AppResult {
+//!         let lines = input.contents.split(|&b| b == b'\n').count();
+//!         emit.emit(input.filename.as_bytes(), lines.to_string().as_bytes());
+//!         Ok(())
+//!     }
+//!     fn reduce(&self, _key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
+//!         let mut total = 0u64;
+//!         while let Some(v) = values.next() {
+//!             total += std::str::from_utf8(v)?.parse::<u64>()?;
+//!         }
+//!         out.extend_from_slice(total.to_string().as_bytes());
+//!         Ok(())
+//!     }
+//! }
+//! // In the app crate: mapreduce::export_app!(LineCount);
+//! ```
+
+/// The error an app returns from `map` or `reduce`; anything that implements
+/// `std::error::Error` converts into it with `?`, and so does a `&str` or
+/// `String` via `.into()`.
+pub type AppError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What `map` and `reduce` return. An `Err` fails the task attempt; the
+/// coordinator re-runs the task and stops the job after repeated failures.
+pub type AppResult = Result<(), AppError>;
+
+/// A MapReduce application. One instance serves every task of a worker
+/// process (created with `Default` when the plugin is loaded), so it must be
+/// `Sync`; per-task state belongs in locals.
+pub trait App: Send + Sync + 'static {
+    /// Called once per map task with the task's input. Emit any number of
+    /// key/value pairs; the framework partitions them by key.
+    fn map(&self, input: &MapInput<'_>, emit: &mut Emitter<'_>) -> AppResult;
+
+    /// Called once per distinct key of a reduce partition, in key order, with
+    /// every value emitted for that key. Write the output value to `out`
+    /// (it arrives empty); the framework writes the line `<key> <value>`.
+    fn reduce(&self, key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult;
+}
+
+/// The input of one map task.
+#[derive(Debug, Clone, Copy)]
+pub struct MapInput<'a> {
+    /// The input file's name as given to `mr-master` (for a file found in a
+    /// directory argument: that argument joined with its relative path).
+    pub filename: &'a str,
+    /// The file's bytes, not necessarily UTF-8.
+    pub contents: &'a [u8],
+}
+
+/// Receives the pairs a map task emits.
+pub struct Emitter<'a> {
+    sink: &'a mut dyn FnMut(&[u8], &[u8]),
+}
+
+impl<'a> Emitter<'a> {
+    /// Wraps a closure that receives each emitted pair. The framework builds
+    /// emitters; apps only need this to unit-test their `map` in-process.
+    pub fn new(sink: &'a mut dyn FnMut(&[u8], &[u8])) -> Self {
+        Emitter { sink }
+    }
+
+    /// Emits one intermediate pair.
+    pub fn emit(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        (self.sink)(key.as_ref(), value.as_ref())
+    }
+}
+
+/// A source of values for one key; implemented by the framework's merge.
+pub trait ValueSource {
+    /// The next value, or `None` once every value of the key was returned.
+    fn next_value(&mut self) -> Option<&[u8]>;
+}
+
+/// The values of one key, streamed: a key may have more values than fit in
+/// memory, so they are not collected unless the app asks.
+pub struct Values<'a> {
+    source: &'a mut dyn ValueSource,
+}
+
+impl<'a> Values<'a> {
+    /// Wraps a value source. The framework builds these; apps only need this
+    /// to unit-test their `reduce` in-process (a `Vec<Vec<u8>>` iterator
+    /// works as a source via [`VecValues`]).
+    pub fn new(source: &'a mut dyn ValueSource) -> Self {
+        Values { source }
+    }
+
+    /// The next value, borrowed until the following call.
+    #[allow(clippy::should_implement_trait)] // a lending iterator cannot be `Iterator`
+    pub fn next(&mut self) -> Option<&[u8]> {
+        self.source.next_value()
+    }
+
+    /// Consumes the rest of the values and returns how many there were.
+    pub fn count(&mut self) -> u64 {
+        let mut n = 0;
+        while self.next().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Collects the rest of the values (only for keys known to be small).
+    pub fn to_vecs(&mut self) -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        while let Some(v) = self.next() {
+            all.push(v.to_vec());
+        }
+        all
+    }
+}
+
+/// A [`ValueSource`] over owned values, for tests and the sequential runner.
+pub struct VecValues<I> {
+    values: I,
+    current: Vec<u8>,
+}
+
+impl<I: Iterator<Item = Vec<u8>>> VecValues<I> {
+    /// Serves the values of `values` in order.
+    pub fn new(values: impl IntoIterator<IntoIter = I>) -> Self {
+        VecValues { values: values.into_iter(), current: Vec::new() }
+    }
+}
+
+impl<I: Iterator<Item = Vec<u8>>> ValueSource for VecValues<I> {
+    fn next_value(&mut self) -> Option<&[u8]> {
+        self.current = self.values.next()?;
+        Some(&self.current)
+    }
+}

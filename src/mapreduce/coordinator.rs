@@ -1,0 +1,292 @@
+//! The coordinator process: the tarpc shell around [`Scheduler`].
+//!
+//! [`run`] takes an already-bound listener (tests bind `127.0.0.1:0` and
+//! run jobs in parallel), serves the [`Coordinator`] RPCs until the job ends,
+//! and returns how it went. Each handler locks the scheduler, makes one
+//! decision, and answers; the only I/O under the lock is the rename that
+//! commits a winning reduce's output, which must happen before the task is
+//! marked done so that "job succeeded" implies "every output is final".
+//!
+//! Shutdown: the job is over when the scheduler says so (or the caller's
+//! `shutdown` future fires). Held `request_task` calls are woken and answered
+//! `Exit`; `run` waits briefly for those answers to go out, then drops the
+//! server future, which closes every connection. Workers that call after
+//! that find the coordinator gone and exit. The job directory with the
+//! intermediate files is removed on every path out of `run`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::{future, StreamExt};
+use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Bincode;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::output::output_file_name;
+use crate::rpc::{Assignment, Coordinator, InputFile, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, POLL_WAIT};
+use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
+
+/// How long `run` waits, after the job ends, for held `request_task` calls
+/// to receive their `Exit` before it closes the connections.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// How often progress is logged while the job runs.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the coordinator needs to run one job.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The inputs, one map task each.
+    pub inputs: Vec<InputFile>,
+    /// Number of reduce tasks (and output files).
+    pub reduces: u32,
+    /// Where `mr-out-*` go; the job's intermediate files live in a hidden
+    /// subdirectory of it while the job runs.
+    pub output_dir: PathBuf,
+    /// Timeouts and failure limits.
+    pub scheduler: SchedulerConfig,
+}
+
+/// Why a job did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // variant fields are named by their messages
+pub enum CoordinatorError {
+    /// The job's intermediate directory could not be created.
+    #[error("cannot create a job directory in {}: {source}", .dir.display())]
+    JobDir { dir: PathBuf, source: std::io::Error },
+    /// The RPC listener failed.
+    #[error("RPC listener: {0}")]
+    Listener(std::io::Error),
+    /// A task failed too often; the message names it.
+    #[error("job failed: {0}")]
+    JobFailed(String),
+    /// The shutdown future fired before the job finished.
+    #[error("interrupted before the job finished")]
+    Interrupted,
+}
+
+/// A finished job.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// The output files, `mr-out-0` first.
+    pub outputs: Vec<PathBuf>,
+    /// Wall time from the start of `run` to the last commit.
+    pub elapsed: Duration,
+}
+
+/// State shared by every RPC handler.
+struct Shared {
+    scheduler: Mutex<Scheduler>,
+    /// Signalled whenever the scheduler changes in a way that may let a held
+    /// `request_task` proceed (a task finished or failed, the job ended).
+    changed: Notify,
+    output_dir: PathBuf,
+    /// `request_task` calls currently held; `run` waits for zero at the end.
+    held_polls: AtomicUsize,
+}
+
+impl Shared {
+    fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
+        // A panic while holding the lock would be a bug in the scheduler;
+        // its state is still the best record of the job, so keep using it.
+        self.scheduler.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Runs one job on `listener` until every output is committed, the job
+/// fails, or `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<JobReport, CoordinatorError> {
+    let started = Instant::now();
+    let job_dir_err = |source| CoordinatorError::JobDir { dir: config.output_dir.clone(), source };
+    // Workers may run in other directories: every path they are sent is absolute.
+    let output_dir = std::path::absolute(&config.output_dir).map_err(job_dir_err)?;
+    let job_dir = tempfile::Builder::new().prefix(".mr-job-").tempdir_in(&output_dir).map_err(job_dir_err)?;
+    let scheduler = Scheduler::new(config.scheduler, config.inputs.clone(), config.reduces, job_dir.path().to_owned());
+    let shared = Arc::new(Shared {
+        scheduler: Mutex::new(scheduler),
+        changed: Notify::new(),
+        output_dir: output_dir.clone(),
+        held_polls: AtomicUsize::new(0),
+    });
+    tracing::info!(maps = config.inputs.len(), reduces = config.reduces, job_dir = %job_dir.path().display(), "job started");
+
+    let server = serve(listener, CoordinatorServer(shared.clone()));
+    tokio::pin!(server);
+    let end = tokio::select! {
+        end = wait_for_end(&shared) => end,
+        result = &mut server => return Err(CoordinatorError::Listener(result.err().unwrap_or_else(|| std::io::Error::other("listener closed")))),
+        () = shutdown => return Err(CoordinatorError::Interrupted),
+    };
+    let elapsed = started.elapsed();
+    // Let held polls answer Exit while the server still runs.
+    let _ = tokio::time::timeout(EXIT_GRACE, async {
+        tokio::select! {
+            _ = &mut server => {}
+            () = async { while shared.held_polls.load(Ordering::SeqCst) > 0 { tokio::time::sleep(Duration::from_millis(5)).await } } => {}
+        }
+    })
+    .await;
+    drop(server);
+    // The job directory (runs, staged outputs of losing attempts) goes with `job_dir`.
+    drop(job_dir);
+    match end {
+        JobEnd::Succeeded => Ok(JobReport {
+            outputs: (0..config.reduces).map(|r| output_dir.join(output_file_name(r))).collect(),
+            elapsed,
+        }),
+        JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
+    }
+}
+
+/// Accepts connections and runs their requests until an I/O error on the
+/// listener. Dropping the future closes every connection.
+async fn serve(listener: TcpListener, server: CoordinatorServer) -> std::io::Result<()> {
+    let incoming = tarpc::serde_transport::tcp::listen_on(listener, Bincode::default).await?;
+    incoming
+        .filter_map(|conn| future::ready(conn.map_err(|e| tracing::warn!("accepting a connection: {e}")).ok()))
+        .for_each_concurrent(None, |transport| {
+            let server = server.clone();
+            // Requests run inside this future, not spawned, so that dropping
+            // the server cancels them all.
+            BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request)
+        })
+        .await;
+    Ok(())
+}
+
+/// Waits until the scheduler reports the job over, logging progress.
+async fn wait_for_end(shared: &Shared) -> JobEnd {
+    let mut last_log = Instant::now();
+    loop {
+        let notified = shared.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let scheduler = shared.scheduler();
+            if let Some(end) = scheduler.job_end() {
+                return end;
+            }
+            if last_log.elapsed() >= PROGRESS_INTERVAL {
+                let p = scheduler.progress();
+                tracing::info!("progress: maps {}/{}, reduces {}/{}, {} running", p.maps_done, p.maps, p.reduces_done, p.reduces, p.running);
+                last_log = Instant::now();
+            }
+        }
+        let _ = tokio::time::timeout(PROGRESS_INTERVAL, notified).await;
+    }
+}
+
+/// The tarpc service: a handle on the shared state.
+#[derive(Clone)]
+struct CoordinatorServer(Arc<Shared>);
+
+impl Coordinator for CoordinatorServer {
+    async fn request_task(self, _: Context, worker: WorkerId) -> Assignment {
+        let shared = &self.0;
+        shared.held_polls.fetch_add(1, Ordering::SeqCst);
+        let assignment = hold_until_assigned(shared, &worker).await;
+        shared.held_polls.fetch_sub(1, Ordering::SeqCst);
+        match &assignment {
+            Assignment::Map(t) => tracing::debug!(%worker, task = %TaskId::Map(t.index), attempt = t.attempt, "assigned"),
+            Assignment::Reduce(t) => tracing::debug!(%worker, task = %TaskId::Reduce(t.partition), attempt = t.attempt, "assigned"),
+            Assignment::Wait | Assignment::Exit(_) => {}
+        }
+        assignment
+    }
+
+    async fn report_task(self, _: Context, worker: WorkerId, report: TaskReport) {
+        let shared = &self.0;
+        let verdict = apply_report(shared, &worker, report);
+        if verdict == ReportVerdict::Accepted {
+            shared.changed.notify_waiters();
+        }
+    }
+}
+
+/// Answers a `request_task`: a task as soon as one is ready, `Exit` once the
+/// job is over, or `Wait` after [`POLL_WAIT`].
+async fn hold_until_assigned(shared: &Shared, worker: &str) -> Assignment {
+    let give_up = tokio::time::Instant::now() + POLL_WAIT;
+    loop {
+        // Register for wake-ups before looking, so a change between the
+        // look and the wait is not missed.
+        let notified = shared.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let next_deadline = {
+            let mut scheduler = shared.scheduler();
+            let now = Instant::now();
+            for (task, lost_worker) in scheduler.expire(now) {
+                tracing::warn!(%task, worker = %lost_worker, "attempt timed out; task will be re-run");
+            }
+            match scheduler.assign(worker, now) {
+                Assignment::Wait => scheduler.next_deadline(),
+                other => return other,
+            }
+        };
+        let wake = next_deadline.map_or(give_up, |d| give_up.min(tokio::time::Instant::from_std(d)));
+        if tokio::time::Instant::now() >= give_up {
+            return Assignment::Wait;
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+/// Applies a report to the scheduler, committing a winning reduce's output
+/// first. Returns whether it changed anything.
+fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerdict {
+    let TaskReport { task, attempt, outcome } = report;
+    let mut scheduler = shared.scheduler();
+    let verdict = match outcome {
+        TaskOutcome::MapDone { outputs } => scheduler.complete(task, attempt, outputs),
+        TaskOutcome::ReduceDone => commit_reduce(&mut scheduler, &shared.output_dir, task, attempt),
+        TaskOutcome::Failed { error } => {
+            tracing::warn!(%task, attempt, %worker, "attempt failed: {error}");
+            scheduler.fail(task, attempt, &error)
+        }
+        TaskOutcome::MapOutputLost { map_task, error } => {
+            tracing::warn!(%task, attempt, %worker, "map task {map_task}'s output is unreadable, re-running it: {error}");
+            scheduler.map_output_lost(task, attempt, map_task, &error)
+        }
+    };
+    match verdict {
+        ReportVerdict::Accepted => tracing::debug!(%task, attempt, %worker, "report accepted"),
+        ReportVerdict::AlreadyDone => tracing::info!(%task, attempt, %worker, "late report for a finished task ignored"),
+        ReportVerdict::UnknownAttempt => tracing::warn!(%task, attempt, %worker, "report for an unknown attempt ignored"),
+    }
+    verdict
+}
+
+/// Renames a reduce attempt's staged output to `mr-out-<r>` if the attempt
+/// wins, then marks the task done. Only the winner is ever renamed, and the
+/// rename happens under the scheduler lock, so a finished output is never
+/// replaced and the job cannot end before its last output is in place.
+fn commit_reduce(scheduler: &mut Scheduler, output_dir: &Path, task: TaskId, attempt: u64) -> ReportVerdict {
+    let TaskId::Reduce(r) = task else { return ReportVerdict::UnknownAttempt };
+    let verdict = scheduler.would_accept_completion(task, attempt);
+    if verdict != ReportVerdict::Accepted {
+        return verdict;
+    }
+    let staged = scheduler.staged_output(r, attempt);
+    let dest = output_dir.join(output_file_name(r));
+    match std::fs::rename(&staged, &dest) {
+        Ok(()) => scheduler.complete(task, attempt, Vec::new()),
+        Err(e) => {
+            let error = format!("committing {} to {}: {e}", staged.display(), dest.display());
+            tracing::warn!(%task, attempt, "{error}");
+            scheduler.fail(task, attempt, &error)
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! A MapReduce framework: a coordinator that hands out map and reduce tasks
+//! over RPC, workers that run app plugins, and a streaming shuffle.
+//!
+//! App authors need only [`App`], [`export_app!`] and, for text, [`text`];
+//! the rest is the framework the binaries in `src/bin/` are wired from.
+//!
+//! # Layout
+//!
+//! | concept | module |
+//! |---|---|
+//! | the app API an author implements | [`app`] |
+//! | the versioned C ABI between worker and plugin | [`abi`] |
+//! | loading a plugin and calling it safely | [`plugin`] |
+//! | word splitting with the lab's semantics | [`text`] |
+//! | input arguments → input files | [`inputs`] |
+//! | the RPC contract and its messages | [`rpc`] |
+//! | scheduling: the task state machine (no I/O) | [`scheduler`] |
+//! | the coordinator process around the scheduler | [`coordinator`] |
+//! | the worker process's loop | [`worker`] |
+//! | running one map or reduce attempt | [`task`] |
+//! | partitioning keys among reduces | [`partition`] |
+//! | map output: buffer, sorted runs, where they live | [`shuffle`] |
+//! | the intermediate (run) file format | [`runfile`] |
+//! | reduce input: k-way merge of runs | [`merge`] |
+//! | output files and atomic publication | [`output`] |
+//! | the single-process reference run | [`sequential`] |
+//! | log setup for the binaries | [`logging`] |
+
+#![warn(missing_docs)]
+
+pub mod abi;
+pub mod app;
+pub mod coordinator;
+pub mod inputs;
+pub mod logging;
+pub mod merge;
+pub mod output;
+pub mod partition;
+pub mod plugin;
+pub mod rpc;
+pub mod runfile;
+pub mod scheduler;
+pub mod sequential;
+pub mod shuffle;
+pub mod task;
+pub mod text;
+pub mod worker;
+
+pub use app::{App, AppError, AppResult, Emitter, MapInput, ValueSource, Values, VecValues};

@@ -1,0 +1,94 @@
+//! Final output files: their line format and atomic publication.
+//!
+//! An output file `mr-out-<r>` holds one line per key of partition `r`, in
+//! key byte order: `<key> <value>\n`, key and value written as raw bytes.
+//! Every file this framework publishes (outputs, intermediate runs, the
+//! master's address file) is written to a temporary file in the destination's
+//! directory and renamed into place, so a reader sees the whole file or none.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// A file being written that appears at its destination only on `commit`.
+/// Dropping it uncommitted removes the temporary file.
+pub struct AtomicFile {
+    writer: BufWriter<tempfile::NamedTempFile>,
+    dest: PathBuf,
+}
+
+impl AtomicFile {
+    /// Starts a file to be published at `dest`; its directory must exist.
+    pub fn create(dest: &Path) -> io::Result<AtomicFile> {
+        let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let temp = publishable_temp_file(dir, ".mr-tmp-")?;
+        Ok(AtomicFile { writer: BufWriter::with_capacity(256 * 1024, temp), dest: dest.to_owned() })
+    }
+
+    /// Writes one output line: `<key> <value>\n`.
+    pub fn write_record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.writer.write_all(key)?;
+        self.writer.write_all(b" ")?;
+        self.writer.write_all(value)?;
+        self.writer.write_all(b"\n")
+    }
+
+    /// Flushes and atomically renames the file to its destination.
+    pub fn commit(self) -> io::Result<PathBuf> {
+        let temp = self.writer.into_inner().map_err(|e| e.into_error())?;
+        temp.persist(&self.dest).map_err(|e| e.error)?;
+        Ok(self.dest)
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// A temporary file in `dir` that, once renamed into place, has the
+/// permissions of any newly created file (0666 less the umask) rather than
+/// tempfile's private 0600.
+pub fn publishable_temp_file(dir: &Path, prefix: &str) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new().prefix(prefix).permissions(std::fs::Permissions::from_mode(0o666)).tempfile_in(dir)
+}
+
+/// The name of reduce partition `r`'s output file.
+pub fn output_file_name(r: u32) -> String {
+    format!("mr-out-{r}")
+}
+
+/// Writes `contents` to `dest` atomically.
+pub fn write_atomically(dest: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut file = AtomicFile::create(dest)?;
+    file.write_all(contents)?;
+    file.commit().map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_appears_until_commit_and_drop_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("mr-out-0");
+        let mut file = AtomicFile::create(&dest).unwrap();
+        file.write_record(b"key", b"value").unwrap();
+        assert!(!dest.exists());
+        file.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"key value\n");
+
+        let other = dir.path().join("mr-out-1");
+        let mut file = AtomicFile::create(&other).unwrap();
+        file.write_record(b"a", b"b").unwrap();
+        drop(file);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("mr-out-0")]);
+    }
+}

@@ -1,0 +1,231 @@
+//! Loading an app plugin and calling it safely: the host side of [`crate::abi`].
+//!
+//! [`Plugin::open`] resolves an `APP` argument (a path, or a bare name looked
+//! up beside the running executable), checks the ABI version, and wraps the
+//! vtable in safe `map`/`reduce` methods that report a failed or panicking
+//! app call as an [`AppFailure`] instead of unwinding.
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+
+use libloading::Library;
+
+use crate::abi::{self, HostCalls, PluginVTable, RawBytes, Status};
+use crate::app::ValueSource;
+
+/// Why a plugin could not be loaded. Every variant names the plugin.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // variant fields are named by their messages
+pub enum PluginError {
+    /// A bare app name with no `lib<name>.so` in the executable's directory.
+    #[error("plugin '{name}' not found: no {} (build it with `cargo build --release`, or pass a path to the .so)", .searched.display())]
+    NotFound { name: String, searched: PathBuf },
+    /// A path that does not exist.
+    #[error("plugin {}: no such file", .path.display())]
+    NoSuchFile { path: PathBuf },
+    /// The dynamic loader refused the file (not a shared library, wrong
+    /// architecture, missing dependency, ...).
+    #[error("plugin {}: not a loadable shared library: {reason}", .path.display())]
+    NotALibrary { path: PathBuf, reason: String },
+    /// A shared library that does not export the plugin symbols.
+    #[error("plugin {}: not a mapreduce app plugin (no `{symbol}` symbol; export the app with `mapreduce::export_app!`)", .path.display())]
+    NotAPlugin { path: PathBuf, symbol: String },
+    /// A plugin built against another version of the ABI.
+    #[error("plugin {}: built for plugin ABI version {found}, but this mr-worker speaks version {expected}; rebuild the app against this framework", .path.display())]
+    AbiMismatch { path: PathBuf, found: u32, expected: u32 },
+    /// The executable's own path, needed to resolve a bare name, is unknown.
+    #[error("cannot resolve plugin '{name}': the path of the running executable is unknown: {source}")]
+    NoExecutableDir { name: String, source: std::io::Error },
+}
+
+/// A map or reduce call that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // variant fields are named by their messages
+pub enum AppFailure {
+    /// The app returned an error.
+    #[error("app error: {0}")]
+    Error(String),
+    /// The app panicked; the worker survived.
+    #[error("app panicked: {0}")]
+    Panic(String),
+}
+
+/// A loaded app plugin.
+pub struct Plugin {
+    /// Points into `_library`'s static data; valid for as long as it is loaded,
+    /// which is as long as `self` lives (the library is never unloaded early).
+    vtable: &'static PluginVTable,
+    path: PathBuf,
+    name: String,
+    _library: Library,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("path", &self.path).field("name", &self.name).finish()
+    }
+}
+
+impl Plugin {
+    /// Resolves `app` (see [`resolve_app`]) and loads it.
+    pub fn open(app: &str) -> Result<Plugin, PluginError> {
+        Plugin::load(&resolve_app(app)?)
+    }
+
+    /// Loads the plugin at `path`, refusing anything that is not a plugin of
+    /// this ABI version.
+    pub fn load(path: &Path) -> Result<Plugin, PluginError> {
+        if !path.is_file() {
+            return Err(PluginError::NoSuchFile { path: path.to_owned() });
+        }
+        // A bare file name would make dlopen search the library path instead
+        // of opening this file.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        // SAFETY: loading runs the library's initialisers; a Rust cdylib has
+        // none beyond the standard ones. This is the trust we give any plugin.
+        let library = unsafe { Library::new(&path) }
+            .map_err(|e| PluginError::NotALibrary { path: path.clone(), reason: error_chain(&e) })?;
+        let not_a_plugin = |symbol: &[u8]| PluginError::NotAPlugin {
+            path: path.clone(),
+            symbol: String::from_utf8_lossy(symbol).into_owned(),
+        };
+        // SAFETY: the symbol's type is fixed by the ABI for every version.
+        let version = unsafe { library.get::<extern "C" fn() -> u32>(abi::VERSION_SYMBOL) }
+            .map_err(|_| not_a_plugin(abi::VERSION_SYMBOL))?();
+        if version != abi::ABI_VERSION {
+            return Err(PluginError::AbiMismatch { path, found: version, expected: abi::ABI_VERSION });
+        }
+        // SAFETY: version checked above, so the vtable has this layout.
+        let vtable_fn = unsafe { library.get::<extern "C" fn() -> *const PluginVTable>(abi::VTABLE_SYMBOL) }
+            .map_err(|_| not_a_plugin(abi::VTABLE_SYMBOL))?;
+        // SAFETY: the plugin returns a pointer to a static inside the library.
+        let vtable: &'static PluginVTable = unsafe { &*vtable_fn() };
+        if vtable.abi_version != abi::ABI_VERSION {
+            return Err(PluginError::AbiMismatch { path, found: vtable.abi_version, expected: abi::ABI_VERSION });
+        }
+        // SAFETY: `name` points at a static str inside the library.
+        let name = String::from_utf8_lossy(unsafe { vtable.name.as_slice() }).into_owned();
+        Ok(Plugin { vtable, path, name, _library: library })
+    }
+
+    /// The plugin file that was loaded.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The app's name, as its crate spelled its type.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs the app's map on one input, handing every emitted pair to `emit`.
+    pub fn map(&self, filename: &str, contents: &[u8], emit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), AppFailure> {
+        let mut call = CallState { emit: Some(emit), values: None, output: None, failure: None };
+        let host = call.host_calls();
+        // SAFETY: `host` and the slices outlive the call.
+        let status = unsafe { (self.vtable.map)(&host, RawBytes::new(filename.as_bytes()), RawBytes::new(contents)) };
+        call.finish(status)
+    }
+
+    /// Runs the app's reduce on one key; the output value is appended to `out`.
+    pub fn reduce(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>) -> Result<(), AppFailure> {
+        let mut call = CallState { emit: None, values: Some(values), output: Some(out), failure: None };
+        let host = call.host_calls();
+        // SAFETY: `host` and `key` outlive the call.
+        let status = unsafe { (self.vtable.reduce)(&host, RawBytes::new(key)) };
+        call.finish(status)
+    }
+}
+
+/// Resolves an `APP` argument to a plugin path: anything that looks like a
+/// path (contains `/` or ends in `.so`) is used as is; a bare `NAME` means
+/// `libNAME.so` in the directory of the running executable, where
+/// `cargo build --release` puts the plugins beside `mr-worker`.
+pub fn resolve_app(app: &str) -> Result<PathBuf, PluginError> {
+    if app.contains('/') || app.ends_with(".so") {
+        return Ok(PathBuf::from(app));
+    }
+    let exe = std::env::current_exe().map_err(|source| PluginError::NoExecutableDir { name: app.to_owned(), source })?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidate = dir.join(format!("lib{app}.so"));
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(PluginError::NotFound { name: app.to_owned(), searched: candidate })
+    }
+}
+
+/// The host's side of one call: what the plugin's callbacks reach via `ctx`.
+struct CallState<'a> {
+    emit: Option<&'a mut dyn FnMut(&[u8], &[u8])>,
+    values: Option<&'a mut dyn ValueSource>,
+    output: Option<&'a mut Vec<u8>>,
+    failure: Option<String>,
+}
+
+impl<'a> CallState<'a> {
+    fn host_calls(&mut self) -> HostCalls {
+        HostCalls {
+            ctx: self as *mut CallState<'a> as *mut c_void,
+            emit: host_emit,
+            next_value: host_next_value,
+            write_output: host_write_output,
+            fail: host_fail,
+        }
+    }
+
+    fn finish(self, status: Status) -> Result<(), AppFailure> {
+        let message = || self.failure.clone().unwrap_or_else(|| "no message".to_string());
+        match status {
+            Status::Ok => Ok(()),
+            Status::Failed => Err(AppFailure::Error(message())),
+            Status::Panicked => Err(AppFailure::Panic(message())),
+        }
+    }
+}
+
+// The callbacks below recover the `CallState` from `ctx`. SAFETY (all): the
+// plugin calls them only during the call that received `ctx`, on the same
+// thread, while the `CallState` is alive and not otherwise borrowed.
+
+unsafe extern "C" fn host_emit(ctx: *mut c_void, key: RawBytes, value: RawBytes) {
+    let call = &mut *(ctx as *mut CallState<'_>);
+    if let Some(emit) = call.emit.as_mut() {
+        emit(key.as_slice(), value.as_slice());
+    }
+}
+
+unsafe extern "C" fn host_next_value(ctx: *mut c_void, out: *mut RawBytes) -> bool {
+    let call = &mut *(ctx as *mut CallState<'_>);
+    match call.values.as_mut().and_then(|v| v.next_value()) {
+        Some(value) => {
+            *out = RawBytes::new(value);
+            true
+        }
+        None => false,
+    }
+}
+
+unsafe extern "C" fn host_write_output(ctx: *mut c_void, bytes: RawBytes) {
+    let call = &mut *(ctx as *mut CallState<'_>);
+    if let Some(out) = call.output.as_mut() {
+        out.extend_from_slice(bytes.as_slice());
+    }
+}
+
+unsafe extern "C" fn host_fail(ctx: *mut c_void, message: RawBytes) {
+    let call = &mut *(ctx as *mut CallState<'_>);
+    call.failure = Some(String::from_utf8_lossy(message.as_slice()).into_owned());
+}
+
+/// An error and its sources on one line (`dlopen failed: <why>`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

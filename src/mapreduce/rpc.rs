@@ -1,0 +1,177 @@
+//! The RPC contract between `mr-master` and `mr-worker`, and the messages it carries.
+//!
+//! One tarpc service, [`Coordinator`], served by [`crate::coordinator`] and
+//! called by [`crate::worker`]. Workers pull; the coordinator never calls a
+//! worker, so a worker behind NAT or one that dies needs no bookkeeping
+//! beyond the task timeout.
+//!
+//! ```text
+//! worker                          coordinator
+//!   | request_task(worker_id) ----->  | expire overdue attempts; assign
+//!   | <---- Map(task) / Reduce(task)  | (or hold the call up to POLL_WAIT,
+//!   |       / Wait / Exit(end)        |  then answer Wait)
+//!   | ... run the task ...            |
+//!   | report_task(worker_id, report)->| first completion wins; a reduce's
+//!   | <--------------------------- () |  output is committed before the ack
+//!   | request_task ...                |
+//! ```
+//!
+//! Retries: every call is safe to repeat. A report for a task that is
+//! already done, or for an attempt the coordinator has since given to
+//! someone else, is accepted and ignored. A worker whose call fails
+//! because the coordinator is gone exits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::shuffle::MapOutputLocation;
+
+/// Identifies a worker process in logs and the task table: `host:pid`.
+pub type WorkerId = String;
+
+/// Identifies one attempt at one task; unique within a job, never reused.
+pub type AttemptId = u64;
+
+/// Longest time the coordinator holds a `request_task` call when no task is
+/// ready, before answering [`Assignment::Wait`]. Holding the call lets a
+/// worker start the next task the moment it becomes available.
+pub const POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// Deadline a worker gives each call: a held `request_task` plus slack for
+/// a busy coordinator. tarpc's default of 10 s would be enough today; the
+/// explicit value keeps long-polls and deadlines in one place.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A map or reduce task, by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaskId {
+    /// The map task over input number `.0`.
+    Map(u32),
+    /// The reduce task for partition `.0`.
+    Reduce(u32),
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskId::Map(i) => write!(f, "map task {i}"),
+            TaskId::Reduce(r) => write!(f, "reduce task {r}"),
+        }
+    }
+}
+
+/// One input file of the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// The name as given on the command line: what the app sees as `filename`.
+    pub name: String,
+    /// Absolute path, so a worker started in another directory reads the
+    /// same file.
+    pub path: PathBuf,
+}
+
+/// Everything a worker needs to run one map attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapTask {
+    /// Index of the map task (and of its input).
+    pub index: u32,
+    /// This attempt's id; output names include it so attempts never collide.
+    pub attempt: AttemptId,
+    /// The input to map.
+    pub input: InputFile,
+    /// Number of reduce partitions to split the output into.
+    pub reduces: u32,
+    /// Directory for this job's intermediate files (shared by all workers).
+    pub job_dir: PathBuf,
+}
+
+/// Everything a worker needs to run one reduce attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReduceTask {
+    /// The partition to reduce.
+    pub partition: u32,
+    /// This attempt's id.
+    pub attempt: AttemptId,
+    /// The partition's sorted runs, one per map task that produced any, in
+    /// map-task order (so values of equal keys arrive in a stable order).
+    pub runs: Vec<(u32, MapOutputLocation)>,
+    /// Where to write the finished output; the coordinator renames it to
+    /// `mr-out-<partition>` if this attempt wins.
+    pub staged_output: PathBuf,
+}
+
+/// The coordinator's answer to `request_task`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Assignment {
+    /// Run this map attempt.
+    Map(MapTask),
+    /// Run this reduce attempt.
+    Reduce(ReduceTask),
+    /// Nothing to do now (e.g. the last maps are still running); ask again.
+    Wait,
+    /// The job is over; exit.
+    Exit(JobEnd),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobEnd {
+    /// Every output is final.
+    Succeeded,
+    /// The job stopped; the message names the task, its input and the error.
+    Failed(String),
+}
+
+/// What a worker reports about one attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The task the attempt was for.
+    pub task: TaskId,
+    /// The attempt being reported.
+    pub attempt: AttemptId,
+    /// How it ended.
+    pub outcome: TaskOutcome,
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskOutcome {
+    /// A map attempt finished.
+    MapDone {
+        /// Its run for each non-empty partition, as (partition, location).
+        outputs: Vec<(u32, MapOutputLocation)>,
+    },
+    /// A reduce attempt finished and wrote its output to `staged_output`.
+    ReduceDone,
+    /// The attempt failed: the app returned an error or panicked, or its
+    /// input could not be read. Counts toward the task's failure limit.
+    Failed {
+        /// What went wrong, on one line.
+        error: String,
+    },
+    /// A reduce attempt could not read map task `map_task`'s output (missing,
+    /// truncated or corrupt). That map task is re-run from its input; the
+    /// reduce is retried afterwards without counting a failure against it.
+    MapOutputLost {
+        /// The map task whose output is unreadable.
+        map_task: u32,
+        /// Why it could not be read.
+        error: String,
+    },
+}
+
+/// The coordinator's RPC interface.
+#[tarpc::service]
+pub trait Coordinator {
+    /// Asks for work. Answers at once when a task is ready or the job is
+    /// over; otherwise holds the call up to [`POLL_WAIT`] and answers
+    /// [`Assignment::Wait`]. Repeating the call is always safe.
+    async fn request_task(worker: WorkerId) -> Assignment;
+
+    /// Reports how an attempt ended. When it returns, a winning reduce's
+    /// output has been committed. Late and duplicate reports are ignored, so
+    /// a worker may repeat a report whose answer it did not receive.
+    async fn report_task(worker: WorkerId, report: TaskReport);
+}

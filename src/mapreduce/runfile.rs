@@ -1,0 +1,421 @@
+//! The intermediate file format: a key-sorted run of key/value records.
+//!
+//! This module alone encodes and decodes runs; the shuffle sees records only.
+//! A map task writes one run per non-empty reduce partition; a reduce task
+//! merges the runs of its partition ([`crate::merge`]).
+//!
+//! ```text
+//! run     = header block* end
+//! header  = "MRRUN\0" version:u8 flags:u8          (version 1, flags 0)
+//! block   = len:u32le crc:u32le payload[len]       (len > 0; crc = CRC-32 of payload)
+//! payload = record+                                 (a record never spans blocks)
+//! record  = varint(key_len) varint(value_len) key value
+//! end     = 0:u32le records:u64le crc:u32le         (crc = CRC-32 of the 8 count bytes)
+//! ```
+//!
+//! Varints are unsigned LEB128. Blocks hold about [`BLOCK_BYTES`] each, so
+//! a reader needs one block of memory however large the run. A reader tells
+//! a *truncated* run (the file ends before its end marker: a writer died, or
+//! a copy was cut) from a *corrupt* one (a checksum or structure mismatch),
+//! and never returns a record it has not verified.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 6] = b"MRRUN\0";
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 8;
+
+/// Target payload size of a block: large enough to amortise the per-block
+/// checksum, small enough that a reader per run costs little memory when a
+/// reduce merges hundreds of runs.
+pub const BLOCK_BYTES: usize = 64 * 1024;
+
+/// A failure reading or writing a run. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // variant fields are named by their messages
+pub enum RunError {
+    /// The operating system refused a read or write.
+    #[error("intermediate file {}: {source}", .path.display())]
+    Io { path: PathBuf, source: io::Error },
+    /// The file ends before its end marker.
+    #[error("intermediate file {} is truncated: {detail}", .path.display())]
+    Truncated { path: PathBuf, detail: String },
+    /// The file's bytes are not a valid run.
+    #[error("intermediate file {} is corrupt: {detail}", .path.display())]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+impl RunError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            RunError::Io { path, .. } | RunError::Truncated { path, .. } | RunError::Corrupt { path, .. } => path,
+        }
+    }
+}
+
+/// Writes a run to a temporary file beside its destination and renames it
+/// into place on [`finish`](RunWriter::finish), so a reader never sees a
+/// partial run under the final name.
+pub struct RunWriter {
+    file: BufWriter<tempfile::NamedTempFile>,
+    dest: PathBuf,
+    block: Vec<u8>,
+    records: u64,
+}
+
+impl RunWriter {
+    /// Starts a run that will be published at `dest`.
+    pub fn create(dest: &Path) -> Result<RunWriter, RunError> {
+        let io_err = |source| RunError::Io { path: dest.to_owned(), source };
+        let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let temp = crate::output::publishable_temp_file(dir, ".run-").map_err(io_err)?;
+        let mut file = BufWriter::with_capacity(BLOCK_BYTES + 16, temp);
+        let mut header = [0u8; HEADER_LEN];
+        header[..6].copy_from_slice(MAGIC);
+        header[6] = VERSION;
+        file.write_all(&header).map_err(io_err)?;
+        Ok(RunWriter { file, dest: dest.to_owned(), block: Vec::with_capacity(BLOCK_BYTES + 64), records: 0 })
+    }
+
+    /// Appends a record. Callers append in key order; the format itself does
+    /// not check order, the merge relies on it.
+    pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), RunError> {
+        put_varint(&mut self.block, key.len() as u64);
+        put_varint(&mut self.block, value.len() as u64);
+        self.block.extend_from_slice(key);
+        self.block.extend_from_slice(value);
+        self.records += 1;
+        if self.block.len() >= BLOCK_BYTES {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    /// Number of records appended so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    fn flush_block(&mut self) -> Result<(), RunError> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let len = u32::try_from(self.block.len()).map_err(|_| RunError::Corrupt {
+            path: self.dest.clone(),
+            detail: format!("a single record of {} bytes exceeds the 4 GiB block limit", self.block.len()),
+        })?;
+        let crc = crc32fast::hash(&self.block);
+        let result = (|| {
+            self.file.write_all(&len.to_le_bytes())?;
+            self.file.write_all(&crc.to_le_bytes())?;
+            self.file.write_all(&self.block)
+        })();
+        self.block.clear();
+        result.map_err(|source| RunError::Io { path: self.dest.clone(), source })
+    }
+
+    /// Writes the end marker and atomically publishes the run at its
+    /// destination. Dropping a writer without finishing removes its temp file.
+    pub fn finish(mut self) -> Result<PathBuf, RunError> {
+        self.flush_block()?;
+        let io_err = |source| RunError::Io { path: self.dest.clone(), source };
+        let count = self.records.to_le_bytes();
+        self.file.write_all(&0u32.to_le_bytes()).map_err(io_err)?;
+        self.file.write_all(&count).map_err(io_err)?;
+        self.file.write_all(&crc32fast::hash(&count).to_le_bytes()).map_err(io_err)?;
+        let temp = self.file.into_inner().map_err(|e| io_err(e.into_error()))?;
+        temp.persist(&self.dest).map_err(|e| io_err(e.error))?;
+        Ok(self.dest)
+    }
+}
+
+/// Reads a run record by record, verifying each block before use.
+pub struct RunReader {
+    file: BufReader<File>,
+    path: PathBuf,
+    block: Vec<u8>,
+    pos: usize,
+    records: u64,
+    ended: bool,
+    /// Bytes of the file not yet read: bounds a block's length before the
+    /// reader allocates for it, so a corrupt length cannot ask for 4 GiB.
+    unread: u64,
+}
+
+impl RunReader {
+    /// Opens a run and checks its header.
+    pub fn open(path: &Path) -> Result<RunReader, RunError> {
+        let io_err = |source| RunError::Io { path: path.to_owned(), source };
+        let file = File::open(path).map_err(io_err)?;
+        let unread = file.metadata().map_err(io_err)?.len();
+        let mut reader = RunReader {
+            file: BufReader::with_capacity(BLOCK_BYTES + 16, file),
+            path: path.to_owned(),
+            block: Vec::new(),
+            pos: 0,
+            records: 0,
+            ended: false,
+            unread,
+        };
+        let mut header = [0u8; HEADER_LEN];
+        reader.read_exact_or_truncated(&mut header, "missing header")?;
+        if &header[..6] != MAGIC {
+            return Err(reader.corrupt("bad magic: not an intermediate run file".to_string()));
+        }
+        if header[6] != VERSION || header[7] != 0 {
+            return Err(reader.corrupt(format!("unsupported version {} / flags {}", header[6], header[7])));
+        }
+        Ok(reader)
+    }
+
+    /// Reads the next record into `key` and `value` (replacing their
+    /// contents). Returns false at the verified end of the run.
+    pub fn next_into(&mut self, key: &mut Vec<u8>, value: &mut Vec<u8>) -> Result<bool, RunError> {
+        if self.pos == self.block.len() && !self.load_block()? {
+            return Ok(false);
+        }
+        let key_len = self.block_varint()?;
+        let value_len = self.block_varint()?;
+        let key_end = self.checked_end(key_len)?;
+        key.clear();
+        key.extend_from_slice(&self.block[self.pos..key_end]);
+        self.pos = key_end;
+        let value_end = self.checked_end(value_len)?;
+        value.clear();
+        value.extend_from_slice(&self.block[self.pos..value_end]);
+        self.pos = value_end;
+        self.records += 1;
+        Ok(true)
+    }
+
+    /// Loads the next block; at the end marker, verifies the record count and
+    /// that nothing follows, and returns false.
+    fn load_block(&mut self) -> Result<bool, RunError> {
+        if self.ended {
+            return Ok(false);
+        }
+        let mut head = [0u8; 8];
+        self.read_exact_or_truncated(&mut head[..4], "no end marker")?;
+        let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+        if len == 0 {
+            return self.read_end().map(|()| false);
+        }
+        self.read_exact_or_truncated(&mut head[4..], "block header cut short")?;
+        let crc = u32::from_le_bytes(head[4..].try_into().unwrap());
+        if len as u64 > self.unread {
+            return Err(RunError::Truncated { path: self.path.clone(), detail: "block longer than the rest of the file".to_string() });
+        }
+        self.block.resize(len, 0);
+        self.pos = 0;
+        let mut block = std::mem::take(&mut self.block);
+        let read = self.read_exact_or_truncated(&mut block, "block cut short");
+        self.block = block;
+        read?;
+        if crc32fast::hash(&self.block) != crc {
+            return Err(self.corrupt("block checksum mismatch".to_string()));
+        }
+        Ok(true)
+    }
+
+    fn read_end(&mut self) -> Result<(), RunError> {
+        let mut end = [0u8; 12];
+        self.read_exact_or_truncated(&mut end, "end marker cut short")?;
+        let (count, crc) = end.split_at(8);
+        if crc32fast::hash(count) != u32::from_le_bytes(crc.try_into().unwrap()) {
+            return Err(self.corrupt("end marker checksum mismatch".to_string()));
+        }
+        let count = u64::from_le_bytes(count.try_into().unwrap());
+        if count != self.records {
+            return Err(self.corrupt(format!("end marker says {count} records, read {}", self.records)));
+        }
+        let mut extra = [0u8; 1];
+        match self.file.read(&mut extra) {
+            Ok(0) => {}
+            Ok(_) => return Err(self.corrupt("bytes after the end marker".to_string())),
+            Err(source) => return Err(RunError::Io { path: self.path.clone(), source }),
+        }
+        self.block.clear();
+        self.pos = 0;
+        self.ended = true;
+        Ok(())
+    }
+
+    fn block_varint(&mut self) -> Result<usize, RunError> {
+        match get_varint(&self.block[self.pos..]) {
+            Some((v, used)) => {
+                self.pos += used;
+                usize::try_from(v).map_err(|_| self.corrupt("record length out of range".to_string()))
+            }
+            None => Err(self.corrupt("record header runs past its block".to_string())),
+        }
+    }
+
+    fn checked_end(&self, len: usize) -> Result<usize, RunError> {
+        self.pos
+            .checked_add(len)
+            .filter(|&end| end <= self.block.len())
+            .ok_or_else(|| self.corrupt("record runs past its block".to_string()))
+    }
+
+    fn read_exact_or_truncated(&mut self, buf: &mut [u8], what: &str) -> Result<(), RunError> {
+        self.unread = self.unread.saturating_sub(buf.len() as u64);
+        self.file.read_exact(buf).map_err(|source| match source.kind() {
+            io::ErrorKind::UnexpectedEof => RunError::Truncated { path: self.path.clone(), detail: what.to_string() },
+            _ => RunError::Io { path: self.path.clone(), source },
+        })
+    }
+
+    fn corrupt(&self, detail: String) -> RunError {
+        RunError::Corrupt { path: self.path.clone(), detail }
+    }
+}
+
+fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// Decodes a varint at the start of `bytes`: (value, bytes used), or None if
+/// it is cut short or longer than a u64 allows.
+fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_run(path: &Path, records: &[(Vec<u8>, Vec<u8>)]) {
+        let mut w = RunWriter::create(path).unwrap();
+        for (k, v) in records {
+            w.append(k, v).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    fn read_run(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RunError> {
+        let mut r = RunReader::open(path)?;
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let mut out = Vec::new();
+        while r.next_into(&mut k, &mut v)? {
+            out.push((k.clone(), v.clone()));
+        }
+        Ok(out)
+    }
+
+    fn sample(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        (0..n).map(|i| (format!("key{i:08}").into_bytes(), vec![(i % 251) as u8; i % 300])).collect()
+    }
+
+    #[test]
+    fn round_trips_empty_small_and_multi_block_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [0, 1, 5, 2000] {
+            let path = dir.path().join(format!("run-{n}"));
+            let records = sample(n);
+            write_run(&path, &records);
+            assert_eq!(read_run(&path).unwrap(), records, "{n} records");
+        }
+        // Binary keys and values, including empty ones and non-UTF-8 bytes.
+        let path = dir.path().join("binary");
+        let records = vec![(vec![], vec![]), (vec![0, 0xff], vec![0x80; 200]), (vec![0xff; 3], vec![])];
+        write_run(&path, &records);
+        assert_eq!(read_run(&path).unwrap(), records);
+    }
+
+    #[test]
+    fn a_record_larger_than_a_block_is_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let records = vec![(b"a".to_vec(), vec![7u8; 3 * BLOCK_BYTES]), (b"b".to_vec(), b"x".to_vec())];
+        write_run(&path, &records);
+        assert_eq!(read_run(&path).unwrap(), records);
+    }
+
+    #[test]
+    fn every_truncation_is_detected_as_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run");
+        write_run(&path, &sample(3000));
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.path().join("cut");
+        // Every cut point in the first and last few hundred bytes, and a stride between.
+        let points = (0..bytes.len()).filter(|&i| i < 300 || i + 300 > bytes.len() || i % 997 == 0);
+        for len in points {
+            std::fs::write(&cut, &bytes[..len]).unwrap();
+            match read_run(&cut) {
+                Err(RunError::Truncated { .. }) => {}
+                other => panic!("cut at {len} of {}: expected Truncated, got {other:?}", bytes.len()),
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_bytes_are_detected_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run");
+        write_run(&path, &sample(500));
+        let bytes = std::fs::read(&path).unwrap();
+        let bad = dir.path().join("bad");
+        // Skip length fields, whose corruption may legitimately read as a
+        // truncation; every other byte must be caught as corrupt.
+        for i in (0..bytes.len()).step_by(7) {
+            let mut copy = bytes.clone();
+            copy[i] ^= 0x5a;
+            std::fs::write(&bad, &copy).unwrap();
+            match read_run(&bad) {
+                Err(RunError::Corrupt { .. }) | Err(RunError::Truncated { .. }) => {}
+                other => panic!("byte {i} flipped: expected an error, got {other:?}"),
+            }
+        }
+        let mut copy = bytes.clone();
+        copy[HEADER_LEN + 8] ^= 1; // first payload byte
+        std::fs::write(&bad, &copy).unwrap();
+        assert!(matches!(read_run(&bad), Err(RunError::Corrupt { .. })));
+        let mut copy = bytes;
+        copy.push(0);
+        std::fs::write(&bad, &copy).unwrap();
+        assert!(matches!(read_run(&bad), Err(RunError::Corrupt { .. })), "trailing garbage");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_run_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("text");
+        std::fs::write(&path, "hello world, not a run").unwrap();
+        assert!(matches!(read_run(&path), Err(RunError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn an_unfinished_writer_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run");
+        let mut w = RunWriter::create(&path).unwrap();
+        w.append(b"k", b"v").unwrap();
+        drop(w);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for v in [0, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, v);
+            assert_eq!(get_varint(&buf), Some((v, buf.len())), "{v}");
+            assert_eq!(get_varint(&buf[..buf.len() - 1]), None, "{v} cut short");
+        }
+    }
+}

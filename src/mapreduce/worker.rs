@@ -1,0 +1,166 @@
+//! The worker process's loop: ask for a task, run it, report, repeat.
+//!
+//! [`run`] connects to the coordinator (retrying until the connect timeout,
+//! since workers are often started before or alongside the master), then
+//! pulls tasks until told to exit. Tasks run on a blocking thread
+//! ([`crate::task`]) so that app code never stalls the RPC runtime.
+//!
+//! Shutdown: the worker stops when the coordinator answers `Exit`, or when
+//! a call fails after it has once been connected: the coordinator exits as
+//! soon as its job is done, so "gone" is the normal end for a worker that was
+//! busy with a straggling attempt at that moment.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tarpc::client;
+use tarpc::context;
+use tarpc::tokio_serde::formats::Bincode;
+
+use crate::plugin::Plugin;
+use crate::rpc::{Assignment, CoordinatorClient, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, CALL_DEADLINE};
+use crate::task::{self, TaskError};
+
+/// Pause between connection attempts while the coordinator is not up yet.
+const CONNECT_RETRY: Duration = Duration::from_millis(100);
+
+/// What a worker needs to run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The coordinator's `HOST:PORT`.
+    pub master: String,
+    /// How long to keep trying to reach the coordinator at start-up.
+    pub connect_timeout: Duration,
+}
+
+/// How a worker's run ended normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// The coordinator said the job is done.
+    JobDone,
+    /// The coordinator went away after the worker had connected.
+    CoordinatorGone,
+}
+
+/// Why a worker stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // variant fields are named by their messages
+pub enum WorkerError {
+    /// No coordinator answered within the connect timeout.
+    #[error("could not reach the coordinator at {master} within {} s: {last_error}", .timeout.as_secs_f64())]
+    Unreachable { master: String, timeout: Duration, last_error: String },
+    /// The coordinator stopped the job because a task failed too often.
+    #[error("the coordinator stopped the job: {0}")]
+    JobFailed(String),
+}
+
+/// This process's id in the coordinator's logs: `host:pid`.
+pub fn worker_id() -> WorkerId {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Runs tasks from the coordinator with `plugin` until the job ends.
+pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit, WorkerError> {
+    let client = connect(&config).await?;
+    let id = worker_id();
+    tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
+    loop {
+        let assignment = match client.request_task(call_context(), id.clone()).await {
+            Ok(assignment) => assignment,
+            Err(e) => {
+                tracing::info!("coordinator gone ({e}); exiting");
+                return Ok(WorkerExit::CoordinatorGone);
+            }
+        };
+        let report = match assignment {
+            Assignment::Wait => continue,
+            Assignment::Exit(JobEnd::Succeeded) => return Ok(WorkerExit::JobDone),
+            Assignment::Exit(JobEnd::Failed(message)) => return Err(WorkerError::JobFailed(message)),
+            Assignment::Map(task) => {
+                let (id, attempt) = (TaskId::Map(task.index), task.attempt);
+                let plugin = plugin.clone();
+                let outcome = run_blocking(id, move || task::run_map(&plugin, &task))
+                    .await
+                    .map(|outputs| TaskOutcome::MapDone { outputs });
+                TaskReport { task: id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
+            }
+            Assignment::Reduce(task) => {
+                let (id, attempt) = (TaskId::Reduce(task.partition), task.attempt);
+                let plugin = plugin.clone();
+                let outcome =
+                    run_blocking(id, move || task::run_reduce(&plugin, &task)).await.map(|()| TaskOutcome::ReduceDone);
+                TaskReport { task: id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
+            }
+        };
+        if let Err(e) = client.report_task(call_context(), id.clone(), report).await {
+            tracing::info!("coordinator gone ({e}); exiting");
+            return Ok(WorkerExit::CoordinatorGone);
+        }
+    }
+}
+
+/// Runs a task on a blocking thread; a failure becomes the outcome to report.
+async fn run_blocking<T: Send + 'static>(
+    task: TaskId,
+    f: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
+) -> Result<T, TaskOutcome> {
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(f).await;
+    let elapsed_ms = started.elapsed().as_millis();
+    match result {
+        Ok(Ok(value)) => {
+            tracing::debug!(%task, elapsed_ms, "done");
+            Ok(value)
+        }
+        Ok(Err(TaskError::MapOutputLost { map_task, source })) => {
+            tracing::warn!(%task, "cannot read map task {map_task}'s output: {source}");
+            Err(TaskOutcome::MapOutputLost { map_task, error: source.to_string() })
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%task, "failed: {e}");
+            Err(TaskOutcome::Failed { error: e.to_string() })
+        }
+        // The app's own panics are caught at the plugin boundary; this is a
+        // panic in the framework's task code, reported rather than lost.
+        Err(join_error) => {
+            let error = match join_error.try_into_panic() {
+                Ok(payload) => format!("worker panicked: {}", crate::abi::panic_message(payload.as_ref())),
+                Err(e) => format!("task thread failed: {e}"),
+            };
+            tracing::error!(%task, "{error}");
+            Err(TaskOutcome::Failed { error })
+        }
+    }
+}
+
+fn call_context() -> context::Context {
+    let mut ctx = context::current();
+    ctx.deadline = Instant::now() + CALL_DEADLINE;
+    ctx
+}
+
+/// Connects to the coordinator, retrying until `connect_timeout`.
+async fn connect(config: &WorkerConfig) -> Result<CoordinatorClient, WorkerError> {
+    let give_up = Instant::now() + config.connect_timeout;
+    loop {
+        match tarpc::serde_transport::tcp::connect(&config.master, Bincode::default).await {
+            Ok(transport) => return Ok(CoordinatorClient::new(client::Config::default(), transport).spawn()),
+            Err(e) if Instant::now() + CONNECT_RETRY < give_up => {
+                tracing::debug!("coordinator at {} not reachable yet: {e}", config.master);
+                tokio::time::sleep(CONNECT_RETRY).await;
+            }
+            Err(e) => {
+                return Err(WorkerError::Unreachable {
+                    master: config.master.clone(),
+                    timeout: config.connect_timeout,
+                    last_error: e.to_string(),
+                })
+            }
+        }
+    }
+}
