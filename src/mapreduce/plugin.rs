@@ -51,13 +51,17 @@ pub enum AppFailure {
 }
 
 /// A loaded app plugin.
+///
+/// A plugin, once loaded, stays loaded until the process exits: Rust code in
+/// it registers thread-local destructors (std's, or a crate's such as an
+/// RNG's) that run when a thread exits, and unloading the library before
+/// then makes those calls jump into unmapped memory. A worker loads one
+/// plugin, so never unloading costs nothing.
 pub struct Plugin {
-    /// Points into `_library`'s static data; valid for as long as it is loaded,
-    /// which is as long as `self` lives (the library is never unloaded early).
+    /// Points into the library's static data, which is never unloaded.
     vtable: &'static PluginVTable,
     path: PathBuf,
     name: String,
-    _library: Library,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -98,14 +102,20 @@ impl Plugin {
         // SAFETY: version checked above, so the vtable has this layout.
         let vtable_fn = unsafe { library.get::<extern "C" fn() -> *const PluginVTable>(abi::VTABLE_SYMBOL) }
             .map_err(|_| not_a_plugin(abi::VTABLE_SYMBOL))?;
+        let vtable_ptr = vtable_fn();
         // SAFETY: the plugin returns a pointer to a static inside the library.
-        let vtable: &'static PluginVTable = unsafe { &*vtable_fn() };
-        if vtable.abi_version != abi::ABI_VERSION {
-            return Err(PluginError::AbiMismatch { path, found: vtable.abi_version, expected: abi::ABI_VERSION });
+        let found = unsafe { (*vtable_ptr).abi_version };
+        if found != abi::ABI_VERSION {
+            return Err(PluginError::AbiMismatch { path, found, expected: abi::ABI_VERSION });
         }
+        // Accepted: from here on the library is never unloaded (see `Plugin`).
+        // A refused one was dropped above before any of its app code ran.
+        std::mem::forget(library);
+        // SAFETY: the vtable is a static of a library that stays loaded.
+        let vtable: &'static PluginVTable = unsafe { &*vtable_ptr };
         // SAFETY: `name` points at a static str inside the library.
         let name = String::from_utf8_lossy(unsafe { vtable.name.as_slice() }).into_owned();
-        Ok(Plugin { vtable, path, name, _library: library })
+        Ok(Plugin { vtable, path, name })
     }
 
     /// The plugin file that was loaded.
