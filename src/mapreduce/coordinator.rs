@@ -9,14 +9,16 @@
 //!
 //! Shutdown: the job is over when the scheduler says so (or the caller's
 //! `shutdown` future fires). Held `request_task` calls are woken and answered
-//! `Exit`; `run` waits briefly for those answers to go out, then drops the
+//! `Exit`. `run` keeps serving until every worker it has heard from has been
+//! told `Exit` (so each learns how the job ended), but at most
+//! [`EXIT_GRACE`], since a crashed worker never asks again; then it drops the
 //! server future, which closes every connection. Workers that call after
 //! that find the coordinator gone and exit. The job directory with the
 //! intermediate files is removed on every path out of `run`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,8 +33,8 @@ use crate::output::output_file_name;
 use crate::rpc::{Assignment, Coordinator, InputFile, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, POLL_WAIT};
 use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
 
-/// How long `run` waits, after the job ends, for held `request_task` calls
-/// to receive their `Exit` before it closes the connections.
+/// How long `run` waits, after the job ends, for the workers it knows to
+/// ask for work and be told `Exit`, before it closes the connections.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
 /// How often progress is logged while the job runs.
@@ -86,16 +88,25 @@ struct Shared {
     /// `request_task` proceed (a task finished or failed, the job ended).
     changed: Notify,
     output_dir: PathBuf,
-    /// `request_task` calls currently held; `run` waits for zero at the end.
-    held_polls: AtomicUsize,
+    /// Workers heard from that have not been told `Exit` yet; `run` waits
+    /// (up to `EXIT_GRACE`) for this to empty once the job is over.
+    not_yet_exited: Mutex<HashSet<WorkerId>>,
 }
 
 impl Shared {
     fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
-        // A panic while holding the lock would be a bug in the scheduler;
-        // its state is still the best record of the job, so keep using it.
-        self.scheduler.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.scheduler)
     }
+
+    fn not_yet_exited(&self) -> MutexGuard<'_, HashSet<WorkerId>> {
+        lock(&self.not_yet_exited)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock would be a bug in a handler; the state
+    // is still the best record of the job, so keep using it.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs one job on `listener` until every output is committed, the job
@@ -115,7 +126,7 @@ pub async fn run(
         scheduler: Mutex::new(scheduler),
         changed: Notify::new(),
         output_dir: output_dir.clone(),
-        held_polls: AtomicUsize::new(0),
+        not_yet_exited: Mutex::new(HashSet::new()),
     });
     tracing::info!(maps = config.inputs.len(), reduces = config.reduces, job_dir = %job_dir.path().display(), "job started");
 
@@ -127,11 +138,17 @@ pub async fn run(
         () = shutdown => return Err(CoordinatorError::Interrupted),
     };
     let elapsed = started.elapsed();
-    // Let held polls answer Exit while the server still runs.
+    // Keep serving so that the workers learn how the job ended.
     let _ = tokio::time::timeout(EXIT_GRACE, async {
         tokio::select! {
             _ = &mut server => {}
-            () = async { while shared.held_polls.load(Ordering::SeqCst) > 0 { tokio::time::sleep(Duration::from_millis(5)).await } } => {}
+            () = async {
+                while !shared.not_yet_exited().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // Give the last `Exit` answers time to be written out.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            } => {}
         }
     })
     .await;
@@ -192,19 +209,22 @@ struct CoordinatorServer(Arc<Shared>);
 impl Coordinator for CoordinatorServer {
     async fn request_task(self, _: Context, worker: WorkerId) -> Assignment {
         let shared = &self.0;
-        shared.held_polls.fetch_add(1, Ordering::SeqCst);
+        shared.not_yet_exited().insert(worker.clone());
         let assignment = hold_until_assigned(shared, &worker).await;
-        shared.held_polls.fetch_sub(1, Ordering::SeqCst);
         match &assignment {
             Assignment::Map(t) => tracing::debug!(%worker, task = %TaskId::Map(t.index), attempt = t.attempt, "assigned"),
             Assignment::Reduce(t) => tracing::debug!(%worker, task = %TaskId::Reduce(t.partition), attempt = t.attempt, "assigned"),
-            Assignment::Wait | Assignment::Exit(_) => {}
+            Assignment::Wait => {}
+            Assignment::Exit(_) => {
+                shared.not_yet_exited().remove(&worker);
+            }
         }
         assignment
     }
 
     async fn report_task(self, _: Context, worker: WorkerId, report: TaskReport) {
         let shared = &self.0;
+        shared.not_yet_exited().insert(worker.clone());
         let verdict = apply_report(shared, &worker, report);
         if verdict == ReportVerdict::Accepted {
             shared.changed.notify_waiters();

@@ -432,3 +432,208 @@ fn index(task: TaskId) -> usize {
         TaskId::Map(i) | TaskId::Reduce(i) => i as usize,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn inputs(n: usize) -> Vec<InputFile> {
+        (0..n).map(|i| InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/data/in-{i}")) }).collect()
+    }
+
+    fn scheduler(maps: usize, reduces: u32) -> Scheduler {
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_failures: 3 };
+        Scheduler::new(config, inputs(maps), reduces, PathBuf::from("/job"))
+    }
+
+    fn location(m: u32, r: u32) -> MapOutputLocation {
+        MapOutputLocation::SharedFile(PathBuf::from(format!("/job/map-{m}-part-{r}")))
+    }
+
+    /// Assigns and expects a map task; returns (index, attempt).
+    fn take_map(s: &mut Scheduler, worker: &str, now: Instant) -> (u32, AttemptId) {
+        match s.assign(worker, now) {
+            Assignment::Map(t) => (t.index, t.attempt),
+            other => panic!("expected a map task for {worker}, got {other:?}"),
+        }
+    }
+
+    fn take_reduce(s: &mut Scheduler, worker: &str, now: Instant) -> ReduceTask {
+        match s.assign(worker, now) {
+            Assignment::Reduce(t) => t,
+            other => panic!("expected a reduce task for {worker}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn maps_first_then_reduces_then_exit() {
+        let now = Instant::now();
+        let mut s = scheduler(2, 2);
+        let (m0, a0) = take_map(&mut s, "w1", now);
+        let (m1, a1) = take_map(&mut s, "w2", now);
+        assert_eq!((m0, m1), (0, 1));
+        // Every map is running: nothing to hand out, and no reduce may start.
+        assert_eq!(s.assign("w3", now), Assignment::Wait);
+        assert_eq!(s.complete(TaskId::Map(0), a0, vec![(0, location(0, 0)), (1, location(0, 1))]), ReportVerdict::Accepted);
+        assert_eq!(s.assign("w3", now), Assignment::Wait, "a reduce must wait for every map");
+        assert_eq!(s.complete(TaskId::Map(1), a1, vec![(1, location(1, 1))]), ReportVerdict::Accepted);
+
+        let r0 = take_reduce(&mut s, "w1", now);
+        assert_eq!(r0.partition, 0);
+        assert_eq!(r0.runs, vec![(0, location(0, 0))]);
+        let r1 = take_reduce(&mut s, "w2", now);
+        assert_eq!(r1.runs, vec![(0, location(0, 1)), (1, location(1, 1))], "runs in map order");
+        assert_ne!(r0.staged_output, r1.staged_output);
+        assert_eq!(s.job_end(), None);
+        s.complete(TaskId::Reduce(0), r0.attempt, vec![]);
+        s.complete(TaskId::Reduce(1), r1.attempt, vec![]);
+        assert_eq!(s.job_end(), Some(JobEnd::Succeeded));
+        assert_eq!(s.assign("w1", now), Assignment::Exit(JobEnd::Succeeded));
+    }
+
+    #[test]
+    fn a_job_without_inputs_goes_straight_to_reduce() {
+        let now = Instant::now();
+        let mut s = scheduler(0, 1);
+        let r = take_reduce(&mut s, "w", now);
+        assert!(r.runs.is_empty());
+        s.complete(TaskId::Reduce(0), r.attempt, vec![]);
+        assert_eq!(s.job_end(), Some(JobEnd::Succeeded));
+    }
+
+    #[test]
+    fn an_overdue_task_goes_to_another_worker_and_is_not_a_failure() {
+        let start = Instant::now();
+        let mut s = scheduler(2, 1);
+        let (_, stalled) = take_map(&mut s, "slow", start);
+        assert_eq!(s.next_deadline(), Some(start + TIMEOUT));
+        assert!(s.expire(start + TIMEOUT - Duration::from_millis(1)).is_empty(), "not yet overdue");
+        let later = start + TIMEOUT;
+        assert_eq!(s.expire(later), vec![(TaskId::Map(0), "slow".to_string())]);
+        // The expired task is re-run before untouched ones.
+        let (m, retry) = take_map(&mut s, "fresh", later);
+        assert_eq!(m, 0);
+        assert_ne!(retry, stalled);
+        assert!(matches!(s.state(TaskId::Map(0)), TaskState::Running { worker, .. } if worker == "fresh"));
+        assert_eq!(s.entry(TaskId::Map(0)).failures, 0, "a timeout is not a failure");
+    }
+
+    #[test]
+    fn first_completion_wins_and_later_reports_are_ignored() {
+        let start = Instant::now();
+        let mut s = scheduler(1, 1);
+        let (_, first) = take_map(&mut s, "slow", start);
+        s.expire(start + TIMEOUT);
+        let (_, second) = take_map(&mut s, "fresh", start + TIMEOUT);
+        // The timed-out attempt finishes first after all: it wins.
+        assert_eq!(s.complete(TaskId::Map(0), first, vec![(0, location(0, 0))]), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Map(0), second, vec![(0, location(9, 9))]), ReportVerdict::AlreadyDone);
+        assert_eq!(s.complete(TaskId::Map(0), first, vec![]), ReportVerdict::AlreadyDone, "duplicate");
+        assert_eq!(s.fail(TaskId::Map(0), second, "late failure"), ReportVerdict::AlreadyDone);
+        assert_eq!(s.state(TaskId::Map(0)), &TaskState::Done { attempt: first });
+        // The winner's outputs are the ones reduces read.
+        let r = take_reduce(&mut s, "w", start + TIMEOUT);
+        assert_eq!(r.runs, vec![(0, location(0, 0))]);
+        assert_eq!(s.progress().running, 1);
+    }
+
+    #[test]
+    fn a_completed_task_left_in_the_queue_is_not_handed_out_again() {
+        let start = Instant::now();
+        let mut s = scheduler(2, 1);
+        let (_, a) = take_map(&mut s, "slow", start);
+        s.expire(start + TIMEOUT); // map 0 back in the queue...
+        s.complete(TaskId::Map(0), a, vec![]); // ...then finished by its first attempt
+        let (m, _) = take_map(&mut s, "w", start + TIMEOUT);
+        assert_eq!(m, 1, "map 0 is done and must be skipped");
+        assert_eq!(s.assign("w2", start + TIMEOUT), Assignment::Wait);
+    }
+
+    #[test]
+    fn unknown_attempts_and_tasks_are_ignored() {
+        let now = Instant::now();
+        let mut s = scheduler(1, 1);
+        let (_, a) = take_map(&mut s, "w", now);
+        assert_eq!(s.complete(TaskId::Map(0), a + 100, vec![]), ReportVerdict::UnknownAttempt);
+        assert_eq!(s.complete(TaskId::Map(7), a, vec![]), ReportVerdict::UnknownAttempt);
+        assert_eq!(s.complete(TaskId::Reduce(0), a, vec![]), ReportVerdict::UnknownAttempt);
+        assert_eq!(s.fail(TaskId::Reduce(3), a, "x"), ReportVerdict::UnknownAttempt);
+        assert!(matches!(s.state(TaskId::Map(0)), TaskState::Running { .. }));
+    }
+
+    #[test]
+    fn failures_retry_until_the_limit_then_stop_the_job() {
+        let now = Instant::now();
+        let mut s = scheduler(2, 1);
+        for round in 1..=3 {
+            let (m, a) = take_map(&mut s, "w", now);
+            assert_eq!(m, 0, "round {round}: the failed task is retried");
+            assert_eq!(s.fail(TaskId::Map(0), a, &format!("boom {round}")), ReportVerdict::Accepted);
+            if round < 3 {
+                assert_eq!(s.job_end(), None);
+                // Let map 1 go first after a failure; it stays Running.
+                if round == 1 {
+                    assert_eq!(take_map(&mut s, "other", now).0, 1);
+                }
+            }
+        }
+        let expected = "map task 0 (input in-0) failed 3 times; last error: boom 3";
+        assert_eq!(s.job_end(), Some(JobEnd::Failed(expected.to_string())));
+        assert_eq!(s.assign("w", now), Assignment::Exit(JobEnd::Failed(expected.to_string())));
+    }
+
+    #[test]
+    fn an_old_attempt_failing_does_not_free_the_running_one() {
+        let start = Instant::now();
+        let mut s = scheduler(1, 1);
+        let (_, old) = take_map(&mut s, "slow", start);
+        s.expire(start + TIMEOUT);
+        let (_, current) = take_map(&mut s, "fresh", start + TIMEOUT);
+        s.fail(TaskId::Map(0), old, "old attempt broke");
+        assert!(matches!(s.state(TaskId::Map(0)), TaskState::Running { attempt, .. } if *attempt == current));
+        assert_eq!(s.assign("third", start + TIMEOUT), Assignment::Wait);
+    }
+
+    #[test]
+    fn lost_map_output_reruns_the_map_before_the_reduce() {
+        let now = Instant::now();
+        let mut s = scheduler(2, 2);
+        for _ in 0..2 {
+            let (m, a) = take_map(&mut s, "w", now);
+            s.complete(TaskId::Map(m), a, vec![(0, location(m, 0)), (1, location(m, 1))]);
+        }
+        let r0 = take_reduce(&mut s, "w1", now);
+        let r1 = take_reduce(&mut s, "w2", now);
+        assert_eq!(s.map_output_lost(TaskId::Reduce(0), r0.attempt, 1, "truncated"), ReportVerdict::Accepted);
+        assert_eq!(s.state(TaskId::Map(1)), &TaskState::Idle);
+        assert_eq!(s.entry(TaskId::Reduce(0)).failures, 0, "not the reduce's fault");
+        // Map 1 runs again before any reduce is handed out.
+        let (m, a) = take_map(&mut s, "w3", now);
+        assert_eq!(m, 1);
+        assert_eq!(s.assign("w4", now), Assignment::Wait);
+        s.complete(TaskId::Map(1), a, vec![(0, location(5, 0))]);
+        let retry = take_reduce(&mut s, "w3", now);
+        assert_eq!(retry.partition, 0);
+        assert_eq!(retry.runs, vec![(0, location(0, 0)), (1, location(5, 0))]);
+        // The other reduce, still running on old (valid) data, may finish.
+        assert_eq!(s.complete(TaskId::Reduce(1), r1.attempt, vec![]), ReportVerdict::Accepted);
+    }
+
+    #[test]
+    fn a_map_whose_output_keeps_getting_lost_stops_the_job() {
+        let now = Instant::now();
+        let mut s = scheduler(1, 1);
+        for _ in 0..3 {
+            let (_, a) = take_map(&mut s, "w", now);
+            s.complete(TaskId::Map(0), a, vec![(0, location(0, 0))]);
+            let r = take_reduce(&mut s, "w", now);
+            s.map_output_lost(TaskId::Reduce(0), r.attempt, 0, "disk ate it");
+        }
+        match s.job_end() {
+            Some(JobEnd::Failed(message)) => assert!(message.contains("map task 0 (input in-0)") && message.contains("disk ate it"), "{message}"),
+            other => panic!("expected failure, got {other:?}"),
+        }
+    }
+}

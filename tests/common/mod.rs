@@ -1,0 +1,264 @@
+//! Shared harness for the integration tests: run the real binaries in a
+//! fresh directory, bounded in time, killed on drop, with everything needed
+//! to debug printed when a check fails.
+//!
+//! The plugins are built by `cargo build --release` (the workspace's default
+//! members), not by `cargo test`; run that first, as the README says.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any one process in these tests.
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn master_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mr-master"))
+}
+
+pub fn worker_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mr-worker"))
+}
+
+pub fn sequential_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mr-sequential"))
+}
+
+/// The plugin `lib<name>.so` beside the binaries.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = worker_bin().parent().unwrap().join(format!("lib{name}.so"));
+    assert!(path.is_file(), "{} is missing: run `cargo build --release` before the tests", path.display());
+    path
+}
+
+/// A fresh directory for one test; kept (and named) if the test fails.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        let dir = tempfile::Builder::new().prefix(&format!("mr-test-{name}-")).tempdir().unwrap();
+        TestDir { dir: Some(dir) }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path().join(rel)
+    }
+
+    /// Writes a file (creating parent directories) and returns its path.
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// A recursive listing, for failure messages.
+    pub fn listing(&self) -> String {
+        walkdir::WalkDir::new(self.path())
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|e| {
+                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                format!("  {} ({size} bytes)", e.path().strip_prefix(self.path()).unwrap().display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = self.dir.take().unwrap().keep();
+            eprintln!("test directory kept: {}", dir.display());
+        }
+    }
+}
+
+/// A running process whose stdout and stderr go to files; killed on drop.
+pub struct Proc {
+    child: Child,
+    pub label: String,
+    command: String,
+    cwd: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` in `cwd`, logging to `<cwd>/<label>.out` and `.err`.
+    pub fn spawn(label: &str, mut cmd: Command, cwd: &Path) -> Proc {
+        let stdout = cwd.join(format!("{label}.out"));
+        let stderr = cwd.join(format!("{label}.err"));
+        cmd.current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        let command = format!("{cmd:?}");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        Proc { child, label: label.to_string(), command, cwd: cwd.to_owned(), stdout, stderr }
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit within {timeout:?}\n{}", self.label, self.describe());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits and asserts a zero exit.
+    pub fn expect_success(&mut self) {
+        let status = self.wait(PROCESS_TIMEOUT);
+        assert!(status.success(), "{} failed with {status}\n{}", self.label, self.describe());
+    }
+
+    /// Waits, asserts a non-zero exit, and returns stderr.
+    pub fn expect_failure(&mut self) -> String {
+        let status = self.wait(PROCESS_TIMEOUT);
+        assert!(!status.success(), "{} should have failed\n{}", self.label, self.describe());
+        self.stderr()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The command, its directory and its output, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "command: {}\ncwd: {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.command,
+            self.cwd.display(),
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a master on a free port in `cwd` with `args` (flags, then inputs);
+/// returns it and its address once it accepts connections.
+pub fn start_master(cwd: &Path, args: &[&str]) -> (Proc, String) {
+    let addr_file = cwd.join("master.addr");
+    let mut cmd = Command::new(master_bin());
+    cmd.arg("--listen").arg("127.0.0.1:0").arg("--addr-file").arg(&addr_file).args(args);
+    let mut master = Proc::spawn("master", cmd, cwd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+            return (master, addr.trim().to_string());
+        }
+        if let Some(status) = master.child.try_wait().unwrap() {
+            panic!("master exited ({status}) before listening\n{}", master.describe());
+        }
+        assert!(Instant::now() < deadline, "master did not write its address\n{}", master.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a worker for `app` against `addr`, in `cwd`.
+pub fn start_worker(label: &str, cwd: &Path, addr: &str, app: &str) -> Proc {
+    let mut cmd = Command::new(worker_bin());
+    cmd.arg("--master").arg(addr).arg(app);
+    Proc::spawn(label, cmd, cwd)
+}
+
+/// Runs `mr-sequential` for `app` over `inputs` (from `cwd`) and returns its
+/// output, sorted: the reference a job must reproduce.
+pub fn reference_output(cwd: &Path, app: &str, inputs: &[&str]) -> Vec<u8> {
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(sequential_bin());
+    cmd.arg("--output-dir").arg(out_dir.path()).arg(app).args(inputs);
+    let mut seq = Proc::spawn("sequential", cmd, cwd);
+    seq.expect_success();
+    sorted_lines(&std::fs::read(out_dir.path().join("mr-out-0")).unwrap())
+}
+
+/// The lines of all `mr-out-*` files in `dir`, sorted by bytes, after
+/// checking each file is sorted by key and `expected_files` exist.
+pub fn job_output(dir: &Path, expected_files: u32) -> Vec<u8> {
+    let mut all = Vec::new();
+    for r in 0..expected_files {
+        let path = dir.join(format!("mr-out-{r}"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let keys: Vec<&[u8]> = bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| l.split(|&b| b == b' ').next().unwrap()).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{} is not sorted by key", path.display());
+        all.extend_from_slice(&bytes);
+    }
+    assert!(!dir.join(format!("mr-out-{expected_files}")).exists(), "more output files than reduces");
+    sorted_lines(&all)
+}
+
+pub fn sorted_lines(bytes: &[u8]) -> Vec<u8> {
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    lines.sort();
+    let mut out = Vec::new();
+    for line in lines {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Asserts two outputs are equal, showing the first differing line.
+pub fn assert_same_output(actual: &[u8], expected: &[u8], context: &str) {
+    if actual == expected {
+        return;
+    }
+    let a: Vec<_> = actual.split(|&b| b == b'\n').collect();
+    let e: Vec<_> = expected.split(|&b| b == b'\n').collect();
+    let i = a.iter().zip(&e).position(|(x, y)| x != y).unwrap_or(a.len().min(e.len()));
+    panic!(
+        "output differs from the reference at line {i}: got {:?}, expected {:?} ({} vs {} lines)\n{context}",
+        a.get(i).map(|l| String::from_utf8_lossy(l)),
+        e.get(i).map(|l| String::from_utf8_lossy(l)),
+        a.len(),
+        e.len()
+    );
+}
+
+/// Entries of `dir` other than `mr-out-*` and the harness's own files.
+pub fn stray_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("mr-out-") && !n.ends_with(".out") && !n.ends_with(".err") && n != "master.addr")
+        .collect()
+}
