@@ -71,9 +71,13 @@ fn indexer_names_documents_as_given_even_from_a_worker_elsewhere() {
 }
 
 #[test]
-fn more_reduces_than_keys_gives_empty_files() {
+fn more_reduces_than_keys_gives_empty_files_and_stale_outputs_go() {
     let dir = TestDir::new("empty-partitions");
     dir.write("one.txt", "solo");
+    // Left by an earlier job with more reduces; a file merely named alike stays.
+    dir.write("mr-out-7", "stale 1\n");
+    dir.write("mr-out-12", "stale 2\n");
+    dir.write("mr-out-notes", "mine");
     let (mut master, addr) = start_master(dir.path(), &["--reduces", "5", "one.txt"]);
     let mut worker = start_worker("worker", dir.path(), &addr, "wordcount");
     master.expect_success();
@@ -81,6 +85,8 @@ fn more_reduces_than_keys_gives_empty_files() {
     assert_eq!(job_output(dir.path(), 5), b"solo 1\n");
     let empty = (0..5).filter(|r| std::fs::metadata(dir.join(&format!("mr-out-{r}"))).unwrap().len() == 0).count();
     assert_eq!(empty, 4);
+    assert!(!dir.join("mr-out-7").exists() && !dir.join("mr-out-12").exists(), "{}", dir.listing());
+    assert_eq!(std::fs::read(dir.join("mr-out-notes")).unwrap(), b"mine");
 }
 
 #[test]

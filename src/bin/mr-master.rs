@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mr-master: error: {e:#}");
+            eprintln!("mr-master: error: {}", mapreduce::errors::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mr-sequential: error: {e:#}");
+            eprintln!("mr-sequential: error: {}", mapreduce::errors::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

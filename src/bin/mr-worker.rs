@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("mr-worker: error: {e:#}");
+            eprintln!("mr-worker: error: {}", mapreduce::errors::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

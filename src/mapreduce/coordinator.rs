@@ -29,7 +29,7 @@ use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::output::output_file_name;
+use crate::output::{output_file_name, remove_stale_outputs};
 use crate::rpc::{Assignment, Coordinator, InputFile, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, POLL_WAIT};
 use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
 
@@ -289,6 +289,16 @@ fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerd
     verdict
 }
 
+fn remove_outputs_of_earlier_job(output_dir: &Path, reduces: u32) {
+    match remove_stale_outputs(output_dir, reduces) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!("removed {} output files left by an earlier job with more reduces", removed.len())
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not check {} for outputs of an earlier job: {e}", output_dir.display()),
+    }
+}
+
 /// Renames a reduce attempt's staged output to `mr-out-<r>` if the attempt
 /// wins, then marks the task done. Only the winner is ever renamed, and the
 /// rename happens under the scheduler lock, so a finished output is never
@@ -302,7 +312,14 @@ fn commit_reduce(scheduler: &mut Scheduler, output_dir: &Path, task: TaskId, att
     let staged = scheduler.staged_output(r, attempt);
     let dest = output_dir.join(output_file_name(r));
     match std::fs::rename(&staged, &dest) {
-        Ok(()) => scheduler.complete(task, attempt, Vec::new()),
+        Ok(()) => {
+            let verdict = scheduler.complete(task, attempt, Vec::new());
+            if scheduler.job_end() == Some(JobEnd::Succeeded) {
+                // Still under the lock: no worker hears "done" before this.
+                remove_outputs_of_earlier_job(output_dir, scheduler.progress().reduces as u32);
+            }
+            verdict
+        }
         Err(e) => {
             let error = format!("committing {} to {}: {e}", staged.display(), dest.display());
             tracing::warn!(%task, attempt, "{error}");

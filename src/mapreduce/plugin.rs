@@ -88,7 +88,7 @@ impl Plugin {
         // SAFETY: loading runs the library's initialisers; a Rust cdylib has
         // none beyond the standard ones. This is the trust we give any plugin.
         let library = unsafe { Library::new(&path) }
-            .map_err(|e| PluginError::NotALibrary { path: path.clone(), reason: error_chain(&e) })?;
+            .map_err(|e| PluginError::NotALibrary { path: path.clone(), reason: crate::errors::one_line(&e) })?;
         let not_a_plugin = |symbol: &[u8]| PluginError::NotAPlugin {
             path: path.clone(),
             symbol: String::from_utf8_lossy(symbol).into_owned(),
@@ -226,16 +226,4 @@ unsafe extern "C" fn host_write_output(ctx: *mut c_void, bytes: RawBytes) {
 unsafe extern "C" fn host_fail(ctx: *mut c_void, message: RawBytes) {
     let call = &mut *(ctx as *mut CallState<'_>);
     call.failure = Some(String::from_utf8_lossy(message.as_slice()).into_owned());
-}
-
-/// An error and its sources on one line (`dlopen failed: <why>`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
