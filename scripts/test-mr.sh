@@ -77,6 +77,19 @@ start_worker() { # app log
   WORKER_PIDS+=($!)
 }
 
+# Runs a whole job: a master and N workers of APP; returns the master's
+# status after every worker has exited too.
+run_job() { # app workers
+  start_master || { echo "master did not start"; return 1; }
+  local i
+  for i in $(seq "$2"); do start_worker "$1" "worker$i.log"; done
+  local status=0
+  wait $MASTER_PID || status=$?
+  wait
+  [ $status -eq 0 ] || echo "master exited $status"
+  return $status
+}
+
 # The reference output of an app, sorted, in $1.
 reference() { # app out
   (mkdir -p ref && cd ref && $T "$BIN/mr-sequential" "$1" "${INPUTS[@]}" 2> seq.log && LC_ALL=C sort mr-out-0 > "../$2" && rm mr-out-0)
@@ -105,13 +118,10 @@ check_wc() {
   local name="wc" dir="$WORK/wc"
   fresh_dir wc
   reference wordcount mr-correct-wc.txt || { fail $name "mr-sequential failed" "$dir"; return; }
-  start_master || { fail $name "master did not start" "$dir"; return; }
-  for i in 1 2 3; do start_worker wordcount "worker$i.log"; done
-  wait $MASTER_PID || { fail $name "master exited $?" "$dir"; return; }
-  wait
+  local why
+  why=$(run_job wordcount 3) || { fail $name "$why" "$dir"; return; }
   LC_ALL=C sort mr-out-* | grep . > mr-wc-all
   cmp -s mr-wc-all mr-correct-wc.txt || { fail $name "output differs from mr-sequential" "$dir"; return; }
-  local why
   why=$(outputs_are_clean 10) || { fail $name "$why" "$dir"; return; }
   pass $name
 }
@@ -121,10 +131,8 @@ check_indexer() {
   local name="indexer" dir="$WORK/indexer"
   fresh_dir indexer
   reference indexer mr-correct-indexer.txt || { fail $name "mr-sequential failed" "$dir"; return; }
-  start_master || { fail $name "master did not start" "$dir"; return; }
-  for i in 1 2; do start_worker indexer "worker$i.log"; done
-  wait $MASTER_PID || { fail $name "master exited $?" "$dir"; return; }
-  wait
+  local why
+  why=$(run_job indexer 2) || { fail $name "$why" "$dir"; return; }
   LC_ALL=C sort mr-out-* | grep . > mr-indexer-all
   cmp -s mr-indexer-all mr-correct-indexer.txt || { fail $name "output differs from mr-sequential" "$dir"; return; }
   pass $name
@@ -134,10 +142,8 @@ check_indexer() {
 check_map_parallelism() {
   local name="map parallelism" dir="$WORK/mtiming"
   fresh_dir mtiming
-  start_master || { fail "$name" "master did not start" "$dir"; return; }
-  for i in 1 2; do start_worker mtiming "worker$i.log"; done
-  wait $MASTER_PID || { fail "$name" "master exited $?" "$dir"; return; }
-  wait
+  local why
+  why=$(run_job mtiming 2) || { fail "$name" "$why" "$dir"; return; }
   local nt
   nt=$(cat mr-out* | grep -c '^times-')
   [ "$nt" -eq 2 ] || { fail "$name" "saw $nt workers rather than 2" "$dir"; return; }
@@ -150,10 +156,8 @@ check_map_parallelism() {
 check_reduce_parallelism() {
   local name="reduce parallelism" dir="$WORK/rtiming"
   fresh_dir rtiming
-  start_master || { fail "$name" "master did not start" "$dir"; return; }
-  for i in 1 2; do start_worker rtiming "worker$i.log"; done
-  wait $MASTER_PID || { fail "$name" "master exited $?" "$dir"; return; }
-  wait
+  local why
+  why=$(run_job rtiming 2) || { fail "$name" "$why" "$dir"; return; }
   local nt
   nt=$(cat mr-out* | grep -c '^[a-z] 2')
   [ "$nt" -ge 2 ] || { fail "$name" "too few parallel reduces ($nt)" "$dir"; return; }
@@ -164,10 +168,8 @@ check_reduce_parallelism() {
 check_job_count() {
   local name="job count" dir="$WORK/jobcount"
   fresh_dir jobcount
-  start_master || { fail "$name" "master did not start" "$dir"; return; }
-  for i in 1 2 3 4; do start_worker jobcount "worker$i.log"; done
-  wait $MASTER_PID || { fail "$name" "master exited $?" "$dir"; return; }
-  wait
+  local why
+  why=$(run_job jobcount 4) || { fail "$name" "$why" "$dir"; return; }
   local nt
   nt=$(cat mr-out* | awk '{print $2}')
   [ "$nt" = "$NINPUTS" ] || { fail "$name" "map jobs ran $nt times rather than $NINPUTS" "$dir"; return; }

@@ -130,3 +130,17 @@ fn sequential_refuses_a_missing_input_and_writes_nothing() {
     assert!(line.contains("input gone.txt: No such file or directory"), "{line}");
     assert!(stray_files(dir.path()).is_empty());
 }
+
+#[test]
+fn a_terminated_master_says_so_and_leaves_no_intermediate_files() {
+    let dir = TestDir::new("sigterm");
+    dir.write("in.txt", "words");
+    let (mut master, _addr) = start_master(dir.path(), &["in.txt"]);
+    let job_dir_exists = || stray_files(dir.path()).iter().any(|n| n.starts_with(".mr-job-"));
+    assert!(job_dir_exists(), "the running job should have its directory\n{}", dir.listing());
+    let status = Command::new("kill").args(["-TERM", &master.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    let stderr = master.expect_failure();
+    assert!(stderr.contains("mr-master: error: interrupted before the job finished"), "{}", master.describe());
+    assert!(!job_dir_exists(), "job directory left behind\n{}", dir.listing());
+}

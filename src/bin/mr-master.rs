@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use mapreduce::cli;
 use mapreduce::coordinator::{self, CoordinatorConfig};
 use mapreduce::scheduler::SchedulerConfig;
 
@@ -26,8 +27,8 @@ struct Args {
     listen: String,
 
     /// Seconds a task may run before it is given to another worker.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_secs)]
-    task_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = cli::parse_positive_secs)]
+    task_timeout: Duration,
 
     /// Reported failures (app errors or panics) of one task after which the
     /// job stops with an error naming the task. Timeouts do not count.
@@ -48,13 +49,6 @@ struct Args {
     /// `.` or `_` found in a walk are skipped).
     #[arg(value_name = "FILE", required = true)]
     inputs: Vec<PathBuf>,
-}
-
-fn parse_secs(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs.is_finite() && secs < 1e9 => Ok(secs),
-        _ => Err(format!("'{text}' is not a positive number of seconds")),
-    }
 }
 
 fn main() -> ExitCode {
@@ -91,18 +85,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         reduces: args.reduces,
         output_dir: args.output_dir,
         scheduler: SchedulerConfig {
-            task_timeout: Duration::from_secs_f64(args.task_timeout),
+            task_timeout: args.task_timeout,
             max_task_failures: args.max_task_failures,
         },
     };
-    let interrupted = async {
-        // If the handler cannot be installed, run without Ctrl-C handling
-        // rather than stop the job.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await
-        }
-    };
-    let report = coordinator::run(listener, config, interrupted).await?;
+    let report = coordinator::run(listener, config, cli::termination_signal()).await?;
     tracing::info!("job done in {:.2} s: {} output files", report.elapsed.as_secs_f64(), report.outputs.len());
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use mapreduce::cli;
 use mapreduce::plugin::Plugin;
 use mapreduce::worker::{self, WorkerConfig, WorkerExit};
 
@@ -20,20 +21,13 @@ struct Args {
     master: String,
 
     /// Seconds to keep trying to reach the coordinator at start-up.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_secs)]
-    connect_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = cli::parse_positive_secs)]
+    connect_timeout: Duration,
 
     /// The app: a path to a plugin (`.so`), or a bare NAME for `libNAME.so`
     /// in this executable's directory (e.g. `wordcount`).
     #[arg(value_name = "APP")]
     app: String,
-}
-
-fn parse_secs(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(secs) if secs >= 0.0 && secs.is_finite() && secs < 1e9 => Ok(secs),
-        _ => Err(format!("'{text}' is not a number of seconds")),
-    }
 }
 
 fn main() -> ExitCode {
@@ -57,6 +51,6 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<WorkerExit> {
     let plugin = Arc::new(Plugin::open(&args.app)?);
-    let config = WorkerConfig { master: args.master, connect_timeout: Duration::from_secs_f64(args.connect_timeout) };
+    let config = WorkerConfig { master: args.master, connect_timeout: args.connect_timeout };
     Ok(worker::run(plugin, config).await?)
 }

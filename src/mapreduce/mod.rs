@@ -25,12 +25,14 @@
 //! | output files and atomic publication | [`output`] |
 //! | the single-process reference run | [`sequential`] |
 //! | log setup for the binaries | [`logging`] |
+//! | flag parsing and signals for the binaries | [`cli`] |
 //! | errors as one line for users | [`errors`] |
 
 #![warn(missing_docs)]
 
 pub mod abi;
 pub mod app;
+pub mod cli;
 pub mod coordinator;
 pub mod errors;
 pub mod inputs;

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Follows the README's "Writing your own app" steps literally: creates a new
+# crate beside a copy of this repository, pastes in the README's src/lib.rs,
+# builds it, runs it under mr-worker, and checks the output against `wc -l`.
+# Keeps the README's instructions true.
+#
+# usage: scripts/check-custom-app.sh     (after `cargo build --release`)
+# Prints "1 passed, 0 failed" or "0 passed, 1 failed".
+
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/custom-app.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+fail() { echo "custom app: FAIL: $1"; echo "0 passed, 1 failed"; exit 1; }
+
+# The README's step 1 puts the new crate beside the framework at ../mapreduce.
+ln -s "$ROOT" "$WORK/mapreduce"
+cd "$WORK"
+cargo new --quiet --lib linecount
+cd linecount
+# Step 2.
+printf '\n[lib]\ncrate-type = ["cdylib"]\n' >> Cargo.toml
+sed -i 's|^\[dependencies\]$|[dependencies]\nmapreduce = { path = "../mapreduce" }|' Cargo.toml
+grep -q '^mapreduce = ' Cargo.toml || fail "could not add the dependency to Cargo.toml"
+# Step 3: the README's code, verbatim.
+python3 - "$ROOT/README.md" src/lib.rs <<'PY'
+import re, sys
+readme = open(sys.argv[1], encoding="utf-8").read()
+m = re.search(r"3\. Write `src/lib.rs`.*?```rust\n(.*?)```", readme, re.S)
+if not m:
+    sys.exit("README has no step-3 rust snippet")
+lines = [l[3:] if l.startswith("   ") else l for l in m.group(1).splitlines()]
+open(sys.argv[2], "w", encoding="utf-8").write("\n".join(lines) + "\n")
+PY
+# Step 4. A target directory kept under ours, so that a rerun is incremental.
+export CARGO_TARGET_DIR="$ROOT/target/custom-app-check"
+cargo build --release --quiet 2>&1 || fail "the README's app does not build"
+PLUGIN="$CARGO_TARGET_DIR/release/liblinecount.so"
+cd "$ROOT"
+"$ROOT/scripts/run-job.sh" --workers 2 --output-dir "$WORK/out" "$PLUGIN" inputs/ > "$WORK/job.log" 2>&1 \
+  || { cat "$WORK/job.log"; fail "the job with the README's app failed"; }
+expected=$(for f in inputs/*.txt; do echo "$f $(LC_ALL=C grep -c . "$f")"; done | LC_ALL=C sort)
+actual=$(cat "$WORK"/out/mr-out-* | LC_ALL=C sort)
+[ "$expected" = "$actual" ] || fail "line counts differ: expected
+$expected
+got
+$actual"
+echo "custom app: PASS"
+echo "1 passed, 0 failed"
