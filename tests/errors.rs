@@ -105,7 +105,7 @@ fn worker_and_sequential_report_plugin_problems() {
         (not_a_library.to_string_lossy().into_owned(), "not a loadable shared library".to_string()),
         (
             plugin("wrong_abi").to_string_lossy().into_owned(),
-            "built for plugin ABI version 999, but this mr-worker speaks version 1".to_string(),
+            format!("built for plugin ABI version 999, but this mr-worker speaks version {}", mapreduce::abi::ABI_VERSION),
         ),
     ];
     for (app, expected) in cases {

@@ -153,3 +153,95 @@ fn an_app_error_in_map_and_a_panic_in_reduce_are_reported() {
     assert!(err.contains("reduce task 0 (partition 0) failed 2 times; last error: app panicked: deliberate panic in reduce"), "{}", master.describe());
     worker.expect_failure();
 }
+
+/// Runs a whole job in `dir` with `workers` workers of `app`; returns its
+/// sorted output after checking each file.
+fn run_job(dir: &TestDir, app: &str, workers: usize, reduces: u32, flags: &[&str], inputs: &[&str]) -> Vec<u8> {
+    let reduces_text = reduces.to_string();
+    let mut args = vec!["--reduces", &reduces_text];
+    args.extend(flags);
+    args.extend(inputs);
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut running: Vec<_> = (0..workers).map(|i| start_worker(&format!("worker{i}"), dir.path(), &addr, app)).collect();
+    master.expect_success();
+    for w in &mut running {
+        w.expect_success();
+    }
+    job_output(dir.path(), reduces)
+}
+
+/// Text with a skewed vocabulary, so some keys have many values.
+fn skewed_text(words: usize, seed: u64) -> String {
+    let mut state = seed;
+    let mut text = String::new();
+    for i in 0..words {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let rank = (state >> 33) % 1000;
+        // Zipf-ish: small ranks are far more frequent.
+        let word = rank * rank / 1000;
+        text.push_str(&format!("w{word}x "));
+        if i % 12 == 11 {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+#[test]
+fn combiner_on_and_off_and_spilling_all_give_the_reference_output() {
+    let dir = TestDir::new("combiner");
+    for i in 0..4 {
+        dir.write(&format!("in/part-{i}.txt"), skewed_text(40_000, i));
+    }
+    let expected = reference_output(dir.path(), "wordcount", &["in"]);
+    // Default buffer (no spill), a tiny buffer (many spills), each with and
+    // without the combiner.
+    for flags in [&[][..], &["--no-combine"], &["--map-buffer", "16K"], &["--map-buffer", "16K", "--no-combine"]] {
+        for r in 0..3 {
+            let _ = std::fs::remove_file(dir.join(&format!("mr-out-{r}")));
+        }
+        let output = run_job(&dir, "wordcount", 2, 3, flags, &["in"]);
+        assert_same_output(&output, &expected, &format!("flags {flags:?}\n{}", dir.listing()));
+    }
+}
+
+#[test]
+fn one_key_with_millions_of_values_streams_through_reduce() {
+    let dir = TestDir::new("hot-key");
+    // Two million occurrences of one word, and a few others, in two files.
+    let hot = "hot\n".repeat(1_000_000);
+    dir.write("in/a.txt", format!("{hot}cold\n"));
+    dir.write("in/b.txt", format!("warm {hot}"));
+    // No combiner and a small buffer: the reduce gets every single value,
+    // from many runs, far more than the map buffer holds.
+    let output = run_job(&dir, "wordcount", 2, 1, &["--no-combine", "--map-buffer", "1M"], &["in"]);
+    assert_eq!(String::from_utf8(output).unwrap(), "cold 1\nhot 2000000\nwarm 1\n");
+}
+
+#[test]
+fn split_and_unsplit_runs_agree_with_the_reference() {
+    let dir = TestDir::new("splits");
+    // Long words and long lines, so that split boundaries fall inside words
+    // and inside lines; one file smaller than a split stays whole.
+    let long_words = "supercalifragilistic antidisestablishmentarianism ".repeat(3000);
+    dir.write("in/long-lines.txt", format!("{long_words}\n{}\nend", skewed_text(20_000, 7)));
+    dir.write("in/small.txt", "tiny file");
+    dir.write("in/no-newlines.txt", long_words.trim_end());
+    for (app, reduces) in [("wordcount", 3), ("indexer", 2)] {
+        let expected = reference_output(dir.path(), app, &["in"]);
+        for split in ["0", "4K", "1000"] {
+            for r in 0..reduces {
+                let _ = std::fs::remove_file(dir.join(&format!("mr-out-{r}")));
+            }
+            let output = run_job(&dir, app, 2, reduces, &["--split-size", split], &["in"]);
+            assert_same_output(&output, &expected, &format!("{app} with --split-size {split}\n{}", dir.listing()));
+        }
+        if app == "indexer" {
+            // Whole documents, each named once, although mapped in pieces.
+            let text = String::from_utf8(expected).unwrap();
+            let line = text.lines().find(|l| l.starts_with("antidisestablishmentarianism ")).unwrap();
+            let in_dir = |name: &str| std::path::Path::new("in").join(name).to_string_lossy().into_owned();
+            assert_eq!(line, format!("antidisestablishmentarianism 2 {},{}", in_dir("long-lines.txt"), in_dir("no-newlines.txt")));
+        }
+    }
+}

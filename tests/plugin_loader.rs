@@ -3,24 +3,42 @@
 
 mod common;
 
-use mapreduce::plugin::{AppFailure, Plugin, PluginError};
-use mapreduce::VecValues;
+use mapreduce::plugin::{AppFailure, Capabilities, Plugin, PluginError};
+use mapreduce::{JobContext, VecValues};
+
+fn loaded(app: &str) -> Plugin {
+    let plugin = Plugin::load(&common::plugin(app)).unwrap();
+    plugin.init(&JobContext { reduces: 1, ..JobContext::default() }).unwrap();
+    plugin
+}
 
 #[test]
 fn loads_a_plugin_and_calls_it() {
-    let plugin = Plugin::load(&common::plugin("wordcount")).unwrap();
+    let plugin = loaded("wordcount");
     assert_eq!(plugin.name(), "WordCount");
+    assert_eq!(plugin.capabilities(), Capabilities { combiner: true, partitioner: false, raw_output: false });
     let mut pairs = Vec::new();
     plugin.map("f", b"a b a", &mut |k, v| pairs.push((k.to_vec(), v.to_vec()))).unwrap();
     assert_eq!(pairs.len(), 3);
     let mut out = Vec::new();
     plugin.reduce(b"a", &mut VecValues::new(vec![b"1".to_vec(), b"1".to_vec()]), &mut out).unwrap();
     assert_eq!(out, b"2");
+    out.clear();
+    plugin.combine(b"a", &mut VecValues::new(vec![b"2".to_vec(), b"3".to_vec()]), &mut out).unwrap();
+    assert_eq!(out, b"5");
+    assert_eq!(plugin.partition(b"a", 10), Ok(mapreduce::partition::partition_of(b"a", 10)));
+}
+
+#[test]
+fn calls_before_init_are_refused() {
+    let plugin = Plugin::load(&common::plugin("indexer")).unwrap();
+    let err = plugin.map("f", b"x", &mut |_, _| {}).unwrap_err();
+    assert_eq!(err, AppFailure::Error("the app was called before init".to_string()));
 }
 
 #[test]
 fn a_panic_in_the_app_is_an_error_not_a_crash() {
-    let plugin = Plugin::load(&common::plugin("faulty")).unwrap();
+    let plugin = loaded("faulty");
     let err = plugin.map("doc", b"PANIC-IN-MAP", &mut |_, _| {}).unwrap_err();
     assert_eq!(err, AppFailure::Panic("deliberate panic in map of doc".to_string()));
     let err = plugin.map("doc", b"ERROR-IN-MAP", &mut |_, _| {}).unwrap_err();
@@ -38,7 +56,7 @@ fn a_panic_in_the_app_is_an_error_not_a_crash() {
 #[test]
 fn refuses_a_plugin_of_another_abi_version() {
     match Plugin::load(&common::plugin("wrong_abi")) {
-        Err(PluginError::AbiMismatch { found: 999, expected: 1, .. }) => {}
+        Err(PluginError::AbiMismatch { found: 999, expected: mapreduce::abi::ABI_VERSION, .. }) => {}
         other => panic!("expected an ABI mismatch, got {other:?}"),
     }
 }

@@ -10,6 +10,7 @@ use clap::Parser;
 use mapreduce::cli;
 use mapreduce::coordinator::{self, CoordinatorConfig};
 use mapreduce::scheduler::SchedulerConfig;
+use mapreduce::Params;
 
 /// Coordinate a MapReduce job: split the inputs into map tasks and reduce
 /// tasks and hand them to `mr-worker` processes over RPC. Exits 0 once every
@@ -34,6 +35,27 @@ struct Args {
     /// job stops with an error naming the task. Timeouts do not count.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     max_task_failures: u32,
+
+    /// A parameter for the app, `KEY=VALUE` (repeatable): every worker's app
+    /// sees the same parameters.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = cli::parse_param)]
+    params: Vec<(String, String)>,
+
+    /// Target input bytes per map task: larger files are split at line
+    /// boundaries into several map tasks (suffixes K, M, G); 0 makes one map
+    /// task per file, as in the MIT lab.
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = cli::parse_bytes)]
+    split_size: u64,
+
+    /// Memory for buffering one map task's output before it is sorted and
+    /// spilled to disk, in bytes (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = cli::parse_bytes)]
+    map_buffer: u64,
+
+    /// Do not use the app's combiner even if it has one (the output is the
+    /// same; more data goes through the shuffle).
+    #[arg(long)]
+    no_combine: bool,
 
     /// Directory for the output files (created if missing). Intermediate
     /// files live in a hidden subdirectory of it while the job runs.
@@ -82,12 +104,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let config = CoordinatorConfig {
         inputs,
+        split_bytes: args.split_size,
         reduces: args.reduces,
         output_dir: args.output_dir,
         scheduler: SchedulerConfig {
             task_timeout: args.task_timeout,
             max_task_failures: args.max_task_failures,
         },
+        params: Params::new(args.params),
+        map_buffer_bytes: args.map_buffer,
+        combine: !args.no_combine,
     };
     let report = coordinator::run(listener, config, cli::termination_signal()).await?;
     tracing::info!("job done in {:.2} s: {} output files", report.elapsed.as_secs_f64(), report.outputs.len());

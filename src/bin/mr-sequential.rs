@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use mapreduce::plugin::Plugin;
+use mapreduce::Params;
 
 /// Run an app over the inputs in one process and write `mr-out-0`: the
 /// reference output a MapReduce job must reproduce (sorted, over all keys).
@@ -16,6 +17,10 @@ struct Args {
     /// Directory for `mr-out-0` (created if missing).
     #[arg(long, value_name = "DIR", default_value = ".")]
     output_dir: PathBuf,
+
+    /// A parameter for the app, `KEY=VALUE` (repeatable), as for `mr-master`.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = mapreduce::cli::parse_param)]
+    params: Vec<(String, String)>,
 
     /// The app: a path to a plugin, or a bare NAME for `libNAME.so` in this
     /// executable's directory.
@@ -43,6 +48,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
-    mapreduce::sequential::run_sequential(&plugin, &inputs, &args.output_dir)?;
+    mapreduce::sequential::run_sequential(&plugin, &inputs, Params::new(args.params), &args.output_dir)?;
     Ok(())
 }

@@ -12,7 +12,9 @@
 //!
 //! Calls go host → plugin through the vtable; the plugin calls back into the
 //! host (to emit a pair, pull the next value, write output, report an error)
-//! through a [`HostCalls`] the host passes in. A panic in app code is caught
+//! through a [`HostCalls`] the host passes in. The host calls `init` once,
+//! with the job's context, before anything else; the plugin creates the app
+//! instance then and reports its [capabilities](CAP_COMBINER). A panic in app code is caught
 //! on the plugin side ([`call_app`]) and returned as [`Status::Panicked`] with
 //! its message, because unwinding across `extern "C"` would abort the worker.
 //!
@@ -21,10 +23,24 @@
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::app::{App, AppResult, Emitter, MapInput, ValueSource, Values};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use crate::app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values};
 
 /// The ABI version this build of the framework speaks.
-pub const ABI_VERSION: u32 = 1;
+/// Version 2 added `init` (job parameters), `combine` and `partition`.
+pub const ABI_VERSION: u32 = 2;
+
+/// Capability bit: the app has a combiner.
+pub const CAP_COMBINER: u32 = 1;
+/// Capability bit: the app partitions keys itself.
+pub const CAP_PARTITIONER: u32 = 2;
+/// Capability bit: the app writes its output lines itself ([`OutputFormat::Raw`]).
+pub const CAP_RAW_OUTPUT: u32 = 4;
+
+/// What `partition` returns when the app's partitioner panicked.
+pub const PARTITION_FAILED: u32 = u32::MAX;
 
 /// Name of the exported `extern "C" fn() -> u32` returning the ABI version.
 pub const VERSION_SYMBOL: &[u8] = b"mapreduce_plugin_abi_version";
@@ -96,22 +112,36 @@ pub struct PluginVTable {
     pub abi_version: u32,
     /// The app's name (its Rust type name), for messages.
     pub name: RawBytes,
+    /// Creates the app for a job from `job` (see [`encode_job`]) and stores
+    /// its capability bits in `*capabilities`. Later calls keep the first app.
+    pub init: unsafe extern "C" fn(host: *const HostCalls, job: RawBytes, capabilities: *mut u32) -> Status,
     /// Runs `App::map` on one input.
     pub map: unsafe extern "C" fn(host: *const HostCalls, filename: RawBytes, contents: RawBytes) -> Status,
     /// Runs `App::reduce` on one key, pulling values with `next_value` and
     /// writing the output value with `write_output` (only on success).
     pub reduce: unsafe extern "C" fn(host: *const HostCalls, key: RawBytes) -> Status,
+    /// Runs `App::combine` on one key, like `reduce`.
+    pub combine: unsafe extern "C" fn(host: *const HostCalls, key: RawBytes) -> Status,
+    /// Runs `App::partition`; returns [`PARTITION_FAILED`] if it panicked.
+    pub partition: unsafe extern "C" fn(key: RawBytes, partitions: u32) -> u32,
 }
 
-/// Exports `$app` (a type implementing [`App`](crate::App) + `Default`) as a
-/// plugin. Use it once, at the root of a `cdylib` crate.
+/// Exports an app type as a plugin. Use it once, at the root of a `cdylib`
+/// crate:
+///
+/// - `export_app!(MyApp)` makes the app with `MyApp::default()`;
+/// - `export_app!(MyApp, MyApp::new)` makes it with a constructor
+///   `fn(&JobContext) -> Result<MyApp, AppError>`, which sees the job's
+///   parameters, inputs and number of reduces, and may refuse them.
 #[macro_export]
 macro_rules! export_app {
     ($app:ty) => {
-        fn __mapreduce_app() -> &'static $app {
-            static APP: ::std::sync::OnceLock<$app> = ::std::sync::OnceLock::new();
-            APP.get_or_init(<$app as ::std::default::Default>::default)
-        }
+        $crate::export_app!($app, |_: &$crate::JobContext| -> ::std::result::Result<$app, $crate::AppError> {
+            ::std::result::Result::Ok(<$app as ::std::default::Default>::default())
+        });
+    };
+    ($app:ty, $constructor:expr) => {
+        static __MAPREDUCE_APP: ::std::sync::OnceLock<$app> = ::std::sync::OnceLock::new();
 
         #[no_mangle]
         pub extern "C" fn mapreduce_plugin_abi_version() -> u32 {
@@ -120,25 +150,32 @@ macro_rules! export_app {
 
         #[no_mangle]
         pub extern "C" fn mapreduce_plugin_vtable() -> *const $crate::abi::PluginVTable {
-            unsafe extern "C" fn map(
-                host: *const $crate::abi::HostCalls,
-                filename: $crate::abi::RawBytes,
-                contents: $crate::abi::RawBytes,
-            ) -> $crate::abi::Status {
-                $crate::abi::plugin_map(__mapreduce_app(), host, filename, contents)
+            use $crate::abi::{HostCalls, RawBytes, Status};
+            unsafe extern "C" fn init(host: *const HostCalls, job: RawBytes, capabilities: *mut u32) -> Status {
+                let constructor: fn(&$crate::JobContext) -> ::std::result::Result<$app, $crate::AppError> = $constructor;
+                $crate::abi::plugin_init(&__MAPREDUCE_APP, constructor, host, job, capabilities)
             }
-            unsafe extern "C" fn reduce(
-                host: *const $crate::abi::HostCalls,
-                key: $crate::abi::RawBytes,
-            ) -> $crate::abi::Status {
-                $crate::abi::plugin_reduce(__mapreduce_app(), host, key)
+            unsafe extern "C" fn map(host: *const HostCalls, filename: RawBytes, contents: RawBytes) -> Status {
+                $crate::abi::plugin_map(&__MAPREDUCE_APP, host, filename, contents)
+            }
+            unsafe extern "C" fn reduce(host: *const HostCalls, key: RawBytes) -> Status {
+                $crate::abi::plugin_reduce(&__MAPREDUCE_APP, host, key, false)
+            }
+            unsafe extern "C" fn combine(host: *const HostCalls, key: RawBytes) -> Status {
+                $crate::abi::plugin_reduce(&__MAPREDUCE_APP, host, key, true)
+            }
+            unsafe extern "C" fn partition(key: RawBytes, partitions: u32) -> u32 {
+                $crate::abi::plugin_partition(&__MAPREDUCE_APP, key, partitions)
             }
             static NAME: &str = stringify!($app);
             static VTABLE: $crate::abi::PluginVTable = $crate::abi::PluginVTable {
                 abi_version: $crate::abi::ABI_VERSION,
-                name: $crate::abi::RawBytes { ptr: NAME.as_ptr(), len: NAME.len() },
+                name: RawBytes { ptr: NAME.as_ptr(), len: NAME.len() },
+                init,
                 map,
                 reduce,
+                combine,
+                partition,
             };
             &VTABLE
         }
@@ -149,35 +186,97 @@ macro_rules! export_app {
 // points at a `'static str`, which is safe to share.
 unsafe impl Sync for RawBytes {}
 
+/// Plugin side of `init`: makes the app (once) and reports what it can do.
+///
+/// # Safety
+/// Called only by the host through the vtable, with valid arguments.
+#[doc(hidden)]
+pub unsafe fn plugin_init<A: App>(
+    cell: &OnceLock<A>,
+    constructor: fn(&JobContext) -> Result<A, AppError>,
+    host: *const HostCalls,
+    job: RawBytes,
+    capabilities: *mut u32,
+) -> Status {
+    let host = &*host;
+    call_app(host, || {
+        let app = match cell.get() {
+            Some(app) => app,
+            None => {
+                let job = decode_job(job.as_slice()).ok_or("the worker sent a malformed job description")?;
+                let app = constructor(&job)?;
+                // A concurrent init of the same job made an equal app; keep either.
+                let _ = cell.set(app);
+                cell.get().expect("just set")
+            }
+        };
+        let mut caps = 0;
+        if app.has_combiner() {
+            caps |= CAP_COMBINER;
+        }
+        if app.has_partitioner() {
+            caps |= CAP_PARTITIONER;
+        }
+        if app.output_format() == OutputFormat::Raw {
+            caps |= CAP_RAW_OUTPUT;
+        }
+        *capabilities = caps;
+        Ok(())
+    })
+}
+
+fn initialised<A>(cell: &OnceLock<A>) -> Result<&A, AppError> {
+    cell.get().ok_or_else(|| "the app was called before init".into())
+}
+
 /// Plugin side of `map`: decodes the call and runs the app, catching panics.
 ///
 /// # Safety
 /// Called only by the host through the vtable, with valid `host` and slices.
 #[doc(hidden)]
-pub unsafe fn plugin_map<A: App>(app: &A, host: *const HostCalls, filename: RawBytes, contents: RawBytes) -> Status {
+pub unsafe fn plugin_map<A: App>(cell: &OnceLock<A>, host: *const HostCalls, filename: RawBytes, contents: RawBytes) -> Status {
     let host = &*host;
     let filename = String::from_utf8_lossy(filename.as_slice());
     let input = MapInput { filename: &filename, contents: contents.as_slice() };
     let mut sink = |key: &[u8], value: &[u8]| (host.emit)(host.ctx, RawBytes::new(key), RawBytes::new(value));
-    call_app(host, || app.map(&input, &mut Emitter::new(&mut sink)))
+    call_app(host, || initialised(cell)?.map(&input, &mut Emitter::new(&mut sink)))
 }
 
-/// Plugin side of `reduce`: decodes the call and runs the app, catching panics.
+/// Plugin side of `reduce` and `combine`: decodes the call and runs the
+/// app, catching panics.
 ///
 /// # Safety
 /// Called only by the host through the vtable, with valid arguments.
 #[doc(hidden)]
-pub unsafe fn plugin_reduce<A: App>(app: &A, host: *const HostCalls, key: RawBytes) -> Status {
+pub unsafe fn plugin_reduce<A: App>(cell: &OnceLock<A>, host: *const HostCalls, key: RawBytes, combine: bool) -> Status {
     let host = &*host;
     let mut source = HostValues { host };
     let mut value = Vec::new();
-    let status = call_app(host, || app.reduce(key.as_slice(), &mut Values::new(&mut source), &mut value));
+    let status = call_app(host, || {
+        let app = initialised(cell)?;
+        let mut values = Values::new(&mut source);
+        if combine {
+            app.combine(key.as_slice(), &mut values, &mut value)
+        } else {
+            app.reduce(key.as_slice(), &mut values, &mut value)
+        }
+    });
     if status == Status::Ok {
         // The value is copied into host memory: each side frees only what it
         // allocated.
         (host.write_output)(host.ctx, RawBytes::new(&value));
     }
     status
+}
+
+/// Plugin side of `partition`.
+///
+/// # Safety
+/// Called only by the host through the vtable, with a valid key.
+#[doc(hidden)]
+pub unsafe fn plugin_partition<A: App>(cell: &OnceLock<A>, key: RawBytes, partitions: u32) -> u32 {
+    let Some(app) = cell.get() else { return PARTITION_FAILED };
+    catch_unwind(AssertUnwindSafe(|| app.partition(key.as_slice(), partitions))).unwrap_or(PARTITION_FAILED)
 }
 
 /// Pulls values from the host, one call per value.
@@ -206,6 +305,61 @@ fn call_app(host: &HostCalls, f: impl FnOnce() -> AppResult) -> Status {
     status
 }
 
+/// Encodes a job context for `init`: `reduces:u32`, then the params and the
+/// inputs as counted lists of length-prefixed byte strings (all integers
+/// u32 little-endian). Both sides of the boundary use this module, and the
+/// ABI version check guarantees they agree on it.
+pub fn encode_job(job: &JobContext) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    let put = |bytes: &[u8], out: &mut Vec<u8>| {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    out.extend_from_slice(&job.reduces.to_le_bytes());
+    out.extend_from_slice(&(job.params.iter().count() as u32).to_le_bytes());
+    for (k, v) in job.params.iter() {
+        put(k.as_bytes(), &mut out);
+        put(v.as_bytes(), &mut out);
+    }
+    out.extend_from_slice(&(job.inputs.len() as u32).to_le_bytes());
+    for (name, path) in &job.inputs {
+        put(name.as_bytes(), &mut out);
+        put(path.as_os_str().as_bytes(), &mut out);
+    }
+    out
+}
+
+/// Decodes what [`encode_job`] wrote; `None` if it is malformed.
+pub fn decode_job(mut bytes: &[u8]) -> Option<JobContext> {
+    use std::os::unix::ffi::OsStrExt;
+    fn u32_at(bytes: &mut &[u8]) -> Option<u32> {
+        let (head, rest) = bytes.split_first_chunk::<4>()?;
+        *bytes = rest;
+        Some(u32::from_le_bytes(*head))
+    }
+    fn string(bytes: &mut &[u8]) -> Option<Vec<u8>> {
+        let len = u32_at(bytes)? as usize;
+        let (s, rest) = bytes.split_at_checked(len)?;
+        *bytes = rest;
+        Some(s.to_vec())
+    }
+    let reduces = u32_at(&mut bytes)?;
+    let mut params = Vec::new();
+    for _ in 0..u32_at(&mut bytes)? {
+        let k = String::from_utf8(string(&mut bytes)?).ok()?;
+        let v = String::from_utf8(string(&mut bytes)?).ok()?;
+        params.push((k, v));
+    }
+    let mut inputs = Vec::new();
+    for _ in 0..u32_at(&mut bytes)? {
+        let name = String::from_utf8(string(&mut bytes)?).ok()?;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&string(&mut bytes)?));
+        inputs.push((name, path));
+    }
+    bytes.is_empty().then_some(JobContext { params: Params::new(params), inputs, reduces })
+}
+
 /// The text of a panic payload (`panic!` with a literal or with formatting).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -214,5 +368,26 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_contexts_round_trip_and_malformed_ones_are_refused() {
+        let job = JobContext {
+            params: Params::new([("pattern".to_string(), "a b=c".to_string()), ("n".to_string(), String::new())]),
+            inputs: vec![("in/a.txt".to_string(), PathBuf::from("/abs/in/a.txt")), ("é".to_string(), PathBuf::from("/x"))],
+            reduces: 7,
+        };
+        let bytes = encode_job(&job);
+        assert_eq!(decode_job(&bytes), Some(job.clone()));
+        assert_eq!(decode_job(&bytes[..bytes.len() - 1]), None);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_job(&longer), None);
+        assert_eq!(decode_job(&encode_job(&JobContext::default())), Some(JobContext::default()));
     }
 }

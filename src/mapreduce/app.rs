@@ -40,8 +40,12 @@ pub type AppError = Box<dyn std::error::Error + Send + Sync>;
 pub type AppResult = Result<(), AppError>;
 
 /// A MapReduce application. One instance serves every task of a worker
-/// process (created with `Default` when the plugin is loaded), so it must be
-/// `Sync`; per-task state belongs in locals.
+/// process (made once per job, with `Default` or the constructor given to
+/// [`export_app!`](crate::export_app)), so it must be `Sync`; per-task state
+/// belongs in locals.
+///
+/// Only `map` and `reduce` are required; the other methods have defaults
+/// that an app overrides to opt in.
 pub trait App: Send + Sync + 'static {
     /// Called once per map task with the task's input. Emit any number of
     /// key/value pairs; the framework partitions them by key.
@@ -49,8 +53,95 @@ pub trait App: Send + Sync + 'static {
 
     /// Called once per distinct key of a reduce partition, in key order, with
     /// every value emitted for that key. Write the output value to `out`
-    /// (it arrives empty); the framework writes the line `<key> <value>`.
+    /// (it arrives empty); with the default [`OutputFormat::KeyValue`] the
+    /// framework writes the line `<key> <value>`.
     fn reduce(&self, key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult;
+
+    /// True if the app has a combiner (see [`combine`](App::combine)).
+    fn has_combiner(&self) -> bool {
+        false
+    }
+
+    /// Folds some values of one key into one value, on the map side, before
+    /// they are shuffled: the reduce (and further combines) then see the
+    /// combined value in place of those values. Called on sorted map output
+    /// before it is written and again when merging spills, zero or more times
+    /// per key, so it must be associative and its output must be a valid
+    /// input to itself and to `reduce` (word count's combiner is a sum). Only called if
+    /// [`has_combiner`](App::has_combiner) is true.
+    fn combine(&self, _key: &[u8], _values: &mut Values<'_>, _out: &mut Vec<u8>) -> AppResult {
+        Err("this app declares no combiner".into())
+    }
+
+    /// True if the app chooses partitions itself (see [`partition`](App::partition)).
+    fn has_partitioner(&self) -> bool {
+        false
+    }
+
+    /// The reduce partition of `key`, in `0..partitions`. The default is a
+    /// hash ([`crate::partition::partition_of`]); an app that needs ordered
+    /// output across files (a sort) partitions by key ranges. Must give the
+    /// same answer on every worker. Only called if
+    /// [`has_partitioner`](App::has_partitioner) is true.
+    fn partition(&self, key: &[u8], partitions: u32) -> u32 {
+        crate::partition::partition_of(key, partitions)
+    }
+
+    /// How reduce output becomes output lines.
+    fn output_format(&self) -> OutputFormat {
+        OutputFormat::KeyValue
+    }
+}
+
+/// How the framework writes each reduce call's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// One line per key: `<key> <value>\n` (the MIT lab's format).
+    KeyValue,
+    /// The reduce output verbatim: the app writes whole lines itself (zero
+    /// or more per key), e.g. a sort writing each input line once per
+    /// occurrence.
+    Raw,
+}
+
+/// Parameters of a job, from `mr-master --param KEY=VALUE`, so that a job
+/// is configured in one place and every worker's app sees the same values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    pairs: std::collections::BTreeMap<String, String>,
+}
+
+impl Params {
+    /// Parameters from (key, value) pairs; a later pair replaces an earlier one.
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        Params { pairs: pairs.into_iter().collect() }
+    }
+
+    /// The value of `key`, if given.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs.get(key).map(String::as_str)
+    }
+
+    /// The value of `key`, or an error naming it.
+    pub fn require(&self, key: &str) -> Result<&str, AppError> {
+        self.get(key).ok_or_else(|| format!("missing job parameter '{key}' (give it with mr-master --param {key}=VALUE)").into())
+    }
+
+    /// Every parameter, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// What an app's constructor knows about its job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobContext {
+    /// The job's parameters.
+    pub params: Params,
+    /// The job's input files: (name as given, absolute path), in order.
+    pub inputs: Vec<(String, std::path::PathBuf)>,
+    /// Number of reduce partitions.
+    pub reduces: u32,
 }
 
 /// The input of one map task.

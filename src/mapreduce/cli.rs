@@ -11,6 +11,32 @@ pub fn parse_positive_secs(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a byte size for clap: a whole number with an optional binary
+/// suffix `K`, `M`, `G` or `T` (also `KiB`, `MiB`, ...): `64M` is 64 MiB.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (digits, suffix) = trimmed.split_at(split);
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("'{text}' is not a size (a number with an optional K, M, G or T suffix)")),
+    };
+    let number: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size (a number with an optional K, M, G or T suffix)"))?;
+    number.checked_mul(1u64 << shift).ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Parses a `KEY=VALUE` job parameter for clap.
+pub fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("'{text}' is not KEY=VALUE")),
+    }
+}
+
 /// Completes on Ctrl-C (SIGINT) or SIGTERM, so that a stopped process still
 /// cleans up. If a handler cannot be installed, that signal keeps its
 /// default action rather than stopping the program.
@@ -37,6 +63,27 @@ pub async fn termination_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("123"), Ok(123));
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2g"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1K"), Ok(1024));
+        for bad in ["", "M", "-1", "1.5M", "12X", "99999999999T"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn params_are_key_equals_value() {
+        assert_eq!(parse_param("pattern=a=b"), Ok(("pattern".to_string(), "a=b".to_string())));
+        assert_eq!(parse_param("empty="), Ok(("empty".to_string(), String::new())));
+        assert!(parse_param("=x").is_err());
+        assert!(parse_param("novalue").is_err());
+    }
 
     #[test]
     fn seconds_must_be_positive_numbers() {

@@ -30,8 +30,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::output::{output_file_name, remove_stale_outputs};
-use crate::rpc::{Assignment, Coordinator, InputFile, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, POLL_WAIT};
+use crate::app::Params;
+use crate::rpc::{Assignment, Coordinator, InputFile, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport, WorkerId, POLL_WAIT};
 use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
+use crate::split::plan_splits;
 
 /// How long `run` waits, after the job ends, for the workers it knows to
 /// ask for work and be told `Exit`, before it closes the connections.
@@ -43,8 +45,11 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// What the coordinator needs to run one job.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    /// The inputs, one map task each.
+    /// The input files.
     pub inputs: Vec<InputFile>,
+    /// Target bytes per map task; larger files are split at line boundaries
+    /// (0: one map task per file).
+    pub split_bytes: u64,
     /// Number of reduce tasks (and output files).
     pub reduces: u32,
     /// Where `mr-out-*` go; the job's intermediate files live in a hidden
@@ -52,6 +57,12 @@ pub struct CoordinatorConfig {
     pub output_dir: PathBuf,
     /// Timeouts and failure limits.
     pub scheduler: SchedulerConfig,
+    /// Parameters for the app.
+    pub params: Params,
+    /// Map output buffer budget per map task, in bytes.
+    pub map_buffer_bytes: u64,
+    /// Whether map tasks use the app's combiner, if it has one.
+    pub combine: bool,
 }
 
 /// Why a job did not succeed.
@@ -83,6 +94,8 @@ pub struct JobReport {
 
 /// State shared by every RPC handler.
 struct Shared {
+    /// Answer to `job()`; fixed for the job.
+    spec: JobSpec,
     scheduler: Mutex<Scheduler>,
     /// Signalled whenever the scheduler changes in a way that may let a held
     /// `request_task` proceed (a task finished or failed, the job ended).
@@ -121,14 +134,24 @@ pub async fn run(
     // Workers may run in other directories: every path they are sent is absolute.
     let output_dir = std::path::absolute(&config.output_dir).map_err(job_dir_err)?;
     let job_dir = tempfile::Builder::new().prefix(".mr-job-").tempdir_in(&output_dir).map_err(job_dir_err)?;
-    let scheduler = Scheduler::new(config.scheduler, config.inputs.clone(), config.reduces, job_dir.path().to_owned());
+    let splits = plan_splits(&config.inputs, config.split_bytes);
+    let map_count = splits.len();
+    let scheduler = Scheduler::new(config.scheduler, splits, config.reduces, job_dir.path().to_owned());
+    let spec = JobSpec {
+        params: config.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        inputs: config.inputs.clone(),
+        reduces: config.reduces,
+        map_buffer_bytes: config.map_buffer_bytes,
+        combine: config.combine,
+    };
     let shared = Arc::new(Shared {
+        spec,
         scheduler: Mutex::new(scheduler),
         changed: Notify::new(),
         output_dir: output_dir.clone(),
         not_yet_exited: Mutex::new(HashSet::new()),
     });
-    tracing::info!(maps = config.inputs.len(), reduces = config.reduces, job_dir = %job_dir.path().display(), "job started");
+    tracing::info!(inputs = config.inputs.len(), maps = map_count, reduces = config.reduces, job_dir = %job_dir.path().display(), "job started");
 
     let server = serve(listener, CoordinatorServer(shared.clone()));
     tokio::pin!(server);
@@ -207,6 +230,10 @@ async fn wait_for_end(shared: &Shared) -> JobEnd {
 struct CoordinatorServer(Arc<Shared>);
 
 impl Coordinator for CoordinatorServer {
+    async fn job(self, _: Context) -> JobSpec {
+        self.0.spec.clone()
+    }
+
     async fn request_task(self, _: Context, worker: WorkerId) -> Assignment {
         let shared = &self.0;
         shared.not_yet_exited().insert(worker.clone());

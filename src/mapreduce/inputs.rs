@@ -65,8 +65,8 @@ fn walk_directory(dir: &Path, inputs: &mut Vec<InputFile>) -> Result<(), InputEr
 /// An input named `name`, checked readable by opening `path`.
 fn checked_input(name: &Path, path: &Path) -> Result<InputFile, InputError> {
     let unreadable = |source| InputError::Unreadable { path: name.to_owned(), source };
-    File::open(path).map_err(unreadable)?;
-    Ok(InputFile { name: name.to_string_lossy().into_owned(), path: std::path::absolute(path).map_err(unreadable)? })
+    let size = File::open(path).and_then(|f| f.metadata()).map_err(unreadable)?.len();
+    Ok(InputFile { name: name.to_string_lossy().into_owned(), path: std::path::absolute(path).map_err(unreadable)?, size })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! | loading a plugin and calling it safely | [`plugin`] |
 //! | word splitting with the lab's semantics | [`text`] |
 //! | input arguments → input files | [`inputs`] |
+//! | input files → map tasks (splits), and reading one | [`split`] |
 //! | the RPC contract and its messages | [`rpc`] |
 //! | scheduling: the task state machine (no I/O) | [`scheduler`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
@@ -46,8 +47,9 @@ pub mod runfile;
 pub mod scheduler;
 pub mod sequential;
 pub mod shuffle;
+pub mod split;
 pub mod task;
 pub mod text;
 pub mod worker;
 
-pub use app::{App, AppError, AppResult, Emitter, MapInput, ValueSource, Values, VecValues};
+pub use app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values, VecValues};

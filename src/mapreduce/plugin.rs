@@ -7,11 +7,13 @@
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use libloading::Library;
 
 use crate::abi::{self, HostCalls, PluginVTable, RawBytes, Status};
-use crate::app::ValueSource;
+use crate::app::{JobContext, ValueSource};
+use crate::partition::partition_of;
 
 /// Why a plugin could not be loaded. Every variant names the plugin.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,19 @@ pub struct Plugin {
     vtable: &'static PluginVTable,
     path: PathBuf,
     name: String,
+    /// Set by `init`, which must come before any other call.
+    capabilities: OnceLock<Capabilities>,
+}
+
+/// What an app can do beyond map and reduce, as reported by its `init`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The app has a combiner.
+    pub combiner: bool,
+    /// The app partitions keys itself.
+    pub partitioner: bool,
+    /// The app writes whole output lines itself ([`crate::OutputFormat::Raw`]).
+    pub raw_output: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -115,7 +130,7 @@ impl Plugin {
         let vtable: &'static PluginVTable = unsafe { &*vtable_ptr };
         // SAFETY: `name` points at a static str inside the library.
         let name = String::from_utf8_lossy(unsafe { vtable.name.as_slice() }).into_owned();
-        Ok(Plugin { vtable, path, name })
+        Ok(Plugin { vtable, path, name, capabilities: OnceLock::new() })
     }
 
     /// The plugin file that was loaded.
@@ -128,9 +143,32 @@ impl Plugin {
         &self.name
     }
 
+    /// Creates the app for `job`; must precede every other call. A second
+    /// call keeps the first app and returns its capabilities.
+    pub fn init(&self, job: &JobContext) -> Result<Capabilities, AppFailure> {
+        let mut call = CallState::new();
+        let host = call.host_calls();
+        let encoded = abi::encode_job(job);
+        let mut bits = 0u32;
+        // SAFETY: `host`, the job bytes and `bits` outlive the call.
+        let status = unsafe { (self.vtable.init)(&host, RawBytes::new(&encoded), &mut bits) };
+        call.finish(status)?;
+        let caps = Capabilities {
+            combiner: bits & abi::CAP_COMBINER != 0,
+            partitioner: bits & abi::CAP_PARTITIONER != 0,
+            raw_output: bits & abi::CAP_RAW_OUTPUT != 0,
+        };
+        Ok(*self.capabilities.get_or_init(|| caps))
+    }
+
+    /// What the app can do (all false before `init`).
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities.get().copied().unwrap_or_default()
+    }
+
     /// Runs the app's map on one input, handing every emitted pair to `emit`.
     pub fn map(&self, filename: &str, contents: &[u8], emit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), AppFailure> {
-        let mut call = CallState { emit: Some(emit), values: None, output: None, failure: None };
+        let mut call = CallState { emit: Some(emit), ..CallState::new() };
         let host = call.host_calls();
         // SAFETY: `host` and the slices outlive the call.
         let status = unsafe { (self.vtable.map)(&host, RawBytes::new(filename.as_bytes()), RawBytes::new(contents)) };
@@ -139,11 +177,47 @@ impl Plugin {
 
     /// Runs the app's reduce on one key; the output value is appended to `out`.
     pub fn reduce(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>) -> Result<(), AppFailure> {
-        let mut call = CallState { emit: None, values: Some(values), output: Some(out), failure: None };
+        self.fold(self.vtable.reduce, key, values, out)
+    }
+
+    /// Runs the app's combiner on one key; the combined value is appended to
+    /// `out`. Only for apps whose capabilities include a combiner.
+    pub fn combine(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>) -> Result<(), AppFailure> {
+        self.fold(self.vtable.combine, key, values, out)
+    }
+
+    fn fold(
+        &self,
+        function: unsafe extern "C" fn(*const HostCalls, RawBytes) -> Status,
+        key: &[u8],
+        values: &mut dyn ValueSource,
+        out: &mut Vec<u8>,
+    ) -> Result<(), AppFailure> {
+        let mut call = CallState { values: Some(values), output: Some(out), ..CallState::new() };
         let host = call.host_calls();
         // SAFETY: `host` and `key` outlive the call.
-        let status = unsafe { (self.vtable.reduce)(&host, RawBytes::new(key)) };
+        let status = unsafe { function(&host, RawBytes::new(key)) };
         call.finish(status)
+    }
+
+    /// The partition of `key` among `partitions`: the app's own partitioner
+    /// if it has one, the framework's hash otherwise.
+    pub fn partition(&self, key: &[u8], partitions: u32) -> Result<u32, AppFailure> {
+        if !self.capabilities().partitioner {
+            return Ok(partition_of(key, partitions));
+        }
+        // SAFETY: `key` outlives the call.
+        match unsafe { (self.vtable.partition)(RawBytes::new(key), partitions) } {
+            p if p < partitions => Ok(p),
+            abi::PARTITION_FAILED => Err(AppFailure::Panic(format!(
+                "the app's partitioner panicked on key {:?}",
+                String::from_utf8_lossy(key)
+            ))),
+            p => Err(AppFailure::Error(format!(
+                "the app's partitioner put key {:?} in partition {p}, but there are only {partitions}",
+                String::from_utf8_lossy(key)
+            ))),
+        }
     }
 }
 
@@ -174,6 +248,10 @@ struct CallState<'a> {
 }
 
 impl<'a> CallState<'a> {
+    fn new() -> Self {
+        CallState { emit: None, values: None, output: None, failure: None }
+    }
+
     fn host_calls(&mut self) -> HostCalls {
         HostCalls {
             ctx: self as *mut CallState<'a> as *mut c_void,

@@ -7,6 +7,8 @@
 //!
 //! ```text
 //! worker                          coordinator
+//!   | job() ---------------------->   | once, after connecting
+//!   | <---------------- JobSpec ----  | (params, inputs, reduces, budgets)
 //!   | request_task(worker_id) ----->  | expire overdue attempts; assign
 //!   | <---- Map(task) / Reduce(task)  | (or hold the call up to POLL_WAIT,
 //!   |       / Wait / Exit(end)        |  then answer Wait)
@@ -62,6 +64,32 @@ impl std::fmt::Display for TaskId {
     }
 }
 
+/// What every worker needs to know about the job before its first task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Parameters for the app (`mr-master --param KEY=VALUE`), sorted by key.
+    pub params: Vec<(String, String)>,
+    /// The input files, for the app's constructor (e.g. a sort samples them).
+    pub inputs: Vec<InputFile>,
+    /// Number of reduce partitions.
+    pub reduces: u32,
+    /// Map output buffer budget in bytes (`--map-buffer`).
+    pub map_buffer_bytes: u64,
+    /// Whether to use the app's combiner, if it has one (`--no-combine` clears it).
+    pub combine: bool,
+}
+
+impl JobSpec {
+    /// The app's view of the job.
+    pub fn app_context(&self) -> crate::JobContext {
+        crate::JobContext {
+            params: crate::Params::new(self.params.iter().cloned()),
+            inputs: self.inputs.iter().map(|i| (i.name.clone(), i.path.clone())).collect(),
+            reduces: self.reduces,
+        }
+    }
+}
+
 /// One input file of the job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputFile {
@@ -70,6 +98,39 @@ pub struct InputFile {
     /// Absolute path, so a worker started in another directory reads the
     /// same file.
     pub path: PathBuf,
+    /// Size in bytes when the job was planned.
+    pub size: u64,
+}
+
+/// The part of an input file one map task reads: the lines that *start*
+/// in `start..end` (the last of them may run past `end`), so no line is
+/// cut and every line belongs to exactly one split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSplit {
+    /// The file.
+    pub file: InputFile,
+    /// First byte offset owned by this split.
+    pub start: u64,
+    /// End of the owned range; `None` means the end of the file, whatever
+    /// its size when read (a whole-file task, as in the lab).
+    pub end: Option<u64>,
+}
+
+impl InputSplit {
+    /// A split covering a whole file.
+    pub fn whole(file: InputFile) -> Self {
+        InputSplit { file, start: 0, end: None }
+    }
+}
+
+impl std::fmt::Display for InputSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.end {
+            None if self.start == 0 => write!(f, "{}", self.file.name),
+            None => write!(f, "{} bytes {}..", self.file.name, self.start),
+            Some(end) => write!(f, "{} bytes {}..{end}", self.file.name, self.start),
+        }
+    }
 }
 
 /// Everything a worker needs to run one map attempt.
@@ -80,7 +141,7 @@ pub struct MapTask {
     /// This attempt's id; output names include it so attempts never collide.
     pub attempt: AttemptId,
     /// The input to map.
-    pub input: InputFile,
+    pub input: InputSplit,
     /// Number of reduce partitions to split the output into.
     pub reduces: u32,
     /// Directory for this job's intermediate files (shared by all workers).
@@ -165,6 +226,9 @@ pub enum TaskOutcome {
 /// The coordinator's RPC interface.
 #[tarpc::service]
 pub trait Coordinator {
+    /// Describes the job. A worker asks once, right after connecting.
+    async fn job() -> JobSpec;
+
     /// Asks for work. Answers at once when a task is ready or the job is
     /// over; otherwise holds the call up to [`POLL_WAIT`] and answers
     /// [`Assignment::Wait`]. Repeating the call is always safe.

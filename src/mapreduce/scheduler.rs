@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::rpc::{Assignment, AttemptId, InputFile, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
+use crate::rpc::{Assignment, AttemptId, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
 use crate::shuffle::MapOutputLocation;
 
 /// The scheduler's limits.
@@ -121,7 +121,8 @@ pub struct Progress {
 #[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
-    inputs: Vec<InputFile>,
+    /// One map task per split.
+    splits: Vec<InputSplit>,
     job_dir: PathBuf,
     maps: Vec<TaskEntry>,
     reduces: Vec<TaskEntry>,
@@ -142,14 +143,14 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A job with one map task per input and `reduces` reduce tasks, whose
-    /// intermediate files go to `job_dir`.
-    pub fn new(config: SchedulerConfig, inputs: Vec<InputFile>, reduces: u32, job_dir: PathBuf) -> Scheduler {
+    /// A job with one map task per input split and `reduces` reduce tasks,
+    /// whose intermediate files go to `job_dir`.
+    pub fn new(config: SchedulerConfig, splits: Vec<InputSplit>, reduces: u32, job_dir: PathBuf) -> Scheduler {
         assert!(reduces > 0, "a job needs at least one reduce task");
-        let map_count = inputs.len();
+        let map_count = splits.len();
         Scheduler {
             config,
-            inputs,
+            splits,
             job_dir,
             maps: vec![TaskEntry::new(); map_count],
             reduces: vec![TaskEntry::new(); reduces as usize],
@@ -278,7 +279,7 @@ impl Scheduler {
             TaskId::Map(m) => Assignment::Map(MapTask {
                 index: m,
                 attempt,
-                input: self.inputs[m as usize].clone(),
+                input: self.splits[m as usize].clone(),
                 reduces: self.reduces.len() as u32,
                 job_dir: self.job_dir.clone(),
             }),
@@ -398,7 +399,7 @@ impl Scheduler {
 
     fn failure_message(&self, task: TaskId, failures: u32, error: &str) -> String {
         let input = match task {
-            TaskId::Map(m) => format!("input {}", self.inputs[m as usize].name),
+            TaskId::Map(m) => format!("input {}", self.splits[m as usize]),
             TaskId::Reduce(r) => format!("partition {r}"),
         };
         format!("{task} ({input}) failed {failures} times; last error: {error}")
@@ -436,11 +437,14 @@ fn index(task: TaskId) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::InputFile;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
-    fn inputs(n: usize) -> Vec<InputFile> {
-        (0..n).map(|i| InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/data/in-{i}")) }).collect()
+    fn inputs(n: usize) -> Vec<InputSplit> {
+        (0..n)
+            .map(|i| InputSplit::whole(InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/data/in-{i}")), size: 10 }))
+            .collect()
     }
 
     fn scheduler(maps: usize, reduces: u32) -> Scheduler {

@@ -6,9 +6,10 @@
 //! only the app boundary ([`crate::plugin`]) and the output line format
 //! ([`crate::output`]) with the framework.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::app::VecValues;
+use crate::app::{JobContext, Params, VecValues};
 use crate::output::{output_file_name, AtomicFile};
 use crate::plugin::{AppFailure, Plugin};
 use crate::rpc::InputFile;
@@ -28,8 +29,13 @@ pub enum SequentialError {
     Output { path: PathBuf, source: std::io::Error },
 }
 
-/// Runs the app over `inputs` and writes `mr-out-0` into `output_dir`.
-pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], output_dir: &Path) -> Result<PathBuf, SequentialError> {
+/// Runs the app over `inputs` with `params` and writes `mr-out-0` into
+/// `output_dir`. The app is made for a job with one reduce partition; its
+/// combiner and partitioner are not used.
+pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, output_dir: &Path) -> Result<PathBuf, SequentialError> {
+    let job = JobContext { params, inputs: inputs.iter().map(|i| (i.name.clone(), i.path.clone())).collect(), reduces: 1 };
+    let capabilities =
+        plugin.init(&job).map_err(|failure| SequentialError::App { what: "the app's constructor".to_string(), failure })?;
     // Pairs live back to back in one arena; `pairs` holds (offset, key length, value length).
     let mut arena = Vec::new();
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
@@ -62,7 +68,8 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], output_dir: &Path) 
             what: format!("reduce of key {}", String::from_utf8_lossy(k)),
             failure,
         })?;
-        output.write_record(k, &result).map_err(output_err)?;
+        let written = if capabilities.raw_output { output.write_all(&result) } else { output.write_record(k, &result) };
+        written.map_err(output_err)?;
     }
     output.commit().map_err(output_err)
 }

@@ -1,22 +1,31 @@
 //! The shuffle's map side and the one place that knows where map output lives.
 //!
-//! A map task feeds every emitted pair to a [`MapOutputBuffer`], which
-//! partitions it by key ([`crate::partition`]), sorts each partition, and
-//! writes one key-sorted run ([`crate::runfile`]) per non-empty partition.
-//! Each run is named by a [`MapOutputLocation`]: the coordinator passes these
-//! from map tasks to reduce tasks without looking inside, and only
-//! [`open_run`] turns one back into bytes.
+//! A map task feeds every emitted pair, with its partition, to a
+//! [`MapOutputWriter`]. The writer buffers pairs up to a memory budget; when
+//! the budget is reached it sorts the buffer by (partition, key), folds each
+//! key's values with the app's combiner if it has one, and *spills* one
+//! sorted run ([`crate::runfile`]) per partition. At the end, a map that
+//! never spilled writes its final runs straight from memory; otherwise each
+//! partition's spills are merged ([`crate::merge`], combining again) into one
+//! final run. Either way the map produces one key-sorted run per non-empty
+//! partition, and its memory never exceeds the budget plus one block per
+//! spill being merged.
 //!
-//! Today every location is a file in the job directory on a filesystem all
-//! workers share. Serving map output from the worker that produced it, across
-//! machines, adds a variant here (and a fetch in `open_run`); nothing else in
-//! the scheduler or the reduce path changes.
+//! Each final run is named by a [`MapOutputLocation`]: the coordinator
+//! passes these from map tasks to reduce tasks without looking inside, and
+//! only [`open_run`] turns one back into bytes. Today every location is a
+//! file in the job directory on a filesystem all workers share. Serving map
+//! output from the worker that produced it, across machines, adds a variant
+//! here (and a fetch in `open_run`); nothing else in the scheduler or the
+//! reduce path changes.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::partition::partition_of;
+use crate::app::ValueSource;
+use crate::merge::{MergeError, RunMerger};
+use crate::plugin::AppFailure;
 use crate::rpc::AttemptId;
 use crate::runfile::{RunError, RunReader, RunWriter};
 
@@ -41,6 +50,33 @@ pub fn run_file_name(map: u32, attempt: AttemptId, partition: u32) -> String {
     format!("map-{map}.attempt-{attempt}.part-{partition}.run")
 }
 
+fn spill_file_name(map: u32, attempt: AttemptId, spill: usize, partition: u32) -> String {
+    format!("map-{map}.attempt-{attempt}.spill-{spill}.part-{partition}.run")
+}
+
+/// Folds the values of one key into one value: the app's combiner.
+pub trait Combiner {
+    /// Appends the combination of `values` to `out`.
+    fn combine(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>) -> Result<(), AppFailure>;
+}
+
+/// Why writing map output failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShuffleError {
+    /// A run (spill or final) could not be written or read back.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The app's combiner failed.
+    #[error(transparent)]
+    Combine(#[from] AppFailure),
+}
+
+impl From<MergeError> for ShuffleError {
+    fn from(e: MergeError) -> Self {
+        ShuffleError::Run(e.source)
+    }
+}
+
 /// One buffered pair: where its key and value sit in the buffer's arena.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -50,114 +86,291 @@ struct Entry {
     offset: usize,
 }
 
-/// Collects a map task's output in memory, then writes it as sorted runs.
-#[derive(Debug)]
-pub struct MapOutputBuffer {
-    reduces: u32,
-    /// Keys and values, back to back: one allocation for the whole output
-    /// instead of two per pair.
-    arena: Vec<u8>,
-    entries: Vec<Entry>,
+/// What a map task's output is for.
+#[derive(Debug, Clone)]
+pub struct MapOutputConfig {
+    /// Number of reduce partitions.
+    pub reduces: u32,
+    /// Bytes of buffered pairs (their bytes plus bookkeeping) after which the
+    /// buffer is sorted and spilled.
+    pub buffer_bytes: usize,
+    /// Directory for spills and final runs.
+    pub dir: PathBuf,
+    /// The map task.
+    pub map: u32,
+    /// The attempt, part of every file name.
+    pub attempt: AttemptId,
 }
 
-impl MapOutputBuffer {
-    /// An empty buffer for a job with `reduces` partitions.
-    pub fn new(reduces: u32) -> Self {
-        assert!(reduces > 0, "a job needs at least one reduce partition");
-        MapOutputBuffer { reduces, arena: Vec::new(), entries: Vec::new() }
+/// Collects a map task's output within a memory budget and writes it as one
+/// sorted run per non-empty partition.
+pub struct MapOutputWriter<'c> {
+    config: MapOutputConfig,
+    combiner: Option<&'c dyn Combiner>,
+    /// Keys and values, back to back: one allocation for the buffer instead
+    /// of two per pair.
+    arena: Vec<u8>,
+    entries: Vec<Entry>,
+    /// For each spill so far: its runs, by partition.
+    spills: Vec<Vec<(u32, PathBuf)>>,
+    /// Scratch for combined values.
+    combined: Vec<u8>,
+}
+
+impl<'c> MapOutputWriter<'c> {
+    /// A writer for one map attempt; `combiner` folds values of equal keys.
+    pub fn new(config: MapOutputConfig, combiner: Option<&'c dyn Combiner>) -> Self {
+        assert!(config.reduces > 0, "a job needs at least one reduce partition");
+        MapOutputWriter { config, combiner, arena: Vec::new(), entries: Vec::new(), spills: Vec::new(), combined: Vec::new() }
     }
 
-    /// Adds one emitted pair.
-    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+    /// Adds one pair bound for `partition` (< reduces); spills if the
+    /// buffer is over budget.
+    pub fn push(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<(), ShuffleError> {
+        debug_assert!(partition < self.config.reduces);
         let offset = self.arena.len();
         self.arena.extend_from_slice(key);
         self.arena.extend_from_slice(value);
-        self.entries.push(Entry {
-            partition: partition_of(key, self.reduces),
-            key_len: key.len(),
-            value_len: value.len(),
-            offset,
-        });
+        self.entries.push(Entry { partition, key_len: key.len(), value_len: value.len(), offset });
+        if self.buffered_bytes() >= self.config.buffer_bytes {
+            self.spill()?;
+        }
+        Ok(())
     }
 
-    /// Number of pairs buffered.
-    pub fn len(&self) -> usize {
-        self.entries.len()
+    /// Memory held by buffered pairs.
+    fn buffered_bytes(&self) -> usize {
+        self.arena.len() + self.entries.len() * std::mem::size_of::<Entry>()
     }
 
-    /// True if nothing was emitted.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    /// Number of spills so far (for tests and logs).
+    pub fn spill_count(&self) -> usize {
+        self.spills.len()
     }
 
-    fn key(&self, e: &Entry) -> &[u8] {
-        &self.arena[e.offset..e.offset + e.key_len]
+    fn spill(&mut self) -> Result<(), ShuffleError> {
+        let spill = self.spills.len();
+        let (dir, map, attempt) = (self.config.dir.clone(), self.config.map, self.config.attempt);
+        let runs = self.write_buffer(|partition| dir.join(spill_file_name(map, attempt, spill, partition)))?;
+        self.spills.push(runs);
+        Ok(())
     }
 
-    fn value(&self, e: &Entry) -> &[u8] {
-        let start = e.offset + e.key_len;
-        &self.arena[start..start + e.value_len]
-    }
-
-    /// Sorts by (partition, key) and writes one run per non-empty partition
-    /// into `dir`, named by [`run_file_name`]. The sort is stable, so values
-    /// of one key keep their emission order.
-    pub fn write_runs(mut self, dir: &Path, map: u32, attempt: AttemptId) -> Result<Vec<(u32, MapOutputLocation)>, RunError> {
+    /// Sorts the buffer and writes one run per partition at `path_of(p)`,
+    /// combining equal keys; empties the buffer.
+    fn write_buffer(&mut self, path_of: impl Fn(u32) -> PathBuf) -> Result<Vec<(u32, PathBuf)>, ShuffleError> {
         let mut entries = std::mem::take(&mut self.entries);
-        entries.sort_by(|a, b| a.partition.cmp(&b.partition).then_with(|| self.key(a).cmp(self.key(b))));
-        let mut outputs = Vec::new();
-        for group in entries.chunk_by(|a, b| a.partition == b.partition) {
-            let partition = group[0].partition;
-            let path = dir.join(run_file_name(map, attempt, partition));
-            let mut writer = RunWriter::create(&path)?;
-            for e in group {
-                writer.append(self.key(e), self.value(e))?;
+        let arena = std::mem::take(&mut self.arena);
+        let key = |e: &Entry| &arena[e.offset..e.offset + e.key_len];
+        let value = |e: &Entry| &arena[e.offset + e.key_len..e.offset + e.key_len + e.value_len];
+        // Stable, so values of one key keep their emission order.
+        entries.sort_by(|a, b| a.partition.cmp(&b.partition).then_with(|| key(a).cmp(key(b))));
+        let mut runs = Vec::new();
+        for partition_entries in entries.chunk_by(|a, b| a.partition == b.partition) {
+            let partition = partition_entries[0].partition;
+            let mut writer = RunWriter::create(&path_of(partition))?;
+            for group in partition_entries.chunk_by(|a, b| key(a) == key(b)) {
+                match self.combiner {
+                    Some(combiner) if group.len() > 1 => {
+                        self.combined.clear();
+                        let mut values = SliceValues { values: group.iter().map(value) };
+                        combiner.combine(key(&group[0]), &mut values, &mut self.combined)?;
+                        writer.append(key(&group[0]), &self.combined)?;
+                    }
+                    _ => {
+                        for e in group {
+                            writer.append(key(e), value(e))?;
+                        }
+                    }
+                }
             }
-            outputs.push((partition, MapOutputLocation::SharedFile(writer.finish()?)));
+            runs.push((partition, writer.finish()?));
+        }
+        // Keep the allocations for the next round of buffering.
+        self.entries = entries;
+        self.entries.clear();
+        self.arena = arena;
+        self.arena.clear();
+        Ok(runs)
+    }
+
+    /// Writes the final runs and returns them, one per non-empty partition.
+    pub fn finish(mut self) -> Result<Vec<(u32, MapOutputLocation)>, ShuffleError> {
+        let (dir, map, attempt) = (self.config.dir.clone(), self.config.map, self.config.attempt);
+        let final_path = |partition| dir.join(run_file_name(map, attempt, partition));
+        if self.spills.is_empty() {
+            let runs = self.write_buffer(final_path)?;
+            return Ok(runs.into_iter().map(|(p, path)| (p, MapOutputLocation::SharedFile(path))).collect());
+        }
+        if !self.entries.is_empty() {
+            self.spill()?;
+        }
+        let spills = std::mem::take(&mut self.spills);
+        let mut outputs = Vec::new();
+        for partition in 0..self.config.reduces {
+            let paths: Vec<&PathBuf> = spills.iter().flatten().filter(|(p, _)| *p == partition).map(|(_, path)| path).collect();
+            if paths.is_empty() {
+                continue;
+            }
+            let path = final_path(partition);
+            self.merge_spills(&paths, &path)?;
+            for spill in paths {
+                // A leftover spill is only litter in the job directory, which
+                // the coordinator removes; not worth failing the task over.
+                let _ = std::fs::remove_file(spill);
+            }
+            outputs.push((partition, MapOutputLocation::SharedFile(path)));
         }
         Ok(outputs)
+    }
+
+    /// Merges one partition's spills into its final run, combining again.
+    fn merge_spills(&mut self, spills: &[&PathBuf], dest: &Path) -> Result<(), ShuffleError> {
+        let readers = spills.iter().enumerate().map(|(i, path)| Ok((i as u32, RunReader::open(path)?))).collect::<Result<Vec<_>, RunError>>()?;
+        let mut merger = RunMerger::new(readers)?;
+        let mut writer = RunWriter::create(dest)?;
+        let mut key = Vec::new();
+        while let Some(next) = merger.next_key()? {
+            key.clear();
+            key.extend_from_slice(next);
+            match self.combiner {
+                Some(combiner) => {
+                    self.combined.clear();
+                    let mut values = merger.values();
+                    let result = combiner.combine(&key, &mut values, &mut self.combined);
+                    if let Some(e) = values.error {
+                        return Err(e.into());
+                    }
+                    result?;
+                    writer.append(&key, &self.combined)?;
+                }
+                None => {
+                    while let Some(value) = merger.next_value_of_current()? {
+                        writer.append(&key, value)?;
+                    }
+                }
+            }
+        }
+        writer.finish()?;
+        Ok(())
+    }
+}
+
+/// Values borrowed from the buffer's arena.
+struct SliceValues<'a, I: Iterator<Item = &'a [u8]>> {
+    values: I,
+}
+
+impl<'a, I: Iterator<Item = &'a [u8]>> ValueSource for SliceValues<'a, I> {
+    fn next_value(&mut self) -> Option<&[u8]> {
+        self.values.next()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partition::partition_of;
+
+    /// Sums decimal values, like word count's combiner.
+    struct Sum;
+
+    impl Combiner for Sum {
+        fn combine(&self, _key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>) -> Result<(), AppFailure> {
+            let mut total = 0u64;
+            while let Some(v) = values.next_value() {
+                total += std::str::from_utf8(v).unwrap().parse::<u64>().unwrap();
+            }
+            out.extend_from_slice(total.to_string().as_bytes());
+            Ok(())
+        }
+    }
+
+    fn config(dir: &Path, reduces: u32, buffer_bytes: usize) -> MapOutputConfig {
+        MapOutputConfig { reduces, buffer_bytes, dir: dir.to_owned(), map: 4, attempt: 9 }
+    }
+
+    fn read_all(location: &MapOutputLocation) -> Vec<(String, String)> {
+        let mut reader = open_run(location).unwrap();
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let mut records = Vec::new();
+        while reader.next_into(&mut k, &mut v).unwrap() {
+            records.push((String::from_utf8(k.clone()).unwrap(), String::from_utf8(v.clone()).unwrap()));
+        }
+        records
+    }
+
+    fn pairs() -> Vec<(String, String)> {
+        (0..3000).map(|i| (format!("k{}", (i * 7) % 50), format!("v{i}"))).collect()
+    }
+
+    /// Writes `pairs` and returns every partition's records.
+    fn write(dir: &Path, buffer_bytes: usize, combiner: Option<&dyn Combiner>, pairs: &[(String, String)]) -> (Vec<(u32, Vec<(String, String)>)>, usize) {
+        let mut writer = MapOutputWriter::new(config(dir, 3, buffer_bytes), combiner);
+        for (k, v) in pairs {
+            writer.push(partition_of(k.as_bytes(), 3), k.as_bytes(), v.as_bytes()).unwrap();
+        }
+        let spills = writer.spill_count();
+        let outputs = writer.finish().unwrap();
+        let runs = outputs
+            .iter()
+            .map(|(p, location)| {
+                let MapOutputLocation::SharedFile(path) = location;
+                assert_eq!(path.file_name().unwrap().to_str().unwrap(), run_file_name(4, 9, *p));
+                (*p, read_all(location))
+            })
+            .collect();
+        (runs, spills)
+    }
+
+    fn expected(pairs: &[(String, String)], partition: u32) -> Vec<(String, String)> {
+        let mut expected: Vec<_> = pairs.iter().filter(|(k, _)| partition_of(k.as_bytes(), 3) == partition).cloned().collect();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        expected
+    }
 
     #[test]
-    fn runs_are_partitioned_sorted_and_stable() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut buffer = MapOutputBuffer::new(3);
-        let pairs: Vec<(String, String)> =
-            (0..300).map(|i| (format!("k{}", (i * 7) % 50), format!("v{i}"))).collect();
-        for (k, v) in &pairs {
-            buffer.push(k.as_bytes(), v.as_bytes());
-        }
-        let outputs = buffer.write_runs(dir.path(), 4, 9).unwrap();
-        let mut seen = 0;
-        for (partition, location) in &outputs {
-            let MapOutputLocation::SharedFile(path) = location;
-            assert_eq!(path.file_name().unwrap().to_str().unwrap(), run_file_name(4, 9, *partition));
-            let mut reader = open_run(location).unwrap();
-            let (mut k, mut v) = (Vec::new(), Vec::new());
-            let mut records = Vec::new();
-            while reader.next_into(&mut k, &mut v).unwrap() {
-                assert_eq!(partition_of(&k, 3), *partition);
-                records.push((String::from_utf8(k.clone()).unwrap(), String::from_utf8(v.clone()).unwrap()));
+    fn runs_are_partitioned_sorted_and_stable_with_or_without_spills() {
+        let pairs = pairs();
+        for budget in [usize::MAX, 4096, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let (runs, spills) = write(dir.path(), budget, None, &pairs);
+            assert_eq!(spills > 0, budget != usize::MAX, "budget {budget}");
+            let mut seen = 0;
+            for (partition, records) in &runs {
+                assert_eq!(records, &expected(&pairs, *partition), "budget {budget}, partition {partition}");
+                seen += records.len();
             }
-            // Expected: this partition's pairs, stably sorted by key.
-            let mut expected: Vec<_> =
-                pairs.iter().filter(|(k, _)| partition_of(k.as_bytes(), 3) == *partition).cloned().collect();
-            expected.sort_by(|a, b| a.0.cmp(&b.0));
-            assert_eq!(records, expected);
-            seen += records.len();
+            assert_eq!(seen, pairs.len());
+            let files = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(files, runs.len(), "budget {budget}: spills must be removed");
         }
-        assert_eq!(seen, pairs.len());
+    }
+
+    #[test]
+    fn the_combiner_folds_each_key_to_one_value_with_or_without_spills() {
+        let pairs: Vec<_> = pairs().into_iter().map(|(k, _)| (k, "1".to_string())).collect();
+        for budget in [usize::MAX, 2048] {
+            let dir = tempfile::tempdir().unwrap();
+            let (runs, spills) = write(dir.path(), budget, Some(&Sum), &pairs);
+            assert_eq!(spills > 0, budget != usize::MAX);
+            for (partition, records) in &runs {
+                let mut want: Vec<(String, String)> = Vec::new();
+                for (k, _) in expected(&pairs, *partition) {
+                    match want.last_mut() {
+                        Some((last, n)) if *last == k => *n = (n.parse::<u64>().unwrap() + 1).to_string(),
+                        _ => want.push((k, "1".to_string())),
+                    }
+                }
+                assert_eq!(records, &want, "budget {budget}");
+            }
+        }
     }
 
     #[test]
     fn empty_output_writes_no_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let outputs = MapOutputBuffer::new(5).write_runs(dir.path(), 0, 1).unwrap();
+        let outputs = MapOutputWriter::new(config(dir.path(), 5, 1024), None).finish().unwrap();
         assert!(outputs.is_empty());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -1,20 +1,23 @@
 //! Running one task attempt on a worker: the synchronous data path.
 //!
-//! [`run_map`] reads an input, calls the app's map, and writes the sorted
-//! runs ([`crate::shuffle`]); [`run_reduce`] merges a partition's runs
-//! ([`crate::merge`]), calls the app's reduce per key, and writes the staged
-//! output file that the coordinator commits. The worker loop
+//! [`TaskRunner::run_map`] reads an input, calls the app's map, and writes
+//! the sorted runs ([`crate::shuffle`]); [`TaskRunner::run_reduce`] merges a
+//! partition's runs ([`crate::merge`]), calls the app's reduce per key, and
+//! writes the staged output file that the coordinator commits. The worker loop
 //! ([`crate::worker`]) runs these on a blocking thread and reports the result.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::app::ValueSource;
 use crate::merge::{MergeError, RunMerger};
 use crate::output::AtomicFile;
-use crate::plugin::{AppFailure, Plugin};
-use crate::rpc::{MapTask, ReduceTask};
+use crate::plugin::{AppFailure, Capabilities, Plugin};
+use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::RunError;
-use crate::shuffle::{open_run, MapOutputBuffer, MapOutputLocation};
+use crate::split::read_split;
+use crate::shuffle::{open_run, Combiner, MapOutputConfig, MapOutputLocation, MapOutputWriter, ShuffleError};
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +26,12 @@ pub enum TaskError {
     /// The map input could not be read.
     #[error("cannot read input {}: {source}", .path.display())]
     Input { path: PathBuf, source: io::Error },
-    /// The app's map or reduce returned an error or panicked.
+    /// The app's map, reduce, combiner or partitioner returned an error or panicked.
     #[error(transparent)]
     App(#[from] AppFailure),
+    /// The app's constructor refused the job (e.g. a missing parameter).
+    #[error("the app could not start for this job: {0}")]
+    AppInit(AppFailure),
     /// Writing this map attempt's runs failed.
     #[error("writing map output: {0}")]
     MapOutput(RunError),
@@ -37,48 +43,117 @@ pub enum TaskError {
     Output { path: PathBuf, source: io::Error },
 }
 
+impl From<ShuffleError> for TaskError {
+    fn from(e: ShuffleError) -> Self {
+        match e {
+            ShuffleError::Run(e) => TaskError::MapOutput(e),
+            ShuffleError::Combine(e) => TaskError::App(e),
+        }
+    }
+}
+
 impl From<MergeError> for TaskError {
     fn from(e: MergeError) -> Self {
         TaskError::MapOutputLost { map_task: e.label, source: e.source }
     }
 }
 
-/// Runs one map attempt; returns its runs, one per non-empty partition.
-pub fn run_map(plugin: &Plugin, task: &MapTask) -> Result<Vec<(u32, MapOutputLocation)>, TaskError> {
-    let path = &task.input.path;
-    let contents = std::fs::read(path).map_err(|source| TaskError::Input { path: path.clone(), source })?;
-    let mut buffer = MapOutputBuffer::new(task.reduces);
-    plugin.map(&task.input.name, &contents, &mut |key, value| buffer.push(key, value))?;
-    drop(contents);
-    buffer.write_runs(&task.job_dir, task.index, task.attempt).map_err(TaskError::MapOutput)
+/// Runs attempts for one job with one app; shared by a worker's task slots.
+pub struct TaskRunner {
+    plugin: Arc<Plugin>,
+    map_buffer_bytes: usize,
+    /// The job allows the app's combiner (it may still have none).
+    combine: bool,
+    /// The app's capabilities, or why it could not be made for this job.
+    app: Result<Capabilities, AppFailure>,
 }
 
-/// Runs one reduce attempt, leaving its output at `task.staged_output`.
-pub fn run_reduce(plugin: &Plugin, task: &ReduceTask) -> Result<(), TaskError> {
-    let mut readers = Vec::with_capacity(task.runs.len());
-    for (map_task, location) in &task.runs {
-        let reader = open_run(location).map_err(|source| TaskError::MapOutputLost { map_task: *map_task, source })?;
-        readers.push((*map_task, reader));
-    }
-    let mut merger = RunMerger::new(readers)?;
-    let path = &task.staged_output;
-    let output_err = |source| TaskError::Output { path: path.clone(), source };
-    let mut output = AtomicFile::create(path).map_err(output_err)?;
-    let (mut key, mut value) = (Vec::new(), Vec::new());
-    while let Some(next) = merger.next_key()? {
-        // The merger lends out the key and the values; the app needs both.
-        key.clear();
-        key.extend_from_slice(next);
-        value.clear();
-        let mut values = merger.values();
-        let result = plugin.reduce(&key, &mut values, &mut value);
-        // A read error cuts the values short, so it outranks what the app made of them.
-        if let Some(e) = values.error {
-            return Err(e.into());
+impl TaskRunner {
+    /// Makes the app for `job` (calls its constructor once). A constructor
+    /// failure is kept and reported as the failure of every task.
+    pub fn new(plugin: Arc<Plugin>, job: &JobSpec) -> TaskRunner {
+        let app = plugin.init(&job.app_context());
+        if let Err(e) = &app {
+            tracing::error!("the app refused this job: {e}");
         }
-        result?;
-        output.write_record(&key, &value).map_err(output_err)?;
+        let map_buffer_bytes = usize::try_from(job.map_buffer_bytes).unwrap_or(usize::MAX);
+        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, app }
     }
-    output.commit().map_err(output_err)?;
-    Ok(())
+
+    fn capabilities(&self) -> Result<Capabilities, TaskError> {
+        self.app.clone().map_err(TaskError::AppInit)
+    }
+
+    /// Runs one map attempt; returns its runs, one per non-empty partition.
+    pub fn run_map(&self, task: &MapTask) -> Result<Vec<(u32, MapOutputLocation)>, TaskError> {
+        let capabilities = self.capabilities()?;
+        let plugin = &*self.plugin;
+        let split = &task.input;
+        let contents = read_split(split).map_err(|source| TaskError::Input { path: split.file.path.clone(), source })?;
+        let config = MapOutputConfig {
+            reduces: task.reduces,
+            buffer_bytes: self.map_buffer_bytes,
+            dir: task.job_dir.clone(),
+            map: task.index,
+            attempt: task.attempt,
+        };
+        let combiner = (self.combine && capabilities.combiner).then_some(plugin as &dyn Combiner);
+        let mut output = MapOutputWriter::new(config, combiner);
+        // The emit callback cannot return an error to the app, so the first
+        // one is kept and ends the attempt once map returns.
+        let mut failure: Option<TaskError> = None;
+        plugin.map(&split.file.name, &contents, &mut |key, value| {
+            if failure.is_none() {
+                let pushed = plugin
+                    .partition(key, task.reduces)
+                    .map_err(TaskError::App)
+                    .and_then(|p| output.push(p, key, value).map_err(TaskError::from));
+                failure = pushed.err();
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        drop(contents);
+        Ok(output.finish()?)
+    }
+
+    /// Runs one reduce attempt, leaving its output at `task.staged_output`.
+    pub fn run_reduce(&self, task: &ReduceTask) -> Result<(), TaskError> {
+        let capabilities = self.capabilities()?;
+        let mut readers = Vec::with_capacity(task.runs.len());
+        for (map_task, location) in &task.runs {
+            let reader =
+                open_run(location).map_err(|source| TaskError::MapOutputLost { map_task: *map_task, source })?;
+            readers.push((*map_task, reader));
+        }
+        let mut merger = RunMerger::new(readers)?;
+        let path = &task.staged_output;
+        let output_err = |source| TaskError::Output { path: path.clone(), source };
+        let mut output = AtomicFile::create(path).map_err(output_err)?;
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        while let Some(next) = merger.next_key()? {
+            // The merger lends out the key and the values; the app needs both.
+            key.clear();
+            key.extend_from_slice(next);
+            value.clear();
+            let mut values = merger.values();
+            let result = self.plugin.reduce(&key, &mut values, &mut value);
+            // A read error cuts the values short, so it outranks what the app made of them.
+            if let Some(e) = values.error {
+                return Err(e.into());
+            }
+            result?;
+            let written = if capabilities.raw_output { output.write_all(&value) } else { output.write_record(&key, &value) };
+            written.map_err(output_err)?;
+        }
+        output.commit().map_err(output_err)?;
+        Ok(())
+    }
+}
+
+impl Combiner for Plugin {
+    fn combine(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>) -> Result<(), AppFailure> {
+        Plugin::combine(self, key, values, out)
+    }
 }

@@ -19,7 +19,7 @@ use tarpc::tokio_serde::formats::Bincode;
 
 use crate::plugin::Plugin;
 use crate::rpc::{Assignment, CoordinatorClient, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, CALL_DEADLINE};
-use crate::task::{self, TaskError};
+use crate::task::{TaskError, TaskRunner};
 
 /// Pause between connection attempts while the coordinator is not up yet.
 const CONNECT_RETRY: Duration = Duration::from_millis(100);
@@ -69,6 +69,17 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
     let client = connect(&config).await?;
     let id = worker_id();
     tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
+    let spec = match client.job(call_context()).await {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::info!("coordinator gone ({e}); exiting");
+            return Ok(WorkerExit::CoordinatorGone);
+        }
+    };
+    // Making the app may read the inputs (a sort samples them): off the runtime.
+    let runner = tokio::task::spawn_blocking(move || Arc::new(TaskRunner::new(plugin, &spec)))
+        .await
+        .expect("the app's constructor panics are caught at the plugin boundary");
     loop {
         let assignment = match client.request_task(call_context(), id.clone()).await {
             Ok(assignment) => assignment,
@@ -83,17 +94,17 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
             Assignment::Exit(JobEnd::Failed(message)) => return Err(WorkerError::JobFailed(message)),
             Assignment::Map(task) => {
                 let (id, attempt) = (TaskId::Map(task.index), task.attempt);
-                let plugin = plugin.clone();
-                let outcome = run_blocking(id, move || task::run_map(&plugin, &task))
+                let runner = runner.clone();
+                let outcome = run_blocking(id, move || runner.run_map(&task))
                     .await
                     .map(|outputs| TaskOutcome::MapDone { outputs });
                 TaskReport { task: id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
             Assignment::Reduce(task) => {
                 let (id, attempt) = (TaskId::Reduce(task.partition), task.attempt);
-                let plugin = plugin.clone();
+                let runner = runner.clone();
                 let outcome =
-                    run_blocking(id, move || task::run_reduce(&plugin, &task)).await.map(|()| TaskOutcome::ReduceDone);
+                    run_blocking(id, move || runner.run_reduce(&task)).await.map(|()| TaskOutcome::ReduceDone);
                 TaskReport { task: id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
         };

@@ -177,6 +177,8 @@ impl Drop for Proc {
 /// returns it and its address once it accepts connections.
 pub fn start_master(cwd: &Path, args: &[&str]) -> (Proc, String) {
     let addr_file = cwd.join("master.addr");
+    // A previous job's address would send the workers to a dead port.
+    let _ = std::fs::remove_file(&addr_file);
     let mut cmd = Command::new(master_bin());
     cmd.arg("--listen").arg("127.0.0.1:0").arg("--addr-file").arg(&addr_file).args(args);
     let mut master = Proc::spawn("master", cmd, cwd);

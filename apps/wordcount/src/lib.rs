@@ -1,8 +1,8 @@
 //! Word count: for every word of the inputs, `<word> <number of occurrences>`.
 //!
-//! A word is a maximal run of Unicode letters ([`mapreduce::text`]). Reduce
-//! sums the values rather than counting them, so that partial counts (from a
-//! combiner, say) add up correctly.
+//! A word is a maximal run of Unicode letters ([`mapreduce::text`]). Map
+//! emits `<word> 1`; the combiner and the reduce both sum counts, so partial
+//! sums made on the map side add up correctly.
 
 use std::io::Write;
 
@@ -19,6 +19,21 @@ impl App for WordCount {
     }
 
     fn reduce(&self, key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
+        sum(key, values, out)
+    }
+
+    fn has_combiner(&self) -> bool {
+        true
+    }
+
+    fn combine(&self, key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
+        sum(key, values, out)
+    }
+}
+
+/// Writes the sum of the decimal counts in `values`.
+fn sum(key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
+    {
         let mut total: u64 = 0;
         while let Some(value) = values.next() {
             let count: u64 = std::str::from_utf8(value)?.parse().map_err(|e| {
