@@ -245,3 +245,19 @@ fn split_and_unsplit_runs_agree_with_the_reference() {
         }
     }
 }
+
+#[test]
+fn one_worker_with_several_slots_runs_the_whole_job() {
+    let dir = TestDir::new("slots");
+    for i in 0..6 {
+        dir.write(&format!("in/{i}.txt"), skewed_text(5_000, 100 + i));
+    }
+    let expected = reference_output(dir.path(), "wordcount", &["in"]);
+    let (mut master, addr) = start_master(dir.path(), &["--reduces", "4", "--split-size", "8K", "in"]);
+    let mut cmd = std::process::Command::new(worker_bin());
+    cmd.args(["--master", &addr, "--slots", "4", "wordcount"]);
+    let mut worker = Proc::spawn("worker", cmd, dir.path());
+    master.expect_success();
+    worker.expect_success();
+    assert_same_output(&job_output(dir.path(), 4), &expected, &dir.listing());
+}

@@ -24,6 +24,11 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = cli::parse_positive_secs)]
     connect_timeout: Duration,
 
+    /// Tasks to run at once in this process (each on its own thread), so
+    /// that one worker per machine can use every core.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    slots: u16,
+
     /// The app: a path to a plugin (`.so`), or a bare NAME for `libNAME.so`
     /// in this executable's directory (e.g. `wordcount`).
     #[arg(value_name = "APP")]
@@ -51,6 +56,6 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<WorkerExit> {
     let plugin = Arc::new(Plugin::open(&args.app)?);
-    let config = WorkerConfig { master: args.master, connect_timeout: args.connect_timeout };
+    let config = WorkerConfig { master: args.master, connect_timeout: args.connect_timeout, slots: args.slots.into() };
     Ok(worker::run(plugin, config).await?)
 }

@@ -2,7 +2,8 @@
 //!
 //! [`run`] connects to the coordinator (retrying until the connect timeout,
 //! since workers are often started before or alongside the master), then
-//! pulls tasks until told to exit. Tasks run on a blocking thread
+//! pulls tasks until told to exit, in as many slots (concurrent task loops
+//! sharing one connection and one app instance) as configured. Tasks run on a blocking thread
 //! ([`crate::task`]) so that app code never stalls the RPC runtime.
 //!
 //! Shutdown: the worker stops when the coordinator answers `Exit`, or when
@@ -31,6 +32,8 @@ pub struct WorkerConfig {
     pub master: String,
     /// How long to keep trying to reach the coordinator at start-up.
     pub connect_timeout: Duration,
+    /// Tasks this process runs at once (at least 1).
+    pub slots: usize,
 }
 
 /// How a worker's run ended normally.
@@ -80,11 +83,32 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
     let runner = tokio::task::spawn_blocking(move || Arc::new(TaskRunner::new(plugin, &spec)))
         .await
         .expect("the app's constructor panics are caught at the plugin boundary");
+    // Each slot pulls and runs tasks on its own; they share the connection
+    // and the app. The worker is done when every slot is.
+    let slots = (0..config.slots.max(1)).map(|slot| {
+        let (client, id, runner) = (client.clone(), id.clone(), runner.clone());
+        tokio::spawn(async move { run_slot(slot, &client, &id, &runner).await })
+    });
+    let mut exit = Ok(WorkerExit::CoordinatorGone);
+    for slot in futures::future::join_all(slots).await {
+        match slot.expect("slot loops do not panic: task panics are caught in run_blocking") {
+            // A failed job outranks everything; "done" outranks "gone" (a slot
+            // busy with a straggler when the job ended finds the master gone).
+            Err(e) => exit = Err(e),
+            Ok(WorkerExit::JobDone) if exit.is_ok() => exit = Ok(WorkerExit::JobDone),
+            Ok(_) => {}
+        }
+    }
+    exit
+}
+
+/// One task slot: asks for a task, runs it, reports, until the job ends.
+async fn run_slot(slot: usize, client: &CoordinatorClient, id: &WorkerId, runner: &Arc<TaskRunner>) -> Result<WorkerExit, WorkerError> {
     loop {
         let assignment = match client.request_task(call_context(), id.clone()).await {
             Ok(assignment) => assignment,
             Err(e) => {
-                tracing::info!("coordinator gone ({e}); exiting");
+                tracing::info!(slot, "coordinator gone ({e}); exiting");
                 return Ok(WorkerExit::CoordinatorGone);
             }
         };
@@ -93,23 +117,23 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
             Assignment::Exit(JobEnd::Succeeded) => return Ok(WorkerExit::JobDone),
             Assignment::Exit(JobEnd::Failed(message)) => return Err(WorkerError::JobFailed(message)),
             Assignment::Map(task) => {
-                let (id, attempt) = (TaskId::Map(task.index), task.attempt);
+                let (task_id, attempt) = (TaskId::Map(task.index), task.attempt);
                 let runner = runner.clone();
-                let outcome = run_blocking(id, move || runner.run_map(&task))
+                let outcome = run_blocking(task_id, move || runner.run_map(&task))
                     .await
                     .map(|outputs| TaskOutcome::MapDone { outputs });
-                TaskReport { task: id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
+                TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
             Assignment::Reduce(task) => {
-                let (id, attempt) = (TaskId::Reduce(task.partition), task.attempt);
+                let (task_id, attempt) = (TaskId::Reduce(task.partition), task.attempt);
                 let runner = runner.clone();
                 let outcome =
-                    run_blocking(id, move || runner.run_reduce(&task)).await.map(|()| TaskOutcome::ReduceDone);
-                TaskReport { task: id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
+                    run_blocking(task_id, move || runner.run_reduce(&task)).await.map(|()| TaskOutcome::ReduceDone);
+                TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
         };
         if let Err(e) = client.report_task(call_context(), id.clone(), report).await {
-            tracing::info!("coordinator gone ({e}); exiting");
+            tracing::info!(slot, "coordinator gone ({e}); exiting");
             return Ok(WorkerExit::CoordinatorGone);
         }
     }
