@@ -261,3 +261,69 @@ fn one_worker_with_several_slots_runs_the_whole_job() {
     worker.expect_success();
     assert_same_output(&job_output(dir.path(), 4), &expected, &dir.listing());
 }
+
+#[test]
+fn compressed_and_plain_intermediates_give_the_same_output() {
+    let dir = TestDir::new("compress");
+    for i in 0..3 {
+        dir.write(&format!("in/{i}.txt"), skewed_text(20_000, 40 + i));
+    }
+    let expected = reference_output(dir.path(), "wordcount", &["in"]);
+    for codec in ["none", "lz4"] {
+        for r in 0..2 {
+            let _ = std::fs::remove_file(dir.join(&format!("mr-out-{r}")));
+        }
+        let output = run_job(&dir, "wordcount", 2, 2, &["--compress", codec, "--no-combine", "--map-buffer", "64K"], &["in"]);
+        assert_same_output(&output, &expected, &format!("--compress {codec}"));
+    }
+}
+
+#[test]
+fn corrupt_and_truncated_map_output_is_detected_and_the_map_rerun() {
+    use mapreduce::partition::partition_of;
+    let dir = TestDir::new("corrupt");
+    // early_exit emits each input's name as its key and sleeps 3 s in the
+    // reduce of a name containing "tom". Pick names so that the slow key is
+    // in partition 0 (reduced first) and two others are in partition 1,
+    // whose runs are damaged while partition 0's reduce sleeps.
+    let in_partition = |p: u32, prefix: &str| {
+        (0..1000).map(|i| format!("in/{prefix}{i}.txt")).find(|name| partition_of(name.as_bytes(), 2) == p).unwrap()
+    };
+    let slow = in_partition(0, "tom");
+    let (flipped, cut) = (in_partition(1, "a"), in_partition(1, "b"));
+    for name in [&slow, &flipped, &cut] {
+        dir.write(name, "x");
+    }
+    let expected = reference_output(dir.path(), "early_exit", &["in"]);
+    // One worker with one slot: reduce 1 starts only after reduce 0's 3 s.
+    let (mut master, addr) = start_master(dir.path(), &["--reduces", "2", "in"]);
+    let mut worker = start_worker("worker", dir.path(), &addr, "early_exit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut flipped_done, mut cut_done) = (false, false);
+    while !(flipped_done && cut_done) {
+        assert!(std::time::Instant::now() < deadline, "map runs never appeared\n{}", dir.listing());
+        for entry in walkdir::WalkDir::new(dir.path()).into_iter().filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Sorted inputs: map 0 is the a* file, map 1 the b* file.
+            if name.starts_with("map-0.") && name.ends_with(".part-1.run") && !flipped_done {
+                let mut bytes = std::fs::read(entry.path()).unwrap();
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0xff;
+                std::fs::write(entry.path(), bytes).unwrap();
+                flipped_done = true;
+            }
+            if name.starts_with("map-1.") && name.ends_with(".part-1.run") && !cut_done {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                std::fs::write(entry.path(), &bytes[..bytes.len() - 3]).unwrap();
+                cut_done = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    master.expect_success();
+    worker.expect_success();
+    assert_same_output(&job_output(dir.path(), 2), &expected, &master.describe());
+    let log = master.stderr();
+    assert!(log.contains("map task 0's output is unreadable, re-running it") && log.contains("is corrupt"), "{log}");
+    assert!(log.contains("map task 1's output is unreadable, re-running it") && log.contains("is truncated"), "{log}");
+}

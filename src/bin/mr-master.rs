@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use mapreduce::cli;
 use mapreduce::coordinator::{self, CoordinatorConfig};
+use mapreduce::runfile::Compression;
 use mapreduce::scheduler::SchedulerConfig;
 use mapreduce::Params;
 
@@ -51,6 +52,10 @@ struct Args {
     /// spilled to disk, in bytes (suffixes K, M, G).
     #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = cli::parse_bytes)]
     map_buffer: u64,
+
+    /// Compression of intermediate files: `lz4` or `none`.
+    #[arg(long, value_name = "CODEC", default_value = "lz4")]
+    compress: Compression,
 
     /// Do not use the app's combiner even if it has one (the output is the
     /// same; more data goes through the shuffle).
@@ -114,6 +119,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         params: Params::new(args.params),
         map_buffer_bytes: args.map_buffer,
         combine: !args.no_combine,
+        compression: args.compress,
     };
     let report = coordinator::run(listener, config, cli::termination_signal()).await?;
     tracing::info!("job done in {:.2} s: {} output files", report.elapsed.as_secs_f64(), report.outputs.len());

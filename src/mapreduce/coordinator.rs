@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use crate::output::{output_file_name, remove_stale_outputs};
 use crate::app::Params;
 use crate::rpc::{Assignment, Coordinator, InputFile, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport, WorkerId, POLL_WAIT};
+use crate::runfile::Compression;
 use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
 use crate::split::plan_splits;
 
@@ -63,6 +64,8 @@ pub struct CoordinatorConfig {
     pub map_buffer_bytes: u64,
     /// Whether map tasks use the app's combiner, if it has one.
     pub combine: bool,
+    /// How intermediate runs are compressed.
+    pub compression: Compression,
 }
 
 /// Why a job did not succeed.
@@ -143,6 +146,7 @@ pub async fn run(
         reduces: config.reduces,
         map_buffer_bytes: config.map_buffer_bytes,
         combine: config.combine,
+        compression: config.compression,
     };
     let shared = Arc::new(Shared {
         spec,

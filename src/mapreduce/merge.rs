@@ -145,12 +145,12 @@ impl ValueSource for GroupValues<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runfile::RunWriter;
+    use crate::runfile::{Compression, RunWriter};
     use std::path::Path;
 
     fn run(dir: &Path, name: &str, records: &[(&str, &str)]) -> RunReader {
         let path = dir.join(name);
-        let mut w = RunWriter::create(&path).unwrap();
+        let mut w = RunWriter::create(&path, Compression::Lz4).unwrap();
         for (k, v) in records {
             w.append(k.as_bytes(), v.as_bytes()).unwrap();
         }
@@ -209,7 +209,7 @@ mod tests {
     fn a_key_with_many_values_streams() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("many");
-        let mut w = RunWriter::create(&path).unwrap();
+        let mut w = RunWriter::create(&path, Compression::Lz4).unwrap();
         for i in 0..200_000u32 {
             w.append(b"same", &i.to_le_bytes()).unwrap();
         }
@@ -230,7 +230,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = run(dir.path(), "good", &[("a", "1")]);
         let path = dir.path().join("bad");
-        let mut w = RunWriter::create(&path).unwrap();
+        let mut w = RunWriter::create(&path, Compression::Lz4).unwrap();
         for i in 0..10_000 {
             w.append(format!("k{i:06}").as_bytes(), b"v").unwrap();
         }

@@ -77,6 +77,8 @@ pub struct JobSpec {
     pub map_buffer_bytes: u64,
     /// Whether to use the app's combiner, if it has one (`--no-combine` clears it).
     pub combine: bool,
+    /// How intermediate runs are compressed (`--compress`).
+    pub compression: crate::runfile::Compression,
 }
 
 impl JobSpec {

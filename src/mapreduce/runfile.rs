@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! run     = header block* end
-//! header  = "MRRUN\0" version:u8 flags:u8          (version 1, flags 0)
-//! block   = len:u32le crc:u32le payload[len]       (len > 0; crc = CRC-32 of payload)
+//! header  = "MRRUN\0" version:u8 flags:u8          (version 1; flags 0 = plain, 1 = lz4)
+//! block   = len:u32le crc:u32le payload[len]       (flags 0: len > 0; crc = CRC-32 of payload)
+//!         | len:u32le crc:u32le raw_len:u32le lz4[len]
+//!                                                   (flags 1: lz4 = LZ4 block compression of the
+//!                                                    raw_len-byte payload; crc = CRC-32 of
+//!                                                    raw_len's 4 bytes then lz4)
 //! payload = record+                                 (a record never spans blocks)
 //! record  = varint(key_len) varint(value_len) key value
 //! end     = 0:u32le records:u64le crc:u32le         (crc = CRC-32 of the 8 count bytes)
@@ -22,6 +26,46 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+
+/// How the blocks of a run are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Compression {
+    /// Payloads as they are.
+    None,
+    /// Each payload compressed with LZ4 (block format).
+    #[default]
+    Lz4,
+}
+
+impl Compression {
+    fn flags(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 1,
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(Compression::None),
+            "lz4" => Ok(Compression::Lz4),
+            _ => Err(format!("'{text}' is not a compression (none or lz4)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+        })
+    }
+}
 
 const MAGIC: &[u8; 6] = b"MRRUN\0";
 const VERSION: u8 = 1;
@@ -62,13 +106,16 @@ impl RunError {
 pub struct RunWriter {
     file: BufWriter<tempfile::NamedTempFile>,
     dest: PathBuf,
+    compression: Compression,
     block: Vec<u8>,
+    /// Scratch for a compressed block.
+    packed: Vec<u8>,
     records: u64,
 }
 
 impl RunWriter {
     /// Starts a run that will be published at `dest`.
-    pub fn create(dest: &Path) -> Result<RunWriter, RunError> {
+    pub fn create(dest: &Path, compression: Compression) -> Result<RunWriter, RunError> {
         let io_err = |source| RunError::Io { path: dest.to_owned(), source };
         let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let temp = crate::output::publishable_temp_file(dir, ".run-").map_err(io_err)?;
@@ -76,8 +123,16 @@ impl RunWriter {
         let mut header = [0u8; HEADER_LEN];
         header[..6].copy_from_slice(MAGIC);
         header[6] = VERSION;
+        header[7] = compression.flags();
         file.write_all(&header).map_err(io_err)?;
-        Ok(RunWriter { file, dest: dest.to_owned(), block: Vec::with_capacity(BLOCK_BYTES + 64), records: 0 })
+        Ok(RunWriter {
+            file,
+            dest: dest.to_owned(),
+            compression,
+            block: Vec::with_capacity(BLOCK_BYTES + 64),
+            packed: Vec::new(),
+            records: 0,
+        })
     }
 
     /// Appends a record. Callers append in key order; the format itself does
@@ -107,12 +162,32 @@ impl RunWriter {
             path: self.dest.clone(),
             detail: format!("a single record of {} bytes exceeds the 4 GiB block limit", self.block.len()),
         })?;
-        let crc = crc32fast::hash(&self.block);
-        let result = (|| {
-            self.file.write_all(&len.to_le_bytes())?;
-            self.file.write_all(&crc.to_le_bytes())?;
-            self.file.write_all(&self.block)
-        })();
+        let result = match self.compression {
+            Compression::None => {
+                let crc = crc32fast::hash(&self.block);
+                (|| {
+                    self.file.write_all(&len.to_le_bytes())?;
+                    self.file.write_all(&crc.to_le_bytes())?;
+                    self.file.write_all(&self.block)
+                })()
+            }
+            Compression::Lz4 => {
+                let raw_len = len.to_le_bytes();
+                self.packed.resize(lz4_flex::block::get_maximum_output_size(self.block.len()), 0);
+                let packed_len = lz4_flex::block::compress_into(&self.block, &mut self.packed)
+                    .expect("the buffer has the maximum compressed size");
+                let packed = &self.packed[..packed_len];
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&raw_len);
+                crc.update(packed);
+                (|| {
+                    self.file.write_all(&(packed_len as u32).to_le_bytes())?;
+                    self.file.write_all(&crc.finalize().to_le_bytes())?;
+                    self.file.write_all(&raw_len)?;
+                    self.file.write_all(packed)
+                })()
+            }
+        };
         self.block.clear();
         result.map_err(|source| RunError::Io { path: self.dest.clone(), source })
     }
@@ -136,7 +211,10 @@ impl RunWriter {
 pub struct RunReader {
     file: BufReader<File>,
     path: PathBuf,
+    compression: Compression,
     block: Vec<u8>,
+    /// Scratch for a compressed block as read.
+    packed: Vec<u8>,
     pos: usize,
     records: u64,
     ended: bool,
@@ -154,7 +232,9 @@ impl RunReader {
         let mut reader = RunReader {
             file: BufReader::with_capacity(BLOCK_BYTES + 16, file),
             path: path.to_owned(),
+            compression: Compression::None,
             block: Vec::new(),
+            packed: Vec::new(),
             pos: 0,
             records: 0,
             ended: false,
@@ -165,9 +245,11 @@ impl RunReader {
         if &header[..6] != MAGIC {
             return Err(reader.corrupt("bad magic: not an intermediate run file".to_string()));
         }
-        if header[6] != VERSION || header[7] != 0 {
-            return Err(reader.corrupt(format!("unsupported version {} / flags {}", header[6], header[7])));
-        }
+        reader.compression = match (header[6], header[7]) {
+            (VERSION, 0) => Compression::None,
+            (VERSION, 1) => Compression::Lz4,
+            (version, flags) => return Err(reader.corrupt(format!("unsupported version {version} / flags {flags}"))),
+        };
         Ok(reader)
     }
 
@@ -205,16 +287,42 @@ impl RunReader {
         }
         self.read_exact_or_truncated(&mut head[4..], "block header cut short")?;
         let crc = u32::from_le_bytes(head[4..].try_into().unwrap());
+        let raw_len = match self.compression {
+            Compression::None => None,
+            Compression::Lz4 => {
+                let mut raw_len = [0u8; 4];
+                self.read_exact_or_truncated(&mut raw_len, "block header cut short")?;
+                Some(raw_len)
+            }
+        };
         if len as u64 > self.unread {
             return Err(RunError::Truncated { path: self.path.clone(), detail: "block longer than the rest of the file".to_string() });
         }
-        self.block.resize(len, 0);
         self.pos = 0;
-        let mut block = std::mem::take(&mut self.block);
-        let read = self.read_exact_or_truncated(&mut block, "block cut short");
-        self.block = block;
+        let mut stored = std::mem::take(if raw_len.is_some() { &mut self.packed } else { &mut self.block });
+        stored.resize(len, 0);
+        let read = self.read_exact_or_truncated(&mut stored, "block cut short");
+        let mut hasher = crc32fast::Hasher::new();
+        if let Some(raw_len) = &raw_len {
+            hasher.update(raw_len);
+        }
+        hasher.update(&stored);
+        let checksum_ok = hasher.finalize() == crc;
+        match raw_len {
+            None => self.block = stored,
+            Some(raw_len) => {
+                self.packed = stored;
+                if read.is_ok() && checksum_ok {
+                    self.block.resize(u32::from_le_bytes(raw_len) as usize, 0);
+                    let unpacked = lz4_flex::block::decompress_into(&self.packed, &mut self.block);
+                    if !matches!(unpacked, Ok(n) if n == self.block.len()) {
+                        return Err(self.corrupt("compressed block does not decompress to its length".to_string()));
+                    }
+                }
+            }
+        }
         read?;
-        if crc32fast::hash(&self.block) != crc {
+        if !checksum_ok {
             return Err(self.corrupt("block checksum mismatch".to_string()));
         }
         Ok(true)
@@ -298,8 +406,14 @@ fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
 mod tests {
     use super::*;
 
+    const BOTH: [Compression; 2] = [Compression::None, Compression::Lz4];
+
     fn write_run(path: &Path, records: &[(Vec<u8>, Vec<u8>)]) {
-        let mut w = RunWriter::create(path).unwrap();
+        write_run_with(path, records, Compression::None)
+    }
+
+    fn write_run_with(path: &Path, records: &[(Vec<u8>, Vec<u8>)], compression: Compression) {
+        let mut w = RunWriter::create(path, compression).unwrap();
         for (k, v) in records {
             w.append(k, v).unwrap();
         }
@@ -323,11 +437,13 @@ mod tests {
     #[test]
     fn round_trips_empty_small_and_multi_block_runs() {
         let dir = tempfile::tempdir().unwrap();
-        for n in [0, 1, 5, 2000] {
-            let path = dir.path().join(format!("run-{n}"));
-            let records = sample(n);
-            write_run(&path, &records);
-            assert_eq!(read_run(&path).unwrap(), records, "{n} records");
+        for compression in BOTH {
+            for n in [0, 1, 5, 2000] {
+                let path = dir.path().join(format!("run-{n}-{compression}"));
+                let records = sample(n);
+                write_run_with(&path, &records, compression);
+                assert_eq!(read_run(&path).unwrap(), records, "{n} records, {compression}");
+            }
         }
         // Binary keys and values, including empty ones and non-UTF-8 bytes.
         let path = dir.path().join("binary");
@@ -347,9 +463,15 @@ mod tests {
 
     #[test]
     fn every_truncation_is_detected_as_truncated() {
+        for compression in BOTH {
+            every_truncation_is_detected(compression);
+        }
+    }
+
+    fn every_truncation_is_detected(compression: Compression) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run");
-        write_run(&path, &sample(3000));
+        write_run_with(&path, &sample(3000), compression);
         let bytes = std::fs::read(&path).unwrap();
         let cut = dir.path().join("cut");
         // Every cut point in the first and last few hundred bytes, and a stride between.
@@ -358,16 +480,22 @@ mod tests {
             std::fs::write(&cut, &bytes[..len]).unwrap();
             match read_run(&cut) {
                 Err(RunError::Truncated { .. }) => {}
-                other => panic!("cut at {len} of {}: expected Truncated, got {other:?}", bytes.len()),
+                other => panic!("{compression}: cut at {len} of {}: expected Truncated, got {other:?}", bytes.len()),
             }
         }
     }
 
     #[test]
     fn flipped_bytes_are_detected_as_corrupt() {
+        for compression in BOTH {
+            flipped_bytes_are_detected(compression);
+        }
+    }
+
+    fn flipped_bytes_are_detected(compression: Compression) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run");
-        write_run(&path, &sample(500));
+        write_run_with(&path, &sample(500), compression);
         let bytes = std::fs::read(&path).unwrap();
         let bad = dir.path().join("bad");
         // Skip length fields, whose corruption may legitimately read as a
@@ -378,11 +506,12 @@ mod tests {
             std::fs::write(&bad, &copy).unwrap();
             match read_run(&bad) {
                 Err(RunError::Corrupt { .. }) | Err(RunError::Truncated { .. }) => {}
-                other => panic!("byte {i} flipped: expected an error, got {other:?}"),
+                other => panic!("{compression}: byte {i} flipped: expected an error, got {other:?}"),
             }
         }
         let mut copy = bytes.clone();
-        copy[HEADER_LEN + 8] ^= 1; // first payload byte
+        let first_payload_byte = HEADER_LEN + if compression == Compression::Lz4 { 12 } else { 8 };
+        copy[first_payload_byte] ^= 1;
         std::fs::write(&bad, &copy).unwrap();
         assert!(matches!(read_run(&bad), Err(RunError::Corrupt { .. })));
         let mut copy = bytes;
@@ -403,7 +532,7 @@ mod tests {
     fn an_unfinished_writer_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run");
-        let mut w = RunWriter::create(&path).unwrap();
+        let mut w = RunWriter::create(&path, Compression::Lz4).unwrap();
         w.append(b"k", b"v").unwrap();
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

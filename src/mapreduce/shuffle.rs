@@ -27,7 +27,7 @@ use crate::app::ValueSource;
 use crate::merge::{MergeError, RunMerger};
 use crate::plugin::AppFailure;
 use crate::rpc::AttemptId;
-use crate::runfile::{RunError, RunReader, RunWriter};
+use crate::runfile::{Compression, RunError, RunReader, RunWriter};
 
 /// Where one map task's sorted run for one partition can be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +100,8 @@ pub struct MapOutputConfig {
     pub map: u32,
     /// The attempt, part of every file name.
     pub attempt: AttemptId,
+    /// How runs (spills and final) are compressed.
+    pub compression: Compression,
 }
 
 /// Collects a map task's output within a memory budget and writes it as one
@@ -168,7 +170,7 @@ impl<'c> MapOutputWriter<'c> {
         let mut runs = Vec::new();
         for partition_entries in entries.chunk_by(|a, b| a.partition == b.partition) {
             let partition = partition_entries[0].partition;
-            let mut writer = RunWriter::create(&path_of(partition))?;
+            let mut writer = RunWriter::create(&path_of(partition), self.config.compression)?;
             for group in partition_entries.chunk_by(|a, b| key(a) == key(b)) {
                 match self.combiner {
                     Some(combiner) if group.len() > 1 => {
@@ -228,7 +230,7 @@ impl<'c> MapOutputWriter<'c> {
     fn merge_spills(&mut self, spills: &[&PathBuf], dest: &Path) -> Result<(), ShuffleError> {
         let readers = spills.iter().enumerate().map(|(i, path)| Ok((i as u32, RunReader::open(path)?))).collect::<Result<Vec<_>, RunError>>()?;
         let mut merger = RunMerger::new(readers)?;
-        let mut writer = RunWriter::create(dest)?;
+        let mut writer = RunWriter::create(dest, self.config.compression)?;
         let mut key = Vec::new();
         while let Some(next) = merger.next_key()? {
             key.clear();
@@ -287,7 +289,7 @@ mod tests {
     }
 
     fn config(dir: &Path, reduces: u32, buffer_bytes: usize) -> MapOutputConfig {
-        MapOutputConfig { reduces, buffer_bytes, dir: dir.to_owned(), map: 4, attempt: 9 }
+        MapOutputConfig { reduces, buffer_bytes, dir: dir.to_owned(), map: 4, attempt: 9, compression: Compression::Lz4 }
     }
 
     fn read_all(location: &MapOutputLocation) -> Vec<(String, String)> {

@@ -15,7 +15,7 @@ use crate::merge::{MergeError, RunMerger};
 use crate::output::AtomicFile;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
-use crate::runfile::RunError;
+use crate::runfile::{Compression, RunError};
 use crate::split::read_split;
 use crate::shuffle::{open_run, Combiner, MapOutputConfig, MapOutputLocation, MapOutputWriter, ShuffleError};
 
@@ -64,6 +64,7 @@ pub struct TaskRunner {
     map_buffer_bytes: usize,
     /// The job allows the app's combiner (it may still have none).
     combine: bool,
+    compression: Compression,
     /// The app's capabilities, or why it could not be made for this job.
     app: Result<Capabilities, AppFailure>,
 }
@@ -77,7 +78,7 @@ impl TaskRunner {
             tracing::error!("the app refused this job: {e}");
         }
         let map_buffer_bytes = usize::try_from(job.map_buffer_bytes).unwrap_or(usize::MAX);
-        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, app }
+        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, compression: job.compression, app }
     }
 
     fn capabilities(&self) -> Result<Capabilities, TaskError> {
@@ -96,6 +97,7 @@ impl TaskRunner {
             dir: task.job_dir.clone(),
             map: task.index,
             attempt: task.attempt,
+            compression: self.compression,
         };
         let combiner = (self.combine && capabilities.combiner).then_some(plugin as &dyn Combiner);
         let mut output = MapOutputWriter::new(config, combiner);
