@@ -155,8 +155,17 @@ fn an_app_error_in_map_and_a_panic_in_reduce_are_reported() {
 }
 
 /// Runs a whole job in `dir` with `workers` workers of `app`; returns its
-/// sorted output after checking each file.
+/// sorted output after checking each file is sorted by key.
 fn run_job(dir: &TestDir, app: &str, workers: usize, reduces: u32, flags: &[&str], inputs: &[&str]) -> Vec<u8> {
+    run_job_to_completion(dir, app, workers, reduces, flags, inputs);
+    job_output(dir.path(), reduces)
+}
+
+/// Runs a whole job in `dir` and waits for every process to succeed.
+fn run_job_to_completion(dir: &TestDir, app: &str, workers: usize, reduces: u32, flags: &[&str], inputs: &[&str]) {
+    for r in 0..reduces {
+        let _ = std::fs::remove_file(dir.join(&format!("mr-out-{r}")));
+    }
     let reduces_text = reduces.to_string();
     let mut args = vec!["--reduces", &reduces_text];
     args.extend(flags);
@@ -167,7 +176,6 @@ fn run_job(dir: &TestDir, app: &str, workers: usize, reduces: u32, flags: &[&str
     for w in &mut running {
         w.expect_success();
     }
-    job_output(dir.path(), reduces)
 }
 
 /// Text with a skewed vocabulary, so some keys have many values.
@@ -197,9 +205,6 @@ fn combiner_on_and_off_and_spilling_all_give_the_reference_output() {
     // Default buffer (no spill), a tiny buffer (many spills), each with and
     // without the combiner.
     for flags in [&[][..], &["--no-combine"], &["--map-buffer", "16K"], &["--map-buffer", "16K", "--no-combine"]] {
-        for r in 0..3 {
-            let _ = std::fs::remove_file(dir.join(&format!("mr-out-{r}")));
-        }
         let output = run_job(&dir, "wordcount", 2, 3, flags, &["in"]);
         assert_same_output(&output, &expected, &format!("flags {flags:?}\n{}", dir.listing()));
     }
@@ -230,9 +235,6 @@ fn split_and_unsplit_runs_agree_with_the_reference() {
     for (app, reduces) in [("wordcount", 3), ("indexer", 2)] {
         let expected = reference_output(dir.path(), app, &["in"]);
         for split in ["0", "4K", "1000"] {
-            for r in 0..reduces {
-                let _ = std::fs::remove_file(dir.join(&format!("mr-out-{r}")));
-            }
             let output = run_job(&dir, app, 2, reduces, &["--split-size", split], &["in"]);
             assert_same_output(&output, &expected, &format!("{app} with --split-size {split}\n{}", dir.listing()));
         }
@@ -270,9 +272,6 @@ fn compressed_and_plain_intermediates_give_the_same_output() {
     }
     let expected = reference_output(dir.path(), "wordcount", &["in"]);
     for codec in ["none", "lz4"] {
-        for r in 0..2 {
-            let _ = std::fs::remove_file(dir.join(&format!("mr-out-{r}")));
-        }
         let output = run_job(&dir, "wordcount", 2, 2, &["--compress", codec, "--no-combine", "--map-buffer", "64K"], &["in"]);
         assert_same_output(&output, &expected, &format!("--compress {codec}"));
     }
@@ -326,4 +325,82 @@ fn corrupt_and_truncated_map_output_is_detected_and_the_map_rerun() {
     let log = master.stderr();
     assert!(log.contains("map task 0's output is unreadable, re-running it") && log.contains("is corrupt"), "{log}");
     assert!(log.contains("map task 1's output is unreadable, re-running it") && log.contains("is truncated"), "{log}");
+}
+
+/// All `mr-out-*` files of `dir`, concatenated in partition order.
+fn concatenated_outputs(dir: &std::path::Path, reduces: u32) -> Vec<u8> {
+    (0..reduces).flat_map(|r| std::fs::read(dir.join(format!("mr-out-{r}"))).unwrap()).collect()
+}
+
+#[test]
+fn grep_matches_gnu_grep_on_the_same_files() {
+    let dir = TestDir::new("grep");
+    dir.write("in/a.txt", skewed_text(30_000, 3));
+    let mut b = format!("needle at start\n{}\nneeeedle", skewed_text(10_000, 4)).into_bytes();
+    b.extend_from_slice(b"\xff\nlast needle");
+    dir.write("in/b.txt", b);
+    dir.write("in/c.txt", "nothing here\n");
+    let pattern = "ne+dle|w1[0-3]x w2";
+    let flags = ["--param", &format!("pattern={pattern}"), "--split-size", "16K"];
+    run_job_to_completion(&dir, "grep", 2, 3, &flags, &["in"]);
+    // grep writes `file:line`, not key-value lines: compare the line sets.
+    let output = sorted_lines(&concatenated_outputs(dir.path(), 3));
+    let gnu = std::process::Command::new("grep")
+        .env("LC_ALL", "C")
+        .args(["-a", "-H", "-E", pattern, "in/a.txt", "in/b.txt", "in/c.txt"])
+        .current_dir(dir.path())
+        .output()
+        .expect("GNU grep runs");
+    assert!(gnu.status.success(), "grep found nothing? {gnu:?}");
+    let expected = sorted_lines(&gnu.stdout);
+    assert!(expected.len() > 1000, "the pattern should match many lines");
+    assert_same_output(&output, &expected, "grep job vs GNU grep -H");
+    // The reference run agrees as well.
+    let reference = {
+        let out = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(sequential_bin());
+        cmd.arg("--output-dir").arg(out.path()).args(["--param", &format!("pattern={pattern}"), "grep", "in"]);
+        Proc::spawn("sequential", cmd, dir.path()).expect_success();
+        sorted_lines(&std::fs::read(out.path().join("mr-out-0")).unwrap())
+    };
+    assert_same_output(&reference, &expected, "mr-sequential grep vs GNU grep -H");
+}
+
+#[test]
+fn grep_without_a_pattern_stops_the_job_naming_the_parameter() {
+    let dir = TestDir::new("grep-no-pattern");
+    dir.write("in.txt", "x");
+    let (mut master, addr) = start_master(dir.path(), &["--max-task-failures", "1", "in.txt"]);
+    let mut worker = start_worker("worker", dir.path(), &addr, "grep");
+    let err = master.expect_failure();
+    assert!(err.contains("the app could not start for this job: app error: missing job parameter 'pattern'"), "{}", master.describe());
+    worker.expect_failure();
+}
+
+#[test]
+fn sort_output_files_in_order_are_the_sorted_input_lines() {
+    let dir = TestDir::new("sort");
+    dir.write("in/a.txt", skewed_text(30_000, 11));
+    dir.write("in/b.txt", format!("zzz last\n\nAAA first\n{}\nno newline", skewed_text(10_000, 12)));
+    dir.write("in/c.txt", b"dup\ndup\ndup\n\xc3\xa9t\xc3\xa9\n\xff\xfe\n");
+    let mut expected: Vec<Vec<u8>> = Vec::new();
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        let bytes = std::fs::read(dir.join(&format!("in/{name}"))).unwrap();
+        let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        expected.extend(text.split(|&b| b == b'\n').map(<[u8]>::to_vec));
+    }
+    expected.sort();
+    let expected: Vec<u8> = expected.into_iter().flat_map(|mut l| {
+        l.push(b'\n');
+        l
+    }).collect();
+    for (reduces, flags) in [(1, &["--split-size", "0"][..]), (4, &["--split-size", "32K", "--map-buffer", "64K"])] {
+        run_job_to_completion(&dir, "sort", 2, reduces, flags, &["in"]);
+        let output = concatenated_outputs(dir.path(), reduces);
+        assert_same_output(&output, &expected, &format!("sort with {reduces} reduces, {flags:?}\n{}", dir.listing()));
+        if reduces > 1 {
+            let sizes: Vec<u64> = (0..reduces).map(|r| std::fs::metadata(dir.join(&format!("mr-out-{r}"))).unwrap().len()).collect();
+            assert!(sizes.iter().filter(|&&s| s > 0).count() >= 3, "range partitions should share the work: {sizes:?}");
+        }
+    }
 }

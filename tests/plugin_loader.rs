@@ -18,7 +18,7 @@ fn loads_a_plugin_and_calls_it() {
     assert_eq!(plugin.name(), "WordCount");
     assert_eq!(plugin.capabilities(), Capabilities { combiner: true, partitioner: false, raw_output: false });
     let mut pairs = Vec::new();
-    plugin.map("f", b"a b a", &mut |k, v| pairs.push((k.to_vec(), v.to_vec()))).unwrap();
+    plugin.map("f", b"a b a", 0, &mut |k, v| pairs.push((k.to_vec(), v.to_vec()))).unwrap();
     assert_eq!(pairs.len(), 3);
     let mut out = Vec::new();
     plugin.reduce(b"a", &mut VecValues::new(vec![b"1".to_vec(), b"1".to_vec()]), &mut out).unwrap();
@@ -32,20 +32,20 @@ fn loads_a_plugin_and_calls_it() {
 #[test]
 fn calls_before_init_are_refused() {
     let plugin = Plugin::load(&common::plugin("indexer")).unwrap();
-    let err = plugin.map("f", b"x", &mut |_, _| {}).unwrap_err();
+    let err = plugin.map("f", b"x", 0, &mut |_, _| {}).unwrap_err();
     assert_eq!(err, AppFailure::Error("the app was called before init".to_string()));
 }
 
 #[test]
 fn a_panic_in_the_app_is_an_error_not_a_crash() {
     let plugin = loaded("faulty");
-    let err = plugin.map("doc", b"PANIC-IN-MAP", &mut |_, _| {}).unwrap_err();
+    let err = plugin.map("doc", b"PANIC-IN-MAP", 0, &mut |_, _| {}).unwrap_err();
     assert_eq!(err, AppFailure::Panic("deliberate panic in map of doc".to_string()));
-    let err = plugin.map("doc", b"ERROR-IN-MAP", &mut |_, _| {}).unwrap_err();
+    let err = plugin.map("doc", b"ERROR-IN-MAP", 0, &mut |_, _| {}).unwrap_err();
     assert_eq!(err, AppFailure::Error("deliberate error in map of doc".to_string()));
     // The plugin still works after a panic.
     let mut n = 0;
-    plugin.map("doc", b"still fine", &mut |_, _| n += 1).unwrap();
+    plugin.map("doc", b"still fine", 0, &mut |_, _| n += 1).unwrap();
     assert_eq!(n, 2);
     let mut out = Vec::new();
     let err = plugin.reduce(b"panicinreduce", &mut VecValues::new(vec![]), &mut out).unwrap_err();

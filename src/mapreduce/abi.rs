@@ -29,7 +29,8 @@ use std::sync::OnceLock;
 use crate::app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values};
 
 /// The ABI version this build of the framework speaks.
-/// Version 2 added `init` (job parameters), `combine` and `partition`.
+/// Version 2 added `init` (job parameters), `combine`, `partition` and the
+/// map input's offset.
 pub const ABI_VERSION: u32 = 2;
 
 /// Capability bit: the app has a combiner.
@@ -115,8 +116,8 @@ pub struct PluginVTable {
     /// Creates the app for a job from `job` (see [`encode_job`]) and stores
     /// its capability bits in `*capabilities`. Later calls keep the first app.
     pub init: unsafe extern "C" fn(host: *const HostCalls, job: RawBytes, capabilities: *mut u32) -> Status,
-    /// Runs `App::map` on one input.
-    pub map: unsafe extern "C" fn(host: *const HostCalls, filename: RawBytes, contents: RawBytes) -> Status,
+    /// Runs `App::map` on one input: `contents` starts at byte `offset` of the file.
+    pub map: unsafe extern "C" fn(host: *const HostCalls, filename: RawBytes, contents: RawBytes, offset: u64) -> Status,
     /// Runs `App::reduce` on one key, pulling values with `next_value` and
     /// writing the output value with `write_output` (only on success).
     pub reduce: unsafe extern "C" fn(host: *const HostCalls, key: RawBytes) -> Status,
@@ -155,8 +156,8 @@ macro_rules! export_app {
                 let constructor: fn(&$crate::JobContext) -> ::std::result::Result<$app, $crate::AppError> = $constructor;
                 $crate::abi::plugin_init(&__MAPREDUCE_APP, constructor, host, job, capabilities)
             }
-            unsafe extern "C" fn map(host: *const HostCalls, filename: RawBytes, contents: RawBytes) -> Status {
-                $crate::abi::plugin_map(&__MAPREDUCE_APP, host, filename, contents)
+            unsafe extern "C" fn map(host: *const HostCalls, filename: RawBytes, contents: RawBytes, offset: u64) -> Status {
+                $crate::abi::plugin_map(&__MAPREDUCE_APP, host, filename, contents, offset)
             }
             unsafe extern "C" fn reduce(host: *const HostCalls, key: RawBytes) -> Status {
                 $crate::abi::plugin_reduce(&__MAPREDUCE_APP, host, key, false)
@@ -234,10 +235,16 @@ fn initialised<A>(cell: &OnceLock<A>) -> Result<&A, AppError> {
 /// # Safety
 /// Called only by the host through the vtable, with valid `host` and slices.
 #[doc(hidden)]
-pub unsafe fn plugin_map<A: App>(cell: &OnceLock<A>, host: *const HostCalls, filename: RawBytes, contents: RawBytes) -> Status {
+pub unsafe fn plugin_map<A: App>(
+    cell: &OnceLock<A>,
+    host: *const HostCalls,
+    filename: RawBytes,
+    contents: RawBytes,
+    offset: u64,
+) -> Status {
     let host = &*host;
     let filename = String::from_utf8_lossy(filename.as_slice());
-    let input = MapInput { filename: &filename, contents: contents.as_slice() };
+    let input = MapInput { filename: &filename, contents: contents.as_slice(), offset };
     let mut sink = |key: &[u8], value: &[u8]| (host.emit)(host.ctx, RawBytes::new(key), RawBytes::new(value));
     call_app(host, || initialised(cell)?.map(&input, &mut Emitter::new(&mut sink)))
 }

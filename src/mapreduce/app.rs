@@ -150,8 +150,11 @@ pub struct MapInput<'a> {
     /// The input file's name as given to `mr-master` (for a file found in a
     /// directory argument: that argument joined with its relative path).
     pub filename: &'a str,
-    /// The file's bytes, not necessarily UTF-8.
+    /// The bytes to map (the whole file, or the lines of one split of it),
+    /// not necessarily UTF-8.
     pub contents: &'a [u8],
+    /// Where `contents` starts in the file: 0 unless the file was split.
+    pub offset: u64,
 }
 
 /// Receives the pairs a map task emits.

@@ -43,8 +43,9 @@ pub struct RunMerger {
     /// (head key, source index) of every run not yet exhausted; the smallest
     /// key (then the earliest run) on top.
     heap: BinaryHeap<Reverse<(Vec<u8>, usize)>>,
-    /// The key of the group being read.
-    current: Vec<u8>,
+    /// The key of the group being read; `None` before the first `next_key`
+    /// (an empty key is a real key, so emptiness cannot mean "none").
+    current: Option<Vec<u8>>,
     /// The value last handed out; lives until the next one is asked for.
     value: Vec<u8>,
 }
@@ -55,7 +56,7 @@ impl RunMerger {
         let mut merger = RunMerger {
             sources: Vec::with_capacity(runs.len()),
             heap: BinaryHeap::with_capacity(runs.len()),
-            current: Vec::new(),
+            current: None,
             value: Vec::new(),
         };
         for (label, reader) in runs {
@@ -87,22 +88,18 @@ impl RunMerger {
         match self.heap.peek() {
             None => Ok(None),
             Some(Reverse((key, _))) => {
-                self.current.clear();
-                self.current.extend_from_slice(key);
-                Ok(Some(&self.current))
+                let current = self.current.get_or_insert_with(Vec::new);
+                current.clear();
+                current.extend_from_slice(key);
+                Ok(Some(current))
             }
         }
-    }
-
-    /// The current key (valid after `next_key` returned `Some`).
-    pub fn key(&self) -> &[u8] {
-        &self.current
     }
 
     /// The next value of the current key, or `None` when the key's values
     /// are exhausted.
     pub fn next_value_of_current(&mut self) -> Result<Option<&[u8]>, MergeError> {
-        let at_current = matches!(self.heap.peek(), Some(Reverse((key, _))) if *key == self.current);
+        let at_current = matches!((self.heap.peek(), &self.current), (Some(Reverse((key, _))), Some(current)) if key == current);
         if !at_current {
             return Ok(None);
         }
@@ -191,6 +188,17 @@ mod tests {
                 ("cherry".to_string(), vec!["a2".to_string(), "a3".to_string(), "c2".to_string()]),
                 ("date".to_string(), vec!["c3".to_string()]),
             ]
+        );
+    }
+
+    #[test]
+    fn an_empty_key_is_a_key_like_any_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = vec![(0, run(dir.path(), "a", &[("", "1"), ("", "2"), ("x", "3")])), (1, run(dir.path(), "b", &[("", "4")]))];
+        let mut merger = RunMerger::new(runs).unwrap();
+        assert_eq!(
+            groups(&mut merger),
+            vec![("".to_string(), vec!["1".to_string(), "2".to_string(), "4".to_string()]), ("x".to_string(), vec!["3".to_string()])]
         );
     }
 

@@ -166,12 +166,13 @@ impl Plugin {
         self.capabilities.get().copied().unwrap_or_default()
     }
 
-    /// Runs the app's map on one input, handing every emitted pair to `emit`.
-    pub fn map(&self, filename: &str, contents: &[u8], emit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), AppFailure> {
+    /// Runs the app's map on `contents`, which start at byte `offset` of
+    /// the file `filename`, handing every emitted pair to `emit`.
+    pub fn map(&self, filename: &str, contents: &[u8], offset: u64, emit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), AppFailure> {
         let mut call = CallState { emit: Some(emit), ..CallState::new() };
         let host = call.host_calls();
         // SAFETY: `host` and the slices outlive the call.
-        let status = unsafe { (self.vtable.map)(&host, RawBytes::new(filename.as_bytes()), RawBytes::new(contents)) };
+        let status = unsafe { (self.vtable.map)(&host, RawBytes::new(filename.as_bytes()), RawBytes::new(contents), offset) };
         call.finish(status)
     }
 

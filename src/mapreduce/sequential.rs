@@ -43,7 +43,7 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
         let contents = std::fs::read(&input.path)
             .map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
         plugin
-            .map(&input.name, &contents, &mut |key, value| {
+            .map(&input.name, &contents, 0, &mut |key, value| {
                 pairs.push((arena.len(), key.len(), value.len()));
                 arena.extend_from_slice(key);
                 arena.extend_from_slice(value);

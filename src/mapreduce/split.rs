@@ -39,24 +39,20 @@ pub fn plan_splits(inputs: &[InputFile], split_bytes: u64) -> Vec<InputSplit> {
     splits
 }
 
-/// Reads the lines `split` owns.
-pub fn read_split(split: &InputSplit) -> io::Result<Vec<u8>> {
+/// Reads the lines `split` owns; returns them and the file offset at
+/// which they begin.
+pub fn read_split(split: &InputSplit) -> io::Result<(u64, Vec<u8>)> {
     let mut file = File::open(&split.file.path)?;
-    if split.start == 0 && split.end.is_none() {
-        let mut contents = Vec::new();
-        file.read_to_end(&mut contents)?;
-        return Ok(contents);
-    }
     let begin = if split.start == 0 { 0 } else { line_start_at_or_after(&mut file, split.start)? };
     let Some(end) = split.end else {
         let mut contents = Vec::new();
         file.seek(SeekFrom::Start(begin))?;
         file.read_to_end(&mut contents)?;
-        return Ok(contents);
+        return Ok((begin, contents));
     };
     if begin >= end {
         // No line starts in this split (a line longer than the split).
-        return Ok(Vec::new());
+        return Ok((begin, Vec::new()));
     }
     file.seek(SeekFrom::Start(begin))?;
     let mut contents = Vec::with_capacity((end - begin) as usize);
@@ -64,7 +60,7 @@ pub fn read_split(split: &InputSplit) -> io::Result<Vec<u8>> {
     if contents.len() as u64 == end - begin && contents.last() != Some(&b'\n') {
         finish_line(&mut file, &mut contents)?;
     }
-    Ok(contents)
+    Ok((begin, contents))
 }
 
 /// The offset of the first line that starts at or after `offset` (> 0):
@@ -146,7 +142,8 @@ mod tests {
                 let mut joined = Vec::new();
                 let splits = plan_splits(std::slice::from_ref(&input), split_bytes);
                 for split in &splits {
-                    let part = read_split(split).unwrap();
+                    let (offset, part) = read_split(split).unwrap();
+                    assert_eq!(offset, joined.len() as u64, "file {t}, split size {split_bytes}: {split:?}");
                     joined.extend_from_slice(&part);
                     // Whole lines: only a split that reaches the end of the
                     // file may end without a newline.
@@ -170,7 +167,7 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, "aaaa\nbbbb\ncccc\n").unwrap();
         let file = InputFile { name: "f".into(), path, size: 15 };
-        let read = |start, end| String::from_utf8(read_split(&InputSplit { file: file.clone(), start, end }).unwrap()).unwrap();
+        let read = |start, end| String::from_utf8(read_split(&InputSplit { file: file.clone(), start, end }).unwrap().1).unwrap();
         // A split starting mid-line skips to the next line; one ending
         // mid-line finishes it.
         assert_eq!(read(0, Some(2)), "aaaa\n");

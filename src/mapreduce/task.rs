@@ -90,7 +90,8 @@ impl TaskRunner {
         let capabilities = self.capabilities()?;
         let plugin = &*self.plugin;
         let split = &task.input;
-        let contents = read_split(split).map_err(|source| TaskError::Input { path: split.file.path.clone(), source })?;
+        let (offset, contents) =
+            read_split(split).map_err(|source| TaskError::Input { path: split.file.path.clone(), source })?;
         let config = MapOutputConfig {
             reduces: task.reduces,
             buffer_bytes: self.map_buffer_bytes,
@@ -104,7 +105,7 @@ impl TaskRunner {
         // The emit callback cannot return an error to the app, so the first
         // one is kept and ends the attempt once map returns.
         let mut failure: Option<TaskError> = None;
-        plugin.map(&split.file.name, &contents, &mut |key, value| {
+        plugin.map(&split.file.name, &contents, offset, &mut |key, value| {
             if failure.is_none() {
                 let pushed = plugin
                     .partition(key, task.reduces)

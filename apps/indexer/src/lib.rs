@@ -52,7 +52,7 @@ mod tests {
     fn each_document_once_sorted() {
         let mut pairs = Vec::new();
         let mut sink = |k: &[u8], v: &[u8]| pairs.push((k.to_vec(), v.to_vec()));
-        let input = MapInput { filename: "b.txt", contents: b"dog cat dog" };
+        let input = MapInput { filename: "b.txt", contents: b"dog cat dog", offset: 0 };
         Indexer.map(&input, &mut Emitter::new(&mut sink)).unwrap();
         assert_eq!(pairs, vec![(b"dog".to_vec(), b"b.txt".to_vec()), (b"cat".to_vec(), b"b.txt".to_vec())]);
 

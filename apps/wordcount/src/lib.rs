@@ -58,7 +58,7 @@ mod tests {
         let mut pairs = Vec::new();
         let mut sink = |k: &[u8], v: &[u8]| pairs.push((k.to_vec(), v.to_vec()));
         // \xff is not valid UTF-8: a non-letter that ends "Café".
-        let input = MapInput { filename: "f", contents: b"the cat, the Caf\xc3\xa9\xffx" };
+        let input = MapInput { filename: "f", contents: b"the cat, the Caf\xc3\xa9\xffx", offset: 0 };
         WordCount.map(&input, &mut Emitter::new(&mut sink)).unwrap();
         let words: Vec<_> = pairs.iter().map(|(k, _)| String::from_utf8(k.clone()).unwrap()).collect();
         assert_eq!(words, ["the", "cat", "the", "Café", "x"]);
