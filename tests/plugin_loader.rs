@@ -19,7 +19,8 @@ fn loads_a_plugin_and_calls_it() {
     assert_eq!(plugin.capabilities(), Capabilities { combiner: true, partitioner: false, raw_output: false });
     let mut pairs = Vec::new();
     plugin.map("f", b"a b a", 0, &mut |k, v| pairs.push((k.to_vec(), v.to_vec()))).unwrap();
-    assert_eq!(pairs.len(), 3);
+    pairs.sort();
+    assert_eq!(pairs, [(b"a".to_vec(), b"2".to_vec()), (b"b".to_vec(), b"1".to_vec())], "counted in the task");
     let mut out = Vec::new();
     plugin.reduce(b"a", &mut VecValues::new(vec![b"1".to_vec(), b"1".to_vec()]), &mut out).unwrap();
     assert_eq!(out, b"2");
