@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Benchmarks of the framework against the anchors, side by side in one run.
+
+usage: scripts/bench.py [--runs N] [--cases LIST] [--out FILE]
+  (run through scripts/bench.sh, which builds everything first)
+
+Each case runs every program --runs times (default 3) and reports the
+median wall time, the CPU time (user+sys summed over all the job's
+processes), the peak RSS of the largest process, the throughput in MB/s,
+and the ratio of our wall time to each anchor's, all measured in this same
+invocation. Outputs are compared with the anchor's after the first run, so a
+fast wrong answer cannot pass. The table is printed and written to
+BENCHMARKS.md with a description of the machine.
+
+Cases (--cases takes a comma-separated subset of these names):
+  wc-1g      wordcount over 1 GiB in 64 files, 2 workers, vs wc-limit,
+             PySpark local[2] (skipped with a note if pyspark is missing)
+             and mr-sequential
+  wc-256m    the same over 256 MiB in 32 files
+  wc-4g      the same over 4 GiB in 64 files (time per GiB vs 256 MiB)
+  zipf-1g    wordcount over 1 GiB of Zipf text with millions of distinct
+             words, vs wc-limit
+  sort-1g    sort over 1 GiB of lines vs GNU sort --parallel=2 -S 256M,
+             with the peak RSS of every process
+  grep-1g    grep over 1 GiB for a rare pattern vs GNU grep
+  tiny       2,000 one-line files, 2 workers: scheduling time per task
+  scaling    wordcount over 1 GiB with 1 worker vs 2 workers
+
+Corpora are generated deterministically by examples/make_corpus.rs under
+target/bench-corpus/ (kept between runs): book text from
+../shared/corpus/gutenberg when it exists, invented prose otherwise.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release"
+CORPORA = ROOT / "target" / "bench-corpus"
+SHARED = ROOT.parent / "shared"
+BOOKS = SHARED / "corpus" / "gutenberg"
+ANCHORS = SHARED / "anchors"
+WC_LIMIT = ROOT / "target" / "anchors" / "release" / "wc-limit"
+MiB = 1 << 20
+
+
+def corpus(mode, mib, files):
+    """The corpus directory, generated once."""
+    path = CORPORA / f"{mode}-{mib}m-{files}"
+    done = path / ".complete"
+    if not done.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        args = [str(BIN / "examples" / "make_corpus"), mode, str(path), str(mib), str(files)]
+        if mode == "books" and BOOKS.is_dir():
+            args += ["--books", str(BOOKS)]
+        print(f"  generating {path.name} ...", flush=True)
+        subprocess.run(args, check=True)
+        done.touch()
+    return path
+
+
+def corpus_bytes(path):
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+class Measure:
+    """Wall time of a group of processes, their summed CPU, and each one's peak RSS."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.procs = []
+        self.cpu = 0.0
+        self.rss = {}
+
+    def spawn(self, label, args, **kw):
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, **kw)
+        self.procs.append((label, proc))
+        return proc
+
+    def reap(self, proc, label):
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu += usage.ru_utime + usage.ru_stime
+        self.rss[label] = max(self.rss.get(label, 0), usage.ru_maxrss * 1024)
+        return proc.returncode
+
+    def finish(self):
+        for label, proc in self.procs:
+            if proc.returncode is None:
+                code = self.reap(proc, label)
+                if code != 0:
+                    raise RuntimeError(f"{label} exited {code}")
+        return time.monotonic() - self.start
+
+
+def run_single(label, args, cwd=None, env=None):
+    m = Measure()
+    m.spawn(label, args, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
+    return m.finish(), m
+
+
+def run_job(app, inputs, out_dir, workers=2, slots=1, master_flags=()):
+    """One whole job: a master on a free port and `workers` workers."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    addr_file = Path(out_dir) / ".addr"
+    m = Measure()
+    master = m.spawn("master", [str(BIN / "mr-master"), "--listen", "127.0.0.1:0", "--addr-file", str(addr_file),
+                                "--output-dir", str(out_dir), *master_flags, *map(str, inputs)],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not addr_file.exists():
+        if master.poll() is not None:
+            raise RuntimeError("master exited before listening")
+        time.sleep(0.002)
+    addr = addr_file.read_text().strip()
+    for i in range(workers):
+        m.spawn(f"worker{i}", [str(BIN / "mr-worker"), "--master", addr, "--slots", str(slots), app],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = m.finish()
+    addr_file.unlink()
+    return wall, m
+
+
+def sorted_output(out_dir):
+    lines = []
+    for f in sorted(Path(out_dir).glob("mr-out-*")):
+        lines += f.read_bytes().splitlines()
+    return sorted(lines)
+
+
+class Row:
+    def __init__(self, case, program, size, walls, cpus, rss, note=""):
+        self.case, self.program, self.size, self.note = case, program, size, note
+        self.wall = statistics.median(walls)
+        self.cpu = statistics.median(cpus)
+        self.rss = rss
+
+    def mbps(self):
+        return self.size / MiB / self.wall if self.size else 0.0
+
+
+def repeat(runs, fn):
+    walls, cpus, rss = [], [], {}
+    for _ in range(runs):
+        wall, m = fn()
+        walls.append(wall)
+        cpus.append(m.cpu)
+        for k, v in m.rss.items():
+            rss[k] = max(rss.get(k, 0), v)
+    return walls, cpus, rss
+
+
+def check(what, ok):
+    if not ok:
+        raise RuntimeError(f"output check failed: {what}")
+
+
+def wc_case(name, mib, files, runs, rows, work, with_spark=False, with_seq=False):
+    data = corpus("books", mib, files)
+    size = corpus_bytes(data)
+    out = work / name
+    walls, cpus, rss = repeat(runs, lambda: run_job("wordcount", [data], out))
+    ours = sorted_output(out)
+    rows.append(Row(name, "mapreduce, 2 workers", size, walls, cpus, rss))
+    ref = work / f"{name}.wc-limit"
+    walls, cpus, rss = repeat(runs, lambda: run_single("wc-limit", [str(WC_LIMIT), str(ref), str(data)]))
+    check(f"{name}: mapreduce vs wc-limit", ours == sorted(ref.read_bytes().splitlines()))
+    rows.append(Row(name, "wc-limit", size, walls, cpus, rss))
+    if with_seq:
+        seq_out = work / f"{name}.seq"
+        seq_out.mkdir(exist_ok=True)
+        walls, cpus, rss = repeat(runs, lambda: run_single(
+            "mr-sequential", [str(BIN / "mr-sequential"), "--output-dir", str(seq_out), "wordcount", str(data)]))
+        check(f"{name}: mr-sequential vs wc-limit", sorted((seq_out / "mr-out-0").read_bytes().splitlines()) == ours)
+        rows.append(Row(name, "mr-sequential", size, walls, cpus, rss))
+    if with_spark:
+        spark = spark_available()
+        if spark is None:
+            rows.append(Row(name, "PySpark local[2]", size, [float("nan")], [float("nan")], {},
+                            note="skipped: pyspark is not installed (pip install pyspark; needs Java 17)"))
+        else:
+            spark_out = work / f"{name}.spark"
+            walls, cpus, rss = repeat(1, lambda: run_single(
+                "pyspark", [sys.executable, str(ANCHORS / "wc_spark.py"), str(spark_out), str(data)]))
+            rows.append(Row(name, "PySpark local[2] (1 run)", size, walls, cpus, rss))
+
+
+def spark_available():
+    try:
+        import pyspark  # noqa: F401
+        return True
+    except ImportError:
+        return None
+
+
+def zipf_case(runs, rows, work):
+    data = corpus("zipf", 1024, 64)
+    size = corpus_bytes(data)
+    out = work / "zipf"
+    walls, cpus, rss = repeat(runs, lambda: run_job("wordcount", [data], out))
+    ours = sorted_output(out)
+    rows.append(Row("zipf-1g", "mapreduce, 2 workers", size, walls, cpus, rss))
+    ref = work / "zipf.wc-limit"
+    walls, cpus, rss = repeat(runs, lambda: run_single("wc-limit", [str(WC_LIMIT), str(ref), str(data)]))
+    check("zipf: mapreduce vs wc-limit", ours == sorted(ref.read_bytes().splitlines()))
+    rows.append(Row("zipf-1g", "wc-limit", size, walls, cpus, rss, note=f"{len(ours):,} distinct words"))
+
+
+def sort_case(runs, rows, work):
+    data = corpus("books", 1024, 64)
+    size = corpus_bytes(data)
+    out = work / "sort"
+    walls, cpus, rss = repeat(runs, lambda: run_job("sort", [data], out))
+    per_process = ", ".join(f"{k} {v / MiB:.0f}" for k, v in sorted(rss.items()))
+    rows.append(Row("sort-1g", "mapreduce, 2 workers", size, walls, cpus, rss, note=f"peak RSS MiB: {per_process}"))
+    ref = work / "sort.gnu"
+    files = sorted(str(f) for f in data.iterdir() if f.is_file() and not f.name.startswith("."))
+    env = dict(os.environ, LC_ALL="C")
+    tmp = work / "sort-tmp"
+    tmp.mkdir(exist_ok=True)
+    walls, cpus, rss = repeat(runs, lambda: run_single(
+        "sort", ["sort", "--parallel=2", "-S", "256M", "-T", str(tmp), "-o", str(ref), *files], env=env))
+    with open(ref, "rb") as expected:
+        ours = b"".join((out / f"mr-out-{r}").read_bytes() for r in range(10))
+        check("sort: concatenated outputs vs GNU sort", ours == expected.read())
+    rows.append(Row("sort-1g", "GNU sort --parallel=2 -S 256M", size, walls, cpus, rss))
+
+
+GREP_PATTERN = "Pemberley|Lilliput|xyzzy"
+
+
+def grep_case(runs, rows, work):
+    data = corpus("books", 1024, 64)
+    size = corpus_bytes(data)
+    out = work / "grep"
+    flags = ["--param", f"pattern={GREP_PATTERN}"]
+    walls, cpus, rss = repeat(runs, lambda: run_job("grep", [data], out, master_flags=flags))
+    ours = sorted_output(out)
+    rows.append(Row("grep-1g", "mapreduce, 2 workers", size, walls, cpus, rss, note=f"pattern {GREP_PATTERN}, {len(ours)} lines"))
+    files = sorted(str(f) for f in data.iterdir() if f.is_file() and not f.name.startswith("."))
+    ref = work / "grep.gnu"
+
+    def gnu():
+        with open(ref, "wb") as f:
+            m = Measure()
+            m.spawn("grep", ["grep", "-a", "-H", "-E", GREP_PATTERN, *files], stdout=f, env=dict(os.environ, LC_ALL="C"))
+            try:
+                return m.finish(), m
+            except RuntimeError:
+                return time.monotonic() - m.start, m  # exit 1 = no match, still a valid timing
+
+    walls, cpus, rss = repeat(runs, gnu)
+    check("grep: mapreduce vs GNU grep", ours == sorted(ref.read_bytes().splitlines()))
+    rows.append(Row("grep-1g", "GNU grep", size, walls, cpus, rss))
+
+
+def tiny_case(runs, rows, work):
+    data = corpus("tiny", 0, 2000)
+    out = work / "tiny"
+    walls, cpus, rss = repeat(runs, lambda: run_job("wordcount", [data], out))
+    tasks = 2000 + 10
+    row = Row("tiny", "mapreduce, 2 workers", 0, walls, cpus, rss)
+    row.note = f"{row.wall / tasks * 1000:.2f} ms per task ({tasks} tasks)"
+    rows.append(row)
+
+
+def scaling_case(runs, rows, work):
+    data = corpus("books", 1024, 64)
+    size = corpus_bytes(data)
+    out = work / "scaling"
+    for workers in (1, 2):
+        walls, cpus, rss = repeat(runs, lambda: run_job("wordcount", [data], out, workers=workers))
+        rows.append(Row("scaling", f"mapreduce, {workers} worker{'s' if workers > 1 else ''}", size, walls, cpus, rss))
+
+
+CASES = {
+    "wc-1g": lambda r, rows, w: wc_case("wc-1g", 1024, 64, r, rows, w, with_spark=True, with_seq=True),
+    "wc-256m": lambda r, rows, w: wc_case("wc-256m", 256, 32, r, rows, w),
+    "wc-4g": lambda r, rows, w: wc_case("wc-4g", 4096, 64, r, rows, w),
+    "zipf-1g": zipf_case,
+    "sort-1g": sort_case,
+    "grep-1g": grep_case,
+    "tiny": tiny_case,
+    "scaling": scaling_case,
+}
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux {platform.release()}, {rustc}"
+
+
+def table(rows):
+    ours = {r.case: r for r in rows if r.program.startswith("mapreduce, 2")}
+    lines = ["| case | program | median wall s | CPU s | peak RSS MiB (largest process) | MB/s | ours ÷ this | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        largest = max(r.rss.values()) / MiB if r.rss else float("nan")
+        base = ours.get(r.case)
+        ratio = "" if base is None or base is r or r.wall != r.wall else f"{base.wall / r.wall:.2f}×"
+        lines.append(f"| {r.case} | {r.program} | {r.wall:.2f} | {r.cpu:.2f} | {largest:.0f} | {r.mbps():.0f} | {ratio} | {r.note} |")
+    return "\n".join(lines)
+
+
+def derived(rows):
+    """The figures the targets are stated in."""
+    by = {(r.case, r.program): r for r in rows}
+    out = []
+    small, big = by.get(("wc-256m", "mapreduce, 2 workers")), by.get(("wc-4g", "mapreduce, 2 workers"))
+    if small and big:
+        per_gib = lambda r: r.wall / (r.size / (1 << 30))
+        out.append(f"- time per GiB: {per_gib(small):.2f} s at 256 MiB, {per_gib(big):.2f} s at 4 GiB "
+                   f"({per_gib(big) / per_gib(small):.2f}×)")
+    one, two = by.get(("scaling", "mapreduce, 1 worker")), by.get(("scaling", "mapreduce, 2 workers"))
+    if one and two:
+        out.append(f"- scaling: 2 workers are {one.wall / two.wall:.2f}× faster than 1")
+    return "\n".join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args()
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(unknown)} (choose from {', '.join(CASES)})")
+    if not WC_LIMIT.exists():
+        sys.exit(f"bench: {WC_LIMIT} is missing; run scripts/bench.sh, which builds it")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mr-bench-") as tmp:
+        work = Path(tmp)
+        for case in cases:
+            print(f"== {case}", flush=True)
+            CASES[case](args.runs, rows, work)
+            print(table([r for r in rows if r.case == case]), flush=True)
+    corpus_note = "Project Gutenberg books from ../shared/corpus/gutenberg" if BOOKS.is_dir() else "invented prose (no ../shared/corpus)"
+    report = "\n\n".join([
+        "# Benchmarks",
+        f"Measured by `scripts/bench.sh --runs {args.runs} --cases {','.join(cases)}` on "
+        f"{datetime.date.today().isoformat()}.\n\nMachine: {machine()}.\n\nText corpora: {corpus_note}, "
+        "generated by `examples/make_corpus.rs`. Every figure is the median of the runs; every anchor ran in the "
+        "same invocation, after ours, with the page cache warm. \"ours ÷ this\" is our median wall time divided by "
+        "that program's (below 1 means we are faster).",
+        table(rows),
+        derived(rows),
+    ])
+    Path(args.out).write_text(report + "\n")
+    print("\n" + table(rows) + "\n" + derived(rows))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
