@@ -24,7 +24,7 @@
 //! and never returns a record it has not verified.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// How the blocks of a run are stored.
@@ -208,8 +208,12 @@ impl RunWriter {
 }
 
 /// Reads a run record by record, verifying each block before use.
+///
+/// Blocks carry their length, so the reader reads each straight into its
+/// block buffer, with no buffered reader in between: a reduce merging
+/// thousands of small runs holds one block per run, not 64 KiB each.
 pub struct RunReader {
-    file: BufReader<File>,
+    file: File,
     path: PathBuf,
     compression: Compression,
     block: Vec<u8>,
@@ -230,7 +234,7 @@ impl RunReader {
         let file = File::open(path).map_err(io_err)?;
         let unread = file.metadata().map_err(io_err)?.len();
         let mut reader = RunReader {
-            file: BufReader::with_capacity(BLOCK_BYTES + 16, file),
+            file,
             path: path.to_owned(),
             compression: Compression::None,
             block: Vec::new(),

@@ -81,9 +81,20 @@ impl From<MergeError> for ShuffleError {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     partition: u32,
+    /// The key's first 8 bytes, big-endian, zero-padded: comparing these
+    /// orders most pairs without touching the arena. Equal prefixes (or
+    /// keys that differ only by trailing zero bytes) fall back to the bytes.
+    prefix: u64,
     key_len: usize,
     value_len: usize,
     offset: usize,
+}
+
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 /// What a map task's output is for.
@@ -133,7 +144,7 @@ impl<'c> MapOutputWriter<'c> {
         let offset = self.arena.len();
         self.arena.extend_from_slice(key);
         self.arena.extend_from_slice(value);
-        self.entries.push(Entry { partition, key_len: key.len(), value_len: value.len(), offset });
+        self.entries.push(Entry { partition, prefix: key_prefix(key), key_len: key.len(), value_len: value.len(), offset });
         if self.buffered_bytes() >= self.config.buffer_bytes {
             self.spill()?;
         }
@@ -166,7 +177,7 @@ impl<'c> MapOutputWriter<'c> {
         let key = |e: &Entry| &arena[e.offset..e.offset + e.key_len];
         let value = |e: &Entry| &arena[e.offset + e.key_len..e.offset + e.key_len + e.value_len];
         // Stable, so values of one key keep their emission order.
-        entries.sort_by(|a, b| a.partition.cmp(&b.partition).then_with(|| key(a).cmp(key(b))));
+        entries.sort_by(|a, b| (a.partition, a.prefix).cmp(&(b.partition, b.prefix)).then_with(|| key(a).cmp(key(b))));
         let mut runs = Vec::new();
         for partition_entries in entries.chunk_by(|a, b| a.partition == b.partition) {
             let partition = partition_entries[0].partition;
