@@ -40,9 +40,11 @@ pub struct MergeError {
 /// Merges sorted runs into key groups.
 pub struct RunMerger {
     sources: Vec<Source>,
-    /// (head key, source index) of every run not yet exhausted; the smallest
-    /// key (then the earliest run) on top.
-    heap: BinaryHeap<Reverse<(Vec<u8>, usize)>>,
+    /// (head key's prefix, head key, source index) of every run not yet
+    /// exhausted; the smallest key (then the earliest run) on top. The prefix
+    /// (first 8 bytes, big-endian, zero-padded) orders like the key, and
+    /// settles most comparisons without comparing bytes.
+    heap: BinaryHeap<Reverse<(u64, Vec<u8>, usize)>>,
     /// The key of the group being read; `None` before the first `next_key`
     /// (an empty key is a real key, so emptiness cannot mean "none").
     current: Option<Vec<u8>>,
@@ -73,7 +75,7 @@ impl RunMerger {
         let source = &mut self.sources[i];
         match source.reader.next_into(&mut key, &mut source.value) {
             Ok(true) => {
-                self.heap.push(Reverse((key, i)));
+                self.heap.push(Reverse((crate::shuffle::key_prefix(&key), key, i)));
                 Ok(())
             }
             Ok(false) => Ok(()),
@@ -87,7 +89,7 @@ impl RunMerger {
         while self.next_value_of_current()?.is_some() {}
         match self.heap.peek() {
             None => Ok(None),
-            Some(Reverse((key, _))) => {
+            Some(Reverse((_, key, _))) => {
                 let current = self.current.get_or_insert_with(Vec::new);
                 current.clear();
                 current.extend_from_slice(key);
@@ -99,11 +101,11 @@ impl RunMerger {
     /// The next value of the current key, or `None` when the key's values
     /// are exhausted.
     pub fn next_value_of_current(&mut self) -> Result<Option<&[u8]>, MergeError> {
-        let at_current = matches!((self.heap.peek(), &self.current), (Some(Reverse((key, _))), Some(current)) if key == current);
+        let at_current = matches!((self.heap.peek(), &self.current), (Some(Reverse((_, key, _))), Some(current)) if key == current);
         if !at_current {
             return Ok(None);
         }
-        let Reverse((key, i)) = self.heap.pop().expect("peeked");
+        let Reverse((_, key, i)) = self.heap.pop().expect("peeked");
         std::mem::swap(&mut self.value, &mut self.sources[i].value);
         self.advance(i, key)?;
         Ok(Some(&self.value))

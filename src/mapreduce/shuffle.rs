@@ -90,7 +90,9 @@ struct Entry {
     offset: usize,
 }
 
-fn key_prefix(key: &[u8]) -> u64 {
+/// A key's first 8 bytes as a big-endian, zero-padded integer: ordering
+/// these orders keys, except that equal prefixes need the bytes compared.
+pub fn key_prefix(key: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
     let n = key.len().min(8);
     bytes[..n].copy_from_slice(&key[..n]);
