@@ -53,8 +53,10 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = cli::parse_bytes)]
     map_buffer: u64,
 
-    /// Compression of intermediate files: `lz4` or `none`.
-    #[arg(long, value_name = "CODEC", default_value = "lz4")]
+    /// Compression of intermediate files: `none` or `lz4`. Off by default:
+    /// with the shuffle on one machine's page cache it did not pay for itself
+    /// (see README, Performance).
+    #[arg(long, value_name = "CODEC", default_value = "none")]
     compress: Compression,
 
     /// Do not use the app's combiner even if it has one (the output is the

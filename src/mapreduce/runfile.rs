@@ -30,10 +30,10 @@ use std::path::{Path, PathBuf};
 /// How the blocks of a run are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Compression {
-    /// Payloads as they are.
+    /// Payloads as they are (the default: see `mr-master --compress`).
+    #[default]
     None,
     /// Each payload compressed with LZ4 (block format).
-    #[default]
     Lz4,
 }
 
