@@ -329,17 +329,41 @@ def table(rows):
 
 
 def derived(rows):
-    """The figures the targets are stated in."""
+    """The figures the targets are stated in, each with its target and verdict."""
     by = {(r.case, r.program): r for r in rows}
     out = []
+
+    def target(what, value, goal, met):
+        out.append(f"- {what}: {value} (target {goal}): {'met' if met else 'MISSED'}")
+
+    ours = lambda case: by.get((case, "mapreduce, 2 workers"))
+    for case, anchor, limit in (("wc-1g", "wc-limit", 1.5), ("zipf-1g", "wc-limit", 2.0)):
+        if ours(case) and by.get((case, anchor)):
+            ratio = ours(case).wall / by[(case, anchor)].wall
+            target(f"{case} vs {anchor}", f"{ratio:.2f}× its wall time", f"≤ {limit}×", ratio <= limit)
+    spark = next((r for r in rows if r.case == "wc-1g" and r.program.startswith("PySpark") and r.wall == r.wall), None)
+    if ours("wc-1g") and spark:
+        speedup = spark.wall / ours("wc-1g").wall
+        target("wc-1g vs PySpark", f"{speedup:.1f}× faster", "≥ 30× faster", speedup >= 30)
+    gnu_sort = by.get(("sort-1g", "GNU sort --parallel=2 -S 256M"))
+    if ours("sort-1g") and gnu_sort:
+        ratio = ours("sort-1g").wall / gnu_sort.wall
+        target("sort-1g vs GNU sort", f"{ratio:.2f}× its wall time", "≤ 1.5×", ratio <= 1.5)
+        largest = max(ours("sort-1g").rss.values()) / MiB
+        target("sort-1g peak RSS of our largest process", f"{largest:.0f} MiB", "≤ 256 MiB", largest <= 256)
+    if ours("tiny"):
+        per_task = ours("tiny").wall / 2010 * 1000
+        target("scheduling overhead", f"{per_task:.2f} ms per task", "≤ 3 ms", per_task <= 3)
     small, big = by.get(("wc-256m", "mapreduce, 2 workers")), by.get(("wc-4g", "mapreduce, 2 workers"))
     if small and big:
         per_gib = lambda r: r.wall / (r.size / (1 << 30))
-        out.append(f"- time per GiB: {per_gib(small):.2f} s at 256 MiB, {per_gib(big):.2f} s at 4 GiB "
-                   f"({per_gib(big) / per_gib(small):.2f}×)")
+        ratio = per_gib(big) / per_gib(small)
+        target("time per GiB at 4 GiB vs 256 MiB", f"{per_gib(big):.2f} s vs {per_gib(small):.2f} s ({ratio:.2f}×)",
+               "≤ 1.15×", ratio <= 1.15)
     one, two = by.get(("scaling", "mapreduce, 1 worker")), by.get(("scaling", "mapreduce, 2 workers"))
     if one and two:
-        out.append(f"- scaling: 2 workers are {one.wall / two.wall:.2f}× faster than 1")
+        speedup = one.wall / two.wall
+        target("scaling", f"2 workers {speedup:.2f}× faster than 1", "≥ 1.8×", speedup >= 1.8)
     return "\n".join(out)
 
 
@@ -371,7 +395,7 @@ def main():
         "same invocation, after ours, with the page cache warm. \"ours ÷ this\" is our median wall time divided by "
         "that program's (below 1 means we are faster).",
         table(rows),
-        derived(rows),
+        "## Targets\n\n" + derived(rows),
     ])
     Path(args.out).write_text(report + "\n")
     print("\n" + table(rows) + "\n" + derived(rows))
