@@ -345,7 +345,7 @@ impl<'a> Emitter<'a> {
 
     /// Emits every count held so far.
     fn flush_counts(&mut self) {
-        let mut digits = itoa_buffer();
+        let mut digits = [0u8; 20];
         let sink = &mut self.sink;
         self.counts.drain(|key, total| sink(key, format_u64(&mut digits, total)));
     }
@@ -355,10 +355,6 @@ impl Drop for Emitter<'_> {
     fn drop(&mut self) {
         self.flush_counts();
     }
-}
-
-fn itoa_buffer() -> [u8; 20] {
-    [0; 20]
 }
 
 /// `n` in decimal, written into the end of `buffer`.
@@ -481,7 +477,7 @@ mod tests {
 
     #[test]
     fn decimals_are_right_at_the_edges() {
-        let mut buffer = itoa_buffer();
+        let mut buffer = [0u8; 20];
         for n in [0, 9, 10, 1234567890, u64::MAX] {
             assert_eq!(format_u64(&mut buffer, n), n.to_string().as_bytes());
         }
