@@ -106,7 +106,7 @@ pub enum OutputFormat {
 
 /// Parameters of a job, from `mr-master --param KEY=VALUE`, so that a job
 /// is configured in one place and every worker's app sees the same values.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Params {
     pairs: std::collections::BTreeMap<String, String>,
 }

@@ -141,7 +141,7 @@ pub async fn run(
     let map_count = splits.len();
     let scheduler = Scheduler::new(config.scheduler, splits, config.reduces, job_dir.path().to_owned());
     let spec = JobSpec {
-        params: config.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        params: config.params.clone(),
         inputs: config.inputs.clone(),
         reduces: config.reduces,
         map_buffer_bytes: config.map_buffer_bytes,

@@ -32,6 +32,17 @@ impl AtomicFile {
         self.writer.write_all(b"\n")
     }
 
+    /// Writes one reduce call's output: the line `<key> <value>\n`, or, for
+    /// an app that writes its own lines ([`crate::OutputFormat::Raw`]), the
+    /// value verbatim.
+    pub fn write_reduce_output(&mut self, raw: bool, key: &[u8], value: &[u8]) -> io::Result<()> {
+        if raw {
+            self.writer.write_all(value)
+        } else {
+            self.write_record(key, value)
+        }
+    }
+
     /// Flushes and atomically renames the file to its destination.
     pub fn commit(self) -> io::Result<PathBuf> {
         let temp = self.writer.into_inner().map_err(|e| e.into_error())?;

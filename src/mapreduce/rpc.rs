@@ -67,8 +67,8 @@ impl std::fmt::Display for TaskId {
 /// What every worker needs to know about the job before its first task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
-    /// Parameters for the app (`mr-master --param KEY=VALUE`), sorted by key.
-    pub params: Vec<(String, String)>,
+    /// Parameters for the app (`mr-master --param KEY=VALUE`).
+    pub params: crate::Params,
     /// The input files, for the app's constructor (e.g. a sort samples them).
     pub inputs: Vec<InputFile>,
     /// Number of reduce partitions.
@@ -84,12 +84,13 @@ pub struct JobSpec {
 impl JobSpec {
     /// The app's view of the job.
     pub fn app_context(&self) -> crate::JobContext {
-        crate::JobContext {
-            params: crate::Params::new(self.params.iter().cloned()),
-            inputs: self.inputs.iter().map(|i| (i.name.clone(), i.path.clone())).collect(),
-            reduces: self.reduces,
-        }
+        app_context(self.params.clone(), &self.inputs, self.reduces)
     }
+}
+
+/// What an app's constructor is told about a job with these inputs.
+pub fn app_context(params: crate::Params, inputs: &[InputFile], reduces: u32) -> crate::JobContext {
+    crate::JobContext { params, inputs: inputs.iter().map(|i| (i.name.clone(), i.path.clone())).collect(), reduces }
 }
 
 /// One input file of the job.

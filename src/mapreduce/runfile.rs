@@ -149,11 +149,6 @@ impl RunWriter {
         Ok(())
     }
 
-    /// Number of records appended so far.
-    pub fn records(&self) -> u64 {
-        self.records
-    }
-
     fn flush_block(&mut self) -> Result<(), RunError> {
         if self.block.is_empty() {
             return Ok(());

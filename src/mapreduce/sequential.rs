@@ -6,13 +6,12 @@
 //! only the app boundary ([`crate::plugin`]) and the output line format
 //! ([`crate::output`]) with the framework.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::app::{JobContext, Params, VecValues};
+use crate::app::{Params, VecValues};
 use crate::output::{output_file_name, AtomicFile};
 use crate::plugin::{AppFailure, Plugin};
-use crate::rpc::InputFile;
+use crate::rpc::{app_context, InputFile};
 
 /// Why the reference run failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +32,8 @@ pub enum SequentialError {
 /// `output_dir`. The app is made for a job with one reduce partition; its
 /// combiner and partitioner are not used.
 pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, output_dir: &Path) -> Result<PathBuf, SequentialError> {
-    let job = JobContext { params, inputs: inputs.iter().map(|i| (i.name.clone(), i.path.clone())).collect(), reduces: 1 };
-    let capabilities =
-        plugin.init(&job).map_err(|failure| SequentialError::App { what: "the app's constructor".to_string(), failure })?;
+    let capabilities = plugin
+        .init(&app_context(params, inputs, 1)).map_err(|failure| SequentialError::App { what: "the app's constructor".to_string(), failure })?;
     // Pairs live back to back in one arena; `pairs` holds (offset, key length, value length).
     let mut arena = Vec::new();
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
@@ -68,8 +66,7 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
             what: format!("reduce of key {}", String::from_utf8_lossy(k)),
             failure,
         })?;
-        let written = if capabilities.raw_output { output.write_all(&result) } else { output.write_record(k, &result) };
-        written.map_err(output_err)?;
+        output.write_reduce_output(capabilities.raw_output, k, &result).map_err(output_err)?;
     }
     output.commit().map_err(output_err)
 }

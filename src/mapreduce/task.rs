@@ -6,7 +6,7 @@
 //! writes the staged output file that the coordinator commits. The worker loop
 //! ([`crate::worker`]) runs these on a blocking thread and reports the result.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -65,24 +65,28 @@ pub struct TaskRunner {
     /// The job allows the app's combiner (it may still have none).
     combine: bool,
     compression: Compression,
-    /// The app's capabilities, or why it could not be made for this job.
-    app: Result<Capabilities, AppFailure>,
+    /// Why the app could not be made for this job, if it could not.
+    init_error: Option<AppFailure>,
 }
 
 impl TaskRunner {
     /// Makes the app for `job` (calls its constructor once). A constructor
     /// failure is kept and reported as the failure of every task.
     pub fn new(plugin: Arc<Plugin>, job: &JobSpec) -> TaskRunner {
-        let app = plugin.init(&job.app_context());
-        if let Err(e) = &app {
+        let init_error = plugin.init(&job.app_context()).err();
+        if let Some(e) = &init_error {
             tracing::error!("the app refused this job: {e}");
         }
         let map_buffer_bytes = usize::try_from(job.map_buffer_bytes).unwrap_or(usize::MAX);
-        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, compression: job.compression, app }
+        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, compression: job.compression, init_error }
     }
 
+    /// What the app can do, or why every task fails.
     fn capabilities(&self) -> Result<Capabilities, TaskError> {
-        self.app.clone().map_err(TaskError::AppInit)
+        match &self.init_error {
+            Some(e) => Err(TaskError::AppInit(e.clone())),
+            None => Ok(self.plugin.capabilities()),
+        }
     }
 
     /// Runs one map attempt; returns its runs, one per non-empty partition.
@@ -147,8 +151,7 @@ impl TaskRunner {
                 return Err(e.into());
             }
             result?;
-            let written = if capabilities.raw_output { output.write_all(&value) } else { output.write_record(&key, &value) };
-            written.map_err(output_err)?;
+            output.write_reduce_output(capabilities.raw_output, &key, &value).map_err(output_err)?;
         }
         output.commit().map_err(output_err)?;
         Ok(())

@@ -3,8 +3,9 @@
 //! [`run`] connects to the coordinator (retrying until the connect timeout,
 //! since workers are often started before or alongside the master), then
 //! pulls tasks until told to exit, in as many slots (concurrent task loops
-//! sharing one connection and one app instance) as configured. Tasks run on a blocking thread
-//! ([`crate::task`]) so that app code never stalls the RPC runtime.
+//! sharing one connection and one app instance) as configured. Tasks run on
+//! a blocking thread ([`crate::task`]) so that app code never stalls the RPC
+//! runtime.
 //!
 //! Shutdown: the worker stops when the coordinator answers `Exit`, or when
 //! a call fails after it has once been connected: the coordinator exits as
