@@ -9,7 +9,9 @@
 #   APP               plugin name (wordcount, indexer, ...) or path to a .so
 #
 # The master listens on a free port; workers find it through an address
-# file. Exits with the master's status; prints where the output is.
+# file. The master shows progress while the job runs and prints its status
+# page's URL and, at the end, the job summary. Exits with the master's
+# status; prints where the output is.
 
 set -euo pipefail
 
@@ -27,6 +29,8 @@ while [ $# -gt 0 ]; do
     --output-dir=*) OUTPUT_DIR=${1#*=}; shift ;;
     --help|-h) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --*=*) MASTER_FLAGS+=("$1"); shift ;;
+    # mr-master's flags that take no value
+    --no-combine|--quiet|-q) MASTER_FLAGS+=("$1"); shift ;;
     --*) MASTER_FLAGS+=("$1" "$2"); shift 2 ;;
     *) break ;;
   esac
@@ -51,7 +55,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$BIN/mr-master" --listen 127.0.0.1:0 --addr-file "$ADDR_FILE" --output-dir "$OUTPUT_DIR" \
-  ${MASTER_FLAGS[@]+"${MASTER_FLAGS[@]}"} "$@" > /dev/null &
+  ${MASTER_FLAGS[@]+"${MASTER_FLAGS[@]}"} "$@" &
 MASTER=$!
 for _ in $(seq 200); do
   [ -s "$ADDR_FILE" ] && break

@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
+use mapreduce::counters::UserCounters;
 use mapreduce::plugin::{AppFailure, Capabilities, Plugin, PluginError};
 use mapreduce::{JobContext, VecValues};
 
@@ -18,14 +21,17 @@ fn loads_a_plugin_and_calls_it() {
     assert_eq!(plugin.name(), "WordCount");
     assert_eq!(plugin.capabilities(), Capabilities { combiner: true, partitioner: false, raw_output: false });
     let mut pairs = Vec::new();
-    plugin.map("f", b"a b a", 0, &mut |k, v| pairs.push((k.to_vec(), v.to_vec()))).unwrap();
+    let counters = UserCounters::default();
+    plugin.map("f", b"a b a", 0, &mut |k, v| pairs.push((k.to_vec(), v.to_vec())), &counters).unwrap();
     pairs.sort();
     assert_eq!(pairs, [(b"a".to_vec(), b"2".to_vec()), (b"b".to_vec(), b"1".to_vec())], "counted in the task");
+    plugin.map("g", b"c", 0, &mut |_, _| {}, &counters).unwrap();
+    assert_eq!(counters.take(), BTreeMap::from([("words".to_string(), 4)]), "the app's counter crossed the ABI");
     let mut out = Vec::new();
-    plugin.reduce(b"a", &mut VecValues::new(vec![b"1".to_vec(), b"1".to_vec()]), &mut out).unwrap();
+    plugin.reduce(b"a", &mut VecValues::new(vec![b"1".to_vec(), b"1".to_vec()]), &mut out, &counters).unwrap();
     assert_eq!(out, b"2");
     out.clear();
-    plugin.combine(b"a", &mut VecValues::new(vec![b"2".to_vec(), b"3".to_vec()]), &mut out).unwrap();
+    plugin.combine(b"a", &mut VecValues::new(vec![b"2".to_vec(), b"3".to_vec()]), &mut out, &counters).unwrap();
     assert_eq!(out, b"5");
     assert_eq!(plugin.partition(b"a", 10), Ok(mapreduce::partition::partition_of(b"a", 10)));
 }
@@ -33,23 +39,24 @@ fn loads_a_plugin_and_calls_it() {
 #[test]
 fn calls_before_init_are_refused() {
     let plugin = Plugin::load(&common::plugin("indexer")).unwrap();
-    let err = plugin.map("f", b"x", 0, &mut |_, _| {}).unwrap_err();
+    let err = plugin.map("f", b"x", 0, &mut |_, _| {}, &UserCounters::default()).unwrap_err();
     assert_eq!(err, AppFailure::Error("the app was called before init".to_string()));
 }
 
 #[test]
 fn a_panic_in_the_app_is_an_error_not_a_crash() {
     let plugin = loaded("faulty");
-    let err = plugin.map("doc", b"PANIC-IN-MAP", 0, &mut |_, _| {}).unwrap_err();
+    let counters = UserCounters::default();
+    let err = plugin.map("doc", b"PANIC-IN-MAP", 0, &mut |_, _| {}, &counters).unwrap_err();
     assert_eq!(err, AppFailure::Panic("deliberate panic in map of doc".to_string()));
-    let err = plugin.map("doc", b"ERROR-IN-MAP", 0, &mut |_, _| {}).unwrap_err();
+    let err = plugin.map("doc", b"ERROR-IN-MAP", 0, &mut |_, _| {}, &counters).unwrap_err();
     assert_eq!(err, AppFailure::Error("deliberate error in map of doc".to_string()));
     // The plugin still works after a panic.
     let mut n = 0;
-    plugin.map("doc", b"still fine", 0, &mut |_, _| n += 1).unwrap();
+    plugin.map("doc", b"still fine", 0, &mut |_, _| n += 1, &counters).unwrap();
     assert_eq!(n, 2);
     let mut out = Vec::new();
-    let err = plugin.reduce(b"panicinreduce", &mut VecValues::new(vec![]), &mut out).unwrap_err();
+    let err = plugin.reduce(b"panicinreduce", &mut VecValues::new(vec![]), &mut out, &counters).unwrap_err();
     assert!(matches!(err, AppFailure::Panic(_)));
     assert!(out.is_empty(), "a failed reduce writes no output");
 }

@@ -1,14 +1,19 @@
 //! `mr-master`: the coordinator. Parses flags, resolves inputs, binds, and
 //! runs [`mapreduce::coordinator::run`] until the job ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use tokio::sync::Notify;
 use mapreduce::cli;
-use mapreduce::coordinator::{self, CoordinatorConfig};
+use mapreduce::coordinator::{CoordinatorConfig, Job};
+use mapreduce::http;
+use mapreduce::progress::{self, ProgressMode};
+use mapreduce::summary::JobSummary;
 use mapreduce::runfile::Compression;
 use mapreduce::scheduler::SchedulerConfig;
 use mapreduce::Params;
@@ -74,6 +79,31 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
 
+    /// Where the HTTP status server (dashboard, /api/status, /metrics)
+    /// listens, or `off`. Default 127.0.0.1:7879; if that port is taken (say,
+    /// by another job) a free port is used and printed. Port 0 picks a free
+    /// port.
+    #[arg(long, value_name = "HOST:PORT|off")]
+    http: Option<String>,
+
+    /// Keep the HTTP status server up this many seconds after the job ends
+    /// (default: exit at once).
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = cli::parse_secs)]
+    linger: Duration,
+
+    /// No progress bars: log a progress line every few seconds instead (as
+    /// when stdout or stderr is not a terminal).
+    #[arg(long, short)]
+    quiet: bool,
+
+    /// Also write the end-of-job summary, as JSON, to this file.
+    #[arg(long, value_name = "PATH")]
+    summary_json: Option<PathBuf>,
+
+    /// Also append the log to this file.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+
     /// Input files or directories (walked recursively; names starting with
     /// `.` or `_` found in a walk are skipped).
     #[arg(value_name = "FILE", required = true)]
@@ -81,9 +111,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    mapreduce::logging::init();
+    let args = Args::parse();
+    if let Err(e) = mapreduce::logging::init(args.log_file.as_deref()) {
+        let path = args.log_file.as_deref().unwrap_or(Path::new("")).display();
+        eprintln!("mr-master: error: cannot open log file {path}: {e}");
+        return ExitCode::FAILURE;
+    }
     let _span = tracing::info_span!("master").entered();
-    match run(Args::parse()) {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mr-master: error: {}", mapreduce::errors::one_line(e.as_ref()));
@@ -104,11 +139,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    println!("listening on {addr}");
-    if let Some(path) = &args.addr_file {
-        mapreduce::output::write_atomically(path, format!("{addr}\n").as_bytes())
-            .with_context(|| format!("cannot write address file {}", path.display()))?;
-    }
+    let http = match args.http.as_deref() {
+        Some("off") => None,
+        requested => Some(bind_http(requested).await?),
+    };
     let config = CoordinatorConfig {
         inputs,
         split_bytes: args.split_size,
@@ -123,7 +157,60 @@ async fn run(args: Args) -> anyhow::Result<()> {
         combine: !args.no_combine,
         compression: args.compress,
     };
-    let report = coordinator::run(listener, config, cli::termination_signal()).await?;
-    tracing::info!("job done in {:.2} s: {} output files", report.elapsed.as_secs_f64(), report.outputs.len());
+    let job = Job::plan(config)?;
+    let status = job.status();
+    let stop_http = Arc::new(Notify::new());
+    let http_server = http.map(|(listener, url)| {
+        let (status, stop) = (status.clone(), stop_http.clone());
+        let server = tokio::spawn(async move { http::serve(listener, status, async move { stop.notified().await }).await });
+        (server, url)
+    });
+    println!("listening on {addr}");
+    if let Some((_, url)) = &http_server {
+        println!("status page: {url}");
+    }
+    if let Some(path) = &args.addr_file {
+        mapreduce::output::write_atomically(path, format!("{addr}\n").as_bytes())
+            .with_context(|| format!("cannot write address file {}", path.display()))?;
+    }
+
+    let progress = tokio::spawn(progress::show(status.clone(), ProgressMode::choose(args.quiet)));
+    let result = job.run(listener, cli::termination_signal()).await;
+    // The display ends by itself once the job has; wait for it to clear the bars.
+    let _ = tokio::time::timeout(Duration::from_secs(1), progress).await;
+
+    let outputs = result.as_ref().map(|report| report.outputs.clone()).unwrap_or_default();
+    let summary = JobSummary::new(&status.report(), &outputs);
+    print!("{}", summary.render());
+    if let Some(path) = &args.summary_json {
+        let json = serde_json::to_vec_pretty(&summary).context("encoding the summary")?;
+        mapreduce::output::write_atomically(path, &json)
+            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+    }
+    if let Some((server, url)) = http_server {
+        if !args.linger.is_zero() {
+            println!("status page stays up for {} s at {url}", args.linger.as_secs_f64());
+            tokio::select! {
+                () = tokio::time::sleep(args.linger) => {}
+                () = cli::termination_signal() => {}
+            }
+        }
+        stop_http.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    }
+    result?;
     Ok(())
+}
+
+/// Binds the status server where asked (or at its default, falling back to
+/// a free port); returns it with its URL.
+async fn bind_http(requested: Option<&str>) -> anyhow::Result<(tokio::net::TcpListener, String)> {
+    let (listener, fell_back) = http::bind(requested)
+        .await
+        .with_context(|| format!("cannot serve the status page on {}", requested.unwrap_or(http::DEFAULT_ADDR)))?;
+    let url = http::url(listener.local_addr().context("reading the status server's address")?);
+    if fell_back {
+        tracing::warn!("{} is taken (another job?); serving the status page at {url} instead", http::DEFAULT_ADDR);
+    }
+    Ok((listener, url))
 }

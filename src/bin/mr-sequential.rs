@@ -33,7 +33,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    mapreduce::logging::init();
+    let _ = mapreduce::logging::init(None);
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

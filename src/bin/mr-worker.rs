@@ -1,6 +1,7 @@
 //! `mr-worker`: loads an app plugin and runs tasks from the coordinator
 //! ([`mapreduce::worker::run`]) until the job ends.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     slots: u16,
 
+    /// Also append the log to this file.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+
     /// The app: a path to a plugin (`.so`), or a bare NAME for `libNAME.so`
     /// in this executable's directory (e.g. `wordcount`).
     #[arg(value_name = "APP")]
@@ -36,9 +41,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    mapreduce::logging::init();
+    let args = Args::parse();
+    if let Err(e) = mapreduce::logging::init(args.log_file.as_deref()) {
+        let path = args.log_file.as_deref().unwrap_or(Path::new("")).display();
+        eprintln!("mr-worker: error: cannot open log file {path}: {e}");
+        return ExitCode::FAILURE;
+    }
     let _span = tracing::info_span!("worker", id = %worker::worker_id()).entered();
-    match run(Args::parse()) {
+    match run(args) {
         Ok(exit) => {
             tracing::info!("exiting: {}", match exit {
                 WorkerExit::JobDone => "the job is done",

@@ -26,12 +26,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use crate::counters::{HostCallScope, UserCounters};
 use crate::app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values};
 
 /// The ABI version this build of the framework speaks.
 /// Version 2 added `init` (job parameters), `combine`, `partition` and the
-/// map input's offset.
-pub const ABI_VERSION: u32 = 2;
+/// map input's offset; version 3 added counters (`HostCalls::add_counter`).
+pub const ABI_VERSION: u32 = 3;
 
 /// Capability bit: the app has a combiner.
 pub const CAP_COMBINER: u32 = 1;
@@ -104,6 +105,8 @@ pub struct HostCalls {
     pub write_output: unsafe extern "C" fn(ctx: *mut c_void, bytes: RawBytes),
     /// Record the message of a failed call.
     pub fail: unsafe extern "C" fn(ctx: *mut c_void, message: RawBytes),
+    /// Add `delta` to the app's counter `name` ([`crate::counters::increment`]).
+    pub add_counter: unsafe extern "C" fn(ctx: *mut c_void, name: RawBytes, delta: u64),
 }
 
 /// The functions a plugin provides.
@@ -246,6 +249,7 @@ pub unsafe fn plugin_map<A: App>(
     let filename = String::from_utf8_lossy(filename.as_slice());
     let input = MapInput { filename: &filename, contents: contents.as_slice(), offset };
     let mut sink = |key: &[u8], value: &[u8]| (host.emit)(host.ctx, RawBytes::new(key), RawBytes::new(value));
+    let _counters = HostCallScope::enter(host);
     call_app(host, || initialised(cell)?.map(&input, &mut Emitter::new(&mut sink)))
 }
 
@@ -259,6 +263,7 @@ pub unsafe fn plugin_reduce<A: App>(cell: &OnceLock<A>, host: *const HostCalls, 
     let host = &*host;
     let mut source = HostValues { host };
     let mut value = Vec::new();
+    let _counters = HostCallScope::enter(host);
     let status = call_app(host, || {
         let app = initialised(cell)?;
         let mut values = Values::new(&mut source);
@@ -310,6 +315,24 @@ fn call_app(host: &HostCalls, f: impl FnOnce() -> AppResult) -> Status {
     // SAFETY: `host` is valid for the whole call.
     unsafe { (host.fail)(host.ctx, RawBytes::new(message.as_bytes())) };
     status
+}
+
+/// Host calls that only count: `add_counter` adds to `counters`, every
+/// other callback does nothing. For [`crate::counters::collect`].
+pub(crate) fn counting_host_calls(counters: &UserCounters) -> HostCalls {
+    unsafe extern "C" fn ignore_pair(_: *mut c_void, _: RawBytes, _: RawBytes) {}
+    unsafe extern "C" fn no_value(_: *mut c_void, _: *mut RawBytes) -> bool {
+        false
+    }
+    unsafe extern "C" fn ignore_bytes(_: *mut c_void, _: RawBytes) {}
+    HostCalls {
+        ctx: counters as *const UserCounters as *mut c_void,
+        emit: ignore_pair,
+        next_value: no_value,
+        write_output: ignore_bytes,
+        fail: ignore_bytes,
+        add_counter: crate::counters::add_to_user_counters,
+    }
 }
 
 /// Encodes a job context for `init`: `reduces:u32`, then the params and the

@@ -11,6 +11,14 @@ pub fn parse_positive_secs(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a flag value in seconds (fractions allowed, 0 too), for clap.
+pub fn parse_secs(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs >= 0.0 => Duration::try_from_secs_f64(secs).map_err(|e| format!("'{text}': {e}")),
+        _ => Err(format!("'{text}' is not a number of seconds")),
+    }
+}
+
 /// Parses a byte size for clap: a whole number with an optional binary
 /// suffix `K`, `M`, `G` or `T` (also `KiB`, `MiB`, ...): `64M` is 64 MiB.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {

@@ -31,17 +31,16 @@ use tokio::sync::Notify;
 
 use crate::output::{output_file_name, remove_stale_outputs};
 use crate::app::Params;
-use crate::rpc::{Assignment, Coordinator, InputFile, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport, WorkerId, POLL_WAIT};
+use crate::counters::Counters;
+use crate::rpc::{AttemptId, Assignment, Coordinator, InputFile, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport, WorkerId, POLL_WAIT};
 use crate::runfile::Compression;
 use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
+use crate::status::{JobStatus, StatusReport};
 use crate::split::plan_splits;
 
 /// How long `run` waits, after the job ends, for the workers it knows to
 /// ask for work and be told `Exit`, before it closes the connections.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
-
-/// How often progress is logged while the job runs.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the coordinator needs to run one job.
 #[derive(Debug, Clone)]
@@ -95,11 +94,18 @@ pub struct JobReport {
     pub elapsed: Duration,
 }
 
+/// The coordinator's view of the job: the task table and its observable
+/// history, changed together under one lock.
+struct JobState {
+    scheduler: Scheduler,
+    status: JobStatus,
+}
+
 /// State shared by every RPC handler.
 struct Shared {
     /// Answer to `job()`; fixed for the job.
     spec: JobSpec,
-    scheduler: Mutex<Scheduler>,
+    job: Mutex<JobState>,
     /// Signalled whenever the scheduler changes in a way that may let a held
     /// `request_task` proceed (a task finished or failed, the job ended).
     changed: Notify,
@@ -110,8 +116,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
-        lock(&self.scheduler)
+    fn job(&self) -> MutexGuard<'_, JobState> {
+        lock(&self.job)
     }
 
     fn not_yet_exited(&self) -> MutexGuard<'_, HashSet<WorkerId>> {
@@ -125,80 +131,132 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs one job on `listener` until every output is committed, the job
-/// fails, or `shutdown` completes.
+/// A read-only handle on a job's status, for the progress display, the
+/// HTTP server and the summary; valid before, during and after [`Job::run`].
+#[derive(Clone)]
+pub struct StatusHandle(Arc<Shared>);
+
+impl StatusHandle {
+    /// The job's status now.
+    pub fn report(&self) -> StatusReport {
+        let job = self.0.job();
+        job.status.report(&job.scheduler, Instant::now())
+    }
+}
+
+/// A planned job: tasks made, job directory created, not yet serving.
+pub struct Job {
+    shared: Arc<Shared>,
+    /// Removed (with every intermediate file) when the job is dropped.
+    job_dir: tempfile::TempDir,
+    started: Instant,
+    reduces: u32,
+}
+
+impl Job {
+    /// Plans a job: splits the inputs into map tasks and creates the job
+    /// directory. The job's clock starts here.
+    pub fn plan(config: CoordinatorConfig) -> Result<Job, CoordinatorError> {
+        let started = Instant::now();
+        let job_dir_err = |source| CoordinatorError::JobDir { dir: config.output_dir.clone(), source };
+        // Workers may run in other directories: every path they are sent is absolute.
+        let output_dir = std::path::absolute(&config.output_dir).map_err(job_dir_err)?;
+        let job_dir = tempfile::Builder::new().prefix(".mr-job-").tempdir_in(&output_dir).map_err(job_dir_err)?;
+        let splits = plan_splits(&config.inputs, config.split_bytes);
+        let map_count = splits.len();
+        let scheduler = Scheduler::new(config.scheduler, splits, config.reduces, job_dir.path().to_owned());
+        let status =
+            JobStatus::new(config.inputs.clone(), map_count, config.reduces as usize, config.scheduler.task_timeout, started);
+        let spec = JobSpec {
+            params: config.params.clone(),
+            inputs: config.inputs.clone(),
+            reduces: config.reduces,
+            map_buffer_bytes: config.map_buffer_bytes,
+            combine: config.combine,
+            compression: config.compression,
+        };
+        tracing::info!(inputs = config.inputs.len(), maps = map_count, reduces = config.reduces, job_dir = %job_dir.path().display(), "job planned");
+        let shared = Arc::new(Shared {
+            spec,
+            job: Mutex::new(JobState { scheduler, status }),
+            changed: Notify::new(),
+            output_dir,
+            not_yet_exited: Mutex::new(HashSet::new()),
+        });
+        Ok(Job { shared, job_dir, started, reduces: config.reduces })
+    }
+
+    /// A handle on the job's status.
+    pub fn status(&self) -> StatusHandle {
+        StatusHandle(self.shared.clone())
+    }
+
+    /// Serves the job on `listener` until every output is committed, the job
+    /// fails, or `shutdown` completes.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<JobReport, CoordinatorError> {
+        let Job { shared, job_dir, started, reduces } = self;
+        let server = serve(listener, shared.clone());
+        tokio::pin!(server);
+        let stopped = |shared: &Shared, why: &str| {
+            shared.job().status.job_ended(JobEnd::Failed(why.to_owned()), Instant::now());
+        };
+        let end = tokio::select! {
+            end = wait_for_end(&shared) => end,
+            result = &mut server => {
+                stopped(&shared, "the RPC listener failed");
+                return Err(CoordinatorError::Listener(result.err().unwrap_or_else(|| std::io::Error::other("listener closed"))));
+            }
+            () = shutdown => {
+                stopped(&shared, "interrupted");
+                return Err(CoordinatorError::Interrupted);
+            }
+        };
+        let elapsed = started.elapsed();
+        // Keep serving so that the workers learn how the job ended.
+        let _ = tokio::time::timeout(EXIT_GRACE, async {
+            tokio::select! {
+                _ = &mut server => {}
+                () = async {
+                    while !shared.not_yet_exited().is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    // Give the last `Exit` answers time to be written out.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                } => {}
+            }
+        })
+        .await;
+        drop(server);
+        // The job directory (runs, staged outputs of losing attempts) goes with `job_dir`.
+        drop(job_dir);
+        match end {
+            JobEnd::Succeeded => Ok(JobReport {
+                outputs: (0..reduces).map(|r| shared.output_dir.join(output_file_name(r))).collect(),
+                elapsed,
+            }),
+            JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
+        }
+    }
+}
+
+/// Plans and runs one job on `listener` (see [`Job::plan`] and [`Job::run`]).
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<JobReport, CoordinatorError> {
-    let started = Instant::now();
-    let job_dir_err = |source| CoordinatorError::JobDir { dir: config.output_dir.clone(), source };
-    // Workers may run in other directories: every path they are sent is absolute.
-    let output_dir = std::path::absolute(&config.output_dir).map_err(job_dir_err)?;
-    let job_dir = tempfile::Builder::new().prefix(".mr-job-").tempdir_in(&output_dir).map_err(job_dir_err)?;
-    let splits = plan_splits(&config.inputs, config.split_bytes);
-    let map_count = splits.len();
-    let scheduler = Scheduler::new(config.scheduler, splits, config.reduces, job_dir.path().to_owned());
-    let spec = JobSpec {
-        params: config.params.clone(),
-        inputs: config.inputs.clone(),
-        reduces: config.reduces,
-        map_buffer_bytes: config.map_buffer_bytes,
-        combine: config.combine,
-        compression: config.compression,
-    };
-    let shared = Arc::new(Shared {
-        spec,
-        scheduler: Mutex::new(scheduler),
-        changed: Notify::new(),
-        output_dir: output_dir.clone(),
-        not_yet_exited: Mutex::new(HashSet::new()),
-    });
-    tracing::info!(inputs = config.inputs.len(), maps = map_count, reduces = config.reduces, job_dir = %job_dir.path().display(), "job started");
-
-    let server = serve(listener, CoordinatorServer(shared.clone()));
-    tokio::pin!(server);
-    let end = tokio::select! {
-        end = wait_for_end(&shared) => end,
-        result = &mut server => return Err(CoordinatorError::Listener(result.err().unwrap_or_else(|| std::io::Error::other("listener closed")))),
-        () = shutdown => return Err(CoordinatorError::Interrupted),
-    };
-    let elapsed = started.elapsed();
-    // Keep serving so that the workers learn how the job ended.
-    let _ = tokio::time::timeout(EXIT_GRACE, async {
-        tokio::select! {
-            _ = &mut server => {}
-            () = async {
-                while !shared.not_yet_exited().is_empty() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                // Give the last `Exit` answers time to be written out.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            } => {}
-        }
-    })
-    .await;
-    drop(server);
-    // The job directory (runs, staged outputs of losing attempts) goes with `job_dir`.
-    drop(job_dir);
-    match end {
-        JobEnd::Succeeded => Ok(JobReport {
-            outputs: (0..config.reduces).map(|r| output_dir.join(output_file_name(r))).collect(),
-            elapsed,
-        }),
-        JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
-    }
+    Job::plan(config)?.run(listener, shutdown).await
 }
 
 /// Accepts connections and runs their requests until an I/O error on the
 /// listener. Dropping the future closes every connection.
-async fn serve(listener: TcpListener, server: CoordinatorServer) -> std::io::Result<()> {
+async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     let incoming = tarpc::serde_transport::tcp::listen_on(listener, Bincode::default).await?;
     incoming
         .filter_map(|conn| future::ready(conn.map_err(|e| tracing::warn!("accepting a connection: {e}")).ok()))
         .for_each_concurrent(None, |transport| {
-            let server = server.clone();
+            let peer = transport.peer_addr().ok().map(|a| a.to_string());
+            let server = CoordinatorServer { shared: shared.clone(), peer };
             // Requests run inside this future, not spawned, so that dropping
             // the server cancels them all.
             BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request)
@@ -207,40 +265,47 @@ async fn serve(listener: TcpListener, server: CoordinatorServer) -> std::io::Res
     Ok(())
 }
 
-/// Waits until the scheduler reports the job over, logging progress.
+/// Waits until the scheduler reports the job over, and records the end.
 async fn wait_for_end(shared: &Shared) -> JobEnd {
-    let mut last_log = Instant::now();
     loop {
         let notified = shared.changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         {
-            let scheduler = shared.scheduler();
-            if let Some(end) = scheduler.job_end() {
+            let mut job = shared.job();
+            if let Some(end) = job.scheduler.job_end() {
+                job.status.job_ended(end.clone(), Instant::now());
                 return end;
             }
-            if last_log.elapsed() >= PROGRESS_INTERVAL {
-                let p = scheduler.progress();
-                tracing::info!("progress: maps {}/{}, reduces {}/{}, {} running", p.maps_done, p.maps, p.reduces_done, p.reduces, p.running);
-                last_log = Instant::now();
-            }
         }
-        let _ = tokio::time::timeout(PROGRESS_INTERVAL, notified).await;
+        notified.await;
     }
 }
 
-/// The tarpc service: a handle on the shared state.
+/// The tarpc service for one connection: a handle on the shared state.
 #[derive(Clone)]
-struct CoordinatorServer(Arc<Shared>);
+struct CoordinatorServer {
+    shared: Arc<Shared>,
+    /// The connection's remote address, for the status page.
+    peer: Option<String>,
+}
+
+impl CoordinatorServer {
+    /// Notes a call from `worker`.
+    fn heard_from(&self, worker: &str) {
+        self.shared.not_yet_exited().insert(worker.to_owned());
+        self.shared.job().status.worker_seen(worker, self.peer.clone(), Instant::now());
+    }
+}
 
 impl Coordinator for CoordinatorServer {
     async fn job(self, _: Context) -> JobSpec {
-        self.0.spec.clone()
+        self.shared.spec.clone()
     }
 
     async fn request_task(self, _: Context, worker: WorkerId) -> Assignment {
-        let shared = &self.0;
-        shared.not_yet_exited().insert(worker.clone());
+        self.heard_from(&worker);
+        let shared = &self.shared;
         let assignment = hold_until_assigned(shared, &worker).await;
         match &assignment {
             Assignment::Map(t) => tracing::debug!(%worker, task = %TaskId::Map(t.index), attempt = t.attempt, "assigned"),
@@ -248,14 +313,15 @@ impl Coordinator for CoordinatorServer {
             Assignment::Wait => {}
             Assignment::Exit(_) => {
                 shared.not_yet_exited().remove(&worker);
+                shared.job().status.worker_exited(&worker);
             }
         }
         assignment
     }
 
     async fn report_task(self, _: Context, worker: WorkerId, report: TaskReport) {
-        let shared = &self.0;
-        shared.not_yet_exited().insert(worker.clone());
+        self.heard_from(&worker);
+        let shared = &self.shared;
         let verdict = apply_report(shared, &worker, report);
         if verdict == ReportVerdict::Accepted {
             shared.changed.notify_waiters();
@@ -274,14 +340,21 @@ async fn hold_until_assigned(shared: &Shared, worker: &str) -> Assignment {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let next_deadline = {
-            let mut scheduler = shared.scheduler();
+            let mut job = shared.job();
+            let JobState { scheduler, status } = &mut *job;
             let now = Instant::now();
-            for (task, lost_worker) in scheduler.expire(now) {
-                tracing::warn!(%task, worker = %lost_worker, "attempt timed out; task will be re-run");
+            for (task, attempt, lost_worker) in scheduler.expire(now) {
+                tracing::warn!(%task, attempt, worker = %lost_worker, "attempt timed out; task will be re-run");
+                status.attempt_timed_out(task, attempt, now);
             }
             match scheduler.assign(worker, now) {
                 Assignment::Wait => scheduler.next_deadline(),
-                other => return other,
+                other => {
+                    if let Some((task, attempt)) = assigned_attempt(&other) {
+                        status.attempt_started(task, attempt, worker, now);
+                    }
+                    return other;
+                }
             }
         };
         let wake = next_deadline.map_or(give_up, |d| give_up.min(tokio::time::Instant::from_std(d)));
@@ -295,21 +368,54 @@ async fn hold_until_assigned(shared: &Shared, worker: &str) -> Assignment {
     }
 }
 
+/// The task and attempt an assignment starts, if it starts one.
+fn assigned_attempt(assignment: &Assignment) -> Option<(TaskId, AttemptId)> {
+    match assignment {
+        Assignment::Map(t) => Some((TaskId::Map(t.index), t.attempt)),
+        Assignment::Reduce(t) => Some((TaskId::Reduce(t.partition), t.attempt)),
+        Assignment::Wait | Assignment::Exit(_) => None,
+    }
+}
+
 /// Applies a report to the scheduler, committing a winning reduce's output
-/// first. Returns whether it changed anything.
+/// first, and records it in the job's status. Returns what the scheduler
+/// made of it.
 fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerdict {
     let TaskReport { task, attempt, outcome } = report;
-    let mut scheduler = shared.scheduler();
+    let mut job = shared.job();
+    let JobState { scheduler, status } = &mut *job;
+    let now = Instant::now();
     let verdict = match outcome {
-        TaskOutcome::MapDone { outputs } => scheduler.complete(task, attempt, outputs),
-        TaskOutcome::ReduceDone => commit_reduce(&mut scheduler, &shared.output_dir, task, attempt),
+        TaskOutcome::MapDone { outputs, counters } => {
+            let verdict = scheduler.complete(task, attempt, outputs);
+            record_completion(status, verdict, task, attempt, counters, now);
+            verdict
+        }
+        TaskOutcome::ReduceDone { counters } => match commit_reduce(scheduler, &shared.output_dir, task, attempt) {
+            Ok(verdict) => {
+                record_completion(status, verdict, task, attempt, counters, now);
+                verdict
+            }
+            Err((verdict, error)) => {
+                record_failure(status, verdict, task, attempt, &error, now);
+                verdict
+            }
+        },
         TaskOutcome::Failed { error } => {
             tracing::warn!(%task, attempt, %worker, "attempt failed: {error}");
-            scheduler.fail(task, attempt, &error)
+            let verdict = scheduler.fail(task, attempt, &error);
+            record_failure(status, verdict, task, attempt, &error, now);
+            verdict
         }
         TaskOutcome::MapOutputLost { map_task, error } => {
             tracing::warn!(%task, attempt, %worker, "map task {map_task}'s output is unreadable, re-running it: {error}");
-            scheduler.map_output_lost(task, attempt, map_task, &error)
+            let verdict = scheduler.map_output_lost(task, attempt, map_task, &error);
+            if verdict == ReportVerdict::Accepted {
+                status.map_output_lost(task, attempt, map_task, &error, now);
+            } else {
+                record_failure(status, verdict, task, attempt, &error, now);
+            }
+            verdict
         }
     };
     match verdict {
@@ -318,6 +424,25 @@ fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerd
         ReportVerdict::UnknownAttempt => tracing::warn!(%task, attempt, %worker, "report for an unknown attempt ignored"),
     }
     verdict
+}
+
+/// Records a completion report: the winner's counters are kept, a late
+/// duplicate's dropped.
+fn record_completion(status: &mut JobStatus, verdict: ReportVerdict, task: TaskId, attempt: AttemptId, counters: Counters, now: Instant) {
+    match verdict {
+        ReportVerdict::Accepted => status.attempt_succeeded(task, attempt, counters, now),
+        ReportVerdict::AlreadyDone => status.attempt_duplicate(task, attempt, now),
+        ReportVerdict::UnknownAttempt => {}
+    }
+}
+
+/// Records a failure report (a failure after the task was done is a duplicate).
+fn record_failure(status: &mut JobStatus, verdict: ReportVerdict, task: TaskId, attempt: AttemptId, error: &str, now: Instant) {
+    match verdict {
+        ReportVerdict::Accepted => status.attempt_failed(task, attempt, error, now),
+        ReportVerdict::AlreadyDone => status.attempt_duplicate(task, attempt, now),
+        ReportVerdict::UnknownAttempt => {}
+    }
 }
 
 fn remove_outputs_of_earlier_job(output_dir: &Path, reduces: u32) {
@@ -331,14 +456,15 @@ fn remove_outputs_of_earlier_job(output_dir: &Path, reduces: u32) {
 }
 
 /// Renames a reduce attempt's staged output to `mr-out-<r>` if the attempt
-/// wins, then marks the task done. Only the winner is ever renamed, and the
+/// wins, then marks the task done. A failed rename fails the attempt:
+/// `Err` carries the scheduler's verdict on that failure and the error. Only the winner is ever renamed, and the
 /// rename happens under the scheduler lock, so a finished output is never
 /// replaced and the job cannot end before its last output is in place.
-fn commit_reduce(scheduler: &mut Scheduler, output_dir: &Path, task: TaskId, attempt: u64) -> ReportVerdict {
-    let TaskId::Reduce(r) = task else { return ReportVerdict::UnknownAttempt };
+fn commit_reduce(scheduler: &mut Scheduler, output_dir: &Path, task: TaskId, attempt: u64) -> Result<ReportVerdict, (ReportVerdict, String)> {
+    let TaskId::Reduce(r) = task else { return Ok(ReportVerdict::UnknownAttempt) };
     let verdict = scheduler.would_accept_completion(task, attempt);
     if verdict != ReportVerdict::Accepted {
-        return verdict;
+        return Ok(verdict);
     }
     let staged = scheduler.staged_output(r, attempt);
     let dest = output_dir.join(output_file_name(r));
@@ -349,12 +475,12 @@ fn commit_reduce(scheduler: &mut Scheduler, output_dir: &Path, task: TaskId, att
                 // Still under the lock: no worker hears "done" before this.
                 remove_outputs_of_earlier_job(output_dir, scheduler.progress().reduces as u32);
             }
-            verdict
+            Ok(verdict)
         }
         Err(e) => {
             let error = format!("committing {} to {}: {e}", staged.display(), dest.display());
             tracing::warn!(%task, attempt, "{error}");
-            scheduler.fail(task, attempt, &error)
+            Err((scheduler.fail(task, attempt, &error), error))
         }
     }
 }

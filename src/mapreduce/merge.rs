@@ -50,6 +50,8 @@ pub struct RunMerger {
     current: Option<Vec<u8>>,
     /// The value last handed out; lives until the next one is asked for.
     value: Vec<u8>,
+    /// Records taken from the runs so far.
+    records_read: u64,
 }
 
 impl RunMerger {
@@ -60,6 +62,7 @@ impl RunMerger {
             heap: BinaryHeap::with_capacity(runs.len()),
             current: None,
             value: Vec::new(),
+            records_read: 0,
         };
         for (label, reader) in runs {
             merger.sources.push(Source { reader, label, value: Vec::new() });
@@ -106,9 +109,16 @@ impl RunMerger {
             return Ok(None);
         }
         let Reverse((_, key, i)) = self.heap.pop().expect("peeked");
+        self.records_read += 1;
         std::mem::swap(&mut self.value, &mut self.sources[i].value);
         self.advance(i, key)?;
         Ok(Some(&self.value))
+    }
+
+    /// Records (values) taken from the runs so far, including those of
+    /// keys whose values were skipped.
+    pub fn records_read(&self) -> u64 {
+        self.records_read
     }
 
     /// The values of the current key, as a [`ValueSource`] for the app.

@@ -9,6 +9,7 @@
 //! | concept | module |
 //! |---|---|
 //! | the app API an author implements | [`app`] |
+//! | counters: built-in and the app's own | [`counters`] |
 //! | the versioned C ABI between worker and plugin | [`abi`] |
 //! | loading a plugin and calling it safely | [`plugin`] |
 //! | word splitting with the lab's semantics | [`text`] |
@@ -17,6 +18,11 @@
 //! | the RPC contract and its messages | [`rpc`] |
 //! | scheduling: the task state machine (no I/O) | [`scheduler`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
+//! | the job as observers see it (progress, status API, summary) | [`status`] |
+//! | live progress in the terminal | [`progress`] |
+//! | the HTTP status server and dashboard | [`http`] |
+//! | Prometheus metrics | [`metrics`] |
+//! | the end-of-job summary | [`summary`] |
 //! | the worker process's loop | [`worker`] |
 //! | running one map or reduce attempt | [`task`] |
 //! | partitioning keys among reduces | [`partition`] |
@@ -35,19 +41,25 @@ pub mod abi;
 pub mod app;
 pub mod cli;
 pub mod coordinator;
+pub mod counters;
 pub mod errors;
+pub mod http;
 pub mod inputs;
 pub mod logging;
 pub mod merge;
+pub mod metrics;
 pub mod output;
 pub mod partition;
 pub mod plugin;
+pub mod progress;
 pub mod rpc;
 pub mod runfile;
 pub mod scheduler;
 pub mod sequential;
 pub mod shuffle;
 pub mod split;
+pub mod status;
+pub mod summary;
 pub mod task;
 pub mod text;
 pub mod worker;

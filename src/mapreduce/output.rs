@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub struct AtomicFile {
     writer: BufWriter<tempfile::NamedTempFile>,
     dest: PathBuf,
+    /// Lines and bytes written by `write_record` and `write_reduce_output`.
+    written: (u64, u64),
 }
 
 impl AtomicFile {
@@ -21,11 +23,13 @@ impl AtomicFile {
     pub fn create(dest: &Path) -> io::Result<AtomicFile> {
         let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let temp = publishable_temp_file(dir, ".mr-tmp-")?;
-        Ok(AtomicFile { writer: BufWriter::with_capacity(256 * 1024, temp), dest: dest.to_owned() })
+        Ok(AtomicFile { writer: BufWriter::with_capacity(256 * 1024, temp), dest: dest.to_owned(), written: (0, 0) })
     }
 
     /// Writes one output line: `<key> <value>\n`.
     pub fn write_record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.written.0 += 1;
+        self.written.1 += (key.len() + value.len() + 2) as u64;
         self.writer.write_all(key)?;
         self.writer.write_all(b" ")?;
         self.writer.write_all(value)?;
@@ -37,10 +41,19 @@ impl AtomicFile {
     /// value verbatim.
     pub fn write_reduce_output(&mut self, raw: bool, key: &[u8], value: &[u8]) -> io::Result<()> {
         if raw {
+            self.written.0 += crate::counters::count_lines(value);
+            self.written.1 += value.len() as u64;
             self.writer.write_all(value)
         } else {
             self.write_record(key, value)
         }
+    }
+
+    /// Output lines and bytes written so far by
+    /// [`write_record`](AtomicFile::write_record) and
+    /// [`write_reduce_output`](AtomicFile::write_reduce_output).
+    pub fn lines_and_bytes_written(&self) -> (u64, u64) {
+        self.written
     }
 
     /// Flushes and atomically renames the file to its destination.

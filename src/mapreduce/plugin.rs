@@ -13,6 +13,7 @@ use libloading::Library;
 
 use crate::abi::{self, HostCalls, PluginVTable, RawBytes, Status};
 use crate::app::{JobContext, ValueSource};
+use crate::counters::UserCounters;
 use crate::partition::partition_of;
 
 /// Why a plugin could not be loaded. Every variant names the plugin.
@@ -168,23 +169,32 @@ impl Plugin {
 
     /// Runs the app's map on `contents`, which start at byte `offset` of
     /// the file `filename`, handing every emitted pair to `emit`.
-    pub fn map(&self, filename: &str, contents: &[u8], offset: u64, emit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), AppFailure> {
-        let mut call = CallState { emit: Some(emit), ..CallState::new() };
+    /// The app's counters go to `counters`.
+    pub fn map(
+        &self,
+        filename: &str,
+        contents: &[u8],
+        offset: u64,
+        emit: &mut dyn FnMut(&[u8], &[u8]),
+        counters: &UserCounters,
+    ) -> Result<(), AppFailure> {
+        let mut call = CallState { emit: Some(emit), counters: Some(counters), ..CallState::new() };
         let host = call.host_calls();
         // SAFETY: `host` and the slices outlive the call.
         let status = unsafe { (self.vtable.map)(&host, RawBytes::new(filename.as_bytes()), RawBytes::new(contents), offset) };
         call.finish(status)
     }
 
-    /// Runs the app's reduce on one key; the output value is appended to `out`.
-    pub fn reduce(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>) -> Result<(), AppFailure> {
-        self.fold(self.vtable.reduce, key, values, out)
+    /// Runs the app's reduce on one key; the output value is appended to
+    /// `out`, the app's counters go to `counters`.
+    pub fn reduce(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>, counters: &UserCounters) -> Result<(), AppFailure> {
+        self.fold(self.vtable.reduce, key, values, out, counters)
     }
 
     /// Runs the app's combiner on one key; the combined value is appended to
     /// `out`. Only for apps whose capabilities include a combiner.
-    pub fn combine(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>) -> Result<(), AppFailure> {
-        self.fold(self.vtable.combine, key, values, out)
+    pub fn combine(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>, counters: &UserCounters) -> Result<(), AppFailure> {
+        self.fold(self.vtable.combine, key, values, out, counters)
     }
 
     fn fold(
@@ -193,8 +203,9 @@ impl Plugin {
         key: &[u8],
         values: &mut dyn ValueSource,
         out: &mut Vec<u8>,
+        counters: &UserCounters,
     ) -> Result<(), AppFailure> {
-        let mut call = CallState { values: Some(values), output: Some(out), ..CallState::new() };
+        let mut call = CallState { values: Some(values), output: Some(out), counters: Some(counters), ..CallState::new() };
         let host = call.host_calls();
         // SAFETY: `host` and `key` outlive the call.
         let status = unsafe { function(&host, RawBytes::new(key)) };
@@ -245,12 +256,13 @@ struct CallState<'a> {
     emit: Option<&'a mut dyn FnMut(&[u8], &[u8])>,
     values: Option<&'a mut dyn ValueSource>,
     output: Option<&'a mut Vec<u8>>,
+    counters: Option<&'a UserCounters>,
     failure: Option<String>,
 }
 
 impl<'a> CallState<'a> {
     fn new() -> Self {
-        CallState { emit: None, values: None, output: None, failure: None }
+        CallState { emit: None, values: None, output: None, counters: None, failure: None }
     }
 
     fn host_calls(&mut self) -> HostCalls {
@@ -260,6 +272,7 @@ impl<'a> CallState<'a> {
             next_value: host_next_value,
             write_output: host_write_output,
             fail: host_fail,
+            add_counter: host_add_counter,
         }
     }
 
@@ -305,4 +318,11 @@ unsafe extern "C" fn host_write_output(ctx: *mut c_void, bytes: RawBytes) {
 unsafe extern "C" fn host_fail(ctx: *mut c_void, message: RawBytes) {
     let call = &mut *(ctx as *mut CallState<'_>);
     call.failure = Some(String::from_utf8_lossy(message.as_slice()).into_owned());
+}
+
+unsafe extern "C" fn host_add_counter(ctx: *mut c_void, name: RawBytes, delta: u64) {
+    let call = &mut *(ctx as *mut CallState<'_>);
+    if let Some(counters) = call.counters {
+        counters.add(&String::from_utf8_lossy(name.as_slice()), delta);
+    }
 }

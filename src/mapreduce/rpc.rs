@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::counters::Counters;
 use crate::shuffle::MapOutputLocation;
 
 /// Identifies a worker process in logs and the task table: `host:pid`.
@@ -206,9 +207,14 @@ pub enum TaskOutcome {
     MapDone {
         /// Its run for each non-empty partition, as (partition, location).
         outputs: Vec<(u32, MapOutputLocation)>,
+        /// What the attempt counted.
+        counters: Counters,
     },
     /// A reduce attempt finished and wrote its output to `staged_output`.
-    ReduceDone,
+    ReduceDone {
+        /// What the attempt counted.
+        counters: Counters,
+    },
     /// The attempt failed: the app returned an error or panicked, or its
     /// input could not be read. Counts toward the task's failure limit.
     Failed {

@@ -192,6 +192,11 @@ impl Scheduler {
         &self.entry(task).state
     }
 
+    /// The input split of map task `m`.
+    pub fn split(&self, m: u32) -> &InputSplit {
+        &self.splits[m as usize]
+    }
+
     /// The earliest deadline of a running attempt: when `expire` next has
     /// something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -206,16 +211,16 @@ impl Scheduler {
 
     /// Gives every attempt whose deadline has passed up for lost: its task
     /// becomes Idle and goes to the front of the queue, so it is re-run
-    /// before new work. Returns the tasks given up, with their workers.
-    pub fn expire(&mut self, now: Instant) -> Vec<(TaskId, WorkerId)> {
+    /// before new work. Returns the attempts given up: (task, attempt, worker).
+    pub fn expire(&mut self, now: Instant) -> Vec<(TaskId, AttemptId, WorkerId)> {
         let mut expired = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
             let task = self.running[i];
             let entry = self.entry_mut(task);
             match &entry.state {
-                TaskState::Running { deadline, worker, .. } if *deadline <= now => {
-                    expired.push((task, worker.clone()));
+                TaskState::Running { deadline, worker, attempt } if *deadline <= now => {
+                    expired.push((task, *attempt, worker.clone()));
                     entry.state = TaskState::Idle;
                     self.running.swap_remove(i);
                     self.enqueue(task, true);
@@ -515,7 +520,7 @@ mod tests {
         assert_eq!(s.next_deadline(), Some(start + TIMEOUT));
         assert!(s.expire(start + TIMEOUT - Duration::from_millis(1)).is_empty(), "not yet overdue");
         let later = start + TIMEOUT;
-        assert_eq!(s.expire(later), vec![(TaskId::Map(0), "slow".to_string())]);
+        assert_eq!(s.expire(later), vec![(TaskId::Map(0), 1, "slow".to_string())]);
         // The expired task is re-run before untouched ones.
         let (m, retry) = take_map(&mut s, "fresh", later);
         assert_eq!(m, 0);

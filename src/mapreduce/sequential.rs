@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::app::{Params, VecValues};
+use crate::counters::UserCounters;
 use crate::output::{output_file_name, AtomicFile};
 use crate::plugin::{AppFailure, Plugin};
 use crate::rpc::{app_context, InputFile};
@@ -34,6 +35,8 @@ pub enum SequentialError {
 pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, output_dir: &Path) -> Result<PathBuf, SequentialError> {
     let capabilities = plugin
         .init(&app_context(params, inputs, 1)).map_err(|failure| SequentialError::App { what: "the app's constructor".to_string(), failure })?;
+    // The app's counters are not reported by the reference run.
+    let counters = UserCounters::default();
     // Pairs live back to back in one arena; `pairs` holds (offset, key length, value length).
     let mut arena = Vec::new();
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
@@ -41,11 +44,17 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
         let contents = std::fs::read(&input.path)
             .map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
         plugin
-            .map(&input.name, &contents, 0, &mut |key, value| {
-                pairs.push((arena.len(), key.len(), value.len()));
-                arena.extend_from_slice(key);
-                arena.extend_from_slice(value);
-            })
+            .map(
+                &input.name,
+                &contents,
+                0,
+                &mut |key, value| {
+                    pairs.push((arena.len(), key.len(), value.len()));
+                    arena.extend_from_slice(key);
+                    arena.extend_from_slice(value);
+                },
+                &counters,
+            )
             .map_err(|failure| SequentialError::App { what: format!("map of {}", input.name), failure })?;
     }
     let key = |&(offset, key_len, _): &(usize, usize, usize)| &arena[offset..offset + key_len];
@@ -62,7 +71,7 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
         let k = key(&group[0]);
         let mut values = VecValues::new(group.iter().map(value));
         result.clear();
-        plugin.reduce(k, &mut values, &mut result).map_err(|failure| SequentialError::App {
+        plugin.reduce(k, &mut values, &mut result, &counters).map_err(|failure| SequentialError::App {
             what: format!("reduce of key {}", String::from_utf8_lossy(k)),
             failure,
         })?;

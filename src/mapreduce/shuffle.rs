@@ -43,6 +43,16 @@ pub fn open_run(location: &MapOutputLocation) -> Result<RunReader, RunError> {
     }
 }
 
+/// The stored size of the run at `location`, in bytes (as counted in
+/// [`crate::counters::Counters::intermediate_bytes`]).
+pub fn stored_size(location: &MapOutputLocation) -> Result<u64, RunError> {
+    match location {
+        MapOutputLocation::SharedFile(path) => std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|source| RunError::Io { path: path.clone(), source }),
+    }
+}
+
 /// The file name of map task `map`, attempt `attempt`'s run for `partition`.
 /// The attempt is part of the name, so two attempts of one task never write
 /// the same file and a late attempt cannot touch the winner's output.

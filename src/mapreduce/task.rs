@@ -11,13 +11,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::app::ValueSource;
+use crate::counters::{Counters, UserCounters};
 use crate::merge::{MergeError, RunMerger};
 use crate::output::AtomicFile;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::{Compression, RunError};
 use crate::split::read_split;
-use crate::shuffle::{open_run, Combiner, MapOutputConfig, MapOutputLocation, MapOutputWriter, ShuffleError};
+use crate::shuffle::{open_run, stored_size, Combiner, MapOutputConfig, MapOutputLocation, MapOutputWriter, ShuffleError};
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,13 +90,19 @@ impl TaskRunner {
         }
     }
 
-    /// Runs one map attempt; returns its runs, one per non-empty partition.
-    pub fn run_map(&self, task: &MapTask) -> Result<Vec<(u32, MapOutputLocation)>, TaskError> {
+    /// Runs one map attempt; returns its runs, one per non-empty partition,
+    /// and the attempt's counters.
+    pub fn run_map(&self, task: &MapTask) -> Result<(Vec<(u32, MapOutputLocation)>, Counters), TaskError> {
         let capabilities = self.capabilities()?;
         let plugin = &*self.plugin;
         let split = &task.input;
         let (offset, contents) =
             read_split(split).map_err(|source| TaskError::Input { path: split.file.path.clone(), source })?;
+        let mut counters = Counters {
+            map_input_records: crate::counters::count_lines(&contents),
+            map_input_bytes: contents.len() as u64,
+            ..Counters::default()
+        };
         let config = MapOutputConfig {
             reduces: task.reduces,
             buffer_bytes: self.map_buffer_bytes,
@@ -104,12 +111,17 @@ impl TaskRunner {
             attempt: task.attempt,
             compression: self.compression,
         };
-        let combiner = (self.combine && capabilities.combiner).then_some(plugin as &dyn Combiner);
+        let user_counters = UserCounters::default();
+        let app_combiner = AppCombiner { plugin, counters: &user_counters };
+        let combiner = (self.combine && capabilities.combiner).then_some(&app_combiner as &dyn Combiner);
         let mut output = MapOutputWriter::new(config, combiner);
         // The emit callback cannot return an error to the app, so the first
         // one is kept and ends the attempt once map returns.
         let mut failure: Option<TaskError> = None;
-        plugin.map(&split.file.name, &contents, offset, &mut |key, value| {
+        let (mut records, mut bytes) = (0u64, 0u64);
+        let emit = &mut |key: &[u8], value: &[u8]| {
+            records += 1;
+            bytes += (key.len() + value.len()) as u64;
             if failure.is_none() {
                 let pushed = plugin
                     .partition(key, task.reduces)
@@ -117,35 +129,47 @@ impl TaskRunner {
                     .and_then(|p| output.push(p, key, value).map_err(TaskError::from));
                 failure = pushed.err();
             }
-        })?;
+        };
+        plugin.map(&split.file.name, &contents, offset, emit, &user_counters)?;
         if let Some(e) = failure {
             return Err(e);
         }
         drop(contents);
-        Ok(output.finish()?)
+        let runs = output.finish()?;
+        (counters.map_output_records, counters.map_output_bytes) = (records, bytes);
+        for (_, location) in &runs {
+            counters.intermediate_bytes += stored_size(location).map_err(TaskError::MapOutput)?;
+        }
+        counters.user = user_counters.take();
+        Ok((runs, counters))
     }
 
-    /// Runs one reduce attempt, leaving its output at `task.staged_output`.
-    pub fn run_reduce(&self, task: &ReduceTask) -> Result<(), TaskError> {
+    /// Runs one reduce attempt, leaving its output at `task.staged_output`;
+    /// returns the attempt's counters.
+    pub fn run_reduce(&self, task: &ReduceTask) -> Result<Counters, TaskError> {
         let capabilities = self.capabilities()?;
+        let mut counters = Counters::default();
         let mut readers = Vec::with_capacity(task.runs.len());
         for (map_task, location) in &task.runs {
-            let reader =
-                open_run(location).map_err(|source| TaskError::MapOutputLost { map_task: *map_task, source })?;
+            let lost = |source| TaskError::MapOutputLost { map_task: *map_task, source };
+            let reader = open_run(location).map_err(lost)?;
+            counters.reduce_input_bytes += stored_size(location).map_err(lost)?;
             readers.push((*map_task, reader));
         }
         let mut merger = RunMerger::new(readers)?;
         let path = &task.staged_output;
         let output_err = |source| TaskError::Output { path: path.clone(), source };
         let mut output = AtomicFile::create(path).map_err(output_err)?;
+        let user_counters = UserCounters::default();
         let (mut key, mut value) = (Vec::new(), Vec::new());
         while let Some(next) = merger.next_key()? {
+            counters.reduce_input_groups += 1;
             // The merger lends out the key and the values; the app needs both.
             key.clear();
             key.extend_from_slice(next);
             value.clear();
             let mut values = merger.values();
-            let result = self.plugin.reduce(&key, &mut values, &mut value);
+            let result = self.plugin.reduce(&key, &mut values, &mut value, &user_counters);
             // A read error cuts the values short, so it outranks what the app made of them.
             if let Some(e) = values.error {
                 return Err(e.into());
@@ -153,13 +177,22 @@ impl TaskRunner {
             result?;
             output.write_reduce_output(capabilities.raw_output, &key, &value).map_err(output_err)?;
         }
+        counters.reduce_input_records = merger.records_read();
+        (counters.output_records, counters.output_bytes) = output.lines_and_bytes_written();
         output.commit().map_err(output_err)?;
-        Ok(())
+        counters.user = user_counters.take();
+        Ok(counters)
     }
 }
 
-impl Combiner for Plugin {
+/// The app's combiner, counting into the attempt's user counters.
+struct AppCombiner<'a> {
+    plugin: &'a Plugin,
+    counters: &'a UserCounters,
+}
+
+impl Combiner for AppCombiner<'_> {
     fn combine(&self, key: &[u8], values: &mut dyn ValueSource, out: &mut Vec<u8>) -> Result<(), AppFailure> {
-        Plugin::combine(self, key, values, out)
+        self.plugin.combine(key, values, out, self.counters)
     }
 }

@@ -20,7 +20,9 @@ use tarpc::context;
 use tarpc::tokio_serde::formats::Bincode;
 
 use crate::plugin::Plugin;
-use crate::rpc::{Assignment, CoordinatorClient, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, CALL_DEADLINE};
+use tracing::Instrument;
+
+use crate::rpc::{Assignment, AttemptId, CoordinatorClient, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, CALL_DEADLINE};
 use crate::task::{TaskError, TaskRunner};
 
 /// Pause between connection attempts while the coordinator is not up yet.
@@ -88,7 +90,8 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
     // and the app. The worker is done when every slot is.
     let slots = (0..config.slots.max(1)).map(|slot| {
         let (client, id, runner) = (client.clone(), id.clone(), runner.clone());
-        tokio::spawn(async move { run_slot(slot, &client, &id, &runner).await })
+        // Spawned tasks do not inherit the caller's span (`worker{id=...}`): pass it on.
+        tokio::spawn(async move { run_slot(slot, &client, &id, &runner).await }.instrument(tracing::Span::current()))
     });
     let mut exit = Ok(WorkerExit::CoordinatorGone);
     for slot in futures::future::join_all(slots).await {
@@ -120,16 +123,17 @@ async fn run_slot(slot: usize, client: &CoordinatorClient, id: &WorkerId, runner
             Assignment::Map(task) => {
                 let (task_id, attempt) = (TaskId::Map(task.index), task.attempt);
                 let runner = runner.clone();
-                let outcome = run_blocking(task_id, move || runner.run_map(&task))
+                let outcome = run_blocking(task_id, attempt, move || runner.run_map(&task))
                     .await
-                    .map(|outputs| TaskOutcome::MapDone { outputs });
+                    .map(|(outputs, counters)| TaskOutcome::MapDone { outputs, counters });
                 TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
             Assignment::Reduce(task) => {
                 let (task_id, attempt) = (TaskId::Reduce(task.partition), task.attempt);
                 let runner = runner.clone();
-                let outcome =
-                    run_blocking(task_id, move || runner.run_reduce(&task)).await.map(|()| TaskOutcome::ReduceDone);
+                let outcome = run_blocking(task_id, attempt, move || runner.run_reduce(&task))
+                    .await
+                    .map(|counters| TaskOutcome::ReduceDone { counters });
                 TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
         };
@@ -140,25 +144,32 @@ async fn run_slot(slot: usize, client: &CoordinatorClient, id: &WorkerId, runner
     }
 }
 
-/// Runs a task on a blocking thread; a failure becomes the outcome to report.
+/// Runs a task on a blocking thread, inside a `task{task=... attempt=...}`
+/// span so that every log line of the attempt names it; a failure becomes
+/// the outcome to report.
 async fn run_blocking<T: Send + 'static>(
     task: TaskId,
+    attempt: AttemptId,
     f: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
 ) -> Result<T, TaskOutcome> {
+    let span = tracing::info_span!("task", task = %task, attempt);
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(f).await;
+    let in_span = span.clone();
+    let result = tokio::task::spawn_blocking(move || in_span.in_scope(f)).await;
+    // No await below: entering the span here cannot leak it to other tasks.
+    let _entered = span.enter();
     let elapsed_ms = started.elapsed().as_millis();
     match result {
         Ok(Ok(value)) => {
-            tracing::debug!(%task, elapsed_ms, "done");
+            tracing::debug!(elapsed_ms, "done");
             Ok(value)
         }
         Ok(Err(TaskError::MapOutputLost { map_task, source })) => {
-            tracing::warn!(%task, "cannot read map task {map_task}'s output: {source}");
+            tracing::warn!("cannot read map task {map_task}'s output: {source}");
             Err(TaskOutcome::MapOutputLost { map_task, error: source.to_string() })
         }
         Ok(Err(e)) => {
-            tracing::warn!(%task, "failed: {e}");
+            tracing::warn!("failed: {e}");
             Err(TaskOutcome::Failed { error: e.to_string() })
         }
         // The app's own panics are caught at the plugin boundary; this is a
@@ -168,7 +179,7 @@ async fn run_blocking<T: Send + 'static>(
                 Ok(payload) => format!("worker panicked: {}", crate::abi::panic_message(payload.as_ref())),
                 Err(e) => format!("task thread failed: {e}"),
             };
-            tracing::error!(%task, "{error}");
+            tracing::error!("{error}");
             Err(TaskOutcome::Failed { error })
         }
     }

@@ -3,11 +3,12 @@
 //! A word is a maximal run of Unicode letters ([`mapreduce::text`]). Map
 //! counts each word with [`Emitter::count`], which sums in the task and
 //! emits `<word> <count>` once per word; the combiner and the reduce both
-//! sum counts, so partial sums add up correctly.
+//! sum counts, so partial sums add up correctly. The counter `words` counts
+//! every word mapped.
 
 use std::io::Write;
 
-use mapreduce::{text, App, AppResult, Emitter, MapInput, Values};
+use mapreduce::{counters, text, App, AppResult, Emitter, MapInput, Values};
 
 /// The word-count app.
 #[derive(Default)]
@@ -16,7 +17,13 @@ pub struct WordCount;
 impl App for WordCount {
     fn map(&self, input: &MapInput<'_>, emit: &mut Emitter<'_>) -> AppResult {
         // The counting fast path: summed in the task, emitted once per word.
-        text::for_each_word(input.contents, |word| emit.count(word, 1));
+        let mut words = 0;
+        text::for_each_word(input.contents, |word| {
+            words += 1;
+            emit.count(word, 1)
+        });
+        // A user counter: the job's total shows on the status page and in the summary.
+        counters::increment("words", words);
         Ok(())
     }
 

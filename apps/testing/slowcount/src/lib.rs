@@ -1,0 +1,47 @@
+//! Test fixture: word count (like `apps/wordcount`, with its `words`
+//! counter) whose every map call sleeps `--param delay_ms=N` first, so that
+//! a test can watch the job's status page while the job runs.
+
+use std::time::Duration;
+
+use mapreduce::{counters, text, App, AppError, AppResult, Emitter, JobContext, MapInput, Values};
+
+/// The slowcount app.
+pub struct SlowCount {
+    delay: Duration,
+}
+
+impl SlowCount {
+    /// Reads `delay_ms` (default 0).
+    pub fn new(job: &JobContext) -> Result<SlowCount, AppError> {
+        let delay_ms = match job.params.get("delay_ms") {
+            Some(text) => text.parse().map_err(|e| format!("delay_ms={text:?}: {e}"))?,
+            None => 0,
+        };
+        Ok(SlowCount { delay: Duration::from_millis(delay_ms) })
+    }
+}
+
+impl App for SlowCount {
+    fn map(&self, input: &MapInput<'_>, emit: &mut Emitter<'_>) -> AppResult {
+        std::thread::sleep(self.delay);
+        let mut words = 0;
+        text::for_each_word(input.contents, |word| {
+            words += 1;
+            emit.count(word, 1)
+        });
+        counters::increment("words", words);
+        Ok(())
+    }
+
+    fn reduce(&self, _key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
+        let mut total: u64 = 0;
+        while let Some(value) = values.next() {
+            total += std::str::from_utf8(value)?.parse::<u64>()?;
+        }
+        out.extend_from_slice(total.to_string().as_bytes());
+        Ok(())
+    }
+}
+
+mapreduce::export_app!(SlowCount, SlowCount::new);

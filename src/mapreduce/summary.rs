@@ -1,0 +1,223 @@
+//! The end-of-job summary `mr-master` prints (and writes as JSON with
+//! `--summary-json`): wall time per phase, tasks and attempts with the
+//! reasons for every re-execution, the counters, and the output files.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::counters::Counters;
+use crate::status::{AttemptOutcome, JobState, StatusReport, TaskKind};
+
+/// Re-executed attempts listed one by one in the text summary; the JSON
+/// lists them all.
+const RETRIES_SHOWN: usize = 10;
+
+/// What a finished job did; built from its final [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// Succeeded or failed (a summary is never taken of a running job).
+    pub state: JobState,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Seconds from the start to the end.
+    pub elapsed_secs: f64,
+    /// Seconds until the last map finished.
+    pub map_phase_secs: Option<f64>,
+    /// Seconds from then until the job succeeded.
+    pub reduce_phase_secs: Option<f64>,
+    /// Number of map tasks.
+    pub maps: usize,
+    /// Number of reduce tasks.
+    pub reduces: usize,
+    /// Attempts by outcome.
+    pub attempts: AttemptCounts,
+    /// Every attempt that did not succeed, oldest first: why tasks re-ran.
+    pub unsuccessful_attempts: Vec<UnsuccessfulAttempt>,
+    /// The job's counters.
+    pub counters: Counters,
+    /// The output files, `mr-out-0` first, with their sizes.
+    pub outputs: Vec<OutputFile>,
+}
+
+/// Attempts of a job by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptCounts {
+    /// Every attempt issued.
+    pub total: usize,
+    /// Kept.
+    pub succeeded: usize,
+    /// Reported an error.
+    pub failed: usize,
+    /// Given up after the task timeout.
+    pub timed_out: usize,
+    /// Finished after another attempt had won.
+    pub duplicate: usize,
+    /// Maps whose output was later lost, and reduces that found it so.
+    pub lost_data: usize,
+    /// Still running when the job ended.
+    pub abandoned: usize,
+}
+
+/// An attempt that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsuccessfulAttempt {
+    /// The task, e.g. `map 3`.
+    pub task: String,
+    /// The attempt's id.
+    pub attempt: u64,
+    /// The worker that ran it.
+    pub worker: String,
+    /// `failed`, `timed_out`, `duplicate`, `output_lost`, `input_lost` or `abandoned`.
+    pub outcome: String,
+    /// The error, where there is one.
+    pub error: Option<String>,
+}
+
+/// One output file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+impl JobSummary {
+    /// Summarises the final `report` of a job whose output files are `outputs`.
+    pub fn new(report: &StatusReport, outputs: &[PathBuf]) -> JobSummary {
+        let mut attempts = AttemptCounts::default();
+        let mut unsuccessful_attempts = Vec::new();
+        for task in &report.tasks {
+            let kind = match task.kind {
+                TaskKind::Map => "map",
+                TaskKind::Reduce => "reduce",
+            };
+            for a in &task.attempts {
+                attempts.total += 1;
+                let (name, error) = match &a.outcome {
+                    AttemptOutcome::Running => ("running", None),
+                    AttemptOutcome::Succeeded => {
+                        attempts.succeeded += 1;
+                        continue;
+                    }
+                    AttemptOutcome::Failed(e) => {
+                        attempts.failed += 1;
+                        ("failed", Some(e.clone()))
+                    }
+                    AttemptOutcome::TimedOut => {
+                        attempts.timed_out += 1;
+                        ("timed_out", None)
+                    }
+                    AttemptOutcome::Duplicate => {
+                        attempts.duplicate += 1;
+                        ("duplicate", None)
+                    }
+                    AttemptOutcome::OutputLost(e) => {
+                        attempts.lost_data += 1;
+                        ("output_lost", Some(e.clone()))
+                    }
+                    AttemptOutcome::InputLost(e) => {
+                        attempts.lost_data += 1;
+                        ("input_lost", Some(e.clone()))
+                    }
+                    AttemptOutcome::Abandoned => {
+                        attempts.abandoned += 1;
+                        ("abandoned", None)
+                    }
+                };
+                unsuccessful_attempts.push(UnsuccessfulAttempt {
+                    task: format!("{kind} {}", task.id),
+                    attempt: a.attempt,
+                    worker: a.worker.clone(),
+                    outcome: name.to_string(),
+                    error,
+                });
+            }
+        }
+        unsuccessful_attempts.sort_by_key(|a| a.attempt);
+        let outputs = outputs
+            .iter()
+            .map(|path| OutputFile { path: path.clone(), bytes: std::fs::metadata(path).map_or(0, |m| m.len()) })
+            .collect();
+        JobSummary {
+            state: report.job.state,
+            error: report.job.error.clone(),
+            elapsed_secs: report.job.elapsed_secs,
+            map_phase_secs: report.job.map_phase_secs,
+            reduce_phase_secs: report.job.reduce_phase_secs,
+            maps: report.job.maps,
+            reduces: report.job.reduces,
+            attempts,
+            unsuccessful_attempts,
+            counters: report.counters.clone(),
+            outputs,
+        }
+    }
+
+    /// The summary as text for a terminal, a few lines long.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let verdict = match self.state {
+            JobState::Succeeded => "job succeeded",
+            JobState::Failed => "job FAILED",
+            JobState::Running => "job still running",
+        };
+        let _ = write!(out, "{verdict} in {:.2} s", self.elapsed_secs);
+        if let (Some(map), Some(reduce)) = (self.map_phase_secs, self.reduce_phase_secs) {
+            let _ = write!(out, " (map phase {map:.2} s, reduce phase {reduce:.2} s)");
+        }
+        out.push('\n');
+        if let Some(error) = &self.error {
+            let _ = writeln!(out, "  error: {error}");
+        }
+        let a = &self.attempts;
+        let _ = write!(out, "tasks: {} map, {} reduce; attempts: {} ({} succeeded", self.maps, self.reduces, a.total, a.succeeded);
+        for (n, what) in [
+            (a.failed, "failed"),
+            (a.timed_out, "timed out"),
+            (a.duplicate, "duplicate"),
+            (a.lost_data, "lost data"),
+            (a.abandoned, "abandoned"),
+        ] {
+            if n > 0 {
+                let _ = write!(out, ", {n} {what}");
+            }
+        }
+        out.push_str(")\n");
+        for u in self.unsuccessful_attempts.iter().take(RETRIES_SHOWN) {
+            let _ = write!(out, "  {} attempt {} on {}: {}", u.task, u.attempt, u.worker, u.outcome.replace('_', " "));
+            if let Some(e) = &u.error {
+                let _ = write!(out, ": {e}");
+            }
+            out.push('\n');
+        }
+        if self.unsuccessful_attempts.len() > RETRIES_SHOWN {
+            let _ = writeln!(out, "  ... and {} more (see --summary-json)", self.unsuccessful_attempts.len() - RETRIES_SHOWN);
+        }
+        out.push_str("counters:\n");
+        let user = self.counters.user.iter().map(|(name, &v)| (format!("{name} (app)"), v));
+        let rows: Vec<(String, u64)> =
+            self.counters.builtin().into_iter().map(|(name, v)| (name.to_string(), v)).chain(user).collect();
+        let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+        for (name, value) in rows {
+            let _ = writeln!(out, "  {name:<width$}  {value:>15}");
+        }
+        let bytes: u64 = self.outputs.iter().map(|o| o.bytes).sum();
+        match (self.outputs.first(), self.outputs.last()) {
+            (Some(first), Some(last)) => {
+                let _ = writeln!(
+                    out,
+                    "output: {} file{}, {bytes} bytes: {}{}",
+                    self.outputs.len(),
+                    if self.outputs.len() == 1 { "" } else { "s" },
+                    first.path.display(),
+                    if self.outputs.len() > 1 { format!(" .. {}", last.path.display()) } else { String::new() },
+                );
+            }
+            _ => out.push_str("output: none\n"),
+        }
+        out
+    }
+}
