@@ -174,10 +174,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write address file {}", path.display()))?;
     }
 
-    let progress = tokio::spawn(progress::show(status.clone(), ProgressMode::choose(args.quiet)));
+    let (job_ended, ended) = tokio::sync::oneshot::channel::<()>();
+    let ended = async move {
+        let _ = ended.await;
+    };
+    let progress = tokio::spawn(progress::show(status.clone(), ProgressMode::choose(args.quiet), ended));
     let result = job.run(listener, cli::termination_signal()).await;
-    // The display ends by itself once the job has; wait for it to clear the bars.
-    let _ = tokio::time::timeout(Duration::from_secs(1), progress).await;
+    // Stop the display, and let it clear its bars before the summary.
+    let _ = job_ended.send(());
+    let _ = progress.await;
 
     let outputs = result.as_ref().map(|report| report.outputs.clone()).unwrap_or_default();
     let summary = JobSummary::new(&status.report(), &outputs);

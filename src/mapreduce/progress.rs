@@ -7,6 +7,7 @@
 //! `progress: map phase, maps 3/16 (2 running), reduces 0/10, 96.0 MiB of
 //! 1.0 GiB at 120 MiB/s, 2 workers, ETA 7 s` is logged every few seconds.
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -41,20 +42,23 @@ impl ProgressMode {
     }
 }
 
-/// Shows the job's progress until the job ends (then clears the bars).
-/// Runs forever if the job never ends: the caller drops it.
-pub async fn show(status: StatusHandle, mode: ProgressMode) {
+/// Shows the job's progress until `ended` completes (then clears the bars).
+pub async fn show(status: StatusHandle, mode: ProgressMode, ended: impl Future<Output = ()>) {
     match mode {
-        ProgressMode::Bars => show_bars(status).await,
-        ProgressMode::LogLines => log_lines(status).await,
+        ProgressMode::Bars => show_bars(status, ended).await,
+        ProgressMode::LogLines => log_lines(status, ended).await,
     }
 }
 
-async fn log_lines(status: StatusHandle) {
+async fn log_lines(status: StatusHandle, ended: impl Future<Output = ()>) {
+    tokio::pin!(ended);
     let mut ticks = tokio::time::interval(LOG_INTERVAL);
     ticks.tick().await; // the first tick is immediate; the job has barely started
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            () = &mut ended => return,
+            _ = ticks.tick() => {}
+        }
         let report = status.report();
         if report.job.phase == Phase::Done {
             return;
@@ -89,7 +93,8 @@ pub fn describe(report: &StatusReport) -> String {
     )
 }
 
-async fn show_bars(status: StatusHandle) {
+async fn show_bars(status: StatusHandle, ended: impl Future<Output = ()>) {
+    tokio::pin!(ended);
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
     // Log lines printed while the bars are up must not tear them.
     let _logs = crate::logging::route_through(multi.clone());
@@ -99,7 +104,10 @@ async fn show_bars(status: StatusHandle) {
     let reduces = multi.add(ProgressBar::new(0).with_style(bar("reduce")));
     let mut ticks = tokio::time::interval(BAR_REFRESH);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            () = &mut ended => break,
+            _ = ticks.tick() => {}
+        }
         let report = status.report();
         if report.job.phase == Phase::Done {
             break;
