@@ -337,3 +337,24 @@ fn dashboard_in_headless_chromium_shows_the_running_job() {
     }
     master.kill();
 }
+
+#[test]
+fn log_files_name_the_process_and_the_task() {
+    let dir = TestDir::new("log-files");
+    dir.write("in.txt", "one two two\n");
+    let (mut master, addr) = start_master(dir.path(), &["--http", "off", "--log-file", "master.log", "--reduces", "1", "in.txt"]);
+    let mut cmd = Command::new(common::worker_bin());
+    cmd.env("RUST_LOG", "debug").args(["--master", &addr, "--log-file", "worker.log", "wordcount"]);
+    let mut worker = Proc::spawn("worker", cmd, dir.path());
+    master.expect_success();
+    worker.expect_success();
+    let master_log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    assert!(master_log.lines().any(|l| l.contains(" master: job planned")), "{master_log}");
+    assert!(!master_log.contains('\x1b'), "no colours in a log file");
+    let worker_log = std::fs::read_to_string(dir.join("worker.log")).unwrap();
+    let id = &worker_ids(std::slice::from_ref(&worker))[0];
+    for task in ["map task 0", "reduce task 0"] {
+        let prefix = format!("worker{{id={id}}}:task{{task={task} attempt=");
+        assert!(worker_log.lines().any(|l| l.contains(&prefix) && l.contains("done")), "no line starting {prefix} in\n{worker_log}");
+    }
+}
