@@ -10,6 +10,7 @@
 //! |---|---|
 //! | the app API an author implements | [`app`] |
 //! | counters: built-in and the app's own | [`counters`] |
+//! | the table behind `Emitter::count` | `count_table` |
 //! | the versioned C ABI between worker and plugin | [`abi`] |
 //! | loading a plugin and calling it safely | [`plugin`] |
 //! | word splitting with the lab's semantics | [`text`] |
@@ -41,6 +42,7 @@ pub mod abi;
 pub mod app;
 pub mod cli;
 pub mod coordinator;
+mod count_table;
 pub mod counters;
 pub mod errors;
 pub mod http;

@@ -84,6 +84,7 @@ struct WordScan<'t> {
 }
 
 impl<'t> WordScan<'t> {
+    #[inline(always)]
     fn word(&self, start: usize, end: usize) -> &'t str {
         // SAFETY: a word is a run of whole, valid characters (ASCII letters
         // and decoded letters), so it is valid UTF-8.
@@ -92,7 +93,7 @@ impl<'t> WordScan<'t> {
 
     /// Finds the words in the all-ASCII block at `base` whose letters are
     /// the set bits of `letters`; returns the next position.
-    #[inline]
+    #[inline(always)]
     fn ascii_block(&mut self, base: usize, letters: u64, f: &mut impl FnMut(&'t str)) -> usize {
         // Bit p of `before` says whether byte p-1 is a letter (for p = 0:
         // whether a word is open from the previous block).

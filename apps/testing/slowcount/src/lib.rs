@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mapreduce::{counters, text, App, AppError, AppResult, Emitter, JobContext, MapInput, Values};
+use mapreduce::{counters, App, AppError, AppResult, Emitter, JobContext, MapInput, Values};
 
 /// The slowcount app.
 pub struct SlowCount {
@@ -25,11 +25,7 @@ impl SlowCount {
 impl App for SlowCount {
     fn map(&self, input: &MapInput<'_>, emit: &mut Emitter<'_>) -> AppResult {
         std::thread::sleep(self.delay);
-        let mut words = 0;
-        text::for_each_word(input.contents, |word| {
-            words += 1;
-            emit.count(word, 1)
-        });
+        let words = emit.count_words(input.contents);
         counters::increment("words", words);
         Ok(())
     }

@@ -1,0 +1,384 @@
+//! The hash table behind [`Emitter::count`](crate::Emitter::count): sums
+//! counts per key inside a map task, in the hot loop of counting apps.
+//!
+//! Open addressing with linear probing. A key of up to 16 bytes (nearly
+//! every word) lives in its 32-byte slot as two zero-padded integers, so a
+//! lookup compares integers and touches one cache line; a longer key lives
+//! in an arena (no allocation per key).
+//!
+//! Once the table outgrows the first-level cache, a lookup is a cache miss
+//! whose latency the CPU cannot hide, since each word's probe waits for the
+//! load. So from [`PIPELINE_FROM`] slots on, `add` only hashes the key,
+//! prefetches its slot and queues it; the probe happens [`PIPELINE`] keys
+//! later, when the slot has arrived, so that many misses are in flight at
+//! once. Order does not matter to a sum, and `drain` empties the queue first.
+
+/// Counts per key; see the module docs.
+#[derive(Default)]
+pub(crate) struct CountTable {
+    /// Power-of-two length (or empty); at most three quarters full, so that
+    /// a typical vocabulary's table stays in the CPU's cache.
+    slots: Vec<CountSlot>,
+    /// Keys longer than [`INLINE_KEY`] bytes, back to back.
+    arena: Vec<u8>,
+    len: usize,
+    /// Short keys hashed and prefetched but not yet probed: a ring whose
+    /// next write (and, when full, oldest entry) is at `pending_next`.
+    pending: [Pending; PIPELINE],
+    pending_len: usize,
+    pending_next: usize,
+}
+
+/// Keys in flight between their prefetch and their probe.
+const PIPELINE: usize = 16;
+
+/// Table size (in slots of 32 bytes) from which lookups are pipelined: 2 MiB,
+/// the second-level cache's size here. Below that (a book vocabulary of tens
+/// of thousands of words) the queue costs more than the misses it hides.
+const PIPELINE_FROM: usize = 1 << 10;
+
+/// For each key length up to 16: the masks that keep that many bytes of
+/// two little-endian u64 loads.
+const LENGTH_MASKS: [(u64, u64); INLINE_KEY + 1] = {
+    let mut masks = [(0, 0); INLINE_KEY + 1];
+    let mut len = 0;
+    while len <= INLINE_KEY {
+        let lo = if len >= 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
+        let hi = if len >= 16 { u64::MAX } else if len <= 8 { 0 } else { (1u64 << (8 * (len - 8))) - 1 };
+        masks[len] = (lo, hi);
+        len += 1;
+    }
+    masks
+};
+
+/// A short key waiting for its probe.
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    packed: [u64; 2],
+    hash: u64,
+    key_len: u32,
+    n: u64,
+}
+
+/// Longest key kept inside its slot.
+const INLINE_KEY: usize = 16;
+
+#[derive(Clone, Copy)]
+struct CountSlot {
+    count: u64,
+    /// The key's bytes, zero-padded, if it is short. Padding never needs to
+    /// be told apart from key bytes: lengths are compared too.
+    inline: [u64; 2],
+    /// [`EMPTY`] for an unused slot.
+    key_len: u32,
+    /// Where a long key starts in the arena.
+    offset: u32,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+impl CountSlot {
+    const UNUSED: CountSlot = CountSlot { count: 0, inline: [0, 0], key_len: EMPTY, offset: 0 };
+}
+
+/// Up to 8 bytes as a zero-padded little-endian integer, with loads only
+/// (copying into a stack buffer first stalls the CPU on every call).
+#[inline]
+fn load_partial(b: &[u8]) -> u64 {
+    let n = b.len();
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as u64;
+    match n {
+        0 => 0,
+        1..=3 => b[0] as u64 | (b[n / 2] as u64) << (8 * (n / 2)) | (b[n - 1] as u64) << (8 * (n - 1)),
+        4..=7 => u32_at(0) | u32_at(n - 4) << (8 * (n - 4)),
+        _ => u64::from_le_bytes(b[..8].try_into().unwrap()),
+    }
+}
+
+/// A key's first 16 bytes as two zero-padded integers.
+#[inline]
+fn pack(key: &[u8]) -> [u64; 2] {
+    if key.len() <= 8 {
+        [load_partial(key), 0]
+    } else {
+        [load_partial(&key[..8]), load_partial(&key[8..key.len().min(INLINE_KEY)])]
+    }
+}
+
+impl CountTable {
+    #[inline]
+    fn hash(key_len: usize, packed: [u64; 2], long_key: &[u8]) -> u64 {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let h = if key_len <= INLINE_KEY {
+            (packed[0].wrapping_mul(K) ^ packed[1]).wrapping_mul(K) ^ key_len as u64
+        } else {
+            use std::hash::Hasher;
+            let mut hasher = rustc_hash::FxHasher::default();
+            hasher.write(long_key);
+            hasher.finish()
+        };
+        // Slots are chosen from the high bits; fold the low ones in.
+        (h ^ (h >> 29)).wrapping_mul(K)
+    }
+
+    /// Keys counted, including those still queued (a queued key may turn
+    /// out to be in the table already, so this may overstate by up to
+    /// [`PIPELINE`]).
+    pub(crate) fn len(&self) -> usize {
+        self.len + self.pending_len
+    }
+
+    /// Adds `n` to `key`'s count.
+    #[inline]
+    pub(crate) fn add(&mut self, key: &[u8], n: u64) {
+        if key.len() > INLINE_KEY {
+            let hash = Self::hash(key.len(), [0, 0], key);
+            self.insert(key.len(), [0, 0], hash, key, n);
+        } else {
+            self.add_short(key.len(), pack(key), n);
+        }
+    }
+
+    /// Adds `n` to the count of the key `text[start..start + len]`. When 16
+    /// bytes can be read from `start`, the key is packed by masking those
+    /// bytes to its length, with no branch on the length (which is as
+    /// unpredictable as the words of a text are).
+    #[inline(always)]
+    pub(crate) fn add_from(&mut self, text: &[u8], start: usize, len: usize, n: u64) {
+        match text.get(start..start + 16) {
+            Some(window) if len <= INLINE_KEY => {
+                let lo = u64::from_le_bytes(window[..8].try_into().expect("8 bytes"));
+                let hi = u64::from_le_bytes(window[8..].try_into().expect("8 bytes"));
+                let (lo_mask, hi_mask) = LENGTH_MASKS[len];
+                self.add_short(len, [lo & lo_mask, hi & hi_mask], n);
+            }
+            _ => self.add(&text[start..start + len], n),
+        }
+    }
+
+    /// Adds `n` to the count of a key of at most [`INLINE_KEY`] bytes,
+    /// given packed. The common case, the key in its home slot, is inline;
+    /// anything else (a probe, an insertion, growth, the pipeline) is not.
+    #[inline(always)]
+    fn add_short(&mut self, key_len: usize, packed: [u64; 2], n: u64) {
+        let hash = Self::hash(key_len, packed, &[]);
+        if self.slots.len() >= PIPELINE_FROM {
+            return self.enqueue(key_len, packed, hash, n);
+        }
+        let home = self.slot_of(hash);
+        if let Some(slot) = self.slots.get_mut(home) {
+            if slot.key_len as usize == key_len && slot.inline == packed {
+                slot.count += n;
+                return;
+            }
+        }
+        self.insert(key_len, packed, hash, &[], n);
+    }
+
+    /// Prefetches the key's slot and queues the key; probes for the oldest
+    /// queued key once the queue is full.
+    #[inline(always)]
+    fn enqueue(&mut self, key_len: usize, packed: [u64; 2], hash: u64, n: u64) {
+        prefetch(&self.slots[self.slot_of(hash)]);
+        let next = self.pending_next;
+        if self.pending_len == PIPELINE {
+            let oldest = self.pending[next];
+            let home = self.slot_of(oldest.hash);
+            let slot = &mut self.slots[home];
+            if slot.key_len == oldest.key_len && slot.inline == oldest.packed {
+                slot.count += oldest.n;
+            } else {
+                self.insert(oldest.key_len as usize, oldest.packed, oldest.hash, &[], oldest.n);
+            }
+        } else {
+            self.pending_len += 1;
+        }
+        self.pending[next] = Pending { packed, hash, key_len: key_len as u32, n };
+        self.pending_next = (next + 1) % PIPELINE;
+    }
+
+    /// Probes for every queued key.
+    fn flush_pending(&mut self) {
+        let queued = self.pending_len;
+        self.pending_len = 0;
+        self.pending_next = 0;
+        for i in 0..queued {
+            let p = self.pending[i];
+            self.insert(p.key_len as usize, p.packed, p.hash, &[], p.n);
+        }
+    }
+
+    /// The home slot of a key with this hash (out of range while the
+    /// table has no slots yet).
+    #[inline(always)]
+    fn slot_of(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & self.slots.len().wrapping_sub(1)
+    }
+
+    /// Adds `n` to the key's count, or inserts it. `packed` holds a short
+    /// key; `long_key` a key longer than [`INLINE_KEY`] bytes.
+    #[inline(never)]
+    fn insert(&mut self, key_len: usize, packed: [u64; 2], hash: u64, long_key: &[u8], n: u64) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let short = key_len <= INLINE_KEY;
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot_of(hash);
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.key_len == EMPTY {
+                let offset = if short {
+                    0
+                } else {
+                    let offset = self.arena.len();
+                    self.arena.extend_from_slice(long_key);
+                    u32::try_from(offset).expect("the arena is emptied before 4 GiB of long keys")
+                };
+                *slot = CountSlot { count: n, inline: packed, key_len: key_len as u32, offset };
+                self.len += 1;
+                return;
+            }
+            if slot.key_len as usize == key_len
+                && if short { slot.inline == packed } else { &self.arena[slot.offset as usize..][..key_len] == long_key }
+            {
+                slot.count += n;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let capacity = (self.slots.len() * 2).max(1024);
+        let old = std::mem::replace(&mut self.slots, vec![CountSlot::UNUSED; capacity]);
+        let mask = capacity - 1;
+        for slot in old.into_iter().filter(|s| s.key_len != EMPTY) {
+            let len = slot.key_len as usize;
+            let long_key = if len > INLINE_KEY { &self.arena[slot.offset as usize..][..len] } else { &[][..] };
+            let mut i = (Self::hash(len, slot.inline, long_key) >> 32) as usize & mask;
+            debug_assert_eq!(i, self.slot_of(Self::hash(len, slot.inline, long_key)));
+            while self.slots[i].key_len != EMPTY {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = slot;
+        }
+    }
+
+    /// Hands every (key, count) to `f` and empties the table, keeping its memory.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(&[u8], u64)) {
+        self.flush_pending();
+        let mut short = [0u8; INLINE_KEY];
+        for slot in self.slots.iter_mut().filter(|s| s.key_len != EMPTY) {
+            let len = slot.key_len as usize;
+            if len <= INLINE_KEY {
+                short[..8].copy_from_slice(&slot.inline[0].to_le_bytes());
+                short[8..].copy_from_slice(&slot.inline[1].to_le_bytes());
+                f(&short[..len], slot.count);
+            } else {
+                f(&self.arena[slot.offset as usize..][..len], slot.count);
+            }
+            *slot = CountSlot::UNUSED;
+        }
+        self.arena.clear();
+        self.len = 0;
+    }
+}
+
+/// Asks the CPU to start loading `slot`'s cache line.
+#[inline(always)]
+fn prefetch(slot: &CountSlot) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; any address is allowed.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(slot as *const CountSlot as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = slot;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_count_table_survives_growth_and_reuse() {
+        let mut table = CountTable::default();
+        for round in 0..2 {
+            for i in 0..5000u64 {
+                table.add(format!("key{}", i % 3000).as_bytes(), i);
+            }
+            table.add(b"", 7);
+            // Long keys (arena), keys with zero bytes, and a 16/17-byte pair.
+            let long = "a-key-much-longer-than-sixteen-bytes".as_bytes();
+            table.add(long, 1);
+            table.add(long, 1);
+            table.add(b"x\0", 1);
+            table.add(b"x", 1);
+            table.add(b"0123456789abcdef", 1);
+            table.add(b"0123456789abcdef0", 1);
+            let mut seen = std::collections::BTreeMap::new();
+            table.drain(|k, n| assert!(seen.insert(k.to_vec(), n).is_none(), "key emitted twice"));
+            assert_eq!(seen.len(), 3006, "round {round}");
+            assert_eq!(seen[&b"a-key-much-longer-than-sixteen-bytes".to_vec()], 2);
+            assert_eq!((seen[&b"x\0".to_vec()], seen[&b"x".to_vec()]), (1, 1), "padding is not a key byte");
+            assert_eq!(seen[&b"0123456789abcdef".to_vec()], 1);
+            assert_eq!(seen[&b"0123456789abcdef0".to_vec()], 1);
+            assert_eq!(seen[&b"key0".to_vec()], 3000, "0 + 3000");
+            assert_eq!(seen[&b"key2999".to_vec()], 2999);
+            assert_eq!(seen[&b"".to_vec()], 7);
+            assert_eq!(table.len(), 0);
+        }
+    }
+
+    #[test]
+    fn packing_is_zero_padding_for_every_length() {
+        let bytes: Vec<u8> = (1..=20).collect();
+        for len in 0..=16 {
+            let mut padded = [0u8; 16];
+            padded[..len].copy_from_slice(&bytes[..len]);
+            let want = [u64::from_le_bytes(padded[..8].try_into().unwrap()), u64::from_le_bytes(padded[8..].try_into().unwrap())];
+            assert_eq!(pack(&bytes[..len]), want, "length {len}");
+        }
+    }
+
+    #[test]
+    fn keys_packed_from_a_text_window_equal_keys_packed_alone() {
+        let text = b"0123456789abcdefghij\xff\x00";
+        for start in 0..text.len() {
+            for len in 0..=(text.len() - start) {
+                let mut from_text = CountTable::default();
+                from_text.add_from(text, start, len, 1);
+                let mut alone = CountTable::default();
+                alone.add(&text[start..start + len], 1);
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                from_text.drain(|k, n| a.push((k.to_vec(), n)));
+                alone.drain(|k, n| b.push((k.to_vec(), n)));
+                assert_eq!(a, b, "start {start}, length {len}");
+                assert_eq!(a, [(text[start..start + len].to_vec(), 1)]);
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_counts_equal_direct_counts_across_growth() {
+        // Enough distinct keys to pass PIPELINE_FROM and grow several times
+        // while keys are queued; every key counted (i % 7) + 1 times.
+        let mut table = CountTable::default();
+        let mut expected = std::collections::BTreeMap::new();
+        for round in 0..7u64 {
+            for i in 0..(PIPELINE_FROM as u64) {
+                if round <= i % 7 {
+                    let key = format!("k{i}");
+                    table.add(key.as_bytes(), 1);
+                    *expected.entry(key.into_bytes()).or_insert(0u64) += 1;
+                }
+            }
+        }
+        assert!(table.slots.len() >= PIPELINE_FROM);
+        let mut seen = std::collections::BTreeMap::new();
+        table.drain(|k, n| assert!(seen.insert(k.to_vec(), n).is_none(), "key emitted twice"));
+        assert_eq!(seen, expected);
+        assert_eq!(table.len(), 0);
+    }
+}
