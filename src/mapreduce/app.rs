@@ -165,6 +165,7 @@ pub struct Emitter<'a> {
 }
 
 use crate::count_table::CountTable;
+use crate::text::WordSink;
 
 
 /// Keys whose counts an [`Emitter`] holds before it emits them: bounds its
@@ -203,17 +204,26 @@ impl<'a> Emitter<'a> {
     /// Faster than calling `count` per word: the table reads each word's
     /// bytes straight from `text`.
     pub fn count_words(&mut self, text: &[u8]) -> u64 {
-        let mut words = 0;
-        let Emitter { sink, counts } = self;
-        let base = text.as_ptr() as usize;
-        crate::text::for_each_word(text, |word| {
-            words += 1;
-            if counts.len() >= MAX_COUNTED_KEYS {
-                flush(counts, sink);
+        /// Counts each word into the table, flushing it at its limit.
+        struct Counter<'e, 'a> {
+            emitter: &'e mut Emitter<'a>,
+            text: &'e [u8],
+            words: u64,
+        }
+        impl WordSink for Counter<'_, '_> {
+            #[inline(always)]
+            fn word(&mut self, start: usize, end: usize) {
+                self.words += 1;
+                let Emitter { sink, counts } = &mut *self.emitter;
+                if counts.len() >= MAX_COUNTED_KEYS {
+                    flush(counts, sink);
+                }
+                counts.add_from(self.text, start, end - start, 1);
             }
-            counts.add_from(text, word.as_ptr() as usize - base, word.len(), 1);
-        });
-        words
+        }
+        let mut counter = Counter { emitter: self, text, words: 0 };
+        crate::text::scan_words(text, &mut counter);
+        counter.words
     }
 
     /// Emits every count held so far.

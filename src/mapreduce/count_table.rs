@@ -219,7 +219,7 @@ impl CountTable {
     /// key; `long_key` a key longer than [`INLINE_KEY`] bytes.
     #[inline(never)]
     fn insert(&mut self, key_len: usize, packed: [u64; 2], hash: u64, long_key: &[u8], n: u64) {
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
+        if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
         let short = key_len <= INLINE_KEY;

@@ -60,16 +60,44 @@ fn non_ascii_at(text: &[u8], i: usize) -> (usize, bool) {
 /// per byte. A block with any non-ASCII byte is decoded character by
 /// character, as is the tail; both paths share one state (where the
 /// current word began), so a word may span blocks of either kind.
-pub fn for_each_word<'t>(text: &'t [u8], mut f: impl FnMut(&'t str)) {
+pub fn for_each_word<'t>(text: &'t [u8], f: impl FnMut(&'t str)) {
+    /// Hands each word to a closure as a `&str`.
+    struct ToClosure<'t, F> {
+        text: &'t [u8],
+        f: F,
+    }
+    impl<'t, F: FnMut(&'t str)> WordSink for ToClosure<'t, F> {
+        #[inline(always)]
+        fn word(&mut self, start: usize, end: usize) {
+            // SAFETY: a word is a run of whole, valid characters (ASCII
+            // letters and decoded letters), so it is valid UTF-8.
+            (self.f)(unsafe { std::str::from_utf8_unchecked(&self.text[start..end]) })
+        }
+    }
+    scan_words(text, &mut ToClosure { text, f });
+}
+
+/// Receives the words the scanner finds, as byte ranges of the text. The
+/// framework's own fast paths implement it with `#[inline(always)]`, so
+/// that the per-word work is compiled into the scanning loop (a closure
+/// is not reliably inlined there, and the call costs ~10%).
+pub(crate) trait WordSink {
+    /// The word `text[start..end]`.
+    fn word(&mut self, start: usize, end: usize);
+}
+
+/// [`for_each_word`] for a [`WordSink`].
+#[inline(always)]
+pub(crate) fn scan_words(text: &[u8], sink: &mut impl WordSink) {
     let mut scan = WordScan { text, start: None };
     let mut i = 0;
     while i + BLOCK <= text.len() {
         let (letters, non_ascii) = block_masks(&text[i..i + BLOCK]);
-        i = if non_ascii == 0 { scan.ascii_block(i, letters, &mut f) } else { scan.decode(i, i + BLOCK, &mut f) };
+        i = if non_ascii == 0 { scan.ascii_block(i, letters, sink) } else { scan.decode(i, i + BLOCK, sink) };
     }
-    scan.decode(i, text.len(), &mut f);
+    scan.decode(i, text.len(), sink);
     if let Some(start) = scan.start {
-        f(scan.word(start, text.len()));
+        sink.word(start, text.len());
     }
 }
 
@@ -83,18 +111,11 @@ struct WordScan<'t> {
     start: Option<usize>,
 }
 
-impl<'t> WordScan<'t> {
-    #[inline(always)]
-    fn word(&self, start: usize, end: usize) -> &'t str {
-        // SAFETY: a word is a run of whole, valid characters (ASCII letters
-        // and decoded letters), so it is valid UTF-8.
-        unsafe { std::str::from_utf8_unchecked(&self.text[start..end]) }
-    }
-
+impl WordScan<'_> {
     /// Finds the words in the all-ASCII block at `base` whose letters are
     /// the set bits of `letters`; returns the next position.
     #[inline(always)]
-    fn ascii_block(&mut self, base: usize, letters: u64, f: &mut impl FnMut(&'t str)) -> usize {
+    fn ascii_block(&mut self, base: usize, letters: u64, sink: &mut impl WordSink) -> usize {
         // Bit p of `before` says whether byte p-1 is a letter (for p = 0:
         // whether a word is open from the previous block).
         let before = (letters << 1) | u64::from(self.start.is_some());
@@ -105,7 +126,7 @@ impl<'t> WordScan<'t> {
                 if ends == 0 {
                     break;
                 }
-                f(self.word(start, base + ends.trailing_zeros() as usize));
+                sink.word(start, base + ends.trailing_zeros() as usize);
                 ends &= ends - 1;
                 self.start = None;
             }
@@ -121,7 +142,7 @@ impl<'t> WordScan<'t> {
     /// Decodes the characters that start in `from..to` one by one; returns
     /// where the next character starts (`to`, or up to 3 bytes past it when
     /// the last character straddles `to`).
-    fn decode(&mut self, from: usize, to: usize, f: &mut impl FnMut(&'t str)) -> usize {
+    fn decode(&mut self, from: usize, to: usize, sink: &mut impl WordSink) -> usize {
         let mut i = from;
         while i < to {
             let b = self.text[i];
@@ -129,7 +150,7 @@ impl<'t> WordScan<'t> {
             match (letter, self.start) {
                 (true, None) => self.start = Some(i),
                 (false, Some(start)) => {
-                    f(self.word(start, i));
+                    sink.word(start, i);
                     self.start = None;
                 }
                 _ => {}
