@@ -177,7 +177,7 @@ impl<'a> Emitter<'a> {
     /// emitters; apps only need this to unit-test their `map` in-process
     /// (counts reach the closure when the emitter is dropped).
     pub fn new(sink: &'a mut dyn FnMut(&[u8], &[u8])) -> Self {
-        Emitter { sink, counts: CountTable::default() }
+        Emitter { sink, counts: CountTable::take_spare() }
     }
 
     /// Emits one intermediate pair.
@@ -235,6 +235,8 @@ impl<'a> Emitter<'a> {
 impl Drop for Emitter<'_> {
     fn drop(&mut self) {
         self.flush_counts();
+        // The next map call on this thread reuses the table as grown.
+        std::mem::take(&mut self.counts).keep_as_spare();
     }
 }
 

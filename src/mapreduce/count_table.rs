@@ -13,11 +13,13 @@
 //! later, when the slot has arrived, so that many misses are in flight at
 //! once. Order does not matter to a sum, and `drain` empties the queue first.
 
+use std::cell::Cell;
+
 /// Counts per key; see the module docs.
 #[derive(Default)]
 pub(crate) struct CountTable {
-    /// Power-of-two length (or empty); at most three quarters full, so that
-    /// a typical vocabulary's table stays in the CPU's cache.
+    /// Power-of-two length (or empty); at most half full, so that most keys
+    /// sit in their home slot (the case `add_short` handles inline).
     slots: Vec<CountSlot>,
     /// Keys longer than [`INLINE_KEY`] bytes, back to back.
     arena: Vec<u8>,
@@ -251,7 +253,7 @@ impl CountTable {
 
     fn grow(&mut self) {
         let capacity = (self.slots.len() * 2).max(1024);
-        let old = std::mem::replace(&mut self.slots, vec![CountSlot::UNUSED; capacity]);
+        let old = std::mem::replace(&mut self.slots, empty_slots(capacity));
         let mask = capacity - 1;
         for slot in old.into_iter().filter(|s| s.key_len != EMPTY) {
             let len = slot.key_len as usize;
@@ -282,6 +284,53 @@ impl CountTable {
         }
         self.arena.clear();
         self.len = 0;
+    }
+}
+
+/// `capacity` unused slots. A table of millions of keys is tens of MiB that
+/// the probes hit at random: in 4 KiB pages that is a TLB miss and, the
+/// first time, a page fault per probe of a new page. So before the slots
+/// are first written, the kernel is asked to back them with 2 MiB pages.
+fn empty_slots(capacity: usize) -> Vec<CountSlot> {
+    let mut slots = Vec::with_capacity(capacity);
+    advise_huge_pages(slots.as_ptr() as usize, capacity * std::mem::size_of::<CountSlot>());
+    slots.resize(capacity, CountSlot::UNUSED);
+    slots
+}
+
+/// Asks for transparent huge pages on the 2 MiB-aligned part of
+/// `start..start + len`, if it has any (a hint: refused or unsupported is fine).
+fn advise_huge_pages(start: usize, len: usize) {
+    const HUGE_PAGE: usize = 2 << 20;
+    let begin = start.next_multiple_of(HUGE_PAGE);
+    let end = (start + len) / HUGE_PAGE * HUGE_PAGE;
+    #[cfg(target_os = "linux")]
+    if end > begin {
+        // SAFETY: the range lies inside the allocation just made, and
+        // MADV_HUGEPAGE changes no contents.
+        unsafe { libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (begin, end);
+}
+
+thread_local! {
+    /// A drained table kept for the next map call on this thread, so that a
+    /// task does not regrow, and page-fault in again, what the previous task
+    /// grew (tens of MiB for a large vocabulary).
+    static SPARE: Cell<Option<CountTable>> = const { Cell::new(None) };
+}
+
+impl CountTable {
+    /// This thread's spare table, or a new one.
+    pub(crate) fn take_spare() -> CountTable {
+        SPARE.with(Cell::take).unwrap_or_default()
+    }
+
+    /// Keeps this (drained) table for the next [`take_spare`](CountTable::take_spare) on this thread.
+    pub(crate) fn keep_as_spare(self) {
+        debug_assert_eq!(self.len(), 0, "only a drained table is kept");
+        SPARE.with(|spare| spare.set(Some(self)));
     }
 }
 

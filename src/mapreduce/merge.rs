@@ -48,6 +48,8 @@ pub struct RunMerger {
     /// The key of the group being read; `None` before the first `next_key`
     /// (an empty key is a real key, so emptiness cannot mean "none").
     current: Option<Vec<u8>>,
+    /// `current`'s [`key_prefix`](crate::shuffle::key_prefix).
+    current_prefix: u64,
     /// The value last handed out; lives until the next one is asked for.
     value: Vec<u8>,
     /// Records taken from the runs so far.
@@ -61,6 +63,7 @@ impl RunMerger {
             sources: Vec::with_capacity(runs.len()),
             heap: BinaryHeap::with_capacity(runs.len()),
             current: None,
+            current_prefix: 0,
             value: Vec::new(),
             records_read: 0,
         };
@@ -92,7 +95,8 @@ impl RunMerger {
         while self.next_value_of_current()?.is_some() {}
         match self.heap.peek() {
             None => Ok(None),
-            Some(Reverse((_, key, _))) => {
+            Some(Reverse((prefix, key, _))) => {
+                self.current_prefix = *prefix;
                 let current = self.current.get_or_insert_with(Vec::new);
                 current.clear();
                 current.extend_from_slice(key);
@@ -104,7 +108,11 @@ impl RunMerger {
     /// The next value of the current key, or `None` when the key's values
     /// are exhausted.
     pub fn next_value_of_current(&mut self) -> Result<Option<&[u8]>, MergeError> {
-        let at_current = matches!((self.heap.peek(), &self.current), (Some(Reverse((_, key, _))), Some(current)) if key == current);
+        // The prefixes settle most mismatches without comparing bytes.
+        let at_current = matches!(
+            (self.heap.peek(), &self.current),
+            (Some(Reverse((prefix, key, _))), Some(current)) if *prefix == self.current_prefix && key == current
+        );
         if !at_current {
             return Ok(None);
         }

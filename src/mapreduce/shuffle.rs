@@ -188,13 +188,23 @@ impl<'c> MapOutputWriter<'c> {
         let arena = std::mem::take(&mut self.arena);
         let key = |e: &Entry| &arena[e.offset..e.offset + e.key_len];
         let value = |e: &Entry| &arena[e.offset + e.key_len..e.offset + e.key_len + e.value_len];
-        // Stable, so values of one key keep their emission order.
-        entries.sort_by(|a, b| (a.partition, a.prefix).cmp(&(b.partition, b.prefix)).then_with(|| key(a).cmp(key(b))));
+        // Values of one key keep their emission order: entries were pushed
+        // in that order, at increasing offsets, so the offset breaks ties
+        // and the faster unstable sort gives the stable order.
+        entries.sort_unstable_by(|a, b| {
+            (a.partition, a.prefix)
+                .cmp(&(b.partition, b.prefix))
+                .then_with(|| key(a).cmp(key(b)))
+                .then(a.offset.cmp(&b.offset))
+        });
+        // Equal keys have equal prefixes and lengths; most unequal ones
+        // differ there, without a call to compare bytes.
+        let same_key = |a: &Entry, b: &Entry| a.prefix == b.prefix && a.key_len == b.key_len && key(a) == key(b);
         let mut runs = Vec::new();
         for partition_entries in entries.chunk_by(|a, b| a.partition == b.partition) {
             let partition = partition_entries[0].partition;
             let mut writer = RunWriter::create(&path_of(partition), self.config.compression)?;
-            for group in partition_entries.chunk_by(|a, b| key(a) == key(b)) {
+            for group in partition_entries.chunk_by(same_key) {
                 match self.combiner {
                     Some(combiner) if group.len() > 1 => {
                         self.combined.clear();
