@@ -42,25 +42,34 @@ pub fn plan_splits(inputs: &[InputFile], split_bytes: u64) -> Vec<InputSplit> {
 /// Reads the lines `split` owns; returns them and the file offset at
 /// which they begin.
 pub fn read_split(split: &InputSplit) -> io::Result<(u64, Vec<u8>)> {
+    let mut contents = Vec::new();
+    let offset = read_split_into(split, &mut contents)?;
+    Ok((offset, contents))
+}
+
+/// [`read_split`] into `contents` (cleared first), reusing its memory;
+/// returns the file offset at which the lines begin.
+pub fn read_split_into(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result<u64> {
+    contents.clear();
     let mut file = File::open(&split.file.path)?;
     let begin = if split.start == 0 { 0 } else { line_start_at_or_after(&mut file, split.start)? };
     let Some(end) = split.end else {
-        let mut contents = Vec::new();
         file.seek(SeekFrom::Start(begin))?;
-        file.read_to_end(&mut contents)?;
-        return Ok((begin, contents));
+        contents.reserve(split.file.size.saturating_sub(begin) as usize);
+        file.read_to_end(contents)?;
+        return Ok(begin);
     };
     if begin >= end {
         // No line starts in this split (a line longer than the split).
-        return Ok((begin, Vec::new()));
+        return Ok(begin);
     }
     file.seek(SeekFrom::Start(begin))?;
-    let mut contents = Vec::with_capacity((end - begin) as usize);
-    (&mut file).take(end - begin).read_to_end(&mut contents)?;
+    contents.reserve((end - begin) as usize);
+    (&mut file).take(end - begin).read_to_end(contents)?;
     if contents.len() as u64 == end - begin && contents.last() != Some(&b'\n') {
-        finish_line(&mut file, &mut contents)?;
+        finish_line(&mut file, contents)?;
     }
-    Ok((begin, contents))
+    Ok(begin)
 }
 
 /// The offset of the first line that starts at or after `offset` (> 0):

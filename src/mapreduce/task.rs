@@ -17,7 +17,7 @@ use crate::output::AtomicFile;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::{Compression, RunError};
-use crate::split::read_split;
+use crate::split::read_split_into;
 use crate::shuffle::{open_run, stored_size, Combiner, MapOutputConfig, MapOutputLocation, MapOutputWriter, ShuffleError};
 
 /// Why an attempt failed.
@@ -59,6 +59,17 @@ impl From<MergeError> for TaskError {
     }
 }
 
+thread_local! {
+    /// The last map input's memory, kept for the next map task on this
+    /// thread: allocating and first touching a fresh buffer for every task
+    /// costs page faults and zeroing on every page (~5% of a word count).
+    static INPUT_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest input buffer kept for reuse; a larger one (a big split) is freed
+/// before the map's output is merged, keeping the task's peak memory down.
+const REUSED_INPUT_MAX: usize = 32 << 20;
+
 /// Runs attempts for one job with one app; shared by a worker's task slots.
 pub struct TaskRunner {
     plugin: Arc<Plugin>,
@@ -96,8 +107,9 @@ impl TaskRunner {
         let capabilities = self.capabilities()?;
         let plugin = &*self.plugin;
         let split = &task.input;
-        let (offset, contents) =
-            read_split(split).map_err(|source| TaskError::Input { path: split.file.path.clone(), source })?;
+        let mut contents = INPUT_BUFFER.take();
+        let offset = read_split_into(split, &mut contents)
+            .map_err(|source| TaskError::Input { path: split.file.path.clone(), source })?;
         let mut counters = Counters {
             map_input_records: crate::counters::count_lines(&contents),
             map_input_bytes: contents.len() as u64,
@@ -134,7 +146,12 @@ impl TaskRunner {
         if let Some(e) = failure {
             return Err(e);
         }
-        drop(contents);
+        if contents.capacity() <= REUSED_INPUT_MAX {
+            INPUT_BUFFER.set(contents);
+        } else {
+            // Large splits give their memory back before the output is merged.
+            drop(contents);
+        }
         let runs = output.finish()?;
         (counters.map_output_records, counters.map_output_bytes) = (records, bytes);
         for (_, location) in &runs {
