@@ -1,14 +1,17 @@
 //! The hash table behind [`Emitter::count`](crate::Emitter::count): sums
 //! counts per key inside a map task, in the hot loop of counting apps.
 //!
-//! Open addressing with linear probing. A key of up to 16 bytes (nearly
-//! every word) lives in its 32-byte slot as two zero-padded integers, so a
-//! lookup compares integers and touches one cache line; a longer key lives
-//! in an arena (no allocation per key).
+//! Two open-addressing tables with linear probing. A key of 1 to 7 bytes
+//! (most words of most languages) is one integer, its bytes and its length,
+//! in a 16-byte slot of the small table: four keys to a cache line, so a
+//! book's whole vocabulary fits the second-level cache. Any other key of
+//! up to 16 bytes lives in a 32-byte slot of the main table as two
+//! zero-padded integers; a longer key lives in an arena (no allocation per
+//! key). Either way a lookup compares integers and touches one cache line.
 //!
 //! Once the table outgrows the first-level cache, a lookup is a cache miss
 //! whose latency the CPU cannot hide, since each word's probe waits for the
-//! load. So from [`PIPELINE_FROM`] slots on, `add` only hashes the key,
+//! load. So from [`PIPELINE_FROM_BYTES`] on, `add` only hashes the key,
 //! prefetches its slot and queues it; the probe happens [`PIPELINE`] keys
 //! later, when the slot has arrived, so that many misses are in flight at
 //! once. Order does not matter to a sum, and `drain` empties the queue first.
@@ -26,18 +29,57 @@ pub(crate) struct CountTable {
     len: usize,
     /// Short keys hashed and prefetched but not yet probed: a ring whose
     /// next write (and, when full, oldest entry) is at `pending_next`.
-    pending: [Pending; PIPELINE],
-    pending_len: usize,
-    pending_next: usize,
+    pending: Pipeline<Pending>,
+    /// Keys of 1 to 7 bytes.
+    small: SmallTable,
+}
+
+/// A ring of keys hashed and prefetched but not yet probed.
+#[derive(Default)]
+struct Pipeline<T> {
+    items: [T; PIPELINE],
+    len: usize,
+    /// Where the next item goes: when full, the oldest item.
+    next: usize,
+}
+
+impl<T: Copy> Pipeline<T> {
+    /// Queues `item`; once the ring is full, returns the oldest item, whose
+    /// slot has had [`PIPELINE`] keys' time to arrive.
+    #[inline(always)]
+    fn push(&mut self, item: T) -> Option<T> {
+        let next = self.next;
+        let oldest = if self.len == PIPELINE {
+            Some(self.items[next])
+        } else {
+            self.len += 1;
+            None
+        };
+        self.items[next] = item;
+        self.next = (next + 1) % PIPELINE;
+        oldest
+    }
+
+    /// Empties the ring, returning what it held.
+    fn take(&mut self) -> impl Iterator<Item = T> {
+        let len = std::mem::take(&mut self.len);
+        self.next = 0;
+        self.items.into_iter().take(len)
+    }
 }
 
 /// Keys in flight between their prefetch and their probe.
 const PIPELINE: usize = 16;
 
-/// Table size (in slots of 32 bytes) from which lookups are pipelined: 2 MiB,
-/// the second-level cache's size here. Below that (a book vocabulary of tens
-/// of thousands of words) the queue costs more than the misses it hides.
-const PIPELINE_FROM: usize = 1 << 10;
+/// Table size from which lookups are pipelined: twice the second-level
+/// cache here. A smaller table (a book's vocabulary) mostly hits that
+/// cache, and the queue would cost more than the misses it hides.
+const PIPELINE_FROM_BYTES: usize = 2 << 20;
+
+/// [`PIPELINE_FROM_BYTES`] in slots of type `T`.
+const fn pipeline_from<T>() -> usize {
+    PIPELINE_FROM_BYTES / std::mem::size_of::<T>()
+}
 
 /// For each key length up to 16: the masks that keep that many bytes of
 /// two little-endian u64 loads.
@@ -127,7 +169,7 @@ impl CountTable {
     /// out to be in the table already, so this may overstate by up to
     /// [`PIPELINE`]).
     pub(crate) fn len(&self) -> usize {
-        self.len + self.pending_len
+        self.len + self.pending.len + self.small.len + self.small.pending.len
     }
 
     /// Adds `n` to `key`'s count.
@@ -163,8 +205,11 @@ impl CountTable {
     /// anything else (a probe, an insertion, growth, the pipeline) is not.
     #[inline(always)]
     fn add_short(&mut self, key_len: usize, packed: [u64; 2], n: u64) {
+        if (1..8).contains(&key_len) {
+            return self.small.add(packed[0] | (key_len as u64) << 56, n);
+        }
         let hash = Self::hash(key_len, packed, &[]);
-        if self.slots.len() >= PIPELINE_FROM {
+        if self.slots.len() >= pipeline_from::<CountSlot>() {
             return self.enqueue(key_len, packed, hash, n);
         }
         let home = self.slot_of(hash);
@@ -182,9 +227,7 @@ impl CountTable {
     #[inline(always)]
     fn enqueue(&mut self, key_len: usize, packed: [u64; 2], hash: u64, n: u64) {
         prefetch(&self.slots[self.slot_of(hash)]);
-        let next = self.pending_next;
-        if self.pending_len == PIPELINE {
-            let oldest = self.pending[next];
+        if let Some(oldest) = self.pending.push(Pending { packed, hash, key_len: key_len as u32, n }) {
             let home = self.slot_of(oldest.hash);
             let slot = &mut self.slots[home];
             if slot.key_len == oldest.key_len && slot.inline == oldest.packed {
@@ -192,22 +235,15 @@ impl CountTable {
             } else {
                 self.insert(oldest.key_len as usize, oldest.packed, oldest.hash, &[], oldest.n);
             }
-        } else {
-            self.pending_len += 1;
         }
-        self.pending[next] = Pending { packed, hash, key_len: key_len as u32, n };
-        self.pending_next = (next + 1) % PIPELINE;
     }
 
     /// Probes for every queued key.
     fn flush_pending(&mut self) {
-        let queued = self.pending_len;
-        self.pending_len = 0;
-        self.pending_next = 0;
-        for i in 0..queued {
-            let p = self.pending[i];
+        for p in self.pending.take() {
             self.insert(p.key_len as usize, p.packed, p.hash, &[], p.n);
         }
+        self.small.flush_pending();
     }
 
     /// The home slot of a key with this hash (out of range while the
@@ -253,7 +289,7 @@ impl CountTable {
 
     fn grow(&mut self) {
         let capacity = (self.slots.len() * 2).max(1024);
-        let old = std::mem::replace(&mut self.slots, empty_slots(capacity));
+        let old = std::mem::replace(&mut self.slots, empty_slots(capacity, CountSlot::UNUSED));
         let mask = capacity - 1;
         for slot in old.into_iter().filter(|s| s.key_len != EMPTY) {
             let len = slot.key_len as usize;
@@ -270,6 +306,7 @@ impl CountTable {
     /// Hands every (key, count) to `f` and empties the table, keeping its memory.
     pub(crate) fn drain(&mut self, mut f: impl FnMut(&[u8], u64)) {
         self.flush_pending();
+        self.small.drain(&mut f);
         let mut short = [0u8; INLINE_KEY];
         for slot in self.slots.iter_mut().filter(|s| s.key_len != EMPTY) {
             let len = slot.key_len as usize;
@@ -287,14 +324,119 @@ impl CountTable {
     }
 }
 
+/// The table of keys of 1 to 7 bytes. Each key is one integer: its bytes,
+/// little-endian, with its length in the top byte, which makes it unique
+/// (whatever bytes the key holds) and never 0, the mark of an unused slot.
+#[derive(Default)]
+struct SmallTable {
+    /// Power-of-two length (or empty); at most half full.
+    slots: Vec<SmallSlot>,
+    len: usize,
+    /// Keys (and amounts) prefetched but not yet probed.
+    pending: Pipeline<SmallSlot>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct SmallSlot {
+    key: u64,
+    count: u64,
+}
+
+impl SmallTable {
+    /// The key's home slot (out of range while there are no slots). The
+    /// shift folds the high bytes (the last letters, the length) into the
+    /// bits the multiplication spreads into the index.
+    #[inline(always)]
+    fn home(&self, key: u64) -> usize {
+        ((key ^ (key >> 28)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.slots.len().wrapping_sub(1)
+    }
+
+    #[inline(always)]
+    fn add(&mut self, key: u64, n: u64) {
+        if self.slots.len() >= pipeline_from::<SmallSlot>() {
+            prefetch(&self.slots[self.home(key)]);
+            if let Some(oldest) = self.pending.push(SmallSlot { key, count: n }) {
+                self.add_now(oldest.key, oldest.count);
+            }
+        } else {
+            self.add_now(key, n);
+        }
+    }
+
+    /// Adds at once: inline when the key is in its home slot.
+    #[inline(always)]
+    fn add_now(&mut self, key: u64, n: u64) {
+        let home = self.home(key);
+        if let Some(slot) = self.slots.get_mut(home) {
+            if slot.key == key {
+                slot.count += n;
+                return;
+            }
+        }
+        self.insert(key, n);
+    }
+
+    #[inline(never)]
+    fn insert(&mut self, key: u64, n: u64) {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.key == key {
+                slot.count += n;
+                return;
+            }
+            if slot.key == 0 {
+                *slot = SmallSlot { key, count: n };
+                self.len += 1;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let capacity = (self.slots.len() * 2).max(1024);
+        let old = std::mem::replace(&mut self.slots, empty_slots(capacity, SmallSlot::default()));
+        let mask = capacity - 1;
+        for slot in old.into_iter().filter(|s| s.key != 0) {
+            let mut i = self.home(slot.key);
+            while self.slots[i].key != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = slot;
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        for p in self.pending.take() {
+            self.insert(p.key, p.count);
+        }
+    }
+
+    /// Hands every (key, count) to `f` and empties the table, keeping its memory.
+    fn drain(&mut self, f: &mut impl FnMut(&[u8], u64)) {
+        self.flush_pending();
+        for slot in self.slots.iter_mut().filter(|s| s.key != 0) {
+            let len = (slot.key >> 56) as usize;
+            f(&slot.key.to_le_bytes()[..len], slot.count);
+            *slot = SmallSlot::default();
+        }
+        self.len = 0;
+    }
+}
+
 /// `capacity` unused slots. A table of millions of keys is tens of MiB that
 /// the probes hit at random: in 4 KiB pages that is a TLB miss and, the
 /// first time, a page fault per probe of a new page. So before the slots
 /// are first written, the kernel is asked to back them with 2 MiB pages.
-fn empty_slots(capacity: usize) -> Vec<CountSlot> {
+fn empty_slots<T: Clone>(capacity: usize, unused: T) -> Vec<T> {
     let mut slots = Vec::with_capacity(capacity);
-    advise_huge_pages(slots.as_ptr() as usize, capacity * std::mem::size_of::<CountSlot>());
-    slots.resize(capacity, CountSlot::UNUSED);
+    advise_huge_pages(slots.as_ptr() as usize, capacity * std::mem::size_of::<T>());
+    slots.resize(capacity, unused);
     slots
 }
 
@@ -336,11 +478,11 @@ impl CountTable {
 
 /// Asks the CPU to start loading `slot`'s cache line.
 #[inline(always)]
-fn prefetch(slot: &CountSlot) {
+fn prefetch<T>(slot: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint; any address is allowed.
     unsafe {
-        std::arch::x86_64::_mm_prefetch(slot as *const CountSlot as *const i8, std::arch::x86_64::_MM_HINT_T0)
+        std::arch::x86_64::_mm_prefetch(slot as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = slot;
@@ -410,21 +552,45 @@ mod tests {
     }
 
     #[test]
+    fn small_keys_of_any_bytes_are_told_apart() {
+        // Every length the small table takes, with bytes that look like
+        // padding (0) or like a length byte (1..7), and their neighbours.
+        let mut table = CountTable::default();
+        let mut expected = std::collections::BTreeMap::new();
+        for len in 0..=8usize {
+            for fill in [0u8, 1, 7, 0x61, 0xff] {
+                for last in [0u8, 1, 0x62, 0xff] {
+                    let mut key = vec![fill; len];
+                    if let Some(end) = key.last_mut() {
+                        *end = last;
+                    }
+                    table.add(&key, 2);
+                    *expected.entry(key).or_insert(0u64) += 2;
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        table.drain(|k, n| assert!(seen.insert(k.to_vec(), n).is_none(), "key {k:?} emitted twice"));
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
     fn pipelined_counts_equal_direct_counts_across_growth() {
-        // Enough distinct keys to pass PIPELINE_FROM and grow several times
+        // Enough distinct keys to pass PIPELINE_FROM_BYTES and grow several times
         // while keys are queued; every key counted (i % 7) + 1 times.
         let mut table = CountTable::default();
         let mut expected = std::collections::BTreeMap::new();
         for round in 0..7u64 {
-            for i in 0..(PIPELINE_FROM as u64) {
+            for i in 0..(2 * pipeline_from::<CountSlot>() as u64) {
                 if round <= i % 7 {
-                    let key = format!("k{i}");
+                    // Short keys (the small table) and 8-to-16-byte ones (the main one).
+                    let key = if i % 2 == 0 { format!("k{i}") } else { format!("longer-key-{i}") };
                     table.add(key.as_bytes(), 1);
                     *expected.entry(key.into_bytes()).or_insert(0u64) += 1;
                 }
             }
         }
-        assert!(table.slots.len() >= PIPELINE_FROM);
+        assert!(table.slots.len() >= pipeline_from::<CountSlot>() && table.small.slots.len() >= pipeline_from::<SmallSlot>());
         let mut seen = std::collections::BTreeMap::new();
         table.drain(|k, n| assert!(seen.insert(k.to_vec(), n).is_none(), "key emitted twice"));
         assert_eq!(seen, expected);
