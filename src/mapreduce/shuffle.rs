@@ -188,15 +188,19 @@ impl<'c> MapOutputWriter<'c> {
         let arena = std::mem::take(&mut self.arena);
         let key = |e: &Entry| &arena[e.offset..e.offset + e.key_len];
         let value = |e: &Entry| &arena[e.offset + e.key_len..e.offset + e.key_len + e.value_len];
-        // Values of one key keep their emission order: entries were pushed
-        // in that order, at increasing offsets, so the offset breaks ties
-        // and the faster unstable sort gives the stable order.
-        entries.sort_unstable_by(|a, b| {
-            (a.partition, a.prefix)
-                .cmp(&(b.partition, b.prefix))
-                .then_with(|| key(a).cmp(key(b)))
-                .then(a.offset.cmp(&b.offset))
-        });
+        // Sort by integers first: (partition, key prefix), then the offset,
+        // which is the emission order (entries are pushed at increasing
+        // offsets), so values of one key keep that order and the faster
+        // unstable sort gives a stable result.
+        entries.sort_unstable_by_key(|e| (e.partition, e.prefix, e.offset));
+        // Keys that share a prefix are equal only if they also have one
+        // length of at most 8 bytes (zero padding hides a key's trailing
+        // zero bytes); any other such group is put in key order, stably.
+        for tie in entries.chunk_by_mut(|a, b| a.partition == b.partition && a.prefix == b.prefix) {
+            if tie.iter().any(|e| e.key_len > 8 || e.key_len != tie[0].key_len) {
+                tie.sort_by(|a, b| key(a).cmp(key(b)));
+            }
+        }
         // Equal keys have equal prefixes and lengths; most unequal ones
         // differ there, without a call to compare bytes.
         let same_key = |a: &Entry, b: &Entry| a.prefix == b.prefix && a.key_len == b.key_len && key(a) == key(b);
@@ -362,6 +366,21 @@ mod tests {
         let mut expected: Vec<_> = pairs.iter().filter(|(k, _)| partition_of(k.as_bytes(), 3) == partition).cloned().collect();
         expected.sort_by(|a, b| a.0.cmp(&b.0));
         expected
+    }
+
+    #[test]
+    fn keys_sharing_a_prefix_are_ordered_by_their_bytes_and_values_keep_their_order() {
+        // Equal 8-byte prefixes: zero bytes that padding would hide, keys
+        // longer than the prefix, and one key repeated with many values.
+        let keys = ["ab", "ab\0", "ab\0\0", "abcdefgh", "abcdefgh\0", "abcdefghij", "abcdefghi", "abcdefghiz", "", "\0"];
+        let pairs: Vec<(String, String)> = (0..400).map(|i| (keys[(i * 7) % keys.len()].to_string(), format!("v{i}"))).collect();
+        for budget in [usize::MAX, 512] {
+            let dir = tempfile::tempdir().unwrap();
+            let (runs, _) = write(dir.path(), budget, None, &pairs);
+            for (partition, records) in runs {
+                assert_eq!(records, expected(&pairs, partition), "partition {partition}, budget {budget}");
+            }
+        }
     }
 
     #[test]
