@@ -90,7 +90,6 @@ impl From<MergeError> for ShuffleError {
 /// One buffered pair: where its key and value sit in the buffer's arena.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    partition: u32,
     /// The key's first 8 bytes, big-endian, zero-padded: comparing these
     /// orders most pairs without touching the arena. Equal prefixes (or
     /// keys that differ only by trailing zero bytes) fall back to the bytes.
@@ -107,6 +106,22 @@ pub fn key_prefix(key: &[u8]) -> u64 {
     let n = key.len().min(8);
     bytes[..n].copy_from_slice(&key[..n]);
     u64::from_be_bytes(bytes)
+}
+
+/// Sorts one partition's entries by key, keeping the emission order of
+/// equal keys. Integers first: (prefix, offset), where the offset is the
+/// emission order (entries are pushed at increasing offsets), so the faster
+/// unstable sort gives a stable result. Keys that share a prefix are equal
+/// only if they also have one length of at most 8 bytes (zero padding hides
+/// a key's trailing zero bytes); any other such group is then put in key
+/// order, stably.
+fn sort_entries<'a>(entries: &mut [Entry], key: impl Fn(&Entry) -> &'a [u8]) {
+    entries.sort_unstable_by_key(|e| (e.prefix, e.offset));
+    for tie in entries.chunk_by_mut(|a, b| a.prefix == b.prefix) {
+        if tie.iter().any(|e| e.key_len > 8 || e.key_len != tie[0].key_len) {
+            tie.sort_by(|a, b| key(a).cmp(key(b)));
+        }
+    }
 }
 
 /// What a map task's output is for.
@@ -135,7 +150,12 @@ pub struct MapOutputWriter<'c> {
     /// Keys and values, back to back: one allocation for the buffer instead
     /// of two per pair.
     arena: Vec<u8>,
-    entries: Vec<Entry>,
+    /// Buffered pairs by partition: the sort needs no partition key, and
+    /// each partition's sort is a tenth the size (for 10 reduces), closer
+    /// to the cache.
+    entries: Vec<Vec<Entry>>,
+    /// Pairs in `entries`.
+    buffered: usize,
     /// For each spill so far: its runs, by partition.
     spills: Vec<Vec<(u32, PathBuf)>>,
     /// Scratch for combined values.
@@ -146,7 +166,8 @@ impl<'c> MapOutputWriter<'c> {
     /// A writer for one map attempt; `combiner` folds values of equal keys.
     pub fn new(config: MapOutputConfig, combiner: Option<&'c dyn Combiner>) -> Self {
         assert!(config.reduces > 0, "a job needs at least one reduce partition");
-        MapOutputWriter { config, combiner, arena: Vec::new(), entries: Vec::new(), spills: Vec::new(), combined: Vec::new() }
+        let entries = (0..config.reduces).map(|_| Vec::new()).collect();
+        MapOutputWriter { config, combiner, arena: Vec::new(), entries, buffered: 0, spills: Vec::new(), combined: Vec::new() }
     }
 
     /// Adds one pair bound for `partition` (< reduces); spills if the
@@ -156,7 +177,8 @@ impl<'c> MapOutputWriter<'c> {
         let offset = self.arena.len();
         self.arena.extend_from_slice(key);
         self.arena.extend_from_slice(value);
-        self.entries.push(Entry { partition, prefix: key_prefix(key), key_len: key.len(), value_len: value.len(), offset });
+        self.entries[partition as usize].push(Entry { prefix: key_prefix(key), key_len: key.len(), value_len: value.len(), offset });
+        self.buffered += 1;
         if self.buffered_bytes() >= self.config.buffer_bytes {
             self.spill()?;
         }
@@ -165,7 +187,7 @@ impl<'c> MapOutputWriter<'c> {
 
     /// Memory held by buffered pairs.
     fn buffered_bytes(&self) -> usize {
-        self.arena.len() + self.entries.len() * std::mem::size_of::<Entry>()
+        self.arena.len() + self.buffered * std::mem::size_of::<Entry>()
     }
 
     /// Number of spills so far (for tests and logs).
@@ -188,25 +210,15 @@ impl<'c> MapOutputWriter<'c> {
         let arena = std::mem::take(&mut self.arena);
         let key = |e: &Entry| &arena[e.offset..e.offset + e.key_len];
         let value = |e: &Entry| &arena[e.offset + e.key_len..e.offset + e.key_len + e.value_len];
-        // Sort by integers first: (partition, key prefix), then the offset,
-        // which is the emission order (entries are pushed at increasing
-        // offsets), so values of one key keep that order and the faster
-        // unstable sort gives a stable result.
-        entries.sort_unstable_by_key(|e| (e.partition, e.prefix, e.offset));
-        // Keys that share a prefix are equal only if they also have one
-        // length of at most 8 bytes (zero padding hides a key's trailing
-        // zero bytes); any other such group is put in key order, stably.
-        for tie in entries.chunk_by_mut(|a, b| a.partition == b.partition && a.prefix == b.prefix) {
-            if tie.iter().any(|e| e.key_len > 8 || e.key_len != tie[0].key_len) {
-                tie.sort_by(|a, b| key(a).cmp(key(b)));
-            }
-        }
         // Equal keys have equal prefixes and lengths; most unequal ones
         // differ there, without a call to compare bytes.
         let same_key = |a: &Entry, b: &Entry| a.prefix == b.prefix && a.key_len == b.key_len && key(a) == key(b);
         let mut runs = Vec::new();
-        for partition_entries in entries.chunk_by(|a, b| a.partition == b.partition) {
-            let partition = partition_entries[0].partition;
+        for (partition, partition_entries) in (0u32..).zip(entries.iter_mut()) {
+            if partition_entries.is_empty() {
+                continue;
+            }
+            sort_entries(partition_entries, key);
             let mut writer = RunWriter::create(&path_of(partition), self.config.compression)?;
             for group in partition_entries.chunk_by(same_key) {
                 match self.combiner {
@@ -224,10 +236,11 @@ impl<'c> MapOutputWriter<'c> {
                 }
             }
             runs.push((partition, writer.finish()?));
+            partition_entries.clear();
         }
         // Keep the allocations for the next round of buffering.
         self.entries = entries;
-        self.entries.clear();
+        self.buffered = 0;
         self.arena = arena;
         self.arena.clear();
         Ok(runs)
@@ -241,7 +254,7 @@ impl<'c> MapOutputWriter<'c> {
             let runs = self.write_buffer(final_path)?;
             return Ok(runs.into_iter().map(|(p, path)| (p, MapOutputLocation::SharedFile(path))).collect());
         }
-        if !self.entries.is_empty() {
+        if self.buffered > 0 {
             self.spill()?;
         }
         let spills = std::mem::take(&mut self.spills);
