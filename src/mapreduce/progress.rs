@@ -99,7 +99,8 @@ async fn show_bars(status: StatusHandle, ended: impl Future<Output = ()>) {
     // Log lines printed while the bars are up must not tear them.
     let _logs = crate::logging::route_through(multi.clone());
     let header = multi.add(ProgressBar::new_spinner().with_style(style("{spinner} {msg}")));
-    let bar = |label: &str| style(&format!("{label:<6} [{{bar:40.cyan/blue}}] {{pos:>5}}/{{len:5}} tasks  {{msg}}"));
+    // The bar takes whatever width the counts and the message leave.
+    let bar = |label: &str| style(&format!("{label:<6} {{pos:>5}}/{{len:<5}} [{{wide_bar:.cyan/blue}}] {{msg}}"));
     let maps = multi.add(ProgressBar::new(0).with_style(bar("map")));
     let reduces = multi.add(ProgressBar::new(0).with_style(bar("reduce")));
     let mut ticks = tokio::time::interval(BAR_REFRESH);
@@ -125,7 +126,7 @@ async fn show_bars(status: StatusHandle, ended: impl Future<Output = ()>) {
         maps.set_length(p.maps.total as u64);
         maps.set_position(p.maps.done as u64);
         maps.set_message(format!(
-            "{} running · {} / {} at {}/s",
+            "{} running · {} of {} · {}/s",
             p.maps.running,
             human_bytes(p.input_bytes_done as f64),
             human_bytes(report.job.input_bytes as f64),
