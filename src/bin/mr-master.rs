@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::sync::Notify;
+use tracing::{Instrument, Span};
 use mapreduce::cli;
 use mapreduce::coordinator::{CoordinatorConfig, Job};
 use mapreduce::http;
@@ -178,7 +179,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ended = async move {
         let _ = ended.await;
     };
-    let progress = tokio::spawn(progress::show(status.clone(), ProgressMode::choose(args.quiet), ended));
+    // Spawned tasks do not inherit the `master` span that prefixes log lines.
+    let progress = tokio::spawn(progress::show(status.clone(), ProgressMode::choose(args.quiet), ended).instrument(Span::current()));
     let result = job.run(listener, cli::termination_signal()).await;
     // Stop the display, and let it clear its bars before the summary.
     let _ = job_ended.send(());

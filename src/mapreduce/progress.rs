@@ -8,10 +8,12 @@
 //! 1.0 GiB at 120 MiB/s, 2 workers, ETA 7 s` is logged every few seconds.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::time::Interval;
 
 use crate::coordinator::StatusHandle;
 use crate::status::{Phase, StatusReport};
@@ -54,17 +56,20 @@ async fn log_lines(status: StatusHandle, ended: impl Future<Output = ()>) {
     tokio::pin!(ended);
     let mut ticks = tokio::time::interval(LOG_INTERVAL);
     ticks.tick().await; // the first tick is immediate; the job has barely started
-    loop {
-        tokio::select! {
-            () = &mut ended => return,
-            _ = ticks.tick() => {}
-        }
-        let report = status.report();
-        if report.job.phase == Phase::Done {
-            return;
-        }
+    while let Some(report) = next_report(&mut ticks, ended.as_mut(), &status).await {
         tracing::info!("progress: {}", describe(&report));
     }
+}
+
+/// Waits for the next tick and returns the job's status then, or `None`
+/// once the job has ended.
+async fn next_report(ticks: &mut Interval, ended: Pin<&mut impl Future<Output = ()>>, status: &StatusHandle) -> Option<StatusReport> {
+    tokio::select! {
+        () = ended => return None,
+        _ = ticks.tick() => {}
+    }
+    let report = status.report();
+    (report.job.phase != Phase::Done).then_some(report)
 }
 
 /// One line of progress, as logged.
@@ -104,15 +109,7 @@ async fn show_bars(status: StatusHandle, ended: impl Future<Output = ()>) {
     let maps = multi.add(ProgressBar::new(0).with_style(bar("map")));
     let reduces = multi.add(ProgressBar::new(0).with_style(bar("reduce")));
     let mut ticks = tokio::time::interval(BAR_REFRESH);
-    loop {
-        tokio::select! {
-            () = &mut ended => break,
-            _ = ticks.tick() => {}
-        }
-        let report = status.report();
-        if report.job.phase == Phase::Done {
-            break;
-        }
+    while let Some(report) = next_report(&mut ticks, ended.as_mut(), &status).await {
         let p = &report.progress;
         let alive = report.workers.iter().filter(|w| w.alive).count();
         let phase = if report.job.phase == Phase::Map { "map phase" } else { "reduce phase" };
