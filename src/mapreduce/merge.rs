@@ -100,7 +100,7 @@ impl RunMerger {
                 self.current_prefix = *prefix;
                 let current = self.current.get_or_insert_with(Vec::new);
                 current.clear();
-                current.extend_from_slice(key);
+                crate::small_copy::extend(current, key);
                 Ok(Some(current))
             }
         }

@@ -29,6 +29,7 @@
 //! | partitioning keys among reduces | [`partition`] |
 //! | map output: buffer, sorted runs, where they live | [`shuffle`] |
 //! | the intermediate (run) file format | [`runfile`] |
+//! | appending short keys and values without a libc call | `small_copy` |
 //! | reduce input: k-way merge of runs | [`merge`] |
 //! | output files and atomic publication | [`output`] |
 //! | the single-process reference run | [`sequential`] |
@@ -58,6 +59,7 @@ pub mod rpc;
 pub mod runfile;
 pub mod scheduler;
 pub mod sequential;
+mod small_copy;
 pub mod shuffle;
 pub mod split;
 pub mod status;

@@ -140,8 +140,8 @@ impl RunWriter {
     pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), RunError> {
         put_varint(&mut self.block, key.len() as u64);
         put_varint(&mut self.block, value.len() as u64);
-        self.block.extend_from_slice(key);
-        self.block.extend_from_slice(value);
+        crate::small_copy::extend(&mut self.block, key);
+        crate::small_copy::extend(&mut self.block, value);
         self.records += 1;
         if self.block.len() >= BLOCK_BYTES {
             self.flush_block()?;
@@ -262,11 +262,11 @@ impl RunReader {
         let value_len = self.block_varint()?;
         let key_end = self.checked_end(key_len)?;
         key.clear();
-        key.extend_from_slice(&self.block[self.pos..key_end]);
+        crate::small_copy::extend(key, &self.block[self.pos..key_end]);
         self.pos = key_end;
         let value_end = self.checked_end(value_len)?;
         value.clear();
-        value.extend_from_slice(&self.block[self.pos..value_end]);
+        crate::small_copy::extend(value, &self.block[self.pos..value_end]);
         self.pos = value_end;
         self.records += 1;
         Ok(true)

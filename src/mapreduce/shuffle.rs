@@ -175,8 +175,8 @@ impl<'c> MapOutputWriter<'c> {
     pub fn push(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<(), ShuffleError> {
         debug_assert!(partition < self.config.reduces);
         let offset = self.arena.len();
-        self.arena.extend_from_slice(key);
-        self.arena.extend_from_slice(value);
+        crate::small_copy::extend(&mut self.arena, key);
+        crate::small_copy::extend(&mut self.arena, value);
         self.entries[partition as usize].push(Entry { prefix: key_prefix(key), key_len: key.len(), value_len: value.len(), offset });
         self.buffered += 1;
         if self.buffered_bytes() >= self.config.buffer_bytes {
