@@ -18,6 +18,8 @@
 
 use std::cell::Cell;
 
+use crate::cpu::prefetch;
+
 /// Counts per key; see the module docs.
 #[derive(Default)]
 pub(crate) struct CountTable {
@@ -474,18 +476,6 @@ impl CountTable {
         debug_assert_eq!(self.len(), 0, "only a drained table is kept");
         SPARE.with(|spare| spare.set(Some(self)));
     }
-}
-
-/// Asks the CPU to start loading `slot`'s cache line.
-#[inline(always)]
-fn prefetch<T>(slot: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint; any address is allowed.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(slot as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = slot;
 }
 
 #[cfg(test)]

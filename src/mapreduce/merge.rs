@@ -11,7 +11,7 @@
 //! runs passed in, which the coordinator makes map-task order), so a reduce
 //! sees values in a deterministic order.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::binary_heap::PeekMut;
 use std::collections::BinaryHeap;
 
@@ -38,14 +38,54 @@ pub struct MergeError {
     pub source: RunError,
 }
 
+/// A run's next record's key in the merge heap, ordered by key, then by
+/// run (so values of equal keys come in run order).
+#[derive(PartialEq, Eq)]
+struct Head {
+    /// [`key_prefix`](crate::shuffle::key_prefix) of `key`.
+    prefix: u64,
+    key: Vec<u8>,
+    source: usize,
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.prefix
+            .cmp(&other.prefix)
+            .then_with(|| {
+                if self.key.len() <= 8 && other.key.len() <= 8 {
+                    // Equal prefixes of keys this short: one key is the
+                    // other plus zero bytes, so the shorter is the smaller.
+                    self.key.len().cmp(&other.key.len())
+                } else {
+                    self.key.cmp(&other.key)
+                }
+            })
+            .then(self.source.cmp(&other.source))
+    }
+}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Whether two keys with equal prefixes are equal: for keys of at most 8
+/// bytes the lengths settle it, with no call to compare bytes.
+#[inline]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.len() <= 8 || a == b)
+}
+
 /// Merges sorted runs into key groups.
 pub struct RunMerger {
     sources: Vec<Source>,
-    /// (head key's prefix, head key, source index) of every run not yet
-    /// exhausted; the smallest key (then the earliest run) on top. The prefix
-    /// (first 8 bytes, big-endian, zero-padded) orders like the key, and
-    /// settles most comparisons without comparing bytes.
-    heap: BinaryHeap<Reverse<(u64, Vec<u8>, usize)>>,
+    /// The head of every run not yet exhausted; the smallest key (then the
+    /// earliest run) on top. The prefix (first 8 bytes, big-endian,
+    /// zero-padded) orders like the key, and settles most comparisons
+    /// without comparing bytes.
+    heap: BinaryHeap<Reverse<Head>>,
     /// The key of the group being read; `None` before the first `next_key`
     /// (an empty key is a real key, so emptiness cannot mean "none").
     current: Option<Vec<u8>>,
@@ -82,7 +122,7 @@ impl RunMerger {
         let source = &mut self.sources[i];
         match source.reader.next_into(&mut key, &mut source.value) {
             Ok(true) => {
-                self.heap.push(Reverse((crate::shuffle::key_prefix(&key), key, i)));
+                self.heap.push(Reverse(Head { prefix: crate::shuffle::key_prefix(&key), key, source: i }));
                 Ok(())
             }
             Ok(false) => Ok(()),
@@ -96,7 +136,7 @@ impl RunMerger {
         while self.next_value_of_current()?.is_some() {}
         match self.heap.peek() {
             None => Ok(None),
-            Some(Reverse((prefix, key, _))) => {
+            Some(Reverse(Head { prefix, key, .. })) => {
                 self.current_prefix = *prefix;
                 let current = self.current.get_or_insert_with(Vec::new);
                 current.clear();
@@ -112,7 +152,7 @@ impl RunMerger {
         // The prefixes settle most mismatches without comparing bytes.
         let at_current = matches!(
             (self.heap.peek(), &self.current),
-            (Some(Reverse((prefix, key, _))), Some(current)) if *prefix == self.current_prefix && key == current
+            (Some(Reverse(head)), Some(current)) if head.prefix == self.current_prefix && same_key(&head.key, current)
         );
         if !at_current {
             return Ok(None);
@@ -122,7 +162,7 @@ impl RunMerger {
         // into the top entry in place: one sift down instead of a pop and a
         // push (half the heap's work), and no buffer changes hands.
         let mut top = self.heap.peek_mut().expect("peeked");
-        let Reverse((prefix, key, i)) = &mut *top;
+        let Reverse(Head { prefix, key, source: i }) = &mut *top;
         let source = &mut self.sources[*i];
         std::mem::swap(&mut self.value, &mut source.value);
         match source.reader.next_into(key, &mut source.value) {
@@ -225,6 +265,27 @@ mod tests {
                 ("date".to_string(), vec!["c3".to_string()]),
             ]
         );
+    }
+
+    #[test]
+    fn keys_sharing_a_prefix_or_differing_by_zero_bytes_stay_apart_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every run is sorted; the keys tie on their first 8 bytes in pairs.
+        let all = ["ab", "ab\0", "ab\0\0", "abcdefgh", "abcdefgh\0", "abcdefghi", "abcdefghij"];
+        let runs = (0..3u32)
+            .map(|r| {
+                let records: Vec<(&str, String)> = all.iter().skip(r as usize).map(|k| (*k, format!("r{r}"))).collect();
+                let records: Vec<(&str, &str)> = records.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                (r, run(dir.path(), &format!("run{r}"), &records))
+            })
+            .collect();
+        let mut merger = RunMerger::new(runs).unwrap();
+        let expected: Vec<(String, Vec<String>)> = all
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.to_string(), (0..3).filter(|r| *r <= i).map(|r| format!("r{r}")).collect()))
+            .collect();
+        assert_eq!(groups(&mut merger), expected);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | the app API an author implements | [`app`] |
 //! | counters: built-in and the app's own | [`counters`] |
 //! | the table behind `Emitter::count` | `count_table` |
+//! | prefetch hints for hot loops | `cpu` |
 //! | the versioned C ABI between worker and plugin | [`abi`] |
 //! | loading a plugin and calling it safely | [`plugin`] |
 //! | word splitting with the lab's semantics | [`text`] |
@@ -45,6 +46,7 @@ pub mod cli;
 pub mod coordinator;
 mod count_table;
 pub mod counters;
+mod cpu;
 pub mod errors;
 pub mod http;
 pub mod inputs;

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::app::ValueSource;
+use crate::cpu::prefetch;
 use crate::merge::{MergeError, RunMerger};
 use crate::plugin::AppFailure;
 use crate::rpc::AttemptId;
@@ -124,6 +125,9 @@ fn sort_entries<'a>(entries: &mut [Entry], key: impl Fn(&Entry) -> &'a [u8]) {
     }
 }
 
+/// How many records ahead of the writer the shuffle prefetches their bytes.
+const FETCH_AHEAD: usize = 16;
+
 /// What a map task's output is for.
 #[derive(Debug, Clone)]
 pub struct MapOutputConfig {
@@ -219,8 +223,16 @@ impl<'c> MapOutputWriter<'c> {
                 continue;
             }
             sort_entries(partition_entries, key);
+            let sorted: &[Entry] = partition_entries;
             let mut writer = RunWriter::create(&path_of(partition), self.config.compression)?;
-            for group in partition_entries.chunk_by(same_key) {
+            // Sorted entries point all over the arena: fetch each record's
+            // bytes a few records before they are written.
+            let mut written = 0;
+            for group in sorted.chunk_by(same_key) {
+                for e in sorted.iter().skip(written + FETCH_AHEAD).take(group.len()) {
+                    prefetch(&arena[e.offset]);
+                }
+                written += group.len();
                 match self.combiner {
                     Some(combiner) if group.len() > 1 => {
                         self.combined.clear();

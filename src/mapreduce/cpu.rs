@@ -1,0 +1,14 @@
+//! Hints to the CPU for the hot loops (the count table, the shuffle).
+
+/// Asks the CPU to start loading the cache line holding `value`, so that a
+/// later read of it does not wait on memory. A hint: it never faults.
+#[inline(always)]
+pub(crate) fn prefetch<T: ?Sized>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; any address is allowed.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(value as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
