@@ -230,7 +230,10 @@ impl<'c> MapOutputWriter<'c> {
             let mut written = 0;
             for group in sorted.chunk_by(same_key) {
                 for e in sorted.iter().skip(written + FETCH_AHEAD).take(group.len()) {
-                    prefetch(&arena[e.offset]);
+                    // An empty key and value may sit at the very end of the arena.
+                    if let Some(byte) = arena.get(e.offset) {
+                        prefetch(byte);
+                    }
                 }
                 written += group.len();
                 match self.combiner {
@@ -402,6 +405,23 @@ mod tests {
         for budget in [usize::MAX, 512] {
             let dir = tempfile::tempdir().unwrap();
             let (runs, _) = write(dir.path(), budget, None, &pairs);
+            for (partition, records) in runs {
+                assert_eq!(records, expected(&pairs, partition), "partition {partition}, budget {budget}");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_keys_and_values_anywhere_in_the_buffer_are_kept() {
+        // Empty records last in the buffer (their offset is the arena's
+        // end), and enough records that the writer reads ahead past them.
+        let mut pairs: Vec<(String, String)> = (0..100).map(|i| (format!("k{}", i % 7), format!("{i}"))).collect();
+        pairs.extend((0..40).map(|_| (String::new(), String::new())));
+        for budget in [usize::MAX, 256] {
+            let dir = tempfile::tempdir().unwrap();
+            let (runs, _) = write(dir.path(), budget, None, &pairs);
+            let total: usize = runs.iter().map(|(_, records)| records.len()).sum();
+            assert_eq!(total, pairs.len(), "budget {budget}");
             for (partition, records) in runs {
                 assert_eq!(records, expected(&pairs, partition), "partition {partition}, budget {budget}");
             }
