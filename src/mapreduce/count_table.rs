@@ -9,7 +9,7 @@
 //! zero-padded integers; a longer key lives in an arena (no allocation per
 //! key). Either way a lookup compares integers and touches one cache line.
 //!
-//! Once the table outgrows the first-level cache, a lookup is a cache miss
+//! Once a table outgrows the second-level cache, a lookup is a cache miss
 //! whose latency the CPU cannot hide, since each word's probe waits for the
 //! load. So from [`PIPELINE_FROM_BYTES`] on, `add` only hashes the key,
 //! prefetches its slot and queues it; the probe happens [`PIPELINE`] keys
@@ -29,8 +29,7 @@ pub(crate) struct CountTable {
     /// Keys longer than [`INLINE_KEY`] bytes, back to back.
     arena: Vec<u8>,
     len: usize,
-    /// Short keys hashed and prefetched but not yet probed: a ring whose
-    /// next write (and, when full, oldest entry) is at `pending_next`.
+    /// Keys of this table hashed and prefetched but not yet probed.
     pending: Pipeline<Pending>,
     /// Keys of 1 to 7 bytes.
     small: SmallTable,
@@ -168,7 +167,7 @@ impl CountTable {
     }
 
     /// Keys counted, including those still queued (a queued key may turn
-    /// out to be in the table already, so this may overstate by up to
+    /// out to be in a table already, so this may overstate by up to twice
     /// [`PIPELINE`]).
     pub(crate) fn len(&self) -> usize {
         self.len + self.pending.len + self.small.len + self.small.pending.len
