@@ -187,26 +187,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = progress.await;
 
     let outputs = result.as_ref().map(|report| report.outputs.clone()).unwrap_or_default();
-    let summary = JobSummary::new(&status.report(), &outputs);
-    print!("{}", summary.render());
-    if let Some(path) = &args.summary_json {
-        let json = serde_json::to_vec_pretty(&summary).context("encoding the summary")?;
-        mapreduce::output::write_atomically(path, &json)
-            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
-    }
+    print_summary(&JobSummary::new(&status.report(), &outputs), args.summary_json.as_deref())?;
     if let Some((server, url)) = http_server {
-        if !args.linger.is_zero() {
-            println!("status page stays up for {} s at {url}", args.linger.as_secs_f64());
-            tokio::select! {
-                () = tokio::time::sleep(args.linger) => {}
-                () = cli::termination_signal() => {}
-            }
-        }
+        linger(args.linger, &url).await;
         stop_http.notify_one();
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     }
     result?;
     Ok(())
+}
+
+/// Prints the summary on stdout and, if asked, writes it as JSON.
+fn print_summary(summary: &JobSummary, json_path: Option<&Path>) -> anyhow::Result<()> {
+    print!("{}", summary.render());
+    if let Some(path) = json_path {
+        let json = serde_json::to_vec_pretty(summary).context("encoding the summary")?;
+        mapreduce::output::write_atomically(path, &json)
+            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Keeps the status page up for `how_long` after the job (`--linger`), or
+/// until Ctrl-C.
+async fn linger(how_long: Duration, url: &str) {
+    if how_long.is_zero() {
+        return;
+    }
+    println!("status page stays up for {} s at {url}", how_long.as_secs_f64());
+    tokio::select! {
+        () = tokio::time::sleep(how_long) => {}
+        () = cli::termination_signal() => {}
+    }
 }
 
 /// Binds the status server where asked (or at its default, falling back to
