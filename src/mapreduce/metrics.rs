@@ -39,9 +39,9 @@ pub fn render(report: &StatusReport) -> String {
     out.family("mapreduce_attempts_total", "counter", "Task attempts by kind and outcome.");
     for kind in [TaskKind::Map, TaskKind::Reduce] {
         let attempts = || report.tasks.iter().filter(|t| t.kind == kind).flat_map(|t| &t.attempts);
-        for outcome in ["running", "succeeded", "failed", "timed_out", "duplicate", "output_lost", "input_lost", "abandoned"] {
-            let n = attempts().filter(|a| outcome_name(&a.outcome) == outcome).count();
-            out.sample("mapreduce_attempts_total", &[("kind", kind_name(kind)), ("outcome", outcome)], n as f64);
+        for outcome in AttemptOutcome::NAMES {
+            let n = attempts().filter(|a| a.outcome.name() == outcome).count();
+            out.sample("mapreduce_attempts_total", &[("kind", kind.name()), ("outcome", outcome)], n as f64);
         }
     }
 
@@ -70,30 +70,9 @@ pub fn render(report: &StatusReport) -> String {
             .filter(|a| a.outcome == AttemptOutcome::Succeeded)
             .filter_map(|a| Some(a.end_secs? - a.start_secs))
             .collect();
-        out.histogram("mapreduce_task_duration_seconds", kind_name(kind), &durations);
+        out.histogram("mapreduce_task_duration_seconds", kind.name(), &durations);
     }
     out.text
-}
-
-fn kind_name(kind: TaskKind) -> &'static str {
-    match kind {
-        TaskKind::Map => "map",
-        TaskKind::Reduce => "reduce",
-    }
-}
-
-/// An outcome's name, as in the JSON status.
-pub fn outcome_name(outcome: &AttemptOutcome) -> &'static str {
-    match outcome {
-        AttemptOutcome::Running => "running",
-        AttemptOutcome::Succeeded => "succeeded",
-        AttemptOutcome::Failed(_) => "failed",
-        AttemptOutcome::TimedOut => "timed_out",
-        AttemptOutcome::Duplicate => "duplicate",
-        AttemptOutcome::OutputLost(_) => "output_lost",
-        AttemptOutcome::InputLost(_) => "input_lost",
-        AttemptOutcome::Abandoned => "abandoned",
-    }
 }
 
 /// Text being written in the exposition format.

@@ -50,6 +50,35 @@ pub enum AttemptOutcome {
     Abandoned,
 }
 
+impl AttemptOutcome {
+    /// Every outcome's [`name`](AttemptOutcome::name), in declaration order.
+    pub const NAMES: [&'static str; 8] =
+        ["running", "succeeded", "failed", "timed_out", "duplicate", "output_lost", "input_lost", "abandoned"];
+
+    /// The outcome's name, as `/api/status`, `/metrics` and the summary spell it.
+    pub fn name(&self) -> &'static str {
+        let index = match self {
+            AttemptOutcome::Running => 0,
+            AttemptOutcome::Succeeded => 1,
+            AttemptOutcome::Failed(_) => 2,
+            AttemptOutcome::TimedOut => 3,
+            AttemptOutcome::Duplicate => 4,
+            AttemptOutcome::OutputLost(_) => 5,
+            AttemptOutcome::InputLost(_) => 6,
+            AttemptOutcome::Abandoned => 7,
+        };
+        Self::NAMES[index]
+    }
+
+    /// The error that came with the outcome, if any.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            AttemptOutcome::Failed(e) | AttemptOutcome::OutputLost(e) | AttemptOutcome::InputLost(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// One attempt at one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptStatus {
@@ -326,7 +355,7 @@ impl JobStatus {
                     last_seen_secs_ago: silent.as_secs_f64(),
                     alive: !w.exited && self.ended.is_none() && (silent < self.alive_window || !w.current.is_empty()),
                     tasks_done: w.tasks_done,
-                    current: w.current.iter().map(|&(task, attempt)| CurrentAttempt { task: task_label(task), attempt }).collect(),
+                    current: w.current.iter().map(|&(task, attempt)| CurrentAttempt { task: task_label_of(task), attempt }).collect(),
                 }
             })
             .collect();
@@ -334,10 +363,7 @@ impl JobStatus {
     }
 
     fn task_report(&self, scheduler: &Scheduler, task: TaskId) -> TaskReport {
-        let (kind, id) = match task {
-            TaskId::Map(m) => (TaskKind::Map, m),
-            TaskId::Reduce(r) => (TaskKind::Reduce, r),
-        };
+        let (kind, id) = kind_and_id(task);
         let input = match task {
             TaskId::Map(m) => scheduler.split(m).to_string(),
             TaskId::Reduce(r) => format!("partition {r}"),
@@ -522,6 +548,16 @@ pub enum TaskKind {
     Reduce,
 }
 
+impl TaskKind {
+    /// `map` or `reduce`, as the JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Map => "map",
+            TaskKind::Reduce => "reduce",
+        }
+    }
+}
+
 /// A task's state, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -582,12 +618,21 @@ pub struct CurrentAttempt {
     pub attempt: AttemptId,
 }
 
-/// A task's short name in reports: `map 3`, `reduce 0`.
-pub fn task_label(task: TaskId) -> String {
+fn kind_and_id(task: TaskId) -> (TaskKind, u32) {
     match task {
-        TaskId::Map(m) => format!("map {m}"),
-        TaskId::Reduce(r) => format!("reduce {r}"),
+        TaskId::Map(m) => (TaskKind::Map, m),
+        TaskId::Reduce(r) => (TaskKind::Reduce, r),
     }
+}
+
+fn task_label_of(task: TaskId) -> String {
+    let (kind, id) = kind_and_id(task);
+    task_label(kind, id)
+}
+
+/// A task's short name in reports: `map 3`, `reduce 0`.
+pub fn task_label(kind: TaskKind, id: u32) -> String {
+    format!("{} {id}", kind.name())
 }
 
 #[cfg(test)]
@@ -698,6 +743,30 @@ mod tests {
         assert_eq!((report.job.state, report.job.phase), (JobState::Succeeded, Phase::Done));
         assert_eq!(report.job.elapsed_secs, 2.0, "the clock stops when the job ends");
         assert_eq!(report.progress.fraction_done, 1.0);
+    }
+
+    #[test]
+    fn outcome_and_kind_names_are_the_json_spellings() {
+        let e = || "e".to_string();
+        let all = [
+            AttemptOutcome::Running,
+            AttemptOutcome::Succeeded,
+            AttemptOutcome::Failed(e()),
+            AttemptOutcome::TimedOut,
+            AttemptOutcome::Duplicate,
+            AttemptOutcome::OutputLost(e()),
+            AttemptOutcome::InputLost(e()),
+            AttemptOutcome::Abandoned,
+        ];
+        for (outcome, name) in all.iter().zip(AttemptOutcome::NAMES) {
+            let json = serde_json::to_value(outcome).unwrap();
+            assert_eq!(json["outcome"], name);
+            assert_eq!(outcome.name(), name);
+            assert_eq!(outcome.error(), json.get("error").and_then(|v| v.as_str()));
+        }
+        for kind in [TaskKind::Map, TaskKind::Reduce] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
     }
 
     #[test]

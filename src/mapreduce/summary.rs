@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
-use crate::status::{AttemptOutcome, JobState, StatusReport, TaskKind};
+use crate::status::{task_label, AttemptOutcome, JobState, StatusReport};
 
 /// Re-executed attempts listed one by one in the text summary; the JSON
 /// lists them all.
@@ -90,49 +90,26 @@ impl JobSummary {
         let mut attempts = AttemptCounts::default();
         let mut unsuccessful_attempts = Vec::new();
         for task in &report.tasks {
-            let kind = match task.kind {
-                TaskKind::Map => "map",
-                TaskKind::Reduce => "reduce",
-            };
             for a in &task.attempts {
                 attempts.total += 1;
-                let (name, error) = match &a.outcome {
-                    AttemptOutcome::Running => ("running", None),
+                match &a.outcome {
                     AttemptOutcome::Succeeded => {
                         attempts.succeeded += 1;
                         continue;
                     }
-                    AttemptOutcome::Failed(e) => {
-                        attempts.failed += 1;
-                        ("failed", Some(e.clone()))
-                    }
-                    AttemptOutcome::TimedOut => {
-                        attempts.timed_out += 1;
-                        ("timed_out", None)
-                    }
-                    AttemptOutcome::Duplicate => {
-                        attempts.duplicate += 1;
-                        ("duplicate", None)
-                    }
-                    AttemptOutcome::OutputLost(e) => {
-                        attempts.lost_data += 1;
-                        ("output_lost", Some(e.clone()))
-                    }
-                    AttemptOutcome::InputLost(e) => {
-                        attempts.lost_data += 1;
-                        ("input_lost", Some(e.clone()))
-                    }
-                    AttemptOutcome::Abandoned => {
-                        attempts.abandoned += 1;
-                        ("abandoned", None)
-                    }
-                };
+                    AttemptOutcome::Running => {}
+                    AttemptOutcome::Failed(_) => attempts.failed += 1,
+                    AttemptOutcome::TimedOut => attempts.timed_out += 1,
+                    AttemptOutcome::Duplicate => attempts.duplicate += 1,
+                    AttemptOutcome::OutputLost(_) | AttemptOutcome::InputLost(_) => attempts.lost_data += 1,
+                    AttemptOutcome::Abandoned => attempts.abandoned += 1,
+                }
                 unsuccessful_attempts.push(UnsuccessfulAttempt {
-                    task: format!("{kind} {}", task.id),
+                    task: task_label(task.kind, task.id),
                     attempt: a.attempt,
                     worker: a.worker.clone(),
-                    outcome: name.to_string(),
-                    error,
+                    outcome: a.outcome.name().to_string(),
+                    error: a.outcome.error().map(str::to_owned),
                 });
             }
         }
