@@ -193,10 +193,9 @@ impl<'a> Emitter<'a> {
     /// app's combiner and reduce sum decimal values, so that one pair
     /// `(key, "3")` means the same as three pairs `(key, "1")`.
     pub fn count(&mut self, key: impl AsRef<[u8]>, n: u64) {
-        if self.counts.len() >= MAX_COUNTED_KEYS {
+        if self.counts.add(key.as_ref(), n) && self.counts.len() >= MAX_COUNTED_KEYS {
             self.flush_counts();
         }
-        self.counts.add(key.as_ref(), n);
     }
 
     /// Counts every word of `text` ([`crate::text::for_each_word`]'s
@@ -215,10 +214,10 @@ impl<'a> Emitter<'a> {
             fn word(&mut self, start: usize, end: usize) {
                 self.words += 1;
                 let Emitter { sink, counts } = &mut *self.emitter;
-                if counts.len() >= MAX_COUNTED_KEYS {
+                // Only a new key can fill the table.
+                if counts.add_from(self.text, start, end - start, 1) && counts.len() >= MAX_COUNTED_KEYS {
                     flush(counts, sink);
                 }
-                counts.add_from(self.text, start, end - start, 1);
             }
         }
         let mut counter = Counter { emitter: self, text, words: 0 };
@@ -321,6 +320,51 @@ mod tests {
         }
         pairs.sort();
         assert_eq!(pairs, [(b"a".to_vec(), b"3".to_vec()), (b"b".to_vec(), b"7".to_vec()), (b"c".to_vec(), b"x".to_vec())]);
+    }
+
+    /// The distinct words "a".."zzzz" and on, in a text, `n` of them.
+    fn distinct_words(n: usize) -> Vec<u8> {
+        let mut text = Vec::new();
+        for mut i in 0..n {
+            loop {
+                text.push(b'a' + (i % 26) as u8);
+                i /= 26;
+                if i == 0 {
+                    break;
+                }
+            }
+            text.push(b' ');
+        }
+        text
+    }
+
+    #[test]
+    fn a_full_table_is_emitted_early_and_no_count_is_lost() {
+        let words = MAX_COUNTED_KEYS + 5000;
+        let text = distinct_words(words);
+        for per_word in [false, true] {
+            let mut pairs = std::collections::HashMap::new();
+            let mut before_drop = 0;
+            {
+                let mut sink = |k: &[u8], v: &[u8]| {
+                    let n: u64 = std::str::from_utf8(v).unwrap().parse().unwrap();
+                    *pairs.entry(k.to_vec()).or_insert(0) += n;
+                };
+                let mut emit = Emitter::new(&mut sink);
+                // Every word twice: the second pass adds to counts emitted or held.
+                for _ in 0..2 {
+                    if per_word {
+                        crate::text::for_each_word(&text, |w| emit.count(w, 1));
+                    } else {
+                        assert_eq!(emit.count_words(&text), words as u64);
+                    }
+                }
+                before_drop += emit.counts.len();
+            }
+            assert!(before_drop < MAX_COUNTED_KEYS, "the table was flushed when it filled (per word: {per_word})");
+            assert_eq!(pairs.len(), words, "per word: {per_word}");
+            assert!(pairs.values().all(|&n| n == 2), "per word: {per_word}");
+        }
     }
 
     #[test]

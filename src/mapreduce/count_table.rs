@@ -1,20 +1,25 @@
-//! The hash table behind [`Emitter::count`](crate::Emitter::count): sums
+//! The hash tables behind [`Emitter::count`](crate::Emitter::count): sums
 //! counts per key inside a map task, in the hot loop of counting apps.
 //!
-//! Two open-addressing tables with linear probing. A key of 1 to 7 bytes
-//! (most words of most languages) is one integer, its bytes and its length,
-//! in a 16-byte slot of the small table: four keys to a cache line, so a
-//! book's whole vocabulary fits the second-level cache. Any other key of
-//! up to 16 bytes lives in a 32-byte slot of the main table as two
-//! zero-padded integers; a longer key lives in an arena (no allocation per
-//! key). Either way a lookup compares integers and touches one cache line.
+//! A key of 1 to 16 bytes whose last byte is not zero (every word of every
+//! language, and most keys of any kind) is packed into integers, zero
+//! padded: the last byte being non-zero makes the padding unambiguous, so
+//! the integers alone are the key and a lookup compares integers, with no
+//! length and no bytes. Keys of up to 8 bytes (most words) live in 16-byte
+//! slots, four to a cache line, so that a book's whole vocabulary fits the
+//! second-level cache; keys of 9 to 16 bytes in 24-byte slots. Any other key
+//! (empty, longer, or ending in a zero byte) lives in an arena, with its
+//! hash and place in a slot of a third table. All three are open-addressing
+//! tables with linear probing, at most 3/4 full: the tables' size (cache
+//! misses), not the length of probes, is what costs.
 //!
 //! Once a table outgrows the second-level cache, a lookup is a cache miss
 //! whose latency the CPU cannot hide, since each word's probe waits for the
-//! load. So from [`PIPELINE_FROM_BYTES`] on, `add` only hashes the key,
-//! prefetches its slot and queues it; the probe happens [`PIPELINE`] keys
-//! later, when the slot has arrived, so that many misses are in flight at
-//! once. Order does not matter to a sum, and `drain` empties the queue first.
+//! load. So from [`PIPELINE_FROM_BYTES`] on, a packed table only hashes the
+//! key, prefetches its slot and queues it; the probe happens [`PIPELINE`]
+//! keys later, when the slot has arrived, so that many misses are in flight
+//! at once. Order does not matter to a sum, and `drain` empties the queue
+//! first.
 
 use std::cell::Cell;
 
@@ -23,16 +28,153 @@ use crate::cpu::prefetch;
 /// Counts per key; see the module docs.
 #[derive(Default)]
 pub(crate) struct CountTable {
-    /// Power-of-two length (or empty); at most half full, so that most keys
-    /// sit in their home slot (the case `add_short` handles inline).
-    slots: Vec<CountSlot>,
-    /// Keys longer than [`INLINE_KEY`] bytes, back to back.
-    arena: Vec<u8>,
-    len: usize,
-    /// Keys of this table hashed and prefetched but not yet probed.
-    pending: Pipeline<Pending>,
-    /// Keys of 1 to 7 bytes.
-    small: SmallTable,
+    /// Keys of 1 to 8 bytes, the last not zero.
+    short: PackedTable<u64>,
+    /// Keys of 9 to 16 bytes, the last not zero.
+    medium: PackedTable<[u64; 2]>,
+    /// Every other key.
+    other: ArenaTable,
+}
+
+/// The multiplier of the multiplicative hashes (2^64 / golden ratio).
+const K1: u64 = 0x9e37_79b9_7f4a_7c15;
+/// A second odd multiplier, to mix the high half of a 16-byte key.
+const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+
+/// Whether a table of `capacity` slots must grow to take one more key.
+#[inline(always)]
+fn over_load(len: usize, capacity: usize) -> bool {
+    (len + 1) * 2 > capacity
+}
+
+/// Smallest number of slots a table grows to.
+const MIN_SLOTS: usize = 1024;
+
+/// For each key length up to 16: the masks that keep that many bytes of two
+/// little-endian u64 loads, and the smallest value the part holding the last
+/// byte has when that byte is not zero.
+const LENGTH_MASKS: [(u64, u64); 17] = {
+    let mut masks = [(0, 0); 17];
+    let mut len = 0;
+    while len <= 16 {
+        let lo = if len >= 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
+        let hi = if len >= 16 { u64::MAX } else if len <= 8 { 0 } else { (1u64 << (8 * (len - 8))) - 1 };
+        masks[len] = (lo, hi);
+        len += 1;
+    }
+    masks
+};
+
+/// The smallest value of the (last) integer of a packed key of each length
+/// 1 to 16 whose last byte is not zero: `1 << (8 * (last byte's place))`.
+const LAST_BYTE_MIN: [u64; 17] = {
+    // Length 0 has no last byte: no packing of it qualifies.
+    let mut min = [u64::MAX; 17];
+    let mut len = 1;
+    while len <= 16 {
+        min[len] = 1u64 << (8 * ((len - 1) % 8));
+        len += 1;
+    }
+    min
+};
+
+/// Up to 8 bytes as a zero-padded little-endian integer, with loads only
+/// (copying into a stack buffer first stalls the CPU on every call).
+#[inline]
+pub(crate) fn load_partial(b: &[u8]) -> u64 {
+    let n = b.len();
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as u64;
+    match n {
+        0 => 0,
+        1..=3 => b[0] as u64 | (b[n / 2] as u64) << (8 * (n / 2)) | (b[n - 1] as u64) << (8 * (n - 1)),
+        4..=7 => u32_at(0) | u32_at(n - 4) << (8 * (n - 4)),
+        _ => u64::from_le_bytes(b[..8].try_into().unwrap()),
+    }
+}
+
+impl CountTable {
+    /// Distinct keys counted (keys still queued in a pipeline are not
+    /// included: at most [`PIPELINE`] per table).
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.short.len + self.medium.len + self.other.len
+    }
+
+    /// Adds `n` to `key`'s count. Returns true if that (or a key queued
+    /// earlier) was new to the table, the only time [`len`](Self::len) grows.
+    #[inline]
+    pub(crate) fn add(&mut self, key: &[u8], n: u64) -> bool {
+        match key.len() {
+            1..=8 if key[key.len() - 1] != 0 => self.short.add(load_partial(key), n),
+            9..=16 if key[key.len() - 1] != 0 => self.medium.add([load_partial(&key[..8]), load_partial(&key[8..])], n),
+            _ => self.other.add(key, n),
+        }
+    }
+
+    /// Adds `n` to the count of the key `text[start..start + len]`. When 16
+    /// bytes can be read from `start`, the key is packed by masking those
+    /// bytes to its length, with no branch on the length (which is as
+    /// unpredictable as the words of a text are). Returns what
+    /// [`add`](Self::add) returns.
+    #[inline(always)]
+    pub(crate) fn add_from(&mut self, text: &[u8], start: usize, len: usize, n: u64) -> bool {
+        if let (Some(window), true) = (text.get(start..start + 16), len <= 16) {
+            let lo = u64::from_le_bytes(window[..8].try_into().expect("8 bytes"));
+            let hi = u64::from_le_bytes(window[8..].try_into().expect("8 bytes"));
+            let (lo_mask, hi_mask) = LENGTH_MASKS[len];
+            let (lo, hi) = (lo & lo_mask, hi & hi_mask);
+            // The packing is the key only if its last byte is not zero;
+            // for words (letters) it never is.
+            if len <= 8 {
+                if lo >= LAST_BYTE_MIN[len] {
+                    return self.short.add(lo, n);
+                }
+            } else if hi >= LAST_BYTE_MIN[len] {
+                return self.medium.add([lo, hi], n);
+            }
+        }
+        self.add(&text[start..start + len], n)
+    }
+
+    /// Hands every (key, count) to `f` and empties the table, keeping its memory.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(&[u8], u64)) {
+        self.short.drain(&mut f);
+        self.medium.drain(&mut f);
+        self.other.drain(&mut f);
+    }
+}
+
+/// A key of up to 16 bytes packed into integers, zero-padded, whose last
+/// byte is not zero; all-zero integers mark an unused slot.
+trait PackedKey: Copy + Eq + Default {
+    fn hash(self) -> u64;
+    /// The key's bytes into `out`; returns its length.
+    fn unpack(self, out: &mut [u8; 16]) -> usize;
+}
+
+impl PackedKey for u64 {
+    #[inline(always)]
+    fn hash(self) -> u64 {
+        self.wrapping_mul(K1)
+    }
+
+    fn unpack(self, out: &mut [u8; 16]) -> usize {
+        out[..8].copy_from_slice(&self.to_le_bytes());
+        8 - self.leading_zeros() as usize / 8
+    }
+}
+
+impl PackedKey for [u64; 2] {
+    #[inline(always)]
+    fn hash(self) -> u64 {
+        (self[0] ^ self[1].wrapping_mul(K2).rotate_left(31)).wrapping_mul(K1)
+    }
+
+    fn unpack(self, out: &mut [u8; 16]) -> usize {
+        out[..8].copy_from_slice(&self[0].to_le_bytes());
+        out[8..].copy_from_slice(&self[1].to_le_bytes());
+        16 - self[1].leading_zeros() as usize / 8
+    }
 }
 
 /// A ring of keys hashed and prefetched but not yet probed.
@@ -77,355 +219,189 @@ const PIPELINE: usize = 16;
 /// cache, and the queue would cost more than the misses it hides.
 const PIPELINE_FROM_BYTES: usize = 2 << 20;
 
-/// [`PIPELINE_FROM_BYTES`] in slots of type `T`.
-const fn pipeline_from<T>() -> usize {
-    PIPELINE_FROM_BYTES / std::mem::size_of::<T>()
-}
-
-/// For each key length up to 16: the masks that keep that many bytes of
-/// two little-endian u64 loads.
-const LENGTH_MASKS: [(u64, u64); INLINE_KEY + 1] = {
-    let mut masks = [(0, 0); INLINE_KEY + 1];
-    let mut len = 0;
-    while len <= INLINE_KEY {
-        let lo = if len >= 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
-        let hi = if len >= 16 { u64::MAX } else if len <= 8 { 0 } else { (1u64 << (8 * (len - 8))) - 1 };
-        masks[len] = (lo, hi);
-        len += 1;
-    }
-    masks
-};
-
-/// A short key waiting for its probe.
-#[derive(Clone, Copy, Default)]
-struct Pending {
-    packed: [u64; 2],
-    hash: u64,
-    key_len: u32,
-    n: u64,
-}
-
-/// Longest key kept inside its slot.
-const INLINE_KEY: usize = 16;
-
-#[derive(Clone, Copy)]
-struct CountSlot {
-    count: u64,
-    /// The key's bytes, zero-padded, if it is short. Padding never needs to
-    /// be told apart from key bytes: lengths are compared too.
-    inline: [u64; 2],
-    /// [`EMPTY`] for an unused slot.
-    key_len: u32,
-    /// Where a long key starts in the arena.
-    offset: u32,
-}
-
-const EMPTY: u32 = u32::MAX;
-
-impl CountSlot {
-    const UNUSED: CountSlot = CountSlot { count: 0, inline: [0, 0], key_len: EMPTY, offset: 0 };
-}
-
-/// Up to 8 bytes as a zero-padded little-endian integer, with loads only
-/// (copying into a stack buffer first stalls the CPU on every call).
-#[inline]
-fn load_partial(b: &[u8]) -> u64 {
-    let n = b.len();
-    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as u64;
-    match n {
-        0 => 0,
-        1..=3 => b[0] as u64 | (b[n / 2] as u64) << (8 * (n / 2)) | (b[n - 1] as u64) << (8 * (n - 1)),
-        4..=7 => u32_at(0) | u32_at(n - 4) << (8 * (n - 4)),
-        _ => u64::from_le_bytes(b[..8].try_into().unwrap()),
-    }
-}
-
-/// A key's first 16 bytes as two zero-padded integers.
-#[inline]
-fn pack(key: &[u8]) -> [u64; 2] {
-    if key.len() <= 8 {
-        [load_partial(key), 0]
-    } else {
-        [load_partial(&key[..8]), load_partial(&key[8..key.len().min(INLINE_KEY)])]
-    }
-}
-
-impl CountTable {
-    #[inline]
-    fn hash(key_len: usize, packed: [u64; 2], long_key: &[u8]) -> u64 {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
-        let h = if key_len <= INLINE_KEY {
-            (packed[0].wrapping_mul(K) ^ packed[1]).wrapping_mul(K) ^ key_len as u64
-        } else {
-            use std::hash::Hasher;
-            let mut hasher = rustc_hash::FxHasher::default();
-            hasher.write(long_key);
-            hasher.finish()
-        };
-        // Slots are chosen from the high bits; fold the low ones in.
-        (h ^ (h >> 29)).wrapping_mul(K)
-    }
-
-    /// Keys counted, including those still queued (a queued key may turn
-    /// out to be in a table already, so this may overstate by up to twice
-    /// [`PIPELINE`]).
-    pub(crate) fn len(&self) -> usize {
-        self.len + self.pending.len + self.small.len + self.small.pending.len
-    }
-
-    /// Adds `n` to `key`'s count.
-    #[inline]
-    pub(crate) fn add(&mut self, key: &[u8], n: u64) {
-        if key.len() > INLINE_KEY {
-            let hash = Self::hash(key.len(), [0, 0], key);
-            self.insert(key.len(), [0, 0], hash, key, n);
-        } else {
-            self.add_short(key.len(), pack(key), n);
-        }
-    }
-
-    /// Adds `n` to the count of the key `text[start..start + len]`. When 16
-    /// bytes can be read from `start`, the key is packed by masking those
-    /// bytes to its length, with no branch on the length (which is as
-    /// unpredictable as the words of a text are).
-    #[inline(always)]
-    pub(crate) fn add_from(&mut self, text: &[u8], start: usize, len: usize, n: u64) {
-        match text.get(start..start + 16) {
-            Some(window) if len <= INLINE_KEY => {
-                let lo = u64::from_le_bytes(window[..8].try_into().expect("8 bytes"));
-                let hi = u64::from_le_bytes(window[8..].try_into().expect("8 bytes"));
-                let (lo_mask, hi_mask) = LENGTH_MASKS[len];
-                self.add_short(len, [lo & lo_mask, hi & hi_mask], n);
-            }
-            _ => self.add(&text[start..start + len], n),
-        }
-    }
-
-    /// Adds `n` to the count of a key of at most [`INLINE_KEY`] bytes,
-    /// given packed. The common case, the key in its home slot, is inline;
-    /// anything else (a probe, an insertion, growth, the pipeline) is not.
-    #[inline(always)]
-    fn add_short(&mut self, key_len: usize, packed: [u64; 2], n: u64) {
-        if (1..8).contains(&key_len) {
-            return self.small.add(packed[0] | (key_len as u64) << 56, n);
-        }
-        let hash = Self::hash(key_len, packed, &[]);
-        if self.slots.len() >= pipeline_from::<CountSlot>() {
-            return self.enqueue(key_len, packed, hash, n);
-        }
-        let home = self.slot_of(hash);
-        if let Some(slot) = self.slots.get_mut(home) {
-            if slot.key_len as usize == key_len && slot.inline == packed {
-                slot.count += n;
-                return;
-            }
-        }
-        self.insert(key_len, packed, hash, &[], n);
-    }
-
-    /// Prefetches the key's slot and queues the key; probes for the oldest
-    /// queued key once the queue is full.
-    #[inline(always)]
-    fn enqueue(&mut self, key_len: usize, packed: [u64; 2], hash: u64, n: u64) {
-        prefetch(&self.slots[self.slot_of(hash)]);
-        if let Some(oldest) = self.pending.push(Pending { packed, hash, key_len: key_len as u32, n }) {
-            let home = self.slot_of(oldest.hash);
-            let slot = &mut self.slots[home];
-            if slot.key_len == oldest.key_len && slot.inline == oldest.packed {
-                slot.count += oldest.n;
-            } else {
-                self.insert(oldest.key_len as usize, oldest.packed, oldest.hash, &[], oldest.n);
-            }
-        }
-    }
-
-    /// Probes for every queued key.
-    fn flush_pending(&mut self) {
-        for p in self.pending.take() {
-            self.insert(p.key_len as usize, p.packed, p.hash, &[], p.n);
-        }
-        self.small.flush_pending();
-    }
-
-    /// The home slot of a key with this hash (out of range while the
-    /// table has no slots yet).
-    #[inline(always)]
-    fn slot_of(&self, hash: u64) -> usize {
-        (hash >> 32) as usize & self.slots.len().wrapping_sub(1)
-    }
-
-    /// Adds `n` to the key's count, or inserts it. `packed` holds a short
-    /// key; `long_key` a key longer than [`INLINE_KEY`] bytes.
-    #[inline(never)]
-    fn insert(&mut self, key_len: usize, packed: [u64; 2], hash: u64, long_key: &[u8], n: u64) {
-        if (self.len + 1) * 2 > self.slots.len() {
-            self.grow();
-        }
-        let short = key_len <= INLINE_KEY;
-        let mask = self.slots.len() - 1;
-        let mut i = self.slot_of(hash);
-        loop {
-            let slot = &mut self.slots[i];
-            if slot.key_len == EMPTY {
-                let offset = if short {
-                    0
-                } else {
-                    let offset = self.arena.len();
-                    self.arena.extend_from_slice(long_key);
-                    u32::try_from(offset).expect("the arena is emptied before 4 GiB of long keys")
-                };
-                *slot = CountSlot { count: n, inline: packed, key_len: key_len as u32, offset };
-                self.len += 1;
-                return;
-            }
-            if slot.key_len as usize == key_len
-                && if short { slot.inline == packed } else { &self.arena[slot.offset as usize..][..key_len] == long_key }
-            {
-                slot.count += n;
-                return;
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    fn grow(&mut self) {
-        let capacity = (self.slots.len() * 2).max(1024);
-        let old = std::mem::replace(&mut self.slots, empty_slots(capacity, CountSlot::UNUSED));
-        let mask = capacity - 1;
-        for slot in old.into_iter().filter(|s| s.key_len != EMPTY) {
-            let len = slot.key_len as usize;
-            let long_key = if len > INLINE_KEY { &self.arena[slot.offset as usize..][..len] } else { &[][..] };
-            let mut i = (Self::hash(len, slot.inline, long_key) >> 32) as usize & mask;
-            debug_assert_eq!(i, self.slot_of(Self::hash(len, slot.inline, long_key)));
-            while self.slots[i].key_len != EMPTY {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = slot;
-        }
-    }
-
-    /// Hands every (key, count) to `f` and empties the table, keeping its memory.
-    pub(crate) fn drain(&mut self, mut f: impl FnMut(&[u8], u64)) {
-        self.flush_pending();
-        self.small.drain(&mut f);
-        let mut short = [0u8; INLINE_KEY];
-        for slot in self.slots.iter_mut().filter(|s| s.key_len != EMPTY) {
-            let len = slot.key_len as usize;
-            if len <= INLINE_KEY {
-                short[..8].copy_from_slice(&slot.inline[0].to_le_bytes());
-                short[8..].copy_from_slice(&slot.inline[1].to_le_bytes());
-                f(&short[..len], slot.count);
-            } else {
-                f(&self.arena[slot.offset as usize..][..len], slot.count);
-            }
-            *slot = CountSlot::UNUSED;
-        }
-        self.arena.clear();
-        self.len = 0;
-    }
-}
-
-/// The table of keys of 1 to 7 bytes. Each key is one integer: its bytes,
-/// little-endian, with its length in the top byte, which makes it unique
-/// (whatever bytes the key holds) and never 0, the mark of an unused slot.
-#[derive(Default)]
-struct SmallTable {
-    /// Power-of-two length (or empty); at most half full.
-    slots: Vec<SmallSlot>,
+/// A table of packed keys; see the module docs.
+struct PackedTable<K> {
+    /// Power-of-two length (or empty): `(key, count)`, key all zeros if unused.
+    slots: Vec<(K, u64)>,
+    /// `64 - log2(slots.len())`: a key's home slot is its hash's top bits.
+    shift: u32,
     len: usize,
     /// Keys (and amounts) prefetched but not yet probed.
-    pending: Pipeline<SmallSlot>,
+    pending: Pipeline<(K, u64)>,
 }
 
-#[derive(Clone, Copy, Default)]
-struct SmallSlot {
-    key: u64,
-    count: u64,
+impl<K: PackedKey> Default for PackedTable<K> {
+    fn default() -> Self {
+        // With no slots, every home is out of range (index 0 or 1 of an
+        // empty vector), which sends the first key to `insert`.
+        PackedTable { slots: Vec::new(), shift: 63, len: 0, pending: Pipeline::default() }
+    }
 }
 
-impl SmallTable {
-    /// The key's home slot (out of range while there are no slots). The
-    /// shift folds the high bytes (the last letters, the length) into the
-    /// bits the multiplication spreads into the index.
+impl<K: PackedKey> PackedTable<K> {
     #[inline(always)]
-    fn home(&self, key: u64) -> usize {
-        ((key ^ (key >> 28)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.slots.len().wrapping_sub(1)
+    fn home(&self, key: K) -> usize {
+        (key.hash() >> self.shift) as usize
     }
 
+    /// Adds `n` to `key`'s count; returns true if a key was inserted.
     #[inline(always)]
-    fn add(&mut self, key: u64, n: u64) {
-        if self.slots.len() >= pipeline_from::<SmallSlot>() {
+    fn add(&mut self, key: K, n: u64) -> bool {
+        if self.slots.len() * std::mem::size_of::<(K, u64)>() >= PIPELINE_FROM_BYTES {
             prefetch(&self.slots[self.home(key)]);
-            if let Some(oldest) = self.pending.push(SmallSlot { key, count: n }) {
-                self.add_now(oldest.key, oldest.count);
+            match self.pending.push((key, n)) {
+                Some((oldest, count)) => self.add_now(oldest, count),
+                None => false,
             }
         } else {
-            self.add_now(key, n);
+            self.add_now(key, n)
         }
     }
 
     /// Adds at once: inline when the key is in its home slot.
     #[inline(always)]
-    fn add_now(&mut self, key: u64, n: u64) {
+    fn add_now(&mut self, key: K, n: u64) -> bool {
         let home = self.home(key);
         if let Some(slot) = self.slots.get_mut(home) {
-            if slot.key == key {
-                slot.count += n;
-                return;
+            if slot.0 == key {
+                slot.1 += n;
+                return false;
             }
         }
-        self.insert(key, n);
+        self.insert(key, n)
     }
 
+    /// Adds `n` to `key`'s count, probing from its home; returns true if
+    /// the key was new.
     #[inline(never)]
-    fn insert(&mut self, key: u64, n: u64) {
-        if (self.len + 1) * 2 > self.slots.len() {
+    fn insert(&mut self, key: K, n: u64) -> bool {
+        if over_load(self.len, self.slots.len()) {
             self.grow();
         }
         let mask = self.slots.len() - 1;
         let mut i = self.home(key);
         loop {
             let slot = &mut self.slots[i];
-            if slot.key == key {
-                slot.count += n;
-                return;
+            if slot.0 == key {
+                slot.1 += n;
+                return false;
             }
-            if slot.key == 0 {
-                *slot = SmallSlot { key, count: n };
+            if slot.0 == K::default() {
+                *slot = (key, n);
                 self.len += 1;
-                return;
+                return true;
             }
             i = (i + 1) & mask;
         }
     }
 
     fn grow(&mut self) {
-        let capacity = (self.slots.len() * 2).max(1024);
-        let old = std::mem::replace(&mut self.slots, empty_slots(capacity, SmallSlot::default()));
+        let capacity = (self.slots.len() * 2).max(MIN_SLOTS);
+        let old = std::mem::replace(&mut self.slots, empty_slots(capacity, (K::default(), 0)));
+        self.shift = 64 - capacity.trailing_zeros();
         let mask = capacity - 1;
-        for slot in old.into_iter().filter(|s| s.key != 0) {
-            let mut i = self.home(slot.key);
-            while self.slots[i].key != 0 {
+        for slot in old.into_iter().filter(|s| s.0 != K::default()) {
+            let mut i = self.home(slot.0);
+            while self.slots[i].0 != K::default() {
                 i = (i + 1) & mask;
             }
             self.slots[i] = slot;
         }
     }
 
-    fn flush_pending(&mut self) {
-        for p in self.pending.take() {
-            self.insert(p.key, p.count);
+    /// Hands every (key, count) to `f` and empties the table, keeping its memory.
+    fn drain(&mut self, f: &mut impl FnMut(&[u8], u64)) {
+        for (key, n) in self.pending.take() {
+            self.insert(key, n);
+        }
+        let mut bytes = [0u8; 16];
+        for slot in self.slots.iter_mut().filter(|s| s.0 != K::default()) {
+            let len = slot.0.unpack(&mut bytes);
+            f(&bytes[..len], slot.1);
+            *slot = (K::default(), 0);
+        }
+        self.len = 0;
+    }
+}
+
+/// The table of keys that cannot be packed: their bytes back to back in an
+/// arena (no allocation per key), each slot holding a key's hash, place and
+/// count.
+#[derive(Default)]
+struct ArenaTable {
+    /// Power-of-two length (or empty).
+    slots: Vec<ArenaSlot>,
+    arena: Vec<u8>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+struct ArenaSlot {
+    hash: u64,
+    count: u64,
+    offset: usize,
+    /// [`UNUSED`] for an unused slot.
+    key_len: usize,
+}
+
+const UNUSED: usize = usize::MAX;
+
+impl ArenaSlot {
+    const UNUSED: ArenaSlot = ArenaSlot { hash: 0, count: 0, offset: 0, key_len: UNUSED };
+}
+
+impl ArenaTable {
+    fn hash(key: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut hasher = rustc_hash::FxHasher::default();
+        hasher.write(key);
+        hasher.write_usize(key.len());
+        hasher.finish().wrapping_mul(K1)
+    }
+
+    fn add(&mut self, key: &[u8], n: u64) -> bool {
+        if over_load(self.len, self.slots.len()) {
+            self.grow();
+        }
+        let hash = Self::hash(key);
+        let mask = self.slots.len() - 1;
+        let mut i = (hash >> 32) as usize & mask;
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.key_len == UNUSED {
+                let offset = self.arena.len();
+                self.arena.extend_from_slice(key);
+                *slot = ArenaSlot { hash, count: n, offset, key_len: key.len() };
+                self.len += 1;
+                return true;
+            }
+            if slot.hash == hash && slot.key_len == key.len() && &self.arena[slot.offset..][..key.len()] == key {
+                slot.count += n;
+                return false;
+            }
+            i = (i + 1) & mask;
         }
     }
 
-    /// Hands every (key, count) to `f` and empties the table, keeping its memory.
-    fn drain(&mut self, f: &mut impl FnMut(&[u8], u64)) {
-        self.flush_pending();
-        for slot in self.slots.iter_mut().filter(|s| s.key != 0) {
-            let len = (slot.key >> 56) as usize;
-            f(&slot.key.to_le_bytes()[..len], slot.count);
-            *slot = SmallSlot::default();
+    fn grow(&mut self) {
+        let capacity = (self.slots.len() * 2).max(MIN_SLOTS);
+        let old = std::mem::replace(&mut self.slots, empty_slots(capacity, ArenaSlot::UNUSED));
+        let mask = capacity - 1;
+        for slot in old.into_iter().filter(|s| s.key_len != UNUSED) {
+            let mut i = (slot.hash >> 32) as usize & mask;
+            while self.slots[i].key_len != UNUSED {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = slot;
         }
+    }
+
+    fn drain(&mut self, f: &mut impl FnMut(&[u8], u64)) {
+        for slot in self.slots.iter_mut().filter(|s| s.key_len != UNUSED) {
+            f(&self.arena[slot.offset..][..slot.key_len], slot.count);
+            *slot = ArenaSlot::UNUSED;
+        }
+        self.arena.clear();
         self.len = 0;
     }
 }
@@ -512,13 +488,21 @@ mod tests {
     }
 
     #[test]
-    fn packing_is_zero_padding_for_every_length() {
+    fn packed_keys_are_zero_padded_and_unpack_to_themselves() {
         let bytes: Vec<u8> = (1..=20).collect();
         for len in 0..=16 {
             let mut padded = [0u8; 16];
             padded[..len].copy_from_slice(&bytes[..len]);
-            let want = [u64::from_le_bytes(padded[..8].try_into().unwrap()), u64::from_le_bytes(padded[8..].try_into().unwrap())];
-            assert_eq!(pack(&bytes[..len]), want, "length {len}");
+            let lo = u64::from_le_bytes(padded[..8].try_into().unwrap());
+            let hi = u64::from_le_bytes(padded[8..].try_into().unwrap());
+            assert_eq!(load_partial(&bytes[..len.min(8)]), lo, "length {len}");
+            let mut out = [0u8; 16];
+            if (1..=8).contains(&len) {
+                assert_eq!(lo.unpack(&mut out), len);
+            } else if len > 8 {
+                assert_eq!(load_partial(&bytes[8..len]), hi, "length {len}");
+                assert_eq!([lo, hi].unpack(&mut out), len);
+            }
         }
     }
 
@@ -565,21 +549,22 @@ mod tests {
 
     #[test]
     fn pipelined_counts_equal_direct_counts_across_growth() {
-        // Enough distinct keys to pass PIPELINE_FROM_BYTES and grow several times
-        // while keys are queued; every key counted (i % 7) + 1 times.
+        // Enough distinct keys to pass PIPELINE_FROM_BYTES in both packed
+        // tables and grow several times while keys are queued; every key
+        // counted (i % 7) + 1 times.
         let mut table = CountTable::default();
         let mut expected = std::collections::BTreeMap::new();
         for round in 0..7u64 {
-            for i in 0..(2 * pipeline_from::<CountSlot>() as u64) {
+            for i in 0..300_000u64 {
                 if round <= i % 7 {
-                    // Short keys (the small table) and 8-to-16-byte ones (the main one).
-                    let key = if i % 2 == 0 { format!("k{i}") } else { format!("longer-key-{i}") };
+                    // 2 to 7 bytes (the short table) and 14 (the medium one).
+                    let key = if i % 2 == 0 { format!("k{i}") } else { format!("medium-{i:07}") };
                     table.add(key.as_bytes(), 1);
                     *expected.entry(key.into_bytes()).or_insert(0u64) += 1;
                 }
             }
         }
-        assert!(table.slots.len() >= pipeline_from::<CountSlot>() && table.small.slots.len() >= pipeline_from::<SmallSlot>());
+        assert!(table.short.slots.len() * 16 >= PIPELINE_FROM_BYTES && table.medium.slots.len() * 24 >= PIPELINE_FROM_BYTES);
         let mut seen = std::collections::BTreeMap::new();
         table.drain(|k, n| assert!(seen.insert(k.to_vec(), n).is_none(), "key emitted twice"));
         assert_eq!(seen, expected);
