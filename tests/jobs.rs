@@ -304,14 +304,15 @@ fn corrupt_and_truncated_map_output_is_detected_and_the_map_rerun() {
         for entry in walkdir::WalkDir::new(dir.path()).into_iter().filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
             // Sorted inputs: map 0 is the a* file, map 1 the b* file.
-            if name.starts_with("map-0.") && name.ends_with(".part-1.run") && !flipped_done {
+            // Each map's output is one file; these maps emit to partition 1 only.
+            if name.starts_with("map-0.") && name.ends_with(".runs") && !flipped_done {
                 let mut bytes = std::fs::read(entry.path()).unwrap();
                 let middle = bytes.len() / 2;
                 bytes[middle] ^= 0xff;
                 std::fs::write(entry.path(), bytes).unwrap();
                 flipped_done = true;
             }
-            if name.starts_with("map-1.") && name.ends_with(".part-1.run") && !cut_done {
+            if name.starts_with("map-1.") && name.ends_with(".runs") && !cut_done {
                 let bytes = std::fs::read(entry.path()).unwrap();
                 std::fs::write(entry.path(), &bytes[..bytes.len() - 3]).unwrap();
                 cut_done = true;

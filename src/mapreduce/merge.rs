@@ -224,9 +224,11 @@ mod tests {
     fn run(dir: &Path, name: &str, records: &[(&str, &str)]) -> RunReader {
         let path = dir.join(name);
         let mut w = RunWriter::create(&path, Compression::Lz4).unwrap();
+        w.begin_run().unwrap();
         for (k, v) in records {
             w.append(k.as_bytes(), v.as_bytes()).unwrap();
         }
+        w.end_run().unwrap();
         w.finish().unwrap();
         RunReader::open(&path).unwrap()
     }
@@ -315,9 +317,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("many");
         let mut w = RunWriter::create(&path, Compression::Lz4).unwrap();
+        w.begin_run().unwrap();
         for i in 0..200_000u32 {
             w.append(b"same", &i.to_le_bytes()).unwrap();
         }
+        w.end_run().unwrap();
         w.finish().unwrap();
         let mut merger = RunMerger::new(vec![(0, RunReader::open(&path).unwrap())]).unwrap();
         merger.next_key().unwrap();
@@ -336,9 +340,11 @@ mod tests {
         let good = run(dir.path(), "good", &[("a", "1")]);
         let path = dir.path().join("bad");
         let mut w = RunWriter::create(&path, Compression::Lz4).unwrap();
+        w.begin_run().unwrap();
         for i in 0..10_000 {
             w.append(format!("k{i:06}").as_bytes(), b"v").unwrap();
         }
+        w.end_run().unwrap();
         w.finish().unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();

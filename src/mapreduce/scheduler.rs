@@ -443,6 +443,7 @@ fn index(task: TaskId) -> usize {
 mod tests {
     use super::*;
     use crate::rpc::InputFile;
+    use crate::runfile::RunRange;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -458,7 +459,7 @@ mod tests {
     }
 
     fn location(m: u32, r: u32) -> MapOutputLocation {
-        MapOutputLocation::SharedFile(PathBuf::from(format!("/job/map-{m}-part-{r}")))
+        MapOutputLocation::SharedFile { path: PathBuf::from(format!("/job/map-{m}.runs")), range: RunRange { offset: u64::from(r) * 100, len: 100 } }
     }
 
     /// Assigns and expects a map task; returns (index, attempt).

@@ -9,17 +9,19 @@
 //! partition's spills are merged ([`crate::merge`], combining again) into one
 //! final run. Either way the map produces one key-sorted run per non-empty
 //! partition, and its memory never exceeds the budget plus one block per
-//! spill being merged.
+//! spill being merged. A spill, and the map's final output, is one file
+//! holding the runs of all its partitions back to back
+//! ([`crate::runfile`]).
 //!
 //! Each final run is named by a [`MapOutputLocation`]: the coordinator
 //! passes these from map tasks to reduce tasks without looking inside, and
 //! only [`open_run`] turns one back into bytes. Today every location is a
-//! file in the job directory on a filesystem all workers share. Serving map
+//! range of a file in the job directory on a filesystem all workers share. Serving map
 //! output from the worker that produced it, across machines, adds a variant
 //! here (and a fetch in `open_run`); nothing else in the scheduler or the
 //! reduce path changes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,41 +30,51 @@ use crate::cpu::prefetch;
 use crate::merge::{MergeError, RunMerger};
 use crate::plugin::AppFailure;
 use crate::rpc::AttemptId;
-use crate::runfile::{Compression, RunError, RunReader, RunWriter};
+use crate::runfile::{Compression, RunError, RunRange, RunReader, RunWriter};
 
 /// Where one map task's sorted run for one partition can be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MapOutputLocation {
-    /// A run file on a filesystem shared by every worker.
-    SharedFile(PathBuf),
+    /// A run at `range` of a file on a filesystem shared by every worker.
+    SharedFile {
+        /// The map task's output file.
+        path: PathBuf,
+        /// Where the partition's run lies in it.
+        range: RunRange,
+    },
 }
 
 /// Opens the run at `location` for reading.
 pub fn open_run(location: &MapOutputLocation) -> Result<RunReader, RunError> {
     match location {
-        MapOutputLocation::SharedFile(path) => RunReader::open(path),
+        MapOutputLocation::SharedFile { path, range } => RunReader::open_range(path, *range),
     }
 }
 
 /// The stored size of the run at `location`, in bytes (as counted in
 /// [`crate::counters::Counters::intermediate_bytes`]).
-pub fn stored_size(location: &MapOutputLocation) -> Result<u64, RunError> {
+pub fn stored_size(location: &MapOutputLocation) -> u64 {
     match location {
-        MapOutputLocation::SharedFile(path) => std::fs::metadata(path)
-            .map(|m| m.len())
-            .map_err(|source| RunError::Io { path: path.clone(), source }),
+        MapOutputLocation::SharedFile { range, .. } => range.len,
     }
 }
 
-/// The file name of map task `map`, attempt `attempt`'s run for `partition`.
-/// The attempt is part of the name, so two attempts of one task never write
-/// the same file and a late attempt cannot touch the winner's output.
-pub fn run_file_name(map: u32, attempt: AttemptId, partition: u32) -> String {
-    format!("map-{map}.attempt-{attempt}.part-{partition}.run")
+/// The file name of map task `map`, attempt `attempt`'s output: its runs,
+/// one per non-empty partition. The attempt is part of the name, so two
+/// attempts of one task never write the same file and a late attempt
+/// cannot touch the winner's output.
+pub fn map_output_file_name(map: u32, attempt: AttemptId) -> String {
+    format!("map-{map}.attempt-{attempt}.runs")
 }
 
-fn spill_file_name(map: u32, attempt: AttemptId, spill: usize, partition: u32) -> String {
-    format!("map-{map}.attempt-{attempt}.spill-{spill}.part-{partition}.run")
+fn spill_file_name(map: u32, attempt: AttemptId, spill: usize) -> String {
+    format!("map-{map}.attempt-{attempt}.spill-{spill}.runs")
+}
+
+/// A file of runs and, by partition, where each run lies in it.
+struct RunFile {
+    path: PathBuf,
+    runs: Vec<(u32, RunRange)>,
 }
 
 /// Folds the values of one key into one value: the app's combiner.
@@ -160,8 +172,8 @@ pub struct MapOutputWriter<'c> {
     entries: Vec<Vec<Entry>>,
     /// Pairs in `entries`.
     buffered: usize,
-    /// For each spill so far: its runs, by partition.
-    spills: Vec<Vec<(u32, PathBuf)>>,
+    /// The spills so far.
+    spills: Vec<RunFile>,
     /// Scratch for combined values.
     combined: Vec<u8>,
 }
@@ -200,16 +212,15 @@ impl<'c> MapOutputWriter<'c> {
     }
 
     fn spill(&mut self) -> Result<(), ShuffleError> {
-        let spill = self.spills.len();
-        let (dir, map, attempt) = (self.config.dir.clone(), self.config.map, self.config.attempt);
-        let runs = self.write_buffer(|partition| dir.join(spill_file_name(map, attempt, spill, partition)))?;
-        self.spills.push(runs);
+        let path = self.config.dir.join(spill_file_name(self.config.map, self.config.attempt, self.spills.len()));
+        let spill = self.write_buffer(path)?;
+        self.spills.push(spill);
         Ok(())
     }
 
-    /// Sorts the buffer and writes one run per partition at `path_of(p)`,
-    /// combining equal keys; empties the buffer.
-    fn write_buffer(&mut self, path_of: impl Fn(u32) -> PathBuf) -> Result<Vec<(u32, PathBuf)>, ShuffleError> {
+    /// Sorts the buffer and writes it to a file at `path`, one run per
+    /// non-empty partition, combining equal keys; empties the buffer.
+    fn write_buffer(&mut self, path: PathBuf) -> Result<RunFile, ShuffleError> {
         let mut entries = std::mem::take(&mut self.entries);
         let arena = std::mem::take(&mut self.arena);
         let key = |e: &Entry| &arena[e.offset..e.offset + e.key_len];
@@ -218,13 +229,14 @@ impl<'c> MapOutputWriter<'c> {
         // differ there, without a call to compare bytes.
         let same_key = |a: &Entry, b: &Entry| a.prefix == b.prefix && a.key_len == b.key_len && key(a) == key(b);
         let mut runs = Vec::new();
+        let mut writer = RunWriter::create(&path, self.config.compression)?;
         for (partition, partition_entries) in (0u32..).zip(entries.iter_mut()) {
             if partition_entries.is_empty() {
                 continue;
             }
             sort_entries(partition_entries, key);
             let sorted: &[Entry] = partition_entries;
-            let mut writer = RunWriter::create(&path_of(partition), self.config.compression)?;
+            writer.begin_run()?;
             // Sorted entries point all over the arena: fetch each record's
             // bytes a few records before they are written.
             let mut written = 0;
@@ -250,52 +262,68 @@ impl<'c> MapOutputWriter<'c> {
                     }
                 }
             }
-            runs.push((partition, writer.finish()?));
+            runs.push((partition, writer.end_run()?));
             partition_entries.clear();
         }
+        writer.finish()?;
         // Keep the allocations for the next round of buffering.
         self.entries = entries;
         self.buffered = 0;
         self.arena = arena;
         self.arena.clear();
-        Ok(runs)
+        Ok(RunFile { path, runs })
     }
 
     /// Writes the final runs and returns them, one per non-empty partition.
     pub fn finish(mut self) -> Result<Vec<(u32, MapOutputLocation)>, ShuffleError> {
-        let (dir, map, attempt) = (self.config.dir.clone(), self.config.map, self.config.attempt);
-        let final_path = |partition| dir.join(run_file_name(map, attempt, partition));
-        if self.spills.is_empty() {
-            let runs = self.write_buffer(final_path)?;
-            return Ok(runs.into_iter().map(|(p, path)| (p, MapOutputLocation::SharedFile(path))).collect());
-        }
-        if self.buffered > 0 {
-            self.spill()?;
-        }
-        let spills = std::mem::take(&mut self.spills);
-        let mut outputs = Vec::new();
-        for partition in 0..self.config.reduces {
-            let paths: Vec<&PathBuf> = spills.iter().flatten().filter(|(p, _)| *p == partition).map(|(_, path)| path).collect();
-            if paths.is_empty() {
-                continue;
+        let path = self.config.dir.join(map_output_file_name(self.config.map, self.config.attempt));
+        let output = if self.spills.is_empty() {
+            if self.buffered == 0 {
+                // No output, no file.
+                return Ok(Vec::new());
             }
-            let path = final_path(partition);
-            self.merge_spills(&paths, &path)?;
-            for spill in paths {
+            self.write_buffer(path)?
+        } else {
+            if self.buffered > 0 {
+                self.spill()?;
+            }
+            let output = self.merge_spills(path)?;
+            for spill in &self.spills {
                 // A leftover spill is only litter in the job directory, which
                 // the coordinator removes; not worth failing the task over.
-                let _ = std::fs::remove_file(spill);
+                let _ = std::fs::remove_file(&spill.path);
             }
-            outputs.push((partition, MapOutputLocation::SharedFile(path)));
-        }
-        Ok(outputs)
+            output
+        };
+        let RunFile { path, runs } = output;
+        Ok(runs.into_iter().map(|(partition, range)| (partition, MapOutputLocation::SharedFile { path: path.clone(), range })).collect())
     }
 
-    /// Merges one partition's spills into its final run, combining again.
-    fn merge_spills(&mut self, spills: &[&PathBuf], dest: &Path) -> Result<(), ShuffleError> {
-        let readers = spills.iter().enumerate().map(|(i, path)| Ok((i as u32, RunReader::open(path)?))).collect::<Result<Vec<_>, RunError>>()?;
+    /// Merges the spills into the final output file, partition by
+    /// partition, combining again.
+    fn merge_spills(&mut self, path: PathBuf) -> Result<RunFile, ShuffleError> {
+        let mut writer = RunWriter::create(&path, self.config.compression)?;
+        let mut runs = Vec::new();
+        for partition in 0..self.config.reduces {
+            let readers = (0u32..)
+                .zip(&self.spills)
+                .flat_map(|(i, spill)| spill.runs.iter().filter(|(p, _)| *p == partition).map(move |(_, range)| (i, &spill.path, *range)))
+                .map(|(i, path, range)| Ok((i, RunReader::open_range(path, range)?)))
+                .collect::<Result<Vec<_>, RunError>>()?;
+            if readers.is_empty() {
+                continue;
+            }
+            writer.begin_run()?;
+            self.merge_runs(readers, &mut writer)?;
+            runs.push((partition, writer.end_run()?));
+        }
+        writer.finish()?;
+        Ok(RunFile { path, runs })
+    }
+
+    /// Merges sorted runs into the open run of `writer`, combining equal keys.
+    fn merge_runs(&mut self, readers: Vec<(u32, RunReader)>, writer: &mut RunWriter) -> Result<(), ShuffleError> {
         let mut merger = RunMerger::new(readers)?;
-        let mut writer = RunWriter::create(dest, self.config.compression)?;
         let mut key = Vec::new();
         while let Some(next) = merger.next_key()? {
             key.clear();
@@ -318,7 +346,6 @@ impl<'c> MapOutputWriter<'c> {
                 }
             }
         }
-        writer.finish()?;
         Ok(())
     }
 }
@@ -336,6 +363,8 @@ impl<'a, I: Iterator<Item = &'a [u8]>> ValueSource for SliceValues<'a, I> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::partition::partition_of;
 
@@ -382,8 +411,8 @@ mod tests {
         let runs = outputs
             .iter()
             .map(|(p, location)| {
-                let MapOutputLocation::SharedFile(path) = location;
-                assert_eq!(path.file_name().unwrap().to_str().unwrap(), run_file_name(4, 9, *p));
+                let MapOutputLocation::SharedFile { path, .. } = location;
+                assert_eq!(path.file_name().unwrap().to_str().unwrap(), map_output_file_name(4, 9));
                 (*p, read_all(location))
             })
             .collect();
@@ -442,7 +471,7 @@ mod tests {
             }
             assert_eq!(seen, pairs.len());
             let files = std::fs::read_dir(dir.path()).unwrap().count();
-            assert_eq!(files, runs.len(), "budget {budget}: spills must be removed");
+            assert_eq!(files, 1, "budget {budget}: one output file; spills must be removed");
         }
     }
 

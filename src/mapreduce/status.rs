@@ -673,7 +673,7 @@ mod tests {
     }
 
     fn location() -> Vec<(u32, MapOutputLocation)> {
-        vec![(0, MapOutputLocation::SharedFile(PathBuf::from("/job/run")))]
+        vec![(0, MapOutputLocation::SharedFile { path: PathBuf::from("/job/map-0.runs"), range: crate::runfile::RunRange { offset: 0, len: 100 } })]
     }
 
     #[test]

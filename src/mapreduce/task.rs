@@ -155,7 +155,7 @@ impl TaskRunner {
         let runs = output.finish()?;
         (counters.map_output_records, counters.map_output_bytes) = (records, bytes);
         for (_, location) in &runs {
-            counters.intermediate_bytes += stored_size(location).map_err(TaskError::MapOutput)?;
+            counters.intermediate_bytes += stored_size(location);
         }
         counters.user = user_counters.take();
         Ok((runs, counters))
@@ -170,7 +170,7 @@ impl TaskRunner {
         for (map_task, location) in &task.runs {
             let lost = |source| TaskError::MapOutputLost { map_task: *map_task, source };
             let reader = open_run(location).map_err(lost)?;
-            counters.reduce_input_bytes += stored_size(location).map_err(lost)?;
+            counters.reduce_input_bytes += stored_size(location);
             readers.push((*map_task, reader));
         }
         let mut merger = RunMerger::new(readers)?;
