@@ -25,6 +25,7 @@
 use std::cell::Cell;
 
 use crate::cpu::prefetch;
+use crate::small_copy::load_partial;
 
 /// Counts per key; see the module docs.
 #[derive(Default)]
@@ -78,20 +79,6 @@ const LAST_BYTE_MIN: [u64; 17] = {
     }
     min
 };
-
-/// Up to 8 bytes as a zero-padded little-endian integer, with loads only
-/// (copying into a stack buffer first stalls the CPU on every call).
-#[inline]
-pub(crate) fn load_partial(b: &[u8]) -> u64 {
-    let n = b.len();
-    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as u64;
-    match n {
-        0 => 0,
-        1..=3 => b[0] as u64 | (b[n / 2] as u64) << (8 * (n / 2)) | (b[n - 1] as u64) << (8 * (n - 1)),
-        4..=7 => u32_at(0) | u32_at(n - 4) << (8 * (n - 4)),
-        _ => u64::from_le_bytes(b[..8].try_into().unwrap()),
-    }
-}
 
 impl CountTable {
     /// Distinct keys counted (keys still queued in a pipeline are not

@@ -261,6 +261,12 @@ pub struct RunReader {
     /// Scratch for a compressed block as read.
     packed: Vec<u8>,
     pos: usize,
+    /// The current record (the one [`advance`](RunReader::advance) moved
+    /// to): its key is `block[key_start..key_end]`, its value
+    /// `block[key_end..value_end]`.
+    key_start: usize,
+    key_end: usize,
+    value_end: usize,
     records: u64,
     ended: bool,
     /// Bytes of the file not yet read: bounds a block's length before the
@@ -294,6 +300,9 @@ impl RunReader {
             block: Vec::new(),
             packed: Vec::new(),
             pos: 0,
+            key_start: 0,
+            key_end: 0,
+            value_end: 0,
             records: 0,
             ended: false,
             unread,
@@ -311,23 +320,50 @@ impl RunReader {
         Ok(reader)
     }
 
-    /// Reads the next record into `key` and `value` (replacing their
-    /// contents). Returns false at the verified end of the run.
-    pub fn next_into(&mut self, key: &mut Vec<u8>, value: &mut Vec<u8>) -> Result<bool, RunError> {
+    /// Moves to the next record, which [`key`](RunReader::key) and
+    /// [`value`](RunReader::value) then show without copying it. Returns
+    /// false at the verified end of the run.
+    #[inline]
+    pub fn advance(&mut self) -> Result<bool, RunError> {
+        // No current record until one is read whole.
+        (self.key_start, self.key_end, self.value_end) = (0, 0, 0);
         if self.pos == self.block.len() && !self.load_block()? {
             return Ok(false);
         }
         let key_len = self.block_varint()?;
         let value_len = self.block_varint()?;
+        let key_start = self.pos;
         let key_end = self.checked_end(key_len)?;
-        key.clear();
-        crate::small_copy::extend(key, &self.block[self.pos..key_end]);
         self.pos = key_end;
         let value_end = self.checked_end(value_len)?;
-        value.clear();
-        crate::small_copy::extend(value, &self.block[self.pos..value_end]);
         self.pos = value_end;
+        (self.key_start, self.key_end, self.value_end) = (key_start, key_end, value_end);
         self.records += 1;
+        Ok(true)
+    }
+
+    /// The current record's key (empty before the first and after the last).
+    #[inline]
+    pub fn key(&self) -> &[u8] {
+        &self.block[self.key_start..self.key_end]
+    }
+
+    /// The current record's value (empty before the first and after the last).
+    #[inline]
+    pub fn value(&self) -> &[u8] {
+        &self.block[self.key_end..self.value_end]
+    }
+
+    /// Reads the next record into `key` and `value` (replacing their
+    /// contents). Returns false at the verified end of the run.
+    pub fn next_into(&mut self, key: &mut Vec<u8>, value: &mut Vec<u8>) -> Result<bool, RunError> {
+        if !self.advance()? {
+            return Ok(false);
+        }
+        key.clear();
+        crate::small_copy::extend(key, self.key());
+        value.clear();
+        crate::small_copy::extend(value, self.value());
         Ok(true)
     }
 

@@ -114,11 +114,9 @@ struct Entry {
 
 /// A key's first 8 bytes as a big-endian, zero-padded integer: ordering
 /// these orders keys, except that equal prefixes need the bytes compared.
+#[inline]
 pub fn key_prefix(key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = key.len().min(8);
-    bytes[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(bytes)
+    crate::small_copy::load_partial(&key[..key.len().min(8)]).swap_bytes()
 }
 
 /// Sorts one partition's entries by key, keeping the emission order of
@@ -423,6 +421,16 @@ mod tests {
         let mut expected: Vec<_> = pairs.iter().filter(|(k, _)| partition_of(k.as_bytes(), 3) == partition).cloned().collect();
         expected.sort_by(|a, b| a.0.cmp(&b.0));
         expected
+    }
+
+    #[test]
+    fn a_key_prefix_is_its_first_8_bytes_big_endian_zero_padded() {
+        let bytes: Vec<u8> = (0xf1..=0xfc).collect();
+        for len in 0..=bytes.len() {
+            let mut padded = [0u8; 8];
+            padded[..len.min(8)].copy_from_slice(&bytes[..len.min(8)]);
+            assert_eq!(key_prefix(&bytes[..len]), u64::from_be_bytes(padded), "length {len}");
+        }
     }
 
     #[test]

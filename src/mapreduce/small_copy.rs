@@ -1,5 +1,5 @@
-//! Appending short byte strings (keys and values, mostly a few bytes) to a
-//! buffer without a call into libc's `memcpy`.
+//! Short byte strings (keys and values, mostly a few bytes) appended to a
+//! buffer without a call into libc's `memcpy`, and loaded as integers.
 //!
 //! The shuffle copies every record several times (into the map buffer, into
 //! a run block, out of a run block), so a large-vocabulary job makes hundreds
@@ -8,6 +8,20 @@
 //! loads and stores of the size class (the classic small-memcpy trick), which
 //! reads and writes exactly the bytes of `src`; longer strings still go to
 //! `memcpy`, which is better at those.
+
+/// Up to 8 bytes as a zero-padded little-endian integer, with loads only
+/// (copying into a stack buffer first stalls the CPU on every call).
+#[inline]
+pub(crate) fn load_partial(b: &[u8]) -> u64 {
+    let n = b.len();
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as u64;
+    match n {
+        0 => 0,
+        1..=3 => b[0] as u64 | (b[n / 2] as u64) << (8 * (n / 2)) | (b[n - 1] as u64) << (8 * (n - 1)),
+        4..=7 => u32_at(0) | u32_at(n - 4) << (8 * (n - 4)),
+        _ => u64::from_le_bytes(b[..8].try_into().unwrap()),
+    }
+}
 
 /// Appends `src` to `dst`.
 #[inline(always)]
