@@ -169,10 +169,19 @@ impl RunWriter {
     /// format itself does not check order, the merge relies on it.
     pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), RunError> {
         debug_assert!(self.run_start.is_some(), "append outside a run");
-        put_varint(&mut self.block, key.len() as u64);
-        put_varint(&mut self.block, value.len() as u64);
-        crate::small_copy::extend(&mut self.block, key);
-        crate::small_copy::extend(&mut self.block, value);
+        encode_record(&mut self.block, key, value);
+        self.record_added()
+    }
+
+    /// Appends a record already encoded by [`encode_record`].
+    pub(crate) fn append_encoded(&mut self, record: &[u8]) -> Result<(), RunError> {
+        debug_assert!(self.run_start.is_some(), "append outside a run");
+        crate::small_copy::extend(&mut self.block, record);
+        self.record_added()
+    }
+
+    #[inline]
+    fn record_added(&mut self) -> Result<(), RunError> {
         self.records += 1;
         if self.block.len() >= BLOCK_BYTES {
             self.flush_block()?;
@@ -477,6 +486,29 @@ impl RunReader {
     }
 }
 
+/// Appends a record as a run's payload holds it: `varint(key_len)
+/// varint(value_len) key value`.
+#[inline]
+pub(crate) fn encode_record(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    put_varint(buf, key.len() as u64);
+    put_varint(buf, value.len() as u64);
+    crate::small_copy::extend(buf, key);
+    crate::small_copy::extend(buf, value);
+}
+
+/// The record [`encode_record`] wrote at the start of `bytes`: its key, its
+/// value and its encoded length; `None` if `bytes` does not start with one.
+#[inline]
+pub(crate) fn decode_record(bytes: &[u8]) -> Option<(&[u8], &[u8], usize)> {
+    let (key_len, a) = get_varint(bytes)?;
+    let (value_len, b) = get_varint(&bytes[a..])?;
+    let key_start = a + b;
+    let key_end = key_start.checked_add(usize::try_from(key_len).ok()?)?;
+    let end = key_end.checked_add(usize::try_from(value_len).ok()?)?;
+    Some((bytes.get(key_start..key_end)?, bytes.get(key_end..end)?, end))
+}
+
+#[inline]
 fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
@@ -487,6 +519,7 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 
 /// Decodes a varint at the start of `bytes`: (value, bytes used), or None if
 /// it is cut short or longer than a u64 allows.
+#[inline]
 fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (i, &b) in bytes.iter().enumerate().take(10) {

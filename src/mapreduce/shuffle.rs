@@ -30,7 +30,7 @@ use crate::cpu::prefetch;
 use crate::merge::{MergeError, RunMerger};
 use crate::plugin::AppFailure;
 use crate::rpc::AttemptId;
-use crate::runfile::{Compression, RunError, RunRange, RunReader, RunWriter};
+use crate::runfile::{decode_record, encode_record, Compression, RunError, RunRange, RunReader, RunWriter};
 
 /// Where one map task's sorted run for one partition can be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,15 +100,16 @@ impl From<MergeError> for ShuffleError {
     }
 }
 
-/// One buffered pair: where its key and value sit in the buffer's arena.
-#[derive(Debug, Clone, Copy)]
+/// One buffered pair: where its record sits in the buffer's arena. Entries
+/// order as (prefix, offset): by the key's first bytes, then in emission
+/// order (records are pushed at increasing offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     /// The key's first 8 bytes, big-endian, zero-padded: comparing these
     /// orders most pairs without touching the arena. Equal prefixes (or
     /// keys that differ only by trailing zero bytes) fall back to the bytes.
     prefix: u64,
-    key_len: usize,
-    value_len: usize,
+    /// Where the record, encoded as in a run ([`encode_record`]), starts.
     offset: usize,
 }
 
@@ -127,9 +128,9 @@ pub fn key_prefix(key: &[u8]) -> u64 {
 /// a key's trailing zero bytes); any other such group is then put in key
 /// order, stably.
 fn sort_entries<'a>(entries: &mut [Entry], key: impl Fn(&Entry) -> &'a [u8]) {
-    entries.sort_unstable_by_key(|e| (e.prefix, e.offset));
+    entries.sort_unstable();
     for tie in entries.chunk_by_mut(|a, b| a.prefix == b.prefix) {
-        if tie.iter().any(|e| e.key_len > 8 || e.key_len != tie[0].key_len) {
+        if tie.len() > 1 && tie.iter().any(|e| key(e).len() > 8 || key(e).len() != key(&tie[0]).len()) {
             tie.sort_by(|a, b| key(a).cmp(key(b)));
         }
     }
@@ -189,9 +190,8 @@ impl<'c> MapOutputWriter<'c> {
     pub fn push(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<(), ShuffleError> {
         debug_assert!(partition < self.config.reduces);
         let offset = self.arena.len();
-        crate::small_copy::extend(&mut self.arena, key);
-        crate::small_copy::extend(&mut self.arena, value);
-        self.entries[partition as usize].push(Entry { prefix: key_prefix(key), key_len: key.len(), value_len: value.len(), offset });
+        encode_record(&mut self.arena, key, value);
+        self.entries[partition as usize].push(Entry { prefix: key_prefix(key), offset });
         self.buffered += 1;
         if self.buffered_bytes() >= self.config.buffer_bytes {
             self.spill()?;
@@ -221,11 +221,12 @@ impl<'c> MapOutputWriter<'c> {
     fn write_buffer(&mut self, path: PathBuf) -> Result<RunFile, ShuffleError> {
         let mut entries = std::mem::take(&mut self.entries);
         let arena = std::mem::take(&mut self.arena);
-        let key = |e: &Entry| &arena[e.offset..e.offset + e.key_len];
-        let value = |e: &Entry| &arena[e.offset + e.key_len..e.offset + e.key_len + e.value_len];
-        // Equal keys have equal prefixes and lengths; most unequal ones
-        // differ there, without a call to compare bytes.
-        let same_key = |a: &Entry, b: &Entry| a.prefix == b.prefix && a.key_len == b.key_len && key(a) == key(b);
+        let record = |e: &Entry| decode_record(&arena[e.offset..]).expect("the arena holds the records pushed");
+        let key = |e: &Entry| record(e).0;
+        let value = |e: &Entry| record(e).1;
+        // Most unequal keys differ in their prefixes, without a call to
+        // compare bytes.
+        let same_key = |a: &Entry, b: &Entry| a.prefix == b.prefix && key(a) == key(b);
         let mut runs = Vec::new();
         let mut writer = RunWriter::create(&path, self.config.compression)?;
         for (partition, partition_entries) in (0u32..).zip(entries.iter_mut()) {
@@ -241,9 +242,7 @@ impl<'c> MapOutputWriter<'c> {
             for group in sorted.chunk_by(same_key) {
                 for e in sorted.iter().skip(written + FETCH_AHEAD).take(group.len()) {
                     // An empty key and value may sit at the very end of the arena.
-                    if let Some(byte) = arena.get(e.offset) {
-                        prefetch(byte);
-                    }
+                    prefetch(&arena[e.offset]);
                 }
                 written += group.len();
                 match self.combiner {
@@ -255,7 +254,8 @@ impl<'c> MapOutputWriter<'c> {
                     }
                     _ => {
                         for e in group {
-                            writer.append(key(e), value(e))?;
+                            let (_, _, len) = record(e);
+                            writer.append_encoded(&arena[e.offset..e.offset + len])?;
                         }
                     }
                 }
