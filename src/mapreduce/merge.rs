@@ -151,14 +151,18 @@ impl RunMerger {
     /// (so values of equal keys come in run order).
     #[inline(always)]
     fn before(&self, a: Rank, b: Rank) -> bool {
-        if key_part(a) == key_part(b) && is_long(a) {
-            let (ka, kb) = (self.sources[source_of(a)].reader.key(), self.sources[source_of(b)].reader.key());
-            match ka[8..].cmp(&kb[8..]) {
-                Ordering::Equal => {}
-                order => return order == Ordering::Less,
-            }
+        if is_long(a) && key_part(a) == key_part(b) {
+            return self.long_key_before(a, b);
         }
         a < b
+    }
+
+    /// [`before`](Self::before) for two keys longer than 8 bytes that share
+    /// their first 8.
+    #[cold]
+    fn long_key_before(&self, a: Rank, b: Rank) -> bool {
+        let (ka, kb) = (self.sources[source_of(a)].reader.key(), self.sources[source_of(b)].reader.key());
+        ka[8..].cmp(&kb[8..]).then(a.cmp(&b)) == Ordering::Less
     }
 
     /// Moves the winning run to its next record and replays its matches.
@@ -171,10 +175,12 @@ impl RunMerger {
         let mut node = (w + self.leaves) / 2;
         while node > 0 {
             let other = self.losers[node];
-            if self.before(other, winner) {
-                self.losers[node] = winner;
-                winner = other;
-            }
+            // Which head wins is as unpredictable as the data: selecting
+            // both ways (no branch) beats a mispredicted branch per level.
+            let other_wins = self.before(other, winner);
+            let (up, stays) = if other_wins { (other, winner) } else { (winner, other) };
+            self.losers[node] = stays;
+            winner = up;
             node /= 2;
         }
         self.winner = winner;

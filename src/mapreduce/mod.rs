@@ -29,6 +29,7 @@
 //! | running one map or reduce attempt | [`task`] |
 //! | partitioning keys among reduces | [`partition`] |
 //! | map output: buffer, sorted runs, where they live | [`shuffle`] |
+//! | sorting the map buffer by key prefix (LSD radix) | `radix_sort` |
 //! | the intermediate (run) file format | [`runfile`] |
 //! | appending short keys and values without a libc call | `small_copy` |
 //! | reduce input: k-way merge of runs | [`merge`] |
@@ -57,6 +58,7 @@ pub mod output;
 pub mod partition;
 pub mod plugin;
 pub mod progress;
+mod radix_sort;
 pub mod rpc;
 pub mod runfile;
 pub mod scheduler;

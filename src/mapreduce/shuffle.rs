@@ -121,14 +121,12 @@ pub fn key_prefix(key: &[u8]) -> u64 {
 }
 
 /// Sorts one partition's entries by key, keeping the emission order of
-/// equal keys. Integers first: (prefix, offset), where the offset is the
-/// emission order (entries are pushed at increasing offsets), so the faster
-/// unstable sort gives a stable result. Keys that share a prefix are equal
-/// only if they also have one length of at most 8 bytes (zero padding hides
-/// a key's trailing zero bytes); any other such group is then put in key
-/// order, stably.
-fn sort_entries<'a>(entries: &mut [Entry], key: impl Fn(&Entry) -> &'a [u8]) {
-    entries.sort_unstable();
+/// equal keys. Prefixes first, by a stable radix sort (entries come in
+/// emission order). Keys that share a prefix are equal only if they also
+/// have one length of at most 8 bytes (zero padding hides a key's trailing
+/// zero bytes); any other such group is then put in key order, stably.
+fn sort_entries<'a>(entries: &mut [Entry], scratch: &mut Vec<Entry>, key: impl Fn(&Entry) -> &'a [u8]) {
+    crate::radix_sort::sort_by_u64(entries, scratch, |e| e.prefix);
     for tie in entries.chunk_by_mut(|a, b| a.prefix == b.prefix) {
         if tie.len() > 1 && tie.iter().any(|e| key(e).len() > 8 || key(e).len() != key(&tie[0]).len()) {
             tie.sort_by(|a, b| key(a).cmp(key(b)));
@@ -175,6 +173,8 @@ pub struct MapOutputWriter<'c> {
     spills: Vec<RunFile>,
     /// Scratch for combined values.
     combined: Vec<u8>,
+    /// Room for the radix sort.
+    sort_scratch: Vec<Entry>,
 }
 
 impl<'c> MapOutputWriter<'c> {
@@ -182,7 +182,7 @@ impl<'c> MapOutputWriter<'c> {
     pub fn new(config: MapOutputConfig, combiner: Option<&'c dyn Combiner>) -> Self {
         assert!(config.reduces > 0, "a job needs at least one reduce partition");
         let entries = (0..config.reduces).map(|_| Vec::new()).collect();
-        MapOutputWriter { config, combiner, arena: Vec::new(), entries, buffered: 0, spills: Vec::new(), combined: Vec::new() }
+        MapOutputWriter { config, combiner, arena: Vec::new(), entries, buffered: 0, spills: Vec::new(), combined: Vec::new(), sort_scratch: Vec::new() }
     }
 
     /// Adds one pair bound for `partition` (< reduces); spills if the
@@ -233,7 +233,7 @@ impl<'c> MapOutputWriter<'c> {
             if partition_entries.is_empty() {
                 continue;
             }
-            sort_entries(partition_entries, key);
+            sort_entries(partition_entries, &mut self.sort_scratch, key);
             let sorted: &[Entry] = partition_entries;
             writer.begin_run()?;
             // Sorted entries point all over the arena: fetch each record's
