@@ -328,6 +328,35 @@ fn corrupt_and_truncated_map_output_is_detected_and_the_map_rerun() {
     assert!(log.contains("map task 1's output is unreadable, re-running it") && log.contains("is truncated"), "{log}");
 }
 
+#[test]
+fn an_input_that_shrinks_while_its_map_reads_it_fails_that_attempt_and_is_read_again() {
+    // Inputs are mapped into memory; truncating one under its mapping must
+    // neither kill the worker (SIGBUS) nor let the zeros past the new end
+    // into the output.
+    let dir = TestDir::new("shrinks");
+    let lines: Vec<String> = (0..40_000).map(|i| format!("line {i} of words w{} v{}\n", i % 97, i % 13)).collect();
+    let input = dir.write("in/big.txt", lines.concat());
+    let kept: String = lines[..500].concat();
+    let started = dir.join("map-started");
+    let started_param = format!("started_file={}", started.display());
+    let (mut master, addr) = start_master(dir.path(), &["--reduces", "2", "--param", "delay_ms=1500", "--param", &started_param, "in"]);
+    let mut worker = start_worker("worker", dir.path(), &addr, &plugin("slowcount").to_string_lossy());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(std::time::Instant::now() < deadline, "the map never started\n{}", master.describe());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The map is asleep with its input mapped: cut the file under it.
+    std::fs::OpenOptions::new().write(true).open(&input).unwrap().set_len(kept.len() as u64).unwrap();
+    master.expect_success();
+    worker.expect_success();
+    let log = master.stderr();
+    assert!(log.contains("shrank while the map read it"), "{log}");
+    dir.write("expected/big.txt", &kept);
+    let expected = reference_output(dir.path(), "wordcount", &["expected"]);
+    assert_same_output(&job_output(dir.path(), 2), &expected, &master.describe());
+}
+
 /// All `mr-out-*` files of `dir`, concatenated in partition order.
 fn concatenated_outputs(dir: &std::path::Path, reduces: u32) -> Vec<u8> {
     (0..reduces).flat_map(|r| std::fs::read(dir.join(format!("mr-out-{r}"))).unwrap()).collect()

@@ -17,6 +17,7 @@
 //! | word splitting with the lab's semantics | [`text`] |
 //! | input arguments → input files | [`inputs`] |
 //! | input files → map tasks (splits), and reading one | [`split`] |
+//! | input files mapped into memory, safe if one shrinks | [`mapped_input`] |
 //! | the RPC contract and its messages | [`rpc`] |
 //! | scheduling: the task state machine (no I/O) | [`scheduler`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
@@ -52,6 +53,7 @@ pub mod errors;
 pub mod http;
 pub mod inputs;
 pub mod logging;
+pub mod mapped_input;
 pub mod merge;
 pub mod metrics;
 pub mod output;

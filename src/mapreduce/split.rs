@@ -6,11 +6,14 @@
 //! start (the previous split owns it) and finishes the line that crosses its
 //! end. No line is cut, each is read by exactly one split, and splitting
 //! changes no result (apps that need whole documents, like the indexer,
-//! still see every line under the document's name).
+//! still see every line under the document's name). A split is read in
+//! place from its file mapped into memory ([`map_split`]) where it can be,
+//! and copied into a buffer ([`read_split`]) otherwise.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
+use crate::mapped_input::MappedInput;
 use crate::rpc::{InputFile, InputSplit};
 
 /// How much larger than `split_bytes` a file (or its last split) may be
@@ -70,6 +73,58 @@ pub fn read_split_into(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result
         finish_line(&mut file, contents)?;
     }
     Ok(begin)
+}
+
+/// A split's lines, read in place from its file mapped into memory.
+pub struct MappedSplit {
+    input: MappedInput,
+    begin: usize,
+    end: usize,
+}
+
+impl MappedSplit {
+    /// The lines the split owns (as [`read_split`] returns them).
+    pub fn bytes(&self) -> &[u8] {
+        &self.input.bytes()[self.begin..self.end]
+    }
+
+    /// The file offset at which the lines begin.
+    pub fn offset(&self) -> u64 {
+        self.begin as u64
+    }
+
+    /// True if the file shrank while mapped and the bytes read past its new
+    /// end were zeros, not the file: the split must be read again.
+    pub fn changed(&self) -> bool {
+        self.input.changed()
+    }
+}
+
+/// Maps `split`'s file into memory and finds the lines the split owns, by
+/// the same rule as [`read_split`], without copying them. `None` if the
+/// file cannot be mapped (see [`MappedInput::open`]): read it instead.
+pub fn map_split(split: &InputSplit) -> io::Result<Option<MappedSplit>> {
+    let file = File::open(&split.file.path)?;
+    let len = file.metadata()?.len();
+    let Some(input) = MappedInput::open(&file, len) else {
+        return Ok(None);
+    };
+    let data = input.bytes();
+    let clamp = |offset: u64| usize::try_from(offset).map_or(data.len(), |o| o.min(data.len()));
+    let start = clamp(split.start);
+    let begin = if start == 0 { 0 } else { past_newline(data, start - 1) };
+    let end = match split.end.map(clamp) {
+        None => data.len(),
+        // No line starts in the split (a line longer than the split).
+        Some(end) if begin >= end => begin,
+        Some(end) => past_newline(data, end - 1),
+    };
+    Ok(Some(MappedSplit { input, begin, end }))
+}
+
+/// Just past the first newline at or after `from`, or the end of `data`.
+fn past_newline(data: &[u8], from: usize) -> usize {
+    data[from..].iter().position(|&b| b == b'\n').map_or(data.len(), |i| from + i + 1)
 }
 
 /// The offset of the first line that starts at or after `offset` (> 0):
@@ -153,6 +208,10 @@ mod tests {
                 for split in &splits {
                     let (offset, part) = read_split(split).unwrap();
                     assert_eq!(offset, joined.len() as u64, "file {t}, split size {split_bytes}: {split:?}");
+                    match map_split(split).unwrap() {
+                        Some(mapped) => assert_eq!((mapped.offset(), mapped.bytes()), (offset, &part[..]), "mapped, file {t}: {split:?}"),
+                        None => assert!(text.is_empty(), "file {t} was not mapped"),
+                    }
                     joined.extend_from_slice(&part);
                     // Whole lines: only a split that reaches the end of the
                     // file may end without a newline.
@@ -176,7 +235,13 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, "aaaa\nbbbb\ncccc\n").unwrap();
         let file = InputFile { name: "f".into(), path, size: 15 };
-        let read = |start, end| String::from_utf8(read_split(&InputSplit { file: file.clone(), start, end }).unwrap().1).unwrap();
+        let read = |start, end| {
+            let split = InputSplit { file: file.clone(), start, end };
+            let read = String::from_utf8(read_split(&split).unwrap().1).unwrap();
+            let mapped = map_split(&split).unwrap().expect("mapped");
+            assert_eq!(mapped.bytes(), read.as_bytes(), "mapped {start}..{end:?}");
+            read
+        };
         // A split starting mid-line skips to the next line; one ending
         // mid-line finishes it.
         assert_eq!(read(0, Some(2)), "aaaa\n");

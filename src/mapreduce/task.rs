@@ -17,7 +17,7 @@ use crate::output::AtomicFile;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::{Compression, RunError};
-use crate::split::read_split_into;
+use crate::split::{map_split, read_split_into, MappedSplit};
 use crate::shuffle::{open_run, stored_size, Combiner, MapOutputConfig, MapOutputLocation, MapOutputWriter, ShuffleError};
 
 /// Why an attempt failed.
@@ -107,11 +107,18 @@ impl TaskRunner {
         let capabilities = self.capabilities()?;
         let plugin = &*self.plugin;
         let split = &task.input;
-        let mut contents = INPUT_BUFFER.take();
-        let offset = read_split_into(split, &mut contents)
-            .map_err(|source| TaskError::Input { path: split.file.path.clone(), source })?;
+        let input_err = |source| TaskError::Input { path: split.file.path.clone(), source };
+        let mapped = map_split(split).map_err(input_err)?;
+        let mut buffer = Vec::new();
+        let (offset, contents) = match &mapped {
+            Some(mapped) => (mapped.offset(), mapped.bytes()),
+            None => {
+                buffer = INPUT_BUFFER.take();
+                (read_split_into(split, &mut buffer).map_err(input_err)?, &buffer[..])
+            }
+        };
         let mut counters = Counters {
-            map_input_records: crate::counters::count_lines(&contents),
+            map_input_records: crate::counters::count_lines(contents),
             map_input_bytes: contents.len() as u64,
             ..Counters::default()
         };
@@ -142,15 +149,19 @@ impl TaskRunner {
                 failure = pushed.err();
             }
         };
-        plugin.map(&split.file.name, &contents, offset, emit, &user_counters)?;
+        plugin.map(&split.file.name, contents, offset, emit, &user_counters)?;
+        if mapped.as_ref().is_some_and(MappedSplit::changed) {
+            return Err(input_err(io::Error::other("the file shrank while the map read it")));
+        }
         if let Some(e) = failure {
             return Err(e);
         }
-        if contents.capacity() <= REUSED_INPUT_MAX {
-            INPUT_BUFFER.set(contents);
+        drop(mapped);
+        if buffer.capacity() <= REUSED_INPUT_MAX {
+            INPUT_BUFFER.set(buffer);
         } else {
             // Large splits give their memory back before the output is merged.
-            drop(contents);
+            drop(buffer);
         }
         let runs = output.finish()?;
         (counters.map_output_records, counters.map_output_bytes) = (records, bytes);
