@@ -16,25 +16,31 @@
 
 use std::fs::File;
 
-/// A file's bytes, mapped read-only; unmapped on drop.
+/// What a mapping's offset in its file must be a multiple of: a multiple of
+/// every page size Linux uses for file mappings.
+pub const ALIGNMENT: u64 = 64 * 1024;
+
+/// A part of a file's bytes, mapped read-only; unmapped on drop.
 pub struct MappedInput {
     #[cfg(target_os = "linux")]
     mapping: linux::Mapping,
 }
 
 impl MappedInput {
-    /// Maps the first `len` bytes of `file`. `None` if the file cannot be
-    /// mapped (not a regular file, `len` is 0, too many mappings alive, or
-    /// not Linux): read it instead.
-    pub fn open(file: &File, len: u64) -> Option<MappedInput> {
+    /// Maps `len` bytes of `file` from `offset`, a multiple of
+    /// [`ALIGNMENT`]. `None` if that cannot be mapped (not a regular file,
+    /// `len` is 0, too many mappings alive, or not Linux): read it instead.
+    pub fn open(file: &File, offset: u64, len: u64) -> Option<MappedInput> {
+        debug_assert_eq!(offset % ALIGNMENT, 0);
         #[cfg(target_os = "linux")]
         {
             let len = usize::try_from(len).ok().filter(|&len| len > 0)?;
-            linux::Mapping::new(file, len).map(|mapping| MappedInput { mapping })
+            let offset = libc::off_t::try_from(offset).ok()?;
+            linux::Mapping::new(file, offset, len).map(|mapping| MappedInput { mapping })
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = (file, len);
+            let _ = (file, offset, len);
             None
         }
     }
@@ -100,14 +106,14 @@ mod linux {
     unsafe impl Sync for Mapping {}
 
     impl Mapping {
-        pub(super) fn new(file: &File, len: usize) -> Option<Mapping> {
+        pub(super) fn new(file: &File, offset: libc::off_t, len: usize) -> Option<Mapping> {
             install_handler()?;
             let slot = REGISTRY.iter().find(|s| s.used.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok())?;
             // SAFETY: a fresh read-only private mapping of an open file; the
             // kernel picks the address. MAP_POPULATE maps the pages up front
             // (one call instead of a fault per page).
             let start = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_POPULATE, file.as_raw_fd(), 0)
+                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_POPULATE, file.as_raw_fd(), offset)
             };
             if start == libc::MAP_FAILED {
                 slot.used.store(false, Ordering::Release);
@@ -234,7 +240,7 @@ mod linux {
             let mut file = tempfile::tempfile().unwrap();
             let data: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
             file.write_all(&data).unwrap();
-            let mapping = Mapping::new(&file, data.len()).expect("mapped");
+            let mapping = Mapping::new(&file, 0, data.len()).expect("mapped");
             assert_eq!(mapping.bytes(), &data[..]);
             assert!(!mapping.changed());
             file.set_len(10_000).unwrap();
@@ -253,7 +259,7 @@ mod linux {
         fn an_untouched_mapping_is_not_changed() {
             let mut file = tempfile::tempfile().unwrap();
             file.write_all(b"hello world\n").unwrap();
-            let mapping = Mapping::new(&file, 12).expect("mapped");
+            let mapping = Mapping::new(&file, 0, 12).expect("mapped");
             assert_eq!(mapping.bytes(), b"hello world\n");
             assert!(!mapping.changed());
         }

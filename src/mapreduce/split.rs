@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
-use crate::mapped_input::MappedInput;
+use crate::mapped_input::{self, MappedInput};
 use crate::rpc::{InputFile, InputSplit};
 
 /// How much larger than `split_bytes` a file (or its last split) may be
@@ -78,6 +78,9 @@ pub fn read_split_into(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result
 /// A split's lines, read in place from its file mapped into memory.
 pub struct MappedSplit {
     input: MappedInput,
+    /// Where the mapping starts in the file.
+    base: u64,
+    /// The lines, as offsets into the mapping.
     begin: usize,
     end: usize,
 }
@@ -90,7 +93,7 @@ impl MappedSplit {
 
     /// The file offset at which the lines begin.
     pub fn offset(&self) -> u64 {
-        self.begin as u64
+        self.base + self.begin as u64
     }
 
     /// True if the file shrank while mapped and the bytes read past its new
@@ -100,31 +103,50 @@ impl MappedSplit {
     }
 }
 
-/// Maps `split`'s file into memory and finds the lines the split owns, by
-/// the same rule as [`read_split`], without copying them. `None` if the
-/// file cannot be mapped (see [`MappedInput::open`]): read it instead.
+/// How far past its end a split's mapping reaches, for the line that
+/// crosses the end; a longer line makes the split be read instead.
+const LINE_SLACK: u64 = 1 << 20;
+
+/// Maps the part of `split`'s file that holds the split's lines and finds
+/// them, by the same rule as [`read_split`], without copying them. `None`
+/// if the file cannot be mapped ([`MappedInput::open`]) or a line at the
+/// split's edges is longer than [`LINE_SLACK`]: read the split instead.
 pub fn map_split(split: &InputSplit) -> io::Result<Option<MappedSplit>> {
     let file = File::open(&split.file.path)?;
-    let len = file.metadata()?.len();
-    let Some(input) = MappedInput::open(&file, len) else {
+    let file_len = file.metadata()?.len();
+    let start = split.start.min(file_len);
+    // From the byte before the split (is a line starting at `start`?)
+    // through the line that crosses its end.
+    let from = start.saturating_sub(1);
+    let to = split.end.map_or(file_len, |end| end.saturating_add(LINE_SLACK).min(file_len));
+    let base = from / mapped_input::ALIGNMENT * mapped_input::ALIGNMENT;
+    let Some(input) = MappedInput::open(&file, base, to - base) else {
         return Ok(None);
     };
     let data = input.bytes();
-    let clamp = |offset: u64| usize::try_from(offset).map_or(data.len(), |o| o.min(data.len()));
-    let start = clamp(split.start);
-    let begin = if start == 0 { 0 } else { past_newline(data, start - 1) };
-    let end = match split.end.map(clamp) {
+    let reaches_file_end = to == file_len;
+    // Just past the first newline at or after file offset `at`; the end of
+    // the data if there is none and the data is the rest of the file.
+    let past_newline = |at: u64| {
+        let from = (at - base) as usize;
+        match data[from..].iter().position(|&b| b == b'\n') {
+            Some(i) => Some(from + i + 1),
+            None => reaches_file_end.then_some(data.len()),
+        }
+    };
+    let Some(begin) = (if start == 0 { Some(0) } else { past_newline(start - 1) }) else {
+        return Ok(None);
+    };
+    let end = match split.end.map(|end| end.min(file_len)) {
         None => data.len(),
         // No line starts in the split (a line longer than the split).
-        Some(end) if begin >= end => begin,
-        Some(end) => past_newline(data, end - 1),
+        Some(end) if base + begin as u64 >= end => begin,
+        Some(end) => match past_newline(end - 1) {
+            Some(end) => end,
+            None => return Ok(None),
+        },
     };
-    Ok(Some(MappedSplit { input, begin, end }))
-}
-
-/// Just past the first newline at or after `from`, or the end of `data`.
-fn past_newline(data: &[u8], from: usize) -> usize {
-    data[from..].iter().position(|&b| b == b'\n').map_or(data.len(), |i| from + i + 1)
+    Ok(Some(MappedSplit { input, base, begin, end }))
 }
 
 /// The offset of the first line that starts at or after `offset` (> 0):
@@ -227,6 +249,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn mapped_splits_deep_in_a_file_equal_read_ones_and_long_lines_fall_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut text = Vec::new();
+        for i in 0..60_000u32 {
+            text.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, (i % 97) as usize));
+            text.push(b'\n');
+        }
+        // A line that reaches more than LINE_SLACK past the ends of the
+        // splits it crosses.
+        let long_line = text.len() as u64..text.len() as u64 + 3 * LINE_SLACK;
+        text.extend(std::iter::repeat_n(b'z', 3 * LINE_SLACK as usize));
+        text.push(b'\n');
+        text.extend_from_slice(b"tail\n");
+        std::fs::write(&path, &text).unwrap();
+        let input = InputFile { name: "f".into(), path, size: text.len() as u64 };
+        let mut fell_back = 0;
+        for split in plan_splits(&[input], 100_000) {
+            let (offset, read) = read_split(&split).unwrap();
+            match map_split(&split).unwrap() {
+                Some(mapped) => assert_eq!((mapped.offset(), mapped.bytes()), (offset, &read[..]), "{split:?}"),
+                None => {
+                    fell_back += 1;
+                    let end = split.end.expect("the last split reaches the end of the file");
+                    assert!(end > long_line.start && split.start < long_line.end, "only splits the long line crosses: {split:?}");
+                }
+            }
+        }
+        assert!(fell_back > 0);
     }
 
     #[test]
