@@ -11,7 +11,7 @@
 //! (empty, longer, or ending in a zero byte) lives in an arena, with its
 //! hash and place in a slot of a third table. All three are open-addressing
 //! tables with linear probing, at most half full, so that most lookups end
-//! at the key's home slot, the case handled inline (3/4 full measured a
+//! at the key's home slot or the next (3/4 full measured a
 //! little slower on book text and no faster on a large vocabulary).
 //!
 //! Once a table outgrows the second-level cache, a lookup is a cache miss
@@ -246,15 +246,22 @@ impl<K: PackedKey> PackedTable<K> {
         }
     }
 
-    /// Adds at once: inline when the key is in its home slot.
+    /// Adds at once. The probe for a key already in the table is inline
+    /// (measured 8% faster on book text than probing past the home slot
+    /// out of line); inserting a new key, and growing, are not.
     #[inline(always)]
     fn add_now(&mut self, key: K, n: u64) -> bool {
-        let home = self.home(key);
-        if let Some(slot) = self.slots.get_mut(home) {
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut i = self.home(key);
+        while let Some(slot) = self.slots.get_mut(i) {
             if slot.0 == key {
                 slot.1 += n;
                 return false;
             }
+            if slot.0 == K::default() {
+                break;
+            }
+            i = (i + 1) & mask;
         }
         self.insert(key, n)
     }
