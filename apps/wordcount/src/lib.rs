@@ -39,17 +39,29 @@ impl App for WordCount {
 
 /// Writes the sum of the decimal counts in `values`.
 fn sum(key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
-    {
-        let mut total: u64 = 0;
-        while let Some(value) = values.next() {
-            let count: u64 = std::str::from_utf8(value)?.parse().map_err(|e| {
-                format!("count {:?} of word {:?} is not a number: {e}", String::from_utf8_lossy(value), String::from_utf8_lossy(key))
-            })?;
-            total += count;
-        }
-        write!(out, "{total}")?;
-        Ok(())
+    let mut total: u64 = 0;
+    while let Some(value) = values.next() {
+        let not_a_count = || format!("count {:?} of word {:?} is not a number", String::from_utf8_lossy(value), String::from_utf8_lossy(key));
+        total = parse_count(value).and_then(|count| total.checked_add(count)).ok_or_else(not_a_count)?;
     }
+    write!(out, "{total}")?;
+    Ok(())
+}
+
+/// A decimal count (ASCII digits only, as the map and combiner write
+/// them); `None` if `digits` is not one or overflows a u64. Parsed by hand:
+/// the reduce of a large vocabulary parses tens of millions of them.
+fn parse_count(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let digit = d.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 mapreduce::export_app!(WordCount);
@@ -58,6 +70,19 @@ mapreduce::export_app!(WordCount);
 mod tests {
     use super::*;
     use mapreduce::VecValues;
+
+    #[test]
+    fn counts_parse_like_std_and_bad_ones_are_refused() {
+        for text in ["0", "7", "42", "18446744073709551615", "007"] {
+            assert_eq!(parse_count(text.as_bytes()), text.parse().ok(), "{text}");
+        }
+        for text in ["", "-1", "+1", "1 ", "x", "18446744073709551616", "1.5"] {
+            assert_eq!(parse_count(text.as_bytes()), None, "{text:?}");
+        }
+        let mut values = VecValues::new(vec![b"18446744073709551615".to_vec(), b"1".to_vec()]);
+        let mut out = Vec::new();
+        assert!(WordCount.reduce(b"w", &mut Values::new(&mut values), &mut out).is_err(), "an overflowing sum is an error");
+    }
 
     #[test]
     fn map_emits_one_per_word_and_reduce_sums() {
