@@ -339,8 +339,14 @@ impl RunReader {
         if self.pos == self.block.len() && !self.load_block()? {
             return Ok(false);
         }
-        let key_len = self.block_varint()?;
-        let value_len = self.block_varint()?;
+        // Most keys and values are shorter than 128 bytes: one-byte varints.
+        let (key_len, value_len) = match self.block.get(self.pos..self.pos + 2) {
+            Some(&[k, v]) if (k | v) < 0x80 => {
+                self.pos += 2;
+                (usize::from(k), usize::from(v))
+            }
+            _ => (self.block_varint()?, self.block_varint()?),
+        };
         let key_start = self.pos;
         let key_end = self.checked_end(key_len)?;
         self.pos = key_end;
