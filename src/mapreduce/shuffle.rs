@@ -127,9 +127,17 @@ pub fn key_prefix(key: &[u8]) -> u64 {
 /// zero bytes); any other such group is then put in key order, stably.
 fn sort_entries<'a>(entries: &mut [Entry], scratch: &mut Vec<Entry>, key: impl Fn(&Entry) -> &'a [u8]) {
     crate::radix_sort::sort_by_u64(entries, scratch, |e| e.prefix);
-    for tie in entries.chunk_by_mut(|a, b| a.prefix == b.prefix) {
-        if tie.len() > 1 && tie.iter().any(|e| key(e).len() > 8 || key(e).len() != key(&tie[0]).len()) {
-            tie.sort_by(|a, b| key(a).cmp(key(b)));
+    // Each tied entry's key, found once rather than at every comparison.
+    let mut keyed: Vec<(&[u8], Entry)> = Vec::new();
+    for tie in entries.chunk_by_mut(|a, b| a.prefix == b.prefix).filter(|tie| tie.len() > 1) {
+        keyed.clear();
+        keyed.extend(tie.iter().map(|e| (key(e), *e)));
+        let first_len = keyed[0].0.len();
+        if keyed.iter().any(|(k, _)| k.len() > 8 || k.len() != first_len) {
+            keyed.sort_by(|a, b| a.0.cmp(b.0));
+            for (slot, (_, e)) in tie.iter_mut().zip(&keyed) {
+                *slot = *e;
+            }
         }
     }
 }
