@@ -60,7 +60,7 @@ MASTER=$!
 for _ in $(seq 200); do
   [ -s "$ADDR_FILE" ] && break
   kill -0 $MASTER 2>/dev/null || break
-  sleep 0.05
+  sleep 0.01
 done
 if [ ! -s "$ADDR_FILE" ]; then
   wait $MASTER || exit $?

@@ -121,20 +121,26 @@ impl WordScan<'_> {
         let before = (letters << 1) | u64::from(self.start.is_some());
         let mut starts = letters & !before;
         let mut ends = !letters & before;
-        loop {
-            if let Some(start) = self.start {
-                if ends == 0 {
-                    break;
-                }
-                sink.word(start, base + ends.trailing_zeros() as usize);
-                ends &= ends - 1;
-                self.start = None;
+        if let Some(start) = self.start {
+            if ends == 0 {
+                // The open word goes on through this block.
+                return base + BLOCK;
             }
-            if starts == 0 {
+            sink.word(start, base + ends.trailing_zeros() as usize);
+            ends &= ends - 1;
+            self.start = None;
+        }
+        // The k-th start pairs with the k-th end; a start without an end
+        // opens a word that ends in a later block.
+        while starts != 0 {
+            let start = base + starts.trailing_zeros() as usize;
+            starts &= starts - 1;
+            if ends == 0 {
+                self.start = Some(start);
                 break;
             }
-            self.start = Some(base + starts.trailing_zeros() as usize);
-            starts &= starts - 1;
+            sink.word(start, base + ends.trailing_zeros() as usize);
+            ends &= ends - 1;
         }
         base + BLOCK
     }
