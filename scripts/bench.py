@@ -24,7 +24,8 @@ Cases (--cases takes a comma-separated subset of these names):
              with the peak RSS of every process
   grep-1g    grep over 1 GiB for a rare pattern vs GNU grep
   tiny       2,000 one-line files, 2 workers: scheduling time per task
-  scaling    wordcount over 1 GiB with 1 worker vs 2 workers
+  scaling    wordcount over 1 GiB with 1 worker vs 2 workers (taking turns
+             run by run)
 
 Corpora are generated deterministically by examples/make_corpus.rs under
 target/bench-corpus/ (kept between runs): book text from
@@ -159,14 +160,23 @@ class Row:
 
 
 def repeat(runs, fn):
-    walls, cpus, rss = [], [], {}
+    """Runs `fn` `runs` times: its wall times, CPU times and peak RSS by process."""
+    return take_turns(runs, [fn])[0]
+
+
+def take_turns(runs, fns):
+    """Runs each of `fns` `runs` times, one run of each in turn, so that a
+    change in the machine's load (it is shared) weighs on all of them alike;
+    returns what `repeat` returns, for each."""
+    results = [([], [], {}) for _ in fns]
     for _ in range(runs):
-        wall, m = fn()
-        walls.append(wall)
-        cpus.append(m.cpu)
-        for k, v in m.rss.items():
-            rss[k] = max(rss.get(k, 0), v)
-    return walls, cpus, rss
+        for fn, (walls, cpus, rss) in zip(fns, results):
+            wall, m = fn()
+            walls.append(wall)
+            cpus.append(m.cpu)
+            for k, v in m.rss.items():
+                rss[k] = max(rss.get(k, 0), v)
+    return results
 
 
 def check(what, ok):
@@ -272,8 +282,9 @@ def scaling_case(runs, rows, work):
     data = corpus("books", 1024, 64)
     size = corpus_bytes(data)
     out = work / "scaling"
-    for workers in (1, 2):
-        walls, cpus, rss = repeat(runs, lambda: run_job("wordcount", [data], out, workers=workers))
+    settings = (1, 2)
+    results = take_turns(runs, [lambda w=w: run_job("wordcount", [data], out, workers=w) for w in settings])
+    for workers, (walls, cpus, rss) in zip(settings, results):
         rows.append(Row("scaling", f"mapreduce, {workers} worker{'s' if workers > 1 else ''}", size, walls, cpus, rss))
 
 

@@ -10,7 +10,8 @@
 //! Shutdown: the job is over when the scheduler says so (or the caller's
 //! `shutdown` future fires). Held `request_task` calls are woken and answered
 //! `Exit`. `run` keeps serving until every worker it has heard from has been
-//! told `Exit` (so each learns how the job ended), but at most
+//! told `Exit` (so each learns how the job ended) and every connection has
+//! closed (a worker closes its own once it has read the answer), but at most
 //! [`EXIT_GRACE`], since a crashed worker never asks again; then it drops the
 //! server future, which closes every connection. Workers that call after
 //! that find the coordinator gone and exit. The job directory with the
@@ -19,10 +20,11 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::{future, StreamExt};
+use futures::{future, FutureExt, StreamExt};
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
@@ -113,6 +115,9 @@ struct Shared {
     /// Workers heard from that have not been told `Exit` yet; `run` waits
     /// (up to `EXIT_GRACE`) for this to empty once the job is over.
     not_yet_exited: Mutex<HashSet<WorkerId>>,
+    /// RPC connections open: a worker told `Exit` closes its connection
+    /// once it has the answer, so `run` also waits for this to reach 0.
+    connections: AtomicUsize,
 }
 
 impl Shared {
@@ -182,6 +187,7 @@ impl Job {
             changed: Notify::new(),
             output_dir,
             not_yet_exited: Mutex::new(HashSet::new()),
+            connections: AtomicUsize::new(0),
         });
         Ok(Job { shared, job_dir, started, reduces: config.reduces })
     }
@@ -217,11 +223,11 @@ impl Job {
             tokio::select! {
                 _ = &mut server => {}
                 () = async {
-                    while !shared.not_yet_exited().is_empty() {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    // Every worker told, and every one gone: its connection
+                    // closes only once it has read its answer.
+                    while !shared.not_yet_exited().is_empty() || shared.connections.load(Ordering::Acquire) > 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    // Give the last `Exit` answers time to be written out.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                 } => {}
             }
         })
@@ -257,12 +263,29 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
         .for_each_concurrent(None, |transport| {
             let peer = transport.peer_addr().ok().map(|a| a.to_string());
             let server = CoordinatorServer { shared: shared.clone(), peer };
+            let open = OpenConnection::new(&shared);
             // Requests run inside this future, not spawned, so that dropping
             // the server cancels them all.
-            BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request)
+            BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request).map(move |()| drop(open))
         })
         .await;
     Ok(())
+}
+
+/// Counts a connection in [`Shared::connections`] while it lives.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: &Arc<Shared>) -> OpenConnection {
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(shared.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Waits until the scheduler reports the job over, and records the end.
