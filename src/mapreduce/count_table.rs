@@ -199,8 +199,9 @@ impl<T: Copy> Pipeline<T> {
     }
 }
 
-/// Keys in flight between their prefetch and their probe.
-const PIPELINE: usize = 16;
+/// Keys in flight between their prefetch and their probe (32 measured 7%
+/// faster than 16 on a large vocabulary: more misses overlap).
+const PIPELINE: usize = 32;
 
 /// Table size from which lookups are pipelined: twice the second-level
 /// cache here. A smaller table (a book's vocabulary) mostly hits that
