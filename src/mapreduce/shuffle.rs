@@ -100,10 +100,10 @@ impl From<MergeError> for ShuffleError {
     }
 }
 
-/// One buffered pair: where its record sits in the buffer's arena. Entries
-/// order as (prefix, offset): by the key's first bytes, then in emission
-/// order (records are pushed at increasing offsets).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// One buffered pair: where its record sits in the buffer's arena. Records
+/// are pushed at increasing offsets, so entries in offset order are in
+/// emission order.
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     /// The key's first 8 bytes, big-endian, zero-padded: comparing these
     /// orders most pairs without touching the arena. Equal prefixes (or
@@ -249,7 +249,8 @@ impl<'c> MapOutputWriter<'c> {
             let mut written = 0;
             for group in sorted.chunk_by(same_key) {
                 for e in sorted.iter().skip(written + FETCH_AHEAD).take(group.len()) {
-                    // An empty key and value may sit at the very end of the arena.
+                    // (A record is at least its two length bytes: its offset
+                    // is inside the arena.)
                     prefetch(&arena[e.offset]);
                 }
                 written += group.len();

@@ -157,11 +157,10 @@ impl TaskRunner {
             return Err(e);
         }
         drop(mapped);
-        if buffer.capacity() <= REUSED_INPUT_MAX {
+        // A buffer taken for reading goes back for the next task; large
+        // ones give their memory back before the output is merged.
+        if (1..=REUSED_INPUT_MAX).contains(&buffer.capacity()) {
             INPUT_BUFFER.set(buffer);
-        } else {
-            // Large splits give their memory back before the output is merged.
-            drop(buffer);
         }
         let runs = output.finish()?;
         (counters.map_output_records, counters.map_output_bytes) = (records, bytes);
