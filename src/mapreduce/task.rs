@@ -4,7 +4,7 @@
 //! the sorted runs ([`crate::shuffle`]); [`TaskRunner::run_reduce`] merges a
 //! partition's runs ([`crate::merge`]), calls the app's reduce per key, and
 //! writes the staged output file that the coordinator commits. The worker loop
-//! ([`crate::worker`]) runs these on a blocking thread and reports the result.
+//! ([`crate::worker`]) runs these on each slot's own thread and reports the result.
 
 use std::io;
 use std::path::PathBuf;

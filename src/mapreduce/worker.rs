@@ -3,9 +3,12 @@
 //! [`run`] connects to the coordinator (retrying until the connect timeout,
 //! since workers are often started before or alongside the master), then
 //! pulls tasks until told to exit, in as many slots (concurrent task loops
-//! sharing one connection and one app instance) as configured. Tasks run on
-//! a blocking thread ([`crate::task`]) so that app code never stalls the RPC
-//! runtime.
+//! sharing one connection and one app instance) as configured. Each slot
+//! runs its tasks ([`crate::task`]) on a thread of its own, off the RPC
+//! runtime so that app code never stalls it, and always the same thread so
+//! that what a task keeps for the next one on its thread (its input buffer,
+//! the table behind `Emitter::count`, tens of MiB for a large vocabulary)
+//! is found again.
 //!
 //! Shutdown: the worker stops when the coordinator answers `Exit`, or when
 //! a call fails after it has once been connected: the coordinator exits as
@@ -58,6 +61,9 @@ pub enum WorkerError {
     /// The coordinator stopped the job because a task failed too often.
     #[error("the coordinator stopped the job: {0}")]
     JobFailed(String),
+    /// The operating system would not start a slot's thread.
+    #[error("cannot start a task thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// This process's id in the coordinator's logs: `host:pid`.
@@ -95,7 +101,7 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
     });
     let mut exit = Ok(WorkerExit::CoordinatorGone);
     for slot in futures::future::join_all(slots).await {
-        match slot.expect("slot loops do not panic: task panics are caught in run_blocking") {
+        match slot.expect("slot loops do not panic: task panics are caught on the slot's thread") {
             // A failed job outranks everything; "done" outranks "gone" (a slot
             // busy with a straggler when the job ended finds the master gone).
             Err(e) => exit = Err(e),
@@ -108,6 +114,7 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
 
 /// One task slot: asks for a task, runs it, reports, until the job ends.
 async fn run_slot(slot: usize, client: &CoordinatorClient, id: &WorkerId, runner: &Arc<TaskRunner>) -> Result<WorkerExit, WorkerError> {
+    let thread = SlotThread::spawn(slot).map_err(WorkerError::Thread)?;
     loop {
         let assignment = match client.request_task(call_context(), id.clone()).await {
             Ok(assignment) => assignment,
@@ -123,7 +130,7 @@ async fn run_slot(slot: usize, client: &CoordinatorClient, id: &WorkerId, runner
             Assignment::Map(task) => {
                 let (task_id, attempt) = (TaskId::Map(task.index), task.attempt);
                 let runner = runner.clone();
-                let outcome = run_blocking(task_id, attempt, move || runner.run_map(&task))
+                let outcome = run_on(&thread, task_id, attempt, move || runner.run_map(&task))
                     .await
                     .map(|(outputs, counters)| TaskOutcome::MapDone { outputs, counters });
                 TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
@@ -131,7 +138,7 @@ async fn run_slot(slot: usize, client: &CoordinatorClient, id: &WorkerId, runner
             Assignment::Reduce(task) => {
                 let (task_id, attempt) = (TaskId::Reduce(task.partition), task.attempt);
                 let runner = runner.clone();
-                let outcome = run_blocking(task_id, attempt, move || runner.run_reduce(&task))
+                let outcome = run_on(&thread, task_id, attempt, move || runner.run_reduce(&task))
                     .await
                     .map(|counters| TaskOutcome::ReduceDone { counters });
                 TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
@@ -144,10 +151,39 @@ async fn run_slot(slot: usize, client: &CoordinatorClient, id: &WorkerId, runner
     }
 }
 
-/// Runs a task on a blocking thread, inside a `task{task=... attempt=...}`
+/// A slot's own thread, which runs the slot's tasks one after another.
+struct SlotThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+/// What a job on a slot thread panicked with.
+type Panic = Box<dyn std::any::Any + Send>;
+
+impl SlotThread {
+    fn spawn(slot: usize) -> std::io::Result<SlotThread> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        // The thread ends when the sender is dropped with the slot.
+        std::thread::Builder::new().name(format!("slot-{slot}")).spawn(move || queue.into_iter().for_each(|job| job()))?;
+        Ok(SlotThread { jobs })
+    }
+
+    /// Runs `f` on the thread and waits for it; a panic is caught there
+    /// (the thread lives on) and returned.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Panic> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = move || {
+            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        };
+        self.jobs.send(Box::new(job)).expect("a slot's thread runs until the slot ends");
+        result.await.expect("a slot's thread answers every job")
+    }
+}
+
+/// Runs a task on the slot's thread, inside a `task{task=... attempt=...}`
 /// span so that every log line of the attempt names it; a failure becomes
 /// the outcome to report.
-async fn run_blocking<T: Send + 'static>(
+async fn run_on<T: Send + 'static>(
+    thread: &SlotThread,
     task: TaskId,
     attempt: AttemptId,
     f: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
@@ -155,7 +191,7 @@ async fn run_blocking<T: Send + 'static>(
     let span = tracing::info_span!("task", task = %task, attempt);
     let started = Instant::now();
     let in_span = span.clone();
-    let result = tokio::task::spawn_blocking(move || in_span.in_scope(f)).await;
+    let result = thread.run(move || in_span.in_scope(f)).await;
     // No await below: entering the span here cannot leak it to other tasks.
     let _entered = span.enter();
     let elapsed_ms = started.elapsed().as_millis();
@@ -174,11 +210,8 @@ async fn run_blocking<T: Send + 'static>(
         }
         // The app's own panics are caught at the plugin boundary; this is a
         // panic in the framework's task code, reported rather than lost.
-        Err(join_error) => {
-            let error = match join_error.try_into_panic() {
-                Ok(payload) => format!("worker panicked: {}", crate::abi::panic_message(payload.as_ref())),
-                Err(e) => format!("task thread failed: {e}"),
-            };
+        Err(payload) => {
+            let error = format!("worker panicked: {}", crate::abi::panic_message(payload.as_ref()));
             tracing::error!("{error}");
             Err(TaskOutcome::Failed { error })
         }
