@@ -33,7 +33,7 @@ fn loads_a_plugin_and_calls_it() {
     out.clear();
     plugin.combine(b"a", &mut VecValues::new(vec![b"2".to_vec(), b"3".to_vec()]), &mut out, &counters).unwrap();
     assert_eq!(out, b"5");
-    assert_eq!(plugin.partition(b"a", 10), Ok(mapreduce::partition::partition_of(b"a", 10)));
+    assert_eq!(plugin.partition(b"a", &mapreduce::partition::Partitions::new(10)), Ok(mapreduce::partition::partition_of(b"a", 10)));
 }
 
 #[test]

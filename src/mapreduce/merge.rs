@@ -342,13 +342,8 @@ mod tests {
         // alphabet with zero bytes, 0 to 11 bytes long: many equal keys,
         // shared prefixes and keys that differ only by trailing zeros.
         let dir = tempfile::tempdir().unwrap();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut random = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rng = crate::test_rng::XorShift::new(0x2545_f491_4f6c_dd1d);
+        let mut random = move |n: u64| rng.below(n);
         let mut all = Vec::new();
         let mut runs = Vec::new();
         for r in 0..37u32 {

@@ -71,6 +71,8 @@ pub mod split;
 pub mod status;
 pub mod summary;
 pub mod task;
+#[cfg(test)]
+mod test_rng;
 pub mod text;
 pub mod worker;
 

@@ -14,7 +14,7 @@ use libloading::Library;
 use crate::abi::{self, HostCalls, PluginVTable, RawBytes, Status};
 use crate::app::{JobContext, ValueSource};
 use crate::counters::UserCounters;
-use crate::partition::partition_of;
+use crate::partition::Partitions;
 
 /// Why a plugin could not be loaded. Every variant names the plugin.
 #[derive(Debug, thiserror::Error)]
@@ -214,10 +214,11 @@ impl Plugin {
 
     /// The partition of `key` among `partitions`: the app's own partitioner
     /// if it has one, the framework's hash otherwise.
-    pub fn partition(&self, key: &[u8], partitions: u32) -> Result<u32, AppFailure> {
+    pub fn partition(&self, key: &[u8], partitions: &Partitions) -> Result<u32, AppFailure> {
         if !self.capabilities().partitioner {
-            return Ok(partition_of(key, partitions));
+            return Ok(partitions.of(key));
         }
+        let partitions = partitions.count();
         // SAFETY: `key` outlives the call.
         match unsafe { (self.vtable.partition)(RawBytes::new(key), partitions) } {
             p if p < partitions => Ok(p),

@@ -83,13 +83,8 @@ mod tests {
 
     #[test]
     fn sorts_like_a_stable_comparison_sort() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::test_rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
+        let mut random = move || rng.next();
         let mut scratch = Vec::new();
         // Sizes on both sides of RADIX_FROM; keys that differ in every
         // digit, only in the high digit (the others skipped), or hardly at

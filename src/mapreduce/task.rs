@@ -14,6 +14,7 @@ use crate::app::ValueSource;
 use crate::counters::{Counters, UserCounters};
 use crate::merge::{MergeError, RunMerger};
 use crate::output::AtomicFile;
+use crate::partition::Partitions;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::{Compression, RunError};
@@ -138,12 +139,13 @@ impl TaskRunner {
         // one is kept and ends the attempt once map returns.
         let mut failure: Option<TaskError> = None;
         let (mut records, mut bytes) = (0u64, 0u64);
+        let partitions = Partitions::new(task.reduces);
         let emit = &mut |key: &[u8], value: &[u8]| {
             records += 1;
             bytes += (key.len() + value.len()) as u64;
             if failure.is_none() {
                 let pushed = plugin
-                    .partition(key, task.reduces)
+                    .partition(key, &partitions)
                     .map_err(TaskError::App)
                     .and_then(|p| output.push(p, key, value).map_err(TaskError::from));
                 failure = pushed.err();
