@@ -339,14 +339,21 @@ impl RunReader {
         if self.pos == self.block.len() && !self.load_block()? {
             return Ok(false);
         }
-        // Most keys and values are shorter than 128 bytes: one-byte varints.
-        let (key_len, value_len) = match self.block.get(self.pos..self.pos + 2) {
-            Some(&[k, v]) if (k | v) < 0x80 => {
-                self.pos += 2;
-                (usize::from(k), usize::from(v))
+        // Most keys and values are shorter than 128 bytes: one-byte
+        // varints, and one bounds check for the whole record.
+        if let Some(&[k, v]) = self.block.get(self.pos..self.pos + 2) {
+            let key_start = self.pos + 2;
+            let key_end = key_start + usize::from(k);
+            let value_end = key_end + usize::from(v);
+            if (k | v) < 0x80 && value_end <= self.block.len() {
+                self.pos = value_end;
+                (self.key_start, self.key_end, self.value_end) = (key_start, key_end, value_end);
+                self.records += 1;
+                return Ok(true);
             }
-            _ => (self.block_varint()?, self.block_varint()?),
-        };
+        }
+        let key_len = self.block_varint()?;
+        let value_len = self.block_varint()?;
         let key_start = self.pos;
         let key_end = self.checked_end(key_len)?;
         self.pos = key_end;
