@@ -185,12 +185,26 @@ pub struct MapOutputWriter<'c> {
     sort_scratch: Vec<Entry>,
 }
 
+/// A map buffer's allocations, kept on the thread for its next map task:
+/// growing them anew for every task cost page faults and copies.
+#[derive(Default)]
+struct SpareBuffers {
+    arena: Vec<u8>,
+    entries: Vec<Vec<Entry>>,
+    sort_scratch: Vec<Entry>,
+}
+
+thread_local! {
+    static SPARE_BUFFERS: std::cell::Cell<SpareBuffers> = std::cell::Cell::new(SpareBuffers::default());
+}
+
 impl<'c> MapOutputWriter<'c> {
     /// A writer for one map attempt; `combiner` folds values of equal keys.
     pub fn new(config: MapOutputConfig, combiner: Option<&'c dyn Combiner>) -> Self {
         assert!(config.reduces > 0, "a job needs at least one reduce partition");
-        let entries = (0..config.reduces).map(|_| Vec::new()).collect();
-        MapOutputWriter { config, combiner, arena: Vec::new(), entries, buffered: 0, spills: Vec::new(), combined: Vec::new(), sort_scratch: Vec::new() }
+        let SpareBuffers { arena, mut entries, sort_scratch } = SPARE_BUFFERS.take();
+        entries.resize_with(config.reduces as usize, Vec::new);
+        MapOutputWriter { config, combiner, arena, entries, buffered: 0, spills: Vec::new(), combined: Vec::new(), sort_scratch }
     }
 
     /// Adds one pair bound for `partition` (< reduces); spills if the
@@ -354,6 +368,23 @@ impl<'c> MapOutputWriter<'c> {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for MapOutputWriter<'_> {
+    /// Keeps the buffer's allocations for the next task on this thread,
+    /// unless they outgrew the budget (memory stays bounded by it).
+    fn drop(&mut self) {
+        if self.arena.capacity() <= self.config.buffer_bytes {
+            let mut spare = SpareBuffers {
+                arena: std::mem::take(&mut self.arena),
+                entries: std::mem::take(&mut self.entries),
+                sort_scratch: std::mem::take(&mut self.sort_scratch),
+            };
+            spare.arena.clear();
+            spare.entries.iter_mut().for_each(Vec::clear);
+            SPARE_BUFFERS.set(spare);
+        }
     }
 }
 
