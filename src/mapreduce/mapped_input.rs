@@ -151,16 +151,21 @@ mod linux {
     fn install_handler() -> Option<()> {
         static INSTALLED: AtomicBool = AtomicBool::new(false);
         INSTALL.call_once(|| {
-            // SAFETY: sigaction with a zeroed, then filled, struct; the
-            // previous disposition is stored before any mapping can fault.
+            // SAFETY: sigaction with zeroed, then filled, structs. The
+            // previous disposition is read and stored before ours is
+            // installed, so the handler never reads PREVIOUS while it is
+            // being written.
             unsafe {
+                let mut previous: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut previous) != 0 {
+                    return;
+                }
+                PREVIOUS = Some(previous);
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = on_sigbus as *const () as usize;
                 action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
                 libc::sigemptyset(&mut action.sa_mask);
-                let mut previous: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(libc::SIGBUS, &action, &mut previous) == 0 {
-                    PREVIOUS = Some(previous);
+                if libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) == 0 {
                     INSTALLED.store(true, Ordering::Release);
                 }
             }
