@@ -99,7 +99,9 @@ fn a_killed_worker_and_slow_attempts_still_give_the_exact_output() {
         dir.write(&format!("in/{name}"), name);
     }
     let expected = reference_output(dir.path(), "early_exit", &["in"]);
-    let (mut master, addr) = start_master(dir.path(), &["--task-timeout", "1", "--reduces", "3", "in"]);
+    // Each slow attempt times out (no progress for 1 s) up to three times
+    // before the first one finishes: allow more than the default 4 attempts.
+    let (mut master, addr) = start_master(dir.path(), &["--task-timeout", "1", "--max-task-attempts", "10", "--reduces", "3", "in"]);
     let mut doomed = start_worker("doomed", dir.path(), &addr, "early_exit");
     std::thread::sleep(Duration::from_millis(1500));
     // Killed wherever it is (most likely inside a 3 s reduce).
@@ -123,11 +125,16 @@ fn a_panicking_map_is_retried_then_stops_the_job_with_a_clear_error() {
     let mut worker = start_worker("worker", dir.path(), &addr, &plugin("faulty").to_string_lossy());
     let master_err = master.expect_failure();
     assert!(
-        master_err.contains("map task 1 (input bad.txt) failed 2 times; last error: app panicked: deliberate panic in map of bad.txt"),
+        master_err.contains(
+            "map task 1 (input bad.txt) did not succeed in 2 attempts: attempt 2 on WORKER failed: app panicked: deliberate panic in map of bad.txt; \
+             attempt 3 on WORKER failed: app panicked: deliberate panic in map of bad.txt"
+                .replace("WORKER", &worker_id(&worker))
+                .as_str()
+        ),
         "{}",
         master.describe()
     );
-    let worker_err = worker.expect_failure();
+    let worker_err = worker.expect_exit_code(3);
     assert!(worker_err.contains("the coordinator stopped the job"), "{}", worker.describe());
     assert!(!dir.join("mr-out-0").exists(), "no output from a failed job");
     let mut left = stray_files(dir.path());
@@ -142,7 +149,8 @@ fn an_app_error_in_map_and_a_panic_in_reduce_are_reported() {
     let (mut master, addr) = start_master(dir.path(), &["--max-task-failures", "1", "bad.txt"]);
     let mut worker = start_worker("worker", dir.path(), &addr, &plugin("faulty").to_string_lossy());
     let err = master.expect_failure();
-    assert!(err.contains("map task 0 (input bad.txt) failed 1 times; last error: app error: deliberate error in map of bad.txt"), "{}", master.describe());
+    assert!(err.contains("map task 0 (input bad.txt) did not succeed in 1 attempt: attempt 1 on "), "{}", master.describe());
+    assert!(err.contains(" failed: app error: deliberate error in map of bad.txt"), "{}", master.describe());
     worker.expect_failure();
 
     let dir = TestDir::new("reduce-panic");
@@ -150,7 +158,9 @@ fn an_app_error_in_map_and_a_panic_in_reduce_are_reported() {
     let (mut master, addr) = start_master(dir.path(), &["--max-task-failures", "2", "--reduces", "1", "in.txt"]);
     let mut worker = start_worker("worker", dir.path(), &addr, &plugin("faulty").to_string_lossy());
     let err = master.expect_failure();
-    assert!(err.contains("reduce task 0 (partition 0) failed 2 times; last error: app panicked: deliberate panic in reduce"), "{}", master.describe());
+    assert!(err.contains("reduce task 0 (partition 0) did not succeed in 2 attempts: attempt "), "{}", master.describe());
+    let error_line = err.lines().find(|l| l.starts_with("mr-master: error:")).unwrap_or_default();
+    assert_eq!(error_line.matches("failed: app panicked: deliberate panic in reduce").count(), 2, "{}", master.describe());
     worker.expect_failure();
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{start_master, start_worker, Proc, TestDir};
+use common::{start_master, start_worker, worker_id, Proc, TestDir};
 use serde_json::Value;
 
 /// A GET request; returns (status code, body). HTTP/1.0, so the body is
@@ -108,8 +108,7 @@ fn start_slow_job(dir: &TestDir, maps: usize, reduces: u32, delay_ms: u32, worke
 }
 
 fn worker_ids(workers: &[Proc]) -> Vec<String> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
-    let mut ids: Vec<String> = workers.iter().map(|w| format!("{host}:{}", w.pid())).collect();
+    let mut ids: Vec<String> = workers.iter().map(worker_id).collect();
     ids.sort();
     ids
 }

@@ -34,14 +34,17 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7878")]
     listen: String,
 
-    /// Seconds a task may run before it is given to another worker.
+    /// Seconds a worker may be silent, or a task make no progress, before
+    /// the task is given to another worker.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = cli::parse_positive_secs)]
     task_timeout: Duration,
 
-    /// Reported failures (app errors or panics) of one task after which the
-    /// job stops with an error naming the task. Timeouts do not count.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
-    max_task_failures: u32,
+    /// Attempts of one task that may end without success (an app error or
+    /// panic, no progress for the task timeout, its worker crashed or went
+    /// silent) before the job stops with an error naming the task, its
+    /// input and how each attempt ended. `--max-task-failures` is an alias.
+    #[arg(long, alias = "max-task-failures", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    max_task_attempts: u32,
 
     /// A parameter for the app, `KEY=VALUE` (repeatable): every worker's app
     /// sees the same parameters.
@@ -151,7 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         output_dir: args.output_dir,
         scheduler: SchedulerConfig {
             task_timeout: args.task_timeout,
-            max_task_failures: args.max_task_failures,
+            max_task_attempts: args.max_task_attempts,
         },
         params: Params::new(args.params),
         map_buffer_bytes: args.map_buffer,

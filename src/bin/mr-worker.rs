@@ -12,8 +12,9 @@ use mapreduce::plugin::Plugin;
 use mapreduce::worker::{self, WorkerConfig, WorkerExit};
 
 /// Run map and reduce tasks for a MapReduce coordinator (`mr-master`) with
-/// the given app plugin. Exits 0 when the job is done or the coordinator has
-/// gone; non-zero if no coordinator could be reached or the job failed.
+/// the given app plugin. Exits 0 when the job succeeded; 1 if the worker
+/// could not start (no coordinator, a bad plugin), 3 if the job failed, 4 if
+/// the coordinator vanished before the job ended.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -49,16 +50,14 @@ fn main() -> ExitCode {
     }
     let _span = tracing::info_span!("worker", id = %worker::worker_id()).entered();
     match run(args) {
-        Ok(exit) => {
-            tracing::info!("exiting: {}", match exit {
-                WorkerExit::JobDone => "the job is done",
-                WorkerExit::CoordinatorGone => "the coordinator is gone",
-            });
+        Ok(WorkerExit::JobDone) => {
+            tracing::info!("exiting: the job is done");
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("mr-worker: error: {}", mapreduce::errors::one_line(e.as_ref()));
-            ExitCode::FAILURE
+            let code = e.downcast_ref::<worker::WorkerError>().map_or(1, worker::WorkerError::exit_code);
+            ExitCode::from(code)
         }
     }
 }

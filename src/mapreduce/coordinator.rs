@@ -7,15 +7,20 @@
 //! commits a winning reduce's output, which must happen before the task is
 //! marked done so that "job succeeded" implies "every output is final".
 //!
+//! Liveness: each connection remembers the workers that called on it; when
+//! it closes, those workers are gone and the scheduler gives up their
+//! attempts at once. Heartbeats keep the rest alive (see [`crate::scheduler`]).
+//!
 //! Shutdown: the job is over when the scheduler says so (or the caller's
 //! `shutdown` future fires). Held `request_task` calls are woken and answered
-//! `Exit`. `run` keeps serving until every worker it has heard from has been
-//! told `Exit` (so each learns how the job ended) and every connection has
-//! closed (a worker closes its own once it has read the answer), but at most
-//! [`EXIT_GRACE`], since a crashed worker never asks again; then it drops the
-//! server future, which closes every connection. Workers that call after
-//! that find the coordinator gone and exit. The job directory with the
-//! intermediate files is removed on every path out of `run`.
+//! `Exit`; a worker busy with an attempt is answered `Exit` at its next
+//! heartbeat. `run` keeps serving until every connected worker has been
+//! told (so each learns how the job ended) and every connection has closed
+//! (a worker closes its own once it has read the answer), but at most one
+//! heartbeat interval plus [`EXIT_GRACE`], since a crashed worker never asks
+//! again; then it drops the server future, which closes every connection.
+//! The job directory with the intermediate files is removed on every path
+//! out of `run`.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -34,15 +39,30 @@ use tokio::sync::Notify;
 use crate::output::{output_file_name, remove_stale_outputs};
 use crate::app::Params;
 use crate::counters::Counters;
-use crate::rpc::{AttemptId, Assignment, Coordinator, InputFile, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport, WorkerId, POLL_WAIT};
+use crate::rpc::{
+    AttemptId, AttemptProgress, Assignment, Coordinator, HeartbeatReply, InputFile, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport, WorkerId,
+    POLL_WAIT,
+};
 use crate::runfile::Compression;
 use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
 use crate::status::{JobStatus, StatusReport};
 use crate::split::plan_splits;
 
-/// How long `run` waits, after the job ends, for the workers it knows to
-/// ask for work and be told `Exit`, before it closes the connections.
+/// How long `run` waits, after the job ends and beyond one heartbeat
+/// interval, for the workers it knows to be told `Exit`, before it closes
+/// the connections.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// Longest interval between a worker's heartbeats. Shorter task timeouts
+/// get proportionally shorter intervals (see [`heartbeat_interval`]).
+const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often workers send heartbeats for a job with this task timeout: a
+/// quarter of it, at most [`MAX_HEARTBEAT_INTERVAL`], so that a worker must
+/// miss several in a row before it is taken for gone.
+pub fn heartbeat_interval(task_timeout: Duration) -> Duration {
+    (task_timeout / 4).min(MAX_HEARTBEAT_INTERVAL)
+}
 
 /// What the coordinator needs to run one job.
 #[derive(Debug, Clone)]
@@ -179,6 +199,7 @@ impl Job {
             map_buffer_bytes: config.map_buffer_bytes,
             combine: config.combine,
             compression: config.compression,
+            heartbeat_interval: heartbeat_interval(config.scheduler.task_timeout),
         };
         tracing::info!(inputs = config.inputs.len(), maps = map_count, reduces = config.reduces, job_dir = %job_dir.path().display(), "job planned");
         let shared = Arc::new(Shared {
@@ -219,7 +240,7 @@ impl Job {
         };
         let elapsed = started.elapsed();
         // Keep serving so that the workers learn how the job ended.
-        let _ = tokio::time::timeout(EXIT_GRACE, async {
+        let _ = tokio::time::timeout(shared.spec.heartbeat_interval + EXIT_GRACE, async {
             tokio::select! {
                 _ = &mut server => {}
                 () = async {
@@ -262,8 +283,8 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
         .filter_map(|conn| future::ready(conn.map_err(|e| tracing::warn!("accepting a connection: {e}")).ok()))
         .for_each_concurrent(None, |transport| {
             let peer = transport.peer_addr().ok().map(|a| a.to_string());
-            let server = CoordinatorServer { shared: shared.clone(), peer };
-            let open = OpenConnection::new(&shared);
+            let open = Arc::new(OpenConnection::new(&shared));
+            let server = CoordinatorServer { shared: shared.clone(), peer, connection: open.clone() };
             // Requests run inside this future, not spawned, so that dropping
             // the server cancels them all.
             BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request).map(move |()| drop(open))
@@ -272,37 +293,99 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
     Ok(())
 }
 
-/// Counts a connection in [`Shared::connections`] while it lives.
-struct OpenConnection(Arc<Shared>);
+/// One RPC connection: counted in [`Shared::connections`] while it lives,
+/// and the workers that called on it, who are gone when it closes.
+struct OpenConnection {
+    shared: Arc<Shared>,
+    workers: Mutex<HashSet<WorkerId>>,
+}
 
 impl OpenConnection {
     fn new(shared: &Arc<Shared>) -> OpenConnection {
         shared.connections.fetch_add(1, Ordering::AcqRel);
-        OpenConnection(shared.clone())
+        OpenConnection { shared: shared.clone(), workers: Mutex::new(HashSet::new()) }
+    }
+
+    fn note_worker(&self, worker: &str) {
+        let mut workers = lock(&self.workers);
+        if !workers.contains(worker) {
+            workers.insert(worker.to_owned());
+        }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        let shared = &self.shared;
+        let workers = std::mem::take(&mut *lock(&self.workers));
+        if !workers.is_empty() {
+            let mut job = shared.job();
+            let JobState { scheduler, status } = &mut *job;
+            let now = Instant::now();
+            for worker in &workers {
+                status.worker_disconnected(worker);
+                if scheduler.job_end().is_some() {
+                    continue;
+                }
+                for lost in scheduler.worker_disconnected(worker) {
+                    tracing::warn!(task = %lost.task, attempt = lost.attempt, %worker, "attempt lost: {}; task will be re-run", lost.loss);
+                    status.attempt_lost(lost.task, lost.attempt, lost.loss, now);
+                }
+            }
+            drop(job);
+            let mut waiting = shared.not_yet_exited();
+            for worker in &workers {
+                waiting.remove(worker);
+            }
+            drop(waiting);
+            shared.changed.notify_waiters();
+        }
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Waits until the scheduler reports the job over, and records the end.
+/// Meanwhile gives up overdue attempts as their deadlines pass, so that a
+/// lost attempt is seen (and counted toward its task's bound) even when no
+/// worker is asking for work.
 async fn wait_for_end(shared: &Shared) -> JobEnd {
     loop {
         let notified = shared.changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        {
+        let next_deadline = {
             let mut job = shared.job();
+            let now = Instant::now();
+            if expire_overdue(&mut job, now) {
+                shared.changed.notify_waiters();
+            }
             if let Some(end) = job.scheduler.job_end() {
-                job.status.job_ended(end.clone(), Instant::now());
+                job.status.job_ended(end.clone(), now);
                 return end;
             }
+            job.scheduler.next_deadline()
+        };
+        match next_deadline {
+            Some(deadline) => {
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                }
+            }
+            None => notified.await,
         }
-        notified.await;
     }
+}
+
+/// Gives up the attempts that are overdue at `now` (see
+/// [`Scheduler::expire`]) and records them; true if there were any.
+fn expire_overdue(job: &mut JobState, now: Instant) -> bool {
+    let lost = job.scheduler.expire(now);
+    for lost in &lost {
+        tracing::warn!(task = %lost.task, attempt = lost.attempt, worker = %lost.worker, "attempt given up: {}; task will be re-run", lost.loss);
+        job.status.attempt_lost(lost.task, lost.attempt, lost.loss, now);
+    }
+    !lost.is_empty()
 }
 
 /// The tarpc service for one connection: a handle on the shared state.
@@ -311,13 +394,24 @@ struct CoordinatorServer {
     shared: Arc<Shared>,
     /// The connection's remote address, for the status page.
     peer: Option<String>,
+    connection: Arc<OpenConnection>,
 }
 
 impl CoordinatorServer {
-    /// Notes a call from `worker`.
+    /// Notes a call from `worker`, which is alive.
     fn heard_from(&self, worker: &str) {
+        self.connection.note_worker(worker);
         self.shared.not_yet_exited().insert(worker.to_owned());
-        self.shared.job().status.worker_seen(worker, self.peer.clone(), Instant::now());
+        let mut job = self.shared.job();
+        let now = Instant::now();
+        job.scheduler.heard_from(worker, now);
+        job.status.worker_seen(worker, self.peer.clone(), now);
+    }
+
+    /// `worker` was told the job is over.
+    fn told_exit(&self, worker: &str) {
+        self.shared.not_yet_exited().remove(worker);
+        self.shared.job().status.worker_exited(worker);
     }
 }
 
@@ -334,12 +428,25 @@ impl Coordinator for CoordinatorServer {
             Assignment::Map(t) => tracing::debug!(%worker, task = %TaskId::Map(t.index), attempt = t.attempt, "assigned"),
             Assignment::Reduce(t) => tracing::debug!(%worker, task = %TaskId::Reduce(t.partition), attempt = t.attempt, "assigned"),
             Assignment::Wait => {}
-            Assignment::Exit(_) => {
-                shared.not_yet_exited().remove(&worker);
-                shared.job().status.worker_exited(&worker);
-            }
+            Assignment::Exit(_) => self.told_exit(&worker),
         }
         assignment
+    }
+
+    async fn heartbeat(self, _: Context, worker: WorkerId, running: Vec<AttemptProgress>) -> HeartbeatReply {
+        self.heard_from(&worker);
+        let end = {
+            let mut job = self.shared.job();
+            job.scheduler.heartbeat(&worker, &running, Instant::now());
+            job.scheduler.job_end()
+        };
+        match end {
+            None => HeartbeatReply::Continue,
+            Some(end) => {
+                self.told_exit(&worker);
+                HeartbeatReply::Exit(end)
+            }
+        }
     }
 
     async fn report_task(self, _: Context, worker: WorkerId, report: TaskReport) {
@@ -364,12 +471,9 @@ async fn hold_until_assigned(shared: &Shared, worker: &str) -> Assignment {
         notified.as_mut().enable();
         let next_deadline = {
             let mut job = shared.job();
-            let JobState { scheduler, status } = &mut *job;
             let now = Instant::now();
-            for (task, attempt, lost_worker) in scheduler.expire(now) {
-                tracing::warn!(%task, attempt, worker = %lost_worker, "attempt timed out; task will be re-run");
-                status.attempt_timed_out(task, attempt, now);
-            }
+            expire_overdue(&mut job, now);
+            let JobState { scheduler, status } = &mut *job;
             match scheduler.assign(worker, now) {
                 Assignment::Wait => scheduler.next_deadline(),
                 other => {

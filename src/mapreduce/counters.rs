@@ -88,11 +88,21 @@ impl Drop for HostCallScope {
 #[derive(Debug, Default)]
 pub struct UserCounters {
     counts: Mutex<BTreeMap<String, u64>>,
+    /// Ticked by every update: an app that counts shows it is alive.
+    progress: Option<crate::task::TaskProgress>,
 }
 
 impl UserCounters {
+    /// Counters whose every update is also a tick of `progress`.
+    pub fn reporting_to(progress: crate::task::TaskProgress) -> UserCounters {
+        UserCounters { counts: Mutex::default(), progress: Some(progress) }
+    }
+
     /// Adds `delta` to `name`.
     pub fn add(&self, name: &str, delta: u64) {
+        if let Some(progress) = &self.progress {
+            progress.tick();
+        }
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         match counts.get_mut(name) {
             Some(count) => *count = count.saturating_add(delta),

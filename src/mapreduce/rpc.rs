@@ -9,6 +9,8 @@
 //! worker                          coordinator
 //!   | job() ---------------------->   | once, after connecting
 //!   | <---------------- JobSpec ----  | (params, inputs, reduces, budgets)
+//!   | heartbeat(worker_id, progress)->| every JobSpec::heartbeat_interval,
+//!   | <------ Continue / Exit(end) -  |  from the first job() to the exit
 //!   | request_task(worker_id) ----->  | expire overdue attempts; assign
 //!   | <---- Map(task) / Reduce(task)  | (or hold the call up to POLL_WAIT,
 //!   |       / Wait / Exit(end)        |  then answer Wait)
@@ -20,8 +22,10 @@
 //!
 //! Retries: every call is safe to repeat. A report for a task that is
 //! already done, or for an attempt the coordinator has since given to
-//! someone else, is accepted and ignored. A worker whose call fails
-//! because the coordinator is gone exits.
+//! someone else, is accepted and ignored. A worker whose calls fail
+//! because the coordinator is gone exits with an error: a worker that was
+//! connected always learns how the job ended (from `request_task` or from a
+//! heartbeat) before the coordinator exits.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -80,6 +84,9 @@ pub struct JobSpec {
     pub combine: bool,
     /// How intermediate runs are compressed (`--compress`).
     pub compression: crate::runfile::Compression,
+    /// How often a worker sends a heartbeat: a fraction of the task
+    /// timeout, so that a live worker is never taken for a silent one.
+    pub heartbeat_interval: Duration,
 }
 
 impl JobSpec {
@@ -232,6 +239,28 @@ pub enum TaskOutcome {
     },
 }
 
+/// How far one running attempt has got, in a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptProgress {
+    /// The attempt's task.
+    pub task: TaskId,
+    /// The attempt.
+    pub attempt: AttemptId,
+    /// Units of work done so far (records emitted or read, keys reduced,
+    /// counter updates, phases finished): only ever grows while the attempt
+    /// runs. Only growth matters, not the number.
+    pub units: u64,
+}
+
+/// The coordinator's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeartbeatReply {
+    /// The job goes on.
+    Continue,
+    /// The job is over: exit, even with attempts still running.
+    Exit(JobEnd),
+}
+
 /// The coordinator's RPC interface.
 #[tarpc::service]
 pub trait Coordinator {
@@ -242,6 +271,15 @@ pub trait Coordinator {
     /// over; otherwise holds the call up to [`POLL_WAIT`] and answers
     /// [`Assignment::Wait`]. Repeating the call is always safe.
     async fn request_task(worker: WorkerId) -> Assignment;
+
+    /// Says the worker is alive and how far its running attempts have got.
+    /// Sent every [`JobSpec::heartbeat_interval`] by a separate loop, so it
+    /// keeps coming while the worker's slots are busy. A worker silent for
+    /// the task timeout loses its attempts; so does an attempt whose units
+    /// stop growing for that long. Once the job is over the answer is
+    /// `Exit`, which is how a worker busy with a straggling attempt learns
+    /// the end.
+    async fn heartbeat(worker: WorkerId, running: Vec<AttemptProgress>) -> HeartbeatReply;
 
     /// Reports how an attempt ended. When it returns, a winning reduce's
     /// output has been committed. Late and duplicate reports are ignored, so

@@ -1,18 +1,19 @@
 //! The coordinator's scheduling logic: a plain state machine with no I/O.
 //!
-//! [`Scheduler`] holds the task table and decides what each worker does.
-//! Every method is synchronous and takes the current `Instant` where time
-//! matters, so tests drive it without sockets or sleeping; the tarpc shell in
-//! [`crate::coordinator`] locks it, calls one method, and answers.
+//! [`Scheduler`] holds the task table and the workers' liveness, and decides
+//! what each worker does. Every method is synchronous and takes the current
+//! `Instant` where time matters, so tests drive it without sockets or
+//! sleeping; the tarpc shell in [`crate::coordinator`] locks it, calls one
+//! method, and answers.
 //!
 //! Each task is in one state:
 //!
 //! ```text
 //!            assign                     complete (first report wins)
 //!   Idle ───────────────► Running ─────────────────────────────► Done
-//!    ▲                      │  │
-//!    └──── expire ──────────┘  │ fail: failures += 1; job fails at the limit
-//!    └──── fail ───────────────┘
+//!    ▲                      │
+//!    └──── fail / expire / ─┘  the attempt ends unsuccessfully; the job
+//!          worker lost          fails once a task has max_task_attempts of them
 //!   Done(map) ──── map output lost (reported by a reduce) ────► Idle
 //! ```
 //!
@@ -22,30 +23,40 @@
 //!   is not Done yet: a slow worker whose attempt timed out still finishes
 //!   useful work. Once Done, later reports are ignored, so a stale worker can
 //!   never replace a finished output.
-//! - A timeout is not a failure of the task: it is how a crashed or stalled
-//!   worker shows, and says nothing about the task (as in Hadoop).
+//!
+//! Liveness, as in Hadoop: workers send heartbeats with the progress of their
+//! running attempts. An attempt is given up when its worker has been silent
+//! for the task timeout (a crashed, stopped or cut-off worker), when its
+//! worker's connection closes, or when it has made no progress for the task
+//! timeout (a stalled task on a live worker). A task that keeps making
+//! progress is never taken away for being slow. Every attempt that ends
+//! without success counts toward the task's bound, whatever the cause, so a
+//! record that crashes every worker that reads it stops the job instead of
+//! being retried forever.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::rpc::{Assignment, AttemptId, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
+use crate::rpc::{Assignment, AttemptId, AttemptProgress, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
 use crate::shuffle::MapOutputLocation;
 
 /// The scheduler's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
-    /// How long an attempt may run before its task is given to another
-    /// worker (the lab's 10 s).
+    /// How long a worker may be silent, or an attempt make no progress,
+    /// before the attempt is given up and its task given to another worker
+    /// (the lab's 10 s).
     pub task_timeout: Duration,
-    /// Reported failures (errors, panics) of one task after which the job
-    /// stops. Hadoop's default is 4 attempts.
-    pub max_task_failures: u32,
+    /// Attempts of one task that may end without success (failed, timed
+    /// out, lost with their worker) before the job stops. Hadoop's default
+    /// is 4.
+    pub max_task_attempts: u32,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { task_timeout: Duration::from_secs(10), max_task_failures: 4 }
+        SchedulerConfig { task_timeout: Duration::from_secs(10), max_task_attempts: 4 }
     }
 }
 
@@ -60,8 +71,10 @@ pub enum TaskState {
         attempt: AttemptId,
         /// Who runs it.
         worker: WorkerId,
-        /// When the task is given to another worker if not reported.
-        deadline: Instant,
+        /// The latest progress its worker reported (units only grow).
+        progress: u64,
+        /// When the attempt started or its progress last grew.
+        last_progress: Instant,
     },
     /// Finished.
     Done {
@@ -70,24 +83,82 @@ pub enum TaskState {
     },
 }
 
+/// Why an attempt was given up without a report from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptLoss {
+    /// Its worker was alive but the attempt's progress did not grow for
+    /// this long.
+    NoProgress(Duration),
+    /// Its worker sent nothing for this long (crashed, stopped, or cut
+    /// off); at least half the task timeout.
+    WorkerSilent(Duration),
+    /// Its worker's connection to the coordinator closed.
+    WorkerDisconnected,
+}
+
+impl AttemptLoss {
+    /// Whether the attempt's worker is gone, rather than the attempt stuck.
+    pub fn worker_lost(self) -> bool {
+        !matches!(self, AttemptLoss::NoProgress(_))
+    }
+}
+
+impl std::fmt::Display for AttemptLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptLoss::NoProgress(d) => write!(f, "made no progress for {:.1} s", d.as_secs_f64()),
+            AttemptLoss::WorkerSilent(d) => write!(f, "its worker was silent for {:.1} s", d.as_secs_f64()),
+            AttemptLoss::WorkerDisconnected => write!(f, "its worker's connection closed"),
+        }
+    }
+}
+
+/// An attempt the scheduler gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostAttempt {
+    /// Its task, now Idle and queued to run again.
+    pub task: TaskId,
+    /// The attempt.
+    pub attempt: AttemptId,
+    /// The worker that ran it.
+    pub worker: WorkerId,
+    /// Why it was given up.
+    pub loss: AttemptLoss,
+}
+
 /// One row of the task table.
 #[derive(Debug, Clone)]
 struct TaskEntry {
     state: TaskState,
-    /// Every attempt issued for this task, oldest first.
-    attempts: Vec<AttemptId>,
-    /// Reported failures so far (timeouts are not counted).
-    failures: u32,
-    last_error: Option<String>,
+    /// Every attempt issued for this task, oldest first, with its worker.
+    attempts: Vec<(AttemptId, WorkerId)>,
+    /// Attempts that ended without success, each with how it ended, oldest
+    /// first; an attempt is here at most once.
+    unsuccessful: Vec<(AttemptId, String)>,
 }
 
 impl TaskEntry {
     fn new() -> Self {
-        TaskEntry { state: TaskState::Idle, attempts: Vec::new(), failures: 0, last_error: None }
+        TaskEntry { state: TaskState::Idle, attempts: Vec::new(), unsuccessful: Vec::new() }
     }
 
     fn is_done(&self) -> bool {
         matches!(self.state, TaskState::Done { .. })
+    }
+
+    fn worker_of(&self, attempt: AttemptId) -> &str {
+        self.attempts.iter().find(|(a, _)| *a == attempt).map_or("?", |(_, w)| w)
+    }
+
+    /// Counts `attempt`'s unsuccessful end unless it was counted already
+    /// (an attempt given up for silence may report a failure later).
+    /// Returns the task's number of unsuccessful attempts.
+    fn count_unsuccessful(&mut self, attempt: AttemptId, how: String) -> u32 {
+        if !self.unsuccessful.iter().any(|(a, _)| *a == attempt) {
+            let worker = self.worker_of(attempt).to_owned();
+            self.unsuccessful.push((attempt, format!("attempt {attempt} on {worker} {how}")));
+        }
+        self.unsuccessful.len() as u32
     }
 }
 
@@ -132,8 +203,11 @@ pub struct Scheduler {
     idle_maps: VecDeque<TaskId>,
     /// Reduce tasks that may be assigned once every map is done; same rules.
     idle_reduces: VecDeque<TaskId>,
-    /// Tasks in the Running state; few (at most one per busy worker).
+    /// Tasks in the Running state; few (at most one per busy worker slot).
     running: Vec<TaskId>,
+    /// When each worker connected to the job was last heard from. A worker
+    /// leaves when its connection closes and comes back when it calls again.
+    workers: HashMap<WorkerId, Instant>,
     /// The winning attempt's runs, per map task.
     map_outputs: Vec<Vec<(u32, MapOutputLocation)>>,
     maps_done: usize,
@@ -157,6 +231,7 @@ impl Scheduler {
             idle_maps: (0..map_count as u32).map(TaskId::Map).collect(),
             idle_reduces: (0..reduces).map(TaskId::Reduce).collect(),
             running: Vec::new(),
+            workers: HashMap::new(),
             map_outputs: vec![Vec::new(); map_count],
             maps_done: 0,
             reduces_done: 0,
@@ -197,38 +272,110 @@ impl Scheduler {
         &self.splits[m as usize]
     }
 
-    /// The earliest deadline of a running attempt: when `expire` next has
-    /// something to do.
+    /// Workers heard from within the task timeout whose connection is open.
+    pub fn live_workers(&self, now: Instant) -> usize {
+        self.workers.values().filter(|&&heard| now.saturating_duration_since(heard) < self.config.task_timeout).count()
+    }
+
+    /// A call from `worker` arrived: it is alive.
+    pub fn heard_from(&mut self, worker: &str, now: Instant) {
+        match self.workers.get_mut(worker) {
+            Some(heard) => *heard = now,
+            None => {
+                self.workers.insert(worker.to_owned(), now);
+            }
+        }
+    }
+
+    /// A heartbeat from `worker` with the progress of its running attempts.
+    /// An attempt whose units grew has made progress now; reports of
+    /// attempts no longer running are ignored.
+    pub fn heartbeat(&mut self, worker: &str, running: &[AttemptProgress], now: Instant) {
+        self.heard_from(worker, now);
+        for report in running {
+            let Some(entry) = self.entries_mut(report.task).get_mut(index(report.task)) else { continue };
+            if let TaskState::Running { attempt, progress, last_progress, .. } = &mut entry.state {
+                if *attempt == report.attempt && report.units > *progress {
+                    *progress = report.units;
+                    *last_progress = now;
+                }
+            }
+        }
+    }
+
+    /// `worker`'s connection closed: it is gone, and the attempts it was
+    /// running are given up at once (counted as unsuccessful) rather than
+    /// after the timeout. A worker that calls again is welcome back, and an
+    /// attempt it reports late may still complete its task.
+    pub fn worker_disconnected(&mut self, worker: &str) -> Vec<LostAttempt> {
+        self.workers.remove(worker);
+        self.give_up_where(|w, _| (w == worker).then_some(AttemptLoss::WorkerDisconnected))
+    }
+
+    /// When `expire` next has something to do: the earliest moment a
+    /// running attempt's worker or progress has been silent for the timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.running
             .iter()
-            .filter_map(|&t| match self.entry(t).state {
-                TaskState::Running { deadline, .. } => Some(deadline),
+            .filter_map(|&t| match &self.entry(t).state {
+                TaskState::Running { worker, last_progress, .. } => {
+                    let heard = self.workers.get(worker).copied().unwrap_or(*last_progress);
+                    Some(heard.min(*last_progress) + self.config.task_timeout)
+                }
                 _ => None,
             })
             .min()
     }
 
-    /// Gives every attempt whose deadline has passed up for lost: its task
-    /// becomes Idle and goes to the front of the queue, so it is re-run
-    /// before new work. Returns the attempts given up: (task, attempt, worker).
-    pub fn expire(&mut self, now: Instant) -> Vec<(TaskId, AttemptId, WorkerId)> {
-        let mut expired = Vec::new();
+    /// Gives up every attempt whose worker has been silent, or which has
+    /// made no progress, for the task timeout: its task becomes Idle and goes
+    /// to the front of the queue, so it is re-run before new work. Each
+    /// given-up attempt counts toward its task's bound.
+    pub fn expire(&mut self, now: Instant) -> Vec<LostAttempt> {
+        let timeout = self.config.task_timeout;
+        let workers = std::mem::take(&mut self.workers);
+        let lost = self.give_up_where(|worker, last_progress| {
+            // A worker unknown here has closed its connection and was given up already.
+            let silence = workers.get(worker).map_or(timeout, |&heard| now.saturating_duration_since(heard));
+            if silence >= timeout {
+                Some(AttemptLoss::WorkerSilent(silence))
+            } else if now.saturating_duration_since(last_progress) >= timeout {
+                // A live worker sends a heartbeat every quarter of the
+                // timeout; one silent for half of it is the likelier cause
+                // of the stall than its attempt.
+                Some(if silence >= timeout / 2 { AttemptLoss::WorkerSilent(silence) } else { AttemptLoss::NoProgress(timeout) })
+            } else {
+                None
+            }
+        });
+        self.workers = workers;
+        lost
+    }
+
+    /// Gives up each running attempt for which `loss(worker, last_progress)`
+    /// says why.
+    fn give_up_where(&mut self, loss: impl Fn(&str, Instant) -> Option<AttemptLoss>) -> Vec<LostAttempt> {
+        let mut lost = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
             let task = self.running[i];
             let entry = self.entry_mut(task);
-            match &entry.state {
-                TaskState::Running { deadline, worker, attempt } if *deadline <= now => {
-                    expired.push((task, *attempt, worker.clone()));
-                    entry.state = TaskState::Idle;
-                    self.running.swap_remove(i);
-                    self.enqueue(task, true);
-                }
-                _ => i += 1,
-            }
+            let why = match &entry.state {
+                TaskState::Running { worker, last_progress, attempt, .. } => loss(worker, *last_progress).map(|l| (l, *attempt, worker.clone())),
+                _ => None,
+            };
+            let Some((why, attempt, worker)) = why else {
+                i += 1;
+                continue;
+            };
+            entry.state = TaskState::Idle;
+            self.running.swap_remove(i);
+            self.enqueue(task, true);
+            let how = if why.worker_lost() { format!("was lost: {why}") } else { format!("timed out: {why}") };
+            self.count_unsuccessful(task, attempt, how);
+            lost.push(LostAttempt { task, attempt, worker, loss: why });
         }
-        expired
+        lost
     }
 
     /// Decides what `worker` does next. Call `expire` first so that
@@ -237,13 +384,13 @@ impl Scheduler {
         if let Some(end) = self.job_end() {
             return Assignment::Exit(end);
         }
+        self.heard_from(worker, now);
         let Some(task) = self.next_idle() else { return Assignment::Wait };
         let attempt = self.next_attempt;
         self.next_attempt += 1;
-        let deadline = now + self.config.task_timeout;
         let entry = self.entry_mut(task);
-        entry.attempts.push(attempt);
-        entry.state = TaskState::Running { attempt, worker: worker.to_owned(), deadline };
+        entry.attempts.push((attempt, worker.to_owned()));
+        entry.state = TaskState::Running { attempt, worker: worker.to_owned(), progress: 0, last_progress: now };
         self.running.push(task);
         self.task_spec(task, attempt)
     }
@@ -315,7 +462,7 @@ impl Scheduler {
     /// winning attempt is ever renamed into place.
     pub fn would_accept_completion(&self, task: TaskId, attempt: AttemptId) -> ReportVerdict {
         let Some(entry) = self.get(task) else { return ReportVerdict::UnknownAttempt };
-        if !entry.attempts.contains(&attempt) {
+        if !entry.attempts.iter().any(|(a, _)| *a == attempt) {
             ReportVerdict::UnknownAttempt
         } else if entry.is_done() {
             ReportVerdict::AlreadyDone
@@ -345,17 +492,14 @@ impl Scheduler {
     }
 
     /// Records that `attempt` of `task` failed with `error`. The task is
-    /// retried unless it has now failed `max_task_failures` times, which
-    /// stops the job.
+    /// retried unless it has now ended unsuccessfully `max_task_attempts`
+    /// times, which stops the job.
     pub fn fail(&mut self, task: TaskId, attempt: AttemptId, error: &str) -> ReportVerdict {
         let verdict = self.would_accept_completion(task, attempt);
         if verdict != ReportVerdict::Accepted {
             return verdict;
         }
         let entry = self.entry_mut(task);
-        entry.failures += 1;
-        entry.last_error = Some(error.to_owned());
-        let failures = entry.failures;
         // Only the current attempt's failure frees the task; an older
         // attempt failing says nothing about the one now running.
         if matches!(entry.state, TaskState::Running { attempt: a, .. } if a == attempt) {
@@ -363,10 +507,17 @@ impl Scheduler {
             self.running.retain(|&t| t != task);
             self.enqueue(task, false);
         }
-        if failures >= self.config.max_task_failures && self.failure.is_none() {
-            self.failure = Some(self.failure_message(task, failures, error));
-        }
+        self.count_unsuccessful(task, attempt, format!("failed: {error}"));
         ReportVerdict::Accepted
+    }
+
+    /// Counts an unsuccessful end of `attempt` against `task`, stopping the
+    /// job once the task has `max_task_attempts` of them.
+    fn count_unsuccessful(&mut self, task: TaskId, attempt: AttemptId, how: String) {
+        let count = self.entry_mut(task).count_unsuccessful(attempt, how);
+        if count >= self.config.max_task_attempts && self.failure.is_none() {
+            self.failure = Some(self.failure_message(task));
+        }
     }
 
     /// Records that a reduce attempt could not read map task `map_task`'s
@@ -385,33 +536,39 @@ impl Scheduler {
             self.running.retain(|&t| t != task);
             self.enqueue(task, false);
         }
-        let Some(map) = self.maps.get_mut(map_task as usize) else { return ReportVerdict::UnknownAttempt };
-        if map.is_done() {
-            let lost = format!("its output was lost: {error}");
-            map.state = TaskState::Idle;
-            map.failures += 1;
-            map.last_error = Some(lost.clone());
-            let failures = map.failures;
+        let Some(map) = self.maps.get(map_task as usize) else { return ReportVerdict::UnknownAttempt };
+        if let TaskState::Done { attempt: winner } = map.state {
+            self.maps[map_task as usize].state = TaskState::Idle;
             self.maps_done -= 1;
             self.map_outputs[map_task as usize].clear();
             self.enqueue(TaskId::Map(map_task), true);
-            if failures >= self.config.max_task_failures && self.failure.is_none() {
-                self.failure = Some(self.failure_message(TaskId::Map(map_task), failures, &lost));
-            }
+            self.count_unsuccessful(TaskId::Map(map_task), winner, format!("lost its output: {error}"));
         }
         ReportVerdict::Accepted
     }
 
-    fn failure_message(&self, task: TaskId, failures: u32, error: &str) -> String {
+    /// The job's error when `task` has run out of attempts: the task, its
+    /// input, and how each attempt ended.
+    fn failure_message(&self, task: TaskId) -> String {
         let input = match task {
             TaskId::Map(m) => format!("input {}", self.splits[m as usize]),
             TaskId::Reduce(r) => format!("partition {r}"),
         };
-        format!("{task} ({input}) failed {failures} times; last error: {error}")
+        let entry = self.entry(task);
+        let ends: Vec<&str> = entry.unsuccessful.iter().map(|(_, how)| how.as_str()).collect();
+        let attempts = if ends.len() == 1 { "attempt" } else { "attempts" };
+        format!("{task} ({input}) did not succeed in {} {attempts}: {}", ends.len(), ends.join("; "))
     }
 
     fn get(&self, task: TaskId) -> Option<&TaskEntry> {
         self.entries(task).get(index(task))
+    }
+
+    fn entries_mut(&mut self, task: TaskId) -> &mut [TaskEntry] {
+        match task {
+            TaskId::Map(_) => &mut self.maps,
+            TaskId::Reduce(_) => &mut self.reduces,
+        }
     }
 
     fn entries(&self, task: TaskId) -> &[TaskEntry] {
@@ -454,7 +611,7 @@ mod tests {
     }
 
     fn scheduler(maps: usize, reduces: u32) -> Scheduler {
-        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_failures: 3 };
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3 };
         Scheduler::new(config, inputs(maps), reduces, PathBuf::from("/job"))
     }
 
@@ -514,20 +671,114 @@ mod tests {
     }
 
     #[test]
-    fn an_overdue_task_goes_to_another_worker_and_is_not_a_failure() {
+    fn an_attempt_without_progress_goes_to_another_worker_and_counts() {
         let start = Instant::now();
         let mut s = scheduler(2, 1);
         let (_, stalled) = take_map(&mut s, "slow", start);
         assert_eq!(s.next_deadline(), Some(start + TIMEOUT));
-        assert!(s.expire(start + TIMEOUT - Duration::from_millis(1)).is_empty(), "not yet overdue");
+        // The worker is alive (heartbeats) but the attempt does not move.
+        let almost = start + TIMEOUT - Duration::from_millis(1);
+        s.heartbeat("slow", &[progress(0, stalled, 0)], almost);
+        assert!(s.expire(almost).is_empty(), "not yet overdue");
         let later = start + TIMEOUT;
-        assert_eq!(s.expire(later), vec![(TaskId::Map(0), 1, "slow".to_string())]);
+        let lost = s.expire(later);
+        assert_eq!(lost, vec![LostAttempt { task: TaskId::Map(0), attempt: 1, worker: "slow".into(), loss: AttemptLoss::NoProgress(TIMEOUT) }]);
         // The expired task is re-run before untouched ones.
         let (m, retry) = take_map(&mut s, "fresh", later);
         assert_eq!(m, 0);
         assert_ne!(retry, stalled);
         assert!(matches!(s.state(TaskId::Map(0)), TaskState::Running { worker, .. } if worker == "fresh"));
-        assert_eq!(s.entry(TaskId::Map(0)).failures, 0, "a timeout is not a failure");
+        assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1, "a timeout counts toward the bound");
+    }
+
+    fn progress(m: u32, attempt: AttemptId, units: u64) -> AttemptProgress {
+        AttemptProgress { task: TaskId::Map(m), attempt, units }
+    }
+
+    #[test]
+    fn an_attempt_that_keeps_making_progress_is_never_taken_away() {
+        let start = Instant::now();
+        let mut s = scheduler(1, 1);
+        let (_, attempt) = take_map(&mut s, "busy", start);
+        // Progress every 6 s for a minute: far past the timeout, never lost.
+        for step in 1..=10u32 {
+            let now = start + Duration::from_secs(6 * u64::from(step));
+            s.heartbeat("busy", &[progress(0, attempt, u64::from(step))], now);
+            assert!(s.expire(now).is_empty(), "step {step}");
+            assert_eq!(s.next_deadline(), Some(now + TIMEOUT));
+        }
+        // Then it stalls while its worker keeps sending heartbeats.
+        let stalled_at = start + Duration::from_secs(60);
+        for secs in 61..70 {
+            s.heartbeat("busy", &[progress(0, attempt, 10)], start + Duration::from_secs(secs));
+        }
+        let lost = s.expire(stalled_at + TIMEOUT);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].loss, AttemptLoss::NoProgress(TIMEOUT));
+    }
+
+    #[test]
+    fn a_silent_worker_loses_its_attempt_even_if_it_was_making_progress() {
+        let start = Instant::now();
+        let mut s = scheduler(2, 1);
+        let (_, a) = take_map(&mut s, "stopped", start);
+        let (_, b) = take_map(&mut s, "alive", start);
+        let beat = start + Duration::from_secs(5);
+        s.heartbeat("stopped", &[progress(0, a, 100)], beat);
+        s.heartbeat("alive", &[progress(1, b, 1)], beat);
+        assert_eq!(s.live_workers(beat), 2);
+        // "alive" keeps both beating and progressing; "stopped" goes quiet.
+        let now = beat + TIMEOUT;
+        s.heartbeat("alive", &[progress(1, b, 2)], now);
+        let lost = s.expire(now);
+        assert_eq!(lost, vec![LostAttempt { task: TaskId::Map(0), attempt: a, worker: "stopped".into(), loss: AttemptLoss::WorkerSilent(TIMEOUT) }]);
+        assert_eq!(s.live_workers(now), 1);
+        assert!(matches!(s.state(TaskId::Map(1)), TaskState::Running { .. }));
+    }
+
+    #[test]
+    fn a_closed_connection_gives_up_the_workers_attempts_at_once() {
+        let start = Instant::now();
+        let mut s = scheduler(2, 1);
+        let (_, a) = take_map(&mut s, "crashed", start);
+        let (_, b) = take_map(&mut s, "other", start);
+        let lost = s.worker_disconnected("crashed");
+        assert_eq!(lost, vec![LostAttempt { task: TaskId::Map(0), attempt: a, worker: "crashed".into(), loss: AttemptLoss::WorkerDisconnected }]);
+        assert_eq!(s.state(TaskId::Map(0)), &TaskState::Idle);
+        assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1);
+        assert!(matches!(s.state(TaskId::Map(1)), TaskState::Running { attempt, .. } if *attempt == b));
+        // A worker that was only cut off may still report; its result counts.
+        assert_eq!(s.complete(TaskId::Map(0), a, vec![]), ReportVerdict::Accepted);
+        // ...and a second report of the same attempt's end is not counted twice.
+        assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1);
+    }
+
+    #[test]
+    fn attempts_lost_to_dying_workers_count_toward_the_bound() {
+        let now = Instant::now();
+        let mut s = scheduler(1, 1);
+        // A record that kills every worker that maps it.
+        for round in 1..=3 {
+            let worker = format!("w{round}");
+            let (m, _) = take_map(&mut s, &worker, now);
+            assert_eq!(m, 0);
+            s.worker_disconnected(&worker);
+        }
+        let expected = "map task 0 (input in-0) did not succeed in 3 attempts: \
+                        attempt 1 on w1 was lost: its worker's connection closed; \
+                        attempt 2 on w2 was lost: its worker's connection closed; \
+                        attempt 3 on w3 was lost: its worker's connection closed";
+        assert_eq!(s.job_end(), Some(JobEnd::Failed(expected.to_string())));
+    }
+
+    #[test]
+    fn a_late_failure_of_a_timed_out_attempt_is_counted_once() {
+        let start = Instant::now();
+        let mut s = scheduler(1, 1);
+        let (_, a) = take_map(&mut s, "slow", start);
+        s.expire(start + TIMEOUT);
+        s.fail(TaskId::Map(0), a, "finally broke");
+        assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1);
     }
 
     #[test]
@@ -589,7 +840,8 @@ mod tests {
                 }
             }
         }
-        let expected = "map task 0 (input in-0) failed 3 times; last error: boom 3";
+        let expected = "map task 0 (input in-0) did not succeed in 3 attempts: \
+                        attempt 1 on w failed: boom 1; attempt 3 on w failed: boom 2; attempt 4 on w failed: boom 3";
         assert_eq!(s.job_end(), Some(JobEnd::Failed(expected.to_string())));
         assert_eq!(s.assign("w", now), Assignment::Exit(JobEnd::Failed(expected.to_string())));
     }
@@ -618,7 +870,7 @@ mod tests {
         let r1 = take_reduce(&mut s, "w2", now);
         assert_eq!(s.map_output_lost(TaskId::Reduce(0), r0.attempt, 1, "truncated"), ReportVerdict::Accepted);
         assert_eq!(s.state(TaskId::Map(1)), &TaskState::Idle);
-        assert_eq!(s.entry(TaskId::Reduce(0)).failures, 0, "not the reduce's fault");
+        assert!(s.entry(TaskId::Reduce(0)).unsuccessful.is_empty(), "not the reduce's fault");
         // Map 1 runs again before any reduce is handed out.
         let (m, a) = take_map(&mut s, "w3", now);
         assert_eq!(m, 1);

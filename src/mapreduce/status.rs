@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
 use crate::rpc::{AttemptId, InputFile, JobEnd, TaskId, WorkerId};
-use crate::scheduler::{Scheduler, TaskState};
+use crate::scheduler::{AttemptLoss, Scheduler, TaskState};
 
 /// How one attempt ended (or that it has not).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,10 +34,16 @@ pub enum AttemptOutcome {
     Succeeded,
     /// The app or the worker reported an error.
     Failed(String),
-    /// Not reported within the task timeout; the task was given to another
-    /// worker. A timed-out attempt that reports success before the task is
-    /// done still wins and becomes `Succeeded`.
+    /// Made no progress for the task timeout while its worker was alive;
+    /// the task was given to another worker. A timed-out attempt that
+    /// reports success before the task is done still wins and becomes
+    /// `Succeeded`.
     TimedOut,
+    /// Its worker went silent for the task timeout or its connection
+    /// closed (the worker crashed, was stopped, or was cut off); the task
+    /// was given to another worker. Like a timed-out attempt it may still
+    /// report and win.
+    WorkerLost(String),
     /// Finished after another attempt had already completed the task; its
     /// result and counters were dropped.
     Duplicate,
@@ -52,8 +58,8 @@ pub enum AttemptOutcome {
 
 impl AttemptOutcome {
     /// Every outcome's [`name`](AttemptOutcome::name), in declaration order.
-    pub const NAMES: [&'static str; 8] =
-        ["running", "succeeded", "failed", "timed_out", "duplicate", "output_lost", "input_lost", "abandoned"];
+    pub const NAMES: [&'static str; 9] =
+        ["running", "succeeded", "failed", "timed_out", "worker_lost", "duplicate", "output_lost", "input_lost", "abandoned"];
 
     /// The outcome's name, as `/api/status`, `/metrics` and the summary spell it.
     pub fn name(&self) -> &'static str {
@@ -62,10 +68,11 @@ impl AttemptOutcome {
             AttemptOutcome::Succeeded => 1,
             AttemptOutcome::Failed(_) => 2,
             AttemptOutcome::TimedOut => 3,
-            AttemptOutcome::Duplicate => 4,
-            AttemptOutcome::OutputLost(_) => 5,
-            AttemptOutcome::InputLost(_) => 6,
-            AttemptOutcome::Abandoned => 7,
+            AttemptOutcome::WorkerLost(_) => 4,
+            AttemptOutcome::Duplicate => 5,
+            AttemptOutcome::OutputLost(_) => 6,
+            AttemptOutcome::InputLost(_) => 7,
+            AttemptOutcome::Abandoned => 8,
         };
         Self::NAMES[index]
     }
@@ -73,7 +80,10 @@ impl AttemptOutcome {
     /// The error that came with the outcome, if any.
     pub fn error(&self) -> Option<&str> {
         match self {
-            AttemptOutcome::Failed(e) | AttemptOutcome::OutputLost(e) | AttemptOutcome::InputLost(e) => Some(e),
+            AttemptOutcome::Failed(e)
+            | AttemptOutcome::WorkerLost(e)
+            | AttemptOutcome::OutputLost(e)
+            | AttemptOutcome::InputLost(e) => Some(e),
             _ => None,
         }
     }
@@ -115,6 +125,8 @@ struct WorkerRecord {
     tasks_done: u64,
     current: BTreeSet<(TaskId, AttemptId)>,
     exited: bool,
+    /// Its connection closed (until it calls again).
+    disconnected: bool,
 }
 
 /// The observable history of one job; see the module docs.
@@ -161,8 +173,10 @@ impl JobStatus {
             tasks_done: 0,
             current: BTreeSet::new(),
             exited: false,
+            disconnected: false,
         });
         record.last_seen = now;
+        record.disconnected = false;
         if address.is_some() {
             record.address = address;
         }
@@ -223,9 +237,17 @@ impl JobStatus {
         self.end_attempt(task, attempt, AttemptOutcome::Failed(error.to_owned()), now);
     }
 
-    /// `attempt` of `task` was not reported in time.
-    pub fn attempt_timed_out(&mut self, task: TaskId, attempt: AttemptId, now: Instant) {
-        self.end_attempt(task, attempt, AttemptOutcome::TimedOut, now);
+    /// The scheduler gave up `attempt` of `task` for `loss`.
+    pub fn attempt_lost(&mut self, task: TaskId, attempt: AttemptId, loss: AttemptLoss, now: Instant) {
+        let outcome = if loss.worker_lost() { AttemptOutcome::WorkerLost(loss.to_string()) } else { AttemptOutcome::TimedOut };
+        self.end_attempt(task, attempt, outcome, now);
+    }
+
+    /// `worker`'s connection closed: it is not alive until it calls again.
+    pub fn worker_disconnected(&mut self, worker: &str) {
+        if let Some(record) = self.workers.get_mut(worker) {
+            record.disconnected = true;
+        }
     }
 
     /// Reduce `attempt` could not read map task `map_task`'s output: the
@@ -266,7 +288,7 @@ impl JobStatus {
         let end_secs = self.secs(now);
         let record = self.attempt_mut(task, attempt)?;
         let worker = record.worker.clone();
-        if !matches!(record.outcome, AttemptOutcome::Running | AttemptOutcome::TimedOut) {
+        if !matches!(record.outcome, AttemptOutcome::Running | AttemptOutcome::TimedOut | AttemptOutcome::WorkerLost(_)) {
             return None;
         }
         record.outcome = outcome;
@@ -353,7 +375,8 @@ impl JobStatus {
                     id: id.clone(),
                     address: w.address.clone(),
                     last_seen_secs_ago: silent.as_secs_f64(),
-                    alive: !w.exited && self.ended.is_none() && (silent < self.alive_window || !w.current.is_empty()),
+                    // Workers send heartbeats, so silence means gone even mid-task.
+                    alive: !w.exited && !w.disconnected && self.ended.is_none() && silent < self.alive_window,
                     tasks_done: w.tasks_done,
                     current: w.current.iter().map(|&(task, attempt)| CurrentAttempt { task: task_label_of(task), attempt }).collect(),
                 }
@@ -651,7 +674,7 @@ mod tests {
         let inputs: Vec<InputFile> =
             (0..maps).map(|i| InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/in-{i}")), size: 100 }).collect();
         let splits = inputs.iter().cloned().map(InputSplit::whole).collect();
-        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_failures: 3 };
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3 };
         let scheduler = Scheduler::new(config, splits, reduces, PathBuf::from("/job"));
         (scheduler, JobStatus::new(inputs, maps, reduces as usize, TIMEOUT, now))
     }
@@ -688,8 +711,8 @@ mod tests {
         let (m0b, a2) = assign(&mut s, &mut st, "w1", t0);
         assert_eq!(m0b, m0);
         let later = t0 + TIMEOUT;
-        for (task, attempt, _) in s.expire(later) {
-            st.attempt_timed_out(task, attempt, later);
+        for lost in s.expire(later) {
+            st.attempt_lost(lost.task, lost.attempt, lost.loss, later);
         }
         let (m0c, a3) = assign(&mut s, &mut st, "w2", later);
         assert_eq!(m0c, m0);
@@ -753,6 +776,7 @@ mod tests {
             AttemptOutcome::Succeeded,
             AttemptOutcome::Failed(e()),
             AttemptOutcome::TimedOut,
+            AttemptOutcome::WorkerLost(e()),
             AttemptOutcome::Duplicate,
             AttemptOutcome::OutputLost(e()),
             AttemptOutcome::InputLost(e()),
@@ -770,23 +794,31 @@ mod tests {
     }
 
     #[test]
-    fn workers_are_alive_while_running_or_recently_heard_from() {
+    fn workers_are_alive_while_heard_from_and_connected() {
         let t0 = Instant::now();
         let (mut s, mut st) = job(2, 1, t0);
-        assign(&mut s, &mut st, "busy", t0);
+        let (task, attempt) = assign(&mut s, &mut st, "busy", t0);
         st.worker_seen("idle", None, t0);
-        let much_later = t0 + 3 * TIMEOUT;
+        st.worker_seen("crashed", None, t0);
         let alive = |st: &JobStatus, s: &Scheduler, at| -> Vec<(String, bool)> {
             st.report(s, at).workers.into_iter().map(|w| (w.id, w.alive)).collect()
         };
-        assert_eq!(alive(&st, &s, t0), [("busy".to_string(), true), ("idle".to_string(), true)]);
-        assert_eq!(alive(&st, &s, much_later), [("busy".to_string(), true), ("idle".to_string(), false)]);
-        for (task, attempt, _) in s.expire(much_later) {
-            st.attempt_timed_out(task, attempt, much_later);
-        }
-        assert_eq!(alive(&st, &s, much_later), [("busy".to_string(), false), ("idle".to_string(), false)]);
+        let yes = |name: &str, alive: bool| (name.to_string(), alive);
+        assert_eq!(alive(&st, &s, t0), [yes("busy", true), yes("crashed", true), yes("idle", true)]);
+        st.worker_disconnected("crashed");
+        assert_eq!(alive(&st, &s, t0), [yes("busy", true), yes("crashed", false), yes("idle", true)]);
+        // A silent worker is gone even while it holds a task.
+        let much_later = t0 + 3 * TIMEOUT;
+        assert_eq!(alive(&st, &s, much_later), [yes("busy", false), yes("crashed", false), yes("idle", false)]);
+        let lost = s.expire(much_later);
+        assert_eq!((lost[0].task, lost[0].attempt), (task, attempt));
+        st.attempt_lost(task, attempt, lost[0].loss, much_later);
+        let report = st.report(&s, much_later);
+        assert_eq!(report.tasks[0].attempts[0].outcome, AttemptOutcome::WorkerLost("its worker was silent for 30.0 s".into()));
+        assert!(report.workers[0].current.is_empty());
         st.worker_seen("idle", None, much_later);
+        assert!(st.report(&s, much_later).workers[2].alive, "heard from again");
         st.worker_exited("idle");
-        assert!(!st.report(&s, much_later).workers[1].alive, "told to exit");
+        assert!(!st.report(&s, much_later).workers[2].alive, "told to exit");
     }
 }

@@ -50,8 +50,10 @@ pub struct AttemptCounts {
     pub succeeded: usize,
     /// Reported an error.
     pub failed: usize,
-    /// Given up after the task timeout.
+    /// Given up after making no progress for the task timeout.
     pub timed_out: usize,
+    /// Given up because its worker went silent or disconnected.
+    pub worker_lost: usize,
     /// Finished after another attempt had won.
     pub duplicate: usize,
     /// Maps whose output was later lost, and reduces that found it so.
@@ -69,7 +71,7 @@ pub struct UnsuccessfulAttempt {
     pub attempt: u64,
     /// The worker that ran it.
     pub worker: String,
-    /// `failed`, `timed_out`, `duplicate`, `output_lost`, `input_lost` or `abandoned`.
+    /// `failed`, `timed_out`, `worker_lost`, `duplicate`, `output_lost`, `input_lost` or `abandoned`.
     pub outcome: String,
     /// The error, where there is one.
     pub error: Option<String>,
@@ -100,6 +102,7 @@ impl JobSummary {
                     AttemptOutcome::Running => {}
                     AttemptOutcome::Failed(_) => attempts.failed += 1,
                     AttemptOutcome::TimedOut => attempts.timed_out += 1,
+                    AttemptOutcome::WorkerLost(_) => attempts.worker_lost += 1,
                     AttemptOutcome::Duplicate => attempts.duplicate += 1,
                     AttemptOutcome::OutputLost(_) | AttemptOutcome::InputLost(_) => attempts.lost_data += 1,
                     AttemptOutcome::Abandoned => attempts.abandoned += 1,
@@ -154,6 +157,7 @@ impl JobSummary {
         for (n, what) in [
             (a.failed, "failed"),
             (a.timed_out, "timed out"),
+            (a.worker_lost, "lost with their worker"),
             (a.duplicate, "duplicate"),
             (a.lost_data, "lost data"),
             (a.abandoned, "abandoned"),

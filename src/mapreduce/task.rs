@@ -8,6 +8,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::app::ValueSource;
@@ -60,6 +61,28 @@ impl From<MergeError> for TaskError {
     }
 }
 
+/// How far a running attempt has got, in units of work that only grow:
+/// records emitted, keys and values reduced, counter updates, phases
+/// finished. The attempt's thread ticks it; the worker's heartbeat reads it,
+/// so the coordinator can tell a slow attempt that is moving from a stuck one.
+#[derive(Debug, Clone, Default)]
+pub struct TaskProgress(Arc<AtomicU64>);
+
+impl TaskProgress {
+    /// One more unit of work done.
+    #[inline]
+    pub fn tick(&self) {
+        // One writer (the attempt's thread): a plain load and store, no
+        // locked add on the hot path.
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Units done so far.
+    pub fn units(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 thread_local! {
     /// The last map input's memory, kept for the next map task on this
     /// thread: allocating and first touching a fresh buffer for every task
@@ -104,7 +127,7 @@ impl TaskRunner {
 
     /// Runs one map attempt; returns its runs, one per non-empty partition,
     /// and the attempt's counters.
-    pub fn run_map(&self, task: &MapTask) -> Result<(Vec<(u32, MapOutputLocation)>, Counters), TaskError> {
+    pub fn run_map(&self, task: &MapTask, progress: &TaskProgress) -> Result<(Vec<(u32, MapOutputLocation)>, Counters), TaskError> {
         let capabilities = self.capabilities()?;
         let plugin = &*self.plugin;
         let split = &task.input;
@@ -131,7 +154,7 @@ impl TaskRunner {
             attempt: task.attempt,
             compression: self.compression,
         };
-        let user_counters = UserCounters::default();
+        let user_counters = UserCounters::reporting_to(progress.clone());
         let app_combiner = AppCombiner { plugin, counters: &user_counters };
         let combiner = (self.combine && capabilities.combiner).then_some(&app_combiner as &dyn Combiner);
         let mut output = MapOutputWriter::new(config, combiner);
@@ -141,6 +164,7 @@ impl TaskRunner {
         let (mut records, mut bytes) = (0u64, 0u64);
         let partitions = Partitions::new(task.reduces);
         let emit = &mut |key: &[u8], value: &[u8]| {
+            progress.tick();
             records += 1;
             bytes += (key.len() + value.len()) as u64;
             if failure.is_none() {
@@ -159,6 +183,7 @@ impl TaskRunner {
             return Err(e);
         }
         drop(mapped);
+        progress.tick();
         // A buffer taken for reading goes back for the next task; large
         // ones give their memory back before the output is merged.
         if (1..=REUSED_INPUT_MAX).contains(&buffer.capacity()) {
@@ -175,7 +200,7 @@ impl TaskRunner {
 
     /// Runs one reduce attempt, leaving its output at `task.staged_output`;
     /// returns the attempt's counters.
-    pub fn run_reduce(&self, task: &ReduceTask) -> Result<Counters, TaskError> {
+    pub fn run_reduce(&self, task: &ReduceTask, progress: &TaskProgress) -> Result<Counters, TaskError> {
         let capabilities = self.capabilities()?;
         let mut counters = Counters::default();
         let mut readers = Vec::with_capacity(task.runs.len());
@@ -184,21 +209,23 @@ impl TaskRunner {
             let reader = open_run(location).map_err(lost)?;
             counters.reduce_input_bytes += stored_size(location);
             readers.push((*map_task, reader));
+            progress.tick();
         }
         let mut merger = RunMerger::new(readers)?;
         let path = &task.staged_output;
         let output_err = |source| TaskError::Output { path: path.clone(), source };
         let mut output = AtomicFile::create(path).map_err(output_err)?;
-        let user_counters = UserCounters::default();
+        let user_counters = UserCounters::reporting_to(progress.clone());
         let (mut key, mut value) = (Vec::new(), Vec::new());
         while let Some(next) = merger.next_key()? {
+            progress.tick();
             counters.reduce_input_groups += 1;
             // The merger lends out the key and the values; the app needs both.
             key.clear();
             key.extend_from_slice(next);
             value.clear();
             let mut values = merger.values();
-            let result = self.plugin.reduce(&key, &mut values, &mut value, &user_counters);
+            let result = self.plugin.reduce(&key, &mut TickingValues { values: &mut values, progress }, &mut value, &user_counters);
             // A read error cuts the values short, so it outranks what the app made of them.
             if let Some(e) = values.error {
                 return Err(e.into());
@@ -211,6 +238,20 @@ impl TaskRunner {
         output.commit().map_err(output_err)?;
         counters.user = user_counters.take();
         Ok(counters)
+    }
+}
+
+/// A key's values as the app reads them, each one a tick of progress (a
+/// key may have millions).
+struct TickingValues<'a, V> {
+    values: &'a mut V,
+    progress: &'a TaskProgress,
+}
+
+impl<V: ValueSource> ValueSource for TickingValues<'_, V> {
+    fn next_value(&mut self) -> Option<&[u8]> {
+        self.progress.tick();
+        self.values.next_value()
     }
 }
 

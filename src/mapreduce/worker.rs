@@ -8,25 +8,34 @@
 //! runtime so that app code never stalls it, and always the same thread so
 //! that what a task keeps for the next one on its thread (its input buffer,
 //! the table behind `Emitter::count`, tens of MiB for a large vocabulary)
-//! is found again.
+//! is found again. Beside the slots, a heartbeat loop tells the coordinator
+//! every [`JobSpec::heartbeat_interval`](crate::rpc::JobSpec) that this
+//! process is alive and how far each running attempt has got.
 //!
-//! Shutdown: the worker stops when the coordinator answers `Exit`, or when
-//! a call fails after it has once been connected: the coordinator exits as
-//! soon as its job is done, so "gone" is the normal end for a worker that was
-//! busy with a straggling attempt at that moment.
+//! Shutdown: the worker stops at the first end any of its loops learns: a
+//! slot told `Exit` by `request_task`, the heartbeat told `Exit` (the job
+//! ended while every slot was busy with an attempt that no longer matters),
+//! or a call failing because the coordinator is gone. The coordinator tells
+//! every connected worker how the job ended before it exits, so finding it
+//! gone means it vanished mid-job: that is an error, not a normal end.
+//! Attempts still running on slot threads are abandoned with the process.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tarpc::client;
+use tarpc::client::{self, RpcError};
 use tarpc::context;
 use tarpc::tokio_serde::formats::Bincode;
+use tokio::sync::mpsc;
 
 use crate::plugin::Plugin;
 use tracing::Instrument;
 
-use crate::rpc::{Assignment, AttemptId, CoordinatorClient, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, CALL_DEADLINE};
-use crate::task::{TaskError, TaskRunner};
+use crate::rpc::{
+    Assignment, AttemptId, AttemptProgress, CoordinatorClient, HeartbeatReply, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId,
+    CALL_DEADLINE,
+};
+use crate::task::{TaskError, TaskProgress, TaskRunner};
 
 /// Pause between connection attempts while the coordinator is not up yet.
 const CONNECT_RETRY: Duration = Duration::from_millis(100);
@@ -47,8 +56,6 @@ pub struct WorkerConfig {
 pub enum WorkerExit {
     /// The coordinator said the job is done.
     JobDone,
-    /// The coordinator went away after the worker had connected.
-    CoordinatorGone,
 }
 
 /// Why a worker stopped abnormally.
@@ -58,12 +65,28 @@ pub enum WorkerError {
     /// No coordinator answered within the connect timeout.
     #[error("could not reach the coordinator at {master} within {} s: {last_error}", .timeout.as_secs_f64())]
     Unreachable { master: String, timeout: Duration, last_error: String },
-    /// The coordinator stopped the job because a task failed too often.
+    /// The coordinator stopped the job because a task could not succeed.
     #[error("the coordinator stopped the job: {0}")]
     JobFailed(String),
+    /// The coordinator went away without saying the job was over.
+    #[error("lost the coordinator at {master} before the job ended: {error}")]
+    CoordinatorLost { master: String, error: String },
     /// The operating system would not start a slot's thread.
     #[error("cannot start a task thread: {0}")]
     Thread(std::io::Error),
+}
+
+impl WorkerError {
+    /// The process exit status for this error: 3 when the job failed, 4
+    /// when the coordinator vanished mid-job, 1 when the worker could not
+    /// start (2 is a usage error, from the flag parser).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            WorkerError::JobFailed(_) => 3,
+            WorkerError::CoordinatorLost { .. } => 4,
+            WorkerError::Unreachable { .. } | WorkerError::Thread(_) => 1,
+        }
+    }
 }
 
 /// This process's id in the coordinator's logs: `host:pid`.
@@ -76,77 +99,140 @@ pub fn worker_id() -> WorkerId {
     format!("{host}:{}", std::process::id())
 }
 
+/// How one of a worker's loops (a slot, the heartbeat) saw the job end.
+type LoopEnd = Result<WorkerExit, WorkerError>;
+
 /// Runs tasks from the coordinator with `plugin` until the job ends.
 pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit, WorkerError> {
     let client = connect(&config).await?;
     let id = worker_id();
     tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
-    let spec = match client.job(call_context()).await {
-        Ok(spec) => spec,
-        Err(e) => {
-            tracing::info!("coordinator gone ({e}); exiting");
-            return Ok(WorkerExit::CoordinatorGone);
-        }
-    };
+    let lost = |e: RpcError| WorkerError::CoordinatorLost { master: config.master.clone(), error: e.to_string() };
+    let spec = client.job(call_context()).await.map_err(lost)?;
+    let interval = spec.heartbeat_interval;
     // Making the app may read the inputs (a sort samples them): off the runtime.
     let runner = tokio::task::spawn_blocking(move || Arc::new(TaskRunner::new(plugin, &spec)))
         .await
         .expect("the app's constructor panics are caught at the plugin boundary");
-    // Each slot pulls and runs tasks on its own; they share the connection
-    // and the app. The worker is done when every slot is.
-    let slots = (0..config.slots.max(1)).map(|slot| {
-        let (client, id, runner) = (client.clone(), id.clone(), runner.clone());
-        // Spawned tasks do not inherit the caller's span (`worker{id=...}`): pass it on.
-        tokio::spawn(async move { run_slot(slot, &client, &id, &runner).await }.instrument(tracing::Span::current()))
-    });
-    let mut exit = Ok(WorkerExit::CoordinatorGone);
-    for slot in futures::future::join_all(slots).await {
-        match slot.expect("slot loops do not panic: task panics are caught on the slot's thread") {
-            // A failed job outranks everything; "done" outranks "gone" (a slot
-            // busy with a straggler when the job ended finds the master gone).
-            Err(e) => exit = Err(e),
-            Ok(WorkerExit::JobDone) if exit.is_ok() => exit = Ok(WorkerExit::JobDone),
-            Ok(_) => {}
+    let slots: Arc<[SlotActivity]> = (0..config.slots.max(1)).map(|_| SlotActivity::default()).collect();
+    let (end_tx, mut end_rx) = mpsc::unbounded_channel::<LoopEnd>();
+    let master = config.master.clone();
+    // Spawned tasks do not inherit the caller's span (`worker{id=...}`): pass it on.
+    for slot in 0..slots.len() {
+        let (client, id, runner, slots, end_tx, master) = (client.clone(), id.clone(), runner.clone(), slots.clone(), end_tx.clone(), master.clone());
+        tokio::spawn(
+            async move {
+                let _ = end_tx.send(run_slot(slot, &client, &id, &runner, &slots[slot], &master).await);
+            }
+            .instrument(tracing::Span::current()),
+        );
+    }
+    tokio::spawn(
+        async move {
+            let _ = end_tx.send(send_heartbeats(&client, &id, &slots, interval, &master).await);
+        }
+        .instrument(tracing::Span::current()),
+    );
+    // The first end any loop learns is the worker's. A slot that finished
+    // its part while others still run sends nothing.
+    end_rx.recv().await.expect("the heartbeat loop runs until it sees the end")
+}
+
+/// What one slot is running, for the heartbeat.
+#[derive(Debug, Default)]
+struct SlotActivity {
+    current: Mutex<Option<(TaskId, AttemptId, TaskProgress)>>,
+}
+
+impl SlotActivity {
+    fn start(&self, task: TaskId, attempt: AttemptId) -> TaskProgress {
+        let progress = TaskProgress::default();
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((task, attempt, progress.clone()));
+        progress
+    }
+
+    fn finish(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn snapshot(&self) -> Option<AttemptProgress> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().map(|(task, attempt, progress)| AttemptProgress { task: *task, attempt: *attempt, units: progress.units() })
+    }
+}
+
+/// Sends a heartbeat every `interval` until the coordinator says the job is
+/// over or cannot be reached.
+async fn send_heartbeats(client: &CoordinatorClient, id: &WorkerId, slots: &[SlotActivity], interval: Duration, master: &str) -> LoopEnd {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let running: Vec<AttemptProgress> = slots.iter().filter_map(SlotActivity::snapshot).collect();
+        match client.heartbeat(call_context(), id.clone(), running).await {
+            Ok(HeartbeatReply::Continue) => {}
+            Ok(HeartbeatReply::Exit(end)) => return job_end(end),
+            // A coordinator too busy to answer in time is still there.
+            Err(RpcError::DeadlineExceeded) => tracing::debug!("a heartbeat went unanswered"),
+            Err(e) => return Err(WorkerError::CoordinatorLost { master: master.to_owned(), error: e.to_string() }),
         }
     }
-    exit
+}
+
+fn job_end(end: JobEnd) -> LoopEnd {
+    match end {
+        JobEnd::Succeeded => Ok(WorkerExit::JobDone),
+        JobEnd::Failed(message) => Err(WorkerError::JobFailed(message)),
+    }
 }
 
 /// One task slot: asks for a task, runs it, reports, until the job ends.
-async fn run_slot(slot: usize, client: &CoordinatorClient, id: &WorkerId, runner: &Arc<TaskRunner>) -> Result<WorkerExit, WorkerError> {
+async fn run_slot(
+    slot: usize,
+    client: &CoordinatorClient,
+    id: &WorkerId,
+    runner: &Arc<TaskRunner>,
+    activity: &SlotActivity,
+    master: &str,
+) -> LoopEnd {
+    let lost = |e: RpcError| WorkerError::CoordinatorLost { master: master.to_owned(), error: e.to_string() };
     let thread = SlotThread::spawn(slot).map_err(WorkerError::Thread)?;
     loop {
         let assignment = match client.request_task(call_context(), id.clone()).await {
             Ok(assignment) => assignment,
-            Err(e) => {
-                tracing::info!(slot, "coordinator gone ({e}); exiting");
-                return Ok(WorkerExit::CoordinatorGone);
-            }
+            Err(RpcError::DeadlineExceeded) => continue,
+            Err(e) => return Err(lost(e)),
         };
         let report = match assignment {
             Assignment::Wait => continue,
-            Assignment::Exit(JobEnd::Succeeded) => return Ok(WorkerExit::JobDone),
-            Assignment::Exit(JobEnd::Failed(message)) => return Err(WorkerError::JobFailed(message)),
+            Assignment::Exit(end) => return job_end(end),
             Assignment::Map(task) => {
                 let (task_id, attempt) = (TaskId::Map(task.index), task.attempt);
-                let runner = runner.clone();
-                let outcome = run_on(&thread, task_id, attempt, move || runner.run_map(&task))
+                let (runner, progress) = (runner.clone(), activity.start(task_id, attempt));
+                let outcome = run_on(&thread, task_id, attempt, move || runner.run_map(&task, &progress))
                     .await
                     .map(|(outputs, counters)| TaskOutcome::MapDone { outputs, counters });
                 TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
             Assignment::Reduce(task) => {
                 let (task_id, attempt) = (TaskId::Reduce(task.partition), task.attempt);
-                let runner = runner.clone();
-                let outcome = run_on(&thread, task_id, attempt, move || runner.run_reduce(&task))
+                let (runner, progress) = (runner.clone(), activity.start(task_id, attempt));
+                let outcome = run_on(&thread, task_id, attempt, move || runner.run_reduce(&task, &progress))
                     .await
                     .map(|counters| TaskOutcome::ReduceDone { counters });
                 TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
         };
-        if let Err(e) = client.report_task(call_context(), id.clone(), report).await {
-            tracing::info!(slot, "coordinator gone ({e}); exiting");
-            return Ok(WorkerExit::CoordinatorGone);
+        // Reported from here on: a heartbeat must not keep showing progress
+        // of an attempt the coordinator may already have given up.
+        activity.finish();
+        loop {
+            // Reports are idempotent: one whose answer was late is sent again.
+            match client.report_task(call_context(), id.clone(), report.clone()).await {
+                Ok(()) => break,
+                Err(RpcError::DeadlineExceeded) => continue,
+                Err(e) => return Err(lost(e)),
+            }
         }
     }
 }

@@ -137,6 +137,13 @@ impl Proc {
         self.stderr()
     }
 
+    /// Waits for the process and checks it exited with `code`; returns its stderr.
+    pub fn expect_exit_code(&mut self, code: i32) -> String {
+        let status = self.wait(PROCESS_TIMEOUT);
+        assert_eq!(status.code(), Some(code), "{} should have exited with {code}\n{}", self.label, self.describe());
+        self.stderr()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -193,6 +200,12 @@ pub fn start_master(cwd: &Path, args: &[&str]) -> (Proc, String) {
         assert!(Instant::now() < deadline, "master did not write its address\n{}", master.describe());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The id `mr-worker` gives itself: `host:pid`.
+pub fn worker_id(worker: &Proc) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    format!("{host}:{}", worker.pid())
 }
 
 /// Starts a worker for `app` against `addr`, in `cwd`.

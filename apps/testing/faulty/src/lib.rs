@@ -1,6 +1,8 @@
 //! Test app for failure handling: a word count whose map panics on an input
 //! containing `PANIC-IN-MAP`, returns an error on one containing
-//! `ERROR-IN-MAP`, and whose reduce panics on the key `panicinreduce`.
+//! `ERROR-IN-MAP`, aborts the whole worker process (no panic to catch) on
+//! one containing `ABORT-IN-MAP`, and whose reduce panics on the key
+//! `panicinreduce`.
 
 use mapreduce::{text, App, AppResult, Emitter, MapInput, Values};
 
@@ -16,6 +18,9 @@ impl App for Faulty {
     fn map(&self, input: &MapInput<'_>, emit: &mut Emitter<'_>) -> AppResult {
         if contains(input.contents, b"PANIC-IN-MAP") {
             panic!("deliberate panic in map of {}", input.filename);
+        }
+        if contains(input.contents, b"ABORT-IN-MAP") {
+            std::process::abort();
         }
         if contains(input.contents, b"ERROR-IN-MAP") {
             return Err(format!("deliberate error in map of {}", input.filename).into());

@@ -2,7 +2,9 @@
 //! counter) whose every map call sleeps `--param delay_ms=N` first, so that
 //! a test can watch the job's status page while the job runs. With
 //! `--param started_file=PATH`, each map call first creates PATH, so that a
-//! test knows a map is under way (and has its input open).
+//! test knows a map is under way (and has its input open). With
+//! `--param tick_ms=N`, the delay is slept in steps of N ms, each followed by
+//! an increment of the counter `ticks`: progress the coordinator can see.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,16 +15,36 @@ use mapreduce::{counters, App, AppError, AppResult, Emitter, JobContext, MapInpu
 pub struct SlowCount {
     delay: Duration,
     started_file: Option<PathBuf>,
+    /// Sleep in steps this long, counting each (`None`: in one go).
+    tick: Option<Duration>,
+}
+
+fn millis(job: &JobContext, name: &str) -> Result<Option<Duration>, AppError> {
+    match job.params.get(name) {
+        Some(text) => Ok(Some(Duration::from_millis(text.parse().map_err(|e| format!("{name}={text:?}: {e}"))?))),
+        None => Ok(None),
+    }
 }
 
 impl SlowCount {
-    /// Reads `delay_ms` (default 0).
+    /// Reads `delay_ms` (default 0), `started_file` and `tick_ms`.
     pub fn new(job: &JobContext) -> Result<SlowCount, AppError> {
-        let delay_ms = match job.params.get("delay_ms") {
-            Some(text) => text.parse().map_err(|e| format!("delay_ms={text:?}: {e}"))?,
-            None => 0,
-        };
-        Ok(SlowCount { delay: Duration::from_millis(delay_ms), started_file: job.params.get("started_file").map(PathBuf::from) })
+        Ok(SlowCount {
+            delay: millis(job, "delay_ms")?.unwrap_or_default(),
+            started_file: job.params.get("started_file").map(PathBuf::from),
+            tick: millis(job, "tick_ms")?.filter(|t| !t.is_zero()),
+        })
+    }
+
+    fn sleep(&self) {
+        let Some(tick) = self.tick else { return std::thread::sleep(self.delay) };
+        let mut left = self.delay;
+        while !left.is_zero() {
+            let step = tick.min(left);
+            std::thread::sleep(step);
+            left -= step;
+            counters::increment("ticks", 1);
+        }
     }
 }
 
@@ -31,7 +53,7 @@ impl App for SlowCount {
         if let Some(path) = &self.started_file {
             std::fs::write(path, input.filename).map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        std::thread::sleep(self.delay);
+        self.sleep();
         let words = emit.count_words(input.contents);
         counters::increment("words", words);
         Ok(())

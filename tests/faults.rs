@@ -1,0 +1,164 @@
+//! Fault tolerance with real processes: liveness from heartbeats (a slow
+//! attempt that makes progress is left alone, a stalled or stopped one is
+//! given away), the bound on attempts of every kind, and what a worker's
+//! exit status says.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Reads the `--summary-json` a master wrote.
+fn summary(dir: &TestDir) -> Value {
+    let path = dir.join("summary.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// Outcomes of the job's unsuccessful attempts, as the summary lists them.
+fn unsuccessful_outcomes(summary: &Value) -> Vec<String> {
+    summary["unsuccessful_attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap().to_string()).collect()
+}
+
+fn signal(process: &Proc, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(process.pid().to_string()).status().unwrap();
+    assert!(status.success(), "kill -{name} {}", process.pid());
+}
+
+/// Waits until `path` exists (a fixture app creates it when a map starts).
+fn wait_for_file(path: &std::path::Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{what}: {} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn write_inputs(dir: &TestDir, files: usize) -> Vec<String> {
+    (0..files)
+        .map(|i| {
+            let name = format!("in-{i}.txt");
+            dir.write(&name, format!("alpha beta gamma {i}\ndelta alpha {}\n", i * 7));
+            name
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_map_that_shows_progress_is_left_alone_and_one_that_does_not_is_given_away() {
+    // Each map sleeps 4 s, longer than the 2 s task timeout. With ticks
+    // (a counter update every 100 ms) it is visibly alive and runs once;
+    // without, it makes no progress and is given to the idle third worker.
+    // (Its first attempt may still finish first and win: then the second is
+    // a duplicate.)
+    for (ticking, params) in [(true, ["--param", "delay_ms=4000", "--param", "tick_ms=100"]), (false, ["--param", "delay_ms=4000", "--param", "tick_ms=0"])] {
+        let dir = TestDir::new(if ticking { "progress-ticking" } else { "progress-stalled" });
+        let inputs = write_inputs(&dir, 2);
+        let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut args = vec!["--task-timeout", "2", "--max-task-attempts", "20", "--reduces", "2", "--summary-json", "summary.json"];
+        args.extend(params);
+        args.extend(inputs.iter().map(String::as_str));
+        let (mut master, addr) = start_master(dir.path(), &args);
+        let mut workers: Vec<_> = (0..3).map(|i| start_worker(&format!("worker{i}"), dir.path(), &addr, "slowcount")).collect();
+        master.expect_success();
+        for w in &mut workers {
+            w.expect_success();
+        }
+        assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
+        let summary = summary(&dir);
+        let outcomes = unsuccessful_outcomes(&summary);
+        if ticking {
+            assert!(outcomes.is_empty(), "progressing maps must not be given away: {outcomes:?}\n{}", master.describe());
+            assert_eq!(summary["attempts"]["total"], 4, "{summary}");
+        } else {
+            let total = summary["attempts"]["total"].as_u64().unwrap();
+            assert!(total > 4, "stalled maps must be given away: {total} attempts, {outcomes:?}\n{}", master.describe());
+        }
+    }
+}
+
+#[test]
+fn a_stopped_worker_loses_its_task_and_another_finishes_the_job() {
+    let dir = TestDir::new("stopped-worker");
+    let inputs = write_inputs(&dir, 3);
+    let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    let started = dir.join("map-started");
+    let started_param = format!("started_file={}", started.display());
+    let mut args = vec!["--task-timeout", "1", "--reduces", "2", "--summary-json", "summary.json"];
+    // Maps tick while they sleep, so only the worker's silence can lose one.
+    args.extend(["--param", "delay_ms=1500", "--param", "tick_ms=50", "--param", &started_param]);
+    args.extend(inputs.iter().map(String::as_str));
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut stopped = start_worker("stopped", dir.path(), &addr, "slowcount");
+    wait_for_file(&started, "the first map");
+    // Stopped mid-map: no heartbeats, no report, connection still open.
+    signal(&stopped, "STOP");
+    let mut survivor = start_worker("survivor", dir.path(), &addr, "slowcount");
+    master.expect_success();
+    survivor.expect_success();
+    stopped.kill();
+    assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
+    let summary = summary(&dir);
+    let lost: Vec<&Value> = summary["unsuccessful_attempts"].as_array().unwrap().iter().filter(|a| a["outcome"] == "worker_lost").collect();
+    assert_eq!(lost.len(), 1, "{summary}");
+    assert_eq!(lost[0]["worker"], worker_id(&stopped), "{summary}");
+    assert!(lost[0]["error"].as_str().unwrap().starts_with("its worker was silent for "), "{summary}");
+}
+
+#[test]
+fn a_record_that_kills_every_worker_stops_the_job_at_the_bound() {
+    let dir = TestDir::new("killer-record");
+    dir.write("good.txt", "fine words here");
+    dir.write("bad.txt", "this one says ABORT-IN-MAP");
+    let (mut master, addr) = start_master(dir.path(), &["--max-task-attempts", "3", "--reduces", "1", "good.txt", "bad.txt"]);
+    let app = plugin("faulty").to_string_lossy().into_owned();
+    let mut dead = Vec::new();
+    // Each worker that maps bad.txt dies with it (SIGABRT, nothing caught);
+    // start the next one when it has, as a supervisor would.
+    for i in 0..3 {
+        let mut worker = start_worker(&format!("worker{i}"), dir.path(), &addr, &app);
+        let status = worker.wait(Duration::from_secs(60));
+        assert!(!status.success(), "worker{i} should have died\n{}", worker.describe());
+        dead.push(worker);
+    }
+    let err = master.expect_failure();
+    let error_line = err.lines().find(|l| l.starts_with("mr-master: error:")).unwrap_or_default().to_string();
+    assert!(error_line.contains("map task 1 (input bad.txt) did not succeed in 3 attempts: "), "{}", master.describe());
+    for worker in &dead {
+        let end = format!("on {} was lost: its worker's connection closed", worker_id(worker));
+        assert!(error_line.contains(&end), "{end}\n{}", master.describe());
+    }
+    assert!(!dir.join("mr-out-0").exists(), "no output from a failed job");
+}
+
+#[test]
+fn a_worker_whose_coordinator_vanishes_mid_job_exits_4() {
+    let dir = TestDir::new("vanished-master");
+    dir.write("in.txt", "some words");
+    let started = dir.join("map-started");
+    let started_param = format!("started_file={}", started.display());
+    let (mut master, addr) = start_master(dir.path(), &["--param", "delay_ms=3000", "--param", &started_param, "in.txt"]);
+    let mut worker = start_worker("worker", dir.path(), &addr, "slowcount");
+    wait_for_file(&started, "the map");
+    master.kill();
+    let err = worker.expect_exit_code(4);
+    assert!(err.contains(&format!("mr-worker: error: lost the coordinator at {addr} before the job ended")), "{}", worker.describe());
+}
+
+#[test]
+fn workers_exit_0_when_the_job_succeeds_even_if_busy_at_the_end() {
+    // Two slow maps on three workers: the idle worker is told at once, the
+    // busy ones by the answer to their report; every one exits 0.
+    let dir = TestDir::new("exit-codes");
+    let inputs = write_inputs(&dir, 2);
+    let mut args = vec!["--reduces", "1", "--param", "delay_ms=500"];
+    args.extend(inputs.iter().map(String::as_str));
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut workers: Vec<_> = (0..3).map(|i| start_worker(&format!("worker{i}"), dir.path(), &addr, "slowcount")).collect();
+    master.expect_success();
+    for w in &mut workers {
+        w.expect_exit_code(0);
+    }
+}
