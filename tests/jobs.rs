@@ -339,13 +339,14 @@ fn corrupt_and_truncated_map_output_is_detected_and_the_map_rerun() {
 }
 
 #[test]
-fn an_input_that_shrinks_while_its_map_reads_it_fails_that_attempt_and_is_read_again() {
+fn an_input_that_shrinks_while_its_map_reads_it_fails_the_job_naming_it() {
     // Inputs are mapped into memory; truncating one under its mapping must
-    // neither kill the worker (SIGBUS) nor let the zeros past the new end
-    // into the output.
+    // not kill the worker (SIGBUS), and the job must not succeed on a mix
+    // of the file's two versions: every attempt fails, naming the change.
     let dir = TestDir::new("shrinks");
     let lines: Vec<String> = (0..40_000).map(|i| format!("line {i} of words w{} v{}\n", i % 97, i % 13)).collect();
     let input = dir.write("in/big.txt", lines.concat());
+    let planned_size = std::fs::metadata(&input).unwrap().len();
     let kept: String = lines[..500].concat();
     let started = dir.join("map-started");
     let started_param = format!("started_file={}", started.display());
@@ -358,13 +359,14 @@ fn an_input_that_shrinks_while_its_map_reads_it_fails_that_attempt_and_is_read_a
     }
     // The map is asleep with its input mapped: cut the file under it.
     std::fs::OpenOptions::new().write(true).open(&input).unwrap().set_len(kept.len() as u64).unwrap();
-    master.expect_success();
-    worker.expect_success();
-    let log = master.stderr();
-    assert!(log.contains("shrank while the map read it"), "{log}");
-    dir.write("expected/big.txt", &kept);
-    let expected = reference_output(dir.path(), "wordcount", &["expected"]);
-    assert_same_output(&job_output(dir.path(), 2), &expected, &master.describe());
+    let err = master.expect_failure();
+    worker.expect_exit_code(3);
+    let error_line = err.lines().find(|l| l.starts_with("mr-master: error:")).unwrap_or_default();
+    assert!(error_line.contains("map task 0 (input in/big.txt) did not succeed in 4 attempts"), "{}", master.describe());
+    assert!(error_line.contains("the file shrank while the map read it"), "{}", master.describe());
+    let changed = format!("changed since the job was planned: {planned_size} bytes then, {} now", kept.len());
+    assert!(error_line.contains(&changed), "{changed}\n{}", master.describe());
+    assert!(!dir.join("mr-out-0").exists(), "no output from a failed job");
 }
 
 /// All `mr-out-*` files of `dir`, concatenated in partition order.

@@ -65,8 +65,29 @@ fn walk_directory(dir: &Path, inputs: &mut Vec<InputFile>) -> Result<(), InputEr
 /// An input named `name`, checked readable by opening `path`.
 fn checked_input(name: &Path, path: &Path) -> Result<InputFile, InputError> {
     let unreadable = |source| InputError::Unreadable { path: name.to_owned(), source };
-    let size = File::open(path).and_then(|f| f.metadata()).map_err(unreadable)?.len();
-    Ok(InputFile { name: name.to_string_lossy().into_owned(), path: std::path::absolute(path).map_err(unreadable)?, size })
+    let metadata = File::open(path).and_then(|f| f.metadata()).map_err(unreadable)?;
+    Ok(InputFile {
+        name: name.to_string_lossy().into_owned(),
+        path: std::path::absolute(path).map_err(unreadable)?,
+        size: metadata.len(),
+        modified: metadata.modified().ok(),
+    })
+}
+
+/// Checks that `input`, whose file now has `metadata`, still has the size
+/// and modification time it had when the job was planned. The error names
+/// what changed; it is meant to fail the attempt that reads the file.
+pub fn check_unchanged(input: &InputFile, metadata: &std::fs::Metadata) -> io::Result<()> {
+    let now = metadata.len();
+    if now != input.size {
+        return Err(io::Error::other(format!("changed since the job was planned: {} bytes then, {now} now", input.size)));
+    }
+    if let (Some(then), Ok(now)) = (input.modified, metadata.modified()) {
+        if then != now {
+            return Err(io::Error::other("changed since the job was planned: modified again (same size)"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

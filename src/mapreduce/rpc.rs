@@ -111,6 +111,12 @@ pub struct InputFile {
     pub path: PathBuf,
     /// Size in bytes when the job was planned.
     pub size: u64,
+    /// Last modification time when the job was planned, where the
+    /// filesystem tells it. A map checks size and time before and after it
+    /// reads, so a file changed mid-job fails the attempt rather than
+    /// silently giving output from a mix of two versions.
+    #[serde(default)]
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// The part of an input file one map task reads: the lines that *start*

@@ -606,7 +606,7 @@ mod tests {
 
     fn inputs(n: usize) -> Vec<InputSplit> {
         (0..n)
-            .map(|i| InputSplit::whole(InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/data/in-{i}")), size: 10 }))
+            .map(|i| InputSplit::whole(InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/data/in-{i}")), size: 10, modified: None }))
             .collect()
     }
 

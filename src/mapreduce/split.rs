@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
+use crate::inputs::check_unchanged;
 use crate::mapped_input::{self, MappedInput};
 use crate::rpc::{InputFile, InputSplit};
 
@@ -42,6 +43,14 @@ pub fn plan_splits(inputs: &[InputFile], split_bytes: u64) -> Vec<InputSplit> {
     splits
 }
 
+/// Opens an input file, checking it is as it was when the job was planned
+/// ([`check_unchanged`]).
+fn open_unchanged(input: &InputFile) -> io::Result<File> {
+    let file = File::open(&input.path)?;
+    check_unchanged(input, &file.metadata()?)?;
+    Ok(file)
+}
+
 /// Reads the lines `split` owns; returns them and the file offset at
 /// which they begin.
 pub fn read_split(split: &InputSplit) -> io::Result<(u64, Vec<u8>)> {
@@ -54,7 +63,7 @@ pub fn read_split(split: &InputSplit) -> io::Result<(u64, Vec<u8>)> {
 /// returns the file offset at which the lines begin.
 pub fn read_split_into(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result<u64> {
     contents.clear();
-    let mut file = File::open(&split.file.path)?;
+    let mut file = open_unchanged(&split.file)?;
     let begin = if split.start == 0 { 0 } else { line_start_at_or_after(&mut file, split.start)? };
     let Some(end) = split.end else {
         file.seek(SeekFrom::Start(begin))?;
@@ -112,7 +121,7 @@ const LINE_SLACK: u64 = 1 << 20;
 /// if the file cannot be mapped ([`MappedInput::open`]) or a line at the
 /// split's edges is longer than [`LINE_SLACK`]: read the split instead.
 pub fn map_split(split: &InputSplit) -> io::Result<Option<MappedSplit>> {
-    let file = File::open(&split.file.path)?;
+    let file = open_unchanged(&split.file)?;
     let file_len = file.metadata()?.len();
     let start = split.start.min(file_len);
     // From the byte before the split (is a line starting at `start`?)
@@ -190,7 +199,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn file(name: &str, size: u64) -> InputFile {
-        InputFile { name: name.to_string(), path: PathBuf::from(format!("/in/{name}")), size }
+        InputFile { name: name.to_string(), path: PathBuf::from(format!("/in/{name}")), size, modified: None }
     }
 
     #[test]
@@ -223,7 +232,7 @@ mod tests {
         for (t, text) in texts.iter().enumerate() {
             let path = dir.path().join(format!("f{t}"));
             std::fs::write(&path, text).unwrap();
-            let input = InputFile { name: "f".into(), path: path.clone(), size: text.len() as u64 };
+            let input = InputFile { name: "f".into(), path: path.clone(), size: text.len() as u64, modified: None };
             for split_bytes in 1..=text.len() as u64 + 2 {
                 let mut joined = Vec::new();
                 let splits = plan_splits(std::slice::from_ref(&input), split_bytes);
@@ -267,7 +276,7 @@ mod tests {
         text.push(b'\n');
         text.extend_from_slice(b"tail\n");
         std::fs::write(&path, &text).unwrap();
-        let input = InputFile { name: "f".into(), path, size: text.len() as u64 };
+        let input = InputFile { name: "f".into(), path, size: text.len() as u64, modified: None };
         let mut fell_back = 0;
         for split in plan_splits(&[input], 100_000) {
             let (offset, read) = read_split(&split).unwrap();
@@ -284,11 +293,32 @@ mod tests {
     }
 
     #[test]
+    fn a_file_changed_since_planning_is_refused_by_both_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "aaaa\nbbbb\n").unwrap();
+        let planned = crate::inputs::resolve_inputs(std::slice::from_ref(&path)).unwrap().remove(0);
+        let split = InputSplit::whole(planned.clone());
+        assert!(read_split(&split).is_ok() && map_split(&split).is_ok());
+        // Same size, later modification time.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_modified(planned.modified.unwrap() + std::time::Duration::from_secs(5)).unwrap();
+        for result in [read_split(&split).map(|_| ()), map_split(&split).map(|_| ())] {
+            let error = result.expect_err("a modified file must be refused").to_string();
+            assert_eq!(error, "changed since the job was planned: modified again (same size)");
+        }
+        // Longer.
+        std::fs::write(&path, "aaaa\nbbbb\ncc\n").unwrap();
+        let error = read_split(&split).expect_err("a grown file must be refused").to_string();
+        assert_eq!(error, "changed since the job was planned: 10 bytes then, 13 now");
+    }
+
+    #[test]
     fn a_split_starts_at_a_line_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, "aaaa\nbbbb\ncccc\n").unwrap();
-        let file = InputFile { name: "f".into(), path, size: 15 };
+        let file = InputFile { name: "f".into(), path, size: 15, modified: None };
         let read = |start, end| {
             let split = InputSplit { file: file.clone(), start, end };
             let read = String::from_utf8(read_split(&split).unwrap().1).unwrap();

@@ -672,7 +672,7 @@ mod tests {
     /// A scheduler and a status for `maps` inputs of 100 bytes each.
     fn job(maps: usize, reduces: u32, now: Instant) -> (Scheduler, JobStatus) {
         let inputs: Vec<InputFile> =
-            (0..maps).map(|i| InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/in-{i}")), size: 100 }).collect();
+            (0..maps).map(|i| InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/in-{i}")), size: 100, modified: None }).collect();
         let splits = inputs.iter().cloned().map(InputSplit::whole).collect();
         let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3 };
         let scheduler = Scheduler::new(config, splits, reduces, PathBuf::from("/job"));

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::app::ValueSource;
 use crate::counters::{Counters, UserCounters};
+use crate::inputs::check_unchanged;
 use crate::merge::{MergeError, RunMerger};
 use crate::output::AtomicFile;
 use crate::partition::Partitions;
@@ -26,8 +27,8 @@ use crate::shuffle::{open_run, stored_size, Combiner, MapOutputConfig, MapOutput
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)] // variant fields are named by their messages
 pub enum TaskError {
-    /// The map input could not be read.
-    #[error("cannot read input {}: {source}", .path.display())]
+    /// The map input could not be read, or changed since the job was planned.
+    #[error("input {}: {source}", .path.display())]
     Input { path: PathBuf, source: io::Error },
     /// The app's map, reduce, combiner or partitioner returned an error or panicked.
     #[error(transparent)]
@@ -179,6 +180,8 @@ impl TaskRunner {
         if mapped.as_ref().is_some_and(MappedSplit::changed) {
             return Err(input_err(io::Error::other("the file shrank while the map read it")));
         }
+        // Changed in place while the map read it (same or larger size)?
+        std::fs::metadata(&split.file.path).and_then(|now| check_unchanged(&split.file, &now)).map_err(input_err)?;
         if let Some(e) = failure {
             return Err(e);
         }
