@@ -162,3 +162,36 @@ fn workers_exit_0_when_the_job_succeeds_even_if_busy_at_the_end() {
         w.expect_exit_code(0);
     }
 }
+
+#[test]
+fn thousands_of_inputs_run_with_256_descriptors_per_process() {
+    // 3,000 inputs and one reduce: the reduce merges 3,000 runs, and the
+    // maps' tiny buffer makes each spill too, yet no process may open more
+    // than 256 files. Merges in passes keep each within the fan-in.
+    let dir = TestDir::new("descriptors");
+    for i in 0..3000 {
+        dir.write(&format!("in/{i:04}.txt"), format!("w{} w{} shared\n", i % 97, i % 13));
+    }
+    dir.write("big.txt", skewed_words(60_000));
+    let expected = reference_output(dir.path(), "wordcount", &["in", "big.txt"]);
+    let mut master = Command::new(master_bin());
+    master.args(["--listen", "127.0.0.1:0", "--addr-file", "master.addr", "--reduces", "1", "--map-buffer", "4K", "in", "big.txt"]);
+    limit_open_files(&mut master, 256);
+    let mut master = Proc::spawn("master", master, dir.path());
+    wait_for_file(&dir.join("master.addr"), "master");
+    let addr = std::fs::read_to_string(dir.join("master.addr")).unwrap();
+    let mut worker = Command::new(worker_bin());
+    worker.args(["--master", addr.trim(), "wordcount"]);
+    limit_open_files(&mut worker, 256);
+    let mut worker = Proc::spawn("worker", worker, dir.path());
+    master.expect_success();
+    worker.expect_success();
+    assert_same_output(&job_output(dir.path(), 1), &expected, "3,000 inputs under a 256-descriptor limit");
+    let strays: Vec<String> = stray_files(dir.path()).into_iter().filter(|f| f != "in" && f != "big.txt").collect();
+    assert!(strays.is_empty(), "left behind: {strays:?}");
+}
+
+/// Words with a skewed distribution, so a small map buffer spills many times.
+fn skewed_words(words: usize) -> String {
+    (0..words).map(|i| format!("v{}{}", (i * i) % 1009, if i % 10 == 9 { "\n" } else { " " })).collect()
+}

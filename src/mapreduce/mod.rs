@@ -34,6 +34,7 @@
 //! | the intermediate (run) file format | [`runfile`] |
 //! | appending short keys and values without a libc call | `small_copy` |
 //! | reduce input: k-way merge of runs | [`merge`] |
+//! | merges of many runs in passes, a bounded number open at once | [`fan_in`] |
 //! | output files and atomic publication | [`output`] |
 //! | the single-process reference run | [`sequential`] |
 //! | log setup for the binaries | [`logging`] |
@@ -50,6 +51,7 @@ mod count_table;
 pub mod counters;
 mod cpu;
 pub mod errors;
+pub mod fan_in;
 pub mod http;
 pub mod inputs;
 pub mod logging;

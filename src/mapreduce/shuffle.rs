@@ -9,7 +9,7 @@
 //! partition's spills are merged ([`crate::merge`], combining again) into one
 //! final run. Either way the map produces one key-sorted run per non-empty
 //! partition, and its memory never exceeds the budget plus one block per
-//! spill being merged. A spill, and the map's final output, is one file
+//! spill being merged (at most [`crate::fan_in::MERGE_FAN_IN`] at once). A spill, and the map's final output, is one file
 //! holding the runs of all its partitions back to back
 //! ([`crate::runfile`]).
 //!
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::ValueSource;
 use crate::cpu::prefetch;
+use crate::fan_in::{open_with_bounded_fan_in, Scratch, MERGE_FAN_IN};
 use crate::merge::{MergeError, RunMerger};
 use crate::plugin::AppFailure;
 use crate::rpc::AttemptId;
@@ -326,14 +327,17 @@ impl<'c> MapOutputWriter<'c> {
         let mut writer = RunWriter::create(&path, self.config.compression)?;
         let mut runs = Vec::new();
         for partition in 0..self.config.reduces {
-            let readers = (0u32..)
+            let spill_runs: Vec<(u32, (PathBuf, RunRange))> = (0u32..)
                 .zip(&self.spills)
-                .flat_map(|(i, spill)| spill.runs.iter().filter(|(p, _)| *p == partition).map(move |(_, range)| (i, &spill.path, *range)))
-                .map(|(i, path, range)| Ok((i, RunReader::open_range(path, range)?)))
-                .collect::<Result<Vec<_>, RunError>>()?;
-            if readers.is_empty() {
+                .flat_map(|(i, spill)| spill.runs.iter().filter(|(p, _)| *p == partition).map(move |(_, range)| (i, (spill.path.clone(), *range))))
+                .collect();
+            if spill_runs.is_empty() {
                 continue;
             }
+            let scratch_prefix = self.config.dir.join(format!("map-{}.attempt-{}.partition-{partition}", self.config.map, self.config.attempt));
+            let scratch = Scratch { prefix: &scratch_prefix, compression: self.config.compression, fan_in: MERGE_FAN_IN };
+            let open = |_, (path, range): &(PathBuf, RunRange)| Ok::<_, ShuffleError>(RunReader::open_range(path, *range)?);
+            let readers = open_with_bounded_fan_in(spill_runs, &scratch, open, |readers, writer| self.merge_runs(readers, writer))?;
             writer.begin_run()?;
             self.merge_runs(readers, &mut writer)?;
             runs.push((partition, writer.end_run()?));

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::app::ValueSource;
 use crate::counters::{Counters, UserCounters};
 use crate::inputs::check_unchanged;
+use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN, SCRATCH_LABEL};
 use crate::merge::{MergeError, RunMerger};
 use crate::output::AtomicFile;
 use crate::partition::Partitions;
@@ -42,6 +43,9 @@ pub enum TaskError {
     /// A run of map task `map_task` could not be read: that map must be re-run.
     #[error("reading the output of map task {map_task}: {source}")]
     MapOutputLost { map_task: u32, source: RunError },
+    /// Writing or reading back a reduce's scratch run (a merge pass) failed.
+    #[error("merging map output through a scratch run: {0}")]
+    Scratch(RunError),
     /// Writing the reduce output failed.
     #[error("writing output {}: {source}", .path.display())]
     Output { path: PathBuf, source: io::Error },
@@ -58,7 +62,10 @@ impl From<ShuffleError> for TaskError {
 
 impl From<MergeError> for TaskError {
     fn from(e: MergeError) -> Self {
-        TaskError::MapOutputLost { map_task: e.label, source: e.source }
+        match e.label {
+            SCRATCH_LABEL => TaskError::Scratch(e.source),
+            map_task => TaskError::MapOutputLost { map_task, source: e.source },
+        }
     }
 }
 
@@ -206,14 +213,17 @@ impl TaskRunner {
     pub fn run_reduce(&self, task: &ReduceTask, progress: &TaskProgress) -> Result<Counters, TaskError> {
         let capabilities = self.capabilities()?;
         let mut counters = Counters::default();
-        let mut readers = Vec::with_capacity(task.runs.len());
-        for (map_task, location) in &task.runs {
-            let lost = |source| TaskError::MapOutputLost { map_task: *map_task, source };
-            let reader = open_run(location).map_err(lost)?;
-            counters.reduce_input_bytes += stored_size(location);
-            readers.push((*map_task, reader));
+        counters.reduce_input_bytes = task.runs.iter().map(|(_, location)| stored_size(location)).sum();
+        let scratch = Scratch { prefix: &task.staged_output, compression: self.compression, fan_in: MERGE_FAN_IN };
+        let open = |map_task, location: &&MapOutputLocation| {
             progress.tick();
-        }
+            open_run(location).map_err(|source| TaskError::MapOutputLost { map_task, source })
+        };
+        let copy = |readers, writer: &mut _| {
+            progress.tick();
+            Ok(copy_merged(readers, writer)?)
+        };
+        let readers = open_with_bounded_fan_in(task.runs.iter().map(|(m, location)| (*m, location)).collect(), &scratch, open, copy)?;
         let mut merger = RunMerger::new(readers)?;
         let path = &task.staged_output;
         let output_err = |source| TaskError::Output { path: path.clone(), source };

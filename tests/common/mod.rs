@@ -208,6 +208,17 @@ pub fn worker_id(worker: &Proc) -> String {
     format!("{host}:{}", worker.pid())
 }
 
+/// Makes `cmd`'s process start with at most `limit` open file descriptors
+/// (`ulimit -n`).
+pub fn limit_open_files(cmd: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+    }
+}
+
 /// Starts a worker for `app` against `addr`, in `cwd`.
 pub fn start_worker(label: &str, cwd: &Path, addr: &str, app: &str) -> Proc {
     let mut cmd = Command::new(worker_bin());
