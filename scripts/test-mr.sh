@@ -95,16 +95,18 @@ reference() { # app out
   (mkdir -p ref && cd ref && $T "$BIN/mr-sequential" "$1" "${INPUTS[@]}" 2> seq.log && LC_ALL=C sort mr-out-0 > "../$2" && rm mr-out-0)
 }
 
-# Checks that every output file is key-sorted and that nothing but the
-# outputs (and the test's own files) was left behind.
+# Checks that every output file is key-sorted, that the job marked them
+# with _SUCCESS, and that nothing but the outputs (and the test's own
+# files) was left behind.
 outputs_are_clean() { # reduces
   local r
+  [ -f _SUCCESS ] || { echo "_SUCCESS missing"; return 1; }
   for r in $(seq 0 $(($1 - 1))); do
     [ -f "mr-out-$r" ] || { echo "mr-out-$r missing"; return 1; }
     cut -d' ' -f1 "mr-out-$r" | LC_ALL=C sort -c -u 2> /dev/null || { echo "mr-out-$r not sorted by key"; return 1; }
   done
   local stray
-  stray=$(ls -A | grep -v -E '^(mr-out-[0-9]+|addr|master\.(out|log)|worker.*\.log|ref|mr-correct.*|mr-.*-all.*|mr-worker-jobcount-.*|mr-done)$')
+  stray=$(ls -A | grep -v -E '^(mr-out-[0-9]+|_SUCCESS|addr|master\.(out|log)|worker.*\.log|ref|mr-correct.*|mr-.*-all.*|mr-worker-jobcount-.*|mr-done)$')
   [ -z "$stray" ] || { echo "left behind: $stray"; return 1; }
 }
 

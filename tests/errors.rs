@@ -132,15 +132,19 @@ fn sequential_refuses_a_missing_input_and_writes_nothing() {
 }
 
 #[test]
-fn a_terminated_master_says_so_and_leaves_no_intermediate_files() {
+fn a_terminated_master_says_so_and_keeps_its_job_for_the_next_run() {
     let dir = TestDir::new("sigterm");
     dir.write("in.txt", "words");
     let (mut master, _addr) = start_master(dir.path(), &["in.txt"]);
-    let job_dir_exists = || stray_files(dir.path()).iter().any(|n| n.starts_with(".mr-job-"));
-    assert!(job_dir_exists(), "the running job should have its directory\n{}", dir.listing());
+    assert!(dir.join(".mr-job/journal").is_file(), "the running job should have its journal\n{}", dir.listing());
     let status = Command::new("kill").args(["-TERM", &master.pid().to_string()]).status().unwrap();
     assert!(status.success());
     let stderr = master.expect_failure();
-    assert!(stderr.contains("mr-master: error: interrupted before the job finished"), "{}", master.describe());
-    assert!(!job_dir_exists(), "job directory left behind\n{}", dir.listing());
+    assert!(
+        stderr.contains("mr-master: error: interrupted before the job finished; run the same command again to resume it (or add --fresh to start over)"),
+        "{}",
+        master.describe()
+    );
+    assert!(dir.join(".mr-job/journal").is_file(), "the job directory should be kept to resume\n{}", dir.listing());
+    assert!(!dir.join("mr-out-0").exists() && !dir.join("_SUCCESS").exists());
 }

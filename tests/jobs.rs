@@ -136,7 +136,7 @@ fn a_panicking_map_is_retried_then_stops_the_job_with_a_clear_error() {
     );
     let worker_err = worker.expect_exit_code(3);
     assert!(worker_err.contains("the coordinator stopped the job"), "{}", worker.describe());
-    assert!(!dir.join("mr-out-0").exists(), "no output from a failed job");
+    assert!(!dir.join("mr-out-0").exists() && !dir.join("_SUCCESS").exists(), "no output from a failed job");
     let mut left = stray_files(dir.path());
     left.sort();
     assert_eq!(left, ["bad.txt", "good.txt"], "intermediate files must be removed after a failed job");

@@ -73,10 +73,18 @@ struct Args {
     #[arg(long)]
     no_combine: bool,
 
-    /// Directory for the output files (created if missing). Intermediate
-    /// files live in a hidden subdirectory of it while the job runs.
+    /// Directory for the output files (created if missing). The job's
+    /// intermediate files and journal live in its subdirectory `.mr-job/`
+    /// while the job runs; the outputs appear all together when every
+    /// reduce is done.
     #[arg(long, value_name = "DIR", default_value = ".")]
     output_dir: PathBuf,
+
+    /// Start the job over even if the output directory holds it half done
+    /// (by a coordinator that was killed or interrupted). Without it, the
+    /// same job (same inputs, unchanged, and settings) resumes where it was.
+    #[arg(long)]
+    fresh: bool,
 
     /// Also write the bound address to this file (atomically) once the
     /// server accepts connections.
@@ -160,6 +168,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         map_buffer_bytes: args.map_buffer,
         combine: !args.no_combine,
         compression: args.compress,
+        fresh: args.fresh,
     };
     let job = Job::plan(config)?;
     let status = job.status();

@@ -4,8 +4,9 @@
 //! run jobs in parallel), serves the [`Coordinator`] RPCs until the job ends,
 //! and returns how it went. Each handler locks the scheduler, makes one
 //! decision, and answers; the only I/O under the lock is the rename that
-//! commits a winning reduce's output, which must happen before the task is
-//! marked done so that "job succeeded" implies "every output is final".
+//! commits a winning reduce's output, its journal line, and, after the last
+//! reduce, moving the outputs into place, which must happen before the task
+//! is marked done so that "job succeeded" implies "every output is final".
 //!
 //! Liveness: each connection remembers the workers that called on it; when
 //! it closes, those workers are gone and the scheduler gives up their
@@ -19,8 +20,13 @@
 //! (a worker closes its own once it has read the answer), but at most one
 //! heartbeat interval plus [`EXIT_GRACE`], since a crashed worker never asks
 //! again; then it drops the server future, which closes every connection.
-//! The job directory with the intermediate files is removed on every path
-//! out of `run`.
+//!
+//! Restarts: every finished task goes into the [journal](crate::journal)
+//! under the same lock that marks it done; [`Job::plan`] replays the
+//! journal of an earlier coordinator on the same job and marks done what
+//! it finished ([`crate::job_dir`] decides resume or start over). The job
+//! directory is removed when the job succeeds or fails, and kept when the
+//! coordinator is interrupted, for the next run to resume.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -36,7 +42,9 @@ use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::output::{output_file_name, remove_stale_outputs};
+use crate::job_dir::{JobDir, JobDirError, Opened};
+use crate::journal::{Journal, Record};
+use crate::output::output_file_name;
 use crate::app::Params;
 use crate::counters::Counters;
 use crate::rpc::{
@@ -46,6 +54,7 @@ use crate::rpc::{
 use crate::runfile::Compression;
 use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
 use crate::status::{JobStatus, StatusReport};
+use crate::shuffle::run_is_present;
 use crate::split::plan_splits;
 
 /// How long `run` waits, after the job ends and beyond one heartbeat
@@ -87,23 +96,28 @@ pub struct CoordinatorConfig {
     pub combine: bool,
     /// How intermediate runs are compressed.
     pub compression: Compression,
+    /// Start over even if the output directory holds this job, half done
+    /// by an earlier coordinator (`--fresh`).
+    pub fresh: bool,
 }
 
 /// Why a job did not succeed.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)] // variant fields are named by their messages
 pub enum CoordinatorError {
-    /// The job's intermediate directory could not be created.
-    #[error("cannot create a job directory in {}: {source}", .dir.display())]
-    JobDir { dir: PathBuf, source: std::io::Error },
+    /// The job directory could not be used (another coordinator holds it,
+    /// or a file operation failed).
+    #[error(transparent)]
+    JobDir(#[from] JobDirError),
     /// The RPC listener failed.
     #[error("RPC listener: {0}")]
     Listener(std::io::Error),
     /// A task failed too often; the message names it.
     #[error("job failed: {0}")]
     JobFailed(String),
-    /// The shutdown future fired before the job finished.
-    #[error("interrupted before the job finished")]
+    /// The shutdown future fired before the job finished; the job
+    /// directory is kept, so running the job again resumes it.
+    #[error("interrupted before the job finished; run the same command again to resume it (or add --fresh to start over)")]
     Interrupted,
 }
 
@@ -116,11 +130,60 @@ pub struct JobReport {
     pub elapsed: Duration,
 }
 
-/// The coordinator's view of the job: the task table and its observable
-/// history, changed together under one lock.
+/// The coordinator's view of the job: the task table, its observable
+/// history, and where finished work is kept, changed together under one
+/// lock.
 struct JobState {
     scheduler: Scheduler,
     status: JobStatus,
+    ledger: Ledger,
+}
+
+/// Where finished work is kept: the job directory, and the journal that
+/// lets a restarted coordinator resume the job.
+struct Ledger {
+    dir: JobDir,
+    /// `None` once a write failed: the job goes on, but a restarted
+    /// coordinator would redo what was not journaled.
+    journal: Option<Journal>,
+    /// The job's id, kept across restarts.
+    id: String,
+    /// The journal says `Publishing`: from here on the job directory must
+    /// survive a failure, so that a new run finishes the move.
+    publishing: bool,
+    /// Every output is in the output directory.
+    published: bool,
+}
+
+impl Ledger {
+    /// Appends `record` to the journal, or gives up journaling with a
+    /// warning if it cannot be written.
+    fn record(&mut self, record: &Record) {
+        let Some(journal) = &mut self.journal else { return };
+        if let Err(e) = journal.append(record) {
+            tracing::warn!("{e}; the job goes on, but a restarted coordinator would redo the tasks finished from now on");
+            self.journal = None;
+        }
+    }
+
+    /// Moves the outputs into the output directory once every reduce is
+    /// done (see [`JobDir::publish`]): journals `Publishing`, synced, first,
+    /// so that a coordinator killed halfway finishes the move when started
+    /// again. A failure stops the job.
+    fn publish_if_done(&mut self, scheduler: &mut Scheduler) {
+        if self.published || scheduler.job_end() != Some(JobEnd::Succeeded) {
+            return;
+        }
+        self.record(&Record::Publishing);
+        if let Some(Err(e)) = self.journal.as_ref().map(Journal::sync) {
+            tracing::warn!("{e}");
+        }
+        self.publishing = true;
+        match self.dir.publish(scheduler.progress().reduces as u32, &self.id) {
+            Ok(()) => self.published = true,
+            Err(e) => scheduler.abort(format!("publishing the outputs: {e}")),
+        }
+    }
 }
 
 /// State shared by every RPC handler.
@@ -169,11 +232,12 @@ impl StatusHandle {
     }
 }
 
-/// A planned job: tasks made, job directory created, not yet serving.
+/// A planned job: tasks made, job directory opened (and the journal
+/// replayed, if this job was started before), not yet serving.
 pub struct Job {
     shared: Arc<Shared>,
-    /// Removed (with every intermediate file) when the job is dropped.
-    job_dir: tempfile::TempDir,
+    /// The journal file, to force it to disk every [`JOURNAL_SYNC`].
+    journal_sync: Option<std::fs::File>,
     started: Instant,
     reduces: u32,
 }
@@ -183,16 +247,27 @@ impl Job {
     /// directory. The job's clock starts here.
     pub fn plan(config: CoordinatorConfig) -> Result<Job, CoordinatorError> {
         let started = Instant::now();
-        let job_dir_err = |source| CoordinatorError::JobDir { dir: config.output_dir.clone(), source };
         // Workers may run in other directories: every path they are sent is absolute.
-        let output_dir = std::path::absolute(&config.output_dir).map_err(job_dir_err)?;
-        let job_dir = tempfile::Builder::new().prefix(".mr-job-").tempdir_in(&output_dir).map_err(job_dir_err)?;
+        let output_dir = std::path::absolute(&config.output_dir)
+            .map_err(|source| JobDirError::Io { path: config.output_dir.clone(), source })?;
+        let opened = JobDir::open(&output_dir, fingerprint(&config), config.fresh)?;
+        if let Some(why) = &opened.discarded {
+            tracing::warn!("the job directory {} held another job, removed: {why}", opened.dir.path().display());
+        }
         let splits = plan_splits(&config.inputs, config.split_bytes);
         let map_count = splits.len();
-        let scheduler = Scheduler::new(config.scheduler, splits, config.reduces, job_dir.path().to_owned());
-        let status =
+        let mut scheduler = Scheduler::new(config.scheduler, splits, config.reduces, opened.dir.path().to_owned());
+        let mut status =
             JobStatus::new(config.inputs.clone(), map_count, config.reduces as usize, config.scheduler.task_timeout, started);
+        scheduler.start_epoch(opened.epoch);
+        restore(&mut scheduler, &mut status, &opened, &output_dir, started);
+        let journal_sync = opened.journal.sync_handle().ok();
+        let mut ledger = Ledger { dir: opened.dir, journal: Some(opened.journal), id: opened.id, publishing: false, published: false };
+        // A job whose every reduce was done before the restart only has
+        // its outputs to move.
+        ledger.publish_if_done(&mut scheduler);
         let spec = JobSpec {
+            job_id: ledger.id.clone(),
             params: config.params.clone(),
             inputs: config.inputs.clone(),
             reduces: config.reduces,
@@ -201,16 +276,16 @@ impl Job {
             compression: config.compression,
             heartbeat_interval: heartbeat_interval(config.scheduler.task_timeout),
         };
-        tracing::info!(inputs = config.inputs.len(), maps = map_count, reduces = config.reduces, job_dir = %job_dir.path().display(), "job planned");
+        tracing::info!(inputs = config.inputs.len(), maps = map_count, reduces = config.reduces, job_dir = %ledger.dir.path().display(), "job planned");
         let shared = Arc::new(Shared {
             spec,
-            job: Mutex::new(JobState { scheduler, status }),
+            job: Mutex::new(JobState { scheduler, status, ledger }),
             changed: Notify::new(),
             output_dir,
             not_yet_exited: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
         });
-        Ok(Job { shared, job_dir, started, reduces: config.reduces })
+        Ok(Job { shared, journal_sync, started, reduces: config.reduces })
     }
 
     /// A handle on the job's status.
@@ -221,9 +296,12 @@ impl Job {
     /// Serves the job on `listener` until every output is committed, the job
     /// fails, or `shutdown` completes.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<JobReport, CoordinatorError> {
-        let Job { shared, job_dir, started, reduces } = self;
+        let Job { shared, journal_sync, started, reduces } = self;
         let server = serve(listener, shared.clone());
         tokio::pin!(server);
+        let syncing = journal_sync.map(|file| tokio::spawn(sync_journal_every_second(file)));
+        let _stop_syncing = AbortOnDrop(syncing);
+        // The job directory is kept for a later run to resume the job.
         let stopped = |shared: &Shared, why: &str| {
             shared.job().status.job_ended(JobEnd::Failed(why.to_owned()), Instant::now());
         };
@@ -254,8 +332,7 @@ impl Job {
         })
         .await;
         drop(server);
-        // The job directory (runs, staged outputs of losing attempts) goes with `job_dir`.
-        drop(job_dir);
+        remove_job_dir_unless_publishing(&shared);
         match end {
             JobEnd::Succeeded => Ok(JobReport {
                 outputs: (0..reduces).map(|r| shared.output_dir.join(output_file_name(r))).collect(),
@@ -263,6 +340,90 @@ impl Job {
             }),
             JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
         }
+    }
+}
+
+/// How often the journal is forced to disk while the job runs.
+const JOURNAL_SYNC: Duration = Duration::from_secs(1);
+
+async fn sync_journal_every_second(file: std::fs::File) {
+    let file = Arc::new(file);
+    let mut ticker = tokio::time::interval(JOURNAL_SYNC);
+    loop {
+        ticker.tick().await;
+        let file = file.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || file.sync_data()).await {
+            tracing::warn!("cannot sync the journal: {e}");
+        }
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Removes the job directory of an ended job, with its intermediate files
+/// and the outputs of losing attempts; a failed job's outputs go with it,
+/// leaving the output directory as it was. Kept only when publication
+/// began and failed, so that a new run finishes it.
+fn remove_job_dir_unless_publishing(shared: &Shared) {
+    let job = shared.job();
+    let ledger = &job.ledger;
+    if ledger.publishing && !ledger.published {
+        tracing::warn!("the job directory {} is kept: run the same command again to finish moving the outputs", ledger.dir.path().display());
+    } else {
+        ledger.dir.remove();
+    }
+}
+
+/// What a job is planned from: a coordinator resumes an earlier one's job
+/// only if this is the same.
+fn fingerprint(config: &CoordinatorConfig) -> serde_json::Value {
+    serde_json::json!({
+        "inputs": config.inputs,
+        "split_bytes": config.split_bytes,
+        "reduces": config.reduces,
+        "params": config.params,
+    })
+}
+
+/// Marks done what an earlier coordinator finished, as its journal says,
+/// where the files it names are still there.
+fn restore(scheduler: &mut Scheduler, status: &mut JobStatus, opened: &Opened, output_dir: &Path, now: Instant) {
+    let recovered = &opened.recovered;
+    let (mut maps, mut reduces) = (0, 0);
+    for (m, attempt, outputs, counters) in &recovered.maps {
+        let task = TaskId::Map(*m);
+        if outputs.iter().all(|(_, location)| run_is_present(location)) && scheduler.restore(task, *attempt, outputs.clone()) {
+            status.task_restored(task, counters.clone(), now);
+            maps += 1;
+        }
+    }
+    for (r, attempt, counters) in &recovered.reduces {
+        let task = TaskId::Reduce(*r);
+        // During publication an output may have moved already.
+        let present = opened.dir.finished_output(*r).is_file() || (recovered.publishing && output_dir.join(output_file_name(*r)).is_file());
+        if present && scheduler.restore(task, *attempt, Vec::new()) {
+            status.task_restored(task, counters.clone(), now);
+            reduces += 1;
+        }
+    }
+    if opened.epoch > 0 {
+        let progress = scheduler.progress();
+        tracing::info!(
+            "resuming job {} (start {}): {maps} of {} map tasks and {reduces} of {} reduce tasks were done",
+            opened.id,
+            opened.epoch + 1,
+            progress.maps,
+            progress.reduces
+        );
     }
 }
 
@@ -320,7 +481,7 @@ impl Drop for OpenConnection {
         let workers = std::mem::take(&mut *lock(&self.workers));
         if !workers.is_empty() {
             let mut job = shared.job();
-            let JobState { scheduler, status } = &mut *job;
+            let JobState { scheduler, status, .. } = &mut *job;
             let now = Instant::now();
             for worker in &workers {
                 status.worker_disconnected(worker);
@@ -473,7 +634,7 @@ async fn hold_until_assigned(shared: &Shared, worker: &str) -> Assignment {
             let mut job = shared.job();
             let now = Instant::now();
             expire_overdue(&mut job, now);
-            let JobState { scheduler, status } = &mut *job;
+            let JobState { scheduler, status, .. } = &mut *job;
             match scheduler.assign(worker, now) {
                 Assignment::Wait => scheduler.next_deadline(),
                 other => {
@@ -510,16 +671,25 @@ fn assigned_attempt(assignment: &Assignment) -> Option<(TaskId, AttemptId)> {
 fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerdict {
     let TaskReport { task, attempt, outcome } = report;
     let mut job = shared.job();
-    let JobState { scheduler, status } = &mut *job;
+    let JobState { scheduler, status, ledger } = &mut *job;
     let now = Instant::now();
     let verdict = match outcome {
         TaskOutcome::MapDone { outputs, counters } => {
-            let verdict = scheduler.complete(task, attempt, outputs);
+            let verdict = scheduler.complete(task, attempt, outputs.clone());
+            if let (ReportVerdict::Accepted, TaskId::Map(m)) = (verdict, task) {
+                ledger.record(&Record::MapDone { task: m, attempt, outputs, counters: counters.clone() });
+            }
             record_completion(status, verdict, task, attempt, counters, now);
             verdict
         }
-        TaskOutcome::ReduceDone { counters } => match commit_reduce(scheduler, &shared.output_dir, task, attempt) {
+        TaskOutcome::ReduceDone { counters } => match commit_reduce(scheduler, &ledger.dir, task, attempt) {
             Ok(verdict) => {
+                if let (ReportVerdict::Accepted, TaskId::Reduce(r)) = (verdict, task) {
+                    ledger.record(&Record::ReduceDone { task: r, attempt, counters: counters.clone() });
+                    // Still under the lock: no worker hears "done" before
+                    // the outputs are in place.
+                    ledger.publish_if_done(scheduler);
+                }
                 record_completion(status, verdict, task, attempt, counters, now);
                 verdict
             }
@@ -572,38 +742,21 @@ fn record_failure(status: &mut JobStatus, verdict: ReportVerdict, task: TaskId, 
     }
 }
 
-fn remove_outputs_of_earlier_job(output_dir: &Path, reduces: u32) {
-    match remove_stale_outputs(output_dir, reduces) {
-        Ok(removed) if !removed.is_empty() => {
-            tracing::info!("removed {} output files left by an earlier job with more reduces", removed.len())
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("could not check {} for outputs of an earlier job: {e}", output_dir.display()),
-    }
-}
-
-/// Renames a reduce attempt's staged output to `mr-out-<r>` if the attempt
-/// wins, then marks the task done. A failed rename fails the attempt:
-/// `Err` carries the scheduler's verdict on that failure and the error. Only the winner is ever renamed, and the
-/// rename happens under the scheduler lock, so a finished output is never
-/// replaced and the job cannot end before its last output is in place.
-fn commit_reduce(scheduler: &mut Scheduler, output_dir: &Path, task: TaskId, attempt: u64) -> Result<ReportVerdict, (ReportVerdict, String)> {
+/// Renames a reduce attempt's staged output to `mr-out-<r>` in the job
+/// directory if the attempt wins, then marks the task done. A failed rename
+/// fails the attempt: `Err` carries the scheduler's verdict on that failure
+/// and the error. Only the winner is ever renamed, and the rename happens
+/// under the scheduler lock, so a finished output is never replaced.
+fn commit_reduce(scheduler: &mut Scheduler, job_dir: &JobDir, task: TaskId, attempt: u64) -> Result<ReportVerdict, (ReportVerdict, String)> {
     let TaskId::Reduce(r) = task else { return Ok(ReportVerdict::UnknownAttempt) };
     let verdict = scheduler.would_accept_completion(task, attempt);
     if verdict != ReportVerdict::Accepted {
         return Ok(verdict);
     }
     let staged = scheduler.staged_output(r, attempt);
-    let dest = output_dir.join(output_file_name(r));
+    let dest = job_dir.finished_output(r);
     match std::fs::rename(&staged, &dest) {
-        Ok(()) => {
-            let verdict = scheduler.complete(task, attempt, Vec::new());
-            if scheduler.job_end() == Some(JobEnd::Succeeded) {
-                // Still under the lock: no worker hears "done" before this.
-                remove_outputs_of_earlier_job(output_dir, scheduler.progress().reduces as u32);
-            }
-            Ok(verdict)
-        }
+        Ok(()) => Ok(scheduler.complete(task, attempt, Vec::new())),
         Err(e) => {
             let error = format!("committing {} to {}: {e}", staged.display(), dest.display());
             tracing::warn!(%task, attempt, "{error}");

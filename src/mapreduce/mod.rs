@@ -21,6 +21,8 @@
 //! | the RPC contract and its messages | [`rpc`] |
 //! | scheduling: the task state machine (no I/O) | [`scheduler`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
+//! | the job directory: lock, resume or clean, publishing outputs | [`job_dir`] |
+//! | the coordinator's journal of finished tasks, for restarts | [`journal`] |
 //! | the job as observers see it (progress, status API, summary) | [`status`] |
 //! | live progress in the terminal | [`progress`] |
 //! | the HTTP status server and dashboard | [`http`] |
@@ -54,6 +56,8 @@ pub mod errors;
 pub mod fan_in;
 pub mod http;
 pub mod inputs;
+pub mod job_dir;
+pub mod journal;
 pub mod logging;
 pub mod mapped_input;
 pub mod merge;

@@ -72,6 +72,10 @@ impl std::fmt::Display for TaskId {
 /// What every worker needs to know about the job before its first task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
+    /// The job's id, the same across coordinator restarts: a worker that
+    /// reconnects after losing its coordinator goes on only if the one it
+    /// finds runs the same job.
+    pub job_id: String,
     /// Parameters for the app (`mr-master --param KEY=VALUE`).
     pub params: crate::Params,
     /// The input files, for the app's constructor (e.g. a sort samples them).

@@ -41,6 +41,10 @@ use std::time::{Duration, Instant};
 use crate::rpc::{Assignment, AttemptId, AttemptProgress, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
 use crate::shuffle::MapOutputLocation;
 
+/// Attempt ids a coordinator may issue before they would meet those of the
+/// next coordinator started on the same job (see [`Scheduler::start_epoch`]).
+pub const ATTEMPTS_PER_EPOCH: AttemptId = 1_000_000_000;
+
 /// The scheduler's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -238,6 +242,33 @@ impl Scheduler {
             next_attempt: 1,
             failure: None,
         }
+    }
+
+    /// Numbers this coordinator's attempts from `epoch × ATTEMPTS_PER_EPOCH
+    /// + 1`, so that they differ from those of the `epoch` coordinators
+    /// that ran the job before it (whose workers may still be finishing
+    /// them, writing files named by their attempt ids).
+    pub fn start_epoch(&mut self, epoch: u64) {
+        self.next_attempt = epoch * ATTEMPTS_PER_EPOCH + 1;
+    }
+
+    /// Marks `task` done by `attempt` of an earlier coordinator, as its
+    /// journal says; a map's runs are at `outputs`. Call before any
+    /// assignment. False (and nothing changes) for a task this job does
+    /// not have or has done already.
+    pub fn restore(&mut self, task: TaskId, attempt: AttemptId, outputs: Vec<(u32, MapOutputLocation)>) -> bool {
+        if self.get(task).is_none_or(TaskEntry::is_done) {
+            return false;
+        }
+        self.entry_mut(task).attempts.push((attempt, "a coordinator before the restart".to_owned()));
+        self.mark_done(task, attempt, outputs);
+        true
+    }
+
+    /// Stops the job with `message` (unless it already failed), as when
+    /// its finished outputs cannot be published.
+    pub fn abort(&mut self, message: String) {
+        self.failure.get_or_insert(message);
     }
 
     /// How the job ended, once it has.
@@ -480,6 +511,11 @@ impl Scheduler {
             return verdict;
         }
         self.running.retain(|&t| t != task);
+        self.mark_done(task, attempt, outputs);
+        ReportVerdict::Accepted
+    }
+
+    fn mark_done(&mut self, task: TaskId, attempt: AttemptId, outputs: Vec<(u32, MapOutputLocation)>) {
         self.entry_mut(task).state = TaskState::Done { attempt };
         match task {
             TaskId::Map(m) => {
@@ -488,7 +524,6 @@ impl Scheduler {
             }
             TaskId::Reduce(_) => self.reduces_done += 1,
         }
-        ReportVerdict::Accepted
     }
 
     /// Records that `attempt` of `task` failed with `error`. The task is

@@ -52,6 +52,16 @@ pub fn open_run(location: &MapOutputLocation) -> Result<RunReader, RunError> {
     }
 }
 
+/// Whether the run at `location` is still there, whole as far as its size
+/// tells (a restarted coordinator checks the runs its journal names).
+pub fn run_is_present(location: &MapOutputLocation) -> bool {
+    match location {
+        MapOutputLocation::SharedFile { path, range } => {
+            std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() >= range.offset.saturating_add(range.len))
+        }
+    }
+}
+
 /// The stored size of the run at `location`, in bytes (as counted in
 /// [`crate::counters::Counters::intermediate_bytes`]).
 pub fn stored_size(location: &MapOutputLocation) -> u64 {

@@ -227,6 +227,15 @@ impl JobStatus {
         }
     }
 
+    /// `task` was done before the coordinator restarted; its winner's
+    /// counters, from the journal, become the task's.
+    pub fn task_restored(&mut self, task: TaskId, counters: Counters, now: Instant) {
+        self.task_mut(task).counters = Some(counters);
+        if matches!(task, TaskId::Map(_)) && self.maps.iter().all(|m| m.counters.is_some()) {
+            self.maps_finished = Some(now);
+        }
+    }
+
     /// `attempt` finished after `task` was already done: dropped.
     pub fn attempt_duplicate(&mut self, task: TaskId, attempt: AttemptId, now: Instant) {
         self.end_attempt(task, attempt, AttemptOutcome::Duplicate, now);

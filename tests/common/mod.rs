@@ -280,11 +280,12 @@ pub fn assert_same_output(actual: &[u8], expected: &[u8], context: &str) {
     );
 }
 
-/// Entries of `dir` other than `mr-out-*` and the harness's own files.
+/// Entries of `dir` other than a job's outputs (`mr-out-*` and the
+/// `_SUCCESS` marker) and the harness's own files.
 pub fn stray_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with("mr-out-") && !n.ends_with(".out") && !n.ends_with(".err") && n != "master.addr")
+        .filter(|n| !n.starts_with("mr-out-") && n != "_SUCCESS" && !n.ends_with(".out") && !n.ends_with(".err") && n != "master.addr")
         .collect()
 }

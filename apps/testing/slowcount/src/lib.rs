@@ -5,6 +5,8 @@
 //! test knows a map is under way (and has its input open). With
 //! `--param tick_ms=N`, the delay is slept in steps of N ms, each followed by
 //! an increment of the counter `ticks`: progress the coordinator can see.
+//! With `--param reduce_delay_ms=N`, every reduce call sleeps N ms first
+//! (in ticks too), so that a test can act while reduces run.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use mapreduce::{counters, App, AppError, AppResult, Emitter, JobContext, MapInpu
 /// The slowcount app.
 pub struct SlowCount {
     delay: Duration,
+    reduce_delay: Duration,
     started_file: Option<PathBuf>,
     /// Sleep in steps this long, counting each (`None`: in one go).
     tick: Option<Duration>,
@@ -27,18 +30,19 @@ fn millis(job: &JobContext, name: &str) -> Result<Option<Duration>, AppError> {
 }
 
 impl SlowCount {
-    /// Reads `delay_ms` (default 0), `started_file` and `tick_ms`.
+    /// Reads `delay_ms` and `reduce_delay_ms` (default 0), `started_file` and `tick_ms`.
     pub fn new(job: &JobContext) -> Result<SlowCount, AppError> {
         Ok(SlowCount {
             delay: millis(job, "delay_ms")?.unwrap_or_default(),
+            reduce_delay: millis(job, "reduce_delay_ms")?.unwrap_or_default(),
             started_file: job.params.get("started_file").map(PathBuf::from),
             tick: millis(job, "tick_ms")?.filter(|t| !t.is_zero()),
         })
     }
 
-    fn sleep(&self) {
-        let Some(tick) = self.tick else { return std::thread::sleep(self.delay) };
-        let mut left = self.delay;
+    fn sleep(&self, delay: Duration) {
+        let Some(tick) = self.tick else { return std::thread::sleep(delay) };
+        let mut left = delay;
         while !left.is_zero() {
             let step = tick.min(left);
             std::thread::sleep(step);
@@ -53,13 +57,14 @@ impl App for SlowCount {
         if let Some(path) = &self.started_file {
             std::fs::write(path, input.filename).map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        self.sleep();
+        self.sleep(self.delay);
         let words = emit.count_words(input.contents);
         counters::increment("words", words);
         Ok(())
     }
 
     fn reduce(&self, _key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
+        self.sleep(self.reduce_delay);
         let mut total: u64 = 0;
         while let Some(value) = values.next() {
             total += std::str::from_utf8(value)?.parse::<u64>()?;

@@ -1,0 +1,319 @@
+//! The job directory, `<output-dir>/.mr-job/`: where a job's intermediate
+//! files, finished outputs and [journal](crate::journal) live until the job
+//! is over, and how its outputs leave it.
+//!
+//! - One coordinator at a time: the one running the job holds an exclusive
+//!   lock on `lock` (released by the kernel when it dies, however it dies);
+//!   another started on the same output directory is refused.
+//! - A coordinator that finds a job directory resumes it when the journal's
+//!   fingerprint equals its own plan's, and otherwise (other inputs or
+//!   settings, an unreadable journal, or `--fresh`) empties it and starts
+//!   over: a job directory is resumed or cleaned up, never left to mix in.
+//! - A reduce's winning output is renamed to `mr-out-<r>` *inside* the job
+//!   directory. Only when every reduce is done does [`JobDir::publish`]
+//!   move them all into the output directory, after the journal says so,
+//!   so that a coordinator killed halfway finishes the move when restarted.
+//!   A job that fails never touches the output directory: outputs of an
+//!   earlier job there stay as they were.
+//! - `_SUCCESS` in the output directory (Hadoop's marker) names the job
+//!   whose outputs are there. It is removed before the first output moves
+//!   and written after the last, so its presence means the `mr-out-*` files
+//!   are one job's, whole.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::counters::Counters;
+use crate::journal::{Journal, JournalError, Record};
+use crate::output::{output_file_name, remove_stale_outputs, write_atomically};
+use crate::rpc::AttemptId;
+use crate::shuffle::MapOutputLocation;
+
+/// The job directory's name inside the output directory.
+pub const JOB_DIR_NAME: &str = ".mr-job";
+/// The marker written beside a job's outputs once they are all in place.
+pub const SUCCESS_MARKER: &str = "_SUCCESS";
+const JOURNAL: &str = "journal";
+const LOCK: &str = "lock";
+
+/// Why the job directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JobDirError {
+    /// Another coordinator holds the lock.
+    #[error("another mr-master is running a job in {} (it holds {})", .output_dir.display(), .lock.display())]
+    Busy {
+        /// The output directory.
+        output_dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// A file operation failed.
+    #[error("job directory {}: {source}", .path.display())]
+    Io {
+        /// What was being worked on.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The journal could not be written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// What an earlier coordinator finished, from the journal.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Map tasks done: task, winning attempt, runs, counters.
+    pub maps: Vec<(u32, AttemptId, Vec<(u32, MapOutputLocation)>, Counters)>,
+    /// Reduce tasks done: task, winning attempt, counters.
+    pub reduces: Vec<(u32, AttemptId, Counters)>,
+    /// Every output was final and moving into place.
+    pub publishing: bool,
+}
+
+/// The job directory, opened and locked for one coordinator's run.
+#[derive(Debug)]
+pub struct Opened {
+    /// The directory.
+    pub dir: JobDir,
+    /// Its journal, open for appending (`Started` already written).
+    pub journal: Journal,
+    /// The job's id: kept across restarts.
+    pub id: String,
+    /// How many coordinators started on this job before this one.
+    pub epoch: u64,
+    /// What they finished (nothing for a new job).
+    pub recovered: Recovered,
+    /// Why an earlier job directory was emptied instead of resumed.
+    pub discarded: Option<String>,
+}
+
+/// A locked job directory.
+#[derive(Debug)]
+pub struct JobDir {
+    path: PathBuf,
+    output_dir: PathBuf,
+    /// Held for the lock; closing it releases the lock.
+    _lock: File,
+}
+
+impl JobDir {
+    /// Opens `<output_dir>/.mr-job/` for a job planned with `fingerprint`:
+    /// resumes the job there if it is the same job and `fresh` is not set;
+    /// otherwise empties the directory and starts a new job.
+    pub fn open(output_dir: &Path, fingerprint: serde_json::Value, fresh: bool) -> Result<Opened, JobDirError> {
+        let path = output_dir.join(JOB_DIR_NAME);
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        let lock_path = path.join(LOCK);
+        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                JobDirError::Busy { output_dir: output_dir.to_owned(), lock: lock_path }
+            } else {
+                JobDirError::Io { path: lock_path, source: e }
+            });
+        }
+        let dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock };
+        let journal_path = dir.path.join(JOURNAL);
+        let earlier = journal_path.exists().then(|| Journal::replay(&journal_path));
+        let (discarded, resumable) = match earlier {
+            None => (None, None),
+            Some(_) if fresh => (Some("--fresh was given".to_string()), None),
+            Some(Err(e)) => (Some(format!("its journal is unreadable ({e})")), None),
+            Some(Ok(records)) => match &records[0] {
+                Record::Job { fingerprint: theirs, .. } if *theirs != fingerprint => {
+                    (Some("it was planned from other inputs or settings".to_string()), None)
+                }
+                _ => (None, Some(records)),
+            },
+        };
+        let Some(records) = resumable else {
+            if discarded.is_some() || dir.has_leftovers()? {
+                dir.empty()?;
+            }
+            let id = new_job_id();
+            let mut journal = Journal::create(&journal_path, &id, fingerprint)?;
+            journal.append(&Record::Started { epoch: 0 })?;
+            return Ok(Opened { dir, journal, id, epoch: 0, recovered: Recovered::default(), discarded });
+        };
+        let (id, epoch, recovered) = recover(records);
+        let mut journal = Journal::open_for_append(&journal_path)?;
+        journal.append(&Record::Started { epoch })?;
+        Ok(Opened { dir, journal, id, epoch, recovered, discarded: None })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where reduce `r`'s winning output waits for publication.
+    pub fn finished_output(&self, r: u32) -> PathBuf {
+        self.path.join(output_file_name(r))
+    }
+
+    /// Moves every finished output into the output directory: removes
+    /// `_SUCCESS`, renames `mr-out-<r>` for each of the `reduces`
+    /// partitions (one already moved by an interrupted publication is
+    /// found in place), removes `mr-out-<n>` for `n >= reduces` left by an
+    /// earlier job, and writes `_SUCCESS` naming job `id`. The journal must
+    /// say `Publishing` (synced) first.
+    pub fn publish(&self, reduces: u32, id: &str) -> Result<(), JobDirError> {
+        let marker = self.output_dir.join(SUCCESS_MARKER);
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(JobDirError::Io { path: marker, source: e }),
+            _ => {}
+        }
+        for r in 0..reduces {
+            let (from, to) = (self.finished_output(r), self.output_dir.join(output_file_name(r)));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                // Moved before the coordinator was restarted.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && to.is_file() => {}
+                Err(e) => return Err(JobDirError::Io { path: from, source: e }),
+            }
+        }
+        // The renames reach the disk before the marker says they happened.
+        File::open(&self.output_dir).and_then(|d| d.sync_all()).map_err(io_err(&self.output_dir))?;
+        let removed = remove_stale_outputs(&self.output_dir, reduces).map_err(io_err(&self.output_dir))?;
+        if !removed.is_empty() {
+            tracing::info!("removed {} output files left by an earlier job with more reduces", removed.len());
+        }
+        write_atomically(&marker, format!("job {id}\n").as_bytes()).map_err(io_err(&marker))
+    }
+
+    /// Removes the directory and everything in it (the lock stays held
+    /// until the `JobDir` is dropped).
+    pub fn remove(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!("could not remove the job directory {}: {e}", self.path.display());
+        }
+    }
+
+    /// Whether the directory holds anything but the lock.
+    fn has_leftovers(&self) -> Result<bool, JobDirError> {
+        let mut entries = std::fs::read_dir(&self.path).map_err(io_err(&self.path))?;
+        Ok(entries.any(|e| e.is_ok_and(|e| e.file_name() != LOCK)))
+    }
+
+    /// Removes everything in the directory but the lock.
+    fn empty(&self) -> Result<(), JobDirError> {
+        for entry in std::fs::read_dir(&self.path).map_err(io_err(&self.path))? {
+            let entry = entry.map_err(io_err(&self.path))?;
+            if entry.file_name() == LOCK {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> JobDirError + '_ {
+    move |source| JobDirError::Io { path: path.to_owned(), source }
+}
+
+/// A new job's id: the time and this process, unique enough to tell two
+/// jobs on one output directory apart.
+fn new_job_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}-{:x}", std::process::id())
+}
+
+/// The job's id, the next epoch, and what was finished, from a journal's
+/// records (which start with `Job`). A task journaled twice keeps its last
+/// record.
+fn recover(records: Vec<Record>) -> (String, u64, Recovered) {
+    let mut id = String::new();
+    let mut epoch = 0;
+    let mut recovered = Recovered::default();
+    for record in records {
+        match record {
+            Record::Job { id: job, .. } => id = job,
+            Record::Started { epoch: e } => epoch = epoch.max(e + 1),
+            Record::MapDone { task, attempt, outputs, counters } => {
+                recovered.maps.retain(|(m, ..)| *m != task);
+                recovered.maps.push((task, attempt, outputs, counters));
+            }
+            Record::ReduceDone { task, attempt, counters } => {
+                recovered.reduces.retain(|(r, ..)| *r != task);
+                recovered.reduces.push((task, attempt, counters));
+            }
+            Record::Publishing => recovered.publishing = true,
+        }
+    }
+    (id, epoch, recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fingerprint(reduces: u32) -> serde_json::Value {
+        serde_json::json!({ "reduces": reduces })
+    }
+
+    #[test]
+    fn a_second_coordinator_on_the_same_output_directory_is_refused() {
+        let out = tempfile::tempdir().unwrap();
+        let _first = JobDir::open(out.path(), fingerprint(2), false).unwrap();
+        let second = JobDir::open(out.path(), fingerprint(2), false).unwrap_err();
+        assert!(matches!(second, JobDirError::Busy { .. }), "{second}");
+        assert!(second.to_string().starts_with("another mr-master is running a job in "), "{second}");
+    }
+
+    #[test]
+    fn the_same_job_resumes_with_its_id_and_a_new_epoch_and_another_starts_over() {
+        let out = tempfile::tempdir().unwrap();
+        let first = JobDir::open(out.path(), fingerprint(2), false).unwrap();
+        let id = first.id.clone();
+        let mut journal = first.journal;
+        journal.append(&Record::ReduceDone { task: 1, attempt: 5, counters: Counters::default() }).unwrap();
+        std::fs::write(first.dir.finished_output(1), "a 1\n").unwrap();
+        drop((first.dir, journal));
+
+        let again = JobDir::open(out.path(), fingerprint(2), false).unwrap();
+        assert_eq!((again.id.as_str(), again.epoch, again.discarded.as_deref()), (id.as_str(), 1, None));
+        assert_eq!(again.recovered.reduces.iter().map(|(r, a, _)| (*r, *a)).collect::<Vec<_>>(), [(1, 5)]);
+        assert!(again.dir.finished_output(1).exists());
+        drop(again);
+
+        let other = JobDir::open(out.path(), fingerprint(3), false).unwrap();
+        assert_ne!(other.id, id);
+        assert_eq!((other.epoch, other.recovered.reduces.len()), (0, 0));
+        assert_eq!(other.discarded.as_deref(), Some("it was planned from other inputs or settings"));
+        assert!(!other.dir.finished_output(1).exists(), "the other job's files are gone");
+        drop(other);
+
+        let fresh = JobDir::open(out.path(), fingerprint(3), true).unwrap();
+        assert_eq!((fresh.epoch, fresh.discarded.as_deref()), (0, Some("--fresh was given")));
+    }
+
+    #[test]
+    fn publishing_moves_every_output_marks_success_and_finishes_an_interrupted_move() {
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("mr-out-0"), "old\n").unwrap();
+        std::fs::write(out.path().join("mr-out-5"), "old\n").unwrap();
+        std::fs::write(out.path().join(SUCCESS_MARKER), "job old\n").unwrap();
+        let opened = JobDir::open(out.path(), fingerprint(2), false).unwrap();
+        for r in 0..2 {
+            std::fs::write(opened.dir.finished_output(r), format!("new {r}\n")).unwrap();
+        }
+        // As if a coordinator had moved output 0 and died.
+        std::fs::rename(opened.dir.finished_output(0), out.path().join("mr-out-0")).unwrap();
+        opened.dir.publish(2, &opened.id).unwrap();
+        let read = |name: &str| std::fs::read_to_string(out.path().join(name)).ok();
+        assert_eq!(read("mr-out-0").as_deref(), Some("new 0\n"));
+        assert_eq!(read("mr-out-1").as_deref(), Some("new 1\n"));
+        assert_eq!(read("mr-out-5"), None, "an earlier job's extra output is removed");
+        assert_eq!(read(SUCCESS_MARKER), Some(format!("job {}\n", opened.id)));
+        opened.dir.remove();
+        assert!(!out.path().join(JOB_DIR_NAME).exists());
+    }
+}
