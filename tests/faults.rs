@@ -140,11 +140,28 @@ fn a_worker_whose_coordinator_vanishes_mid_job_exits_4() {
     let started = dir.join("map-started");
     let started_param = format!("started_file={}", started.display());
     let (mut master, addr) = start_master(dir.path(), &["--param", "delay_ms=3000", "--param", &started_param, "in.txt"]);
-    let mut worker = start_worker("worker", dir.path(), &addr, "slowcount");
+    let mut worker = start_worker_with("worker", dir.path(), &addr, "slowcount", &["--reconnect-timeout", "1"]);
     wait_for_file(&started, "the map");
     master.kill();
     let err = worker.expect_exit_code(4);
-    assert!(err.contains(&format!("mr-worker: error: lost the coordinator at {addr} before the job ended")), "{}", worker.describe());
+    let line = format!("mr-worker: error: lost the coordinator at {addr} before the job ended: ");
+    assert!(err.contains(&line) && err.contains("it did not come back within 1 s"), "{}", worker.describe());
+}
+
+#[test]
+fn a_worker_does_not_join_another_job_at_its_coordinators_address() {
+    let dir = TestDir::new("other-job");
+    dir.write("in.txt", "some words");
+    let started = dir.join("map-started");
+    let started_param = format!("started_file={}", started.display());
+    let (mut master, addr) = start_master(dir.path(), &["--param", "delay_ms=3000", "--param", &started_param, "in.txt"]);
+    let mut worker = start_worker_with("worker", dir.path(), &addr, "slowcount", &["--reconnect-timeout", "20"]);
+    wait_for_file(&started, "the map");
+    master.kill();
+    // Another job, in another output directory, at the same address.
+    let (_other, _) = start_master_at(dir.path(), &addr, &["--output-dir", "other", "in.txt"]);
+    let err = worker.expect_exit_code(4);
+    assert!(err.contains("the coordinator there now runs another job"), "{}", worker.describe());
 }
 
 #[test]

@@ -123,3 +123,26 @@ fn a_second_master_on_the_same_output_directory_is_refused_and_another_job_clean
     assert_eq!(job_output(dir.path(), 10), b"x 1\ny 1\n");
     assert!(!dir.join(".mr-job").exists(), "{}", dir.listing());
 }
+
+#[test]
+fn workers_wait_for_their_restarted_master_and_finish_the_job_with_it() {
+    let dir = TestDir::new("reconnect");
+    let inputs = write_inputs(&dir, 6);
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let expected = reference_output(dir.path(), "wordcount", &inputs);
+    let mut args = vec!["--reduces", "4", "--param", "reduce_delay_ms=300"];
+    args.extend(&inputs);
+
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut workers: Vec<Proc> = (0..2).map(|i| start_worker(&format!("worker{i}"), dir.path(), &addr, "slowcount")).collect();
+    wait_for_journal(&dir, "reduce_done", 1);
+    master.kill();
+    let (mut master, _) = start_master_at(dir.path(), &addr, &args);
+    master.expect_success();
+    for worker in &mut workers {
+        worker.expect_success();
+        assert!(worker.stderr().contains("reconnected to the coordinator at"), "{}", worker.describe());
+    }
+    assert_same_output(&job_output(dir.path(), 4), &expected, "workers that stayed through a restart");
+    assert!(!dir.join(".mr-job").exists(), "{}", dir.listing());
+}

@@ -14,7 +14,7 @@ use mapreduce::worker::{self, WorkerConfig, WorkerExit};
 /// Run map and reduce tasks for a MapReduce coordinator (`mr-master`) with
 /// the given app plugin. Exits 0 when the job succeeded; 1 if the worker
 /// could not start (no coordinator, a bad plugin), 3 if the job failed, 4 if
-/// the coordinator vanished before the job ended.
+/// the coordinator vanished before the job ended and did not come back.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -25,6 +25,13 @@ struct Args {
     /// Seconds to keep trying to reach the coordinator at start-up.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = cli::parse_positive_secs)]
     connect_timeout: Duration,
+
+    /// Seconds to keep trying to reach the coordinator again when the
+    /// connection breaks mid-job: a coordinator restarted on the same
+    /// address resumes the job, and the worker goes on with it. 0 gives up
+    /// at once (exit status 4).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
+    reconnect_timeout: Duration,
 
     /// Tasks to run at once in this process (each on its own thread), so
     /// that one worker per machine can use every core.
@@ -65,6 +72,11 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<WorkerExit> {
     let plugin = Arc::new(Plugin::open(&args.app)?);
-    let config = WorkerConfig { master: args.master, connect_timeout: args.connect_timeout, slots: args.slots.into() };
+    let config = WorkerConfig {
+        master: args.master,
+        connect_timeout: args.connect_timeout,
+        reconnect_timeout: args.reconnect_timeout,
+        slots: args.slots.into(),
+    };
     Ok(worker::run(plugin, config).await?)
 }

@@ -151,7 +151,7 @@ impl TaskEntry {
     }
 
     fn worker_of(&self, attempt: AttemptId) -> &str {
-        self.attempts.iter().find(|(a, _)| *a == attempt).map_or("?", |(_, w)| w)
+        self.attempts.iter().find(|(a, _)| *a == attempt).map_or("a worker of the coordinator before the restart", |(_, w)| w)
     }
 
     /// Counts `attempt`'s unsuccessful end unless it was counted already
@@ -217,6 +217,9 @@ pub struct Scheduler {
     maps_done: usize,
     reduces_done: usize,
     next_attempt: AttemptId,
+    /// This coordinator's first attempt id: lower ones were issued by a
+    /// coordinator that ran the job before a restart.
+    epoch_start: AttemptId,
     failure: Option<String>,
 }
 
@@ -240,6 +243,7 @@ impl Scheduler {
             maps_done: 0,
             reduces_done: 0,
             next_attempt: 1,
+            epoch_start: 1,
             failure: None,
         }
     }
@@ -248,8 +252,11 @@ impl Scheduler {
     /// + 1`, so that they differ from those of the `epoch` coordinators
     /// that ran the job before it (whose workers may still be finishing
     /// them, writing files named by their attempt ids).
+    /// Reports of those attempts, from workers that stayed up through the
+    /// restart, are taken like this coordinator's own.
     pub fn start_epoch(&mut self, epoch: u64) {
         self.next_attempt = epoch * ATTEMPTS_PER_EPOCH + 1;
+        self.epoch_start = self.next_attempt;
     }
 
     /// Marks `task` done by `attempt` of an earlier coordinator, as its
@@ -488,12 +495,15 @@ impl Scheduler {
         self.job_dir.join(format!("out-{r}.attempt-{attempt}"))
     }
 
-    /// Whether a completion report for this attempt would be accepted. The
-    /// coordinator asks before committing a reduce's output, so that only the
-    /// winning attempt is ever renamed into place.
+    /// Whether a completion report for this attempt would be accepted: an
+    /// attempt issued for the task (by this coordinator, or by one before a
+    /// restart) while the task is not done. The coordinator asks before
+    /// committing a reduce's output, so that only the winning attempt is
+    /// ever renamed into place.
     pub fn would_accept_completion(&self, task: TaskId, attempt: AttemptId) -> ReportVerdict {
         let Some(entry) = self.get(task) else { return ReportVerdict::UnknownAttempt };
-        if !entry.attempts.iter().any(|(a, _)| *a == attempt) {
+        let before_restart = attempt < self.epoch_start;
+        if !before_restart && !entry.attempts.iter().any(|(a, _)| *a == attempt) {
             ReportVerdict::UnknownAttempt
         } else if entry.is_done() {
             ReportVerdict::AlreadyDone
@@ -845,6 +855,28 @@ mod tests {
         let (m, _) = take_map(&mut s, "w", start + TIMEOUT);
         assert_eq!(m, 1, "map 0 is done and must be skipped");
         assert_eq!(s.assign("w2", start + TIMEOUT), Assignment::Wait);
+    }
+
+    #[test]
+    fn after_a_restart_journaled_tasks_are_done_and_attempts_of_before_may_still_win() {
+        let now = Instant::now();
+        let mut s = scheduler(3, 1);
+        s.start_epoch(2);
+        assert!(s.restore(TaskId::Map(0), 7, vec![(0, location(0, 0))]));
+        assert!(!s.restore(TaskId::Map(0), 8, vec![]), "restored once");
+        assert!(!s.restore(TaskId::Map(9), 8, vec![]), "no such task");
+        assert_eq!(s.progress().maps_done, 1);
+        // New attempts are numbered in the new epoch, and only idle tasks go out.
+        let (m, a) = take_map(&mut s, "w1", now);
+        assert_eq!((m, a), (1, 2 * ATTEMPTS_PER_EPOCH + 1));
+        // Map 2's attempt from before the restart finishes: it wins.
+        assert_eq!(s.complete(TaskId::Map(2), 12, vec![(0, location(2, 0))]), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Map(2), 13, vec![]), ReportVerdict::AlreadyDone);
+        // An unknown attempt of this epoch is still unknown.
+        assert_eq!(s.complete(TaskId::Map(1), a + 1, vec![]), ReportVerdict::UnknownAttempt);
+        assert_eq!(s.complete(TaskId::Map(1), a, vec![]), ReportVerdict::Accepted);
+        let reduce = take_reduce(&mut s, "w1", now);
+        assert_eq!(reduce.runs, vec![(0, location(0, 0)), (2, location(2, 0))]);
     }
 
     #[test]

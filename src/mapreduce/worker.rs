@@ -12,14 +12,24 @@
 //! every [`JobSpec::heartbeat_interval`](crate::rpc::JobSpec) that this
 //! process is alive and how far each running attempt has got.
 //!
+//! A coordinator that goes away mid-job may be restarted (it resumes the
+//! job from its journal), so a broken connection is not the end: the loops
+//! share one [`MasterLink`], and the first loop whose call fails reconnects
+//! for up to [`WorkerConfig::reconnect_timeout`], checking that the
+//! coordinator it finds runs the same job (its id), while the others wait
+//! for it. Attempts keep running meanwhile; their reports go to the new
+//! coordinator, which takes a completion from before its restart.
+//!
 //! Shutdown: the worker stops at the first end any of its loops learns: a
 //! slot told `Exit` by `request_task`, the heartbeat told `Exit` (the job
 //! ended while every slot was busy with an attempt that no longer matters),
-//! or a call failing because the coordinator is gone. The coordinator tells
-//! every connected worker how the job ended before it exits, so finding it
-//! gone means it vanished mid-job: that is an error, not a normal end.
-//! Attempts still running on slot threads are abandoned with the process.
+//! or the coordinator gone for good (not back within the reconnect
+//! timeout, or back with another job). The coordinator tells every
+//! connected worker how the job ended before it exits, so finding it gone
+//! means it vanished mid-job: that is an error, not a normal end. Attempts
+//! still running on slot threads are abandoned with the process.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +57,10 @@ pub struct WorkerConfig {
     pub master: String,
     /// How long to keep trying to reach the coordinator at start-up.
     pub connect_timeout: Duration,
+    /// How long to keep trying to reach the coordinator again when the
+    /// connection breaks mid-job (a restarted coordinator resumes the job);
+    /// zero gives up at once.
+    pub reconnect_timeout: Duration,
     /// Tasks this process runs at once (at least 1).
     pub slots: usize,
 }
@@ -68,7 +82,8 @@ pub enum WorkerError {
     /// The coordinator stopped the job because a task could not succeed.
     #[error("the coordinator stopped the job: {0}")]
     JobFailed(String),
-    /// The coordinator went away without saying the job was over.
+    /// The coordinator went away without saying the job was over, and did
+    /// not come back (with the same job) within the reconnect timeout.
     #[error("lost the coordinator at {master} before the job ended: {error}")]
     CoordinatorLost { master: String, error: String },
     /// The operating system would not start a slot's thread.
@@ -109,6 +124,7 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
     tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
     let lost = |e: RpcError| WorkerError::CoordinatorLost { master: config.master.clone(), error: e.to_string() };
     let spec = client.job(call_context()).await.map_err(lost)?;
+    let link = Arc::new(MasterLink::new(client, &config, spec.job_id.clone()));
     let interval = spec.heartbeat_interval;
     // Making the app may read the inputs (a sort samples them): off the runtime.
     let runner = tokio::task::spawn_blocking(move || Arc::new(TaskRunner::new(plugin, &spec)))
@@ -116,20 +132,19 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
         .expect("the app's constructor panics are caught at the plugin boundary");
     let slots: Arc<[SlotActivity]> = (0..config.slots.max(1)).map(|_| SlotActivity::default()).collect();
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<LoopEnd>();
-    let master = config.master.clone();
     // Spawned tasks do not inherit the caller's span (`worker{id=...}`): pass it on.
     for slot in 0..slots.len() {
-        let (client, id, runner, slots, end_tx, master) = (client.clone(), id.clone(), runner.clone(), slots.clone(), end_tx.clone(), master.clone());
+        let (link, id, runner, slots, end_tx) = (link.clone(), id.clone(), runner.clone(), slots.clone(), end_tx.clone());
         tokio::spawn(
             async move {
-                let _ = end_tx.send(run_slot(slot, &client, &id, &runner, &slots[slot], &master).await);
+                let _ = end_tx.send(run_slot(slot, &link, &id, &runner, &slots[slot]).await);
             }
             .instrument(tracing::Span::current()),
         );
     }
     tokio::spawn(
         async move {
-            let _ = end_tx.send(send_heartbeats(&client, &id, &slots, interval, &master).await);
+            let _ = end_tx.send(send_heartbeats(&link, &id, &slots, interval).await);
         }
         .instrument(tracing::Span::current()),
     );
@@ -162,19 +177,20 @@ impl SlotActivity {
 }
 
 /// Sends a heartbeat every `interval` until the coordinator says the job is
-/// over or cannot be reached.
-async fn send_heartbeats(client: &CoordinatorClient, id: &WorkerId, slots: &[SlotActivity], interval: Duration, master: &str) -> LoopEnd {
+/// over or is gone for good.
+async fn send_heartbeats(link: &MasterLink, id: &WorkerId, slots: &[SlotActivity], interval: Duration) -> LoopEnd {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let running: Vec<AttemptProgress> = slots.iter().filter_map(SlotActivity::snapshot).collect();
-        match client.heartbeat(call_context(), id.clone(), running).await {
-            Ok(HeartbeatReply::Continue) => {}
-            Ok(HeartbeatReply::Exit(end)) => return job_end(end),
-            // A coordinator too busy to answer in time is still there.
-            Err(RpcError::DeadlineExceeded) => tracing::debug!("a heartbeat went unanswered"),
-            Err(e) => return Err(WorkerError::CoordinatorLost { master: master.to_owned(), error: e.to_string() }),
+        let heartbeat = |client: CoordinatorClient| {
+            let (id, running) = (id.clone(), running.clone());
+            async move { client.heartbeat(call_context(), id, running).await }
+        };
+        match link.call(heartbeat).await? {
+            HeartbeatReply::Continue => {}
+            HeartbeatReply::Exit(end) => return job_end(end),
         }
     }
 }
@@ -187,22 +203,14 @@ fn job_end(end: JobEnd) -> LoopEnd {
 }
 
 /// One task slot: asks for a task, runs it, reports, until the job ends.
-async fn run_slot(
-    slot: usize,
-    client: &CoordinatorClient,
-    id: &WorkerId,
-    runner: &Arc<TaskRunner>,
-    activity: &SlotActivity,
-    master: &str,
-) -> LoopEnd {
-    let lost = |e: RpcError| WorkerError::CoordinatorLost { master: master.to_owned(), error: e.to_string() };
+async fn run_slot(slot: usize, link: &MasterLink, id: &WorkerId, runner: &Arc<TaskRunner>, activity: &SlotActivity) -> LoopEnd {
     let thread = SlotThread::spawn(slot).map_err(WorkerError::Thread)?;
     loop {
-        let assignment = match client.request_task(call_context(), id.clone()).await {
-            Ok(assignment) => assignment,
-            Err(RpcError::DeadlineExceeded) => continue,
-            Err(e) => return Err(lost(e)),
+        let request = |client: CoordinatorClient| {
+            let id = id.clone();
+            async move { client.request_task(call_context(), id).await }
         };
+        let assignment = link.call(request).await?;
         let report = match assignment {
             Assignment::Wait => continue,
             Assignment::Exit(end) => return job_end(end),
@@ -226,15 +234,133 @@ async fn run_slot(
         // Reported from here on: a heartbeat must not keep showing progress
         // of an attempt the coordinator may already have given up.
         activity.finish();
+        // Reports are idempotent: one whose answer was late is sent again.
+        let send_report = |client: CoordinatorClient| {
+            let (id, report) = (id.clone(), report.clone());
+            async move { client.report_task(call_context(), id, report).await }
+        };
+        link.call(send_report).await?;
+    }
+}
+
+/// The connection to the coordinator, shared by a worker's loops and made
+/// again when it breaks (see the module docs).
+struct MasterLink {
+    master: String,
+    /// The job this worker works for: a coordinator found on reconnecting
+    /// must run the same one.
+    job_id: String,
+    reconnect_timeout: Duration,
+    /// Held while reconnecting, so that one loop reconnects and the others
+    /// wait for it.
+    current: tokio::sync::Mutex<LinkState>,
+}
+
+struct LinkState {
+    client: CoordinatorClient,
+    /// Counts reconnections: a loop whose call failed on an older client
+    /// than the current one just tries again.
+    generation: u64,
+    /// Set once the coordinator is gone for good: every call fails at once.
+    gone: Option<String>,
+}
+
+impl MasterLink {
+    fn new(client: CoordinatorClient, config: &WorkerConfig, job_id: String) -> MasterLink {
+        MasterLink {
+            master: config.master.clone(),
+            job_id,
+            reconnect_timeout: config.reconnect_timeout,
+            current: tokio::sync::Mutex::new(LinkState { client, generation: 0, gone: None }),
+        }
+    }
+
+    /// Makes a call with `call` on the current connection. A call whose
+    /// answer is late is made again; one that fails because the connection
+    /// broke is made again once reconnected. Fails only when the
+    /// coordinator is gone for good.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, WorkerError>
+    where
+        F: Fn(CoordinatorClient) -> Fut,
+        Fut: Future<Output = Result<T, RpcError>>,
+    {
         loop {
-            // Reports are idempotent: one whose answer was late is sent again.
-            match client.report_task(call_context(), id.clone(), report.clone()).await {
-                Ok(()) => break,
-                Err(RpcError::DeadlineExceeded) => continue,
-                Err(e) => return Err(lost(e)),
+            let (client, generation) = {
+                let state = self.current.lock().await;
+                if let Some(error) = &state.gone {
+                    return Err(self.lost(error.clone()));
+                }
+                (state.client.clone(), state.generation)
+            };
+            match call(client).await {
+                Ok(answer) => return Ok(answer),
+                // A coordinator too busy to answer in time is still there.
+                Err(RpcError::DeadlineExceeded) => tracing::debug!("a call went unanswered; making it again"),
+                Err(e) => self.reconnect(generation, e.to_string()).await?,
             }
         }
     }
+
+    /// Replaces the connection of `generation`, which broke with `error`,
+    /// unless another loop did already.
+    async fn reconnect(&self, generation: u64, error: String) -> Result<(), WorkerError> {
+        let mut state = self.current.lock().await;
+        if state.generation != generation || state.gone.is_some() {
+            return Ok(());
+        }
+        let gone = |state: &mut LinkState, why: String| {
+            state.gone = Some(why.clone());
+            Err(self.lost(why))
+        };
+        if self.reconnect_timeout.is_zero() {
+            return gone(&mut state, error);
+        }
+        tracing::warn!("lost the coordinator at {}: {error}; trying to reconnect for {} s", self.master, self.reconnect_timeout.as_secs_f64());
+        let give_up = Instant::now() + self.reconnect_timeout;
+        let mut last_error;
+        loop {
+            match self.connect_to_same_job().await {
+                Ok(client) => {
+                    tracing::info!("reconnected to the coordinator at {}", self.master);
+                    state.client = client;
+                    state.generation += 1;
+                    return Ok(());
+                }
+                Err(Reconnect::OtherJob(other)) => {
+                    return gone(&mut state, format!("{error}; the coordinator there now runs another job ({other}, not {})", self.job_id));
+                }
+                Err(Reconnect::Failed(e)) => last_error = e,
+            }
+            if Instant::now() + CONNECT_RETRY >= give_up {
+                let waited = self.reconnect_timeout.as_secs_f64();
+                return gone(&mut state, format!("{error}; it did not come back within {waited} s (last try: {last_error})"));
+            }
+            tokio::time::sleep(CONNECT_RETRY).await;
+        }
+    }
+
+    /// One try at a new connection to a coordinator running this job.
+    async fn connect_to_same_job(&self) -> Result<CoordinatorClient, Reconnect> {
+        let transport = tarpc::serde_transport::tcp::connect(&self.master, Bincode::default).await.map_err(|e| Reconnect::Failed(e.to_string()))?;
+        let client = CoordinatorClient::new(client::Config::default(), transport).spawn();
+        let spec = client.job(call_context()).await.map_err(|e| Reconnect::Failed(e.to_string()))?;
+        if spec.job_id != self.job_id {
+            return Err(Reconnect::OtherJob(spec.job_id));
+        }
+        Ok(client)
+    }
+
+    fn lost(&self, error: String) -> WorkerError {
+        WorkerError::CoordinatorLost { master: self.master.clone(), error }
+    }
+}
+
+/// Why a try at reconnecting did not give a connection.
+enum Reconnect {
+    /// No answer (yet): try again until the timeout.
+    Failed(String),
+    /// A coordinator answered, running the job with this id.
+    OtherJob(String),
 }
 
 /// A slot's own thread, which runs the slot's tasks one after another.

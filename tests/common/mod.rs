@@ -183,11 +183,17 @@ impl Drop for Proc {
 /// Starts a master on a free port in `cwd` with `args` (flags, then inputs);
 /// returns it and its address once it accepts connections.
 pub fn start_master(cwd: &Path, args: &[&str]) -> (Proc, String) {
+    start_master_at(cwd, "127.0.0.1:0", args)
+}
+
+/// Starts a master listening on `listen` (a restarted master takes its
+/// predecessor's address, where the workers look for it).
+pub fn start_master_at(cwd: &Path, listen: &str, args: &[&str]) -> (Proc, String) {
     let addr_file = cwd.join("master.addr");
     // A previous job's address would send the workers to a dead port.
     let _ = std::fs::remove_file(&addr_file);
     let mut cmd = Command::new(master_bin());
-    cmd.arg("--listen").arg("127.0.0.1:0").arg("--addr-file").arg(&addr_file).args(args);
+    cmd.arg("--listen").arg(listen).arg("--addr-file").arg(&addr_file).args(args);
     let mut master = Proc::spawn("master", cmd, cwd);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -221,8 +227,13 @@ pub fn limit_open_files(cmd: &mut Command, limit: u64) {
 
 /// Starts a worker for `app` against `addr`, in `cwd`.
 pub fn start_worker(label: &str, cwd: &Path, addr: &str, app: &str) -> Proc {
+    start_worker_with(label, cwd, addr, app, &[])
+}
+
+/// Starts a worker with extra flags.
+pub fn start_worker_with(label: &str, cwd: &Path, addr: &str, app: &str, flags: &[&str]) -> Proc {
     let mut cmd = Command::new(worker_bin());
-    cmd.arg("--master").arg(addr).arg(app);
+    cmd.arg("--master").arg(addr).args(flags).arg(app);
     Proc::spawn(label, cmd, cwd)
 }
 
