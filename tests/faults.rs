@@ -133,15 +133,22 @@ fn a_record_that_kills_every_worker_stops_the_job_at_the_bound() {
     assert!(!dir.join("mr-out-0").exists(), "no output from a failed job");
 }
 
-#[test]
-fn a_worker_whose_coordinator_vanishes_mid_job_exits_4() {
-    let dir = TestDir::new("vanished-master");
+/// A job whose one map takes 3 s, with a worker (given `worker_flags`)
+/// that has started it: returns the master, its address and the worker.
+fn job_with_a_map_under_way(dir: &TestDir, worker_flags: &[&str]) -> (Proc, String, Proc) {
     dir.write("in.txt", "some words");
     let started = dir.join("map-started");
     let started_param = format!("started_file={}", started.display());
-    let (mut master, addr) = start_master(dir.path(), &["--param", "delay_ms=3000", "--param", &started_param, "in.txt"]);
-    let mut worker = start_worker_with("worker", dir.path(), &addr, "slowcount", &["--reconnect-timeout", "1"]);
+    let (master, addr) = start_master(dir.path(), &["--param", "delay_ms=3000", "--param", &started_param, "in.txt"]);
+    let worker = start_worker_with("worker", dir.path(), &addr, "slowcount", worker_flags);
     wait_for_file(&started, "the map");
+    (master, addr, worker)
+}
+
+#[test]
+fn a_worker_whose_coordinator_vanishes_mid_job_exits_4() {
+    let dir = TestDir::new("vanished-master");
+    let (mut master, addr, mut worker) = job_with_a_map_under_way(&dir, &["--reconnect-timeout", "1"]);
     master.kill();
     let err = worker.expect_exit_code(4);
     let line = format!("mr-worker: error: lost the coordinator at {addr} before the job ended: ");
@@ -151,12 +158,7 @@ fn a_worker_whose_coordinator_vanishes_mid_job_exits_4() {
 #[test]
 fn a_worker_does_not_join_another_job_at_its_coordinators_address() {
     let dir = TestDir::new("other-job");
-    dir.write("in.txt", "some words");
-    let started = dir.join("map-started");
-    let started_param = format!("started_file={}", started.display());
-    let (mut master, addr) = start_master(dir.path(), &["--param", "delay_ms=3000", "--param", &started_param, "in.txt"]);
-    let mut worker = start_worker_with("worker", dir.path(), &addr, "slowcount", &["--reconnect-timeout", "20"]);
-    wait_for_file(&started, "the map");
+    let (mut master, addr, mut worker) = job_with_a_map_under_way(&dir, &["--reconnect-timeout", "20"]);
     master.kill();
     // Another job, in another output directory, at the same address.
     let (_other, _) = start_master_at(dir.path(), &addr, &["--output-dir", "other", "in.txt"]);
