@@ -108,6 +108,35 @@ fn a_stopped_worker_loses_its_task_and_another_finishes_the_job() {
 }
 
 #[test]
+fn a_straggler_gets_a_backup_that_wins_so_the_job_does_not_wait_for_it() {
+    let dir = TestDir::new("straggler-backup");
+    let inputs = write_inputs(&dir, 4);
+    let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    let started = dir.join("map-started");
+    let started_param = format!("started_file={}", started.display());
+    // A task timeout far longer than the test: the straggler's attempt is
+    // never given up, so only a backup can finish its task.
+    let mut args = vec!["--task-timeout", "600", "--reduces", "2", "--summary-json", "summary.json"];
+    args.extend(["--param", "delay_ms=300", "--param", &started_param]);
+    args.extend(inputs.iter().map(String::as_str));
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut straggler = start_worker("straggler", dir.path(), &addr, "slowcount");
+    wait_for_file(&started, "the first map");
+    signal(&straggler, "STOP");
+    let mut healthy = start_worker_with("healthy", dir.path(), &addr, "slowcount", &["--slots", "2"]);
+    master.expect_success();
+    healthy.expect_success();
+    straggler.kill();
+    assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
+    let summary = summary(&dir);
+    assert_eq!((summary["attempts"]["backups"].as_u64(), summary["attempts"]["backups_won"].as_u64()), (Some(1), Some(1)), "{summary}");
+    let unsuccessful = summary["unsuccessful_attempts"].as_array().unwrap();
+    assert_eq!(unsuccessful.len(), 1, "{summary}");
+    assert_eq!((unsuccessful[0]["worker"].as_str(), unsuccessful[0]["outcome"].as_str()), (Some(worker_id(&straggler).as_str()), Some("abandoned")), "{summary}");
+    assert!(master.stdout().contains("1 backup of stragglers, 1 won"), "{}", master.describe());
+}
+
+#[test]
 fn a_record_that_kills_every_worker_stops_the_job_at_the_bound() {
     let dir = TestDir::new("killer-record");
     dir.write("good.txt", "fine words here");

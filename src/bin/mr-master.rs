@@ -16,12 +16,17 @@ use mapreduce::http;
 use mapreduce::progress::{self, ProgressMode};
 use mapreduce::summary::JobSummary;
 use mapreduce::runfile::Compression;
+use mapreduce::backup::BackupPolicy;
 use mapreduce::scheduler::SchedulerConfig;
 use mapreduce::Params;
 
 /// Coordinate a MapReduce job: split the inputs into map tasks and reduce
 /// tasks and hand them to `mr-worker` processes over RPC. Exits 0 once every
 /// output file `mr-out-<r>` is final.
+/// `--backup-tasks`: `None` for off. An alias, so that clap takes the flag
+/// as one required-with-default value rather than as an optional one.
+type Backups = Option<BackupPolicy>;
+
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -45,6 +50,14 @@ struct Args {
     /// input and how each attempt ended. `--max-task-failures` is an alias.
     #[arg(long, alias = "max-task-failures", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     max_task_attempts: u32,
+
+    /// Backup attempts of stragglers (Google MapReduce's backup tasks,
+    /// Hadoop's speculative execution): once no task of a phase waits and
+    /// half of them are done, an idle worker also runs any task that has
+    /// run FACTOR times as long as the phase's median finished task (and at
+    /// least 1 s longer); the first attempt to finish wins. `off` disables.
+    #[arg(long, value_name = "FACTOR|off", default_value = "3", value_parser = cli::parse_backup_policy)]
+    backup_tasks: Backups,
 
     /// A parameter for the app, `KEY=VALUE` (repeatable): every worker's app
     /// sees the same parameters.
@@ -163,6 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         scheduler: SchedulerConfig {
             task_timeout: args.task_timeout,
             max_task_attempts: args.max_task_attempts,
+            backups: args.backup_tasks,
         },
         params: Params::new(args.params),
         map_buffer_bytes: args.map_buffer,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::backup::BackupPolicy;
+
 /// Parses a flag value in seconds (fractions allowed) that must be positive,
 /// for clap's `value_parser`.
 pub fn parse_positive_secs(text: &str) -> Result<Duration, String> {
@@ -35,6 +37,18 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     };
     let number: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size (a number with an optional K, M, G or T suffix)"))?;
     number.checked_mul(1u64 << shift).ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Parses `--backup-tasks` for clap: `off`, or how many times the median
+/// finished task an attempt must run to get a backup (a number, at least 1).
+pub fn parse_backup_policy(text: &str) -> Result<Option<BackupPolicy>, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match text.parse::<f64>() {
+        Ok(slowness) if (1.0..=1e6).contains(&slowness) => Ok(Some(BackupPolicy { slowness })),
+        _ => Err(format!("'{text}' is neither 'off' nor a slowness factor from 1 up (e.g. 3)")),
+    }
 }
 
 /// Parses a `KEY=VALUE` job parameter for clap.
@@ -91,6 +105,16 @@ mod tests {
         assert_eq!(parse_param("empty="), Ok(("empty".to_string(), String::new())));
         assert!(parse_param("=x").is_err());
         assert!(parse_param("novalue").is_err());
+    }
+
+    #[test]
+    fn backup_tasks_take_a_factor_or_off() {
+        assert_eq!(parse_backup_policy("3"), Ok(Some(BackupPolicy { slowness: 3.0 })));
+        assert_eq!(parse_backup_policy("1.5"), Ok(Some(BackupPolicy { slowness: 1.5 })));
+        assert_eq!(parse_backup_policy("OFF"), Ok(None));
+        for bad in ["0.5", "-2", "NaN", "inf", "never", ""] {
+            assert!(parse_backup_policy(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

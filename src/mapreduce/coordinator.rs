@@ -639,7 +639,7 @@ async fn hold_until_assigned(shared: &Shared, worker: &str) -> Assignment {
                 Assignment::Wait => scheduler.next_deadline(),
                 other => {
                     if let Some((task, attempt)) = assigned_attempt(&other) {
-                        status.attempt_started(task, attempt, worker, now);
+                        status.attempt_started(task, attempt, worker, scheduler.is_backup(task, attempt), now);
                     }
                     return other;
                 }
@@ -675,14 +675,14 @@ fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerd
     let now = Instant::now();
     let verdict = match outcome {
         TaskOutcome::MapDone { outputs, counters } => {
-            let verdict = scheduler.complete(task, attempt, outputs.clone());
+            let verdict = scheduler.complete(task, attempt, outputs.clone(), now);
             if let (ReportVerdict::Accepted, TaskId::Map(m)) = (verdict, task) {
                 ledger.record(&Record::MapDone { task: m, attempt, outputs, counters: counters.clone() });
             }
             record_completion(status, verdict, task, attempt, counters, now);
             verdict
         }
-        TaskOutcome::ReduceDone { counters } => match commit_reduce(scheduler, &ledger.dir, task, attempt) {
+        TaskOutcome::ReduceDone { counters } => match commit_reduce(scheduler, &ledger.dir, task, attempt, now) {
             Ok(verdict) => {
                 if let (ReportVerdict::Accepted, TaskId::Reduce(r)) = (verdict, task) {
                     ledger.record(&Record::ReduceDone { task: r, attempt, counters: counters.clone() });
@@ -747,7 +747,7 @@ fn record_failure(status: &mut JobStatus, verdict: ReportVerdict, task: TaskId, 
 /// fails the attempt: `Err` carries the scheduler's verdict on that failure
 /// and the error. Only the winner is ever renamed, and the rename happens
 /// under the scheduler lock, so a finished output is never replaced.
-fn commit_reduce(scheduler: &mut Scheduler, job_dir: &JobDir, task: TaskId, attempt: u64) -> Result<ReportVerdict, (ReportVerdict, String)> {
+fn commit_reduce(scheduler: &mut Scheduler, job_dir: &JobDir, task: TaskId, attempt: u64, now: Instant) -> Result<ReportVerdict, (ReportVerdict, String)> {
     let TaskId::Reduce(r) = task else { return Ok(ReportVerdict::UnknownAttempt) };
     let verdict = scheduler.would_accept_completion(task, attempt);
     if verdict != ReportVerdict::Accepted {
@@ -756,7 +756,7 @@ fn commit_reduce(scheduler: &mut Scheduler, job_dir: &JobDir, task: TaskId, atte
     let staged = scheduler.staged_output(r, attempt);
     let dest = job_dir.finished_output(r);
     match std::fs::rename(&staged, &dest) {
-        Ok(()) => Ok(scheduler.complete(task, attempt, Vec::new())),
+        Ok(()) => Ok(scheduler.complete(task, attempt, Vec::new(), now)),
         Err(e) => {
             let error = format!("committing {} to {}: {e}", staged.display(), dest.display());
             tracing::warn!(%task, attempt, "{error}");

@@ -37,6 +37,11 @@ pub const JOB_DIR_NAME: &str = ".mr-job";
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
 const JOURNAL: &str = "journal";
 const LOCK: &str = "lock";
+/// The name a job directory takes, with a unique suffix, while it is
+/// removed: renamed out of the way first, so that a worker still writing
+/// to `.mr-job/` (one stopped, and let go after the job ended) cannot put a
+/// file back in it and leave it behind.
+const REMOVED_PREFIX: &str = ".mr-job.removed-";
 
 /// Why the job directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +123,7 @@ impl JobDir {
             });
         }
         let dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock };
+        remove_interrupted_removals(output_dir);
         let journal_path = dir.path.join(JOURNAL);
         let earlier = journal_path.exists().then(|| Journal::replay(&journal_path));
         let (discarded, resumable) = match earlier {
@@ -187,10 +193,19 @@ impl JobDir {
     }
 
     /// Removes the directory and everything in it (the lock stays held
-    /// until the `JobDir` is dropped).
+    /// until the `JobDir` is dropped). Late writes of a worker's attempt
+    /// then fail for want of the directory.
     pub fn remove(&self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!("could not remove the job directory {}: {e}", self.path.display());
+        let doomed = self.output_dir.join(format!("{REMOVED_PREFIX}{}", new_job_id()));
+        let target = match std::fs::rename(&self.path, &doomed) {
+            Ok(()) => doomed,
+            Err(e) => {
+                tracing::warn!("could not rename the job directory {} before removing it: {e}", self.path.display());
+                self.path.clone()
+            }
+        };
+        if let Err(e) = std::fs::remove_dir_all(&target) {
+            tracing::warn!("could not remove the job directory {}: {e}", target.display());
         }
     }
 
@@ -212,6 +227,19 @@ impl JobDir {
             removed.map_err(io_err(&path))?;
         }
         Ok(())
+    }
+}
+
+/// Removes what is left of job directories whose removal was cut short (by
+/// a kill), as far as it can.
+fn remove_interrupted_removals(output_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(output_dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(REMOVED_PREFIX) {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!("could not remove {}: {e}", entry.path().display());
+            }
+        }
     }
 }
 
@@ -315,5 +343,24 @@ mod tests {
         assert_eq!(read(SUCCESS_MARKER), Some(format!("job {}\n", opened.id)));
         opened.dir.remove();
         assert!(!out.path().join(JOB_DIR_NAME).exists());
+        let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 3, "only the outputs and the marker: {left:?}");
+    }
+
+    #[test]
+    fn a_removed_job_directory_takes_no_late_writes_and_a_cut_short_removal_is_finished() {
+        let out = tempfile::tempdir().unwrap();
+        let opened = JobDir::open(out.path(), fingerprint(1), false).unwrap();
+        let late = opened.dir.path().join("map-0.attempt-9.runs");
+        opened.dir.remove();
+        assert!(std::fs::write(&late, "late").is_err(), "a late attempt cannot recreate the directory");
+        assert!(!out.path().join(JOB_DIR_NAME).exists());
+        drop(opened);
+
+        let interrupted = out.path().join(format!("{REMOVED_PREFIX}1-2"));
+        std::fs::create_dir(&interrupted).unwrap();
+        std::fs::write(interrupted.join("map-0.runs"), "x").unwrap();
+        let _next = JobDir::open(out.path(), fingerprint(1), false).unwrap();
+        assert!(!interrupted.exists());
     }
 }

@@ -20,6 +20,7 @@
 //! | input files mapped into memory, safe if one shrinks | [`mapped_input`] |
 //! | the RPC contract and its messages | [`rpc`] |
 //! | scheduling: the task state machine (no I/O) | [`scheduler`] |
+//! | when a straggler gets a backup attempt | [`backup`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
 //! | the job directory: lock, resume or clean, publishing outputs | [`job_dir`] |
 //! | the coordinator's journal of finished tasks, for restarts | [`journal`] |
@@ -47,6 +48,7 @@
 
 pub mod abi;
 pub mod app;
+pub mod backup;
 pub mod cli;
 pub mod coordinator;
 mod count_table;

@@ -11,9 +11,10 @@
 //! ```text
 //!            assign                     complete (first report wins)
 //!   Idle ───────────────► Running ─────────────────────────────► Done
-//!    ▲                      │
-//!    └──── fail / expire / ─┘  the attempt ends unsuccessfully; the job
-//!          worker lost          fails once a task has max_task_attempts of them
+//!    ▲                    │    ▲ │
+//!    │                    │    └─┘ backup: a second attempt of a straggler
+//!    └── fail / expire / ─┘  its last running attempt ends unsuccessfully;
+//!        worker lost          the job fails once a task has max_task_attempts of them
 //!   Done(map) ──── map output lost (reported by a reduce) ────► Idle
 //! ```
 //!
@@ -33,11 +34,18 @@
 //! without success counts toward the task's bound, whatever the cause, so a
 //! record that crashes every worker that reads it stops the job instead of
 //! being retried forever.
+//!
+//! Backups, as in Google's MapReduce: once no task of a phase waits for a
+//! worker, a worker that asks for work may get a second attempt of the
+//! phase's worst straggler (see [`crate::backup`] for when a task is one).
+//! Both attempts run; the first to finish wins, and the other's report is
+//! ignored like any late one.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::backup::BackupPolicy;
 use crate::rpc::{Assignment, AttemptId, AttemptProgress, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
 use crate::shuffle::MapOutputLocation;
 
@@ -46,7 +54,7 @@ use crate::shuffle::MapOutputLocation;
 pub const ATTEMPTS_PER_EPOCH: AttemptId = 1_000_000_000;
 
 /// The scheduler's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SchedulerConfig {
     /// How long a worker may be silent, or an attempt make no progress,
     /// before the attempt is given up and its task given to another worker
@@ -56,11 +64,13 @@ pub struct SchedulerConfig {
     /// out, lost with their worker) before the job stops. Hadoop's default
     /// is 4.
     pub max_task_attempts: u32,
+    /// When stragglers get backup attempts; `None` for never.
+    pub backups: Option<BackupPolicy>,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { task_timeout: Duration::from_secs(10), max_task_attempts: 4 }
+        SchedulerConfig { task_timeout: Duration::from_secs(10), max_task_attempts: 4, backups: Some(BackupPolicy::default()) }
     }
 }
 
@@ -69,22 +79,37 @@ impl Default for SchedulerConfig {
 pub enum TaskState {
     /// Waiting for a worker.
     Idle,
-    /// Given to a worker.
-    Running {
-        /// The attempt running now.
-        attempt: AttemptId,
-        /// Who runs it.
-        worker: WorkerId,
-        /// The latest progress its worker reported (units only grow).
-        progress: u64,
-        /// When the attempt started or its progress last grew.
-        last_progress: Instant,
-    },
+    /// Given to a worker: the attempts running now, the first one first
+    /// (more than one when a straggler has a backup); never empty.
+    Running(Vec<RunningAttempt>),
     /// Finished.
     Done {
         /// The attempt whose result was kept.
         attempt: AttemptId,
     },
+}
+
+/// An attempt the scheduler counts as running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningAttempt {
+    /// The attempt.
+    pub attempt: AttemptId,
+    /// Who runs it.
+    pub worker: WorkerId,
+    /// When it was assigned.
+    pub started: Instant,
+    /// The latest progress its worker reported (units only grow).
+    pub progress: u64,
+    /// When the attempt started or its progress last grew.
+    pub last_progress: Instant,
+    /// Whether it was started as the backup of a straggling attempt.
+    pub backup: bool,
+}
+
+impl RunningAttempt {
+    fn new(attempt: AttemptId, worker: &str, now: Instant, backup: bool) -> Self {
+        RunningAttempt { attempt, worker: worker.to_owned(), started: now, progress: 0, last_progress: now, backup }
+    }
 }
 
 /// Why an attempt was given up without a report from it.
@@ -209,6 +234,11 @@ pub struct Scheduler {
     idle_reduces: VecDeque<TaskId>,
     /// Tasks in the Running state; few (at most one per busy worker slot).
     running: Vec<TaskId>,
+    /// How long each map task this coordinator saw finish took, for
+    /// judging stragglers.
+    map_durations: Vec<Duration>,
+    /// The same for reduce tasks.
+    reduce_durations: Vec<Duration>,
     /// When each worker connected to the job was last heard from. A worker
     /// leaves when its connection closes and comes back when it calls again.
     workers: HashMap<WorkerId, Instant>,
@@ -238,6 +268,8 @@ impl Scheduler {
             idle_maps: (0..map_count as u32).map(TaskId::Map).collect(),
             idle_reduces: (0..reduces).map(TaskId::Reduce).collect(),
             running: Vec::new(),
+            map_durations: Vec::new(),
+            reduce_durations: Vec::new(),
             workers: HashMap::new(),
             map_outputs: vec![Vec::new(); map_count],
             maps_done: 0,
@@ -332,10 +364,11 @@ impl Scheduler {
         self.heard_from(worker, now);
         for report in running {
             let Some(entry) = self.entries_mut(report.task).get_mut(index(report.task)) else { continue };
-            if let TaskState::Running { attempt, progress, last_progress, .. } = &mut entry.state {
-                if *attempt == report.attempt && report.units > *progress {
-                    *progress = report.units;
-                    *last_progress = now;
+            let TaskState::Running(attempts) = &mut entry.state else { continue };
+            if let Some(running) = attempts.iter_mut().find(|a| a.attempt == report.attempt) {
+                if report.units > running.progress {
+                    running.progress = report.units;
+                    running.last_progress = now;
                 }
             }
         }
@@ -355,12 +388,10 @@ impl Scheduler {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.running
             .iter()
-            .filter_map(|&t| match &self.entry(t).state {
-                TaskState::Running { worker, last_progress, .. } => {
-                    let heard = self.workers.get(worker).copied().unwrap_or(*last_progress);
-                    Some(heard.min(*last_progress) + self.config.task_timeout)
-                }
-                _ => None,
+            .flat_map(|&t| self.running_attempts(t))
+            .map(|a| {
+                let heard = self.workers.get(&a.worker).copied().unwrap_or(a.last_progress);
+                heard.min(a.last_progress) + self.config.task_timeout
             })
             .min()
     }
@@ -394,24 +425,19 @@ impl Scheduler {
     /// says why.
     fn give_up_where(&mut self, loss: impl Fn(&str, Instant) -> Option<AttemptLoss>) -> Vec<LostAttempt> {
         let mut lost = Vec::new();
-        let mut i = 0;
-        while i < self.running.len() {
-            let task = self.running[i];
-            let entry = self.entry_mut(task);
-            let why = match &entry.state {
-                TaskState::Running { worker, last_progress, attempt, .. } => loss(worker, *last_progress).map(|l| (l, *attempt, worker.clone())),
-                _ => None,
-            };
-            let Some((why, attempt, worker)) = why else {
-                i += 1;
-                continue;
-            };
-            entry.state = TaskState::Idle;
-            self.running.swap_remove(i);
-            self.enqueue(task, true);
-            let how = if why.worker_lost() { format!("was lost: {why}") } else { format!("timed out: {why}") };
-            self.count_unsuccessful(task, attempt, how);
-            lost.push(LostAttempt { task, attempt, worker, loss: why });
+        for task in self.running.clone() {
+            let given_up: Vec<(AttemptId, WorkerId, AttemptLoss)> = self
+                .running_attempts(task)
+                .iter()
+                .filter_map(|a| loss(&a.worker, a.last_progress).map(|why| (a.attempt, a.worker.clone(), why)))
+                .collect();
+            for (attempt, worker, why) in given_up {
+                // Re-run before new work once no attempt of it is left.
+                self.stop_running(task, attempt, true);
+                let how = if why.worker_lost() { format!("was lost: {why}") } else { format!("timed out: {why}") };
+                self.count_unsuccessful(task, attempt, how);
+                lost.push(LostAttempt { task, attempt, worker, loss: why });
+            }
         }
         lost
     }
@@ -423,14 +449,70 @@ impl Scheduler {
             return Assignment::Exit(end);
         }
         self.heard_from(worker, now);
-        let Some(task) = self.next_idle() else { return Assignment::Wait };
+        let Some(task) = self.next_idle().or_else(|| self.next_backup(worker, now)) else { return Assignment::Wait };
         let attempt = self.next_attempt;
         self.next_attempt += 1;
         let entry = self.entry_mut(task);
         entry.attempts.push((attempt, worker.to_owned()));
-        entry.state = TaskState::Running { attempt, worker: worker.to_owned(), progress: 0, last_progress: now };
-        self.running.push(task);
+        match &mut entry.state {
+            TaskState::Running(attempts) => attempts.push(RunningAttempt::new(attempt, worker, now, true)),
+            state => {
+                *state = TaskState::Running(vec![RunningAttempt::new(attempt, worker, now, false)]);
+                self.running.push(task);
+            }
+        }
         self.task_spec(task, attempt)
+    }
+
+    /// The running attempts of `task` (none unless it is Running).
+    pub fn running_attempts(&self, task: TaskId) -> &[RunningAttempt] {
+        match self.get(task).map(|e| &e.state) {
+            Some(TaskState::Running(attempts)) => attempts,
+            _ => &[],
+        }
+    }
+
+    /// Whether `attempt` of `task` runs as a backup of a straggler.
+    pub fn is_backup(&self, task: TaskId, attempt: AttemptId) -> bool {
+        self.running_attempts(task).iter().any(|a| a.attempt == attempt && a.backup)
+    }
+
+    /// The current phase's worst straggler that `worker` could back up: a
+    /// task with one running attempt, on another worker, that has run past
+    /// the backup policy's threshold; the longest-running first. Called only
+    /// when no task of the phase is waiting.
+    fn next_backup(&self, worker: &str, now: Instant) -> Option<TaskId> {
+        let policy = self.config.backups?;
+        let (in_map_phase, durations, done, tasks) = if self.maps_done < self.maps.len() {
+            (true, &self.map_durations, self.maps_done, self.maps.len())
+        } else {
+            (false, &self.reduce_durations, self.reduces_done, self.reduces.len())
+        };
+        let threshold = policy.straggler_threshold(durations, done, tasks)?;
+        self.running
+            .iter()
+            .filter(|task| matches!(task, TaskId::Map(_)) == in_map_phase)
+            .filter_map(|&task| match self.running_attempts(task) {
+                [only] if only.worker != worker => Some((now.saturating_duration_since(only.started), task)),
+                _ => None,
+            })
+            .filter(|&(elapsed, _)| elapsed >= threshold)
+            .max_by_key(|&(elapsed, _)| elapsed)
+            .map(|(_, task)| task)
+    }
+
+    /// Takes `attempt` off `task`'s running attempts. When it was the last,
+    /// the task becomes Idle and is queued again (at the front when
+    /// `rerun_first`).
+    fn stop_running(&mut self, task: TaskId, attempt: AttemptId, rerun_first: bool) {
+        let entry = self.entry_mut(task);
+        let TaskState::Running(attempts) = &mut entry.state else { return };
+        attempts.retain(|a| a.attempt != attempt);
+        if attempts.is_empty() {
+            entry.state = TaskState::Idle;
+            self.running.retain(|&t| t != task);
+            self.enqueue(task, rerun_first);
+        }
     }
 
     /// Pops the next assignable task: maps first; reduces only once every
@@ -515,10 +597,19 @@ impl Scheduler {
     /// Records that `attempt` finished `task`. For a map task, `outputs` are
     /// its runs; for a reduce task, the caller has already committed the
     /// output (and passes no outputs).
-    pub fn complete(&mut self, task: TaskId, attempt: AttemptId, outputs: Vec<(u32, MapOutputLocation)>) -> ReportVerdict {
+    /// Other attempts still running are left to finish; their reports will
+    /// be ignored.
+    pub fn complete(&mut self, task: TaskId, attempt: AttemptId, outputs: Vec<(u32, MapOutputLocation)>, now: Instant) -> ReportVerdict {
         let verdict = self.would_accept_completion(task, attempt);
         if verdict != ReportVerdict::Accepted {
             return verdict;
+        }
+        if let Some(winner) = self.running_attempts(task).iter().find(|a| a.attempt == attempt) {
+            let took = now.saturating_duration_since(winner.started);
+            match task {
+                TaskId::Map(_) => self.map_durations.push(took),
+                TaskId::Reduce(_) => self.reduce_durations.push(took),
+            }
         }
         self.running.retain(|&t| t != task);
         self.mark_done(task, attempt, outputs);
@@ -544,14 +635,9 @@ impl Scheduler {
         if verdict != ReportVerdict::Accepted {
             return verdict;
         }
-        let entry = self.entry_mut(task);
-        // Only the current attempt's failure frees the task; an older
-        // attempt failing says nothing about the one now running.
-        if matches!(entry.state, TaskState::Running { attempt: a, .. } if a == attempt) {
-            entry.state = TaskState::Idle;
-            self.running.retain(|&t| t != task);
-            self.enqueue(task, false);
-        }
+        // Only the failure of a running attempt can free the task; an older
+        // attempt failing says nothing about those now running.
+        self.stop_running(task, attempt, false);
         self.count_unsuccessful(task, attempt, format!("failed: {error}"));
         ReportVerdict::Accepted
     }
@@ -575,12 +661,7 @@ impl Scheduler {
         if verdict != ReportVerdict::Accepted || !matches!(task, TaskId::Reduce(_)) {
             return verdict;
         }
-        let reduce = self.entry_mut(task);
-        if matches!(reduce.state, TaskState::Running { attempt: a, .. } if a == attempt) {
-            reduce.state = TaskState::Idle;
-            self.running.retain(|&t| t != task);
-            self.enqueue(task, false);
-        }
+        self.stop_running(task, attempt, false);
         let Some(map) = self.maps.get(map_task as usize) else { return ReportVerdict::UnknownAttempt };
         if let TaskState::Done { attempt: winner } = map.state {
             self.maps[map_task as usize].state = TaskState::Idle;
@@ -656,7 +737,12 @@ mod tests {
     }
 
     fn scheduler(maps: usize, reduces: u32) -> Scheduler {
-        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3 };
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3, backups: None };
+        Scheduler::new(config, inputs(maps), reduces, PathBuf::from("/job"))
+    }
+
+    fn scheduler_with_backups(maps: usize, reduces: u32) -> Scheduler {
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3, backups: Some(BackupPolicy::default()) };
         Scheduler::new(config, inputs(maps), reduces, PathBuf::from("/job"))
     }
 
@@ -670,6 +756,11 @@ mod tests {
             Assignment::Map(t) => (t.index, t.attempt),
             other => panic!("expected a map task for {worker}, got {other:?}"),
         }
+    }
+
+    /// The running attempts of `task` and their workers.
+    fn running(s: &Scheduler, task: TaskId) -> Vec<(AttemptId, &str)> {
+        s.running_attempts(task).iter().map(|a| (a.attempt, a.worker.as_str())).collect()
     }
 
     fn take_reduce(s: &mut Scheduler, worker: &str, now: Instant) -> ReduceTask {
@@ -688,9 +779,9 @@ mod tests {
         assert_eq!((m0, m1), (0, 1));
         // Every map is running: nothing to hand out, and no reduce may start.
         assert_eq!(s.assign("w3", now), Assignment::Wait);
-        assert_eq!(s.complete(TaskId::Map(0), a0, vec![(0, location(0, 0)), (1, location(0, 1))]), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Map(0), a0, vec![(0, location(0, 0)), (1, location(0, 1))], now), ReportVerdict::Accepted);
         assert_eq!(s.assign("w3", now), Assignment::Wait, "a reduce must wait for every map");
-        assert_eq!(s.complete(TaskId::Map(1), a1, vec![(1, location(1, 1))]), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Map(1), a1, vec![(1, location(1, 1))], now), ReportVerdict::Accepted);
 
         let r0 = take_reduce(&mut s, "w1", now);
         assert_eq!(r0.partition, 0);
@@ -699,8 +790,8 @@ mod tests {
         assert_eq!(r1.runs, vec![(0, location(0, 1)), (1, location(1, 1))], "runs in map order");
         assert_ne!(r0.staged_output, r1.staged_output);
         assert_eq!(s.job_end(), None);
-        s.complete(TaskId::Reduce(0), r0.attempt, vec![]);
-        s.complete(TaskId::Reduce(1), r1.attempt, vec![]);
+        s.complete(TaskId::Reduce(0), r0.attempt, vec![], now);
+        s.complete(TaskId::Reduce(1), r1.attempt, vec![], now);
         assert_eq!(s.job_end(), Some(JobEnd::Succeeded));
         assert_eq!(s.assign("w1", now), Assignment::Exit(JobEnd::Succeeded));
     }
@@ -711,7 +802,7 @@ mod tests {
         let mut s = scheduler(0, 1);
         let r = take_reduce(&mut s, "w", now);
         assert!(r.runs.is_empty());
-        s.complete(TaskId::Reduce(0), r.attempt, vec![]);
+        s.complete(TaskId::Reduce(0), r.attempt, vec![], now);
         assert_eq!(s.job_end(), Some(JobEnd::Succeeded));
     }
 
@@ -732,7 +823,7 @@ mod tests {
         let (m, retry) = take_map(&mut s, "fresh", later);
         assert_eq!(m, 0);
         assert_ne!(retry, stalled);
-        assert!(matches!(s.state(TaskId::Map(0)), TaskState::Running { worker, .. } if worker == "fresh"));
+        assert_eq!(running(&s, TaskId::Map(0)), vec![(retry, "fresh")]);
         assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1, "a timeout counts toward the bound");
     }
 
@@ -778,7 +869,7 @@ mod tests {
         let lost = s.expire(now);
         assert_eq!(lost, vec![LostAttempt { task: TaskId::Map(0), attempt: a, worker: "stopped".into(), loss: AttemptLoss::WorkerSilent(TIMEOUT) }]);
         assert_eq!(s.live_workers(now), 1);
-        assert!(matches!(s.state(TaskId::Map(1)), TaskState::Running { .. }));
+        assert!(matches!(s.state(TaskId::Map(1)), TaskState::Running(_)));
     }
 
     #[test]
@@ -791,9 +882,9 @@ mod tests {
         assert_eq!(lost, vec![LostAttempt { task: TaskId::Map(0), attempt: a, worker: "crashed".into(), loss: AttemptLoss::WorkerDisconnected }]);
         assert_eq!(s.state(TaskId::Map(0)), &TaskState::Idle);
         assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1);
-        assert!(matches!(s.state(TaskId::Map(1)), TaskState::Running { attempt, .. } if *attempt == b));
+        assert_eq!(running(&s, TaskId::Map(1)), vec![(b, "other")]);
         // A worker that was only cut off may still report; its result counts.
-        assert_eq!(s.complete(TaskId::Map(0), a, vec![]), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Map(0), a, vec![], start), ReportVerdict::Accepted);
         // ...and a second report of the same attempt's end is not counted twice.
         assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1);
     }
@@ -834,9 +925,9 @@ mod tests {
         s.expire(start + TIMEOUT);
         let (_, second) = take_map(&mut s, "fresh", start + TIMEOUT);
         // The timed-out attempt finishes first after all: it wins.
-        assert_eq!(s.complete(TaskId::Map(0), first, vec![(0, location(0, 0))]), ReportVerdict::Accepted);
-        assert_eq!(s.complete(TaskId::Map(0), second, vec![(0, location(9, 9))]), ReportVerdict::AlreadyDone);
-        assert_eq!(s.complete(TaskId::Map(0), first, vec![]), ReportVerdict::AlreadyDone, "duplicate");
+        assert_eq!(s.complete(TaskId::Map(0), first, vec![(0, location(0, 0))], start), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Map(0), second, vec![(0, location(9, 9))], start), ReportVerdict::AlreadyDone);
+        assert_eq!(s.complete(TaskId::Map(0), first, vec![], start), ReportVerdict::AlreadyDone, "duplicate");
         assert_eq!(s.fail(TaskId::Map(0), second, "late failure"), ReportVerdict::AlreadyDone);
         assert_eq!(s.state(TaskId::Map(0)), &TaskState::Done { attempt: first });
         // The winner's outputs are the ones reduces read.
@@ -851,7 +942,7 @@ mod tests {
         let mut s = scheduler(2, 1);
         let (_, a) = take_map(&mut s, "slow", start);
         s.expire(start + TIMEOUT); // map 0 back in the queue...
-        s.complete(TaskId::Map(0), a, vec![]); // ...then finished by its first attempt
+        s.complete(TaskId::Map(0), a, vec![], start); // ...then finished by its first attempt
         let (m, _) = take_map(&mut s, "w", start + TIMEOUT);
         assert_eq!(m, 1, "map 0 is done and must be skipped");
         assert_eq!(s.assign("w2", start + TIMEOUT), Assignment::Wait);
@@ -870,11 +961,11 @@ mod tests {
         let (m, a) = take_map(&mut s, "w1", now);
         assert_eq!((m, a), (1, 2 * ATTEMPTS_PER_EPOCH + 1));
         // Map 2's attempt from before the restart finishes: it wins.
-        assert_eq!(s.complete(TaskId::Map(2), 12, vec![(0, location(2, 0))]), ReportVerdict::Accepted);
-        assert_eq!(s.complete(TaskId::Map(2), 13, vec![]), ReportVerdict::AlreadyDone);
+        assert_eq!(s.complete(TaskId::Map(2), 12, vec![(0, location(2, 0))], now), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Map(2), 13, vec![], now), ReportVerdict::AlreadyDone);
         // An unknown attempt of this epoch is still unknown.
-        assert_eq!(s.complete(TaskId::Map(1), a + 1, vec![]), ReportVerdict::UnknownAttempt);
-        assert_eq!(s.complete(TaskId::Map(1), a, vec![]), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Map(1), a + 1, vec![], now), ReportVerdict::UnknownAttempt);
+        assert_eq!(s.complete(TaskId::Map(1), a, vec![], now), ReportVerdict::Accepted);
         let reduce = take_reduce(&mut s, "w1", now);
         assert_eq!(reduce.runs, vec![(0, location(0, 0)), (2, location(2, 0))]);
     }
@@ -884,11 +975,11 @@ mod tests {
         let now = Instant::now();
         let mut s = scheduler(1, 1);
         let (_, a) = take_map(&mut s, "w", now);
-        assert_eq!(s.complete(TaskId::Map(0), a + 100, vec![]), ReportVerdict::UnknownAttempt);
-        assert_eq!(s.complete(TaskId::Map(7), a, vec![]), ReportVerdict::UnknownAttempt);
-        assert_eq!(s.complete(TaskId::Reduce(0), a, vec![]), ReportVerdict::UnknownAttempt);
+        assert_eq!(s.complete(TaskId::Map(0), a + 100, vec![], now), ReportVerdict::UnknownAttempt);
+        assert_eq!(s.complete(TaskId::Map(7), a, vec![], now), ReportVerdict::UnknownAttempt);
+        assert_eq!(s.complete(TaskId::Reduce(0), a, vec![], now), ReportVerdict::UnknownAttempt);
         assert_eq!(s.fail(TaskId::Reduce(3), a, "x"), ReportVerdict::UnknownAttempt);
-        assert!(matches!(s.state(TaskId::Map(0)), TaskState::Running { .. }));
+        assert!(matches!(s.state(TaskId::Map(0)), TaskState::Running(_)));
     }
 
     #[test]
@@ -921,7 +1012,7 @@ mod tests {
         s.expire(start + TIMEOUT);
         let (_, current) = take_map(&mut s, "fresh", start + TIMEOUT);
         s.fail(TaskId::Map(0), old, "old attempt broke");
-        assert!(matches!(s.state(TaskId::Map(0)), TaskState::Running { attempt, .. } if *attempt == current));
+        assert_eq!(running(&s, TaskId::Map(0)), vec![(current, "fresh")]);
         assert_eq!(s.assign("third", start + TIMEOUT), Assignment::Wait);
     }
 
@@ -931,7 +1022,7 @@ mod tests {
         let mut s = scheduler(2, 2);
         for _ in 0..2 {
             let (m, a) = take_map(&mut s, "w", now);
-            s.complete(TaskId::Map(m), a, vec![(0, location(m, 0)), (1, location(m, 1))]);
+            s.complete(TaskId::Map(m), a, vec![(0, location(m, 0)), (1, location(m, 1))], now);
         }
         let r0 = take_reduce(&mut s, "w1", now);
         let r1 = take_reduce(&mut s, "w2", now);
@@ -942,12 +1033,12 @@ mod tests {
         let (m, a) = take_map(&mut s, "w3", now);
         assert_eq!(m, 1);
         assert_eq!(s.assign("w4", now), Assignment::Wait);
-        s.complete(TaskId::Map(1), a, vec![(0, location(5, 0))]);
+        s.complete(TaskId::Map(1), a, vec![(0, location(5, 0))], now);
         let retry = take_reduce(&mut s, "w3", now);
         assert_eq!(retry.partition, 0);
         assert_eq!(retry.runs, vec![(0, location(0, 0)), (1, location(5, 0))]);
         // The other reduce, still running on old (valid) data, may finish.
-        assert_eq!(s.complete(TaskId::Reduce(1), r1.attempt, vec![]), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Reduce(1), r1.attempt, vec![], now), ReportVerdict::Accepted);
     }
 
     #[test]
@@ -956,7 +1047,7 @@ mod tests {
         let mut s = scheduler(1, 1);
         for _ in 0..3 {
             let (_, a) = take_map(&mut s, "w", now);
-            s.complete(TaskId::Map(0), a, vec![(0, location(0, 0))]);
+            s.complete(TaskId::Map(0), a, vec![(0, location(0, 0))], now);
             let r = take_reduce(&mut s, "w", now);
             s.map_output_lost(TaskId::Reduce(0), r.attempt, 0, "disk ate it");
         }
@@ -964,5 +1055,101 @@ mod tests {
             Some(JobEnd::Failed(message)) => assert!(message.contains("map task 0 (input in-0)") && message.contains("disk ate it"), "{message}"),
             other => panic!("expected failure, got {other:?}"),
         }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn a_straggler_gets_one_backup_on_another_worker_and_the_first_to_finish_wins() {
+        let t0 = Instant::now();
+        let mut s = scheduler_with_backups(4, 1);
+        let (_, a0) = take_map(&mut s, "w0", t0);
+        let (_, a1) = take_map(&mut s, "w1", t0);
+        let (_, slow) = take_map(&mut s, "w2", t0);
+        let (_, slower) = take_map(&mut s, "w3", t0 - secs(0.5));
+        s.complete(TaskId::Map(0), a0, vec![], t0 + secs(1.0));
+        s.complete(TaskId::Map(1), a1, vec![], t0 + secs(1.0));
+        // Half done in 1 s each: a straggler is a task running 3 s or more.
+        assert_eq!(s.assign("w0", t0 + secs(2.4)), Assignment::Wait, "nothing is slow yet");
+        let (m, backup) = take_map(&mut s, "w0", t0 + secs(2.5));
+        assert_eq!(m, 3, "map 3 has run 3 s, map 2 only 2.5 s");
+        assert!(s.is_backup(TaskId::Map(3), backup) && !s.is_backup(TaskId::Map(3), slower));
+        assert_eq!(running(&s, TaskId::Map(3)), vec![(slower, "w3"), (backup, "w0")]);
+        let now = t0 + secs(3.0);
+        assert_eq!(s.assign("w2", now), Assignment::Wait, "no worker backs up its own attempt");
+        let (m, backup2) = take_map(&mut s, "w1", now);
+        assert_eq!(m, 2);
+        assert_eq!(s.assign("w4", now), Assignment::Wait, "one backup per task");
+        // Map 2's backup finishes first and wins; its first attempt's late
+        // report is ignored.
+        assert_eq!(s.complete(TaskId::Map(2), backup2, vec![(0, location(2, 0))], now + secs(1.0)), ReportVerdict::Accepted);
+        assert_eq!(s.complete(TaskId::Map(2), slow, vec![(0, location(9, 9))], now + secs(1.5)), ReportVerdict::AlreadyDone);
+        // Map 3's first attempt fails: its backup still runs the task.
+        assert_eq!(s.fail(TaskId::Map(3), slower, "disk error"), ReportVerdict::Accepted);
+        assert_eq!(running(&s, TaskId::Map(3)), vec![(backup, "w0")]);
+        assert_eq!(s.assign("w3", now), Assignment::Wait, "the task is not idle");
+        assert_eq!(s.complete(TaskId::Map(3), backup, vec![], now + secs(2.0)), ReportVerdict::Accepted);
+        assert_eq!(take_reduce(&mut s, "w3", now).runs, vec![(2, location(2, 0))]);
+    }
+
+    #[test]
+    fn a_lost_backup_leaves_its_task_running_and_counts() {
+        let t0 = Instant::now();
+        let mut s = scheduler_with_backups(2, 1);
+        let (_, fast) = take_map(&mut s, "w0", t0);
+        let (_, slow) = take_map(&mut s, "w1", t0);
+        s.complete(TaskId::Map(0), fast, vec![], t0 + secs(0.1));
+        let (_, backup) = take_map(&mut s, "w0", t0 + secs(1.1));
+        let lost = s.worker_disconnected("w0");
+        assert_eq!(lost.iter().map(|l| l.attempt).collect::<Vec<_>>(), vec![backup]);
+        assert_eq!(running(&s, TaskId::Map(1)), vec![(slow, "w1")]);
+        assert_eq!(s.entry(TaskId::Map(1)).unsuccessful.len(), 1);
+        // Both attempts silent: both are given up and the task waits again.
+        let (_, backup) = take_map(&mut s, "w2", t0 + secs(1.2));
+        s.heartbeat("w1", &[progress(1, slow, 1)], t0 + secs(1.2));
+        let lost = s.expire(t0 + secs(1.2) + TIMEOUT);
+        assert_eq!(lost.iter().map(|l| l.attempt).collect::<Vec<_>>(), vec![slow, backup]);
+        assert_eq!(s.state(TaskId::Map(1)), &TaskState::Idle);
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn no_backups_while_tasks_wait_before_half_are_done_or_when_off() {
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1000);
+        let mut s = scheduler_with_backups(4, 1);
+        let (_, a) = take_map(&mut s, "w0", t0);
+        take_map(&mut s, "w1", t0);
+        s.complete(TaskId::Map(0), a, vec![], t0 + secs(0.1));
+        // Maps 2 and 3 still wait: they go first, whatever is slow.
+        assert_eq!(take_map(&mut s, "w2", late).0, 2);
+        assert_eq!(take_map(&mut s, "w3", late).0, 3);
+        // One of four done: too early to judge.
+        assert_eq!(s.assign("w4", late), Assignment::Wait);
+
+        let mut off = scheduler(2, 1);
+        let (_, a) = take_map(&mut off, "w0", t0);
+        take_map(&mut off, "w1", t0);
+        off.complete(TaskId::Map(0), a, vec![], t0 + secs(0.1));
+        assert_eq!(off.assign("w0", late), Assignment::Wait, "backups off");
+    }
+
+    #[test]
+    fn reduces_are_judged_against_reduces() {
+        let t0 = Instant::now();
+        let mut s = scheduler_with_backups(1, 2);
+        // A slow map phase says nothing about how long a reduce takes.
+        let (_, m) = take_map(&mut s, "w0", t0);
+        s.complete(TaskId::Map(0), m, vec![], t0 + secs(100.0));
+        let start = t0 + secs(100.0);
+        let r0 = take_reduce(&mut s, "w0", start);
+        take_reduce(&mut s, "w1", start);
+        s.complete(TaskId::Reduce(0), r0.attempt, vec![], start + secs(0.5));
+        assert_eq!(s.assign("w0", start + secs(1.4)), Assignment::Wait);
+        let backup = take_reduce(&mut s, "w0", start + secs(1.5));
+        assert_eq!(backup.partition, 1);
+        assert_ne!(backup.staged_output, s.staged_output(1, backup.attempt - 1), "each attempt stages its own output");
     }
 }

@@ -98,6 +98,9 @@ pub struct AttemptStatus {
     pub worker: WorkerId,
     /// When it was assigned, in seconds since the job started.
     pub start_secs: f64,
+    /// Whether it ran as the backup of a straggling attempt of its task.
+    #[serde(default)]
+    pub backup: bool,
     /// When it was reported or given up, in seconds since the job started.
     pub end_secs: Option<f64>,
     /// How it ended.
@@ -189,13 +192,14 @@ impl JobStatus {
         }
     }
 
-    /// `attempt` of `task` was given to `worker`.
-    pub fn attempt_started(&mut self, task: TaskId, attempt: AttemptId, worker: &str, now: Instant) {
+    /// `attempt` of `task` was given to `worker`, as a backup or not.
+    pub fn attempt_started(&mut self, task: TaskId, attempt: AttemptId, worker: &str, backup: bool, now: Instant) {
         let start_secs = self.secs(now);
         self.task_mut(task).attempts.push(AttemptStatus {
             attempt,
             worker: worker.to_owned(),
             start_secs,
+            backup,
             end_secs: None,
             outcome: AttemptOutcome::Running,
             bytes_in: None,
@@ -409,7 +413,7 @@ impl JobStatus {
         };
         let state = match scheduler.state(task) {
             TaskState::Idle => TaskStateName::Idle,
-            TaskState::Running { .. } => TaskStateName::Running,
+            TaskState::Running(_) => TaskStateName::Running,
             TaskState::Done { .. } => TaskStateName::Done,
         };
         let record = self.task(task);
@@ -683,7 +687,7 @@ mod tests {
         let inputs: Vec<InputFile> =
             (0..maps).map(|i| InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/in-{i}")), size: 100, modified: None }).collect();
         let splits = inputs.iter().cloned().map(InputSplit::whole).collect();
-        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3 };
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3, backups: None };
         let scheduler = Scheduler::new(config, splits, reduces, PathBuf::from("/job"));
         (scheduler, JobStatus::new(inputs, maps, reduces as usize, TIMEOUT, now))
     }
@@ -696,7 +700,7 @@ mod tests {
             Assignment::Reduce(t) => (TaskId::Reduce(t.partition), t.attempt),
             other => panic!("expected a task, got {other:?}"),
         };
-        st.attempt_started(task, attempt, worker, now);
+        st.attempt_started(task, attempt, worker, s.is_backup(task, attempt), now);
         (task, attempt)
     }
 
@@ -726,9 +730,9 @@ mod tests {
         let (m0c, a3) = assign(&mut s, &mut st, "w2", later);
         assert_eq!(m0c, m0);
         // The timed-out attempt finishes first and wins; the other is a duplicate.
-        assert_eq!(s.complete(m0, a2, location()), crate::scheduler::ReportVerdict::Accepted);
+        assert_eq!(s.complete(m0, a2, location(), later), crate::scheduler::ReportVerdict::Accepted);
         st.attempt_succeeded(m0, a2, map_counters(5), later);
-        assert_eq!(s.complete(m0, a3, location()), crate::scheduler::ReportVerdict::AlreadyDone);
+        assert_eq!(s.complete(m0, a3, location(), later), crate::scheduler::ReportVerdict::AlreadyDone);
         st.attempt_duplicate(m0, a3, later);
 
         let report = st.report(&s, later);
@@ -749,7 +753,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut s, mut st) = job(1, 1, t0);
         let (m, a) = assign(&mut s, &mut st, "w", t0);
-        s.complete(m, a, location());
+        s.complete(m, a, location(), t0);
         st.attempt_succeeded(m, a, map_counters(7), t0);
         assert_eq!(st.report(&s, t0).job.phase, Phase::Reduce);
         let (r, ra) = assign(&mut s, &mut st, "w", t0);
@@ -763,10 +767,10 @@ mod tests {
 
         let (m2, a2) = assign(&mut s, &mut st, "w", t0);
         assert_eq!(m2, m);
-        s.complete(m, a2, location());
+        s.complete(m, a2, location(), t0);
         st.attempt_succeeded(m, a2, map_counters(7), t0);
         let (r2, ra2) = assign(&mut s, &mut st, "w", t0);
-        s.complete(r2, ra2, vec![]);
+        s.complete(r2, ra2, vec![], t0);
         st.attempt_succeeded(r2, ra2, Counters { output_records: 3, ..Counters::default() }, t0);
         st.job_ended(s.job_end().unwrap(), t0 + Duration::from_secs(2));
         let report = st.report(&s, t0 + Duration::from_secs(60));

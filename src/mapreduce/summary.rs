@@ -60,6 +60,12 @@ pub struct AttemptCounts {
     pub lost_data: usize,
     /// Still running when the job ended.
     pub abandoned: usize,
+    /// Started as backups of stragglers (whatever their outcome).
+    #[serde(default)]
+    pub backups: usize,
+    /// Backups that finished first and were kept.
+    #[serde(default)]
+    pub backups_won: usize,
 }
 
 /// An attempt that did not succeed.
@@ -94,6 +100,10 @@ impl JobSummary {
         for task in &report.tasks {
             for a in &task.attempts {
                 attempts.total += 1;
+                if a.backup {
+                    attempts.backups += 1;
+                    attempts.backups_won += usize::from(a.outcome == AttemptOutcome::Succeeded);
+                }
                 match &a.outcome {
                     AttemptOutcome::Succeeded => {
                         attempts.succeeded += 1;
@@ -165,6 +175,9 @@ impl JobSummary {
             if n > 0 {
                 let _ = write!(out, ", {n} {what}");
             }
+        }
+        if a.backups > 0 {
+            let _ = write!(out, "; {} backup{} of stragglers, {} won", a.backups, if a.backups == 1 { "" } else { "s" }, a.backups_won);
         }
         out.push_str(")\n");
         for u in self.unsuccessful_attempts.iter().take(RETRIES_SHOWN) {
