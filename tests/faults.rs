@@ -162,6 +162,68 @@ fn a_record_that_kills_every_worker_stops_the_job_at_the_bound() {
     assert!(!dir.join("mr-out-0").exists(), "no output from a failed job");
 }
 
+#[test]
+fn with_skipping_records_that_kill_every_worker_are_skipped_counted_and_listed() {
+    let dir = TestDir::new("skip-bad-records");
+    let good = "alpha beta gamma\ndelta alpha\n";
+    let bad_line = "a line that says ABORT-IN-MAP and dies\n";
+    dir.write("a.txt", format!("{good}{good}"));
+    dir.write("b.txt", format!("{good}{bad_line}{good}"));
+    dir.write("c.txt", format!("{good}abortinreduce is a word\n"));
+    // The output must be that of the inputs without the bad line and
+    // without the key group that kills the reduce.
+    dir.write("clean/a.txt", format!("{good}{good}"));
+    dir.write("clean/b.txt", format!("{good}{good}"));
+    dir.write("clean/c.txt", format!("{good}is a word\n"));
+    let app = plugin("faulty").to_string_lossy().into_owned();
+    let expected = reference_output(dir.path(), &app, &["clean/a.txt", "clean/b.txt", "clean/c.txt"]);
+    let args = ["--skip-bad-records", "1", "--reduces", "2", "--summary-json", "summary.json", "a.txt", "b.txt", "c.txt"];
+    let (mut master, addr) = start_master(dir.path(), &args);
+    // Keep two workers alive, as a supervisor would: every attempt that
+    // reaches a bad record takes its worker down with it (SIGABRT).
+    let mut workers: Vec<Proc> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = master.try_exit() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the job did not end\n{}", master.describe());
+        let alive = workers.iter_mut().filter_map(|w| w.try_exit().is_none().then_some(())).count();
+        for _ in alive..2 {
+            let label = format!("worker{}", workers.len());
+            workers.push(start_worker(&label, dir.path(), &addr, &app));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{}", master.describe());
+    assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
+    let summary = summary(&dir);
+    let skipped = summary["skipped_records"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2, "{summary}");
+    let offset = good.len();
+    assert_eq!(skipped[0]["task"], "map 1", "{summary}");
+    assert_eq!(skipped[0]["record"], format!("line at byte {offset} of b.txt: \"a line that says ABORT-IN-MAP and dies\""), "{summary}");
+    assert!(skipped[1]["task"].as_str().unwrap().starts_with("reduce "), "{summary}");
+    assert!(skipped[1]["record"].as_str().unwrap().ends_with(" \"abortinreduce\""), "{summary}");
+    assert_eq!(summary["counters"]["skipped_records"], 2, "{summary}");
+    // Map 1: two deaths on the whole split, then two on the line; the
+    // reduce: two deaths on the key. Six workers died.
+    let died = workers.iter_mut().filter_map(|w| w.try_exit().filter(|s| !s.success())).count();
+    assert_eq!(died, 6, "{}", master.describe());
+    assert!(master.stdout().contains("skipped 2 bad records:"), "{}", master.describe());
+}
+
+#[test]
+fn skipping_needs_room_for_four_attempts() {
+    let dir = TestDir::new("skip-needs-attempts");
+    dir.write("in.txt", "words");
+    let mut cmd = Command::new(master_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--skip-bad-records", "1", "--max-task-attempts", "3", "in.txt"]);
+    let mut master = Proc::spawn("master", cmd, dir.path());
+    let err = master.expect_failure();
+    assert!(err.contains("--skip-bad-records needs --max-task-attempts of at least 4"), "{err}");
+}
+
 /// A job whose one map takes 3 s, with a worker (given `worker_flags`)
 /// that has started it: returns the master, its address and the worker.
 fn job_with_a_map_under_way(dir: &TestDir, worker_flags: &[&str]) -> (Proc, String, Proc) {

@@ -59,6 +59,14 @@ struct Args {
     #[arg(long, value_name = "FACTOR|off", default_value = "3", value_parser = cli::parse_backup_policy)]
     backup_tasks: Backups,
 
+    /// Bad records each task may skip (Google MapReduce's skipping of bad
+    /// records; 0, the default, skips none): a line or key group that two
+    /// attempts died on (a crash, a panic or error, a hang) is skipped by
+    /// the task's later attempts, counted (`skipped_records`) and listed in
+    /// the summary. Maps read line by line once they have failed twice.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip_bad_records: u32,
+
     /// A parameter for the app, `KEY=VALUE` (repeatable): every worker's app
     /// sees the same parameters.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = cli::parse_param)]
@@ -154,6 +162,10 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.skip_bad_records > 0 && args.max_task_attempts < 4 {
+        // Two attempts on a map's whole split, then two on the bad line.
+        bail!("--skip-bad-records needs --max-task-attempts of at least 4 (a map's bad line is found by its third attempt and skipped from its fifth)");
+    }
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
     if args.output_dir.exists() && !args.output_dir.is_dir() {
         bail!("output directory {}: exists and is not a directory", args.output_dir.display());
@@ -177,6 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             task_timeout: args.task_timeout,
             max_task_attempts: args.max_task_attempts,
             backups: args.backup_tasks,
+            skip_bad_records: args.skip_bad_records,
         },
         params: Params::new(args.params),
         map_buffer_bytes: args.map_buffer,

@@ -157,6 +157,10 @@ pub struct Counters {
     pub output_records: u64,
     /// Bytes written to the output files.
     pub output_bytes: u64,
+    /// Bad records skipped (lines by maps, key groups by reduces) when the
+    /// job allows skipping them ([`crate::skipping`]).
+    #[serde(default)]
+    pub skipped_records: u64,
     /// The app's own counters ([`increment`]).
     pub user: BTreeMap<String, u64>,
 }
@@ -174,7 +178,7 @@ impl Counters {
     }
 
     /// The built-in counters as (name, value), in a fixed order.
-    pub fn builtin(&self) -> [(&'static str, u64); 10] {
+    pub fn builtin(&self) -> [(&'static str, u64); 11] {
         [
             ("map_input_records", self.map_input_records),
             ("map_input_bytes", self.map_input_bytes),
@@ -186,10 +190,11 @@ impl Counters {
             ("reduce_input_records", self.reduce_input_records),
             ("output_records", self.output_records),
             ("output_bytes", self.output_bytes),
+            ("skipped_records", self.skipped_records),
         ]
     }
 
-    fn builtin_mut(&mut self) -> [(&'static str, &mut u64); 10] {
+    fn builtin_mut(&mut self) -> [(&'static str, &mut u64); 11] {
         [
             ("map_input_records", &mut self.map_input_records),
             ("map_input_bytes", &mut self.map_input_bytes),
@@ -201,6 +206,7 @@ impl Counters {
             ("reduce_input_records", &mut self.reduce_input_records),
             ("output_records", &mut self.output_records),
             ("output_bytes", &mut self.output_bytes),
+            ("skipped_records", &mut self.skipped_records),
         ]
     }
 }
@@ -240,6 +246,7 @@ mod tests {
             reduce_input_records: 1,
             output_records: 1,
             output_bytes: 1,
+            skipped_records: 1,
             user: BTreeMap::new(),
         };
         let mut sum = Counters::default();

@@ -172,6 +172,7 @@ mod tests {
                 attempts: vec![attempt(0.0, 0.3, AttemptOutcome::Failed("x".into())), attempt(0.5, 2.0, AttemptOutcome::Succeeded)],
                 bytes_in: Some(100),
                 bytes_out: Some(7),
+                skipped_records: vec![],
             }],
             workers: vec![],
             counters: Counters { map_input_bytes: 100, user: [("say \"hi\"".to_string(), 3)].into(), ..Counters::default() },

@@ -38,6 +38,7 @@
 //! | appending short keys and values without a libc call | `small_copy` |
 //! | reduce input: k-way merge of runs | [`merge`] |
 //! | merges of many runs in passes, a bounded number open at once | [`fan_in`] |
+//! | finding and skipping records that crash the app | [`skipping`] |
 //! | output files and atomic publication | [`output`] |
 //! | the single-process reference run | [`sequential`] |
 //! | log setup for the binaries | [`logging`] |
@@ -75,6 +76,7 @@ pub mod scheduler;
 pub mod sequential;
 mod small_copy;
 pub mod shuffle;
+pub mod skipping;
 pub mod split;
 pub mod status;
 pub mod summary;

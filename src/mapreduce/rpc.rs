@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
 use crate::shuffle::MapOutputLocation;
+use crate::skipping::SkipPlan;
 
 /// Identifies a worker process in logs and the task table: `host:pid`.
 pub type WorkerId = String;
@@ -167,6 +168,11 @@ pub struct MapTask {
     pub reduces: u32,
     /// Directory for this job's intermediate files (shared by all workers).
     pub job_dir: PathBuf,
+    /// Set when the job skips bad records and this task has failed twice:
+    /// map is called once per line, tracking each, skipping those listed
+    /// (by byte offset in the input file).
+    #[serde(default)]
+    pub skip: Option<SkipPlan>,
 }
 
 /// Everything a worker needs to run one reduce attempt.
@@ -182,6 +188,10 @@ pub struct ReduceTask {
     /// Where to write the finished output; the coordinator renames it to
     /// `mr-out-<partition>` if this attempt wins.
     pub staged_output: PathBuf,
+    /// Set when the job skips bad records: the attempt tracks each key
+    /// group and skips those listed (by position among the keys).
+    #[serde(default)]
+    pub skip: Option<SkipPlan>,
 }
 
 /// The coordinator's answer to `request_task`.

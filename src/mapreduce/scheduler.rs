@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use crate::backup::BackupPolicy;
 use crate::rpc::{Assignment, AttemptId, AttemptProgress, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
 use crate::shuffle::MapOutputLocation;
+use crate::skipping::{read_cursor, BadRecord, SkipPlan};
 
 /// Attempt ids a coordinator may issue before they would meet those of the
 /// next coordinator started on the same job (see [`Scheduler::start_epoch`]).
@@ -66,11 +67,15 @@ pub struct SchedulerConfig {
     pub max_task_attempts: u32,
     /// When stragglers get backup attempts; `None` for never.
     pub backups: Option<BackupPolicy>,
+    /// Bad records each task may skip (0: none, the default): a record
+    /// two attempts died on is skipped by the later ones (see
+    /// [`crate::skipping`]).
+    pub skip_bad_records: u32,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { task_timeout: Duration::from_secs(10), max_task_attempts: 4, backups: Some(BackupPolicy::default()) }
+        SchedulerConfig { task_timeout: Duration::from_secs(10), max_task_attempts: 4, backups: Some(BackupPolicy::default()), skip_bad_records: 0 }
     }
 }
 
@@ -162,13 +167,20 @@ struct TaskEntry {
     /// Every attempt issued for this task, oldest first, with its worker.
     attempts: Vec<(AttemptId, WorkerId)>,
     /// Attempts that ended without success, each with how it ended, oldest
-    /// first; an attempt is here at most once.
+    /// first; an attempt is here at most once. Attempts that died on a
+    /// record that is now skipped are taken off: they count no more.
     unsuccessful: Vec<(AttemptId, String)>,
+    /// Every attempt that ended without success, including those taken off.
+    ended_badly: Vec<AttemptId>,
+    /// Records an attempt died on, not (yet) skipped, with the attempt.
+    blamed: Vec<(BadRecord, AttemptId)>,
+    /// Records later attempts skip.
+    skipped: Vec<BadRecord>,
 }
 
 impl TaskEntry {
     fn new() -> Self {
-        TaskEntry { state: TaskState::Idle, attempts: Vec::new(), unsuccessful: Vec::new() }
+        TaskEntry { state: TaskState::Idle, attempts: Vec::new(), unsuccessful: Vec::new(), ended_badly: Vec::new(), blamed: Vec::new(), skipped: Vec::new() }
     }
 
     fn is_done(&self) -> bool {
@@ -181,13 +193,35 @@ impl TaskEntry {
 
     /// Counts `attempt`'s unsuccessful end unless it was counted already
     /// (an attempt given up for silence may report a failure later).
-    /// Returns the task's number of unsuccessful attempts.
-    fn count_unsuccessful(&mut self, attempt: AttemptId, how: String) -> u32 {
-        if !self.unsuccessful.iter().any(|(a, _)| *a == attempt) {
-            let worker = self.worker_of(attempt).to_owned();
-            self.unsuccessful.push((attempt, format!("attempt {attempt} on {worker} {how}")));
+    /// Returns whether it was new.
+    fn count_unsuccessful(&mut self, attempt: AttemptId, how: String) -> bool {
+        if self.ended_badly.contains(&attempt) {
+            return false;
         }
-        self.unsuccessful.len() as u32
+        let worker = self.worker_of(attempt).to_owned();
+        self.unsuccessful.push((attempt, format!("attempt {attempt} on {worker} {how}")));
+        self.ended_badly.push(attempt);
+        true
+    }
+
+    /// `attempt` died handling `record`. If another attempt died on it too
+    /// and fewer than `limit` records are skipped, it is skipped from now
+    /// on and both attempts count no more; returns whether it was.
+    fn blame(&mut self, attempt: AttemptId, record: BadRecord, limit: u32) -> bool {
+        let earlier = self.blamed.iter().position(|(r, a)| r.id == record.id && *a != attempt);
+        match earlier {
+            Some(i) if (self.skipped.len() as u32) < limit => {
+                let (_, other) = self.blamed.remove(i);
+                self.unsuccessful.retain(|(a, _)| *a != attempt && *a != other);
+                self.blamed.retain(|(r, _)| r.id != record.id);
+                self.skipped.push(record);
+                true
+            }
+            _ => {
+                self.blamed.push((record, attempt));
+                false
+            }
+        }
     }
 }
 
@@ -251,6 +285,19 @@ pub struct Scheduler {
     /// coordinator that ran the job before a restart.
     epoch_start: AttemptId,
     failure: Option<String>,
+    /// Reads the record an attempt's cursor file shows (see [`crate::skipping`]).
+    record_reader: RecordReader,
+}
+
+/// How the scheduler learns the record an attempt died on: a function of
+/// the attempt's cursor file. The one I/O the scheduler is given, as a
+/// function so that tests can stand in for the files.
+pub struct RecordReader(Box<dyn Fn(&std::path::Path) -> Option<BadRecord> + Send>);
+
+impl std::fmt::Debug for RecordReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordReader")
+    }
 }
 
 impl Scheduler {
@@ -277,7 +324,15 @@ impl Scheduler {
             next_attempt: 1,
             epoch_start: 1,
             failure: None,
+            record_reader: RecordReader(Box::new(read_cursor)),
         }
+    }
+
+    /// Reads the records attempts died on with `reader` (given a cursor
+    /// path) instead of from the cursor files.
+    pub fn with_record_reader(mut self, reader: impl Fn(&std::path::Path) -> Option<BadRecord> + Send + 'static) -> Scheduler {
+        self.record_reader = RecordReader(Box::new(reader));
+        self
     }
 
     /// Numbers this coordinator's attempts from `epoch × ATTEMPTS_PER_EPOCH
@@ -554,6 +609,7 @@ impl Scheduler {
                 input: self.splits[m as usize].clone(),
                 reduces: self.reduces.len() as u32,
                 job_dir: self.job_dir.clone(),
+                skip: self.skip_plan(task, attempt),
             }),
             TaskId::Reduce(r) => Assignment::Reduce(ReduceTask {
                 partition: r,
@@ -567,6 +623,7 @@ impl Scheduler {
                     })
                     .collect(),
                 staged_output: self.staged_output(r, attempt),
+                skip: self.skip_plan(task, attempt),
             }),
         }
     }
@@ -643,12 +700,58 @@ impl Scheduler {
     }
 
     /// Counts an unsuccessful end of `attempt` against `task`, stopping the
-    /// job once the task has `max_task_attempts` of them.
+    /// job once the task has `max_task_attempts` of them. When the job
+    /// skips bad records and the attempt died handling one, the record is
+    /// blamed, and skipped once two attempts have died on it.
     fn count_unsuccessful(&mut self, task: TaskId, attempt: AttemptId, how: String) {
-        let count = self.entry_mut(task).count_unsuccessful(attempt, how);
-        if count >= self.config.max_task_attempts && self.failure.is_none() {
+        let limit = self.config.skip_bad_records;
+        let record = if limit > 0 { (self.record_reader.0)(&self.cursor_path(task, attempt)) } else { None };
+        let entry = self.entry_mut(task);
+        if !entry.count_unsuccessful(attempt, how) {
+            return;
+        }
+        if let Some(record) = record {
+            if entry.blame(attempt, record, limit) {
+                return;
+            }
+        }
+        if entry.unsuccessful.len() as u32 >= self.config.max_task_attempts && self.failure.is_none() {
             self.failure = Some(self.failure_message(task));
         }
+    }
+
+    /// Where `attempt` of `task` keeps its cursor, if it tracks records.
+    fn cursor_path(&self, task: TaskId, attempt: AttemptId) -> PathBuf {
+        match task {
+            TaskId::Map(m) => self.job_dir.join(format!("map-{m}.attempt-{attempt}.cursor")),
+            TaskId::Reduce(r) => self.job_dir.join(format!("out-{r}.attempt-{attempt}.cursor")),
+        }
+    }
+
+    /// What a new attempt of `task` is told about bad records: nothing
+    /// unless the job skips them; for a map, nothing until two attempts
+    /// ended without success (then it reads line by line).
+    fn skip_plan(&self, task: TaskId, attempt: AttemptId) -> Option<SkipPlan> {
+        let entry = self.entry(task);
+        let tracked = match task {
+            TaskId::Map(_) => entry.ended_badly.len() >= 2,
+            TaskId::Reduce(_) => true,
+        };
+        if self.config.skip_bad_records == 0 || !tracked {
+            return None;
+        }
+        let mut skip: Vec<u64> = entry.skipped.iter().map(|r| r.id).collect();
+        skip.sort_unstable();
+        Some(SkipPlan { cursor: self.cursor_path(task, attempt), skip })
+    }
+
+    /// The records `task`'s attempts skip, as the summary shows them.
+    pub fn skipped_records(&self, task: TaskId) -> Vec<String> {
+        let file = match task {
+            TaskId::Map(m) => Some(self.splits[m as usize].file.name.as_str()),
+            TaskId::Reduce(_) => None,
+        };
+        self.entry(task).skipped.iter().map(|record| record.describe(file)).collect()
     }
 
     /// Records that a reduce attempt could not read map task `map_task`'s
@@ -737,12 +840,12 @@ mod tests {
     }
 
     fn scheduler(maps: usize, reduces: u32) -> Scheduler {
-        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3, backups: None };
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3, backups: None, skip_bad_records: 0 };
         Scheduler::new(config, inputs(maps), reduces, PathBuf::from("/job"))
     }
 
     fn scheduler_with_backups(maps: usize, reduces: u32) -> Scheduler {
-        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3, backups: Some(BackupPolicy::default()) };
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3, backups: Some(BackupPolicy::default()), skip_bad_records: 0 };
         Scheduler::new(config, inputs(maps), reduces, PathBuf::from("/job"))
     }
 
@@ -1151,5 +1254,100 @@ mod tests {
         let backup = take_reduce(&mut s, "w0", start + secs(1.5));
         assert_eq!(backup.partition, 1);
         assert_ne!(backup.staged_output, s.staged_output(1, backup.attempt - 1), "each attempt stages its own output");
+    }
+
+    /// A scheduler that skips up to `limit` bad records per task, whose
+    /// attempts' cursors are whatever the test puts in the returned map.
+    #[allow(clippy::type_complexity)]
+    fn skipping_scheduler(maps: usize, limit: u32) -> (Scheduler, std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, BadRecord>>>) {
+        let cursors = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 4, backups: None, skip_bad_records: limit };
+        let reader = cursors.clone();
+        let s = Scheduler::new(config, inputs(maps), 1, PathBuf::from("/job")).with_record_reader(move |path| reader.lock().unwrap().get(path).cloned());
+        (s, cursors)
+    }
+
+    fn map_task(s: &mut Scheduler, worker: &str, now: Instant) -> MapTask {
+        match s.assign(worker, now) {
+            Assignment::Map(t) => t,
+            other => panic!("expected a map task for {worker}, got {other:?}"),
+        }
+    }
+
+    fn record(id: u64) -> BadRecord {
+        BadRecord { id, preview: format!("line {id}\n").into_bytes() }
+    }
+
+    #[test]
+    fn a_line_two_attempts_died_on_is_skipped_and_those_attempts_count_no_more() {
+        let now = Instant::now();
+        let (mut s, cursors) = skipping_scheduler(1, 1);
+        // Two attempts die on the whole split: no line known, no tracking.
+        for worker in ["w1", "w2"] {
+            assert_eq!(map_task(&mut s, worker, now).skip, None);
+            s.worker_disconnected(worker);
+        }
+        // The next ones read line by line under a cursor; two die on line 40.
+        for worker in ["w3", "w4"] {
+            let plan = map_task(&mut s, worker, now).skip.expect("tracking after two failures");
+            assert_eq!(plan.skip, Vec::<u64>::new());
+            assert_eq!(plan.cursor.parent(), Some(std::path::Path::new("/job")));
+            cursors.lock().unwrap().insert(plan.cursor, record(40));
+            s.worker_disconnected(worker);
+            assert_eq!(s.job_end(), None, "{worker}: within the bound");
+        }
+        assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 2, "the two deaths on line 40 count no more");
+        let plan = map_task(&mut s, "w5", now).skip.unwrap();
+        assert_eq!(plan.skip, vec![40]);
+        assert_eq!(s.skipped_records(TaskId::Map(0)), vec!["line at byte 40 of in-0: \"line 40\"".to_string()]);
+        assert_eq!(s.complete(TaskId::Map(0), map_attempt(&s), vec![], now), ReportVerdict::Accepted);
+    }
+
+    fn map_attempt(s: &Scheduler) -> AttemptId {
+        s.running_attempts(TaskId::Map(0))[0].attempt
+    }
+
+    #[test]
+    fn past_the_skip_limit_or_without_a_record_the_bound_applies() {
+        let now = Instant::now();
+        let (mut s, cursors) = skipping_scheduler(1, 1);
+        for worker in ["w1", "w2"] {
+            map_task(&mut s, worker, now);
+            s.fail(TaskId::Map(0), s.entry(TaskId::Map(0)).attempts.last().unwrap().0, "boom");
+        }
+        // Two deaths on line 1 skip it (the limit); two on line 2 count.
+        for (worker, line) in [("w3", 1), ("w4", 1), ("w5", 2)] {
+            let plan = map_task(&mut s, worker, now).skip.unwrap();
+            cursors.lock().unwrap().insert(plan.cursor, record(line));
+            s.worker_disconnected(worker);
+        }
+        assert_eq!(s.job_end(), None);
+        let plan = map_task(&mut s, "w6", now).skip.unwrap();
+        assert_eq!(plan.skip, vec![1]);
+        cursors.lock().unwrap().insert(plan.cursor, record(2));
+        s.worker_disconnected("w6");
+        match s.job_end() {
+            Some(JobEnd::Failed(message)) => assert!(message.contains("did not succeed in 4 attempts"), "{message}"),
+            other => panic!("expected the bound, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reduces_track_every_attempt_and_nothing_tracks_without_skipping() {
+        let now = Instant::now();
+        let (mut s, cursors) = skipping_scheduler(0, 1);
+        for worker in ["w1", "w2"] {
+            let task = take_reduce(&mut s, worker, now);
+            let plan = task.skip.expect("reduces always track");
+            cursors.lock().unwrap().insert(plan.cursor, record(7));
+            s.worker_disconnected(worker);
+        }
+        assert_eq!(take_reduce(&mut s, "w3", now).skip.unwrap().skip, vec![7]);
+        assert_eq!(s.skipped_records(TaskId::Reduce(0)), vec!["key 7 \"line 7\"".to_string()]);
+
+        let mut plain = scheduler(1, 1);
+        let (_, a) = take_map(&mut plain, "w", now);
+        plain.complete(TaskId::Map(0), a, vec![], now);
+        assert_eq!(take_reduce(&mut plain, "w", now).skip, None);
     }
 }

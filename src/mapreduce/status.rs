@@ -427,6 +427,7 @@ impl JobStatus {
             attempts: record.attempts.clone(),
             bytes_in: winner.and_then(|a| a.bytes_in),
             bytes_out: winner.and_then(|a| a.bytes_out),
+            skipped_records: scheduler.skipped_records(task),
         }
     }
 }
@@ -625,6 +626,9 @@ pub struct TaskReport {
     pub bytes_in: Option<u64>,
     /// Bytes the winning attempt wrote.
     pub bytes_out: Option<u64>,
+    /// Bad records its attempts skip (see `--skip-bad-records`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_records: Vec<String>,
 }
 
 /// One worker process.
@@ -687,7 +691,7 @@ mod tests {
         let inputs: Vec<InputFile> =
             (0..maps).map(|i| InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/in-{i}")), size: 100, modified: None }).collect();
         let splits = inputs.iter().cloned().map(InputSplit::whole).collect();
-        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3, backups: None };
+        let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 3, backups: None, skip_bad_records: 0 };
         let scheduler = Scheduler::new(config, splits, reduces, PathBuf::from("/job"));
         (scheduler, JobStatus::new(inputs, maps, reduces as usize, TIMEOUT, now))
     }

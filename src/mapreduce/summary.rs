@@ -35,6 +35,9 @@ pub struct JobSummary {
     pub attempts: AttemptCounts,
     /// Every attempt that did not succeed, oldest first: why tasks re-ran.
     pub unsuccessful_attempts: Vec<UnsuccessfulAttempt>,
+    /// Bad records skipped (`--skip-bad-records`), maps first.
+    #[serde(default)]
+    pub skipped_records: Vec<SkippedRecord>,
     /// The job's counters.
     pub counters: Counters,
     /// The output files, `mr-out-0` first, with their sizes.
@@ -83,6 +86,15 @@ pub struct UnsuccessfulAttempt {
     pub error: Option<String>,
 }
 
+/// A bad record the job skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedRecord {
+    /// The task, e.g. `map 3`.
+    pub task: String,
+    /// The record: `line at byte B of FILE: "..."` or `key N "..."`.
+    pub record: String,
+}
+
 /// One output file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputFile {
@@ -127,6 +139,11 @@ impl JobSummary {
             }
         }
         unsuccessful_attempts.sort_by_key(|a| a.attempt);
+        let skipped_records = report
+            .tasks
+            .iter()
+            .flat_map(|t| t.skipped_records.iter().map(|record| SkippedRecord { task: task_label(t.kind, t.id), record: record.clone() }))
+            .collect();
         let outputs = outputs
             .iter()
             .map(|path| OutputFile { path: path.clone(), bytes: std::fs::metadata(path).map_or(0, |m| m.len()) })
@@ -141,6 +158,7 @@ impl JobSummary {
             reduces: report.job.reduces,
             attempts,
             unsuccessful_attempts,
+            skipped_records,
             counters: report.counters.clone(),
             outputs,
         }
@@ -189,6 +207,12 @@ impl JobSummary {
         }
         if self.unsuccessful_attempts.len() > RETRIES_SHOWN {
             let _ = writeln!(out, "  ... and {} more (see --summary-json)", self.unsuccessful_attempts.len() - RETRIES_SHOWN);
+        }
+        if !self.skipped_records.is_empty() {
+            let _ = writeln!(out, "skipped {} bad record{}:", self.skipped_records.len(), if self.skipped_records.len() == 1 { "" } else { "s" });
+            for skipped in &self.skipped_records {
+                let _ = writeln!(out, "  {}: {}", skipped.task, skipped.record);
+            }
         }
         out.push_str("counters:\n");
         let user = self.counters.user.iter().map(|(name, &v)| (format!("{name} (app)"), v));

@@ -23,6 +23,7 @@ use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::{Compression, RunError};
 use crate::split::{map_split, read_split_into, MappedSplit};
 use crate::shuffle::{open_run, stored_size, Combiner, MapOutputConfig, MapOutputLocation, MapOutputWriter, ShuffleError};
+use crate::skipping::{for_each_line, RecordCursor, SkipPlan};
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,9 @@ pub enum TaskError {
     /// Writing the reduce output failed.
     #[error("writing output {}: {source}", .path.display())]
     Output { path: PathBuf, source: io::Error },
+    /// The file that tracks the record in the app's hands could not be made.
+    #[error("record cursor {}: {source}", .path.display())]
+    Cursor { path: PathBuf, source: io::Error },
 }
 
 impl From<ShuffleError> for TaskError {
@@ -183,7 +187,10 @@ impl TaskRunner {
                 failure = pushed.err();
             }
         };
-        plugin.map(&split.file.name, contents, offset, emit, &user_counters)?;
+        match &task.skip {
+            None => plugin.map(&split.file.name, contents, offset, emit, &user_counters)?,
+            Some(plan) => counters.skipped_records = map_line_by_line(plugin, &split.file.name, (contents, offset), plan, emit, &user_counters)?,
+        }
         if mapped.as_ref().is_some_and(MappedSplit::changed) {
             return Err(input_err(io::Error::other("the file shrank while the map read it")));
         }
@@ -230,20 +237,34 @@ impl TaskRunner {
         let mut output = AtomicFile::create(path).map_err(output_err)?;
         let user_counters = UserCounters::reporting_to(progress.clone());
         let (mut key, mut value) = (Vec::new(), Vec::new());
+        let mut cursor = task.skip.as_ref().map(open_cursor).transpose()?;
+        let mut key_number = 0u64;
         while let Some(next) = merger.next_key()? {
             progress.tick();
+            key_number += 1;
+            if task.skip.as_ref().is_some_and(|plan| plan.skips(key_number - 1)) {
+                counters.skipped_records += 1;
+                continue;
+            }
             counters.reduce_input_groups += 1;
             // The merger lends out the key and the values; the app needs both.
             key.clear();
             key.extend_from_slice(next);
             value.clear();
             let mut values = merger.values();
+            if let Some(cursor) = &mut cursor {
+                cursor.enter(key_number - 1, &key);
+            }
             let result = self.plugin.reduce(&key, &mut TickingValues { values: &mut values, progress }, &mut value, &user_counters);
-            // A read error cuts the values short, so it outranks what the app made of them.
+            // A read error cuts the values short, so it outranks what the
+            // app made of them, and is not the key's fault.
             if let Some(e) = values.error {
+                cursor.as_mut().map(RecordCursor::leave);
                 return Err(e.into());
             }
+            // The cursor keeps showing a key whose reduce failed: it is blamed.
             result?;
+            cursor.as_mut().map(RecordCursor::leave);
             output.write_reduce_output(capabilities.raw_output, &key, &value).map_err(output_err)?;
         }
         counters.reduce_input_records = merger.records_read();
@@ -252,6 +273,37 @@ impl TaskRunner {
         counters.user = user_counters.take();
         Ok(counters)
     }
+}
+
+/// Makes the cursor a tracking attempt keeps.
+fn open_cursor(plan: &SkipPlan) -> Result<RecordCursor, TaskError> {
+    RecordCursor::create(&plan.cursor).map_err(|source| TaskError::Cursor { path: plan.cursor.clone(), source })
+}
+
+/// Maps `contents` (which start at byte `offset` of file `name`) one line
+/// at a time, each under the cursor, skipping the plan's lines; returns how
+/// many were skipped. A line whose map fails is left on the cursor.
+fn map_line_by_line(
+    plugin: &Plugin,
+    name: &str,
+    (contents, offset): (&[u8], u64),
+    plan: &SkipPlan,
+    emit: &mut dyn FnMut(&[u8], &[u8]),
+    counters: &UserCounters,
+) -> Result<u64, TaskError> {
+    let mut cursor = open_cursor(plan)?;
+    let mut skipped = 0;
+    for_each_line(contents, offset, |line, at| {
+        if plan.skips(at) {
+            skipped += 1;
+            return Ok(());
+        }
+        cursor.enter(at, line);
+        plugin.map(name, line, at, emit, counters)?;
+        cursor.leave();
+        Ok::<(), TaskError>(())
+    })?;
+    Ok(skipped)
 }
 
 /// A key's values as the app reads them, each one a tick of progress (a

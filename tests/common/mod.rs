@@ -124,6 +124,11 @@ impl Proc {
         }
     }
 
+    /// The exit status, if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Waits and asserts a zero exit.
     pub fn expect_success(&mut self) {
         let status = self.wait(PROCESS_TIMEOUT);

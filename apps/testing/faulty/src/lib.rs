@@ -2,7 +2,7 @@
 //! containing `PANIC-IN-MAP`, returns an error on one containing
 //! `ERROR-IN-MAP`, aborts the whole worker process (no panic to catch) on
 //! one containing `ABORT-IN-MAP`, and whose reduce panics on the key
-//! `panicinreduce`.
+//! `panicinreduce` and aborts the process on the key `abortinreduce`.
 
 use mapreduce::{text, App, AppResult, Emitter, MapInput, Values};
 
@@ -32,6 +32,9 @@ impl App for Faulty {
     fn reduce(&self, key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
         if key == b"panicinreduce" {
             panic!("deliberate panic in reduce");
+        }
+        if key == b"abortinreduce" {
+            std::process::abort();
         }
         out.extend_from_slice(values.count().to_string().as_bytes());
         Ok(())
