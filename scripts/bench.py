@@ -369,6 +369,21 @@ def derived(rows):
     return "\n".join(out)
 
 
+# Sections of BENCHMARKS.md from this line on come from other scripts
+# (scripts/chaos.sh) and are kept as they are when this one rewrites the file.
+KEEP_MARKER = "<!-- sections below are not written by bench.py; it keeps them -->"
+
+
+def kept_sections(path):
+    """The part of the existing report at `path` from KEEP_MARKER on."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ""
+    at = text.find(KEEP_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
@@ -401,7 +416,7 @@ def main():
         table(rows),
         "## Targets\n\n" + derived(rows),
     ])
-    Path(args.out).write_text(report + "\n")
+    Path(args.out).write_text(report + "\n" + kept_sections(Path(args.out)))
     print("\n" + table(rows) + "\n" + derived(rows))
     print(f"\nwritten to {args.out}")
 

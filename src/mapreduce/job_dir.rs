@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use crate::counters::Counters;
 use crate::journal::{Journal, JournalError, Record};
-use crate::output::{output_file_name, remove_stale_outputs, write_atomically};
+use crate::output::{output_file_name, remove_stale_outputs, write_atomically, TEMP_PREFIX};
 use crate::rpc::AttemptId;
 use crate::shuffle::MapOutputLocation;
 
@@ -123,7 +123,7 @@ impl JobDir {
             });
         }
         let dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock };
-        remove_interrupted_removals(output_dir);
+        remove_leftovers(output_dir);
         let journal_path = dir.path.join(JOURNAL);
         let earlier = journal_path.exists().then(|| Journal::replay(&journal_path));
         let (discarded, resumable) = match earlier {
@@ -230,15 +230,23 @@ impl JobDir {
     }
 }
 
-/// Removes what is left of job directories whose removal was cut short (by
-/// a kill), as far as it can.
-fn remove_interrupted_removals(output_dir: &Path) {
+/// Removes, as far as it can, what a master killed at the wrong moment
+/// leaves in the output directory: job directories whose removal was cut
+/// short, and the temporary file of a `_SUCCESS` it was writing. Called
+/// with the lock held, so no other master is writing there.
+fn remove_leftovers(output_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(output_dir) else { return };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(REMOVED_PREFIX) {
-            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                tracing::warn!("could not remove {}: {e}", entry.path().display());
-            }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let removed = if name.starts_with(REMOVED_PREFIX) {
+            std::fs::remove_dir_all(entry.path())
+        } else if name.starts_with(TEMP_PREFIX) {
+            std::fs::remove_file(entry.path())
+        } else {
+            continue;
+        };
+        if let Err(e) = removed {
+            tracing::warn!("could not remove {}: {e}", entry.path().display());
         }
     }
 }
@@ -348,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_job_directory_takes_no_late_writes_and_a_cut_short_removal_is_finished() {
+    fn a_removed_job_directory_takes_no_late_writes_and_a_killed_masters_leftovers_are_removed() {
         let out = tempfile::tempdir().unwrap();
         let opened = JobDir::open(out.path(), fingerprint(1), false).unwrap();
         let late = opened.dir.path().join("map-0.attempt-9.runs");
@@ -360,7 +368,10 @@ mod tests {
         let interrupted = out.path().join(format!("{REMOVED_PREFIX}1-2"));
         std::fs::create_dir(&interrupted).unwrap();
         std::fs::write(interrupted.join("map-0.runs"), "x").unwrap();
+        // A master killed while writing _SUCCESS leaves its temporary file.
+        let orphan = out.path().join(format!("{TEMP_PREFIX}AbCdEf"));
+        std::fs::write(&orphan, "").unwrap();
         let _next = JobDir::open(out.path(), fingerprint(1), false).unwrap();
-        assert!(!interrupted.exists());
+        assert!(!interrupted.exists() && !orphan.exists());
     }
 }

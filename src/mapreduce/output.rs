@@ -9,6 +9,10 @@
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// How the temporary files of [`AtomicFile`] are named, before a random
+/// suffix: hidden, and recognisable as orphans when their writer died.
+pub const TEMP_PREFIX: &str = ".mr-tmp-";
+
 /// A file being written that appears at its destination only on `commit`.
 /// Dropping it uncommitted removes the temporary file.
 pub struct AtomicFile {
@@ -22,7 +26,7 @@ impl AtomicFile {
     /// Starts a file to be published at `dest`; its directory must exist.
     pub fn create(dest: &Path) -> io::Result<AtomicFile> {
         let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let temp = publishable_temp_file(dir, ".mr-tmp-")?;
+        let temp = publishable_temp_file(dir, TEMP_PREFIX)?;
         Ok(AtomicFile { writer: BufWriter::with_capacity(256 * 1024, temp), dest: dest.to_owned(), written: (0, 0) })
     }
 
