@@ -88,6 +88,36 @@ fn a_master_killed_mid_job_resumes_from_its_journal_and_the_outputs_appear_toget
 }
 
 #[test]
+fn a_finished_output_cut_short_before_a_restart_is_made_again() {
+    let dir = TestDir::new("restart-short-output");
+    let inputs = write_inputs(&dir, 4);
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let expected = reference_output(dir.path(), "wordcount", &inputs);
+    let mut args = vec!["--reduces", "4", "--param", "reduce_delay_ms=300"];
+    args.extend(&inputs);
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut worker = start_worker("worker-before", dir.path(), &addr, "slowcount");
+    wait_for_journal(&dir, "reduce_done", 1);
+    master.kill();
+    worker.kill();
+    // As if the machine lost power before the output reached the disk: the
+    // journal says done, the file is empty.
+    let journal = read(&dir, ".mr-job/journal").unwrap();
+    let done: serde_json::Value = journal.lines().filter_map(|l| serde_json::from_str(l).ok()).find(|r: &serde_json::Value| r.get("reduce_done").is_some()).unwrap();
+    let r = done["reduce_done"]["task"].as_u64().unwrap();
+    std::fs::write(dir.join(&format!(".mr-job/mr-out-{r}")), "").unwrap();
+
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut worker = start_worker("worker-after", dir.path(), &addr, "slowcount");
+    master.expect_success();
+    worker.expect_success();
+    let log = master.stderr();
+    let done_before = journal.matches("{\"reduce_done\"").count();
+    assert!(log.contains(&format!("4 of 4 map tasks and {} of 4 reduce tasks were done", done_before - 1)), "{}", master.describe());
+    assert_same_output(&job_output(dir.path(), 4), &expected, "after a restart with a short output");
+}
+
+#[test]
 fn a_failed_job_leaves_the_output_directory_as_it_was() {
     let dir = TestDir::new("failed-untouched");
     dir.write("in.txt", "fine\nPANIC-IN-MAP\n");

@@ -408,8 +408,11 @@ fn restore(scheduler: &mut Scheduler, status: &mut JobStatus, opened: &Opened, o
     }
     for (r, attempt, counters) in &recovered.reduces {
         let task = TaskId::Reduce(*r);
-        // During publication an output may have moved already.
-        let present = opened.dir.finished_output(*r).is_file() || (recovered.publishing && output_dir.join(output_file_name(*r)).is_file());
+        // During publication an output may have moved already. Its size
+        // must be what the attempt wrote: a file cut short (a machine that
+        // lost power before writing it back) is made again.
+        let whole = |path: PathBuf| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == counters.output_bytes);
+        let present = whole(opened.dir.finished_output(*r)) || (recovered.publishing && whole(output_dir.join(output_file_name(*r))));
         if present && scheduler.restore(task, *attempt, Vec::new()) {
             status.task_restored(task, counters.clone(), now);
             reduces += 1;
