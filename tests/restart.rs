@@ -53,6 +53,26 @@ fn wait_for_journal(dir: &TestDir, what: &str, count: usize) {
     }
 }
 
+/// Runs the job of `args` with one slowcount worker until a reduce is
+/// journaled done, then kills both.
+fn kill_after_a_reduce(dir: &TestDir, args: &[&str]) {
+    let (mut master, addr) = start_master(dir.path(), args);
+    let mut worker = start_worker("worker-before", dir.path(), &addr, "slowcount");
+    wait_for_journal(dir, "reduce_done", 1);
+    master.kill();
+    worker.kill();
+}
+
+/// Runs the job of `args` again with a new worker, to success; returns the
+/// master.
+fn finish_after_restart(dir: &TestDir, args: &[&str]) -> Proc {
+    let (mut master, addr) = start_master(dir.path(), args);
+    let mut worker = start_worker("worker-after", dir.path(), &addr, "slowcount");
+    master.expect_success();
+    worker.expect_success();
+    master
+}
+
 #[test]
 fn a_master_killed_mid_job_resumes_from_its_journal_and_the_outputs_appear_together() {
     let dir = TestDir::new("restart");
@@ -63,18 +83,11 @@ fn a_master_killed_mid_job_resumes_from_its_journal_and_the_outputs_appear_toget
     let mut args = vec!["--reduces", "4", "--param", "reduce_delay_ms=300", "--summary-json", "summary.json"];
     args.extend(&inputs);
 
-    let (mut master, addr) = start_master(dir.path(), &args);
-    let mut worker = start_worker("worker-before", dir.path(), &addr, "slowcount");
-    wait_for_journal(&dir, "reduce_done", 1);
-    master.kill();
-    worker.kill();
+    kill_after_a_reduce(&dir, &args);
     // Killed mid-job: nothing of this job in the output directory yet.
     earlier_outputs_untouched(&dir);
 
-    let (mut master, addr) = start_master(dir.path(), &args);
-    let mut worker = start_worker("worker-after", dir.path(), &addr, "slowcount");
-    master.expect_success();
-    worker.expect_success();
+    let master = finish_after_restart(&dir, &args);
     let log = master.stderr();
     assert!(log.contains("resuming job") && log.contains("(start 2): 6 of 6 map tasks and "), "{}", master.describe());
     assert_same_output(&job_output(dir.path(), 4), &expected, "after a restart");
@@ -95,11 +108,7 @@ fn a_finished_output_cut_short_before_a_restart_is_made_again() {
     let expected = reference_output(dir.path(), "wordcount", &inputs);
     let mut args = vec!["--reduces", "4", "--param", "reduce_delay_ms=300"];
     args.extend(&inputs);
-    let (mut master, addr) = start_master(dir.path(), &args);
-    let mut worker = start_worker("worker-before", dir.path(), &addr, "slowcount");
-    wait_for_journal(&dir, "reduce_done", 1);
-    master.kill();
-    worker.kill();
+    kill_after_a_reduce(&dir, &args);
     // As if the machine lost power before the output reached the disk: the
     // journal says done, the file is empty.
     let journal = read(&dir, ".mr-job/journal").unwrap();
@@ -107,10 +116,7 @@ fn a_finished_output_cut_short_before_a_restart_is_made_again() {
     let r = done["reduce_done"]["task"].as_u64().unwrap();
     std::fs::write(dir.join(&format!(".mr-job/mr-out-{r}")), "").unwrap();
 
-    let (mut master, addr) = start_master(dir.path(), &args);
-    let mut worker = start_worker("worker-after", dir.path(), &addr, "slowcount");
-    master.expect_success();
-    worker.expect_success();
+    let master = finish_after_restart(&dir, &args);
     let log = master.stderr();
     let done_before = journal.matches("{\"reduce_done\"").count();
     assert!(log.contains(&format!("4 of 4 map tasks and {} of 4 reduce tasks were done", done_before - 1)), "{}", master.describe());
