@@ -15,6 +15,14 @@
 //!   hide the shuffle.
 //! - `tiny`: NFILES files of one short line each (TOTAL_MIB is ignored).
 //!
+//! `--script S` writes the letters of `books` and `zipf` text in another
+//! script, so that word counts meet text that is not ASCII: `latin` (as
+//! is, the default), `accented` (vowels with an acute accent: á é í ó ú ý,
+//! two bytes each in UTF-8), `cyrillic` and `greek` (each ASCII letter to
+//! one letter of that alphabet, two bytes each), `cjk` (each letter to a
+//! CJK ideograph, three bytes), or `mixed` (each word in one of those five,
+//! chosen by the word, so a word is spelt the same way everywhere).
+//!
 //! Every file but `tiny`'s is cut at its last newline at or before its share
 //! of TOTAL_MIB, so no word is split and each ends with a newline.
 
@@ -81,14 +89,96 @@ fn word_for(index: u64) -> String {
     String::from_utf8(word).expect("ASCII")
 }
 
-/// Writes `target` bytes (cut at a newline) of `next_chunk`'s output.
-fn write_file(path: &Path, target: u64, mut next_chunk: impl FnMut(&mut Vec<u8>)) -> io::Result<()> {
+/// The alphabet a corpus's letters are written in (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Script {
+    Latin,
+    Accented,
+    Cyrillic,
+    Greek,
+    Cjk,
+    Mixed,
+}
+
+impl Script {
+    fn parse(name: &str) -> Option<Script> {
+        Some(match name {
+            "latin" => Script::Latin,
+            "accented" => Script::Accented,
+            "cyrillic" => Script::Cyrillic,
+            "greek" => Script::Greek,
+            "cjk" => Script::Cjk,
+            "mixed" => Script::Mixed,
+            _ => return None,
+        })
+    }
+
+    /// The script of one word under `Mixed`: chosen by the word itself.
+    fn for_word(word: &[u8]) -> Script {
+        let hash = word.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x100_0000_01b3));
+        [Script::Latin, Script::Accented, Script::Cyrillic, Script::Greek, Script::Cjk][(hash % 5) as usize]
+    }
+
+    /// The letter `b` (an ASCII letter) in this script.
+    fn letter(self, b: u8) -> char {
+        let (lower, i) = (b.is_ascii_lowercase(), u32::from(b.to_ascii_lowercase() - b'a'));
+        let code = match self {
+            Script::Latin | Script::Mixed => return char::from(b),
+            Script::Accented => {
+                let accented = match b {
+                    b'a' => 'á', b'e' => 'é', b'i' => 'í', b'o' => 'ó', b'u' => 'ú', b'y' => 'ý',
+                    b'A' => 'Á', b'E' => 'É', b'I' => 'Í', b'O' => 'Ó', b'U' => 'Ú', b'Y' => 'Ý',
+                    _ => char::from(b),
+                };
+                return accented;
+            }
+            Script::Cyrillic if lower => 0x430 + i,
+            Script::Cyrillic => 0x410 + i,
+            Script::Greek if lower => 0x3b1 + i,
+            // U+03A2 is unassigned: capitals skip it.
+            Script::Greek => 0x391 + i + u32::from(i >= 17),
+            Script::Cjk if lower => 0x4e00 + i,
+            Script::Cjk => 0x4e80 + i,
+        };
+        char::from_u32(code).expect("a letter")
+    }
+}
+
+/// Appends `ascii` with its letters written in `script`.
+fn transliterate(script: Script, ascii: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < ascii.len() {
+        let end = ascii[i..].iter().position(|b| !b.is_ascii_alphabetic()).map_or(ascii.len(), |n| i + n);
+        if end == i {
+            out.push(ascii[i]);
+            i += 1;
+            continue;
+        }
+        let word = &ascii[i..end];
+        let script = if script == Script::Mixed { Script::for_word(word) } else { script };
+        let mut buffer = [0u8; 4];
+        for &b in word {
+            out.extend_from_slice(script.letter(b).encode_utf8(&mut buffer).as_bytes());
+        }
+        i = end;
+    }
+}
+
+/// Writes `target` bytes (cut at a newline) of `next_chunk`'s output, its
+/// letters in `script`.
+fn write_file(path: &Path, target: u64, script: Script, mut next_chunk: impl FnMut(&mut Vec<u8>)) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(path)?);
     let mut written = 0u64;
-    let mut chunk = Vec::new();
+    let (mut ascii, mut chunk) = (Vec::new(), Vec::new());
     while written < target {
         chunk.clear();
-        next_chunk(&mut chunk);
+        if script == Script::Latin {
+            next_chunk(&mut chunk);
+        } else {
+            ascii.clear();
+            next_chunk(&mut ascii);
+            transliterate(script, &ascii, &mut chunk);
+        }
         let room = (target - written) as usize;
         if chunk.len() >= room {
             // Cut at the last newline that fits.
@@ -128,7 +218,7 @@ fn books(dir: Option<&Path>) -> io::Result<Vec<Vec<u8>>> {
 }
 
 fn run(args: &[String]) -> Result<(), String> {
-    let usage = "usage: make_corpus books|zipf|tiny OUTDIR TOTAL_MIB NFILES [--books DIR] [--vocab N]";
+    let usage = "usage: make_corpus books|zipf|tiny OUTDIR TOTAL_MIB NFILES [--books DIR] [--vocab N] [--script latin|accented|cyrillic|greek|cjk|mixed]";
     if args.len() < 4 {
         return Err(usage.to_string());
     }
@@ -137,12 +227,14 @@ fn run(args: &[String]) -> Result<(), String> {
     let files: u64 = args[3].parse().ok().filter(|&n| n > 0).ok_or(format!("NFILES '{}' is not a positive number", args[3]))?;
     let mut books_dir = None;
     let mut vocab = 4_000_000usize;
+    let mut script = Script::Latin;
     let mut rest = args[4..].iter();
     while let Some(flag) = rest.next() {
         let value = rest.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--books" => books_dir = Some(PathBuf::from(value)),
             "--vocab" => vocab = value.parse().map_err(|_| format!("--vocab '{value}' is not a number"))?,
+            "--script" => script = Script::parse(value).ok_or(format!("--script '{value}' is not one of latin, accented, cyrillic, greek, cjk, mixed"))?,
             _ => return Err(format!("unknown flag {flag}\n{usage}")),
         }
     }
@@ -168,13 +260,13 @@ fn run(args: &[String]) -> Result<(), String> {
                 let zipf = Zipf::new(20_000);
                 for i in 0..files {
                     let mut rng = Rng(0x5eed ^ i);
-                    write_file(&name(i), per_file, |chunk| prose_line(&mut rng, &zipf, &spell, chunk)).map_err(io_err)?;
+                    write_file(&name(i), per_file, script, |chunk| prose_line(&mut rng, &zipf, &spell, chunk)).map_err(io_err)?;
                 }
             } else {
                 for i in 0..files {
                     let mut rng = Rng(0xb00c ^ i);
                     let mut order: Vec<usize> = Vec::new();
-                    write_file(&name(i), per_file, |chunk| {
+                    write_file(&name(i), per_file, script, |chunk| {
                         if order.is_empty() {
                             // A new seeded shuffle of the books for every pass.
                             order = (0..books.len()).collect();
@@ -196,7 +288,7 @@ fn run(args: &[String]) -> Result<(), String> {
             let spell = |rank: usize| word_for(rank as u64);
             for i in 0..files {
                 let mut rng = Rng(0x21bf ^ i);
-                write_file(&name(i), per_file, |chunk| {
+                write_file(&name(i), per_file, script, |chunk| {
                     for _ in 0..64 {
                         prose_line(&mut rng, &zipf, &spell, chunk);
                     }

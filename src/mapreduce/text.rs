@@ -7,6 +7,8 @@
 //! Input is decoded as UTF-8 the way Go decodes it: each byte that does not
 //! belong to a valid sequence is a non-letter, so it ends a word.
 
+use std::sync::LazyLock;
+
 use unicode_general_category::{get_general_category, GeneralCategory};
 
 /// True if `c` is in general category L.
@@ -35,31 +37,85 @@ static ASCII_LETTER: [bool; 256] = {
     table
 };
 
-/// Decodes the character starting at `text[i]` (which is not ASCII): its
-/// width and whether it is a letter. An invalid sequence is a one-byte
-/// non-letter, as in Go.
-#[inline]
-fn non_ascii_at(text: &[u8], i: usize) -> (usize, bool) {
-    let end = text.len().min(i + 4);
-    let valid = match std::str::from_utf8(&text[i..end]) {
-        Ok(s) => s,
-        // SAFETY-free: `valid_up_to` bytes are valid UTF-8 by definition.
-        Err(e) => std::str::from_utf8(&text[i..i + e.valid_up_to()]).expect("valid prefix"),
-    };
-    match valid.chars().next() {
-        Some(c) => (c.len_utf8(), is_letter(c)),
+/// Code points below this are looked up in [`LETTER_BITS`]: the Basic
+/// Multilingual Plane and the two after it (historic scripts, CJK
+/// extensions), 24 KiB of bits.
+const TABLE_END: u32 = 0x30000;
+
+/// Bit `c` says whether code point `c` is a letter, for `c < TABLE_END`:
+/// one load instead of a search of the category ranges. Built on first use
+/// (a few milliseconds).
+static LETTER_BITS: LazyLock<Box<[u64]>> = LazyLock::new(|| {
+    let mut bits = vec![0u64; (TABLE_END / 64) as usize];
+    for (cp, c) in (0..TABLE_END).filter_map(|cp| Some((cp, char::from_u32(cp)?))) {
+        if is_letter(c) {
+            bits[(cp / 64) as usize] |= 1 << (cp % 64);
+        }
+    }
+    bits.into_boxed_slice()
+});
+
+/// Whether code point `cp` (a valid scalar value) is a letter.
+#[inline(always)]
+fn is_letter_code_point(table: &[u64], cp: u32) -> bool {
+    match table.get((cp / 64) as usize) {
+        Some(word) => word >> (cp % 64) & 1 != 0,
+        None => char::from_u32(cp).is_some_and(is_letter),
+    }
+}
+
+/// Decodes the UTF-8 sequence starting at `text[i]` (not ASCII) into its
+/// code point and width, or `None` if it is ill-formed (Unicode's table
+/// of well-formed sequences: no overlong forms, surrogates, or values past
+/// U+10FFFF), which Go decodes as a one-byte non-letter.
+#[inline(always)]
+fn decode_at(text: &[u8], i: usize) -> Option<(u32, usize)> {
+    let lead = text[i];
+    let cont = |k: usize| text.get(i + k).map(|&b| u32::from(b)).filter(|b| b & 0xC0 == 0x80).map(|b| b & 0x3F);
+    match lead {
+        0xC2..=0xDF => Some((u32::from(lead & 0x1F) << 6 | cont(1)?, 2)),
+        0xE0..=0xEF => {
+            let b1 = cont(1)?;
+            // E0 needs A0..BF (no overlong form); ED needs 80..9F (no surrogate).
+            if (lead == 0xE0 && b1 < 0x20) || (lead == 0xED && b1 >= 0x20) {
+                return None;
+            }
+            Some((u32::from(lead & 0x0F) << 12 | b1 << 6 | cont(2)?, 3))
+        }
+        0xF0..=0xF4 => {
+            let b1 = cont(1)?;
+            // F0 needs 90..BF (no overlong form); F4 needs 80..8F (up to U+10FFFF).
+            if (lead == 0xF0 && b1 < 0x10) || (lead == 0xF4 && b1 >= 0x10) {
+                return None;
+            }
+            Some((u32::from(lead & 0x07) << 18 | b1 << 12 | cont(2)? << 6 | cont(3)?, 4))
+        }
+        _ => None,
+    }
+}
+
+/// The character starting at `text[i]` (which is not ASCII): its width and
+/// whether it is a letter. An ill-formed sequence is a one-byte non-letter,
+/// as in Go.
+#[inline(always)]
+fn non_ascii_at(table: &[u64], text: &[u8], i: usize) -> (usize, bool) {
+    match decode_at(text, i) {
+        Some((cp, width)) => (width, is_letter_code_point(table, cp)),
         None => (1, false),
     }
 }
 
 /// Calls `f` with every word of `text`, in order.
 ///
-/// Text is scanned 64 bytes at a time: a block of pure ASCII (nearly all of
-/// English prose) becomes a bit mask of its letters, and words are found
-/// from the mask's edges, a few instructions per word instead of a branch
-/// per byte. A block with any non-ASCII byte is decoded character by
-/// character, as is the tail; both paths share one state (where the
-/// current word began), so a word may span blocks of either kind.
+/// Text is scanned 64 bytes at a time: each block becomes a bit mask of
+/// the bytes that belong to letters, and words are found from the mask's
+/// edges, a few instructions per word instead of a branch per byte. A block
+/// of pure ASCII (nearly all of English prose) gets its mask from a few
+/// vector compares; a block with other bytes also decodes the character at
+/// each UTF-8 lead byte and looks it up in a bit table of letters, marking
+/// all of a letter's bytes. The tail is decoded character by character.
+/// All paths share one state (where the current word began), so a word may
+/// span blocks of any kind.
 pub fn for_each_word<'t>(text: &'t [u8], f: impl FnMut(&'t str)) {
     /// Hands each word to a closure as a `&str`.
     struct ToClosure<'t, F> {
@@ -89,11 +145,11 @@ pub(crate) trait WordSink {
 /// [`for_each_word`] for a [`WordSink`].
 #[inline(always)]
 pub(crate) fn scan_words(text: &[u8], sink: &mut impl WordSink) {
-    let mut scan = WordScan { text, start: None };
+    let mut scan = WordScan { text, start: None, table: &LETTER_BITS };
     let mut i = 0;
     while i + BLOCK <= text.len() {
         let (letters, non_ascii) = block_masks(&text[i..i + BLOCK]);
-        i = if non_ascii == 0 { scan.ascii_block(i, letters, sink) } else { scan.decode(i, i + BLOCK, sink) };
+        i = if non_ascii == 0 { scan.ascii_block(i, letters, sink) } else { scan.mixed_block(i, letters, non_ascii, sink) };
     }
     scan.decode(i, text.len(), sink);
     if let Some(start) = scan.start {
@@ -109,6 +165,8 @@ struct WordScan<'t> {
     text: &'t [u8],
     /// Where the word being read began, if the scan is inside one.
     start: Option<usize>,
+    /// [`LETTER_BITS`].
+    table: &'static [u64],
 }
 
 impl WordScan<'_> {
@@ -145,6 +203,31 @@ impl WordScan<'_> {
         base + BLOCK
     }
 
+    /// Finds the words in the block at `base`, which has non-ASCII bytes
+    /// (the set bits of `non_ascii`) beside the ASCII letters of `letters`;
+    /// returns the next position: the block's end, or past it when the
+    /// block's last character straddles the end.
+    #[inline(always)]
+    fn mixed_block(&mut self, base: usize, mut letters: u64, non_ascii: u64, sink: &mut impl WordSink) -> usize {
+        let mut leads = non_ascii & lead_mask(&self.text[base..base + BLOCK]);
+        let mut next = base + BLOCK;
+        // Every other non-ASCII byte (a letter's continuation bytes, those
+        // of other characters, stray or ill-formed bytes) is a non-letter
+        // unless a letter's lead marks it.
+        while leads != 0 {
+            let p = leads.trailing_zeros() as usize;
+            leads &= leads - 1;
+            let Some((cp, width)) = decode_at(self.text, base + p) else { continue };
+            if is_letter_code_point(self.table, cp) {
+                // Bits past the block fall off; `next` skips those bytes.
+                letters |= ((1u64 << width) - 1) << p;
+            }
+            next = next.max(base + p + width);
+        }
+        self.ascii_block(base, letters, sink);
+        next
+    }
+
     /// Decodes the characters that start in `from..to` one by one; returns
     /// where the next character starts (`to`, or up to 3 bytes past it when
     /// the last character straddles `to`).
@@ -152,7 +235,7 @@ impl WordScan<'_> {
         let mut i = from;
         while i < to {
             let b = self.text[i];
-            let (width, letter) = if b < 0x80 { (1, ASCII_LETTER[b as usize]) } else { non_ascii_at(self.text, i) };
+            let (width, letter) = if b < 0x80 { (1, ASCII_LETTER[b as usize]) } else { non_ascii_at(self.table, self.text, i) };
             match (letter, self.start) {
                 (true, None) => self.start = Some(i),
                 (false, Some(start)) => {
@@ -208,6 +291,35 @@ unsafe fn block_masks_sse2(block: &[u8]) -> (u64, u64) {
         non_ascii |= u64::from(_mm_movemask_epi8(v) as u16) << (16 * part);
     }
     (letters, non_ascii)
+}
+
+/// For a 64-byte block: a mask of its bytes from 0xC0 up, the lead bytes
+/// of UTF-8 sequences of two bytes or more (valid or not).
+#[inline]
+fn lead_mask(block: &[u8]) -> u64 {
+    debug_assert_eq!(block.len(), BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let mut leads = 0u64;
+        // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned
+        // and within the 64-byte block.
+        unsafe {
+            // As signed bytes, 0xC0..=0xFF are -64..=-1: above -65 and
+            // negative.
+            let floor = _mm_set1_epi8(-65);
+            for part in 0..4 {
+                let v = _mm_loadu_si128(block.as_ptr().add(16 * part) as *const __m128i);
+                let lead = _mm_and_si128(_mm_cmpgt_epi8(v, floor), v);
+                leads |= u64::from(_mm_movemask_epi8(lead) as u16) << (16 * part);
+            }
+        }
+        leads
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        block.iter().enumerate().fold(0u64, |mask, (p, &b)| mask | u64::from(b >= 0xC0) << p)
+    }
 }
 
 /// The words of `text`, collected (convenient in tests and small apps).
@@ -309,6 +421,35 @@ mod tests {
             let mut text = vec![b'a'; 70];
             text[10] = b;
             assert_eq!(collected(&text), words_by_chunks(&text), "byte {b:#x}");
+        }
+    }
+
+    #[test]
+    fn characters_of_every_width_at_every_offset_around_a_block_edge() {
+        let pieces: [&[u8]; 9] = [
+            "é".as_bytes(), "東".as_bytes(), "𝔘".as_bytes(), "Ⅻ".as_bytes(), "😀".as_bytes(),
+            b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x80", b"\xc3\xc3\xa9",
+        ];
+        for piece in pieces {
+            for before in 50..70 {
+                for filler in [b'a', b' ', 0xa9] {
+                    let mut text = vec![filler; before];
+                    text.extend_from_slice(piece);
+                    text.extend_from_slice(b"bc d");
+                    text.extend_from_slice(piece);
+                    text.resize(140, b'z');
+                    assert_eq!(collected(&text), words_by_chunks(&text), "text {:?}", String::from_utf8_lossy(&text));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_letter_table_agrees_with_the_categories() {
+        for cp in 0..TABLE_END + 0x1000 {
+            if let Some(c) = char::from_u32(cp) {
+                assert_eq!(is_letter_code_point(&LETTER_BITS, cp), is_letter(c), "U+{cp:04X}");
+            }
         }
     }
 
