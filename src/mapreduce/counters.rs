@@ -2,130 +2,19 @@
 //!
 //! Every task attempt counts for itself into a [`Counters`]: the worker
 //! fills in the built-in ones as it runs the data path, and the app adds its
-//! own with [`increment`] from `map`, `reduce` or `combine`. The worker sends
-//! an attempt's counters with its completion report, and the coordinator
+//! own with [`increment`] from `map`, `reduce` or `combine` (see
+//! [`mapreduce_app::counters`], re-exported here). The worker sends an
+//! attempt's counters with its completion report, and the coordinator
 //! keeps only those of each task's *winning* attempt ([`crate::status`]):
 //! failed, timed-out and duplicate attempts add nothing, and a map that is
 //! re-run because its output was lost replaces its earlier counts, so the
 //! job's totals are exact.
-//!
-//! [`increment`] works through the plugin boundary: while the host is inside
-//! a call into the plugin, the plugin side remembers the call's
-//! [`HostCalls`](crate::abi::HostCalls) in a thread-local, and `increment`
-//! hands the name and amount to the host's `add_counter` callback. Outside
-//! such a call (an app's own unit test calling `map` directly) it does
-//! nothing, unless the caller wraps the code in [`collect`].
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::ffi::c_void;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{HostCalls, RawBytes};
-
-/// Adds `delta` to the app's counter `name` for the task being run.
-///
-/// Cheap (a thread-local read and a call into the host), but not free: in a
-/// hot loop, count locally and add the total once per `map` call.
-///
-/// ```
-/// # use mapreduce::{counters, text, MapInput};
-/// # fn map(input: &MapInput<'_>) {
-/// let mut words = 0;
-/// text::for_each_word(input.contents, |_| words += 1);
-/// counters::increment("words", words);
-/// # }
-/// ```
-pub fn increment(name: &str, delta: u64) {
-    let host = CURRENT_HOST.with(Cell::get);
-    if !host.is_null() {
-        // SAFETY: `CURRENT_HOST` is set only for the duration of a host call
-        // on this thread (see `HostCallScope`), so the pointer is live.
-        unsafe { ((*host).add_counter)((*host).ctx, RawBytes::new(name.as_bytes()), delta) }
-    }
-}
-
-/// Runs `f` with [`increment`] recording into a map that is returned with
-/// `f`'s result: for testing an app's counters without a worker.
-pub fn collect<R>(f: impl FnOnce() -> R) -> (R, BTreeMap<String, u64>) {
-    let counters = UserCounters::default();
-    let host = crate::abi::counting_host_calls(&counters);
-    let result = {
-        let _scope = HostCallScope::enter(&host);
-        f()
-    };
-    (result, counters.take())
-}
-
-thread_local! {
-    /// The host calls of the plugin call running on this thread, or null.
-    static CURRENT_HOST: Cell<*const HostCalls> = const { Cell::new(std::ptr::null()) };
-}
-
-/// Makes `host` the target of [`increment`] on this thread until dropped
-/// (restoring the previous one, so nested calls work).
-pub(crate) struct HostCallScope {
-    previous: *const HostCalls,
-}
-
-impl HostCallScope {
-    pub(crate) fn enter(host: &HostCalls) -> HostCallScope {
-        HostCallScope { previous: CURRENT_HOST.with(|c| c.replace(host as *const HostCalls)) }
-    }
-}
-
-impl Drop for HostCallScope {
-    fn drop(&mut self) {
-        CURRENT_HOST.with(|c| c.set(self.previous));
-    }
-}
-
-/// The app's counters of one attempt, on the host side. Shared by the map
-/// call and the combiner calls of the shuffle, hence the lock (never
-/// contended: one attempt runs on one thread).
-#[derive(Debug, Default)]
-pub struct UserCounters {
-    counts: Mutex<BTreeMap<String, u64>>,
-    /// Ticked by every update: an app that counts shows it is alive.
-    progress: Option<crate::task::TaskProgress>,
-}
-
-impl UserCounters {
-    /// Counters whose every update is also a tick of `progress`.
-    pub fn reporting_to(progress: crate::task::TaskProgress) -> UserCounters {
-        UserCounters { counts: Mutex::default(), progress: Some(progress) }
-    }
-
-    /// Adds `delta` to `name`.
-    pub fn add(&self, name: &str, delta: u64) {
-        if let Some(progress) = &self.progress {
-            progress.tick();
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        match counts.get_mut(name) {
-            Some(count) => *count = count.saturating_add(delta),
-            None => {
-                counts.insert(name.to_owned(), delta);
-            }
-        }
-    }
-
-    /// The counts so far, leaving none.
-    pub fn take(&self) -> BTreeMap<String, u64> {
-        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-/// The host's `add_counter` callback when `ctx` points at a [`UserCounters`].
-///
-/// # Safety
-/// `ctx` must point at a live `UserCounters`.
-pub(crate) unsafe extern "C" fn add_to_user_counters(ctx: *mut c_void, name: RawBytes, delta: u64) {
-    let counters = &*(ctx as *const UserCounters);
-    counters.add(&String::from_utf8_lossy(name.as_slice()), delta);
-}
+pub use mapreduce_app::counters::*;
 
 /// The counters of one attempt, or the sum over a job's winning attempts.
 ///
@@ -253,19 +142,6 @@ mod tests {
         sum.add(&ones);
         sum.add(&ones);
         assert!(sum.builtin().iter().all(|&(_, v)| v == 2), "{sum:?}");
-    }
-
-    #[test]
-    fn increment_records_only_inside_a_host_call() {
-        increment("outside", 1);
-        let ((), counts) = collect(|| {
-            increment("words", 3);
-            increment("words", 4);
-            let ((), inner) = collect(|| increment("nested", 1));
-            assert_eq!(inner, BTreeMap::from([("nested".into(), 1)]));
-            increment("lines", 1);
-        });
-        assert_eq!(counts, BTreeMap::from([("lines".into(), 1), ("words".into(), 7)]));
     }
 
     #[test]

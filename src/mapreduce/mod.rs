@@ -1,20 +1,20 @@
 //! A MapReduce framework: a coordinator that hands out map and reduce tasks
 //! over RPC, workers that run app plugins, and a streaming shuffle.
 //!
-//! App authors need only [`App`], [`export_app!`] and, for text, [`text`];
-//! the rest is the framework the binaries in `src/bin/` are wired from.
+//! App authors need only the app crate, `mapreduce-app`
+//! ([`mapreduce_app`], re-exported here): [`App`], [`export_app!`] and, for
+//! text, [`text`]; the rest is the framework the binaries in `src/bin/` are
+//! wired from.
 //!
 //! # Layout
 //!
 //! | concept | module |
 //! |---|---|
-//! | the app API an author implements | [`app`] |
+//! | the app API an author implements (from `mapreduce-app`) | [`app`] |
 //! | counters: built-in and the app's own | [`counters`] |
-//! | the table behind `Emitter::count` | `count_table` |
-//! | prefetch hints for hot loops | `cpu` |
-//! | the versioned C ABI between worker and plugin | [`abi`] |
+//! | the versioned C ABI between worker and plugin (from `mapreduce-app`) | [`abi`] |
 //! | loading a plugin and calling it safely | [`plugin`] |
-//! | word splitting with the lab's semantics | [`text`] |
+//! | word splitting with the lab's semantics (from `mapreduce-app`) | [`text`] |
 //! | input arguments → input files | [`inputs`] |
 //! | input files → map tasks (splits), and reading one | [`split`] |
 //! | input files mapped into memory, safe if one shrinks | [`mapped_input`] |
@@ -31,11 +31,10 @@
 //! | the end-of-job summary | [`summary`] |
 //! | the worker process's loop | [`worker`] |
 //! | running one map or reduce attempt | [`task`] |
-//! | partitioning keys among reduces | [`partition`] |
+//! | partitioning keys among reduces (from `mapreduce-app`) | [`partition`] |
 //! | map output: buffer, sorted runs, where they live | [`shuffle`] |
 //! | sorting the map buffer by key prefix (LSD radix) | `radix_sort` |
 //! | the intermediate (run) file format | [`runfile`] |
-//! | appending short keys and values without a libc call | `small_copy` |
 //! | reduce input: k-way merge of runs | [`merge`] |
 //! | merges of many runs in passes, a bounded number open at once | [`fan_in`] |
 //! | finding and skipping records that crash the app | [`skipping`] |
@@ -47,14 +46,12 @@
 
 #![warn(missing_docs)]
 
-pub mod abi;
-pub mod app;
+pub use mapreduce_app::{abi, app, export_app, partition, text};
+pub(crate) use mapreduce_app::{cpu, small_copy};
 pub mod backup;
 pub mod cli;
 pub mod coordinator;
-mod count_table;
 pub mod counters;
-mod cpu;
 pub mod errors;
 pub mod fan_in;
 pub mod http;
@@ -66,7 +63,6 @@ pub mod mapped_input;
 pub mod merge;
 pub mod metrics;
 pub mod output;
-pub mod partition;
 pub mod plugin;
 pub mod progress;
 mod radix_sort;
@@ -74,7 +70,6 @@ pub mod rpc;
 pub mod runfile;
 pub mod scheduler;
 pub mod sequential;
-mod small_copy;
 pub mod shuffle;
 pub mod skipping;
 pub mod split;
@@ -83,7 +78,6 @@ pub mod summary;
 pub mod task;
 #[cfg(test)]
 mod test_rng;
-pub mod text;
 pub mod worker;
 
 pub use app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values, VecValues};

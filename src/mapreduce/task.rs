@@ -93,6 +93,12 @@ impl TaskProgress {
     pub fn units(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// The count itself, for the app's counters to tick (from this
+    /// attempt's thread only).
+    pub fn shared(&self) -> Arc<AtomicU64> {
+        self.0.clone()
+    }
 }
 
 thread_local! {
@@ -166,7 +172,7 @@ impl TaskRunner {
             attempt: task.attempt,
             compression: self.compression,
         };
-        let user_counters = UserCounters::reporting_to(progress.clone());
+        let user_counters = UserCounters::reporting_to(progress.shared());
         let app_combiner = AppCombiner { plugin, counters: &user_counters };
         let combiner = (self.combine && capabilities.combiner).then_some(&app_combiner as &dyn Combiner);
         let mut output = MapOutputWriter::new(config, combiner);
@@ -235,7 +241,7 @@ impl TaskRunner {
         let path = &task.staged_output;
         let output_err = |source| TaskError::Output { path: path.clone(), source };
         let mut output = AtomicFile::create(path).map_err(output_err)?;
-        let user_counters = UserCounters::reporting_to(progress.clone());
+        let user_counters = UserCounters::reporting_to(progress.shared());
         let (mut key, mut value) = (Vec::new(), Vec::new());
         let mut cursor = task.skip.as_ref().map(open_cursor).transpose()?;
         let mut key_number = 0u64;

@@ -3,7 +3,7 @@
 /// Asks the CPU to start loading the cache line holding `value`, so that a
 /// later read of it does not wait on memory. A hint: it never faults.
 #[inline(always)]
-pub(crate) fn prefetch<T: ?Sized>(value: &T) {
+pub fn prefetch<T: ?Sized>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint; any address is allowed.
     unsafe {

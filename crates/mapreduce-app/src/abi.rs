@@ -6,7 +6,7 @@
 //! two symbols:
 //!
 //! - [`VERSION_SYMBOL`]: `extern "C" fn() -> u32`, the ABI version it speaks.
-//!   The loader ([`crate::plugin`]) reads it first and refuses any version but
+//!   The loader (the host's `plugin` module) reads it first and refuses any version but
 //!   [`ABI_VERSION`], before touching anything else.
 //! - [`VTABLE_SYMBOL`]: `extern "C" fn() -> *const PluginVTable`.
 //!

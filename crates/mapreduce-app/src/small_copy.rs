@@ -12,7 +12,7 @@
 /// Up to 8 bytes as a zero-padded little-endian integer, with loads only
 /// (copying into a stack buffer first stalls the CPU on every call).
 #[inline]
-pub(crate) fn load_partial(b: &[u8]) -> u64 {
+pub fn load_partial(b: &[u8]) -> u64 {
     let n = b.len();
     let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as u64;
     match n {

@@ -7,6 +7,7 @@
 //! inputs need not be UTF-8; [`crate::text`] has helpers for text apps.
 //!
 //! ```
+//! # use mapreduce_app as mapreduce; // apps name this crate `mapreduce`
 //! use mapreduce::{App, AppResult, Emitter, MapInput, Values};
 //!
 //! #[derive(Default)]
@@ -106,7 +107,8 @@ pub enum OutputFormat {
 
 /// Parameters of a job, from `mr-master --param KEY=VALUE`, so that a job
 /// is configured in one place and every worker's app sees the same values.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Params {
     pairs: std::collections::BTreeMap<String, String>,
 }
