@@ -99,7 +99,7 @@ MAPS=56  # at least this many map tasks: 8 files of 8 splits (a file's last may 
 reference() { # app file
   local dir="$WORK/ref-$1"
   mkdir -p "$dir"
-  (cd "$dir" && "$BIN/mr-sequential" "$1" "${INPUTS[@]}" 2> seq.log)
+  (cd "$dir" && "$BIN/mr-sequential" -q "$1" "${INPUTS[@]}" 2> seq.log)
   case "$1" in
     wordcount) LC_ALL=C sort "$dir/mr-out-0" > "$2" ;;
     *) mv "$dir/mr-out-0" "$2" ;;

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Follows the README's "Writing your own app" steps literally: creates a new
-# crate beside a copy of this repository, pastes in the README's src/lib.rs,
-# builds it from scratch (its own target directory: the app crate and its
-# two dependencies, as a new user's first build), runs it under mr-worker,
-# and checks the output against `wc -l`. Prints the build's wall time and
-# the plugin's size. Keeps the README's instructions true.
+# crate beside a copy of this repository, pastes in the README's src/lib.rs
+# and its unit test, builds it from scratch (its own target directory: the
+# app crate and its three dependencies, as a new user's first build), runs
+# it under mr-worker and checks the output against `wc -l`, and runs its
+# test. Prints the build's wall time and the plugin's size. Keeps the
+# README's instructions true.
 #
 # usage: scripts/check-custom-app.sh     (after `cargo build --release`)
 # Prints "1 passed, 0 failed" or "0 passed, 1 failed".
@@ -36,6 +37,16 @@ if not m:
 lines = [l[3:] if l.startswith("   ") else l for l in m.group(1).splitlines()]
 open(sys.argv[2], "w", encoding="utf-8").write("\n".join(lines) + "\n")
 PY
+# Step 5's test, appended verbatim.
+python3 - "$ROOT/README.md" src/lib.rs <<'PY'
+import re, sys
+readme = open(sys.argv[1], encoding="utf-8").read()
+m = re.search(r"5\. Test it.*?```rust\n(.*?)```", readme, re.S)
+if not m:
+    sys.exit("README has no step-5 rust snippet")
+lines = [l[3:] if l.startswith("   ") else l for l in m.group(1).splitlines()]
+open(sys.argv[2], "a", encoding="utf-8").write("\n" + "\n".join(lines) + "\n")
+PY
 # Step 4, from scratch (the registry is warm: the dependencies are
 # downloaded, not built).
 export CARGO_TARGET_DIR="$WORK/target"
@@ -43,6 +54,8 @@ started=$(date +%s.%N)
 cargo build --release --quiet 2>&1 || fail "the README's app does not build"
 PLUGIN="$CARGO_TARGET_DIR/release/liblinecount.so"
 echo "custom app: built from scratch in $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s; plugin $(( $(stat -c %s "$PLUGIN") / 1024 )) KiB"
+# Step 5.
+cargo test --release --quiet > "$WORK/test.log" 2>&1 || { cat "$WORK/test.log"; fail "the README's unit test fails"; }
 cd "$ROOT"
 "$ROOT/scripts/run-job.sh" --workers 2 --output-dir "$WORK/out" "$PLUGIN" inputs/ > "$WORK/job.log" 2>&1 \
   || { cat "$WORK/job.log"; fail "the job with the README's app failed"; }

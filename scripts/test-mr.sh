@@ -92,7 +92,7 @@ run_job() { # app workers
 
 # The reference output of an app, sorted, in $1.
 reference() { # app out
-  (mkdir -p ref && cd ref && $T "$BIN/mr-sequential" "$1" "${INPUTS[@]}" 2> seq.log && LC_ALL=C sort mr-out-0 > "../$2" && rm mr-out-0)
+  (mkdir -p ref && cd ref && $T "$BIN/mr-sequential" -q "$1" "${INPUTS[@]}" 2> seq.log && LC_ALL=C sort mr-out-0 > "../$2" && rm mr-out-0)
 }
 
 # Checks that every output file is key-sorted, that the job marked them

@@ -447,3 +447,38 @@ fn sort_output_files_in_order_are_the_sorted_input_lines() {
         }
     }
 }
+
+#[test]
+fn mr_sequential_prints_the_same_counters_as_the_job() {
+    let dir = TestDir::new("sequential-counters");
+    let inputs = awkward_inputs(&dir);
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    // Without the combiner, reduces see the values map emitted, as in the
+    // reference run.
+    run_job_to_completion(&dir, "wordcount", 2, 3, &["--summary-json", "job.json", "--no-combine"], &inputs);
+    let mut cmd = std::process::Command::new(sequential_bin());
+    cmd.args(["--output-dir", "seq", "--summary-json", "seq.json", "wordcount"]).args(&inputs);
+    let mut seq = Proc::spawn("sequential", cmd, dir.path());
+    seq.expect_success();
+    let read = |name: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap() };
+    let (job, sequential) = (read("job.json"), read("seq.json"));
+    // Every input is one split, so everything up to the shuffle counts the
+    // same; the reference run has no intermediate files.
+    let mut expected = job["counters"].clone();
+    expected["intermediate_bytes"] = 0.into();
+    expected["reduce_input_bytes"] = 0.into();
+    assert_eq!(sequential["counters"], expected, "{}", seq.describe());
+    assert_eq!((sequential["maps"].as_u64(), sequential["reduces"].as_u64()), (Some(5), Some(1)));
+    assert!(seq.stdout().starts_with("job succeeded in "), "{}", seq.describe());
+    assert!(seq.stdout().contains("words (app)"), "{}", seq.describe());
+}
+
+#[test]
+fn an_app_may_separate_keys_from_values_with_a_tab() {
+    let dir = TestDir::new("tab-output");
+    dir.write("in.txt", "b a b\nc b\n");
+    let expected = reference_output(dir.path(), "slowcount", &["--param", "output=tab", "in.txt"]);
+    assert_eq!(expected, b"a\t1\nb\t3\nc\t1\n");
+    let output = run_job(&dir, "slowcount", 1, 2, &["--param", "output=tab"], &["in.txt"]);
+    assert_eq!(output, expected);
+}

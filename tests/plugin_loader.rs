@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use mapreduce::counters::UserCounters;
 use mapreduce::plugin::{AppFailure, Capabilities, Plugin, PluginError};
-use mapreduce::{JobContext, VecValues};
+use mapreduce::{JobContext, OutputFormat, VecValues};
 
 fn loaded(app: &str) -> Plugin {
     let plugin = Plugin::load(&common::plugin(app)).unwrap();
@@ -19,7 +19,7 @@ fn loaded(app: &str) -> Plugin {
 fn loads_a_plugin_and_calls_it() {
     let plugin = loaded("wordcount");
     assert_eq!(plugin.name(), "WordCount");
-    assert_eq!(plugin.capabilities(), Capabilities { combiner: true, partitioner: false, raw_output: false });
+    assert_eq!(plugin.capabilities(), Capabilities { combiner: true, partitioner: false, output: OutputFormat::KeyValue });
     let mut pairs = Vec::new();
     let counters = UserCounters::default();
     plugin.map("f", b"a b a", 0, &mut |k, v| pairs.push((k.to_vec(), v.to_vec())), &counters).unwrap();

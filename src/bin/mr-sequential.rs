@@ -7,16 +7,27 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use mapreduce::plugin::Plugin;
+use mapreduce::summary::JobSummary;
 use mapreduce::Params;
 
 /// Run an app over the inputs in one process and write `mr-out-0`: the
 /// reference output a MapReduce job must reproduce (sorted, over all keys).
+/// Prints the same summary as `mr-master`, with the counters.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
     /// Directory for `mr-out-0` (created if missing).
     #[arg(long, value_name = "DIR", default_value = ".")]
     output_dir: PathBuf,
+
+    /// Also write the summary, as JSON (the same form as `mr-master`'s),
+    /// to this file.
+    #[arg(long, value_name = "PATH")]
+    summary_json: Option<PathBuf>,
+
+    /// Print no summary.
+    #[arg(short, long)]
+    quiet: bool,
 
     /// A parameter for the app, `KEY=VALUE` (repeatable), as for `mr-master`.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = mapreduce::cli::parse_param)]
@@ -48,6 +59,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
-    mapreduce::sequential::run_sequential(&plugin, &inputs, Params::new(args.params), &args.output_dir)?;
+    let run = mapreduce::sequential::run_sequential(&plugin, &inputs, Params::new(args.params), &args.output_dir)?;
+    let summary = JobSummary::of_sequential(&run, inputs.len());
+    if !args.quiet {
+        print!("{}", summary.render());
+    }
+    if let Some(path) = &args.summary_json {
+        let json = serde_json::to_vec_pretty(&summary).context("encoding the summary")?;
+        mapreduce::output::write_atomically(path, &json).with_context(|| format!("cannot write the summary to {}", path.display()))?;
+    }
     Ok(())
 }

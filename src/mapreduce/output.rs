@@ -9,6 +9,8 @@
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::app::OutputFormat;
+
 /// How the temporary files of [`AtomicFile`] are named, before a random
 /// suffix: hidden, and recognisable as orphans when their writer died.
 pub const TEMP_PREFIX: &str = ".mr-tmp-";
@@ -32,24 +34,30 @@ impl AtomicFile {
 
     /// Writes one output line: `<key> <value>\n`.
     pub fn write_record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.write_line(key, b' ', value)
+    }
+
+    fn write_line(&mut self, key: &[u8], separator: u8, value: &[u8]) -> io::Result<()> {
         self.written.0 += 1;
         self.written.1 += (key.len() + value.len() + 2) as u64;
         self.writer.write_all(key)?;
-        self.writer.write_all(b" ")?;
+        self.writer.write_all(&[separator])?;
         self.writer.write_all(value)?;
         self.writer.write_all(b"\n")
     }
 
-    /// Writes one reduce call's output: the line `<key> <value>\n`, or, for
-    /// an app that writes its own lines ([`crate::OutputFormat::Raw`]), the
-    /// value verbatim.
-    pub fn write_reduce_output(&mut self, raw: bool, key: &[u8], value: &[u8]) -> io::Result<()> {
-        if raw {
-            self.written.0 += crate::counters::count_lines(value);
-            self.written.1 += value.len() as u64;
-            self.writer.write_all(value)
-        } else {
-            self.write_record(key, value)
+    /// Writes one reduce call's output as `format` says: the line
+    /// `<key> <value>\n` or `<key>\t<value>\n`, or the value verbatim for
+    /// an app that writes its own lines.
+    pub fn write_reduce_output(&mut self, format: OutputFormat, key: &[u8], value: &[u8]) -> io::Result<()> {
+        match format {
+            OutputFormat::KeyValue => self.write_line(key, b' ', value),
+            OutputFormat::KeyTabValue => self.write_line(key, b'\t', value),
+            OutputFormat::Raw => {
+                self.written.0 += crate::counters::count_lines(value);
+                self.written.1 += value.len() as u64;
+                self.writer.write_all(value)
+            }
         }
     }
 

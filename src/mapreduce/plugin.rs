@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use libloading::Library;
 
 use crate::abi::{self, HostCalls, PluginVTable, RawBytes, Status};
-use crate::app::{JobContext, ValueSource};
+use crate::app::{JobContext, OutputFormat, ValueSource};
 use crate::counters::UserCounters;
 use crate::partition::Partitions;
 
@@ -76,8 +76,8 @@ pub struct Capabilities {
     pub combiner: bool,
     /// The app partitions keys itself.
     pub partitioner: bool,
-    /// The app writes whole output lines itself ([`crate::OutputFormat::Raw`]).
-    pub raw_output: bool,
+    /// How reduce output becomes output lines.
+    pub output: OutputFormat,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -157,7 +157,13 @@ impl Plugin {
         let caps = Capabilities {
             combiner: bits & abi::CAP_COMBINER != 0,
             partitioner: bits & abi::CAP_PARTITIONER != 0,
-            raw_output: bits & abi::CAP_RAW_OUTPUT != 0,
+            output: if bits & abi::CAP_RAW_OUTPUT != 0 {
+                OutputFormat::Raw
+            } else if bits & abi::CAP_TAB_SEPARATED != 0 {
+                OutputFormat::KeyTabValue
+            } else {
+                OutputFormat::KeyValue
+            },
         };
         Ok(*self.capabilities.get_or_init(|| caps))
     }

@@ -7,9 +7,10 @@
 //! ([`crate::output`]) with the framework.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::app::{Params, VecValues};
-use crate::counters::UserCounters;
+use crate::counters::{count_lines, Counters, UserCounters};
 use crate::output::{output_file_name, AtomicFile};
 use crate::plugin::{AppFailure, Plugin};
 use crate::rpc::{app_context, InputFile};
@@ -29,20 +30,38 @@ pub enum SequentialError {
     Output { path: PathBuf, source: std::io::Error },
 }
 
+/// What a reference run did.
+#[derive(Debug, Clone)]
+pub struct SequentialRun {
+    /// The output file, `mr-out-0`.
+    pub output: PathBuf,
+    /// Seconds spent mapping every input.
+    pub map_secs: f64,
+    /// Seconds spent sorting, reducing and writing the output.
+    pub reduce_secs: f64,
+    /// The built-in counters and the app's, as a job counts them; with no
+    /// shuffle, the intermediate and reduce-input bytes are 0, and map
+    /// output is counted per whole file rather than per split.
+    pub counters: Counters,
+}
+
 /// Runs the app over `inputs` with `params` and writes `mr-out-0` into
 /// `output_dir`. The app is made for a job with one reduce partition; its
 /// combiner and partitioner are not used.
-pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, output_dir: &Path) -> Result<PathBuf, SequentialError> {
+pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, output_dir: &Path) -> Result<SequentialRun, SequentialError> {
+    let started = Instant::now();
     let capabilities = plugin
         .init(&app_context(params, inputs, 1)).map_err(|failure| SequentialError::App { what: "the app's constructor".to_string(), failure })?;
-    // The app's counters are not reported by the reference run.
     let counters = UserCounters::default();
+    let mut totals = Counters::default();
     // Pairs live back to back in one arena; `pairs` holds (offset, key length, value length).
     let mut arena = Vec::new();
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
     for input in inputs {
         let contents = std::fs::read(&input.path)
             .map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
+        totals.map_input_records += count_lines(&contents);
+        totals.map_input_bytes += contents.len() as u64;
         plugin
             .map(
                 &input.name,
@@ -61,6 +80,9 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
     let value = |&(offset, key_len, value_len): &(usize, usize, usize)| {
         arena[offset + key_len..offset + key_len + value_len].to_vec()
     };
+    totals.map_output_records = pairs.len() as u64;
+    totals.map_output_bytes = arena.len() as u64;
+    let mapped = Instant::now();
     pairs.sort_by(|a, b| key(a).cmp(key(b)));
 
     let path = output_dir.join(output_file_name(0));
@@ -75,7 +97,13 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
             what: format!("reduce of key {}", String::from_utf8_lossy(k)),
             failure,
         })?;
-        output.write_reduce_output(capabilities.raw_output, k, &result).map_err(output_err)?;
+        output.write_reduce_output(capabilities.output, k, &result).map_err(output_err)?;
+        totals.reduce_input_groups += 1;
     }
-    output.commit().map_err(output_err)
+    totals.reduce_input_records = pairs.len() as u64;
+    (totals.output_records, totals.output_bytes) = output.lines_and_bytes_written();
+    totals.user = counters.take();
+    let output = output.commit().map_err(output_err)?;
+    let (map_secs, reduce_secs) = ((mapped - started).as_secs_f64(), mapped.elapsed().as_secs_f64());
+    Ok(SequentialRun { output, map_secs, reduce_secs, counters: totals })
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
+use crate::sequential::SequentialRun;
 use crate::status::{task_label, AttemptOutcome, JobState, StatusReport};
 
 /// Re-executed attempts listed one by one in the text summary; the JSON
@@ -95,6 +96,11 @@ pub struct SkippedRecord {
     pub record: String,
 }
 
+/// The output files at `paths`, with their sizes.
+fn output_files(paths: &[PathBuf]) -> Vec<OutputFile> {
+    paths.iter().map(|path| OutputFile { path: path.clone(), bytes: std::fs::metadata(path).map_or(0, |m| m.len()) }).collect()
+}
+
 /// One output file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputFile {
@@ -105,6 +111,26 @@ pub struct OutputFile {
 }
 
 impl JobSummary {
+    /// Summarises a reference run (`mr-sequential`) over `inputs` files as
+    /// a job of one map task per input and one reduce, each run once.
+    pub fn of_sequential(run: &SequentialRun, inputs: usize) -> JobSummary {
+        let tasks = inputs + 1;
+        JobSummary {
+            state: JobState::Succeeded,
+            error: None,
+            elapsed_secs: run.map_secs + run.reduce_secs,
+            map_phase_secs: Some(run.map_secs),
+            reduce_phase_secs: Some(run.reduce_secs),
+            maps: inputs,
+            reduces: 1,
+            attempts: AttemptCounts { total: tasks, succeeded: tasks, ..AttemptCounts::default() },
+            unsuccessful_attempts: Vec::new(),
+            skipped_records: Vec::new(),
+            counters: run.counters.clone(),
+            outputs: output_files(std::slice::from_ref(&run.output)),
+        }
+    }
+
     /// Summarises the final `report` of a job whose output files are `outputs`.
     pub fn new(report: &StatusReport, outputs: &[PathBuf]) -> JobSummary {
         let mut attempts = AttemptCounts::default();
@@ -144,10 +170,7 @@ impl JobSummary {
             .iter()
             .flat_map(|t| t.skipped_records.iter().map(|record| SkippedRecord { task: task_label(t.kind, t.id), record: record.clone() }))
             .collect();
-        let outputs = outputs
-            .iter()
-            .map(|path| OutputFile { path: path.clone(), bytes: std::fs::metadata(path).map_or(0, |m| m.len()) })
-            .collect();
+        let outputs = output_files(outputs);
         JobSummary {
             state: report.job.state,
             error: report.job.error.clone(),

@@ -271,7 +271,7 @@ impl TaskRunner {
             // The cursor keeps showing a key whose reduce failed: it is blamed.
             result?;
             cursor.as_mut().map(RecordCursor::leave);
-            output.write_reduce_output(capabilities.raw_output, &key, &value).map_err(output_err)?;
+            output.write_reduce_output(capabilities.output, &key, &value).map_err(output_err)?;
         }
         counters.reduce_input_records = merger.records_read();
         (counters.output_records, counters.output_bytes) = output.lines_and_bytes_written();

@@ -40,6 +40,9 @@ pub const CAP_COMBINER: u32 = 1;
 pub const CAP_PARTITIONER: u32 = 2;
 /// Capability bit: the app writes its output lines itself ([`OutputFormat::Raw`]).
 pub const CAP_RAW_OUTPUT: u32 = 4;
+/// Capability bit: output lines are `<key>\t<value>` ([`OutputFormat::KeyTabValue`]).
+/// A worker that does not know this bit writes `<key> <value>`.
+pub const CAP_TAB_SEPARATED: u32 = 8;
 
 /// What `partition` returns when the app's partitioner panicked.
 pub const PARTITION_FAILED: u32 = u32::MAX;
@@ -221,9 +224,11 @@ pub unsafe fn plugin_init<A: App>(
         if app.has_partitioner() {
             caps |= CAP_PARTITIONER;
         }
-        if app.output_format() == OutputFormat::Raw {
-            caps |= CAP_RAW_OUTPUT;
-        }
+        caps |= match app.output_format() {
+            OutputFormat::KeyValue => 0,
+            OutputFormat::KeyTabValue => CAP_TAB_SEPARATED,
+            OutputFormat::Raw => CAP_RAW_OUTPUT,
+        };
         *capabilities = caps;
         Ok(())
     })

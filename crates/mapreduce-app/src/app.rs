@@ -95,10 +95,14 @@ pub trait App: Send + Sync + 'static {
 }
 
 /// How the framework writes each reduce call's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OutputFormat {
     /// One line per key: `<key> <value>\n` (the MIT lab's format).
+    #[default]
     KeyValue,
+    /// One line per key: `<key>\t<value>\n` (Hadoop's text output), for
+    /// keys that may contain spaces.
+    KeyTabValue,
     /// The reduce output verbatim: the app writes whole lines itself (zero
     /// or more per key), e.g. a sort writing each input line once per
     /// occurrence.

@@ -6,12 +6,13 @@
 //! `--param tick_ms=N`, the delay is slept in steps of N ms, each followed by
 //! an increment of the counter `ticks`: progress the coordinator can see.
 //! With `--param reduce_delay_ms=N`, every reduce call sleeps N ms first
-//! (in ticks too), so that a test can act while reduces run.
+//! (in ticks too), so that a test can act while reduces run. With
+//! `--param output=tab`, output lines are `word<TAB>count`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mapreduce::{counters, App, AppError, AppResult, Emitter, JobContext, MapInput, Values};
+use mapreduce::{counters, App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Values};
 
 /// The slowcount app.
 pub struct SlowCount {
@@ -20,6 +21,7 @@ pub struct SlowCount {
     started_file: Option<PathBuf>,
     /// Sleep in steps this long, counting each (`None`: in one go).
     tick: Option<Duration>,
+    output: OutputFormat,
 }
 
 fn millis(job: &JobContext, name: &str) -> Result<Option<Duration>, AppError> {
@@ -37,6 +39,11 @@ impl SlowCount {
             reduce_delay: millis(job, "reduce_delay_ms")?.unwrap_or_default(),
             started_file: job.params.get("started_file").map(PathBuf::from),
             tick: millis(job, "tick_ms")?.filter(|t| !t.is_zero()),
+            output: match job.params.get("output") {
+                None => OutputFormat::KeyValue,
+                Some("tab") => OutputFormat::KeyTabValue,
+                Some(other) => return Err(format!("output={other:?}: only 'tab' is known").into()),
+            },
         })
     }
 
@@ -61,6 +68,10 @@ impl App for SlowCount {
         let words = emit.count_words(input.contents);
         counters::increment("words", words);
         Ok(())
+    }
+
+    fn output_format(&self) -> OutputFormat {
+        self.output
     }
 
     fn reduce(&self, _key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
