@@ -27,26 +27,21 @@ dependency=$(sed -n 's/^   \(mapreduce = .*\)$/\1/p' "$ROOT/README.md" | head -1
 printf '\n[lib]\ncrate-type = ["cdylib"]\n' >> Cargo.toml
 sed -i "s|^\[dependencies\]\$|[dependencies]\n$dependency|" Cargo.toml
 grep -q '^mapreduce = ' Cargo.toml || fail "could not add the dependency to Cargo.toml"
-# Step 3: the README's code, verbatim.
-python3 - "$ROOT/README.md" src/lib.rs <<'PY'
+# The rust snippet of README step N (its heading starts with HEADING),
+# unindented: readme_rust N HEADING
+readme_rust() {
+  python3 - "$ROOT/README.md" "$1" "$2" <<'PY'
 import re, sys
-readme = open(sys.argv[1], encoding="utf-8").read()
-m = re.search(r"3\. Write `src/lib.rs`.*?```rust\n(.*?)```", readme, re.S)
+readme, step, heading = open(sys.argv[1], encoding="utf-8").read(), sys.argv[2], sys.argv[3]
+m = re.search(re.escape(f"{step}. {heading}") + r".*?```rust\n(.*?)```", readme, re.S)
 if not m:
-    sys.exit("README has no step-3 rust snippet")
-lines = [l[3:] if l.startswith("   ") else l for l in m.group(1).splitlines()]
-open(sys.argv[2], "w", encoding="utf-8").write("\n".join(lines) + "\n")
+    sys.exit(f"README has no step-{step} rust snippet")
+print("\n".join(l[3:] if l.startswith("   ") else l for l in m.group(1).splitlines()))
 PY
-# Step 5's test, appended verbatim.
-python3 - "$ROOT/README.md" src/lib.rs <<'PY'
-import re, sys
-readme = open(sys.argv[1], encoding="utf-8").read()
-m = re.search(r"5\. Test it.*?```rust\n(.*?)```", readme, re.S)
-if not m:
-    sys.exit("README has no step-5 rust snippet")
-lines = [l[3:] if l.startswith("   ") else l for l in m.group(1).splitlines()]
-open(sys.argv[2], "a", encoding="utf-8").write("\n" + "\n".join(lines) + "\n")
-PY
+}
+# Step 3: the README's code, verbatim; step 5's test after it.
+readme_rust 3 'Write `src/lib.rs`' > src/lib.rs || fail "README has no step-3 code"
+{ echo; readme_rust 5 'Test it'; } >> src/lib.rs || fail "README has no step-5 test"
 # Step 4, from scratch (the registry is warm: the dependencies are
 # downloaded, not built).
 export CARGO_TARGET_DIR="$WORK/target"
