@@ -20,13 +20,13 @@
 //!
 //! Bump [`ABI_VERSION`] whenever any type or signature here changes.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::counters::{HostCallScope, UserCounters};
 use crate::app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values};
 
 /// The ABI version this build of the framework speaks.
@@ -322,21 +322,39 @@ fn call_app(host: &HostCalls, f: impl FnOnce() -> AppResult) -> Status {
     status
 }
 
-/// Host calls that only count: `add_counter` adds to `counters`, every
-/// other callback does nothing. For [`crate::counters::collect`].
-pub(crate) fn counting_host_calls(counters: &UserCounters) -> HostCalls {
-    unsafe extern "C" fn ignore_pair(_: *mut c_void, _: RawBytes, _: RawBytes) {}
-    unsafe extern "C" fn no_value(_: *mut c_void, _: *mut RawBytes) -> bool {
-        false
+thread_local! {
+    /// The host calls of the plugin call running on this thread, or null.
+    static CURRENT_HOST: Cell<*const HostCalls> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Makes `host` the host calls of this thread's plugin call (the target of
+/// [`crate::counters::increment`]) until dropped
+/// (restoring the previous one, so nested calls work).
+pub(crate) struct HostCallScope {
+    previous: *const HostCalls,
+}
+
+impl HostCallScope {
+    /// Makes `host` the target until the scope is dropped.
+    pub(crate) fn enter(host: &HostCalls) -> HostCallScope {
+        HostCallScope { previous: CURRENT_HOST.with(|c| c.replace(host as *const HostCalls)) }
     }
-    unsafe extern "C" fn ignore_bytes(_: *mut c_void, _: RawBytes) {}
-    HostCalls {
-        ctx: counters as *const UserCounters as *mut c_void,
-        emit: ignore_pair,
-        next_value: no_value,
-        write_output: ignore_bytes,
-        fail: ignore_bytes,
-        add_counter: crate::counters::add_to_user_counters,
+}
+
+impl Drop for HostCallScope {
+    fn drop(&mut self) {
+        CURRENT_HOST.with(|c| c.set(self.previous));
+    }
+}
+
+/// Calls `f` with the host calls of the plugin call running on this
+/// thread, if there is one.
+pub(crate) fn with_current_host(f: impl FnOnce(&HostCalls)) {
+    let host = CURRENT_HOST.with(Cell::get);
+    // SAFETY: `CURRENT_HOST` is set only for the duration of a host call on
+    // this thread (see `HostCallScope`), so the pointer is live during `f`.
+    if let Some(host) = unsafe { host.as_ref() } {
+        f(host);
     }
 }
 

@@ -9,13 +9,12 @@
 //! nothing, unless the caller wraps the code in [`collect`]. The host keeps
 //! an attempt's counts in a [`UserCounters`].
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::abi::{HostCalls, RawBytes};
+use crate::abi::{with_current_host, HostCallScope, HostCalls, RawBytes};
 
 /// Adds `delta` to the app's counter `name` for the task being run.
 ///
@@ -31,19 +30,15 @@ use crate::abi::{HostCalls, RawBytes};
 /// # }
 /// ```
 pub fn increment(name: &str, delta: u64) {
-    let host = CURRENT_HOST.with(Cell::get);
-    if !host.is_null() {
-        // SAFETY: `CURRENT_HOST` is set only for the duration of a host call
-        // on this thread (see `HostCallScope`), so the pointer is live.
-        unsafe { ((*host).add_counter)((*host).ctx, RawBytes::new(name.as_bytes()), delta) }
-    }
+    // SAFETY: the host's callback with its own context.
+    with_current_host(|host| unsafe { (host.add_counter)(host.ctx, RawBytes::new(name.as_bytes()), delta) });
 }
 
 /// Runs `f` with [`increment`] recording into a map that is returned with
 /// `f`'s result: for testing an app's counters without a worker.
 pub fn collect<R>(f: impl FnOnce() -> R) -> (R, BTreeMap<String, u64>) {
     let counters = UserCounters::default();
-    let host = crate::abi::counting_host_calls(&counters);
+    let host = counting_host_calls(&counters);
     let result = {
         let _scope = HostCallScope::enter(&host);
         f()
@@ -51,27 +46,21 @@ pub fn collect<R>(f: impl FnOnce() -> R) -> (R, BTreeMap<String, u64>) {
     (result, counters.take())
 }
 
-thread_local! {
-    /// The host calls of the plugin call running on this thread, or null.
-    static CURRENT_HOST: Cell<*const HostCalls> = const { Cell::new(std::ptr::null()) };
-}
-
-/// Makes `host` the target of [`increment`] on this thread until dropped
-/// (restoring the previous one, so nested calls work).
-pub struct HostCallScope {
-    previous: *const HostCalls,
-}
-
-impl HostCallScope {
-    /// Makes `host` the target until the scope is dropped.
-    pub fn enter(host: &HostCalls) -> HostCallScope {
-        HostCallScope { previous: CURRENT_HOST.with(|c| c.replace(host as *const HostCalls)) }
+/// Host calls that only count: `add_counter` adds to `counters`, every
+/// other callback does nothing. For [`collect`].
+fn counting_host_calls(counters: &UserCounters) -> HostCalls {
+    unsafe extern "C" fn ignore_pair(_: *mut c_void, _: RawBytes, _: RawBytes) {}
+    unsafe extern "C" fn no_value(_: *mut c_void, _: *mut RawBytes) -> bool {
+        false
     }
-}
-
-impl Drop for HostCallScope {
-    fn drop(&mut self) {
-        CURRENT_HOST.with(|c| c.set(self.previous));
+    unsafe extern "C" fn ignore_bytes(_: *mut c_void, _: RawBytes) {}
+    HostCalls {
+        ctx: counters as *const UserCounters as *mut c_void,
+        emit: ignore_pair,
+        next_value: no_value,
+        write_output: ignore_bytes,
+        fail: ignore_bytes,
+        add_counter: add_to_user_counters,
     }
 }
 
