@@ -482,3 +482,39 @@ fn an_app_may_separate_keys_from_values_with_a_tab() {
     let output = run_job(&dir, "slowcount", 1, 2, &["--param", "output=tab"], &["in.txt"]);
     assert_eq!(output, expected);
 }
+
+/// The streaming app's parameters for the Python word count in
+/// apps/streaming/examples.
+fn python_word_count_params() -> Vec<String> {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/streaming/examples");
+    let map = format!("map=python3 {}", examples.join("wc_map.py").display());
+    let reduce = format!("reduce=python3 {}", examples.join("wc_reduce.py").display());
+    vec!["--param".into(), map, "--param".into(), reduce]
+}
+
+#[test]
+fn streaming_word_count_in_python_equals_the_rust_word_count() {
+    let dir = TestDir::new("streaming");
+    let inputs = awkward_inputs(&dir);
+    dir.write("data/book.txt", skewed_text(5_000, 7));
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let expected = reference_output(dir.path(), "wordcount", &inputs);
+    let params = python_word_count_params();
+    let mut flags: Vec<&str> = params.iter().map(String::as_str).collect();
+    flags.extend(["--split-size", "4K"]);
+    let output = run_job(&dir, "streaming", 2, 3, &flags, &inputs);
+    assert_same_output(&output, &expected, &dir.listing());
+}
+
+#[test]
+fn a_streaming_command_that_fails_fails_its_task_naming_it() {
+    let dir = TestDir::new("streaming-fails");
+    dir.write("in.txt", "some words\n");
+    let (mut master, addr) = start_master(
+        dir.path(),
+        &["--max-task-attempts", "1", "--param", "map=cat", "--param", "reduce=exit 3", "in.txt"],
+    );
+    let _worker = start_worker("worker", dir.path(), &addr, "streaming");
+    let err = master.expect_failure();
+    assert!(err.contains("\"exit 3\" exited with exit status: 3"), "{}", master.describe());
+}

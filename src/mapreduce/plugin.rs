@@ -218,6 +218,36 @@ impl Plugin {
         call.finish(status)
     }
 
+    /// Tells the app a task attempt starts on this thread (`map`: a map
+    /// task, else a reduce task).
+    pub fn start_task(&self, map: bool, index: u32, counters: &UserCounters) -> Result<(), AppFailure> {
+        let mut call = CallState { counters: Some(counters), ..CallState::new() };
+        let host = call.host_calls();
+        let kind = if map { abi::TASK_MAP } else { abi::TASK_REDUCE };
+        // SAFETY: `host` outlives the call.
+        let status = unsafe { (self.vtable.start_task)(&host, kind, index) };
+        call.finish(status)
+    }
+
+    /// Ends a map task attempt: the app emits what it held back to `emit`.
+    pub fn finish_map(&self, emit: &mut dyn FnMut(&[u8], &[u8]), counters: &UserCounters) -> Result<(), AppFailure> {
+        let mut call = CallState { emit: Some(emit), counters: Some(counters), ..CallState::new() };
+        let host = call.host_calls();
+        // SAFETY: `host` outlives the call.
+        let status = unsafe { (self.vtable.finish_map)(&host) };
+        call.finish(status)
+    }
+
+    /// Ends a reduce task attempt: the app's last output bytes are appended
+    /// to `out`.
+    pub fn finish_reduce(&self, out: &mut Vec<u8>, counters: &UserCounters) -> Result<(), AppFailure> {
+        let mut call = CallState { output: Some(out), counters: Some(counters), ..CallState::new() };
+        let host = call.host_calls();
+        // SAFETY: `host` outlives the call.
+        let status = unsafe { (self.vtable.finish_reduce)(&host) };
+        call.finish(status)
+    }
+
     /// The partition of `key` among `partitions`: the app's own partitioner
     /// if it has one, the framework's hash otherwise.
     pub fn partition(&self, key: &[u8], partitions: &Partitions) -> Result<u32, AppFailure> {

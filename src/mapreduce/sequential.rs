@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::app::{Params, VecValues};
+use crate::app::{OutputFormat, Params, VecValues};
 use crate::counters::{count_lines, Counters, UserCounters};
 use crate::output::{output_file_name, AtomicFile};
 use crate::plugin::{AppFailure, Plugin};
@@ -57,24 +57,20 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
     // Pairs live back to back in one arena; `pairs` holds (offset, key length, value length).
     let mut arena = Vec::new();
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
-    for input in inputs {
+    let mut emit = |key: &[u8], value: &[u8]| {
+        pairs.push((arena.len(), key.len(), value.len()));
+        arena.extend_from_slice(key);
+        arena.extend_from_slice(value);
+    };
+    for (index, input) in inputs.iter().enumerate() {
         let contents = std::fs::read(&input.path)
             .map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
         totals.map_input_records += count_lines(&contents);
         totals.map_input_bytes += contents.len() as u64;
-        plugin
-            .map(
-                &input.name,
-                &contents,
-                0,
-                &mut |key, value| {
-                    pairs.push((arena.len(), key.len(), value.len()));
-                    arena.extend_from_slice(key);
-                    arena.extend_from_slice(value);
-                },
-                &counters,
-            )
-            .map_err(|failure| SequentialError::App { what: format!("map of {}", input.name), failure })?;
+        let app_err = |failure| SequentialError::App { what: format!("map of {}", input.name), failure };
+        plugin.start_task(true, index as u32, &counters).map_err(app_err)?;
+        plugin.map(&input.name, &contents, 0, &mut emit, &counters).map_err(app_err)?;
+        plugin.finish_map(&mut emit, &counters).map_err(app_err)?;
     }
     let key = |&(offset, key_len, _): &(usize, usize, usize)| &arena[offset..offset + key_len];
     let value = |&(offset, key_len, value_len): &(usize, usize, usize)| {
@@ -89,17 +85,19 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
     let output_err = |source| SequentialError::Output { path: path.clone(), source };
     let mut output = AtomicFile::create(&path).map_err(output_err)?;
     let mut result = Vec::new();
+    let reduce_err = |what: String| move |failure| SequentialError::App { what, failure };
+    plugin.start_task(false, 0, &counters).map_err(reduce_err("the reduce task".to_string()))?;
     for group in pairs.chunk_by(|a, b| key(a) == key(b)) {
         let k = key(&group[0]);
         let mut values = VecValues::new(group.iter().map(value));
         result.clear();
-        plugin.reduce(k, &mut values, &mut result, &counters).map_err(|failure| SequentialError::App {
-            what: format!("reduce of key {}", String::from_utf8_lossy(k)),
-            failure,
-        })?;
+        plugin.reduce(k, &mut values, &mut result, &counters).map_err(reduce_err(format!("reduce of key {}", String::from_utf8_lossy(k))))?;
         output.write_reduce_output(capabilities.output, k, &result).map_err(output_err)?;
         totals.reduce_input_groups += 1;
     }
+    result.clear();
+    plugin.finish_reduce(&mut result, &counters).map_err(reduce_err("the end of the reduce task".to_string()))?;
+    output.write_reduce_output(OutputFormat::Raw, &[], &result).map_err(output_err)?;
     totals.reduce_input_records = pairs.len() as u64;
     (totals.output_records, totals.output_bytes) = output.lines_and_bytes_written();
     totals.user = counters.take();

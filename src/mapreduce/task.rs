@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::app::ValueSource;
+use crate::app::{OutputFormat, ValueSource};
 use crate::counters::{Counters, UserCounters};
 use crate::inputs::check_unchanged;
 use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN, SCRATCH_LABEL};
@@ -193,10 +193,12 @@ impl TaskRunner {
                 failure = pushed.err();
             }
         };
+        plugin.start_task(true, task.index, &user_counters)?;
         match &task.skip {
-            None => plugin.map(&split.file.name, contents, offset, emit, &user_counters)?,
-            Some(plan) => counters.skipped_records = map_line_by_line(plugin, &split.file.name, (contents, offset), plan, emit, &user_counters)?,
+            None => plugin.map(&split.file.name, contents, offset, &mut *emit, &user_counters)?,
+            Some(plan) => counters.skipped_records = map_line_by_line(plugin, &split.file.name, (contents, offset), plan, &mut *emit, &user_counters)?,
         }
+        plugin.finish_map(emit, &user_counters)?;
         if mapped.as_ref().is_some_and(MappedSplit::changed) {
             return Err(input_err(io::Error::other("the file shrank while the map read it")));
         }
@@ -245,6 +247,7 @@ impl TaskRunner {
         let (mut key, mut value) = (Vec::new(), Vec::new());
         let mut cursor = task.skip.as_ref().map(open_cursor).transpose()?;
         let mut key_number = 0u64;
+        self.plugin.start_task(false, task.partition, &user_counters)?;
         while let Some(next) = merger.next_key()? {
             progress.tick();
             key_number += 1;
@@ -273,6 +276,9 @@ impl TaskRunner {
             cursor.as_mut().map(RecordCursor::leave);
             output.write_reduce_output(capabilities.output, &key, &value).map_err(output_err)?;
         }
+        value.clear();
+        self.plugin.finish_reduce(&mut value, &user_counters)?;
+        output.write_reduce_output(OutputFormat::Raw, &[], &value).map_err(output_err)?;
         counters.reduce_input_records = merger.records_read();
         (counters.output_records, counters.output_bytes) = output.lines_and_bytes_written();
         output.commit().map_err(output_err)?;

@@ -27,12 +27,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values};
+use crate::app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, TaskInfo, TaskKind, ValueSource, Values};
 
 /// The ABI version this build of the framework speaks.
 /// Version 2 added `init` (job parameters), `combine`, `partition` and the
-/// map input's offset; version 3 added counters (`HostCalls::add_counter`).
-pub const ABI_VERSION: u32 = 3;
+/// map input's offset; version 3 added counters (`HostCalls::add_counter`);
+/// version 4 added the task hooks (`start_task`, `finish_map`, `finish_reduce`).
+pub const ABI_VERSION: u32 = 4;
 
 /// Capability bit: the app has a combiner.
 pub const CAP_COMBINER: u32 = 1;
@@ -131,7 +132,19 @@ pub struct PluginVTable {
     pub combine: unsafe extern "C" fn(host: *const HostCalls, key: RawBytes) -> Status,
     /// Runs `App::partition`; returns [`PARTITION_FAILED`] if it panicked.
     pub partition: unsafe extern "C" fn(key: RawBytes, partitions: u32) -> u32,
+    /// Runs `App::start_task` for a map (`kind` 0) or reduce (`kind` 1)
+    /// task attempt of task `index`.
+    pub start_task: unsafe extern "C" fn(host: *const HostCalls, kind: u32, index: u32) -> Status,
+    /// Runs `App::finish_map`, emitting with `emit`.
+    pub finish_map: unsafe extern "C" fn(host: *const HostCalls) -> Status,
+    /// Runs `App::finish_reduce`, writing with `write_output` (only on success).
+    pub finish_reduce: unsafe extern "C" fn(host: *const HostCalls) -> Status,
 }
+
+/// `kind` of [`PluginVTable::start_task`] for a map task.
+pub const TASK_MAP: u32 = 0;
+/// `kind` of [`PluginVTable::start_task`] for a reduce task.
+pub const TASK_REDUCE: u32 = 1;
 
 /// Exports an app type as a plugin. Use it once, at the root of a `cdylib`
 /// crate:
@@ -174,6 +187,15 @@ macro_rules! export_app {
             unsafe extern "C" fn partition(key: RawBytes, partitions: u32) -> u32 {
                 $crate::abi::plugin_partition(&__MAPREDUCE_APP, key, partitions)
             }
+            unsafe extern "C" fn start_task(host: *const HostCalls, kind: u32, index: u32) -> Status {
+                $crate::abi::plugin_start_task(&__MAPREDUCE_APP, host, kind, index)
+            }
+            unsafe extern "C" fn finish_map(host: *const HostCalls) -> Status {
+                $crate::abi::plugin_finish_map(&__MAPREDUCE_APP, host)
+            }
+            unsafe extern "C" fn finish_reduce(host: *const HostCalls) -> Status {
+                $crate::abi::plugin_finish_reduce(&__MAPREDUCE_APP, host)
+            }
             static NAME: &str = stringify!($app);
             static VTABLE: $crate::abi::PluginVTable = $crate::abi::PluginVTable {
                 abi_version: $crate::abi::ABI_VERSION,
@@ -183,6 +205,9 @@ macro_rules! export_app {
                 reduce,
                 combine,
                 partition,
+                start_task,
+                finish_map,
+                finish_reduce,
             };
             &VTABLE
         }
@@ -282,6 +307,46 @@ pub unsafe fn plugin_reduce<A: App>(cell: &OnceLock<A>, host: *const HostCalls, 
         // The value is copied into host memory: each side frees only what it
         // allocated.
         (host.write_output)(host.ctx, RawBytes::new(&value));
+    }
+    status
+}
+
+/// Plugin side of `start_task`.
+///
+/// # Safety
+/// Called only by the host through the vtable, with a valid `host`.
+#[doc(hidden)]
+pub unsafe fn plugin_start_task<A: App>(cell: &OnceLock<A>, host: *const HostCalls, kind: u32, index: u32) -> Status {
+    let host = &*host;
+    let kind = if kind == TASK_MAP { TaskKind::Map } else { TaskKind::Reduce };
+    let _counters = HostCallScope::enter(host);
+    call_app(host, || initialised(cell)?.start_task(TaskInfo { kind, index }))
+}
+
+/// Plugin side of `finish_map`.
+///
+/// # Safety
+/// Called only by the host through the vtable, with a valid `host`.
+#[doc(hidden)]
+pub unsafe fn plugin_finish_map<A: App>(cell: &OnceLock<A>, host: *const HostCalls) -> Status {
+    let host = &*host;
+    let mut sink = |key: &[u8], value: &[u8]| (host.emit)(host.ctx, RawBytes::new(key), RawBytes::new(value));
+    let _counters = HostCallScope::enter(host);
+    call_app(host, || initialised(cell)?.finish_map(&mut Emitter::new(&mut sink)))
+}
+
+/// Plugin side of `finish_reduce`.
+///
+/// # Safety
+/// Called only by the host through the vtable, with a valid `host`.
+#[doc(hidden)]
+pub unsafe fn plugin_finish_reduce<A: App>(cell: &OnceLock<A>, host: *const HostCalls) -> Status {
+    let host = &*host;
+    let mut out = Vec::new();
+    let _counters = HostCallScope::enter(host);
+    let status = call_app(host, || initialised(cell)?.finish_reduce(&mut out));
+    if status == Status::Ok {
+        (host.write_output)(host.ctx, RawBytes::new(&out));
     }
     status
 }

@@ -92,6 +92,47 @@ pub trait App: Send + Sync + 'static {
     fn output_format(&self) -> OutputFormat {
         OutputFormat::KeyValue
     }
+
+    /// Called on a worker thread before a task attempt's first `map` or
+    /// `reduce` call; every call of the attempt then runs on this thread,
+    /// one at a time, until `finish_map` or `finish_reduce`. An attempt that
+    /// fails ends without its finish call, so per-task state kept in a
+    /// thread-local is reset here.
+    fn start_task(&self, _task: TaskInfo) -> AppResult {
+        Ok(())
+    }
+
+    /// Called after a map task attempt's last `map` call, on the same
+    /// thread: emit what the app held back (an in-map combiner's table, a
+    /// helper process's last output).
+    fn finish_map(&self, _emit: &mut Emitter<'_>) -> AppResult {
+        Ok(())
+    }
+
+    /// Called after a reduce task attempt's last `reduce` call, on the same
+    /// thread: what the app writes to `out` ends the task's output file,
+    /// verbatim whatever the [`OutputFormat`] (so whole lines).
+    fn finish_reduce(&self, _out: &mut Vec<u8>) -> AppResult {
+        Ok(())
+    }
+}
+
+/// Which task attempt [`App::start_task`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// Map or reduce.
+    pub kind: TaskKind,
+    /// The map task's index (its input split), or the reduce partition.
+    pub index: u32,
+}
+
+/// A map task or a reduce task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    /// Reads a split of the input.
+    Map,
+    /// Reduces one partition.
+    Reduce,
 }
 
 /// How the framework writes each reduce call's output.

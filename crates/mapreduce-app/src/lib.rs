@@ -38,4 +38,4 @@ pub mod partition;
 pub mod small_copy;
 pub mod text;
 
-pub use app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values, VecValues};
+pub use app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, TaskInfo, TaskKind, ValueSource, Values, VecValues};
