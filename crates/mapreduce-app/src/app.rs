@@ -204,6 +204,37 @@ pub struct MapInput<'a> {
     pub offset: u64,
 }
 
+impl<'a> MapInput<'a> {
+    /// The records of the input, for apps that map line by line: each line
+    /// without its newline (and without a `\r` before it), with the byte
+    /// offset in the file where it starts, Hadoop's `TextInputFormat` key.
+    /// A last line without a newline is a record too.
+    ///
+    /// ```
+    /// # use mapreduce_app::MapInput;
+    /// let input = MapInput { filename: "f", contents: b"one\r\ntwo\n\nthree", offset: 100 };
+    /// let records: Vec<(u64, &[u8])> = input.lines().collect();
+    /// assert_eq!(records, [(100, &b"one"[..]), (105, b"two"), (109, b""), (110, b"three")]);
+    /// ```
+    pub fn lines(&self) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
+        let (contents, base) = (self.contents, self.offset);
+        let mut start = 0;
+        std::iter::from_fn(move || {
+            if start >= contents.len() {
+                return None;
+            }
+            let rest = &contents[start..];
+            let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => (&rest[..end], start + end + 1),
+                None => (rest, contents.len()),
+            };
+            let record = (base + start as u64, line.strip_suffix(b"\r").unwrap_or(line));
+            start = next;
+            Some(record)
+        })
+    }
+}
+
 /// Receives the pairs a map task emits.
 pub struct Emitter<'a> {
     sink: &'a mut dyn FnMut(&[u8], &[u8]),
