@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Every test of the project, as CI runs it: build, unit and integration
-# tests, the lab's seven end-to-end checks, the README's custom app, and a
-# short chaos run (workers and the master killed mid-job; exact output).
+# tests, no import cycles between modules, the lab's seven end-to-end
+# checks, the README's custom app, and a short chaos run (workers and the
+# master killed mid-job; exact output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
 cargo test --release --workspace
+scripts/check-imports.py
 MR_SKIP_BUILD=1 scripts/test-mr.sh
 scripts/check-custom-app.sh
 MR_SKIP_BUILD=1 scripts/chaos.sh --runs 2 --size 256 --kill-every 0.5 --baseline-runs 1

@@ -54,7 +54,7 @@ use crate::rpc::{
 use crate::runfile::Compression;
 use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
 use crate::status::{JobStatus, StatusReport};
-use crate::shuffle::run_is_present;
+use crate::map_output::run_is_present;
 use crate::split::plan_splits;
 
 /// How long `run` waits, after the job ends and beyond one heartbeat

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
 use crate::rpc::AttemptId;
-use crate::shuffle::MapOutputLocation;
+use crate::map_output::MapOutputLocation;
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use std::cmp::Ordering;
 
 use crate::app::ValueSource;
 use crate::runfile::{RunError, RunReader};
-use crate::shuffle::key_prefix;
+use crate::runfile::key_prefix;
 
 /// A run being merged. Its current record (the reader's) is its head.
 struct Source {

@@ -32,7 +32,8 @@
 //! | the worker process's loop | [`worker`] |
 //! | running one map or reduce attempt | [`task`] |
 //! | partitioning keys among reduces (from `mapreduce-app`) | [`partition`] |
-//! | map output: buffer, sorted runs, where they live | [`shuffle`] |
+//! | map output: buffer, sorted runs | [`shuffle`] |
+//! | where a map's output lives, and reading it back | [`map_output`] |
 //! | sorting the map buffer by key prefix (LSD radix) | `radix_sort` |
 //! | the intermediate (run) file format | [`runfile`] |
 //! | reduce input: k-way merge of runs | [`merge`] |
@@ -59,6 +60,7 @@ pub mod inputs;
 pub mod job_dir;
 pub mod journal;
 pub mod logging;
+pub mod map_output;
 pub mod mapped_input;
 pub mod merge;
 pub mod metrics;

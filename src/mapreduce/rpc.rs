@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
-use crate::shuffle::MapOutputLocation;
+use crate::map_output::MapOutputLocation;
 use crate::skipping::SkipPlan;
 
 /// Identifies a worker process in logs and the task table: `host:pid`.

@@ -31,6 +31,14 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+
+/// A key's first 8 bytes as a big-endian, zero-padded integer: ordering
+/// these orders keys, except that equal prefixes need the bytes compared.
+#[inline]
+pub fn key_prefix(key: &[u8]) -> u64 {
+    crate::small_copy::load_partial(&key[..key.len().min(8)]).swap_bytes()
+}
+
 /// How the blocks of a run are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Compression {

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use crate::backup::BackupPolicy;
 use crate::rpc::{Assignment, AttemptId, AttemptProgress, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
-use crate::shuffle::MapOutputLocation;
+use crate::map_output::MapOutputLocation;
 use crate::skipping::{read_cursor, BadRecord, SkipPlan};
 
 /// Attempt ids a coordinator may issue before they would meet those of the

@@ -23,7 +23,6 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
 
 use crate::app::ValueSource;
 use crate::cpu::prefetch;
@@ -31,44 +30,8 @@ use crate::fan_in::{open_with_bounded_fan_in, Scratch, MERGE_FAN_IN};
 use crate::merge::{MergeError, RunMerger};
 use crate::plugin::AppFailure;
 use crate::rpc::AttemptId;
-use crate::runfile::{decode_record, encode_record, Compression, RunError, RunRange, RunReader, RunWriter};
-
-/// Where one map task's sorted run for one partition can be read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MapOutputLocation {
-    /// A run at `range` of a file on a filesystem shared by every worker.
-    SharedFile {
-        /// The map task's output file.
-        path: PathBuf,
-        /// Where the partition's run lies in it.
-        range: RunRange,
-    },
-}
-
-/// Opens the run at `location` for reading.
-pub fn open_run(location: &MapOutputLocation) -> Result<RunReader, RunError> {
-    match location {
-        MapOutputLocation::SharedFile { path, range } => RunReader::open_range(path, *range),
-    }
-}
-
-/// Whether the run at `location` is still there, whole as far as its size
-/// tells (a restarted coordinator checks the runs its journal names).
-pub fn run_is_present(location: &MapOutputLocation) -> bool {
-    match location {
-        MapOutputLocation::SharedFile { path, range } => {
-            std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() >= range.offset.saturating_add(range.len))
-        }
-    }
-}
-
-/// The stored size of the run at `location`, in bytes (as counted in
-/// [`crate::counters::Counters::intermediate_bytes`]).
-pub fn stored_size(location: &MapOutputLocation) -> u64 {
-    match location {
-        MapOutputLocation::SharedFile { range, .. } => range.len,
-    }
-}
+use crate::map_output::MapOutputLocation;
+use crate::runfile::{decode_record, encode_record, key_prefix, Compression, RunError, RunRange, RunReader, RunWriter};
 
 /// The file name of map task `map`, attempt `attempt`'s output: its runs,
 /// one per non-empty partition. The attempt is part of the name, so two
@@ -122,13 +85,6 @@ struct Entry {
     prefix: u64,
     /// Where the record, encoded as in a run ([`encode_record`]), starts.
     offset: usize,
-}
-
-/// A key's first 8 bytes as a big-endian, zero-padded integer: ordering
-/// these orders keys, except that equal prefixes need the bytes compared.
-#[inline]
-pub fn key_prefix(key: &[u8]) -> u64 {
-    crate::small_copy::load_partial(&key[..key.len().min(8)]).swap_bytes()
 }
 
 /// Sorts one partition's entries by key, keeping the emission order of
@@ -418,6 +374,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::map_output::open_run;
     use crate::partition::partition_of;
 
     /// Sums decimal values, like word count's combiner.

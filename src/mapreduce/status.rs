@@ -682,7 +682,7 @@ mod tests {
     use super::*;
     use crate::rpc::{Assignment, InputSplit};
     use crate::scheduler::SchedulerConfig;
-    use crate::shuffle::MapOutputLocation;
+    use crate::map_output::MapOutputLocation;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -22,7 +22,8 @@ use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::{Compression, RunError};
 use crate::split::{map_split, read_split_into, MappedSplit};
-use crate::shuffle::{open_run, stored_size, Combiner, MapOutputConfig, MapOutputLocation, MapOutputWriter, ShuffleError};
+use crate::map_output::{open_run, stored_size, MapOutputLocation};
+use crate::shuffle::{Combiner, MapOutputConfig, MapOutputWriter, ShuffleError};
 use crate::skipping::{for_each_line, RecordCursor, SkipPlan};
 
 /// Why an attempt failed.
