@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks that no two modules of a crate import each other, directly or
 through others: the host library (src/mapreduce) and the app crate
-(crates/mapreduce-app/src). A module's imports are the `crate::NAME` paths
+(crates/mapreduce-app/src), with their layer folders. A module's imports
+are the `crate::NAME` paths (a module re-exported at the crate's root)
 in its code, outside comments and its `#[cfg(test)] mod tests`.
 
 usage: scripts/check-imports.py     Prints each cycle; exits 1 if any."""
@@ -53,7 +54,7 @@ def cycles(graph):
 def main():
     bad = 0
     for crate in CRATES:
-        files = {p.stem: p for p in crate.glob("*.rs") if p.stem not in ("mod", "lib")}
+        files = {p.stem: p for p in crate.rglob("*.rs") if p.stem not in ("mod", "lib")}
         graph = {name: imports(path, set(files)) for name, path in files.items()}
         for component in cycles(graph):
             bad += 1

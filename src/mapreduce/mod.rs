@@ -8,6 +8,12 @@
 //!
 //! # Layout
 //!
+//! The host's modules sit in folders by layer: [`control`] (planning,
+//! scheduling, RPC, restarts), [`data`] (running attempts, the shuffle,
+//! files) and [`observe`] (status, progress, HTTP, metrics, summary); the
+//! app API is its own crate. Each module is also re-exported at the top,
+//! so `mapreduce::scheduler` is `mapreduce::control::scheduler`.
+//!
 //! | concept | module |
 //! |---|---|
 //! | the app API an author implements (from `mapreduce-app`) | [`app`] |
@@ -49,37 +55,19 @@
 
 pub use mapreduce_app::{abi, app, export_app, partition, text};
 pub(crate) use mapreduce_app::{cpu, small_copy};
-pub mod backup;
+pub mod control;
+pub mod data;
+pub mod observe;
+
+pub use control::{backup, coordinator, inputs, job_dir, journal, rpc, scheduler, worker};
+pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, task};
+pub(crate) use data::radix_sort;
+pub use observe::{http, metrics, progress, status, summary};
 pub mod cli;
-pub mod coordinator;
 pub mod counters;
 pub mod errors;
-pub mod fan_in;
-pub mod http;
-pub mod inputs;
-pub mod job_dir;
-pub mod journal;
 pub mod logging;
-pub mod map_output;
-pub mod mapped_input;
-pub mod merge;
-pub mod metrics;
-pub mod output;
-pub mod plugin;
-pub mod progress;
-mod radix_sort;
-pub mod rpc;
-pub mod runfile;
-pub mod scheduler;
-pub mod sequential;
-pub mod shuffle;
-pub mod skipping;
-pub mod split;
-pub mod status;
-pub mod summary;
-pub mod task;
 #[cfg(test)]
 mod test_rng;
-pub mod worker;
 
 pub use app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values, VecValues};

@@ -1,0 +1,11 @@
+//! The control plane: planning a job, scheduling its tasks, the RPC between
+//! coordinator and workers, and keeping the job alive across restarts.
+
+pub mod backup;
+pub mod coordinator;
+pub mod inputs;
+pub mod job_dir;
+pub mod journal;
+pub mod rpc;
+pub mod scheduler;
+pub mod worker;
