@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Every test of the project, as CI runs it: build, unit and integration
-# tests, no import cycles between modules, the lab's seven end-to-end
+# tests (the app crate's typed API too), no import cycles between modules, the lab's seven end-to-end
 # checks, the README's custom app, and a short chaos run (workers and the
 # master killed mid-job; exact output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
 cargo test --release --workspace
+# The app crate's optional typed API, which no workspace member turns on.
+cargo test --release -p mapreduce-app --features typed
 scripts/check-imports.py
 MR_SKIP_BUILD=1 scripts/test-mr.sh
 scripts/check-custom-app.sh

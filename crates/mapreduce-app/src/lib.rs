@@ -24,6 +24,7 @@
 //! | the table behind `Emitter::count` | `count_table` |
 //! | prefetch hints for hot loops | [`cpu`] |
 //! | appending short keys and values without a libc call | [`small_copy`] |
+//! | typed keys and values through serde (feature `typed`) | `typed` |
 
 #![warn(missing_docs)]
 
@@ -37,5 +38,7 @@ pub mod partition;
 #[doc(hidden)]
 pub mod small_copy;
 pub mod text;
+#[cfg(feature = "typed")]
+pub mod typed;
 
 pub use app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, TaskInfo, TaskKind, ValueSource, Values, VecValues};
