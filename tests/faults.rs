@@ -305,3 +305,30 @@ fn thousands_of_inputs_run_with_256_descriptors_per_process() {
 fn skewed_words(words: usize) -> String {
     (0..words).map(|i| format!("v{}{}", (i * i) % 1009, if i % 10 == 9 { "\n" } else { " " })).collect()
 }
+
+#[test]
+fn a_master_with_few_descriptors_holds_off_extra_connections_and_serves_once_they_leave() {
+    // 64 descriptors: at most 32 connections at once. 100 idle clients
+    // fill them; the rest, and the worker, wait in the kernel's backlog
+    // until the idle ones leave. The master must neither fail nor flood its
+    // log, and must then run the job.
+    let dir = TestDir::new("connection-cap");
+    let inputs = write_inputs(&dir, 2);
+    let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut master = Command::new(master_bin());
+    master.args(["--listen", "127.0.0.1:0", "--addr-file", "master.addr", "--http", "off", "--reduces", "2"]).args(&inputs);
+    limit_open_files(&mut master, 64);
+    let mut master = Proc::spawn("master", master, dir.path());
+    wait_for_file(&dir.join("master.addr"), "master");
+    let addr = std::fs::read_to_string(dir.join("master.addr")).unwrap();
+    let idle: Vec<std::net::TcpStream> = (0..100).map(|_| std::net::TcpStream::connect(addr.trim()).unwrap()).collect();
+    let mut worker = start_worker("worker", dir.path(), addr.trim(), "wordcount");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(master.try_exit().is_none(), "the master gave up\n{}", master.describe());
+    drop(idle);
+    master.expect_success();
+    worker.expect_success();
+    assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
+    let accept_lines = master.stderr().lines().filter(|l| l.contains("accepting")).count();
+    assert!(accept_lines <= 1, "{accept_lines} lines about accepting\n{}", master.describe());
+}

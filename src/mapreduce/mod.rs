@@ -28,6 +28,7 @@
 //! | scheduling: the task state machine (no I/O) | [`scheduler`] |
 //! | when a straggler gets a backup attempt | [`backup`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
+//! | accepting RPC connections within the descriptor limit | [`accept`] |
 //! | the job directory: lock, resume or clean, publishing outputs | [`job_dir`] |
 //! | the coordinator's journal of finished tasks, for restarts | [`journal`] |
 //! | the job as observers see it (progress, status API, summary) | [`status`] |
@@ -59,7 +60,7 @@ pub mod control;
 pub mod data;
 pub mod observe;
 
-pub use control::{backup, coordinator, inputs, job_dir, journal, rpc, scheduler, worker};
+pub use control::{accept, backup, coordinator, inputs, job_dir, journal, rpc, scheduler, worker};
 pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, task};
 pub(crate) use data::radix_sort;
 pub use observe::{http, metrics, progress, status, summary};

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::{future, FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt};
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
@@ -442,16 +442,15 @@ pub async fn run(
 /// Accepts connections and runs their requests until an I/O error on the
 /// listener. Dropping the future closes every connection.
 async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    let incoming = tarpc::serde_transport::tcp::listen_on(listener, Bincode::default).await?;
-    incoming
-        .filter_map(|conn| future::ready(conn.map_err(|e| tracing::warn!("accepting a connection: {e}")).ok()))
-        .for_each_concurrent(None, |transport| {
-            let peer = transport.peer_addr().ok().map(|a| a.to_string());
+    crate::accept::incoming(listener, crate::accept::connection_cap())
+        .for_each_concurrent(None, |(stream, permit)| {
+            let peer = stream.peer_addr().ok().map(|a| a.to_string());
+            let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
             let open = Arc::new(OpenConnection::new(&shared));
             let server = CoordinatorServer { shared: shared.clone(), peer, connection: open.clone() };
             // Requests run inside this future, not spawned, so that dropping
-            // the server cancels them all.
-            BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request).map(move |()| drop(open))
+            // the server cancels them all. The permit goes with the connection.
+            BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request).map(move |()| drop((open, permit)))
         })
         .await;
     Ok(())
