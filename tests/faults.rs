@@ -332,3 +332,27 @@ fn a_master_with_few_descriptors_holds_off_extra_connections_and_serves_once_the
     let accept_lines = master.stderr().lines().filter(|l| l.contains("accepting")).count();
     assert!(accept_lines <= 1, "{accept_lines} lines about accepting\n{}", master.describe());
 }
+
+#[test]
+fn a_connection_that_stops_halfway_through_a_frame_is_closed() {
+    // Task timeout 1 s: a connection silent for twice that is closed (a
+    // worker sends a heartbeat every 250 ms). This one sends two bytes of a
+    // frame's length and stops.
+    let dir = TestDir::new("half-frame");
+    let inputs = write_inputs(&dir, 1);
+    let mut args = vec!["--task-timeout", "1", "--reduces", "1"];
+    args.extend(inputs.iter().map(String::as_str));
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut stalled, &[0, 0]).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = std::io::Read::read(&mut stalled, &mut buf);
+    assert!(matches!(read, Ok(0)) || read.is_err(), "expected the master to close the connection, read {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "closed after {:?}", started.elapsed());
+    // The master still serves workers, whose heartbeats keep them open.
+    let mut worker = start_worker("worker", dir.path(), &addr, "slowcount");
+    master.expect_success();
+    worker.expect_success();
+}

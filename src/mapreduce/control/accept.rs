@@ -11,15 +11,25 @@
 //! - an `accept` that fails for want of descriptors or memory (the limit
 //!   shared with files the job opens) is retried after a pause that doubles
 //!   from 10 ms to 1 s, and reported in one log line per 10 s at most, with
-//!   the number of failures since the last.
+//!   the number of failures since the last;
+//! - a connection that sends nothing for a while ([`IdleLimited`]; the
+//!   coordinator allows twice the task timeout) is closed: a worker sends
+//!   a heartbeat every second or so, so a silent connection is a dead peer
+//!   or one that stopped halfway through a frame, and it would otherwise
+//!   hold its place under the cap forever.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 
 /// Descriptors kept for everything but connections (the job directory, the
 /// journal, log files, the runtime's own).
@@ -94,6 +104,58 @@ fn is_exhaustion(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
+/// A connection that fails its reads once nothing has arrived for `limit`
+/// (the RPC layer then closes it). Writes pass through.
+pub struct IdleLimited<S> {
+    inner: S,
+    limit: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> IdleLimited<S> {
+    /// `inner`, closed after `limit` without a byte from its peer.
+    pub fn new(inner: S, limit: Duration) -> IdleLimited<S> {
+        IdleLimited { inner, limit, deadline: Box::pin(tokio::time::sleep(limit)) }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleLimited<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + self.limit;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let secs = self.limit.as_secs_f64();
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing received for {secs:.1} s"))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            ready => ready,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleLimited<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +168,23 @@ mod tests {
         // SAFETY: as above.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
         assert!(cap as u64 <= limit.rlim_cur.max(MIN_CONNECTIONS as u64 + RESERVED_DESCRIPTORS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_cut_off_and_a_talking_one_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut limited = IdleLimited::new(near, Duration::from_secs(2));
+        let mut buf = [0u8; 8];
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            far.write_all(b"x").await.unwrap();
+            assert_eq!(limited.read(&mut buf).await.unwrap(), 1, "bytes within the limit keep it open");
+        }
+        let started = tokio::time::Instant::now();
+        let err = limited.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 
     #[test]

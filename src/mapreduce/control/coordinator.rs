@@ -201,6 +201,10 @@ struct Shared {
     /// RPC connections open: a worker told `Exit` closes its connection
     /// once it has the answer, so `run` also waits for this to reach 0.
     connections: AtomicUsize,
+    /// How long a connection may send nothing before it is closed: twice
+    /// the task timeout, so that a silent worker loses its attempts to the
+    /// timeout first, as documented, and its connection after.
+    idle_limit: Duration,
 }
 
 impl Shared {
@@ -284,6 +288,7 @@ impl Job {
             output_dir,
             not_yet_exited: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
+            idle_limit: (config.scheduler.task_timeout * 2).max(MIN_IDLE_LIMIT),
         });
         Ok(Job { shared, journal_sync, started, reduces: config.reduces })
     }
@@ -439,12 +444,17 @@ pub async fn run(
     Job::plan(config)?.run(listener, shutdown).await
 }
 
+/// The shortest time a connection may send nothing before it is closed.
+const MIN_IDLE_LIMIT: Duration = Duration::from_secs(2);
+
 /// Accepts connections and runs their requests until an I/O error on the
 /// listener. Dropping the future closes every connection.
 async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    let idle_limit = shared.idle_limit;
     crate::accept::incoming(listener, crate::accept::connection_cap())
         .for_each_concurrent(None, |(stream, permit)| {
             let peer = stream.peer_addr().ok().map(|a| a.to_string());
+            let stream = crate::accept::IdleLimited::new(stream, idle_limit);
             let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
             let open = Arc::new(OpenConnection::new(&shared));
             let server = CoordinatorServer { shared: shared.clone(), peer, connection: open.clone() };
