@@ -113,7 +113,7 @@ impl Proc {
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.try_exit() {
                 return status;
             }
             if Instant::now() >= deadline {
@@ -205,7 +205,7 @@ pub fn start_master_at(cwd: &Path, listen: &str, args: &[&str]) -> (Proc, String
         if let Ok(addr) = std::fs::read_to_string(&addr_file) {
             return (master, addr.trim().to_string());
         }
-        if let Some(status) = master.child.try_wait().unwrap() {
+        if let Some(status) = master.try_exit() {
             panic!("master exited ({status}) before listening\n{}", master.describe());
         }
         assert!(Instant::now() < deadline, "master did not write its address\n{}", master.describe());

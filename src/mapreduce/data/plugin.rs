@@ -147,13 +147,10 @@ impl Plugin {
     /// Creates the app for `job`; must precede every other call. A second
     /// call keeps the first app and returns its capabilities.
     pub fn init(&self, job: &JobContext) -> Result<Capabilities, AppFailure> {
-        let mut call = CallState::new();
-        let host = call.host_calls();
         let encoded = abi::encode_job(job);
         let mut bits = 0u32;
         // SAFETY: `host`, the job bytes and `bits` outlive the call.
-        let status = unsafe { (self.vtable.init)(&host, RawBytes::new(&encoded), &mut bits) };
-        call.finish(status)?;
+        CallState::new().run(|host| unsafe { (self.vtable.init)(host, RawBytes::new(&encoded), &mut bits) })?;
         let caps = Capabilities {
             combiner: bits & abi::CAP_COMBINER != 0,
             partitioner: bits & abi::CAP_PARTITIONER != 0,
@@ -184,11 +181,9 @@ impl Plugin {
         emit: &mut dyn FnMut(&[u8], &[u8]),
         counters: &UserCounters,
     ) -> Result<(), AppFailure> {
-        let mut call = CallState { emit: Some(emit), counters: Some(counters), ..CallState::new() };
-        let host = call.host_calls();
+        let call = CallState { emit: Some(emit), counters: Some(counters), ..CallState::new() };
         // SAFETY: `host` and the slices outlive the call.
-        let status = unsafe { (self.vtable.map)(&host, RawBytes::new(filename.as_bytes()), RawBytes::new(contents), offset) };
-        call.finish(status)
+        call.run(|host| unsafe { (self.vtable.map)(host, RawBytes::new(filename.as_bytes()), RawBytes::new(contents), offset) })
     }
 
     /// Runs the app's reduce on one key; the output value is appended to
@@ -211,41 +206,33 @@ impl Plugin {
         out: &mut Vec<u8>,
         counters: &UserCounters,
     ) -> Result<(), AppFailure> {
-        let mut call = CallState { values: Some(values), output: Some(out), counters: Some(counters), ..CallState::new() };
-        let host = call.host_calls();
+        let call = CallState { values: Some(values), output: Some(out), counters: Some(counters), ..CallState::new() };
         // SAFETY: `host` and `key` outlive the call.
-        let status = unsafe { function(&host, RawBytes::new(key)) };
-        call.finish(status)
+        call.run(|host| unsafe { function(host, RawBytes::new(key)) })
     }
 
     /// Tells the app a task attempt starts on this thread (`map`: a map
     /// task, else a reduce task).
     pub fn start_task(&self, map: bool, index: u32, counters: &UserCounters) -> Result<(), AppFailure> {
-        let mut call = CallState { counters: Some(counters), ..CallState::new() };
-        let host = call.host_calls();
         let kind = if map { abi::TASK_MAP } else { abi::TASK_REDUCE };
+        let call = CallState { counters: Some(counters), ..CallState::new() };
         // SAFETY: `host` outlives the call.
-        let status = unsafe { (self.vtable.start_task)(&host, kind, index) };
-        call.finish(status)
+        call.run(|host| unsafe { (self.vtable.start_task)(host, kind, index) })
     }
 
     /// Ends a map task attempt: the app emits what it held back to `emit`.
     pub fn finish_map(&self, emit: &mut dyn FnMut(&[u8], &[u8]), counters: &UserCounters) -> Result<(), AppFailure> {
-        let mut call = CallState { emit: Some(emit), counters: Some(counters), ..CallState::new() };
-        let host = call.host_calls();
+        let call = CallState { emit: Some(emit), counters: Some(counters), ..CallState::new() };
         // SAFETY: `host` outlives the call.
-        let status = unsafe { (self.vtable.finish_map)(&host) };
-        call.finish(status)
+        call.run(|host| unsafe { (self.vtable.finish_map)(host) })
     }
 
     /// Ends a reduce task attempt: the app's last output bytes are appended
     /// to `out`.
     pub fn finish_reduce(&self, out: &mut Vec<u8>, counters: &UserCounters) -> Result<(), AppFailure> {
-        let mut call = CallState { output: Some(out), counters: Some(counters), ..CallState::new() };
-        let host = call.host_calls();
+        let call = CallState { output: Some(out), counters: Some(counters), ..CallState::new() };
         // SAFETY: `host` outlives the call.
-        let status = unsafe { (self.vtable.finish_reduce)(&host) };
-        call.finish(status)
+        call.run(|host| unsafe { (self.vtable.finish_reduce)(host) })
     }
 
     /// The partition of `key` among `partitions`: the app's own partitioner
@@ -311,6 +298,15 @@ impl<'a> CallState<'a> {
             fail: host_fail,
             add_counter: host_add_counter,
         }
+    }
+
+    /// Makes one call into the plugin with host calls that reach this
+    /// state, and turns its status into a result.
+    fn run(mut self, call: impl FnOnce(&HostCalls) -> Status) -> Result<(), AppFailure> {
+        // `self` stays put in this frame while `host` points at it.
+        let host = self.host_calls();
+        let status = call(&host);
+        self.finish(status)
     }
 
     fn finish(self, status: Status) -> Result<(), AppFailure> {
