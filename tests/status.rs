@@ -95,10 +95,13 @@ fn output_totals(dir: &Path, reduces: u32) -> (u64, u64, u64) {
 
 /// A slow job (each map sleeps `delay_ms`) with the status server on a free
 /// port, lingering after the end so that its final status can be read.
-fn start_slow_job(dir: &TestDir, maps: usize, reduces: u32, delay_ms: u32, workers: usize) -> (Proc, Vec<Proc>, String, u64) {
+fn start_slow_job(dir: &TestDir, maps: usize, reduces: u32, delay_ms: u32, workers: usize, params: &[&str]) -> (Proc, Vec<Proc>, String, u64) {
     let (inputs, total) = write_inputs(dir, maps);
     let (reduces, delay) = (reduces.to_string(), format!("delay_ms={delay_ms}"));
     let mut args = vec!["--http", "127.0.0.1:0", "--linger", "60", "--reduces", &reduces, "--param", &delay];
+    for param in params {
+        args.extend(["--param", param]);
+    }
     args.extend(["--summary-json", "summary.json"]);
     args.extend(inputs.iter().map(String::as_str));
     let (master, addr) = start_master(dir.path(), &args);
@@ -117,7 +120,7 @@ fn worker_ids(workers: &[Proc]) -> Vec<String> {
 fn status_api_and_metrics_show_the_real_figures_during_and_after_the_job() {
     let dir = TestDir::new("status-api");
     let (maps, reduces) = (6, 3);
-    let (mut master, mut workers, url, input_bytes) = start_slow_job(&dir, maps, reduces, 400, 2);
+    let (mut master, mut workers, url, input_bytes) = start_slow_job(&dir, maps, reduces, 400, 2, &[]);
 
     // While it runs.
     let during = wait_for(&url, "a map to finish while the job runs", |s| {
@@ -296,7 +299,11 @@ fn dashboard_in_headless_chromium_shows_the_running_job() {
     };
     let dir = TestDir::new("dashboard");
     let (maps, reduces) = (8, 2);
-    let (mut master, mut workers, url, _) = start_slow_job(&dir, maps, reduces, 2000, 2);
+    // Reduces wait for the gate, which opens once the page has been read:
+    // however long the browser takes, the job is still running.
+    let gate = dir.join("reduce-gate");
+    let gate_param = format!("reduce_gate_file={}", gate.display());
+    let (mut master, mut workers, url, _) = start_slow_job(&dir, maps, reduces, 500, 2, &[&gate_param]);
     let before = wait_for(&url, "a map done and both workers running tasks", |s| {
         s["progress"]["maps"]["done"].as_u64() >= Some(1)
             && s["workers"].as_array().is_some_and(|w| {
@@ -307,7 +314,7 @@ fn dashboard_in_headless_chromium_shows_the_running_job() {
     let dump = run_chromium(&browser, &dir, "chromium-dom", &url, &["--dump-dom"]);
     let after = status(&url);
     let html = dump.stdout();
-    assert_eq!(after["job"]["state"], "running", "the job must still run while the page is read: make delay_ms longer");
+    assert_eq!(after["job"]["state"], "running", "the job must still run while the page is read");
     assert!(html.contains("data-loaded=\"true\""), "the page never rendered data:\n{html}");
     assert_eq!(element_text(&html, "job-state"), "running");
     assert_eq!(element_text(&html, "maps-total"), maps.to_string());
@@ -330,6 +337,7 @@ fn dashboard_in_headless_chromium_shows_the_running_job() {
     assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "screenshot {} looks empty", png.display());
     eprintln!("dashboard screenshot: {}", png.display());
 
+    std::fs::write(&gate, "").unwrap();
     wait_for(&url, "the job to succeed", |s| s["job"]["state"] == "succeeded");
     for w in &mut workers {
         w.expect_success();

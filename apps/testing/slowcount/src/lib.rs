@@ -7,7 +7,10 @@
 //! an increment of the counter `ticks`: progress the coordinator can see.
 //! With `--param reduce_delay_ms=N`, every reduce call sleeps N ms first
 //! (in ticks too), so that a test can act while reduces run. With
-//! `--param output=tab`, output lines are `word<TAB>count`.
+//! `--param reduce_gate_file=PATH`, every reduce call waits until PATH
+//! exists (counting `ticks` every 50 ms meanwhile, so the wait shows
+//! progress), so that a test holds the job in its reduce phase until it
+//! says. With `--param output=tab`, output lines are `word<TAB>count`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +21,7 @@ use mapreduce::{counters, App, AppError, AppResult, Emitter, JobContext, MapInpu
 pub struct SlowCount {
     delay: Duration,
     reduce_delay: Duration,
+    reduce_gate: Option<PathBuf>,
     started_file: Option<PathBuf>,
     /// Sleep in steps this long, counting each (`None`: in one go).
     tick: Option<Duration>,
@@ -37,6 +41,7 @@ impl SlowCount {
         Ok(SlowCount {
             delay: millis(job, "delay_ms")?.unwrap_or_default(),
             reduce_delay: millis(job, "reduce_delay_ms")?.unwrap_or_default(),
+            reduce_gate: job.params.get("reduce_gate_file").map(PathBuf::from),
             started_file: job.params.get("started_file").map(PathBuf::from),
             tick: millis(job, "tick_ms")?.filter(|t| !t.is_zero()),
             output: match job.params.get("output") {
@@ -75,6 +80,12 @@ impl App for SlowCount {
     }
 
     fn reduce(&self, _key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
+        if let Some(gate) = &self.reduce_gate {
+            while !gate.exists() {
+                std::thread::sleep(Duration::from_millis(50));
+                counters::increment("ticks", 1);
+            }
+        }
         self.sleep(self.reduce_delay);
         let mut total: u64 = 0;
         while let Some(value) = values.next() {
