@@ -336,21 +336,33 @@ fn a_master_with_few_descriptors_holds_off_extra_connections_and_serves_once_the
 #[test]
 fn a_connection_that_stops_halfway_through_a_frame_is_closed() {
     // Task timeout 1 s: a connection silent for twice that is closed (a
-    // worker sends a heartbeat every 250 ms). This one sends two bytes of a
-    // frame's length and stops.
+    // worker sends a heartbeat every 250 ms). One stops halfway through
+    // the handshake; one completes it, sends two bytes of a frame's length
+    // and stops.
     let dir = TestDir::new("half-frame");
     let inputs = write_inputs(&dir, 1);
     let mut args = vec!["--task-timeout", "1", "--reduces", "1"];
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
-    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
-    std::io::Write::write_all(&mut stalled, &[0, 0]).unwrap();
-    stalled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let started = Instant::now();
-    let mut buf = [0u8; 16];
-    let read = std::io::Read::read(&mut stalled, &mut buf);
-    assert!(matches!(read, Ok(0)) || read.is_err(), "expected the master to close the connection, read {read:?}");
-    assert!(started.elapsed() < Duration::from_secs(15), "closed after {:?}", started.elapsed());
+    let (mid_handshake, mid_frame) = block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut mid_handshake = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        mid_handshake.write_all(b"MR").await.unwrap();
+        let mut mid_frame = handshaken(&addr, None, &mapreduce::handshake::Identity::new("stalled".into())).await.unwrap();
+        mid_frame.write_all(&[0, 0]).await.unwrap();
+        // Each must be closed: its reads end (after the server's hello, for
+        // the first), within the test's patience.
+        let drain = |mut stream: tokio::net::TcpStream| async move {
+            let mut sink = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut sink)).await.map(|_| started.elapsed())
+        };
+        tokio::join!(drain(mid_handshake), drain(mid_frame))
+    });
+    for (what, closed_after) in [("mid-handshake", mid_handshake), ("mid-frame", mid_frame)] {
+        let closed_after = closed_after.unwrap_or_else(|_| panic!("the {what} connection was never closed"));
+        assert!(closed_after < Duration::from_secs(15), "the {what} connection was closed after {closed_after:?}");
+    }
     // The master still serves workers, whose heartbeats keep them open.
     let mut worker = start_worker("worker", dir.path(), &addr, "slowcount");
     master.expect_success();

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tracing::{Instrument, Span};
 use mapreduce::cli;
 use mapreduce::coordinator::{CoordinatorConfig, Job};
+use mapreduce::handshake::Secret;
 use mapreduce::http;
 use mapreduce::progress::{self, ProgressMode};
 use mapreduce::summary::JobSummary;
@@ -38,6 +39,13 @@ struct Args {
     /// is printed on stdout.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7878")]
     listen: String,
+
+    /// File holding the job's shared secret (at least 16 bytes; trailing
+    /// whitespace ignored). Every worker must be given the same file: each
+    /// connection proves it knows the secret without sending it. Required
+    /// when --listen is not a loopback address.
+    #[arg(long, value_name = "FILE", env = "MR_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 
     /// Seconds a worker may be silent, or a task make no progress, before
     /// the task is given to another worker.
@@ -167,15 +175,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bail!("--skip-bad-records needs --max-task-attempts of at least 4 (a map's bad line is found by its third attempt and skipped from its fifth)");
     }
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
+    let secret = args.token_file.as_deref().map(Secret::from_file).transpose()?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    if secret.is_none() && !addr.ip().is_loopback() {
+        bail!("listening on {addr}, which other machines can reach, needs a shared secret: give --token-file FILE (or MR_TOKEN_FILE), and the same file to every worker");
+    }
     if args.output_dir.exists() && !args.output_dir.is_dir() {
         bail!("output directory {}: exists and is not a directory", args.output_dir.display());
     }
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
     let http = match args.http.as_deref() {
         Some("off") => None,
         requested => Some(bind_http(requested).await?),
@@ -196,6 +208,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         combine: !args.no_combine,
         compression: args.compress,
         fresh: args.fresh,
+        secret,
     };
     let job = Job::plan(config)?;
     let status = job.status();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mapreduce::cli;
+use mapreduce::handshake::Secret;
 use mapreduce::plugin::Plugin;
 use mapreduce::worker::{self, WorkerConfig, WorkerExit};
 
@@ -21,6 +22,11 @@ struct Args {
     /// The coordinator's address.
     #[arg(long, value_name = "HOST:PORT", env = "MR_MASTER", default_value = "127.0.0.1:7878")]
     master: String,
+
+    /// File holding the job's shared secret: the same file as the
+    /// coordinator's --token-file.
+    #[arg(long, value_name = "FILE", env = "MR_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 
     /// Seconds to keep trying to reach the coordinator at start-up.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = cli::parse_positive_secs)]
@@ -71,8 +77,10 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<WorkerExit> {
+    let secret = args.token_file.as_deref().map(Secret::from_file).transpose()?;
     let plugin = Arc::new(Plugin::open(&args.app)?);
     let config = WorkerConfig {
+        secret,
         master: args.master,
         connect_timeout: args.connect_timeout,
         reconnect_timeout: args.reconnect_timeout,

@@ -10,7 +10,8 @@
 //!
 //! The host's modules sit in folders by layer: [`control`] (planning,
 //! scheduling, RPC, restarts), [`data`] (running attempts, the shuffle,
-//! files) and [`observe`] (status, progress, HTTP, metrics, summary); the
+//! files), [`net`] (connections and their handshake) and [`observe`]
+//! (status, progress, HTTP, metrics, summary); the
 //! app API is its own crate. Each module is also re-exported at the top,
 //! so `mapreduce::scheduler` is `mapreduce::control::scheduler`.
 //!
@@ -29,6 +30,7 @@
 //! | when a straggler gets a backup attempt | [`backup`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
 //! | accepting RPC connections within the descriptor limit | [`accept`] |
+//! | every connection's handshake: who is calling, and the shared secret | [`handshake`] |
 //! | the job directory: lock, resume or clean, publishing outputs | [`job_dir`] |
 //! | the coordinator's journal of finished tasks, for restarts | [`journal`] |
 //! | the job as observers see it (progress, status API, summary) | [`status`] |
@@ -57,13 +59,15 @@
 pub use mapreduce_app::{abi, app, export_app, partition, text};
 pub(crate) use mapreduce_app::{cpu, small_copy};
 pub mod control;
+pub mod net;
 pub mod data;
 pub mod observe;
 
-pub use control::{accept, backup, coordinator, inputs, job_dir, journal, rpc, scheduler, worker};
+pub use control::{backup, coordinator, inputs, job_dir, journal, rpc, scheduler, worker};
 pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, task};
 pub(crate) use data::radix_sort;
 pub use observe::{http, metrics, progress, status, summary};
+pub use net::{accept, handshake};
 pub mod cli;
 pub mod counters;
 pub mod errors;

@@ -305,3 +305,22 @@ pub fn stray_files(dir: &Path) -> Vec<String> {
         .filter(|n| !n.starts_with("mr-out-") && n != "_SUCCESS" && !n.ends_with(".out") && !n.ends_with(".err") && n != "master.addr")
         .collect()
 }
+
+/// Opens a connection to the master at `addr` and runs the handshake as
+/// `identity` with `secret`, as a worker (or an impostor) would; returns
+/// the connection ready for RPC, or how the handshake ended.
+pub async fn handshaken(
+    addr: &str,
+    secret: Option<&[u8]>,
+    identity: &mapreduce::handshake::Identity,
+) -> Result<tokio::net::TcpStream, mapreduce::handshake::HandshakeError> {
+    let secret = secret.map(|s| mapreduce::handshake::Secret::from_bytes(s).expect("a test secret of 16 bytes or more"));
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    mapreduce::handshake::connect(&mut stream, secret.as_ref(), identity).await?;
+    Ok(stream)
+}
+
+/// Runs `future` to its end on a runtime of its own (tests are synchronous).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+}

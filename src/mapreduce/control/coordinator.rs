@@ -8,9 +8,16 @@
 //! reduce, moving the outputs into place, which must happen before the task
 //! is marked done so that "job succeeded" implies "every output is final".
 //!
-//! Liveness: each connection remembers the workers that called on it; when
-//! it closes, those workers are gone and the scheduler gives up their
-//! attempts at once. Heartbeats keep the rest alive (see [`crate::scheduler`]).
+//! Who calls: every connection opens with a [handshake](crate::handshake)
+//! that proves the job's secret and names the worker; every call on the
+//! connection is that worker's, and a worker id belongs to one process
+//! (one incarnation) at a time. A report is applied only if it comes from
+//! the worker its attempt was given to and names map outputs inside the
+//! job directory.
+//!
+//! Liveness: when a worker's connection closes, the worker is gone and
+//! the scheduler gives up its attempts at once. Heartbeats keep the rest
+//! alive (see [`crate::scheduler`]).
 //!
 //! Shutdown: the job is over when the scheduler says so (or the caller's
 //! `shutdown` future fires). Held `request_task` calls are woken and answered
@@ -28,20 +35,21 @@
 //! directory is removed when the job succeeds or fails, and kept when the
 //! coordinator is interrupted, for the next run to resume.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::handshake::{self, Identity, RefusalLog, Secret};
 use crate::job_dir::{JobDir, JobDirError, Opened};
 use crate::journal::{Journal, Record};
 use crate::output::output_file_name;
@@ -99,6 +107,10 @@ pub struct CoordinatorConfig {
     /// Start over even if the output directory holds this job, half done
     /// by an earlier coordinator (`--fresh`).
     pub fresh: bool,
+    /// The job's shared secret: every connection must prove it knows it
+    /// (see [`crate::handshake`]). `None` admits any process that can
+    /// connect, which `mr-master` allows only on a loopback address.
+    pub secret: Option<Secret>,
 }
 
 /// Why a job did not succeed.
@@ -205,6 +217,19 @@ struct Shared {
     /// the task timeout, so that a silent worker loses its attempts to the
     /// timeout first, as documented, and its connection after.
     idle_limit: Duration,
+    /// What every connection's handshake must prove.
+    secret: Option<Secret>,
+    /// Which process holds each worker id: ids of open connections only,
+    /// so the table is bounded by the connection cap.
+    claims: Mutex<HashMap<WorkerId, Claim>>,
+    refusals: Mutex<RefusalLog>,
+}
+
+/// The process (by its handshake's incarnation) that holds a worker id,
+/// and on how many open connections.
+struct Claim {
+    incarnation: [u8; 16],
+    connections: usize,
 }
 
 impl Shared {
@@ -289,6 +314,9 @@ impl Job {
             not_yet_exited: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
             idle_limit: (config.scheduler.task_timeout * 2).max(MIN_IDLE_LIMIT),
+            secret: config.secret.clone(),
+            claims: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(RefusalLog::default()),
         });
         Ok(Job { shared, journal_sync, started, reduces: config.reduces })
     }
@@ -450,67 +478,106 @@ const MIN_IDLE_LIMIT: Duration = Duration::from_secs(2);
 /// Accepts connections and runs their requests until an I/O error on the
 /// listener. Dropping the future closes every connection.
 async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    let idle_limit = shared.idle_limit;
     crate::accept::incoming(listener, crate::accept::connection_cap())
         .for_each_concurrent(None, |(stream, permit)| {
-            let peer = stream.peer_addr().ok().map(|a| a.to_string());
-            let stream = crate::accept::IdleLimited::new(stream, idle_limit);
-            let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
-            let open = Arc::new(OpenConnection::new(&shared));
-            let server = CoordinatorServer { shared: shared.clone(), peer, connection: open.clone() };
-            // Requests run inside this future, not spawned, so that dropping
-            // the server cancels them all. The permit goes with the connection.
-            BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request).map(move |()| drop((open, permit)))
+            let shared = shared.clone();
+            async move {
+                let peer = stream.peer_addr().map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
+                let mut stream = crate::accept::IdleLimited::new(stream, shared.idle_limit);
+                let Some(open) = admit(&shared, &mut stream, &peer).await else { return };
+                let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
+                let server = CoordinatorServer { shared: shared.clone(), peer: Some(peer), worker: open.worker.clone(), connection: open.clone() };
+                // Requests run inside this future, not spawned, so that dropping
+                // the server cancels them all. The permit goes with the connection.
+                BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request).await;
+                drop((open, permit));
+            }
         })
         .await;
     Ok(())
 }
 
-/// One RPC connection: counted in [`Shared::connections`] while it lives,
-/// and the workers that called on it, who are gone when it closes.
+/// Runs the handshake on a new connection: the peer must know the job's
+/// secret (if it has one), and the worker id it gives must not be held by
+/// another process. Refusals are logged, at most one line per 10 s.
+async fn admit(shared: &Arc<Shared>, stream: &mut crate::accept::IdleLimited<tokio::net::TcpStream>, peer: &str) -> Option<Arc<OpenConnection>> {
+    let claim = |identity: &Identity| claim_worker_id(shared, identity);
+    match handshake::accept(stream, shared.secret.as_ref(), claim).await {
+        Ok(identity) => Some(Arc::new(OpenConnection::new(shared, identity.name))),
+        Err(e) => {
+            lock(&shared.refusals).refused(peer, &e);
+            None
+        }
+    }
+}
+
+/// Gives `identity` its worker id for one more connection, unless another
+/// process (another incarnation) holds it on an open connection.
+fn claim_worker_id(shared: &Shared, identity: &Identity) -> Result<(), String> {
+    let mut claims = lock(&shared.claims);
+    match claims.get_mut(&identity.name) {
+        Some(claim) if claim.incarnation != identity.incarnation => {
+            Err(format!("the worker id {} belongs to another process connected now", identity.name))
+        }
+        Some(claim) => {
+            claim.connections += 1;
+            Ok(())
+        }
+        None => {
+            claims.insert(identity.name.clone(), Claim { incarnation: identity.incarnation, connections: 1 });
+            Ok(())
+        }
+    }
+}
+
+/// One RPC connection, from the worker its handshake named: counted in
+/// [`Shared::connections`] while it lives. When it closes after the worker
+/// called, the worker is gone (unless it has another connection open).
 struct OpenConnection {
     shared: Arc<Shared>,
-    workers: Mutex<HashSet<WorkerId>>,
+    worker: WorkerId,
+    /// Whether the worker made a call on this connection (a connection
+    /// that only did the handshake says nothing of the worker).
+    called: std::sync::atomic::AtomicBool,
 }
 
 impl OpenConnection {
-    fn new(shared: &Arc<Shared>) -> OpenConnection {
+    fn new(shared: &Arc<Shared>, worker: WorkerId) -> OpenConnection {
         shared.connections.fetch_add(1, Ordering::AcqRel);
-        OpenConnection { shared: shared.clone(), workers: Mutex::new(HashSet::new()) }
+        OpenConnection { shared: shared.clone(), worker, called: false.into() }
     }
 
-    fn note_worker(&self, worker: &str) {
-        let mut workers = lock(&self.workers);
-        if !workers.contains(worker) {
-            workers.insert(worker.to_owned());
+    /// Releases this connection's claim on the worker id; true if it was
+    /// the worker's last open connection.
+    fn release_claim(&self) -> bool {
+        let mut claims = lock(&self.shared.claims);
+        let Some(claim) = claims.get_mut(&self.worker) else { return true };
+        claim.connections -= 1;
+        if claim.connections > 0 {
+            return false;
         }
+        claims.remove(&self.worker);
+        true
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         let shared = &self.shared;
-        let workers = std::mem::take(&mut *lock(&self.workers));
-        if !workers.is_empty() {
+        let worker = &self.worker;
+        if self.release_claim() && self.called.load(Ordering::Acquire) {
             let mut job = shared.job();
             let JobState { scheduler, status, .. } = &mut *job;
             let now = Instant::now();
-            for worker in &workers {
-                status.worker_disconnected(worker);
-                if scheduler.job_end().is_some() {
-                    continue;
-                }
+            status.worker_disconnected(worker);
+            if scheduler.job_end().is_none() {
                 for lost in scheduler.worker_disconnected(worker) {
                     tracing::warn!(task = %lost.task, attempt = lost.attempt, %worker, "attempt lost: {}; task will be re-run", lost.loss);
                     status.attempt_lost(lost.task, lost.attempt, lost.loss, now);
                 }
             }
             drop(job);
-            let mut waiting = shared.not_yet_exited();
-            for worker in &workers {
-                waiting.remove(worker);
-            }
-            drop(waiting);
+            shared.not_yet_exited().remove(worker);
             shared.changed.notify_waiters();
         }
         shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -567,13 +634,16 @@ struct CoordinatorServer {
     shared: Arc<Shared>,
     /// The connection's remote address, for the status page.
     peer: Option<String>,
+    /// The worker the connection's handshake named: every call on it is
+    /// this worker's.
+    worker: WorkerId,
     connection: Arc<OpenConnection>,
 }
 
 impl CoordinatorServer {
     /// Notes a call from `worker`, which is alive.
     fn heard_from(&self, worker: &str) {
-        self.connection.note_worker(worker);
+        self.connection.called.store(true, Ordering::Release);
         self.shared.not_yet_exited().insert(worker.to_owned());
         let mut job = self.shared.job();
         let now = Instant::now();
@@ -593,7 +663,8 @@ impl Coordinator for CoordinatorServer {
         self.shared.spec.clone()
     }
 
-    async fn request_task(self, _: Context, worker: WorkerId) -> Assignment {
+    async fn request_task(self, _: Context) -> Assignment {
+        let worker = self.worker.clone();
         self.heard_from(&worker);
         let shared = &self.shared;
         let assignment = hold_until_assigned(shared, &worker).await;
@@ -606,7 +677,8 @@ impl Coordinator for CoordinatorServer {
         assignment
     }
 
-    async fn heartbeat(self, _: Context, worker: WorkerId, running: Vec<AttemptProgress>) -> HeartbeatReply {
+    async fn heartbeat(self, _: Context, running: Vec<AttemptProgress>) -> HeartbeatReply {
+        let worker = self.worker.clone();
         self.heard_from(&worker);
         let end = {
             let mut job = self.shared.job();
@@ -622,7 +694,8 @@ impl Coordinator for CoordinatorServer {
         }
     }
 
-    async fn report_task(self, _: Context, worker: WorkerId, report: TaskReport) {
+    async fn report_task(self, _: Context, report: TaskReport) {
+        let worker = self.worker.clone();
         self.heard_from(&worker);
         let shared = &self.shared;
         let verdict = apply_report(shared, &worker, report);
@@ -684,6 +757,10 @@ fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerd
     let TaskReport { task, attempt, outcome } = report;
     let mut job = shared.job();
     let JobState { scheduler, status, ledger } = &mut *job;
+    if let Err(why) = check_report(scheduler, worker, task, attempt, &outcome) {
+        tracing::warn!(%task, attempt, %worker, "report ignored: {why}");
+        return ReportVerdict::UnknownAttempt;
+    }
     let now = Instant::now();
     let verdict = match outcome {
         TaskOutcome::MapDone { outputs, counters } => {
@@ -733,6 +810,24 @@ fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerd
         ReportVerdict::UnknownAttempt => tracing::warn!(%task, attempt, %worker, "report for an unknown attempt ignored"),
     }
     verdict
+}
+
+/// Why a report must not be applied, if it must not: it comes from
+/// another worker than the one the attempt was given to, or names a map
+/// output outside the job directory (a report cannot point reducers at
+/// files of the coordinator's choosing).
+fn check_report(scheduler: &Scheduler, worker: &str, task: TaskId, attempt: AttemptId, outcome: &TaskOutcome) -> Result<(), String> {
+    if let Some(owner) = scheduler.worker_of(task, attempt) {
+        if owner != worker {
+            return Err(format!("the attempt was given to {owner}"));
+        }
+    }
+    if let TaskOutcome::MapDone { outputs, .. } = outcome {
+        if let Some((_, location)) = outputs.iter().find(|(_, location)| !location.lies_under(scheduler.job_dir())) {
+            return Err(format!("it names a map output outside the job directory: {location:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Records a completion report: the winner's counters are kept, a late

@@ -1,7 +1,6 @@
 //! The control plane: planning a job, scheduling its tasks, the RPC between
 //! coordinator and workers, and keeping the job alive across restarts.
 
-pub mod accept;
 pub mod backup;
 pub mod coordinator;
 pub mod inputs;

@@ -5,17 +5,22 @@
 //! worker, so a worker behind NAT or one that dies needs no bookkeeping
 //! beyond the task timeout.
 //!
+//! Every connection opens with the [handshake](crate::handshake), which
+//! proves the job's secret and names the worker: calls carry no worker id,
+//! they are the connection's.
+//!
 //! ```text
 //! worker                          coordinator
+//!   | handshake (secret, worker id) -| once per connection
 //!   | job() ---------------------->   | once, after connecting
 //!   | <---------------- JobSpec ----  | (params, inputs, reduces, budgets)
-//!   | heartbeat(worker_id, progress)->| every JobSpec::heartbeat_interval,
+//!   | heartbeat(progress) -------->   | every JobSpec::heartbeat_interval,
 //!   | <------ Continue / Exit(end) -  |  from the first job() to the exit
-//!   | request_task(worker_id) ----->  | expire overdue attempts; assign
+//!   | request_task() ------------->   | expire overdue attempts; assign
 //!   | <---- Map(task) / Reduce(task)  | (or hold the call up to POLL_WAIT,
 //!   |       / Wait / Exit(end)        |  then answer Wait)
 //!   | ... run the task ...            |
-//!   | report_task(worker_id, report)->| first completion wins; a reduce's
+//!   | report_task(report) -------->   | first completion wins; a reduce's
 //!   | <--------------------------- () |  output is committed before the ack
 //!   | request_task ...                |
 //! ```
@@ -290,7 +295,7 @@ pub trait Coordinator {
     /// Asks for work. Answers at once when a task is ready or the job is
     /// over; otherwise holds the call up to [`POLL_WAIT`] and answers
     /// [`Assignment::Wait`]. Repeating the call is always safe.
-    async fn request_task(worker: WorkerId) -> Assignment;
+    async fn request_task() -> Assignment;
 
     /// Says the worker is alive and how far its running attempts have got.
     /// Sent every [`JobSpec::heartbeat_interval`] by a separate loop, so it
@@ -299,10 +304,11 @@ pub trait Coordinator {
     /// stop growing for that long. Once the job is over the answer is
     /// `Exit`, which is how a worker busy with a straggling attempt learns
     /// the end.
-    async fn heartbeat(worker: WorkerId, running: Vec<AttemptProgress>) -> HeartbeatReply;
+    async fn heartbeat(running: Vec<AttemptProgress>) -> HeartbeatReply;
 
     /// Reports how an attempt ended. When it returns, a winning reduce's
     /// output has been committed. Late and duplicate reports are ignored, so
-    /// a worker may repeat a report whose answer it did not receive.
-    async fn report_task(worker: WorkerId, report: TaskReport);
+    /// a worker may repeat a report whose answer it did not receive. A
+    /// report about an attempt given to another worker is ignored.
+    async fn report_task(report: TaskReport);
 }

@@ -634,6 +634,21 @@ impl Scheduler {
         self.job_dir.join(format!("out-{r}.attempt-{attempt}"))
     }
 
+    /// The worker this coordinator gave `attempt` of `task` to; `None` for
+    /// an attempt it did not issue (one from before a restart, whose
+    /// worker only the earlier coordinator knew, or an unknown one).
+    pub fn worker_of(&self, task: TaskId, attempt: AttemptId) -> Option<&str> {
+        if attempt < self.epoch_start {
+            return None;
+        }
+        self.get(task)?.attempts.iter().find(|(a, _)| *a == attempt).map(|(_, worker)| worker.as_str())
+    }
+
+    /// The job directory, under which every map output must lie.
+    pub fn job_dir(&self) -> &std::path::Path {
+        &self.job_dir
+    }
+
     /// Whether a completion report for this attempt would be accepted: an
     /// attempt issued for the task (by this coordinator, or by one before a
     /// restart) while the task is not done. The coordinator asks before

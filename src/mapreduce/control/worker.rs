@@ -38,6 +38,7 @@ use tarpc::context;
 use tarpc::tokio_serde::formats::Bincode;
 use tokio::sync::mpsc;
 
+use crate::handshake::{self, HandshakeError, Identity, Secret};
 use crate::plugin::Plugin;
 use tracing::Instrument;
 
@@ -63,6 +64,8 @@ pub struct WorkerConfig {
     pub reconnect_timeout: Duration,
     /// Tasks this process runs at once (at least 1).
     pub slots: usize,
+    /// The job's shared secret, to prove in each connection's handshake.
+    pub secret: Option<Secret>,
 }
 
 /// How a worker's run ended normally.
@@ -86,6 +89,10 @@ pub enum WorkerError {
     /// not come back (with the same job) within the reconnect timeout.
     #[error("lost the coordinator at {master} before the job ended: {error}")]
     CoordinatorLost { master: String, error: String },
+    /// The coordinator's handshake refused this worker, or this worker
+    /// would not trust the coordinator (see [`crate::handshake`]).
+    #[error("the coordinator at {master} and this worker do not agree: {error}")]
+    Refused { master: String, error: HandshakeError },
     /// The operating system would not start a slot's thread.
     #[error("cannot start a task thread: {0}")]
     Thread(std::io::Error),
@@ -99,7 +106,7 @@ impl WorkerError {
         match self {
             WorkerError::JobFailed(_) => 3,
             WorkerError::CoordinatorLost { .. } => 4,
-            WorkerError::Unreachable { .. } | WorkerError::Thread(_) => 1,
+            WorkerError::Unreachable { .. } | WorkerError::Refused { .. } | WorkerError::Thread(_) => 1,
         }
     }
 }
@@ -119,12 +126,13 @@ type LoopEnd = Result<WorkerExit, WorkerError>;
 
 /// Runs tasks from the coordinator with `plugin` until the job ends.
 pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit, WorkerError> {
-    let client = connect(&config).await?;
-    let id = worker_id();
+    let identity = Identity::new(worker_id());
+    let client = connect(&config, &identity).await?;
+    let id = identity.name.clone();
     tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
     let lost = |e: RpcError| WorkerError::CoordinatorLost { master: config.master.clone(), error: e.to_string() };
     let spec = client.job(call_context()).await.map_err(lost)?;
-    let link = Arc::new(MasterLink::new(client, &config, spec.job_id.clone()));
+    let link = Arc::new(MasterLink::new(client, &config, identity, spec.job_id.clone()));
     let interval = spec.heartbeat_interval;
     // Making the app may read the inputs (a sort samples them): off the runtime.
     let runner = tokio::task::spawn_blocking(move || Arc::new(TaskRunner::new(plugin, &spec)))
@@ -134,17 +142,17 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<LoopEnd>();
     // Spawned tasks do not inherit the caller's span (`worker{id=...}`): pass it on.
     for slot in 0..slots.len() {
-        let (link, id, runner, slots, end_tx) = (link.clone(), id.clone(), runner.clone(), slots.clone(), end_tx.clone());
+        let (link, runner, slots, end_tx) = (link.clone(), runner.clone(), slots.clone(), end_tx.clone());
         tokio::spawn(
             async move {
-                let _ = end_tx.send(run_slot(slot, &link, &id, &runner, &slots[slot]).await);
+                let _ = end_tx.send(run_slot(slot, &link, &runner, &slots[slot]).await);
             }
             .instrument(tracing::Span::current()),
         );
     }
     tokio::spawn(
         async move {
-            let _ = end_tx.send(send_heartbeats(&link, &id, &slots, interval).await);
+            let _ = end_tx.send(send_heartbeats(&link, &slots, interval).await);
         }
         .instrument(tracing::Span::current()),
     );
@@ -178,15 +186,15 @@ impl SlotActivity {
 
 /// Sends a heartbeat every `interval` until the coordinator says the job is
 /// over or is gone for good.
-async fn send_heartbeats(link: &MasterLink, id: &WorkerId, slots: &[SlotActivity], interval: Duration) -> LoopEnd {
+async fn send_heartbeats(link: &MasterLink, slots: &[SlotActivity], interval: Duration) -> LoopEnd {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let running: Vec<AttemptProgress> = slots.iter().filter_map(SlotActivity::snapshot).collect();
         let heartbeat = |client: CoordinatorClient| {
-            let (id, running) = (id.clone(), running.clone());
-            async move { client.heartbeat(call_context(), id, running).await }
+            let running = running.clone();
+            async move { client.heartbeat(call_context(), running).await }
         };
         match link.call(heartbeat).await? {
             HeartbeatReply::Continue => {}
@@ -203,13 +211,10 @@ fn job_end(end: JobEnd) -> LoopEnd {
 }
 
 /// One task slot: asks for a task, runs it, reports, until the job ends.
-async fn run_slot(slot: usize, link: &MasterLink, id: &WorkerId, runner: &Arc<TaskRunner>, activity: &SlotActivity) -> LoopEnd {
+async fn run_slot(slot: usize, link: &MasterLink, runner: &Arc<TaskRunner>, activity: &SlotActivity) -> LoopEnd {
     let thread = SlotThread::spawn(slot).map_err(WorkerError::Thread)?;
     loop {
-        let request = |client: CoordinatorClient| {
-            let id = id.clone();
-            async move { client.request_task(call_context(), id).await }
-        };
+        let request = |client: CoordinatorClient| async move { client.request_task(call_context()).await };
         let assignment = link.call(request).await?;
         let report = match assignment {
             Assignment::Wait => continue,
@@ -236,8 +241,8 @@ async fn run_slot(slot: usize, link: &MasterLink, id: &WorkerId, runner: &Arc<Ta
         activity.finish();
         // Reports are idempotent: one whose answer was late is sent again.
         let send_report = |client: CoordinatorClient| {
-            let (id, report) = (id.clone(), report.clone());
-            async move { client.report_task(call_context(), id, report).await }
+            let report = report.clone();
+            async move { client.report_task(call_context(), report).await }
         };
         link.call(send_report).await?;
     }
@@ -247,6 +252,9 @@ async fn run_slot(slot: usize, link: &MasterLink, id: &WorkerId, runner: &Arc<Ta
 /// again when it breaks (see the module docs).
 struct MasterLink {
     master: String,
+    secret: Option<Secret>,
+    /// This process, as every connection's handshake names it.
+    identity: Identity,
     /// The job this worker works for: a coordinator found on reconnecting
     /// must run the same one.
     job_id: String,
@@ -266,9 +274,11 @@ struct LinkState {
 }
 
 impl MasterLink {
-    fn new(client: CoordinatorClient, config: &WorkerConfig, job_id: String) -> MasterLink {
+    fn new(client: CoordinatorClient, config: &WorkerConfig, identity: Identity, job_id: String) -> MasterLink {
         MasterLink {
             master: config.master.clone(),
+            secret: config.secret.clone(),
+            identity,
             job_id,
             reconnect_timeout: config.reconnect_timeout,
             current: tokio::sync::Mutex::new(LinkState { client, generation: 0, gone: None }),
@@ -329,6 +339,7 @@ impl MasterLink {
                 Err(Reconnect::OtherJob(other)) => {
                     return gone(&mut state, format!("{error}; the coordinator there now runs another job ({other}, not {})", self.job_id));
                 }
+                Err(Reconnect::Refused(refusal)) => return gone(&mut state, format!("{error}; the coordinator there now refuses this worker: {refusal}")),
                 Err(Reconnect::Failed(e)) => last_error = e,
             }
             if Instant::now() + CONNECT_RETRY >= give_up {
@@ -341,8 +352,10 @@ impl MasterLink {
 
     /// One try at a new connection to a coordinator running this job.
     async fn connect_to_same_job(&self) -> Result<CoordinatorClient, Reconnect> {
-        let transport = tarpc::serde_transport::tcp::connect(&self.master, Bincode::default).await.map_err(|e| Reconnect::Failed(e.to_string()))?;
-        let client = CoordinatorClient::new(client::Config::default(), transport).spawn();
+        let client = open_connection(&self.master, self.secret.as_ref(), &self.identity).await.map_err(|e| match e {
+            ConnectError::Network(e) => Reconnect::Failed(e),
+            ConnectError::Refused(e) => Reconnect::Refused(e),
+        })?;
         let spec = client.job(call_context()).await.map_err(|e| Reconnect::Failed(e.to_string()))?;
         if spec.job_id != self.job_id {
             return Err(Reconnect::OtherJob(spec.job_id));
@@ -361,6 +374,8 @@ enum Reconnect {
     Failed(String),
     /// A coordinator answered, running the job with this id.
     OtherJob(String),
+    /// A coordinator answered and refused this worker.
+    Refused(HandshakeError),
 }
 
 /// A slot's own thread, which runs the slot's tasks one after another.
@@ -436,23 +451,42 @@ fn call_context() -> context::Context {
     ctx
 }
 
-/// Connects to the coordinator, retrying until `connect_timeout`.
-async fn connect(config: &WorkerConfig) -> Result<CoordinatorClient, WorkerError> {
+/// Connects to the coordinator, retrying until `connect_timeout`; a
+/// coordinator that refuses this worker is not asked again.
+async fn connect(config: &WorkerConfig, identity: &Identity) -> Result<CoordinatorClient, WorkerError> {
     let give_up = Instant::now() + config.connect_timeout;
     loop {
-        match tarpc::serde_transport::tcp::connect(&config.master, Bincode::default).await {
-            Ok(transport) => return Ok(CoordinatorClient::new(client::Config::default(), transport).spawn()),
-            Err(e) if Instant::now() + CONNECT_RETRY < give_up => {
+        match open_connection(&config.master, config.secret.as_ref(), identity).await {
+            Ok(client) => return Ok(client),
+            Err(ConnectError::Refused(error)) => return Err(WorkerError::Refused { master: config.master.clone(), error }),
+            Err(ConnectError::Network(e)) if Instant::now() + CONNECT_RETRY < give_up => {
                 tracing::debug!("coordinator at {} not reachable yet: {e}", config.master);
                 tokio::time::sleep(CONNECT_RETRY).await;
             }
-            Err(e) => {
-                return Err(WorkerError::Unreachable {
-                    master: config.master.clone(),
-                    timeout: config.connect_timeout,
-                    last_error: e.to_string(),
-                })
+            Err(ConnectError::Network(last_error)) => {
+                return Err(WorkerError::Unreachable { master: config.master.clone(), timeout: config.connect_timeout, last_error })
             }
         }
     }
+}
+
+/// Why one try at connecting gave no client.
+enum ConnectError {
+    /// The network failed: worth trying again.
+    Network(String),
+    /// The handshake ended in a refusal, on either side: it would again.
+    Refused(HandshakeError),
+}
+
+/// One try at a connection to the coordinator at `master`: TCP, then the
+/// handshake, then the RPC client on it.
+async fn open_connection(master: &str, secret: Option<&Secret>, identity: &Identity) -> Result<CoordinatorClient, ConnectError> {
+    let mut stream = tokio::net::TcpStream::connect(master).await.map_err(|e| ConnectError::Network(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    handshake::connect(&mut stream, secret, identity).await.map_err(|e| match e.is_transient() {
+        true => ConnectError::Network(format!("handshake: {e}")),
+        false => ConnectError::Refused(e),
+    })?;
+    let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
+    Ok(CoordinatorClient::new(client::Config::default(), transport).spawn())
 }

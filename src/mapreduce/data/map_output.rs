@@ -4,7 +4,7 @@
 //! that neither imports the other. Today a location is a byte range of a
 //! file on a filesystem every worker shares; served locations fit here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,19 @@ pub enum MapOutputLocation {
         /// Where the partition's run lies in it.
         range: RunRange,
     },
+}
+
+impl MapOutputLocation {
+    /// Whether the location is a file under `dir` (a path with no `..` in
+    /// it, so that it cannot climb out). A report of a map output elsewhere
+    /// is refused: reducers must only ever read the job's own files.
+    pub fn lies_under(&self, dir: &Path) -> bool {
+        match self {
+            MapOutputLocation::SharedFile { path, .. } => {
+                path.starts_with(dir) && path.components().all(|c| !matches!(c, std::path::Component::ParentDir))
+            }
+        }
+    }
 }
 
 /// Opens the run at `location` for reading.
@@ -47,3 +60,19 @@ pub fn stored_size(location: &MapOutputLocation) -> u64 {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_inside_the_job_directory_lie_under_it() {
+        let at = |path: &str| MapOutputLocation::SharedFile { path: path.into(), range: RunRange { offset: 0, len: 1 } };
+        let dir = Path::new("/out/.mr-job");
+        assert!(at("/out/.mr-job/mr-map-1-2").lies_under(dir));
+        assert!(!at("/etc/passwd").lies_under(dir));
+        assert!(!at("/out/.mr-job/../secret").lies_under(dir));
+        assert!(!at("/out/.mr-job-other/x").lies_under(dir));
+        assert!(!at("relative/x").lies_under(dir));
+    }
+}

@@ -132,6 +132,9 @@ struct WorkerRecord {
     disconnected: bool,
 }
 
+/// Workers that left without finishing a task kept in the table, at most.
+pub const MAX_IDLE_GONE_WORKERS: usize = 256;
+
 /// The observable history of one job; see the module docs.
 #[derive(Debug, Clone)]
 pub struct JobStatus {
@@ -260,6 +263,26 @@ impl JobStatus {
     pub fn worker_disconnected(&mut self, worker: &str) {
         if let Some(record) = self.workers.get_mut(worker) {
             record.disconnected = true;
+        }
+        self.forget_idle_gone_workers();
+    }
+
+    /// Keeps at most [`MAX_IDLE_GONE_WORKERS`] workers that left without
+    /// finishing a task, forgetting the longest gone first: the table (and
+    /// the status document) would otherwise grow with every process that
+    /// ever connected. Workers that finished tasks, and those connected,
+    /// are kept: there are no more of them than tasks and connections.
+    fn forget_idle_gone_workers(&mut self) {
+        let idle_gone = |w: &WorkerRecord| w.disconnected && w.tasks_done == 0 && w.current.is_empty();
+        let count = self.workers.values().filter(|w| idle_gone(w)).count();
+        if count <= MAX_IDLE_GONE_WORKERS {
+            return;
+        }
+        let mut by_age: Vec<(Instant, WorkerId)> =
+            self.workers.iter().filter(|(_, w)| idle_gone(w)).map(|(id, w)| (w.last_seen, id.clone())).collect();
+        by_age.sort_unstable();
+        for (_, id) in by_age.into_iter().take(count - MAX_IDLE_GONE_WORKERS) {
+            self.workers.remove(&id);
         }
     }
 
@@ -808,6 +831,28 @@ mod tests {
         for kind in [TaskKind::Map, TaskKind::Reduce] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
         }
+    }
+
+    #[test]
+    fn workers_that_come_and_go_idle_do_not_grow_the_table_without_bound() {
+        let t0 = Instant::now();
+        let (mut s, mut st) = job(2, 1, t0);
+        let (task, attempt) = assign(&mut s, &mut st, "worker", t0);
+        s.complete(task, attempt, vec![], t0);
+        st.attempt_succeeded(task, attempt, Counters::default(), t0);
+        st.worker_disconnected("worker");
+        st.worker_seen("connected", None, t0);
+        for i in 0..20_000u64 {
+            let id = format!("visitor-{i:05}");
+            st.worker_seen(&id, None, t0 + Duration::from_millis(i));
+            st.worker_disconnected(&id);
+        }
+        let ids: Vec<String> = st.report(&s, t0).workers.into_iter().map(|w| w.id).collect();
+        assert_eq!(ids.len(), MAX_IDLE_GONE_WORKERS + 2);
+        // The worker that did a task and the connected one stay; of the
+        // visitors, the latest are kept.
+        assert!(ids.contains(&"worker".to_string()) && ids.contains(&"connected".to_string()));
+        assert!(ids.contains(&"visitor-19999".to_string()) && !ids.contains(&"visitor-00000".to_string()));
     }
 
     #[test]

@@ -1,0 +1,7 @@
+//! What crosses the network between the job's processes, below the RPC
+//! contract: accepting connections within the process's limits, and the
+//! handshake that authenticates every connection before a byte of the job
+//! is exchanged.
+
+pub mod accept;
+pub mod handshake;
