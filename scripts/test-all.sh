@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every test of the project, as CI runs it: build, unit and integration
 # tests (the app crate's typed API too), no import cycles between modules, the lab's seven end-to-end
-# checks, the README's custom app, and a short chaos run (workers and the
-# master killed mid-job; exact output).
+# checks, the README's custom app, a short chaos run (workers and the
+# master killed mid-job; exact output), and a job across three network
+# namespaces that share nothing but the network (as root; skipped without
+# ../shared/tools/netns-cluster.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
@@ -13,3 +15,4 @@ scripts/check-imports.py
 MR_SKIP_BUILD=1 scripts/test-mr.sh
 scripts/check-custom-app.sh
 MR_SKIP_BUILD=1 scripts/chaos.sh --runs 2 --size 256 --kill-every 0.5 --baseline-runs 1
+scripts/multi-host-test.sh

@@ -44,6 +44,26 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     slots: u16,
 
+    /// Where to make this worker's work directory (a fresh directory
+    /// inside DIR, removed at exit), for map output it serves to reducers
+    /// and runs it fetches, when it does not share the job directory.
+    /// Default: the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+
+    /// Where this worker serves its map output to reducers on other
+    /// machines. Default: a free port on the address this worker reaches
+    /// the coordinator from.
+    #[arg(long, value_name = "HOST:PORT")]
+    serve_on: Option<String>,
+
+    /// Act as if this machine did not share the coordinator's filesystem,
+    /// even if it does: map output is served from the work directory,
+    /// inputs this worker cannot read come from the coordinator, reduce
+    /// outputs are sent to it (to try a multi-machine set-up on one).
+    #[arg(long)]
+    no_shared_dir: bool,
+
     /// Also append the log to this file.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -81,6 +101,9 @@ async fn run(args: Args) -> anyhow::Result<WorkerExit> {
     let plugin = Arc::new(Plugin::open(&args.app)?);
     let config = WorkerConfig {
         secret,
+        work_dir: args.work_dir,
+        serve_on: args.serve_on,
+        use_shared_dir: !args.no_shared_dir,
         master: args.master,
         connect_timeout: args.connect_timeout,
         reconnect_timeout: args.reconnect_timeout,

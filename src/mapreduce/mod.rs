@@ -63,11 +63,11 @@ pub mod net;
 pub mod data;
 pub mod observe;
 
-pub use control::{backup, coordinator, inputs, job_dir, journal, rpc, scheduler, worker};
-pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, task};
+pub use control::{backup, coordinator, inputs, job_dir, job_files, journal, rpc, scheduler, worker};
+pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task};
 pub(crate) use data::radix_sort;
 pub use observe::{http, metrics, progress, status, summary};
-pub use net::{accept, handshake};
+pub use net::{accept, files, handshake};
 pub mod cli;
 pub mod counters;
 pub mod errors;

@@ -307,8 +307,9 @@ pub fn stray_files(dir: &Path) -> Vec<String> {
 }
 
 /// Opens a connection to the master at `addr` and runs the handshake as
-/// `identity` with `secret`, as a worker (or an impostor) would; returns
-/// the connection ready for RPC, or how the handshake ended.
+/// `identity` with `secret`, as a worker (or an impostor) would, and asks
+/// for the RPC service; returns the connection ready for RPC, or how the
+/// handshake ended.
 pub async fn handshaken(
     addr: &str,
     secret: Option<&[u8]>,
@@ -317,6 +318,7 @@ pub async fn handshaken(
     let secret = secret.map(|s| mapreduce::handshake::Secret::from_bytes(s).expect("a test secret of 16 bytes or more"));
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     mapreduce::handshake::connect(&mut stream, secret.as_ref(), identity).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &[mapreduce::files::SERVICE_RPC]).await?;
     Ok(stream)
 }
 

@@ -49,7 +49,9 @@ use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::files::{self, Catalog, Fetcher, FileRequest};
 use crate::handshake::{self, Identity, RefusalLog, Secret};
+use crate::job_files::JobFiles;
 use crate::job_dir::{JobDir, JobDirError, Opened};
 use crate::journal::{Journal, Record};
 use crate::output::output_file_name;
@@ -219,6 +221,11 @@ struct Shared {
     idle_limit: Duration,
     /// What every connection's handshake must prove.
     secret: Option<Secret>,
+    /// Fetches reduce outputs from workers that do not share the job
+    /// directory.
+    fetcher: Fetcher,
+    /// What the file service on the RPC port serves: the inputs.
+    files: Arc<dyn Catalog>,
     /// Which process holds each worker id: ids of open connections only,
     /// so the table is bounded by the connection cap.
     claims: Mutex<HashMap<WorkerId, Claim>>,
@@ -304,6 +311,7 @@ impl Job {
             combine: config.combine,
             compression: config.compression,
             heartbeat_interval: heartbeat_interval(config.scheduler.task_timeout),
+            job_dir: ledger.dir.path().to_owned(),
         };
         tracing::info!(inputs = config.inputs.len(), maps = map_count, reduces = config.reduces, job_dir = %ledger.dir.path().display(), "job planned");
         let shared = Arc::new(Shared {
@@ -314,6 +322,8 @@ impl Job {
             not_yet_exited: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
             idle_limit: (config.scheduler.task_timeout * 2).max(MIN_IDLE_LIMIT),
+            fetcher: Fetcher::new(config.secret.clone(), Identity::new("coordinator".into())),
+            files: Arc::new(JobFiles::new(config.inputs.clone())),
             secret: config.secret.clone(),
             claims: Mutex::new(HashMap::new()),
             refusals: Mutex::new(RefusalLog::default()),
@@ -485,6 +495,18 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
                 let peer = stream.peer_addr().map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
                 let mut stream = crate::accept::IdleLimited::new(stream, shared.idle_limit);
                 let Some(open) = admit(&shared, &mut stream, &peer).await else { return };
+                // After the handshake, one byte names the service.
+                match tokio::io::AsyncReadExt::read_u8(&mut stream).await {
+                    Ok(files::SERVICE_RPC) => {}
+                    Ok(files::SERVICE_FILES) => {
+                        if let Err(e) = files::serve_requests(stream, shared.files.clone()).await {
+                            tracing::debug!("serving files to {peer}: {e}");
+                        }
+                        drop((open, permit));
+                        return;
+                    }
+                    _ => return,
+                }
                 let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
                 let server = CoordinatorServer { shared: shared.clone(), peer: Some(peer), worker: open.worker.clone(), connection: open.clone() };
                 // Requests run inside this future, not spawned, so that dropping
@@ -575,6 +597,7 @@ impl Drop for OpenConnection {
                     tracing::warn!(task = %lost.task, attempt = lost.attempt, %worker, "attempt lost: {}; task will be re-run", lost.loss);
                     status.attempt_lost(lost.task, lost.attempt, lost.loss, now);
                 }
+                forget_outputs_of(&mut job, worker, "disconnected");
             }
             drop(job);
             shared.not_yet_exited().remove(worker);
@@ -618,14 +641,30 @@ async fn wait_for_end(shared: &Shared) -> JobEnd {
 }
 
 /// Gives up the attempts that are overdue at `now` (see
-/// [`Scheduler::expire`]) and records them; true if there were any.
+/// [`Scheduler::expire`]) and the map outputs only silent workers held,
+/// and records them; true if there were any.
 fn expire_overdue(job: &mut JobState, now: Instant) -> bool {
     let lost = job.scheduler.expire(now);
     for lost in &lost {
         tracing::warn!(task = %lost.task, attempt = lost.attempt, worker = %lost.worker, "attempt given up: {}; task will be re-run", lost.loss);
         job.status.attempt_lost(lost.task, lost.attempt, lost.loss, now);
     }
-    !lost.is_empty()
+    let mut forgot = false;
+    for worker in job.scheduler.silent_workers(now) {
+        forgot |= forget_outputs_of(job, &worker, "went silent");
+    }
+    !lost.is_empty() || forgot
+}
+
+/// Runs again the maps whose output only `worker`, now gone (`how`), could
+/// serve (see [`Scheduler::forget_outputs_of`]); true if there were any.
+fn forget_outputs_of(job: &mut JobState, worker: &str, how: &str) -> bool {
+    let forgotten = job.scheduler.forget_outputs_of(worker);
+    for &(map_task, attempt) in &forgotten {
+        tracing::warn!(task = %TaskId::Map(map_task), attempt, %worker, "its output was served only by its worker, which {how}; task will be re-run");
+        job.status.map_output_gone(map_task, &format!("its worker {worker} {how}, and its output with it"));
+    }
+    !forgotten.is_empty()
 }
 
 /// The tarpc service for one connection: a handle on the shared state.
@@ -680,13 +719,14 @@ impl Coordinator for CoordinatorServer {
     async fn heartbeat(self, _: Context, running: Vec<AttemptProgress>) -> HeartbeatReply {
         let worker = self.worker.clone();
         self.heard_from(&worker);
-        let end = {
+        let (end, abandoned) = {
             let mut job = self.shared.job();
             job.scheduler.heartbeat(&worker, &running, Instant::now());
-            job.scheduler.job_end()
+            (job.scheduler.job_end(), job.scheduler.abandoned(&running))
         };
         match end {
-            None => HeartbeatReply::Continue,
+            None if abandoned.is_empty() => HeartbeatReply::Continue,
+            None => HeartbeatReply::Abandon(abandoned),
             Some(end) => {
                 self.told_exit(&worker);
                 HeartbeatReply::Exit(end)
@@ -698,11 +738,56 @@ impl Coordinator for CoordinatorServer {
         let worker = self.worker.clone();
         self.heard_from(&worker);
         let shared = &self.shared;
+        let report = fetch_served_output(shared, &worker, report).await;
         let verdict = apply_report(shared, &worker, report);
         if verdict == ReportVerdict::Accepted {
             shared.changed.notify_waiters();
         }
     }
+}
+
+/// Fetches the output of a winning reduce attempt whose worker does not
+/// share the job directory into the staged path the coordinator named, so
+/// that committing it is the same rename as for any other. A report the
+/// scheduler would not take is passed on untouched (and then ignored); an
+/// output that cannot be fetched, or arrives with another size than the
+/// attempt wrote, turns the report into a failure of the attempt.
+async fn fetch_served_output(shared: &Shared, worker: &str, report: TaskReport) -> TaskReport {
+    let TaskReport { task: task @ TaskId::Reduce(r), attempt, outcome: TaskOutcome::ReduceDone { counters, served_by: Some(server) } } = &report
+    else {
+        return report;
+    };
+    let staged = {
+        let job = shared.job();
+        let ours = job.scheduler.worker_of(*task, *attempt).is_none_or(|owner| owner == worker);
+        if !ours || job.scheduler.would_accept_completion(*task, *attempt) != ReportVerdict::Accepted {
+            return report;
+        }
+        job.scheduler.staged_output(*r, *attempt)
+    };
+    match fetch_to(&shared.fetcher, server, FileRequest::AttemptOutput { attempt: *attempt, offset: 0, len: u64::MAX }, &staged).await {
+        Ok(len) if len == counters.output_bytes => report,
+        fetched => {
+            let why = match fetched {
+                Ok(len) => format!("{len} bytes arrived, the attempt wrote {}", counters.output_bytes),
+                Err(e) => e,
+            };
+            let error = format!("the coordinator could not fetch the output from {server}: {why}");
+            TaskReport { task: *task, attempt: *attempt, outcome: TaskOutcome::Failed { error } }
+        }
+    }
+}
+
+/// Fetches `request` from `server` into `dest`, whole or not at all: into a
+/// temporary file beside it first, renamed into place once complete (a
+/// worker that repeats its report starts a second fetch of the same bytes).
+async fn fetch_to(fetcher: &Fetcher, server: &str, request: FileRequest, dest: &Path) -> Result<u64, String> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let temp = tempfile::Builder::new().prefix(".fetching-").tempfile_in(dir).map_err(|e| e.to_string())?;
+    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(|e| e.to_string())?);
+    let fetched = fetcher.fetch(server, request, &mut file).await.map_err(|e| e.to_string())?;
+    temp.persist(dest).map_err(|e| e.to_string())?;
+    Ok(fetched.len)
 }
 
 /// Answers a `request_task`: a task as soon as one is ready, `Exit` once the
@@ -771,7 +856,7 @@ fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerd
             record_completion(status, verdict, task, attempt, counters, now);
             verdict
         }
-        TaskOutcome::ReduceDone { counters } => match commit_reduce(scheduler, &ledger.dir, task, attempt, now) {
+        TaskOutcome::ReduceDone { counters, .. } => match commit_reduce(scheduler, &ledger.dir, task, attempt, now) {
             Ok(verdict) => {
                 if let (ReportVerdict::Accepted, TaskId::Reduce(r)) = (verdict, task) {
                     ledger.record(&Record::ReduceDone { task: r, attempt, counters: counters.clone() });

@@ -35,7 +35,8 @@ use crate::map_output::MapOutputLocation;
 pub const JOB_DIR_NAME: &str = ".mr-job";
 /// The marker written beside a job's outputs once they are all in place.
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
-const JOURNAL: &str = "journal";
+/// The journal's name in the job directory.
+pub const JOURNAL: &str = "journal";
 const LOCK: &str = "lock";
 /// The name a job directory takes, with a unique suffix, while it is
 /// removed: renamed out of the way first, so that a worker still writing

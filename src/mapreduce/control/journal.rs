@@ -113,6 +113,18 @@ impl Journal {
         Ok(journal)
     }
 
+    /// The id of the job whose journal is at `path`, if it can be read
+    /// there: a worker that finds its job's id shares the coordinator's
+    /// filesystem.
+    pub fn job_id_at(path: &Path) -> Option<String> {
+        let mut first = String::new();
+        BufReader::new(File::open(path).ok()?).read_line(&mut first).ok()?;
+        match serde_json::from_str(&first).ok()? {
+            Record::Job { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
     /// Opens an existing journal to append to it.
     pub fn open_for_append(path: &Path) -> Result<Journal, JournalError> {
         let file = File::options().append(true).open(path).map_err(|source| JournalError::Io { path: path.to_owned(), source })?;

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod coordinator;
 pub mod inputs;
 pub mod job_dir;
+pub mod job_files;
 pub mod journal;
 pub mod rpc;
 pub mod scheduler;

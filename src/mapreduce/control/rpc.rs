@@ -97,6 +97,9 @@ pub struct JobSpec {
     /// How often a worker sends a heartbeat: a fraction of the task
     /// timeout, so that a live worker is never taken for a silent one.
     pub heartbeat_interval: Duration,
+    /// The job directory: a worker that finds the job's journal in it
+    /// shares the coordinator's filesystem and writes its files there.
+    pub job_dir: PathBuf,
 }
 
 impl JobSpec {
@@ -242,10 +245,16 @@ pub enum TaskOutcome {
         /// What the attempt counted.
         counters: Counters,
     },
-    /// A reduce attempt finished and wrote its output to `staged_output`.
+    /// A reduce attempt finished and wrote its output to `staged_output`,
+    /// or, when `served_by` is set, to its worker's work directory, for the
+    /// coordinator to fetch from that file server.
     ReduceDone {
         /// What the attempt counted.
         counters: Counters,
+        /// The worker's file server, when the output is not in the job
+        /// directory.
+        #[serde(default)]
+        served_by: Option<String>,
     },
     /// The attempt failed: the app returned an error or panicked, or its
     /// input could not be read. Counts toward the task's failure limit.
@@ -282,6 +291,10 @@ pub struct AttemptProgress {
 pub enum HeartbeatReply {
     /// The job goes on.
     Continue,
+    /// The job goes on, and these of the worker's running attempts no
+    /// longer matter (given up, or their task finished by another
+    /// attempt): stop them.
+    Abandon(Vec<AttemptId>),
     /// The job is over: exit, even with attempts still running.
     Exit(JobEnd),
 }

@@ -429,6 +429,23 @@ impl Scheduler {
         }
     }
 
+    /// Which of the attempts a worker reports running no longer matter:
+    /// their task is done (another attempt won), or this coordinator gave
+    /// them up. Attempts from before a restart are not given up by being
+    /// unknown: their completion would still be taken.
+    pub fn abandoned(&self, running: &[AttemptProgress]) -> Vec<AttemptId> {
+        running
+            .iter()
+            .filter(|report| match self.get(report.task) {
+                None => false,
+                Some(entry) if entry.is_done() => true,
+                Some(_) if report.attempt < self.epoch_start => false,
+                Some(_) => !self.running_attempts(report.task).iter().any(|a| a.attempt == report.attempt),
+            })
+            .map(|report| report.attempt)
+            .collect()
+    }
+
     /// `worker`'s connection closed: it is gone, and the attempts it was
     /// running are given up at once (counted as unsuccessful) rather than
     /// after the timeout. A worker that calls again is welcome back, and an
@@ -495,6 +512,38 @@ impl Scheduler {
             }
         }
         lost
+    }
+
+    /// Map tasks whose winning output only `worker` served, made Idle to
+    /// run again, since it is gone and a reduce still needs them (Google
+    /// MapReduce's section 3.3: completed maps of a failed worker are
+    /// re-executed). Maps whose output is also in the shared job directory,
+    /// or that had none, are kept. Not counted toward the tasks' bounds:
+    /// the maps did not fail. Returns each map with its lost attempt.
+    pub fn forget_outputs_of(&mut self, worker: &str) -> Vec<(u32, AttemptId)> {
+        if self.reduces_done == self.reduces.len() {
+            return Vec::new();
+        }
+        let mut forgotten = Vec::new();
+        for m in 0..self.maps.len() {
+            let TaskState::Done { attempt } = self.maps[m].state else { continue };
+            let outputs = &self.map_outputs[m];
+            let lost = !outputs.is_empty() && outputs.iter().all(|(_, location)| location.only_served());
+            if lost && attempt >= self.epoch_start && self.maps[m].worker_of(attempt) == worker {
+                self.maps[m].state = TaskState::Idle;
+                self.maps_done -= 1;
+                self.map_outputs[m].clear();
+                self.enqueue(TaskId::Map(m as u32), true);
+                forgotten.push((m as u32, attempt));
+            }
+        }
+        forgotten
+    }
+
+    /// Workers silent for the task timeout at `now`, heard from before.
+    pub fn silent_workers(&self, now: Instant) -> Vec<WorkerId> {
+        let timeout = self.config.task_timeout;
+        self.workers.iter().filter(|(_, &heard)| now.saturating_duration_since(heard) >= timeout).map(|(w, _)| w.clone()).collect()
     }
 
     /// Decides what `worker` does next. Call `expire` first so that
@@ -886,6 +935,51 @@ mod tests {
             Assignment::Reduce(t) => t,
             other => panic!("expected a reduce task for {worker}, got {other:?}"),
         }
+    }
+
+    fn served(m: u32, r: u32, shared: bool) -> MapOutputLocation {
+        let shared_path = shared.then(|| PathBuf::from(format!("/job/map-{m}.runs")));
+        MapOutputLocation::Served { server: format!("host-{m}:1"), attempt: u64::from(m), range: RunRange { offset: u64::from(r) * 100, len: 100 }, shared_path }
+    }
+
+    #[test]
+    fn maps_whose_output_only_a_lost_worker_served_run_again_while_reduces_need_them() {
+        let now = Instant::now();
+        let mut s = scheduler(3, 1);
+        let (_, a0) = take_map(&mut s, "gone", now);
+        let (_, a1) = take_map(&mut s, "gone", now);
+        let (_, a2) = take_map(&mut s, "stays", now);
+        s.complete(TaskId::Map(0), a0, vec![(0, served(0, 0, false))], now);
+        // In the shared job directory too: readable without its worker.
+        s.complete(TaskId::Map(1), a1, vec![(0, served(1, 0, true))], now);
+        s.complete(TaskId::Map(2), a2, vec![(0, served(2, 0, false))], now);
+        assert_eq!(s.progress().maps_done, 3);
+        assert_eq!(s.forget_outputs_of("gone"), vec![(0, a0)]);
+        assert_eq!(s.progress().maps_done, 2);
+        assert_eq!(s.forget_outputs_of("gone"), vec![], "forgotten once");
+        // Map 0 runs again before any reduce, and does not count as a failure.
+        let (m, again) = take_map(&mut s, "stays", now);
+        assert_eq!(m, 0);
+        s.complete(TaskId::Map(0), again, vec![(0, served(0, 0, false))], now);
+        let r = take_reduce(&mut s, "stays", now);
+        assert_eq!(s.entry(TaskId::Map(0)).unsuccessful, vec![]);
+        s.complete(TaskId::Reduce(0), r.attempt, vec![], now);
+        // Once every reduce is done, nothing needs the maps.
+        assert_eq!(s.forget_outputs_of("stays"), vec![]);
+    }
+
+    #[test]
+    fn attempts_given_up_or_beaten_are_abandoned() {
+        let now = Instant::now();
+        let mut s = scheduler(3, 1);
+        let (_, a0) = take_map(&mut s, "w", now);
+        let (_, a1) = take_map(&mut s, "w", now);
+        let (_, a2) = take_map(&mut s, "w", now);
+        s.complete(TaskId::Map(1), a1, vec![], now);
+        s.fail(TaskId::Map(2), a2, "boom");
+        let report = |task, attempt| AttemptProgress { task: TaskId::Map(task), attempt, units: 1 };
+        let abandoned = s.abandoned(&[report(0, a0), report(1, a1), report(2, a2)]);
+        assert_eq!(abandoned, vec![a1, a2], "map 0's attempt still counts");
     }
 
     #[test]

@@ -30,6 +30,8 @@
 //! still running on slot threads are abandoned with the process.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,10 @@ use tarpc::context;
 use tarpc::tokio_serde::formats::Bincode;
 use tokio::sync::mpsc;
 
+use crate::files::Fetcher;
 use crate::handshake::{self, HandshakeError, Identity, Secret};
+use crate::journal::Journal;
+use crate::storage::{ServedOutputs, StorageConfig, WorkerStorage};
 use crate::plugin::Plugin;
 use tracing::Instrument;
 
@@ -66,6 +71,15 @@ pub struct WorkerConfig {
     pub slots: usize,
     /// The job's shared secret, to prove in each connection's handshake.
     pub secret: Option<Secret>,
+    /// Where to make this worker's work directory (a fresh directory in
+    /// it, removed at exit); `None` for the system's temporary directory.
+    pub work_dir: Option<PathBuf>,
+    /// Where this worker's file server listens (`HOST:PORT`); `None` for
+    /// a free port on the address this worker reaches the coordinator from.
+    pub serve_on: Option<String>,
+    /// Whether to use the coordinator's job directory when it is visible
+    /// here; `false` acts as if no filesystem were shared.
+    pub use_shared_dir: bool,
 }
 
 /// How a worker's run ended normally.
@@ -96,6 +110,9 @@ pub enum WorkerError {
     /// The operating system would not start a slot's thread.
     #[error("cannot start a task thread: {0}")]
     Thread(std::io::Error),
+    /// The work directory or the file server could not be set up.
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl WorkerError {
@@ -106,7 +123,7 @@ impl WorkerError {
         match self {
             WorkerError::JobFailed(_) => 3,
             WorkerError::CoordinatorLost { .. } => 4,
-            WorkerError::Unreachable { .. } | WorkerError::Refused { .. } | WorkerError::Thread(_) => 1,
+            WorkerError::Unreachable { .. } | WorkerError::Refused { .. } | WorkerError::Thread(_) | WorkerError::Setup(_) => 1,
         }
     }
 }
@@ -127,15 +144,16 @@ type LoopEnd = Result<WorkerExit, WorkerError>;
 /// Runs tasks from the coordinator with `plugin` until the job ends.
 pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit, WorkerError> {
     let identity = Identity::new(worker_id());
-    let client = connect(&config, &identity).await?;
+    let (client, local) = connect(&config, &identity).await?;
     let id = identity.name.clone();
     tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
     let lost = |e: RpcError| WorkerError::CoordinatorLost { master: config.master.clone(), error: e.to_string() };
     let spec = client.job(call_context()).await.map_err(lost)?;
+    let (storage, _work_dir) = set_up_storage(&config, &spec, &identity, local).await?;
     let link = Arc::new(MasterLink::new(client, &config, identity, spec.job_id.clone()));
     let interval = spec.heartbeat_interval;
     // Making the app may read the inputs (a sort samples them): off the runtime.
-    let runner = tokio::task::spawn_blocking(move || Arc::new(TaskRunner::new(plugin, &spec)))
+    let runner = tokio::task::spawn_blocking(move || Arc::new(TaskRunner::new(plugin, &spec, storage)))
         .await
         .expect("the app's constructor panics are caught at the plugin boundary");
     let slots: Arc<[SlotActivity]> = (0..config.slots.max(1)).map(|_| SlotActivity::default()).collect();
@@ -161,6 +179,51 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
     end_rx.recv().await.expect("the heartbeat loop runs until it sees the end")
 }
 
+/// Makes the work directory, starts the file server, and decides whether
+/// this worker shares the coordinator's job directory (it finds the job's
+/// journal there). `local` is this end of the connection to the
+/// coordinator: the address other workers reach this one at, presumably.
+/// The work directory lives as long as the returned guard.
+async fn set_up_storage(
+    config: &WorkerConfig,
+    spec: &crate::rpc::JobSpec,
+    identity: &Identity,
+    local: SocketAddr,
+) -> Result<(Arc<WorkerStorage>, tempfile::TempDir), WorkerError> {
+    let setup = |what: &str, e: std::io::Error| WorkerError::Setup(format!("{what}: {e}"));
+    let base = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work_dir = tempfile::Builder::new()
+        .prefix("mr-worker-")
+        .tempdir_in(&base)
+        .map_err(|e| setup(&format!("cannot make a work directory in {}", base.display()), e))?;
+    let serve_on = config.serve_on.clone().unwrap_or_else(|| SocketAddr::new(local.ip(), 0).to_string());
+    let listener = tokio::net::TcpListener::bind(&serve_on).await.map_err(|e| setup(&format!("cannot serve files on {serve_on}"), e))?;
+    let bound = listener.local_addr().map_err(|e| setup("reading the file server's address", e))?;
+    // Listening on every address: others reach it where they reach us.
+    let server = if bound.ip().is_unspecified() { SocketAddr::new(local.ip(), bound.port()) } else { bound };
+    let served = Arc::new(ServedOutputs::default());
+    tokio::spawn(crate::files::run_server(listener, config.secret.clone(), served.clone()));
+    let journal = spec.job_dir.join(crate::job_dir::JOURNAL);
+    let shared = config.use_shared_dir && Journal::job_id_at(&journal).as_deref() == Some(spec.job_id.as_str());
+    tracing::info!(
+        work_dir = %work_dir.path().display(),
+        files = %server,
+        "{}",
+        if shared { "sharing the job directory with the coordinator" } else { "not sharing the job directory: map output is served from here" }
+    );
+    let storage = WorkerStorage::new(StorageConfig {
+        work_dir: work_dir.path().to_owned(),
+        shared_job_dir: shared.then(|| spec.job_dir.clone()),
+        server: server.to_string(),
+        served,
+        fetcher: Fetcher::new(config.secret.clone(), identity.clone()),
+        master: config.master.clone(),
+        inputs: spec.inputs.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    Ok((Arc::new(storage), work_dir))
+}
+
 /// What one slot is running, for the heartbeat.
 #[derive(Debug, Default)]
 struct SlotActivity {
@@ -174,8 +237,21 @@ impl SlotActivity {
         progress
     }
 
-    fn finish(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    /// The attempt ended; returns whether it had been cancelled.
+    fn finish(&self) -> bool {
+        let ended = self.current.lock().unwrap_or_else(|p| p.into_inner()).take();
+        ended.is_some_and(|(_, _, progress)| progress.is_cancelled())
+    }
+
+    /// Cancels the slot's attempt if it is one of `attempts`.
+    fn cancel_if(&self, attempts: &[AttemptId]) {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((task, attempt, progress)) = current.as_ref() {
+            if attempts.contains(attempt) && !progress.is_cancelled() {
+                tracing::info!(%task, attempt, "stopping the attempt: the coordinator no longer needs it");
+                progress.cancel();
+            }
+        }
     }
 
     fn snapshot(&self) -> Option<AttemptProgress> {
@@ -198,6 +274,11 @@ async fn send_heartbeats(link: &MasterLink, slots: &[SlotActivity], interval: Du
         };
         match link.call(heartbeat).await? {
             HeartbeatReply::Continue => {}
+            HeartbeatReply::Abandon(attempts) => {
+                for slot in slots {
+                    slot.cancel_if(&attempts);
+                }
+            }
             HeartbeatReply::Exit(end) => return job_end(end),
         }
     }
@@ -219,7 +300,8 @@ async fn run_slot(slot: usize, link: &MasterLink, runner: &Arc<TaskRunner>, acti
         let report = match assignment {
             Assignment::Wait => continue,
             Assignment::Exit(end) => return job_end(end),
-            Assignment::Map(task) => {
+            Assignment::Map(mut task) => {
+                runner.storage().adapt_map(&mut task);
                 let (task_id, attempt) = (TaskId::Map(task.index), task.attempt);
                 let (runner, progress) = (runner.clone(), activity.start(task_id, attempt));
                 let outcome = run_on(&thread, task_id, attempt, move || runner.run_map(&task, &progress))
@@ -227,22 +309,33 @@ async fn run_slot(slot: usize, link: &MasterLink, runner: &Arc<TaskRunner>, acti
                     .map(|(outputs, counters)| TaskOutcome::MapDone { outputs, counters });
                 TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
-            Assignment::Reduce(task) => {
+            Assignment::Reduce(mut task) => {
+                runner.storage().adapt_reduce(&mut task);
                 let (task_id, attempt) = (TaskId::Reduce(task.partition), task.attempt);
                 let (runner, progress) = (runner.clone(), activity.start(task_id, attempt));
                 let outcome = run_on(&thread, task_id, attempt, move || runner.run_reduce(&task, &progress))
                     .await
-                    .map(|counters| TaskOutcome::ReduceDone { counters });
+                    .map(|(counters, served_by)| TaskOutcome::ReduceDone { counters, served_by });
                 TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
         };
         // Reported from here on: a heartbeat must not keep showing progress
         // of an attempt the coordinator may already have given up.
-        activity.finish();
+        let cancelled = activity.finish();
+        // The coordinator has written off a cancelled attempt; only a
+        // completion (it may still take one) is worth telling.
+        if cancelled && matches!(report.outcome, TaskOutcome::Failed { .. }) {
+            continue;
+        }
         // Reports are idempotent: one whose answer was late is sent again.
+        // The coordinator fetches a served reduce output before it answers.
+        let deadline = match &report.outcome {
+            TaskOutcome::ReduceDone { served_by: Some(_), .. } => FETCHING_REPORT_DEADLINE,
+            _ => CALL_DEADLINE,
+        };
         let send_report = |client: CoordinatorClient| {
             let report = report.clone();
-            async move { client.report_task(call_context(), report).await }
+            async move { client.report_task(context_with(deadline), report).await }
         };
         link.call(send_report).await?;
     }
@@ -352,7 +445,7 @@ impl MasterLink {
 
     /// One try at a new connection to a coordinator running this job.
     async fn connect_to_same_job(&self) -> Result<CoordinatorClient, Reconnect> {
-        let client = open_connection(&self.master, self.secret.as_ref(), &self.identity).await.map_err(|e| match e {
+        let (client, _) = open_connection(&self.master, self.secret.as_ref(), &self.identity).await.map_err(|e| match e {
             ConnectError::Network(e) => Reconnect::Failed(e),
             ConnectError::Refused(e) => Reconnect::Refused(e),
         })?;
@@ -416,6 +509,7 @@ async fn run_on<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
 ) -> Result<T, TaskOutcome> {
     let span = tracing::info_span!("task", task = %task, attempt);
+    span.in_scope(|| tracing::debug!("started"));
     let started = Instant::now();
     let in_span = span.clone();
     let result = thread.run(move || in_span.in_scope(f)).await;
@@ -446,14 +540,22 @@ async fn run_on<T: Send + 'static>(
 }
 
 fn call_context() -> context::Context {
+    context_with(CALL_DEADLINE)
+}
+
+fn context_with(deadline: Duration) -> context::Context {
     let mut ctx = context::current();
-    ctx.deadline = Instant::now() + CALL_DEADLINE;
+    ctx.deadline = Instant::now() + deadline;
     ctx
 }
 
+/// Deadline of a report whose output the coordinator fetches before it
+/// answers: long enough for a large output over a slow network.
+const FETCHING_REPORT_DEADLINE: Duration = Duration::from_secs(600);
+
 /// Connects to the coordinator, retrying until `connect_timeout`; a
 /// coordinator that refuses this worker is not asked again.
-async fn connect(config: &WorkerConfig, identity: &Identity) -> Result<CoordinatorClient, WorkerError> {
+async fn connect(config: &WorkerConfig, identity: &Identity) -> Result<(CoordinatorClient, SocketAddr), WorkerError> {
     let give_up = Instant::now() + config.connect_timeout;
     loop {
         match open_connection(&config.master, config.secret.as_ref(), identity).await {
@@ -479,14 +581,18 @@ enum ConnectError {
 }
 
 /// One try at a connection to the coordinator at `master`: TCP, then the
-/// handshake, then the RPC client on it.
-async fn open_connection(master: &str, secret: Option<&Secret>, identity: &Identity) -> Result<CoordinatorClient, ConnectError> {
-    let mut stream = tokio::net::TcpStream::connect(master).await.map_err(|e| ConnectError::Network(e.to_string()))?;
+/// handshake and the service byte, then the RPC client on it. Returns the
+/// client and this end's address.
+async fn open_connection(master: &str, secret: Option<&Secret>, identity: &Identity) -> Result<(CoordinatorClient, SocketAddr), ConnectError> {
+    let network = |e: std::io::Error| ConnectError::Network(e.to_string());
+    let mut stream = tokio::net::TcpStream::connect(master).await.map_err(network)?;
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().map_err(network)?;
     handshake::connect(&mut stream, secret, identity).await.map_err(|e| match e.is_transient() {
         true => ConnectError::Network(format!("handshake: {e}")),
         false => ConnectError::Refused(e),
     })?;
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &[crate::files::SERVICE_RPC]).await.map_err(network)?;
     let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
-    Ok(CoordinatorClient::new(client::Config::default(), transport).spawn())
+    Ok((CoordinatorClient::new(client::Config::default(), transport).spawn(), local))
 }

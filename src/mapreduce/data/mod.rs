@@ -13,4 +13,5 @@ pub mod sequential;
 pub mod shuffle;
 pub mod skipping;
 pub mod split;
+pub mod storage;
 pub mod task;

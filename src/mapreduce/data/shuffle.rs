@@ -420,7 +420,7 @@ mod tests {
         let runs = outputs
             .iter()
             .map(|(p, location)| {
-                let MapOutputLocation::SharedFile { path, .. } = location;
+                let MapOutputLocation::SharedFile { path, .. } = location else { panic!("a map writes local files") };
                 assert_eq!(path.file_name().unwrap().to_str().unwrap(), map_output_file_name(4, 9));
                 (*p, read_all(location))
             })

@@ -84,6 +84,22 @@ pub fn read_split_into(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result
     Ok(begin)
 }
 
+/// The byte range of the lines `split` owns, `(begin, end)`, by the same
+/// rule as [`read_split`]: what the coordinator sends a worker that cannot
+/// read the file.
+pub fn owned_range(split: &InputSplit) -> io::Result<(u64, u64)> {
+    let mut file = open_unchanged(&split.file)?;
+    let size = file.metadata()?.len();
+    let begin = if split.start == 0 { 0 } else { line_start_at_or_after(&mut file, split.start)? };
+    let end = match split.end {
+        None => size,
+        // No line starts in the split (a line longer than the split).
+        Some(end) if begin >= end => begin,
+        Some(end) => line_start_at_or_after(&mut file, end)?,
+    };
+    Ok((begin, end.max(begin)))
+}
+
 /// A split's lines, read in place from its file mapped into memory.
 pub struct MappedSplit {
     input: MappedInput,
@@ -311,6 +327,20 @@ mod tests {
         std::fs::write(&path, "aaaa\nbbbb\ncc\n").unwrap();
         let error = read_split(&split).expect_err("a grown file must be refused").to_string();
         assert_eq!(error, "changed since the job was planned: 10 bytes then, 13 now");
+    }
+
+    #[test]
+    fn owned_ranges_hold_what_read_split_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        let text: String = (0..2000).map(|i| format!("line {i} {}\n", "x".repeat(i % 37))).collect();
+        std::fs::write(&path, &text).unwrap();
+        let input = InputFile { name: "in.txt".into(), path: path.clone(), size: text.len() as u64, modified: None };
+        for split in plan_splits(std::slice::from_ref(&input), 997) {
+            let (offset, lines) = read_split(&split).unwrap();
+            let (begin, end) = owned_range(&split).unwrap();
+            assert_eq!((begin, &text.as_bytes()[begin as usize..end as usize]), (offset, &lines[..]), "{split}");
+        }
     }
 
     #[test]

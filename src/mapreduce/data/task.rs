@@ -8,7 +8,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::app::{OutputFormat, ValueSource};
@@ -25,6 +25,7 @@ use crate::split::{map_split, read_split_into, MappedSplit};
 use crate::map_output::{open_run, stored_size, MapOutputLocation};
 use crate::shuffle::{Combiner, MapOutputConfig, MapOutputWriter, ShuffleError};
 use crate::skipping::{for_each_line, RecordCursor, SkipPlan};
+use crate::storage::{FetchProgress, WorkerStorage};
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,9 @@ pub enum TaskError {
     /// The file that tracks the record in the app's hands could not be made.
     #[error("record cursor {}: {source}", .path.display())]
     Cursor { path: PathBuf, source: io::Error },
+    /// The coordinator said the attempt no longer matters.
+    #[error("stopped: the coordinator gave the attempt up, or another attempt finished the task")]
+    Cancelled,
 }
 
 impl From<ShuffleError> for TaskError {
@@ -78,8 +82,16 @@ impl From<MergeError> for TaskError {
 /// records emitted, keys and values reduced, counter updates, phases
 /// finished. The attempt's thread ticks it; the worker's heartbeat reads it,
 /// so the coordinator can tell a slow attempt that is moving from a stuck one.
+///
+/// It also carries the coordinator's word that the attempt no longer
+/// matters ([`TaskProgress::cancel`]): it was given up, or another attempt
+/// of its task won. The attempt stops at its next check (between fetches,
+/// keys, records) rather than run to its end for nothing.
 #[derive(Debug, Clone, Default)]
-pub struct TaskProgress(Arc<AtomicU64>);
+pub struct TaskProgress {
+    units: Arc<AtomicU64>,
+    cancelled: Arc<AtomicBool>,
+}
 
 impl TaskProgress {
     /// One more unit of work done.
@@ -87,18 +99,39 @@ impl TaskProgress {
     pub fn tick(&self) {
         // One writer (the attempt's thread): a plain load and store, no
         // locked add on the hot path.
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        self.units.store(self.units.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
     /// Units done so far.
     pub fn units(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.units.load(Ordering::Relaxed)
     }
 
     /// The count itself, for the app's counters to tick (from this
     /// attempt's thread only).
     pub fn shared(&self) -> Arc<AtomicU64> {
-        self.0.clone()
+        self.units.clone()
+    }
+
+    /// Asks the attempt to stop: the coordinator no longer counts on it.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the attempt was asked to stop.
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// What a reduce's fetches tick and check.
+    fn fetch_progress(&self) -> FetchProgress<'_> {
+        FetchProgress { units: &self.units, cancelled: &self.cancelled }
+    }
+
+    /// [`TaskError::Cancelled`] if the attempt was asked to stop.
+    fn check(&self) -> Result<(), TaskError> {
+        if self.is_cancelled() { Err(TaskError::Cancelled) } else { Ok(()) }
     }
 }
 
@@ -122,18 +155,25 @@ pub struct TaskRunner {
     compression: Compression,
     /// Why the app could not be made for this job, if it could not.
     init_error: Option<AppFailure>,
+    /// Where attempts' files go, and how runs and inputs are fetched.
+    storage: Arc<WorkerStorage>,
 }
 
 impl TaskRunner {
     /// Makes the app for `job` (calls its constructor once). A constructor
     /// failure is kept and reported as the failure of every task.
-    pub fn new(plugin: Arc<Plugin>, job: &JobSpec) -> TaskRunner {
+    pub fn new(plugin: Arc<Plugin>, job: &JobSpec, storage: Arc<WorkerStorage>) -> TaskRunner {
         let init_error = plugin.init(&job.app_context()).err();
         if let Some(e) = &init_error {
             tracing::error!("the app refused this job: {e}");
         }
         let map_buffer_bytes = usize::try_from(job.map_buffer_bytes).unwrap_or(usize::MAX);
-        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, compression: job.compression, init_error }
+        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, compression: job.compression, init_error, storage }
+    }
+
+    /// Where attempts' files go.
+    pub fn storage(&self) -> &WorkerStorage {
+        &self.storage
     }
 
     /// What the app can do, or why every task fails.
@@ -145,16 +185,25 @@ impl TaskRunner {
     }
 
     /// Runs one map attempt; returns its runs, one per non-empty partition,
-    /// and the attempt's counters.
+    /// and the attempt's counters. The task's files go where the storage
+    /// puts them ([`WorkerStorage::adapt_map`]).
     pub fn run_map(&self, task: &MapTask, progress: &TaskProgress) -> Result<(Vec<(u32, MapOutputLocation)>, Counters), TaskError> {
         let capabilities = self.capabilities()?;
         let plugin = &*self.plugin;
         let split = &task.input;
         let input_err = |source| TaskError::Input { path: split.file.path.clone(), source };
-        let mapped = map_split(split).map_err(input_err)?;
+        let fetched = self.storage.must_fetch_input(split);
+        let mapped = if fetched { None } else { map_split(split).map_err(input_err)? };
         let mut buffer = Vec::new();
         let (offset, contents) = match &mapped {
             Some(mapped) => (mapped.offset(), mapped.bytes()),
+            None if fetched => {
+                buffer = INPUT_BUFFER.take();
+                let offset = self.storage.fetch_input(split, &mut buffer).map_err(|e| {
+                    input_err(io::Error::other(format!("not readable here, and fetching it from the coordinator failed: {e}")))
+                })?;
+                (offset, &buffer[..])
+            }
             None => {
                 buffer = INPUT_BUFFER.take();
                 (read_split_into(split, &mut buffer).map_err(input_err)?, &buffer[..])
@@ -186,6 +235,11 @@ impl TaskRunner {
             progress.tick();
             records += 1;
             bytes += (key.len() + value.len()) as u64;
+            // Checked once per 4096 records: the app's map call cannot be
+            // stopped, but its output need not be sorted and written.
+            if records % 4096 == 0 && failure.is_none() && progress.is_cancelled() {
+                failure = Some(TaskError::Cancelled);
+            }
             if failure.is_none() {
                 let pushed = plugin
                     .partition(key, &partitions)
@@ -204,7 +258,10 @@ impl TaskRunner {
             return Err(input_err(io::Error::other("the file shrank while the map read it")));
         }
         // Changed in place while the map read it (same or larger size)?
-        std::fs::metadata(&split.file.path).and_then(|now| check_unchanged(&split.file, &now)).map_err(input_err)?;
+        // (The coordinator checks a file it serves.)
+        if !fetched {
+            std::fs::metadata(&split.file.path).and_then(|now| check_unchanged(&split.file, &now)).map_err(input_err)?;
+        }
         if let Some(e) = failure {
             return Err(e);
         }
@@ -215,7 +272,7 @@ impl TaskRunner {
         if (1..=REUSED_INPUT_MAX).contains(&buffer.capacity()) {
             INPUT_BUFFER.set(buffer);
         }
-        let runs = output.finish()?;
+        let runs = self.storage.serve_map_output(task.attempt, output.finish()?);
         (counters.map_output_records, counters.map_output_bytes) = (records, bytes);
         for (_, location) in &runs {
             counters.intermediate_bytes += stored_size(location);
@@ -224,12 +281,19 @@ impl TaskRunner {
         Ok((runs, counters))
     }
 
-    /// Runs one reduce attempt, leaving its output at `task.staged_output`;
-    /// returns the attempt's counters.
-    pub fn run_reduce(&self, task: &ReduceTask, progress: &TaskProgress) -> Result<Counters, TaskError> {
+    /// Runs one reduce attempt, leaving its output at `task.staged_output`
+    /// (see [`WorkerStorage::adapt_reduce`]); returns the attempt's
+    /// counters, and the file server the coordinator must fetch the
+    /// output from, if it is not in the job directory.
+    pub fn run_reduce(&self, task: &ReduceTask, progress: &TaskProgress) -> Result<(Counters, Option<String>), TaskError> {
         let capabilities = self.capabilities()?;
         let mut counters = Counters::default();
         counters.reduce_input_bytes = task.runs.iter().map(|(_, location)| stored_size(location)).sum();
+        progress.tick();
+        let (runs, _fetched) = self.storage.localize(task.attempt, &task.runs, progress.fetch_progress()).map_err(|lost| match lost {
+            Some((map_task, source)) => TaskError::MapOutputLost { map_task, source },
+            None => TaskError::Cancelled,
+        })?;
         let scratch = Scratch { prefix: &task.staged_output, compression: self.compression, fan_in: MERGE_FAN_IN };
         let open = |map_task, location: &&MapOutputLocation| {
             progress.tick();
@@ -239,7 +303,7 @@ impl TaskRunner {
             progress.tick();
             Ok(copy_merged(readers, writer)?)
         };
-        let readers = open_with_bounded_fan_in(task.runs.iter().map(|(m, location)| (*m, location)).collect(), &scratch, open, copy)?;
+        let readers = open_with_bounded_fan_in(runs.iter().map(|(m, location)| (*m, location)).collect(), &scratch, open, copy)?;
         let mut merger = RunMerger::new(readers)?;
         let path = &task.staged_output;
         let output_err = |source| TaskError::Output { path: path.clone(), source };
@@ -251,6 +315,7 @@ impl TaskRunner {
         self.plugin.start_task(false, task.partition, &user_counters)?;
         while let Some(next) = merger.next_key()? {
             progress.tick();
+            progress.check()?;
             key_number += 1;
             if task.skip.as_ref().is_some_and(|plan| plan.skips(key_number - 1)) {
                 counters.skipped_records += 1;
@@ -284,7 +349,7 @@ impl TaskRunner {
         (counters.output_records, counters.output_bytes) = output.lines_and_bytes_written();
         output.commit().map_err(output_err)?;
         counters.user = user_counters.take();
-        Ok(counters)
+        Ok((counters, self.storage.serve_reduce_output(task.attempt, path)))
     }
 }
 

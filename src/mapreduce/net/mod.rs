@@ -4,4 +4,5 @@
 //! is exchanged.
 
 pub mod accept;
+pub mod files;
 pub mod handshake;

@@ -291,6 +291,12 @@ impl JobStatus {
     /// (and the map its counters) until the map is re-run.
     pub fn map_output_lost(&mut self, reduce: TaskId, attempt: AttemptId, map_task: u32, error: &str, now: Instant) {
         self.end_attempt(reduce, attempt, AttemptOutcome::InputLost(error.to_owned()), now);
+        self.map_output_gone(map_task, error);
+    }
+
+    /// Map task `map_task`'s winning attempt lost its output (`why`): the
+    /// map runs again, and loses its counters until it is done again.
+    pub fn map_output_gone(&mut self, map_task: u32, error: &str) {
         let Some(map) = self.maps.get_mut(map_task as usize) else { return };
         if map.counters.take().is_some() {
             if let Some(winner) = map.attempts.iter_mut().rev().find(|a| a.outcome == AttemptOutcome::Succeeded) {

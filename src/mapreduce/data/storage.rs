@@ -1,0 +1,350 @@
+//! Where a worker keeps what its attempts make, and how it gets what they
+//! need from other processes when it shares no filesystem with them.
+//!
+//! Every worker has a work directory of its own and serves files from it
+//! ([`crate::files`]). A worker that sees the coordinator's job directory
+//! (a shared filesystem; checked once, by finding the job's journal there)
+//! writes map outputs and staged reduce outputs into the job directory as
+//! well, so that they outlive it and reducers read them in place; one that
+//! does not writes them to its work directory and serves them:
+//!
+//! - a map's runs are reported as served by this worker
+//!   ([`MapOutputLocation::Served`]), with their path in the job directory
+//!   when they are there;
+//! - a reducer reads a run in place when it can (its own output, or one in
+//!   the shared job directory) and otherwise fetches it from the map's
+//!   worker into its work directory, a bounded number at once, each tried
+//!   a few times: one that cannot be fetched is reported lost, and that map
+//!   is run again;
+//! - a reduce's output waits in the work directory for the coordinator to
+//!   fetch it into the job directory;
+//! - an input file this worker cannot read is fetched from the
+//!   coordinator, the split's lines only.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::AsyncWrite;
+
+use futures::StreamExt;
+
+use crate::files::{Catalog, FetchError, Fetcher, FileRange, FileRequest};
+use crate::map_output::MapOutputLocation;
+use crate::rpc::{AttemptId, InputFile, InputSplit, MapTask, ReduceTask};
+use crate::runfile::{RunError, RunRange};
+
+/// Runs one reduce fetches at once.
+const PARALLEL_FETCHES: usize = 4;
+/// Tries at one fetch before its map output counts as lost.
+const FETCH_TRIES: u32 = 3;
+/// Pause before the second try; doubled for each one after.
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// The files a worker serves: its attempts' outputs, by attempt.
+#[derive(Debug, Default)]
+pub struct ServedOutputs(Mutex<HashMap<AttemptId, PathBuf>>);
+
+impl ServedOutputs {
+    fn insert(&self, attempt: AttemptId, path: PathBuf) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(attempt, path);
+    }
+
+    fn get(&self, attempt: AttemptId) -> Option<PathBuf> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&attempt).cloned()
+    }
+}
+
+impl Catalog for ServedOutputs {
+    fn resolve(&self, request: &FileRequest) -> Result<FileRange, String> {
+        let FileRequest::AttemptOutput { attempt, offset, len } = *request else {
+            return Err("a worker serves only its attempts' outputs".into());
+        };
+        let path = self.get(attempt).ok_or_else(|| format!("attempt {attempt} made no output here"))?;
+        let size = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+        let len = if len == u64::MAX { size.saturating_sub(offset) } else { len };
+        Ok(FileRange { path, offset, len })
+    }
+}
+
+/// A worker's storage: see the module docs.
+pub struct WorkerStorage {
+    work_dir: PathBuf,
+    /// The coordinator's job directory, when this worker sees it.
+    shared_job_dir: Option<PathBuf>,
+    /// This worker's file server, as other processes reach it.
+    server: String,
+    served: Arc<ServedOutputs>,
+    fetcher: Fetcher,
+    /// The coordinator, which serves the inputs.
+    master: String,
+    /// The job's inputs by path, for asking the coordinator for one.
+    input_index: HashMap<PathBuf, u32>,
+    /// Runs the fetches, from the slot threads.
+    runtime: tokio::runtime::Handle,
+}
+
+/// What a worker's storage is made of.
+pub struct StorageConfig {
+    /// The worker's own directory (empty, and removed by the caller).
+    pub work_dir: PathBuf,
+    /// The job directory, if this worker sees it.
+    pub shared_job_dir: Option<PathBuf>,
+    /// The worker's file server's address.
+    pub server: String,
+    /// What the file server serves.
+    pub served: Arc<ServedOutputs>,
+    /// How to fetch from other processes.
+    pub fetcher: Fetcher,
+    /// The coordinator's address.
+    pub master: String,
+    /// The job's inputs.
+    pub inputs: Vec<InputFile>,
+    /// The runtime that runs fetches.
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl WorkerStorage {
+    /// Storage as configured.
+    pub fn new(config: StorageConfig) -> WorkerStorage {
+        let input_index = config.inputs.iter().enumerate().map(|(i, input)| (input.path.clone(), i as u32)).collect();
+        WorkerStorage {
+            work_dir: config.work_dir,
+            shared_job_dir: config.shared_job_dir,
+            server: config.server,
+            served: config.served,
+            fetcher: config.fetcher,
+            master: config.master,
+            input_index,
+            runtime: config.runtime,
+        }
+    }
+
+    /// Whether this worker writes into the shared job directory.
+    pub fn shares_job_dir(&self) -> bool {
+        self.shared_job_dir.is_some()
+    }
+
+    /// Points a map attempt's files (its output, its record cursor) here:
+    /// into the work directory unless this worker shares the job directory.
+    /// (The coordinator cannot read a cursor in the work directory: records
+    /// are then not skipped.)
+    pub fn adapt_map(&self, task: &mut MapTask) {
+        if !self.shares_job_dir() {
+            task.job_dir = self.work_dir.clone();
+        }
+        if let Some(plan) = &mut task.skip {
+            plan.cursor = self.in_work_dir_unless_shared(&plan.cursor);
+        }
+    }
+
+    /// Points a reduce attempt's files (its staged output, its record
+    /// cursor) here, as [`WorkerStorage::adapt_map`] does.
+    pub fn adapt_reduce(&self, task: &mut ReduceTask) {
+        task.staged_output = self.in_work_dir_unless_shared(&task.staged_output);
+        if let Some(plan) = &mut task.skip {
+            plan.cursor = self.in_work_dir_unless_shared(&plan.cursor);
+        }
+    }
+
+    fn in_work_dir_unless_shared(&self, path: &Path) -> PathBuf {
+        match (&self.shared_job_dir, path.file_name()) {
+            (None, Some(name)) => self.work_dir.join(name),
+            _ => path.to_owned(),
+        }
+    }
+
+    /// Serves map `attempt`'s runs, written by this process, and returns
+    /// their locations as the report names them.
+    pub fn serve_map_output(&self, attempt: AttemptId, runs: Vec<(u32, MapOutputLocation)>) -> Vec<(u32, MapOutputLocation)> {
+        let mut registered = false;
+        runs.into_iter()
+            .map(|(partition, location)| {
+                let MapOutputLocation::SharedFile { path, range } = location else { return (partition, location) };
+                if !registered {
+                    self.served.insert(attempt, path.clone());
+                    registered = true;
+                }
+                let shared_path = self.shares_job_dir().then_some(path);
+                (partition, MapOutputLocation::Served { server: self.server.clone(), attempt, range, shared_path })
+            })
+            .collect()
+    }
+
+    /// Serves reduce `attempt`'s output at `path`; returns this worker's
+    /// server, from which the coordinator fetches it, unless it is already
+    /// in the shared job directory.
+    pub fn serve_reduce_output(&self, attempt: AttemptId, path: &Path) -> Option<String> {
+        if self.shares_job_dir() {
+            return None;
+        }
+        self.served.insert(attempt, path.to_owned());
+        Some(self.server.clone())
+    }
+
+    /// Makes every run of a reduce attempt readable here: those it can
+    /// read in place stay as they are; the others are fetched into the work
+    /// directory. The fetched files are removed when the returned guard is
+    /// dropped. `Err` names the first map whose output could not be had,
+    /// or is `None` if `progress` was cancelled meanwhile.
+    pub fn localize(
+        &self,
+        reduce_attempt: AttemptId,
+        runs: &[(u32, MapOutputLocation)],
+        progress: FetchProgress<'_>,
+    ) -> Result<(Vec<(u32, MapOutputLocation)>, FetchedRuns), Option<(u32, RunError)>> {
+        let mut local = Vec::with_capacity(runs.len());
+        let mut remote = Vec::new();
+        for (i, (map_task, location)) in runs.iter().enumerate() {
+            match self.in_place(location) {
+                Some(location) => local.push(Some((*map_task, location))),
+                None => {
+                    local.push(None);
+                    remote.push((i, *map_task, location.clone()));
+                }
+            }
+        }
+        let fetched = FetchedRuns(remote.iter().map(|&(_, m, _)| self.fetched_path(reduce_attempt, m)).collect());
+        let fetches = futures::stream::iter(remote.into_iter().map(|(i, map_task, location)| {
+            let dest = self.fetched_path(reduce_attempt, map_task);
+            async move { self.fetch_run(&location, &dest, progress.units).await.map(|location| (i, map_task, location)).map_err(|e| (map_task, e)) }
+        }))
+        .buffer_unordered(PARALLEL_FETCHES)
+        .collect::<Vec<_>>();
+        let results = self.runtime.block_on(async {
+            tokio::select! {
+                results = fetches => Some(results),
+                () = cancelled(progress.cancelled) => None,
+            }
+        });
+        let results = results.ok_or(None)?;
+        let (count, bytes) = (results.len(), results.iter().flatten().map(|(_, _, l)| crate::map_output::stored_size(l)).sum::<u64>());
+        for result in results {
+            let (i, map_task, location) = result.map_err(Some)?;
+            local[i] = Some((map_task, location));
+        }
+        if count > 0 {
+            tracing::debug!("fetched {count} runs, {bytes} bytes, from other workers");
+        }
+        Ok((local.into_iter().map(|run| run.expect("every run is local or fetched")).collect(), fetched))
+    }
+
+    /// The location to read `location` at without fetching, if there is one.
+    fn in_place(&self, location: &MapOutputLocation) -> Option<MapOutputLocation> {
+        match location {
+            MapOutputLocation::SharedFile { .. } => Some(location.clone()),
+            MapOutputLocation::Served { shared_path: Some(path), range, .. } if self.shares_job_dir() => {
+                Some(MapOutputLocation::SharedFile { path: path.clone(), range: *range })
+            }
+            MapOutputLocation::Served { server, attempt, range, .. } if *server == self.server => {
+                self.served.get(*attempt).map(|path| MapOutputLocation::SharedFile { path, range: *range })
+            }
+            MapOutputLocation::Served { .. } => None,
+        }
+    }
+
+    fn fetched_path(&self, reduce_attempt: AttemptId, map_task: u32) -> PathBuf {
+        self.work_dir.join(format!("fetched-{reduce_attempt}-map-{map_task}"))
+    }
+
+    /// Fetches the served run at `location` into `dest`, trying a few times.
+    async fn fetch_run(&self, location: &MapOutputLocation, dest: &Path, units: &AtomicU64) -> Result<MapOutputLocation, RunError> {
+        let MapOutputLocation::Served { server, attempt, range, .. } = location else {
+            unreachable!("only served runs are fetched");
+        };
+        let request = FileRequest::AttemptOutput { attempt: *attempt, offset: range.offset, len: range.len };
+        let mut pause = FIRST_RETRY_PAUSE;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = async {
+                let mut file = Ticking { inner: tokio::fs::File::create(dest).await?, units };
+                self.fetcher.fetch(server, request, &mut file).await
+            };
+            match result.await {
+                Ok(_) => return Ok(MapOutputLocation::SharedFile { path: dest.to_owned(), range: RunRange { offset: 0, len: range.len } }),
+                Err(e) if e.is_transient() && tries < FETCH_TRIES => {
+                    tracing::debug!("fetching map attempt {attempt}'s run from {server} (try {tries}): {e}");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    let source = io::Error::other(format!("fetching it from {server} failed after {tries} tries: {e}"));
+                    return Err(RunError::Io { path: PathBuf::from(format!("{server}/attempt-{attempt}")), source });
+                }
+            }
+        }
+    }
+
+    /// Whether this worker should ask the coordinator for `split`'s lines:
+    /// its file cannot be opened here.
+    pub fn must_fetch_input(&self, split: &InputSplit) -> bool {
+        std::fs::File::open(&split.file.path).is_err() && self.input_index.contains_key(&split.file.path)
+    }
+
+    /// Fetches the lines `split` owns from the coordinator into `contents`
+    /// (cleared first); returns the file offset at which they begin.
+    pub fn fetch_input(&self, split: &InputSplit, contents: &mut Vec<u8>) -> Result<u64, FetchError> {
+        let input = self.input_index[&split.file.path];
+        let request = FileRequest::InputSplit { input, start: split.start, end: split.end.unwrap_or(u64::MAX) };
+        contents.clear();
+        let fetched = self.runtime.block_on(self.fetcher.fetch(&self.master, request, contents))?;
+        Ok(fetched.offset)
+    }
+}
+
+/// How a reduce attempt's fetches show progress, and learn the attempt
+/// was cancelled (see [`crate::task::TaskProgress`]).
+#[derive(Clone, Copy)]
+pub struct FetchProgress<'a> {
+    /// Ticked for every piece of a run received.
+    pub units: &'a AtomicU64,
+    /// Set when the attempt no longer matters.
+    pub cancelled: &'a AtomicBool,
+}
+
+/// Completes once `flag` is set.
+async fn cancelled(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A writer that ticks `units` for every write, so that a long fetch
+/// shows as progress, not as a stuck attempt.
+struct Ticking<'a, W> {
+    inner: W,
+    units: &'a AtomicU64,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Ticking<'_, W> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.units.fetch_add(1, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Runs fetched for one reduce attempt: removed when dropped.
+#[must_use]
+pub struct FetchedRuns(Vec<PathBuf>);
+
+impl Drop for FetchedRuns {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Serving byte ranges of files to the job's other processes, and fetching
+//! them: how map output reaches reducers on other machines (Google
+//! MapReduce's section 3.3, Hadoop's shuffle handler), how a reduce's
+//! output reaches the coordinator's output directory, and how a worker
+//! without the inputs or the app gets them from the coordinator.
+//!
+//! A connection starts with the [handshake](crate::handshake), then one
+//! byte naming the service ([`SERVICE_FILES`] here; the coordinator's port
+//! also takes [`SERVICE_RPC`]), then any number of requests, one at a time:
+//!
+//! ```text
+//! client                                 server
+//!   | kind u8, a u64, b u64, c u64 -->     | (see FileRequest::encode)
+//!   | <-- 0, begin u64, len u64, bytes, crc32 u32      the range, streamed
+//!   | <-- 1, len u16, message                          why not (no such file...)
+//! ```
+//!
+//! The server resolves a request to a file and a byte range through its
+//! [`Catalog`], so it serves only what its process made or was given, never
+//! a path a client names. The CRC-32 of the bytes ends every answer: a
+//! range damaged on the way is refetched, not merged.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::handshake::{self, HandshakeError, Identity, RefusalLog, Secret};
+
+/// The byte that asks for the coordinator's RPC service after the handshake.
+pub const SERVICE_RPC: u8 = b'R';
+/// The byte that asks for the file service after the handshake.
+pub const SERVICE_FILES: u8 = b'F';
+
+/// Longest a transfer may wait for the other side's next bytes: a peer
+/// that stops (crashed, cut off) fails the fetch instead of holding it.
+pub const STALL_LIMIT: Duration = Duration::from_secs(15);
+
+/// Longest a fetch waits for a connection: a host cut off from the network
+/// does not answer at all.
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+/// Bytes read from the file per write to the connection.
+const CHUNK: usize = 256 << 10;
+
+/// What a client asks a server for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRequest {
+    /// `len` bytes from `offset` of the output file of `attempt` (a map's
+    /// runs, or a reduce's output); `len` [`u64::MAX`] means to the end.
+    AttemptOutput {
+        /// The attempt whose output it is.
+        attempt: u64,
+        /// First byte.
+        offset: u64,
+        /// Bytes wanted.
+        len: u64,
+    },
+    /// The lines a map task's split owns, of input number `input`: those
+    /// that start in `start..end` (`end` [`u64::MAX`]: to the end of the
+    /// file), through the end of the last one.
+    InputSplit {
+        /// The input's index in the job.
+        input: u32,
+        /// The split's first byte.
+        start: u64,
+        /// The end of the split.
+        end: u64,
+    },
+    /// The job's app plugin.
+    Plugin,
+}
+
+impl FileRequest {
+    const SIZE: usize = 1 + 3 * 8;
+
+    fn encode(&self) -> [u8; Self::SIZE] {
+        let (kind, a, b, c) = match *self {
+            FileRequest::AttemptOutput { attempt, offset, len } => (1, attempt, offset, len),
+            FileRequest::InputSplit { input, start, end } => (2, u64::from(input), start, end),
+            FileRequest::Plugin => (3, 0, 0, 0),
+        };
+        let mut bytes = [0; Self::SIZE];
+        bytes[0] = kind;
+        for (i, value) in [a, b, c].into_iter().enumerate() {
+            bytes[1 + 8 * i..9 + 8 * i].copy_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    }
+
+    fn decode(bytes: &[u8; Self::SIZE]) -> Option<FileRequest> {
+        let word = |i: usize| u64::from_le_bytes(bytes[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
+        match bytes[0] {
+            1 => Some(FileRequest::AttemptOutput { attempt: word(0), offset: word(1), len: word(2) }),
+            2 => Some(FileRequest::InputSplit { input: u32::try_from(word(0)).ok()?, start: word(1), end: word(2) }),
+            3 => Some(FileRequest::Plugin),
+            _ => None,
+        }
+    }
+}
+
+/// A byte range of a file a server will send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRange {
+    /// The file.
+    pub path: PathBuf,
+    /// Its first byte to send.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: u64,
+}
+
+/// What a server serves: requests resolved to byte ranges of its files.
+/// Called off the runtime (it may read the file, e.g. to find line ends).
+pub trait Catalog: Send + Sync + 'static {
+    /// The range `request` names, or why the server will not send it.
+    fn resolve(&self, request: &FileRequest) -> Result<FileRange, String>;
+}
+
+/// Serves the requests of one connection, after its handshake and service
+/// byte, until the client closes it.
+pub async fn serve_requests<S>(mut stream: S, catalog: Arc<dyn Catalog>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let mut request = [0; FileRequest::SIZE];
+        match stream.read_exact(&mut request).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let Some(request) = FileRequest::decode(&request) else {
+            return refuse(&mut stream, "unknown request").await;
+        };
+        let catalog = catalog.clone();
+        let resolved = tokio::task::spawn_blocking(move || catalog.resolve(&request)).await.unwrap_or_else(|e| Err(e.to_string()));
+        match resolved {
+            Ok(range) => send_range(&mut stream, &range).await?,
+            Err(why) => refuse(&mut stream, &why).await?,
+        }
+    }
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, why: &str) -> io::Result<()> {
+    let why = &why.as_bytes()[..why.len().min(u16::MAX as usize)];
+    let mut reply = vec![1];
+    reply.extend_from_slice(&(why.len() as u16).to_le_bytes());
+    reply.extend_from_slice(why);
+    stream.write_all(&reply).await?;
+    stream.flush().await
+}
+
+async fn send_range<S: AsyncWrite + Unpin>(stream: &mut S, range: &FileRange) -> io::Result<()> {
+    let mut file = match tokio::fs::File::open(&range.path).await {
+        Ok(file) => file,
+        Err(e) => return refuse(stream, &format!("cannot open it: {e}")).await,
+    };
+    let size = file.metadata().await?.len();
+    if range.offset.checked_add(range.len).is_none_or(|end| end > size) {
+        return refuse(stream, &format!("bytes {}+{} are not in the file ({size} bytes)", range.offset, range.len)).await;
+    }
+    file.seek(io::SeekFrom::Start(range.offset)).await?;
+    let mut header = vec![0];
+    header.extend_from_slice(&range.offset.to_le_bytes());
+    header.extend_from_slice(&range.len.to_le_bytes());
+    stream.write_all(&header).await?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut left = range.len;
+    let mut chunk = vec![0; CHUNK];
+    while left > 0 {
+        let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        // The file shrank since it was measured: the client sees a broken
+        // transfer, never a short one taken for whole.
+        file.read_exact(&mut chunk[..want]).await?;
+        crc.update(&chunk[..want]);
+        tokio::time::timeout(STALL_LIMIT, stream.write_all(&chunk[..want])).await.map_err(|_| io::ErrorKind::TimedOut)??;
+        left -= want as u64;
+    }
+    stream.write_all(&crc.finalize().to_le_bytes()).await?;
+    stream.flush().await
+}
+
+/// Runs a file server on `listener`: every connection must pass the
+/// handshake with `secret` and ask for [`SERVICE_FILES`]. Runs until the
+/// listener fails; dropping the future closes every connection.
+pub async fn run_server(listener: TcpListener, secret: Option<Secret>, catalog: Arc<dyn Catalog>) {
+    let refusals = Arc::new(std::sync::Mutex::new(RefusalLog::default()));
+    crate::accept::incoming(listener, crate::accept::connection_cap())
+        .for_each_concurrent(None, |(stream, permit)| {
+            let (secret, catalog, refusals) = (secret.clone(), catalog.clone(), refusals.clone());
+            async move {
+                let peer = stream.peer_addr().map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
+                let mut stream = crate::accept::IdleLimited::new(stream, STALL_LIMIT * 2);
+                if let Err(e) = handshake::accept(&mut stream, secret.as_ref(), |_| Ok(())).await {
+                    refusals.lock().unwrap_or_else(|p| p.into_inner()).refused(&peer, &e);
+                    return;
+                }
+                match stream.read_u8().await {
+                    Ok(SERVICE_FILES) => {
+                        if let Err(e) = serve_requests(stream, catalog).await {
+                            tracing::debug!("serving files to {peer}: {e}");
+                        }
+                    }
+                    _ => tracing::debug!("{peer} asked for a service other than files"),
+                }
+                drop(permit);
+            }
+        })
+        .await;
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No connection, or it broke, or the other side stopped sending.
+    #[error("{0}")]
+    Network(#[from] io::Error),
+    /// The handshake failed (a refusal, or a server that is not ours).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The server answered that it will not send the range.
+    #[error("the server has no such file: {0}")]
+    NotServed(String),
+    /// The bytes arrived damaged.
+    #[error("the data arrived damaged (checksum mismatch)")]
+    Corrupt,
+    /// The server broke the protocol.
+    #[error("the server's answer makes no sense")]
+    Garbled,
+}
+
+impl FetchError {
+    /// Whether fetching again may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Network(_) | FetchError::Corrupt => true,
+            FetchError::Handshake(e) => e.is_transient(),
+            FetchError::NotServed(_) | FetchError::Garbled => false,
+        }
+    }
+}
+
+/// Where fetched bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetched {
+    /// The file offset of the first byte.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: u64,
+}
+
+/// Fetches ranges from file servers as one process of the job.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    secret: Option<Secret>,
+    identity: Identity,
+}
+
+impl Fetcher {
+    /// A fetcher that shows `secret` and calls itself `identity`.
+    pub fn new(secret: Option<Secret>, identity: Identity) -> Fetcher {
+        Fetcher { secret, identity }
+    }
+
+    /// Fetches what `request` names from the server at `server` into
+    /// `sink`. On an error, `sink` may hold part of it.
+    pub async fn fetch<W: AsyncWrite + Unpin>(&self, server: &str, request: FileRequest, sink: &mut W) -> Result<Fetched, FetchError> {
+        let connect = tokio::net::TcpStream::connect(server);
+        let mut stream = tokio::time::timeout(CONNECT_LIMIT, connect).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let _ = stream.set_nodelay(true);
+        handshake::connect(&mut stream, self.secret.as_ref(), &self.identity).await?;
+        let mut ask = vec![SERVICE_FILES];
+        ask.extend_from_slice(&request.encode());
+        stream.write_all(&ask).await?;
+        receive(&mut stream, sink).await
+    }
+}
+
+/// Reads one answer from `stream` into `sink`.
+async fn receive<R, W>(stream: &mut R, sink: &mut W) -> Result<Fetched, FetchError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match patient(stream.read_u8()).await? {
+        0 => {}
+        1 => {
+            let len = patient(stream.read_u16_le()).await?;
+            let mut why = vec![0; usize::from(len)];
+            patient(stream.read_exact(&mut why)).await?;
+            return Err(FetchError::NotServed(String::from_utf8_lossy(&why).into_owned()));
+        }
+        _ => return Err(FetchError::Garbled),
+    }
+    let offset = patient(stream.read_u64_le()).await?;
+    let len = patient(stream.read_u64_le()).await?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut left = len;
+    let mut chunk = vec![0; CHUNK];
+    while left > 0 {
+        let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = patient(stream.read(&mut chunk[..want])).await?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        crc.update(&chunk[..n]);
+        sink.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    let expected = patient(stream.read_u32_le()).await?;
+    if crc.finalize() != expected {
+        return Err(FetchError::Corrupt);
+    }
+    sink.flush().await?;
+    Ok(Fetched { offset, len })
+}
+
+/// `io`, failed with `TimedOut` if it takes longer than [`STALL_LIMIT`].
+async fn patient<T>(io: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(STALL_LIMIT, io).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no data for {} s", STALL_LIMIT.as_secs())))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves the files of a directory by attempt number: `out-<attempt>`.
+    struct Dir(PathBuf);
+
+    impl Catalog for Dir {
+        fn resolve(&self, request: &FileRequest) -> Result<FileRange, String> {
+            let FileRequest::AttemptOutput { attempt, offset, len } = *request else { return Err("not here".into()) };
+            let path = self.0.join(format!("out-{attempt}"));
+            let size = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+            Ok(FileRange { path, offset, len: if len == u64::MAX { size - offset } else { len } })
+        }
+    }
+
+    async fn server(dir: &std::path::Path, secret: Option<Secret>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(run_server(listener, secret, Arc::new(Dir(dir.to_owned()))));
+        addr
+    }
+
+    fn secret(text: &str) -> Option<Secret> {
+        Some(Secret::from_bytes(text.as_bytes()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn ranges_arrive_whole_and_missing_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("out-5"), &data).unwrap();
+        let addr = server(dir.path(), secret("0123456789abcdef")).await;
+        let fetcher = Fetcher::new(secret("0123456789abcdef"), Identity::new("reducer".into()));
+        let mut got = Vec::new();
+        let fetched = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 1000, len: 700_000 }, &mut got).await.unwrap();
+        assert_eq!(fetched, Fetched { offset: 1000, len: 700_000 });
+        assert_eq!(got, &data[1000..701_000]);
+        let mut got = Vec::new();
+        fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 0, len: u64::MAX }, &mut got).await.unwrap();
+        assert_eq!(got, data);
+        let missing = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 6, offset: 0, len: 1 }, &mut Vec::new()).await;
+        assert!(matches!(&missing, Err(FetchError::NotServed(_))), "{missing:?}");
+        let beyond = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 999_999, len: 2 }, &mut Vec::new()).await;
+        assert!(matches!(&beyond, Err(FetchError::NotServed(why)) if why.contains("not in the file")), "{beyond:?}");
+        assert!(!beyond.unwrap_err().is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_fetch_with_the_wrong_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("out-1"), b"secret data").unwrap();
+        let addr = server(dir.path(), secret("0123456789abcdef")).await;
+        let stranger = Fetcher::new(secret("another secret entirely"), Identity::new("stranger".into()));
+        let mut got = Vec::new();
+        let refused = stranger.fetch(&addr, FileRequest::AttemptOutput { attempt: 1, offset: 0, len: u64::MAX }, &mut got).await;
+        assert!(matches!(&refused, Err(FetchError::Handshake(HandshakeError::Refused(_)))), "{refused:?}");
+        assert!(got.is_empty());
+        let anonymous = Fetcher::new(None, Identity::new("anonymous".into()));
+        let refused = anonymous.fetch(&addr, FileRequest::AttemptOutput { attempt: 1, offset: 0, len: u64::MAX }, &mut got).await;
+        assert!(matches!(&refused, Err(FetchError::Handshake(HandshakeError::SecretRequired))), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn damaged_bytes_are_caught_by_the_checksum() {
+        let mut answer = vec![0];
+        answer.extend_from_slice(&0u64.to_le_bytes());
+        answer.extend_from_slice(&5u64.to_le_bytes());
+        answer.extend_from_slice(b"hellp");
+        answer.extend_from_slice(&crc32fast::hash(b"hello").to_le_bytes());
+        let result = receive(&mut &answer[..], &mut Vec::new()).await;
+        assert!(matches!(result, Err(FetchError::Corrupt)), "{result:?}");
+        // Cut short: a broken transfer, not a short one.
+        let result = receive(&mut &answer[..12], &mut Vec::new()).await;
+        assert!(matches!(result, Err(FetchError::Network(_))), "{result:?}");
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for request in [
+            FileRequest::AttemptOutput { attempt: 77, offset: 3, len: u64::MAX },
+            FileRequest::InputSplit { input: 4, start: 1 << 40, end: u64::MAX },
+            FileRequest::Plugin,
+        ] {
+            assert_eq!(FileRequest::decode(&request.encode()), Some(request));
+        }
+        assert_eq!(FileRequest::decode(&[9; FileRequest::SIZE]), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! Jobs whose workers do not share the coordinator's job directory
+//! (`mr-worker --no-shared-dir`), on this one machine: map output is
+//! served by the worker that wrote it and fetched by reducers, reduce
+//! outputs are fetched by the coordinator, and a worker lost after its
+//! maps has them run again. Each worker serves on its own loopback address
+//! (127.0.0.2, 127.0.0.3), so that reducers fetch over TCP as they would
+//! from another machine. (scripts/multi-host-test.sh does the same across
+//! network namespaces with nothing shared at all.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn write_inputs(dir: &TestDir, files: usize) -> Vec<String> {
+    (0..files)
+        .map(|i| {
+            let name = format!("in-{i}.txt");
+            let line = format!("alpha beta gamma {i} émigré\ndelta alpha {} Ωmega\n", i * 7);
+            dir.write(&name, line.repeat(200 + i * 50));
+            name
+        })
+        .collect()
+}
+
+/// A worker that acts as if it shared no filesystem with the master,
+/// serving its files on `serve_ip`, its work directory under `work`.
+fn isolated_worker(label: &str, dir: &TestDir, addr: &str, app: &str, serve_ip: &str, work: &str) -> Proc {
+    std::fs::create_dir_all(dir.join(work)).unwrap();
+    let serve_on = format!("{serve_ip}:0");
+    let mut cmd = std::process::Command::new(worker_bin());
+    cmd.env("RUST_LOG", "info,mapreduce=debug");
+    cmd.args(["--master", addr, "--no-shared-dir", "--serve-on", &serve_on, "--work-dir", work, app]);
+    Proc::spawn(label, cmd, dir.path())
+}
+
+#[test]
+fn map_output_is_served_between_workers_and_outputs_reach_the_master() {
+    let dir = TestDir::new("served-shuffle");
+    let inputs = write_inputs(&dir, 5);
+    let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut args = vec!["--reduces", "3", "--split-size", "2K"];
+    args.extend(inputs.iter().map(String::as_str));
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut a = isolated_worker("a", &dir, &addr, "wordcount", "127.0.0.2", "work-a");
+    let mut b = isolated_worker("b", &dir, &addr, "wordcount", "127.0.0.3", "work-b");
+    master.expect_success();
+    a.expect_success();
+    b.expect_success();
+    assert_same_output(&job_output(dir.path(), 3), &expected, &dir.listing());
+    for (worker, work) in [(&a, "work-a"), (&b, "work-b")] {
+        assert!(worker.stderr().contains("not sharing the job directory"), "{}", worker.describe());
+        let left: Vec<_> = std::fs::read_dir(dir.join(work)).unwrap().collect();
+        assert!(left.is_empty(), "{work} was not cleaned up: {left:?}");
+    }
+    // Each worker read some runs from the other over the network.
+    let fetched = |w: &Proc| w.stderr().contains("fetched");
+    assert!(fetched(&a) || fetched(&b), "no run was fetched\n{}\n{}", a.describe(), b.describe());
+}
+
+#[test]
+fn a_worker_lost_after_its_maps_has_them_run_again() {
+    // Worker a runs every map, then holds a reduce at the gate; it is
+    // killed there. Its map output went with it: worker b must run the
+    // maps again before the reduces, and the summary says so.
+    let dir = TestDir::new("served-lost");
+    let inputs = write_inputs(&dir, 3);
+    let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    let gate = dir.join("reduce-gate");
+    let gate_param = format!("reduce_gate_file={}", gate.display());
+    let mut args = vec!["--reduces", "2", "--summary-json", "summary.json", "--param", &gate_param];
+    args.extend(inputs.iter().map(String::as_str));
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.stderr().contains("task{task=reduce task") {
+        assert!(Instant::now() < deadline, "worker a never started a reduce\n{}", a.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a_id = worker_id(&a);
+    a.kill();
+    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b");
+    std::fs::write(&gate, "").unwrap();
+    master.expect_success();
+    b.expect_success();
+    assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
+    let summary: Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let lost_maps: Vec<&str> = summary["unsuccessful_attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["worker"] == a_id.as_str() && a["outcome"] == "output_lost")
+        .map(|a| a["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(lost_maps.len(), 3, "{summary}");
+    assert!(master.stderr().contains("its output was served only by its worker"), "{}", master.describe());
+}
