@@ -13,7 +13,9 @@
 #     handshake) gets nothing and changes nothing;
 #   - host 2 is cut off from the network once it has finished maps and
 #     started a reduce: the job still finishes, its output is identical to
-#     mr-sequential's, and the summary lists host 2's maps as run again.
+#     mr-sequential's, and the summary lists host 2's maps as run again;
+#   - then a sort job, whose app samples inputs the workers do not have,
+#     gives the sorted input.
 #
 # usage: scripts/multi-host-test.sh     (as root; skips without the tool)
 # Leaves nothing behind: the cluster is taken down and the temporary
@@ -160,4 +162,27 @@ assert maps, f"no map of {host2} was run again: {lost}"
 print("multi-host test: re-run maps of the cut host:", ", ".join(maps))
 EOF
 kill "$W2" 2>/dev/null || true
+"$TOOL" heal "$NAME-2"
+
+# A second job, sort: its constructor samples the inputs, which the
+# workers do not have (they read them through the master).
+rm -f "$WORK/addr" "$WORK"/result/*
+"$TOOL" exec "$NAME-0" --private /srv/mr --private /tmp -- timeout 120 bash -c '
+  set -u
+  mkdir -p /srv/mr/in && cp "$1"/src/*.txt /srv/mr/in/
+  "$2/mr-master" --listen "$3" --token-file "$1/token" --addr-file "$1/addr" --reduces 3 \
+    --output-dir /srv/mr/out --http off -q /srv/mr/in/*.txt >"$1/sort-master.out"
+  status=$?
+  cp /srv/mr/out/mr-out-* "$1/result/" 2>/dev/null
+  exit $status' _ "$WORK" "$BIN" "$MASTER" 2>"$WORK/sort-master.log" &
+MASTER_PID=$!
+wait_for "[[ -s '$WORK/addr' ]]" 20 || fail "the sort job's master did not start"
+for h in 1 2; do
+  "$TOOL" exec "$NAME-$h" --private /srv/mr --private /tmp -- timeout 120 \
+    "$BIN/mr-worker" --master "$MASTER" --token-file "$WORK/token" sort 2>"$WORK/sort-worker$h.log" &
+done
+wait "$MASTER_PID" || fail "the sort job failed"
+cat "$WORK"/src/*.txt | LC_ALL=C sort | cmp -s - <(cat "$WORK"/result/mr-out-0 "$WORK"/result/mr-out-1 "$WORK"/result/mr-out-2) ||
+  fail "the sort job's output is not the sorted input"
+echo "multi-host test: sort (sampling inputs it does not have) gives the sorted input"
 echo "multi-host test: PASS"

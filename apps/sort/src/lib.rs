@@ -13,10 +13,6 @@
 //! A line is the bytes before a newline (the last line of a file may lack
 //! one); the output adds the newline back.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
-
 use mapreduce::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Values};
 
 /// Total bytes read from the inputs to choose split points.
@@ -38,8 +34,8 @@ impl Sort {
         }
         let window = (SAMPLE_BYTES / (job.inputs.len().max(1) as u64 * SAMPLE_WINDOWS_PER_FILE)).clamp(1024, 1 << 20);
         let mut sample = Vec::new();
-        for (name, path) in &job.inputs {
-            sample_lines(path, window, &mut sample).map_err(|e| format!("sampling input {name}: {e}"))?;
+        for (input, (name, _)) in job.inputs.iter().enumerate() {
+            sample_lines(job, input, window, &mut sample).map_err(|e| format!("sampling input {name}: {e}"))?;
         }
         sample.sort_unstable();
         let reduces = job.reduces as usize;
@@ -52,16 +48,14 @@ impl Sort {
     }
 }
 
-/// Adds the whole lines found in evenly spaced windows of the file.
-fn sample_lines(path: &Path, window: u64, sample: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
-    let mut file = File::open(path)?;
-    let size = file.metadata()?.len();
-    let mut buffer = Vec::new();
+/// Adds the whole lines found in evenly spaced windows of input `input`
+/// (read through the job, so that a worker without the file gets them
+/// from the coordinator).
+fn sample_lines(job: &JobContext, input: usize, window: u64, sample: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
+    let size = job.input_size(input)?;
     for w in 0..SAMPLE_WINDOWS_PER_FILE {
         let start = size * w / SAMPLE_WINDOWS_PER_FILE;
-        file.seek(SeekFrom::Start(start))?;
-        buffer.clear();
-        (&mut file).take(window).read_to_end(&mut buffer)?;
+        let buffer = job.read_input(input, start, window)?;
         if buffer.is_empty() {
             continue;
         }
@@ -115,6 +109,7 @@ mapreduce::export_app!(Sort, Sort::new);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn job(dir: &Path, files: &[&str], reduces: u32) -> JobContext {
         let inputs = files

@@ -32,8 +32,10 @@ use crate::app::{App, AppError, AppResult, Emitter, JobContext, MapInput, Output
 /// The ABI version this build of the framework speaks.
 /// Version 2 added `init` (job parameters), `combine`, `partition` and the
 /// map input's offset; version 3 added counters (`HostCalls::add_counter`);
-/// version 4 added the task hooks (`start_task`, `finish_map`, `finish_reduce`).
-pub const ABI_VERSION: u32 = 4;
+/// version 4 added the task hooks (`start_task`, `finish_map`, `finish_reduce`);
+/// version 5 added reading the job's inputs through the host
+/// (`HostCalls::read_input`, for [`JobContext::read_input`]).
+pub const ABI_VERSION: u32 = 5;
 
 /// Capability bit: the app has a combiner.
 pub const CAP_COMBINER: u32 = 1;
@@ -44,6 +46,13 @@ pub const CAP_RAW_OUTPUT: u32 = 4;
 /// Capability bit: output lines are `<key>\t<value>` ([`OutputFormat::KeyTabValue`]).
 /// A worker that does not know this bit writes `<key> <value>`.
 pub const CAP_TAB_SEPARATED: u32 = 8;
+
+/// `read_input`: the bytes are in `*out`.
+pub const READ_OK: u32 = 0;
+/// `read_input`: `*out` holds why the bytes could not be read.
+pub const READ_FAILED: u32 = 1;
+/// `read_input`: this host does not serve inputs.
+pub const READ_UNSERVED: u32 = 2;
 
 /// What `partition` returns when the app's partitioner panicked.
 pub const PARTITION_FAILED: u32 = u32::MAX;
@@ -111,6 +120,12 @@ pub struct HostCalls {
     pub fail: unsafe extern "C" fn(ctx: *mut c_void, message: RawBytes),
     /// Add `delta` to the app's counter `name` ([`crate::counters::increment`]).
     pub add_counter: unsafe extern "C" fn(ctx: *mut c_void, name: RawBytes, delta: u64),
+    /// Read up to `len` bytes at `offset` of the job's input number `input`
+    /// ([`JobContext::read_input`]): [`READ_OK`] with the bytes in `*out`,
+    /// [`READ_FAILED`] with an error message there (valid until the next
+    /// host call), or [`READ_UNSERVED`] if this host does not serve inputs
+    /// (the app reads the file itself).
+    pub read_input: unsafe extern "C" fn(ctx: *mut c_void, input: u32, offset: u64, len: u64, out: *mut RawBytes) -> u32,
 }
 
 /// The functions a plugin provides.
@@ -231,6 +246,8 @@ pub unsafe fn plugin_init<A: App>(
     capabilities: *mut u32,
 ) -> Status {
     let host = &*host;
+    // The constructor may read inputs through the host.
+    let _scope = HostCallScope::enter(host);
     call_app(host, || {
         let app = match cell.get() {
             Some(app) => app,
@@ -412,6 +429,25 @@ impl Drop for HostCallScope {
     }
 }
 
+/// Reads bytes of input number `input` through the host of the plugin
+/// call running on this thread; `None` outside one.
+pub(crate) fn read_input_through_host(input: u32, offset: u64, len: u64) -> Option<Result<Vec<u8>, String>> {
+    let mut result = None;
+    with_current_host(|host| {
+        let mut out = RawBytes::new(&[]);
+        // SAFETY: the host's callback fills `out` with bytes that stay valid
+        // until its next call; they are copied at once.
+        let answer = unsafe { (host.read_input)(host.ctx, input, offset, len, &mut out) };
+        let bytes = || unsafe { out.as_slice() }.to_vec();
+        result = match answer {
+            READ_OK => Some(Ok(bytes())),
+            READ_FAILED => Some(Err(String::from_utf8_lossy(&bytes()).into_owned())),
+            _ => None,
+        };
+    });
+    result
+}
+
 /// Calls `f` with the host calls of the plugin call running on this
 /// thread, if there is one.
 pub(crate) fn with_current_host(f: impl FnOnce(&HostCalls)) {
@@ -445,6 +481,10 @@ pub fn encode_job(job: &JobContext) -> Vec<u8> {
         put(name.as_bytes(), &mut out);
         put(path.as_os_str().as_bytes(), &mut out);
     }
+    out.extend_from_slice(&(job.input_sizes.len() as u32).to_le_bytes());
+    for size in &job.input_sizes {
+        out.extend_from_slice(&size.to_le_bytes());
+    }
     out
 }
 
@@ -475,7 +515,13 @@ pub fn decode_job(mut bytes: &[u8]) -> Option<JobContext> {
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(&string(&mut bytes)?));
         inputs.push((name, path));
     }
-    bytes.is_empty().then_some(JobContext { params: Params::new(params), inputs, reduces })
+    let mut input_sizes = Vec::new();
+    for _ in 0..u32_at(&mut bytes)? {
+        let (size, rest) = bytes.split_first_chunk::<8>()?;
+        bytes = rest;
+        input_sizes.push(u64::from_le_bytes(*size));
+    }
+    bytes.is_empty().then_some(JobContext { params: Params::new(params), inputs, reduces, input_sizes })
 }
 
 /// The text of a panic payload (`panic!` with a literal or with formatting).
@@ -499,6 +545,7 @@ mod tests {
             params: Params::new([("pattern".to_string(), "a b=c".to_string()), ("n".to_string(), String::new())]),
             inputs: vec![("in/a.txt".to_string(), PathBuf::from("/abs/in/a.txt")), ("é".to_string(), PathBuf::from("/x"))],
             reduces: 7,
+            input_sizes: vec![12, 1 << 40],
         };
         let bytes = encode_job(&job);
         assert_eq!(decode_job(&bytes), Some(job.clone()));

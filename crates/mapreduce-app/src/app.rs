@@ -189,6 +189,48 @@ pub struct JobContext {
     pub inputs: Vec<(String, std::path::PathBuf)>,
     /// Number of reduce partitions.
     pub reduces: u32,
+    /// The size in bytes of each input when the job was planned, in the
+    /// order of `inputs` (empty where nobody planned a job: a unit test).
+    pub input_sizes: Vec<u64>,
+}
+
+impl JobContext {
+    /// The size of input number `input` when the job was planned (or, in
+    /// a unit test that gave no sizes, its size now).
+    pub fn input_size(&self, input: usize) -> std::io::Result<u64> {
+        match self.input_sizes.get(input) {
+            Some(&size) => Ok(size),
+            None => {
+                let (_, path) = self.inputs.get(input).ok_or_else(|| std::io::Error::other(format!("the job has no input number {input}")))?;
+                Ok(std::fs::metadata(path)?.len())
+            }
+        }
+    }
+
+    /// Up to `len` bytes at `offset` of input number `input` (fewer at the
+    /// end of the file). An app that looks at its inputs up front (a sort
+    /// sampling them for split points) reads them this way rather than
+    /// opening `inputs[input].1`: a worker on a machine that does not have
+    /// the file gets the bytes from the coordinator. Outside a worker (a
+    /// unit test, `mr-sequential`), reads the file.
+    pub fn read_input(&self, input: usize, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        let index = u32::try_from(input).map_err(|_| std::io::Error::other("no such input"))?;
+        if let Some(result) = crate::abi::read_input_through_host(index, offset, len) {
+            return result.map_err(std::io::Error::other);
+        }
+        let (_, path) = self.inputs.get(input).ok_or_else(|| std::io::Error::other(format!("the job has no input number {input}")))?;
+        read_range(path, offset, len)
+    }
+}
+
+/// Up to `len` bytes at `offset` of the file at `path`.
+pub fn read_range(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.take(len).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The input of one map task.

@@ -54,6 +54,9 @@ fn counting_host_calls(counters: &UserCounters) -> HostCalls {
         false
     }
     unsafe extern "C" fn ignore_bytes(_: *mut c_void, _: RawBytes) {}
+    unsafe extern "C" fn no_inputs(_: *mut c_void, _: u32, _: u64, _: u64, _: *mut RawBytes) -> u32 {
+        crate::abi::READ_UNSERVED
+    }
     HostCalls {
         ctx: counters as *const UserCounters as *mut c_void,
         emit: ignore_pair,
@@ -61,6 +64,7 @@ fn counting_host_calls(counters: &UserCounters) -> HostCalls {
         write_output: ignore_bytes,
         fail: ignore_bytes,
         add_counter: add_to_user_counters,
+        read_input: no_inputs,
     }
 }
 

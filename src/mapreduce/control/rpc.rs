@@ -111,7 +111,12 @@ impl JobSpec {
 
 /// What an app's constructor is told about a job with these inputs.
 pub fn app_context(params: crate::Params, inputs: &[InputFile], reduces: u32) -> crate::JobContext {
-    crate::JobContext { params, inputs: inputs.iter().map(|i| (i.name.clone(), i.path.clone())).collect(), reduces }
+    crate::JobContext {
+        params,
+        inputs: inputs.iter().map(|i| (i.name.clone(), i.path.clone())).collect(),
+        reduces,
+        input_sizes: inputs.iter().map(|i| i.size).collect(),
+    }
 }
 
 /// One input file of the job.

@@ -147,10 +147,22 @@ impl Plugin {
     /// Creates the app for `job`; must precede every other call. A second
     /// call keeps the first app and returns its capabilities.
     pub fn init(&self, job: &JobContext) -> Result<Capabilities, AppFailure> {
+        let local = |input: u32, offset: u64, len: u64| {
+            let (_, path) = job.inputs.get(input as usize).ok_or_else(|| format!("the job has no input number {input}"))?;
+            mapreduce_app::app::read_range(path, offset, len).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        self.init_with_inputs(job, &local)
+    }
+
+    /// [`Plugin::init`], with the app's reads of its inputs
+    /// ([`JobContext::read_input`]) answered by `read_input(input, offset,
+    /// len)` (a worker without the files fetches them).
+    pub fn init_with_inputs(&self, job: &JobContext, read_input: &InputReader<'_>) -> Result<Capabilities, AppFailure> {
         let encoded = abi::encode_job(job);
         let mut bits = 0u32;
+        let call = CallState { input_reader: Some(read_input), ..CallState::new() };
         // SAFETY: `host`, the job bytes and `bits` outlive the call.
-        CallState::new().run(|host| unsafe { (self.vtable.init)(host, RawBytes::new(&encoded), &mut bits) })?;
+        call.run(|host| unsafe { (self.vtable.init)(host, RawBytes::new(&encoded), &mut bits) })?;
         let caps = Capabilities {
             combiner: bits & abi::CAP_COMBINER != 0,
             partitioner: bits & abi::CAP_PARTITIONER != 0,
@@ -275,18 +287,25 @@ pub fn resolve_app(app: &str) -> Result<PathBuf, PluginError> {
     }
 }
 
+/// Reads bytes of one of the job's inputs for the app's constructor:
+/// `(input, offset, len)` to the bytes, or why not.
+pub type InputReader<'a> = dyn Fn(u32, u64, u64) -> Result<Vec<u8>, String> + 'a;
+
 /// The host's side of one call: what the plugin's callbacks reach via `ctx`.
 struct CallState<'a> {
     emit: Option<&'a mut dyn FnMut(&[u8], &[u8])>,
     values: Option<&'a mut dyn ValueSource>,
     output: Option<&'a mut Vec<u8>>,
     counters: Option<&'a UserCounters>,
+    input_reader: Option<&'a InputReader<'a>>,
+    /// The last answer to `read_input`, alive until the next.
+    read: Vec<u8>,
     failure: Option<String>,
 }
 
 impl<'a> CallState<'a> {
     fn new() -> Self {
-        CallState { emit: None, values: None, output: None, counters: None, failure: None }
+        CallState { emit: None, values: None, output: None, counters: None, input_reader: None, read: Vec::new(), failure: None }
     }
 
     fn host_calls(&mut self) -> HostCalls {
@@ -297,6 +316,7 @@ impl<'a> CallState<'a> {
             write_output: host_write_output,
             fail: host_fail,
             add_counter: host_add_counter,
+            read_input: host_read_input,
         }
     }
 
@@ -351,6 +371,16 @@ unsafe extern "C" fn host_write_output(ctx: *mut c_void, bytes: RawBytes) {
 unsafe extern "C" fn host_fail(ctx: *mut c_void, message: RawBytes) {
     let call = &mut *(ctx as *mut CallState<'_>);
     call.failure = Some(String::from_utf8_lossy(message.as_slice()).into_owned());
+}
+
+unsafe extern "C" fn host_read_input(ctx: *mut c_void, input: u32, offset: u64, len: u64, out: *mut RawBytes) -> u32 {
+    let call = &mut *(ctx as *mut CallState<'_>);
+    let Some(read) = call.input_reader else { return abi::READ_UNSERVED };
+    let result = read(input, offset, len);
+    let answer = if result.is_ok() { abi::READ_OK } else { abi::READ_FAILED };
+    call.read = result.unwrap_or_else(String::into_bytes);
+    *out = RawBytes::new(&call.read);
+    answer
 }
 
 unsafe extern "C" fn host_add_counter(ctx: *mut c_void, name: RawBytes, delta: u64) {

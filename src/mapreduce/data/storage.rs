@@ -337,6 +337,26 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Ticking<'_, W> {
     }
 }
 
+impl WorkerStorage {
+    /// Up to `len` bytes at `offset` of input number `input`, for the app's
+    /// constructor: from the file if this worker can open it, else from the
+    /// coordinator. Called off the runtime.
+    pub fn read_input(&self, input: u32, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        let path = self.input_index.iter().find(|&(_, &i)| i == input).map(|(path, _)| path).ok_or("no such input")?;
+        match std::fs::File::open(path) {
+            Ok(_) => mapreduce_app::app::read_range(path, offset, len).map_err(|e| format!("{}: {e}", path.display())),
+            Err(_) => {
+                let mut bytes = Vec::new();
+                let request = FileRequest::InputRange { input, offset, len };
+                self.runtime.block_on(self.fetcher.fetch(&self.master, request, &mut bytes)).map_err(|e| {
+                    format!("{} is not readable here, and fetching it from the coordinator failed: {e}", path.display())
+                })?;
+                Ok(bytes)
+            }
+        }
+    }
+}
+
 /// Runs fetched for one reduce attempt: removed when dropped.
 #[must_use]
 pub struct FetchedRuns(Vec<PathBuf>);

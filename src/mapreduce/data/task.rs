@@ -163,7 +163,8 @@ impl TaskRunner {
     /// Makes the app for `job` (calls its constructor once). A constructor
     /// failure is kept and reported as the failure of every task.
     pub fn new(plugin: Arc<Plugin>, job: &JobSpec, storage: Arc<WorkerStorage>) -> TaskRunner {
-        let init_error = plugin.init(&job.app_context()).err();
+        let read_input = |input, offset, len| storage.read_input(input, offset, len);
+        let init_error = plugin.init_with_inputs(&job.app_context(), &read_input).err();
         if let Some(e) = &init_error {
             tracing::error!("the app refused this job: {e}");
         }

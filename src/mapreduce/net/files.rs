@@ -71,6 +71,16 @@ pub enum FileRequest {
         /// The end of the split.
         end: u64,
     },
+    /// Up to `len` bytes at `offset` of input number `input`, as they are
+    /// (what an app's constructor reads to sample its inputs).
+    InputRange {
+        /// The input's index in the job.
+        input: u32,
+        /// First byte.
+        offset: u64,
+        /// Bytes wanted (fewer at the end of the file).
+        len: u64,
+    },
     /// The job's app plugin.
     Plugin,
 }
@@ -83,6 +93,7 @@ impl FileRequest {
             FileRequest::AttemptOutput { attempt, offset, len } => (1, attempt, offset, len),
             FileRequest::InputSplit { input, start, end } => (2, u64::from(input), start, end),
             FileRequest::Plugin => (3, 0, 0, 0),
+            FileRequest::InputRange { input, offset, len } => (4, u64::from(input), offset, len),
         };
         let mut bytes = [0; Self::SIZE];
         bytes[0] = kind;
@@ -98,6 +109,7 @@ impl FileRequest {
             1 => Some(FileRequest::AttemptOutput { attempt: word(0), offset: word(1), len: word(2) }),
             2 => Some(FileRequest::InputSplit { input: u32::try_from(word(0)).ok()?, start: word(1), end: word(2) }),
             3 => Some(FileRequest::Plugin),
+            4 => Some(FileRequest::InputRange { input: u32::try_from(word(0)).ok()?, offset: word(1), len: word(2) }),
             _ => None,
         }
     }
@@ -407,6 +419,7 @@ mod tests {
         for request in [
             FileRequest::AttemptOutput { attempt: 77, offset: 3, len: u64::MAX },
             FileRequest::InputSplit { input: 4, start: 1 << 40, end: u64::MAX },
+            FileRequest::InputRange { input: 2, offset: 5, len: 1 << 20 },
             FileRequest::Plugin,
         ] {
             assert_eq!(FileRequest::decode(&request.encode()), Some(request));
