@@ -53,6 +53,7 @@ SHARED = ROOT.parent / "shared"
 BOOKS = SHARED / "corpus" / "gutenberg"
 ANCHORS = SHARED / "anchors"
 WC_LIMIT = ROOT / "target" / "anchors" / "release" / "wc-limit"
+NETNS = SHARED / "tools" / "netns-cluster.sh"
 MiB = 1 << 20
 
 
@@ -134,6 +135,94 @@ def run_job(app, inputs, out_dir, workers=2, slots=1, master_flags=()):
     wall = m.finish()
     addr_file.unlink()
     return wall, m
+
+
+class Hosts:
+    """Three "hosts" made with ../shared/tools/netns-cluster.sh (network
+    namespaces on a private bridge): the master runs on the first, workers
+    on the others, each worker with private (empty) copies of the input and
+    output directories and /tmp, so that nothing is shared but the network."""
+
+    def __init__(self, work):
+        self.name = f"mrbench{os.getpid()}"
+        up = subprocess.run([str(NETNS), "up", self.name, "3"], check=True, capture_output=True, text=True)
+        self.ips = [line.split()[1] for line in up.stdout.splitlines()]
+        # Not under /tmp (where `work` is), which every worker has a private one of.
+        self.token = ROOT / "target" / f"bench-hosts-token-{os.getpid()}"
+        self.token.write_text(os.urandom(24).hex())
+        self.token.chmod(0o600)
+
+    def down(self):
+        subprocess.run([str(NETNS), "down", self.name], capture_output=True)
+        self.token.unlink(missing_ok=True)
+
+    def command(self, host, private, args):
+        hidden = [a for p in private for a in ("--private", str(p))]
+        return [str(NETNS), "exec", f"{self.name}-{host}", *hidden, "--", *map(str, args)]
+
+    @staticmethod
+    def available():
+        return os.geteuid() == 0 and NETNS.exists() and shutil.which("ip") is not None
+
+
+def run_job_on_hosts(hosts, app, inputs, out_dir, workers=2, master_flags=(), inputs_everywhere=False):
+    """One whole job with the master on host 0 (which has the inputs) and
+    one worker on each of hosts 1..`workers`, which do not see the output
+    directory or each other's /tmp, nor the inputs unless
+    `inputs_everywhere` (as with inputs kept on every machine)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    addr_file = Path(out_dir).parent / f".{Path(out_dir).name}.addr"
+    addr_file.unlink(missing_ok=True)
+    m = Measure()
+    master = m.spawn("master", hosts.command(0, [], ["timeout", "900", BIN / "mr-master", "--listen", f"{hosts.ips[0]}:0", "--addr-file", addr_file,
+                                                     "--token-file", hosts.token, "--output-dir", out_dir, "--http", "off", "-q",
+                                                     *master_flags, *inputs]),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not addr_file.exists():
+        if master.poll() is not None:
+            raise RuntimeError("master exited before listening")
+        time.sleep(0.002)
+    addr = addr_file.read_text().strip()
+    private = [out_dir, "/tmp"] + ([] if inputs_everywhere else list(inputs))
+    for i in range(workers):
+        m.spawn(f"worker{i}", hosts.command(1 + i, private, [BIN / "mr-worker", "--master", addr, "--token-file", hosts.token, app]),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = m.finish()
+    addr_file.unlink()
+    return wall, m
+
+
+def hosts_case(name, app, runs, rows, work):
+    """`app` over 1 GiB of books: 2 workers on this host sharing the output
+    directory, against 2 workers on 2 other hosts sharing nothing."""
+    data = corpus("books", 1024, 64)
+    size = corpus_bytes(data)
+    if not Hosts.available():
+        rows.append(Row(name, HOSTS_SHARING_INPUTS, size, [float("nan")], [float("nan")], {},
+                        note="skipped: needs root and ../shared/tools/netns-cluster.sh"))
+        return
+    hosts = Hosts(work)
+    try:
+        local_out, everywhere_out, master_only_out = work / f"{name}.local", work / f"{name}.hosts", work / f"{name}.hosts-master"
+        local, everywhere, master_only = take_turns(runs, [
+            lambda: run_job(app, [data], local_out),
+            lambda: run_job_on_hosts(hosts, app, [data], everywhere_out, inputs_everywhere=True),
+            lambda: run_job_on_hosts(hosts, app, [data], master_only_out)])
+    finally:
+        hosts.down()
+    outputs = lambda d: " ".join(f"'{d}/mr-out-{r}'" for r in range(10))
+    for out in (everywhere_out, master_only_out):
+        check(f"{name}: the same output on hosts as on one", shell(f"cmp -s <(cat {outputs(local_out)}) <(cat {outputs(out)})").returncode == 0)
+    where = f"master on {hosts.ips[0]}, workers on {', '.join(hosts.ips[1:])}"
+    rows.append(Row(name, ONE_HOST, size, *local))
+    rows.append(Row(name, HOSTS_SHARING_INPUTS, size, *everywhere, note=f"{where}; shuffle and outputs over the network"))
+    rows.append(Row(name, HOSTS_SHARING_NOTHING, size, *master_only, note="inputs too come from the master"))
+
+
+ONE_HOST = "mapreduce, 2 workers, one host, shared directory"
+HOSTS_SHARING_INPUTS = "mapreduce, 2 workers on 2 hosts, inputs on every host"
+HOSTS_SHARING_NOTHING = "mapreduce, 2 workers on 2 hosts, inputs only on the master's"
 
 
 def shell(command):
@@ -307,6 +396,8 @@ CASES = {
     "mixed-1g": lambda r, rows, w: wc_case("mixed-1g", 1024, 64, r, rows, w, script="mixed"),
     "zipf-accented-1g": lambda r, rows, w: wc_case("zipf-accented-1g", 1024, 64, r, rows, w, mode="zipf", script="accented"),
     "sort-1g": sort_case,
+    "wc-1g-hosts": lambda r, rows, w: hosts_case("wc-1g-hosts", "wordcount", r, rows, w),
+    "sort-1g-hosts": lambda r, rows, w: hosts_case("sort-1g-hosts", "sort", r, rows, w),
     "grep-1g": grep_case,
     "tiny": tiny_case,
     "scaling": scaling_case,
@@ -372,6 +463,13 @@ def derived(rows):
         ratio = per_gib(big) / per_gib(small)
         target("time per GiB at 4 GiB vs 256 MiB", f"{per_gib(big):.2f} s vs {per_gib(small):.2f} s ({ratio:.2f}×)",
                "≤ 1.15×", ratio <= 1.15)
+    for case in ("wc-1g-hosts", "sort-1g-hosts"):
+        local = by.get((case, ONE_HOST))
+        for program, what in ((HOSTS_SHARING_INPUTS, "inputs on every host"), (HOSTS_SHARING_NOTHING, "inputs only on the master's")):
+            remote = by.get((case, program))
+            if local and remote and remote.wall == remote.wall:
+                ratio = remote.wall / local.wall
+                target(f"{case}: across hosts ({what}) vs one host", f"{ratio:.2f}× its wall time", "≤ 1.3×", ratio <= 1.3)
     one, two = by.get(("scaling", "mapreduce, 1 worker")), by.get(("scaling", "mapreduce, 2 workers"))
     if one and two:
         speedup = one.wall / two.wall

@@ -11,6 +11,8 @@
 #   - a worker with the wrong secret is refused, with a line on both sides;
 #   - an unauthenticated process (no secret; then forged bytes without a
 #     handshake) gets nothing and changes nothing;
+#   - a worker with another app than the job's (--app) is refused; the
+#     workers run without an app of their own, fetching the job's;
 #   - host 2 is cut off from the network once it has finished maps and
 #     started a reduce: the job still finishes, its output is identical to
 #     mr-sequential's, and the summary lists host 2's maps as run again;
@@ -82,7 +84,7 @@ chmod 600 "$WORK/token" "$WORK/wrong-token"
   set -u
   mkdir -p /srv/mr/in && cp "$1"/src/*.txt /srv/mr/in/
   "$2/mr-master" --listen "$3" --token-file "$1/token" --addr-file "$1/addr" --reduces 4 --task-timeout 2 \
-    --output-dir /srv/mr/out --summary-json /srv/mr/summary.json --http off -q \
+    --output-dir /srv/mr/out --summary-json /srv/mr/summary.json --http off -q --app slowcount \
     --param delay_ms=300 --param reduce_delay_ms=150 /srv/mr/in/*.txt >"$1/master.out"
   status=$?
   cp /srv/mr/out/mr-out-* /srv/mr/summary.json "$1/result/" 2>/dev/null
@@ -90,9 +92,9 @@ chmod 600 "$WORK/token" "$WORK/wrong-token"
 MASTER_PID=$!
 wait_for "[[ -s '$WORK/addr' ]]" 20 || fail "the master did not start"
 
-worker() { # HOST-INDEX LOG TOKEN-FILE
+worker() { # HOST-INDEX LOG TOKEN-FILE: runs the app the master names (--app)
   "$TOOL" exec "$NAME-$1" --private /srv/mr --private /tmp -- timeout 120 \
-    env RUST_LOG=info,mapreduce=debug "$BIN/mr-worker" --master "$MASTER" --token-file "$3" slowcount 2>"$WORK/$2"
+    env RUST_LOG=info,mapreduce=debug "$BIN/mr-worker" --master "$MASTER" --token-file "$3" 2>"$WORK/$2"
 }
 
 # A worker with another secret: refused, and says so; so does the master.
@@ -135,7 +137,14 @@ EOF
 grep -q "refused: it gave no secret" "$WORK/forger.log" || fail "the unauthenticated process was not refused"
 echo "multi-host test: an unauthenticated process is refused"
 
-# The real workers.
+# A worker with another app than the job's: refused, on both sides.
+"$TOOL" exec "$NAME-1" -- timeout 20 "$BIN/mr-worker" --master "$MASTER" --token-file "$WORK/token" wordcount 2>"$WORK/other-app.log" &&
+  fail "a worker with another app was let in"
+grep -q "refused this worker: its app .* is not the job's libslowcount.so" "$WORK/other-app.log" || fail "the worker with another app does not say why"
+wait_for "grep -q 'refused a worker: its app' '$WORK/master.log'" 10 || fail "the master does not log the app it refused"
+echo "multi-host test: a worker with another app is refused on both sides"
+
+# The real workers, without an app of their own: they fetch the job's.
 worker 1 worker1.log "$WORK/token" &
 W1=$!
 worker 2 worker2.log "$WORK/token" &

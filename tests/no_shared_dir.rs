@@ -97,3 +97,47 @@ fn a_worker_lost_after_its_maps_has_them_run_again() {
     assert_eq!(lost_maps.len(), 3, "{summary}");
     assert!(master.stderr().contains("its output was served only by its worker"), "{}", master.describe());
 }
+
+#[test]
+fn workers_without_an_app_run_the_one_the_master_names_and_another_build_is_refused() {
+    let dir = TestDir::new("shipped-app");
+    let inputs = write_inputs(&dir, 3);
+    let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut args = vec!["--reduces", "2", "--app", "wordcount"];
+    args.extend(inputs.iter().map(String::as_str));
+    let (mut master, addr) = start_master(dir.path(), &args);
+    // Another app: refused by the master, with a line on both sides.
+    let mut other = start_worker("other", dir.path(), &addr, "indexer");
+    let err = other.expect_exit_code(1);
+    assert!(err.contains("refused this worker: its app") && err.contains("libwordcount.so"), "{err}");
+    // No app of its own: fetches the job's (and checks its SHA-256).
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    let mut cmd = std::process::Command::new(worker_bin());
+    cmd.args(["--master", &addr, "--no-shared-dir", "--work-dir", "work"]);
+    let mut fetched = Proc::spawn("fetched", cmd, dir.path());
+    // The same build given explicitly is welcome too.
+    let mut same = start_worker("same", dir.path(), &addr, "wordcount");
+    master.expect_success();
+    fetched.expect_success();
+    same.expect_success();
+    assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
+    assert!(master.stderr().contains("refused a worker: its app"), "{}", master.describe());
+    assert!(fetched.stderr().contains("app=\"WordCount\""), "{}", fetched.describe());
+}
+
+#[test]
+fn a_worker_without_an_app_for_a_job_that_names_none_says_so() {
+    let dir = TestDir::new("no-app");
+    let inputs = write_inputs(&dir, 1);
+    let mut args = vec!["--reduces", "1"];
+    args.extend(inputs.iter().map(String::as_str));
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut cmd = std::process::Command::new(worker_bin());
+    cmd.args(["--master", &addr]);
+    let mut appless = Proc::spawn("appless", cmd, dir.path());
+    let err = appless.expect_exit_code(1);
+    assert!(err.contains("names no app: give this worker APP, or start mr-master with --app"), "{err}");
+    let mut worker = start_worker("worker", dir.path(), &addr, "wordcount");
+    master.expect_success();
+    worker.expect_success();
+}

@@ -13,6 +13,8 @@ use tracing::{Instrument, Span};
 use mapreduce::cli;
 use mapreduce::coordinator::{CoordinatorConfig, Job};
 use mapreduce::handshake::Secret;
+use mapreduce::plugin::Plugin;
+use mapreduce::rpc::JobApp;
 use mapreduce::http;
 use mapreduce::progress::{self, ProgressMode};
 use mapreduce::summary::JobSummary;
@@ -39,6 +41,13 @@ struct Args {
     /// is printed on stdout.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7878")]
     listen: String,
+
+    /// The job's app: a path to a plugin (`.so`), or a bare NAME for
+    /// `libNAME.so` beside this executable. Workers started without APP
+    /// fetch it from the master (checked by its SHA-256); a worker started
+    /// with another build of an app is refused.
+    #[arg(long, value_name = "NAME|PATH")]
+    app: Option<String>,
 
     /// File holding the job's shared secret (at least 16 bytes; trailing
     /// whitespace ignored). Every worker must be given the same file: each
@@ -168,6 +177,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The plugin `--app` names, checked to be a plugin of this build's ABI,
+/// with what workers are told of it.
+fn job_app(app: &str) -> anyhow::Result<(PathBuf, JobApp)> {
+    let plugin = Plugin::open(app)?;
+    let path = std::path::absolute(plugin.path()).with_context(|| format!("--app {app}"))?;
+    let sha256 = mapreduce::plugin::file_sha256(&path).with_context(|| format!("reading the app {}", path.display()))?;
+    let size = std::fs::metadata(&path).with_context(|| format!("reading the app {}", path.display()))?.len();
+    let file_name = path.file_name().map_or_else(|| app.to_owned(), |n| n.to_string_lossy().into_owned());
+    Ok((path, JobApp { file_name, sha256, size }))
+}
+
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.skip_bad_records > 0 && args.max_task_attempts < 4 {
@@ -176,6 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
     let secret = args.token_file.as_deref().map(Secret::from_file).transpose()?;
+    let app = args.app.as_deref().map(job_app).transpose()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -209,6 +230,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         compression: args.compress,
         fresh: args.fresh,
         secret,
+        app,
     };
     let job = Job::plan(config)?;
     let status = job.status();

@@ -10,7 +10,7 @@ use clap::Parser;
 use mapreduce::cli;
 use mapreduce::handshake::Secret;
 use mapreduce::plugin::Plugin;
-use mapreduce::worker::{self, WorkerConfig, WorkerExit};
+use mapreduce::worker::{self, AppSource, WorkerConfig, WorkerExit};
 
 /// Run map and reduce tasks for a MapReduce coordinator (`mr-master`) with
 /// the given app plugin. Exits 0 when the job succeeded; 1 if the worker
@@ -69,9 +69,11 @@ struct Args {
     log_file: Option<PathBuf>,
 
     /// The app: a path to a plugin (`.so`), or a bare NAME for `libNAME.so`
-    /// in this executable's directory (e.g. `wordcount`).
+    /// in this executable's directory (e.g. `wordcount`). Without it, the
+    /// worker runs the app the master names (`mr-master --app`), fetched
+    /// from the master.
     #[arg(value_name = "APP")]
-    app: String,
+    app: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -98,7 +100,11 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<WorkerExit> {
     let secret = args.token_file.as_deref().map(Secret::from_file).transpose()?;
-    let plugin = Arc::new(Plugin::open(&args.app)?);
+    // A plugin given here is loaded before connecting: a bad one fails at once.
+    let app = match &args.app {
+        Some(app) => AppSource::Given(Arc::new(Plugin::open(app)?)),
+        None => AppSource::FromJob,
+    };
     let config = WorkerConfig {
         secret,
         work_dir: args.work_dir,
@@ -109,5 +115,5 @@ async fn run(args: Args) -> anyhow::Result<WorkerExit> {
         reconnect_timeout: args.reconnect_timeout,
         slots: args.slots.into(),
     };
-    Ok(worker::run(plugin, config).await?)
+    Ok(worker::run(app, config).await?)
 }

@@ -18,6 +18,7 @@
 //! |---|---|
 //! | the app API an author implements | [`app`] |
 //! | the app's own counters | [`counters`] |
+//! | reading the job's inputs from the constructor, through the host | [`job_inputs`] |
 //! | the versioned C ABI between worker and plugin | [`abi`] |
 //! | word splitting with the lab's semantics | [`text`] |
 //! | which reduce partition a key belongs to | [`partition`] |
@@ -32,6 +33,7 @@ pub mod abi;
 pub mod app;
 mod count_table;
 pub mod counters;
+pub mod job_inputs;
 #[doc(hidden)]
 pub mod cpu;
 pub mod partition;

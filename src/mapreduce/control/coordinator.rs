@@ -58,7 +58,7 @@ use crate::output::output_file_name;
 use crate::app::Params;
 use crate::counters::Counters;
 use crate::rpc::{
-    AttemptId, AttemptProgress, Assignment, Coordinator, HeartbeatReply, InputFile, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport, WorkerId,
+    AttemptId, AttemptProgress, Assignment, Coordinator, HeartbeatReply, InputFile, JobApp, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport, WorkerId,
     POLL_WAIT,
 };
 use crate::runfile::Compression;
@@ -109,6 +109,9 @@ pub struct CoordinatorConfig {
     /// Start over even if the output directory holds this job, half done
     /// by an earlier coordinator (`--fresh`).
     pub fresh: bool,
+    /// The app plugin to serve to workers started without one
+    /// (`mr-master --app`), with its description.
+    pub app: Option<(PathBuf, JobApp)>,
     /// The job's shared secret: every connection must prove it knows it
     /// (see [`crate::handshake`]). `None` admits any process that can
     /// connect, which `mr-master` allows only on a loopback address.
@@ -312,6 +315,7 @@ impl Job {
             compression: config.compression,
             heartbeat_interval: heartbeat_interval(config.scheduler.task_timeout),
             job_dir: ledger.dir.path().to_owned(),
+            app: config.app.as_ref().map(|(_, app)| app.clone()),
         };
         tracing::info!(inputs = config.inputs.len(), maps = map_count, reduces = config.reduces, job_dir = %ledger.dir.path().display(), "job planned");
         let shared = Arc::new(Shared {
@@ -323,7 +327,7 @@ impl Job {
             connections: AtomicUsize::new(0),
             idle_limit: (config.scheduler.task_timeout * 2).max(MIN_IDLE_LIMIT),
             fetcher: Fetcher::new(config.secret.clone(), Identity::new("coordinator".into())),
-            files: Arc::new(JobFiles::new(config.inputs.clone())),
+            files: Arc::new(JobFiles::new(config.inputs.clone(), config.app.as_ref().map(|(path, _)| path.clone()))),
             secret: config.secret.clone(),
             claims: Mutex::new(HashMap::new()),
             refusals: Mutex::new(RefusalLog::default()),
@@ -698,8 +702,21 @@ impl CoordinatorServer {
 }
 
 impl Coordinator for CoordinatorServer {
-    async fn job(self, _: Context) -> JobSpec {
-        self.shared.spec.clone()
+    async fn job(self, _: Context, app_sha256: Option<String>) -> Result<JobSpec, String> {
+        let spec = &self.shared.spec;
+        if let (Some(job_app), Some(theirs)) = (&spec.app, &app_sha256) {
+            if *theirs != job_app.sha256 {
+                let why = format!(
+                    "its app (sha256 {}) is not the job's {} (sha256 {}): start it without APP to run the job's, or with the same build",
+                    short(theirs),
+                    job_app.file_name,
+                    short(&job_app.sha256)
+                );
+                tracing::warn!(worker = %self.worker, "refused a worker: {why}");
+                return Err(why);
+            }
+        }
+        Ok(spec.clone())
     }
 
     async fn request_task(self, _: Context) -> Assignment {
@@ -788,6 +805,11 @@ async fn fetch_to(fetcher: &Fetcher, server: &str, request: FileRequest, dest: &
     let fetched = fetcher.fetch(server, request, &mut file).await.map_err(|e| e.to_string())?;
     temp.persist(dest).map_err(|e| e.to_string())?;
     Ok(fetched.len)
+}
+
+/// The first 12 hex digits of a SHA-256, enough to tell builds apart in a message.
+fn short(sha256: &str) -> &str {
+    &sha256[..sha256.len().min(12)]
 }
 
 /// Answers a `request_task`: a task as soon as one is ready, `Exit` once the

@@ -2,22 +2,25 @@
 //! filesystem (see [`crate::files`]): the lines of an input split, read
 //! from the input file by the same rule a map uses, and raw byte ranges of
 //! an input (for an app's constructor), after checking the file is as it
-//! was when the job was planned.
+//! was when the job was planned; and the app plugin (`mr-master --app`).
+
+use std::path::PathBuf;
 
 use crate::files::{Catalog, FileRange, FileRequest};
 use crate::inputs::check_unchanged;
 use crate::rpc::{InputFile, InputSplit};
 use crate::split::owned_range;
 
-/// The coordinator's catalog: the job's inputs, by index.
+/// The coordinator's catalog: the job's inputs, by index, and the app.
 pub struct JobFiles {
     inputs: Vec<InputFile>,
+    app: Option<PathBuf>,
 }
 
 impl JobFiles {
-    /// Serves `inputs`.
-    pub fn new(inputs: Vec<InputFile>) -> JobFiles {
-        JobFiles { inputs }
+    /// Serves `inputs`, and the app plugin at `app` if there is one.
+    pub fn new(inputs: Vec<InputFile>, app: Option<PathBuf>) -> JobFiles {
+        JobFiles { inputs, app }
     }
 }
 
@@ -37,7 +40,12 @@ impl Catalog for JobFiles {
                 let offset = offset.min(meta.len());
                 Ok(FileRange { path: file.path.clone(), offset, len: len.min(meta.len() - offset) })
             }
-            FileRequest::AttemptOutput { .. } | FileRequest::Plugin => Err("the coordinator serves only the job's inputs".into()),
+            FileRequest::Plugin => {
+                let path = self.app.clone().ok_or("the job names no app (mr-master --app)")?;
+                let len = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+                Ok(FileRange { path, offset: 0, len })
+            }
+            FileRequest::AttemptOutput { .. } => Err("the coordinator serves no attempt's output".into()),
         }
     }
 }

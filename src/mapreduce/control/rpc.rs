@@ -12,8 +12,9 @@
 //! ```text
 //! worker                          coordinator
 //!   | handshake (secret, worker id) -| once per connection
-//!   | job() ---------------------->   | once, after connecting
-//!   | <---------------- JobSpec ----  | (params, inputs, reduces, budgets)
+//!   | job(app's sha256) ---------->   | once, after connecting
+//!   | <---------------- JobSpec ----  | (params, inputs, reduces, budgets,
+//!   |                                 |  the app to fetch if it has none)
 //!   | heartbeat(progress) -------->   | every JobSpec::heartbeat_interval,
 //!   | <------ Continue / Exit(end) -  |  from the first job() to the exit
 //!   | request_task() ------------->   | expire overdue attempts; assign
@@ -100,6 +101,21 @@ pub struct JobSpec {
     /// The job directory: a worker that finds the job's journal in it
     /// shares the coordinator's filesystem and writes its files there.
     pub job_dir: PathBuf,
+    /// The app, when the coordinator names it (`mr-master --app`): a
+    /// worker started without one fetches it from the coordinator.
+    pub app: Option<JobApp>,
+}
+
+/// The app plugin the coordinator serves for the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobApp {
+    /// The plugin's file name (e.g. `libwordcount.so`), for messages.
+    pub file_name: String,
+    /// The SHA-256 of the plugin file, in hex: a worker's own plugin must
+    /// have the same, and a fetched one is checked against it.
+    pub sha256: String,
+    /// The plugin file's size in bytes.
+    pub size: u64,
 }
 
 impl JobSpec {
@@ -307,8 +323,11 @@ pub enum HeartbeatReply {
 /// The coordinator's RPC interface.
 #[tarpc::service]
 pub trait Coordinator {
-    /// Describes the job. A worker asks once, right after connecting.
-    async fn job() -> JobSpec;
+    /// Describes the job. A worker asks once, right after connecting,
+    /// with the SHA-256 of its own plugin if it was started with one: when
+    /// the job names an app and the worker's differs, the answer is why it
+    /// may not take part.
+    async fn job(app_sha256: Option<String>) -> Result<JobSpec, String>;
 
     /// Asks for work. Answers at once when a task is ready or the job is
     /// over; otherwise holds the call up to [`POLL_WAIT`] and answers

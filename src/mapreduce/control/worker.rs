@@ -44,7 +44,7 @@ use crate::files::Fetcher;
 use crate::handshake::{self, HandshakeError, Identity, Secret};
 use crate::journal::Journal;
 use crate::storage::{ServedOutputs, StorageConfig, WorkerStorage};
-use crate::plugin::Plugin;
+use crate::plugin::{file_sha256, Plugin};
 use tracing::Instrument;
 
 use crate::rpc::{
@@ -110,9 +110,16 @@ pub enum WorkerError {
     /// The operating system would not start a slot's thread.
     #[error("cannot start a task thread: {0}")]
     Thread(std::io::Error),
-    /// The work directory or the file server could not be set up.
+    /// The work directory or the file server could not be set up, or the
+    /// job's app could not be fetched or loaded.
     #[error("{0}")]
     Setup(String),
+    /// The coordinator refused this worker's app: the job's is another.
+    #[error("the coordinator at {master} refused this worker: {why}")]
+    AppRefused { master: String, why: String },
+    /// Started without an app, for a job that names none.
+    #[error("the job at {master} names no app: give this worker APP, or start mr-master with --app")]
+    NoApp { master: String },
 }
 
 impl WorkerError {
@@ -123,7 +130,12 @@ impl WorkerError {
         match self {
             WorkerError::JobFailed(_) => 3,
             WorkerError::CoordinatorLost { .. } => 4,
-            WorkerError::Unreachable { .. } | WorkerError::Refused { .. } | WorkerError::Thread(_) | WorkerError::Setup(_) => 1,
+            WorkerError::Unreachable { .. }
+            | WorkerError::Refused { .. }
+            | WorkerError::Thread(_)
+            | WorkerError::Setup(_)
+            | WorkerError::AppRefused { .. }
+            | WorkerError::NoApp { .. } => 1,
         }
     }
 }
@@ -141,24 +153,62 @@ pub fn worker_id() -> WorkerId {
 /// How one of a worker's loops (a slot, the heartbeat) saw the job end.
 type LoopEnd = Result<WorkerExit, WorkerError>;
 
-/// Runs tasks from the coordinator with `plugin` until the job ends.
-pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit, WorkerError> {
+/// Where a worker's app comes from.
+pub enum AppSource {
+    /// The plugin given on the command line (`mr-worker APP`).
+    Given(Arc<Plugin>),
+    /// The job's, fetched from the coordinator (`mr-worker` without APP,
+    /// for a job started with `mr-master --app`).
+    FromJob,
+}
+
+/// Runs tasks from the coordinator with the app from `app` until the job ends.
+pub async fn run(app: AppSource, config: WorkerConfig) -> Result<WorkerExit, WorkerError> {
     let identity = Identity::new(worker_id());
+    let app_sha256 = match &app {
+        AppSource::Given(plugin) => Some(
+            file_sha256(plugin.path()).map_err(|e| WorkerError::Setup(format!("reading the app {}: {e}", plugin.path().display())))?,
+        ),
+        AppSource::FromJob => None,
+    };
     let (client, local) = connect(&config, &identity).await?;
     let id = identity.name.clone();
-    tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
     let lost = |e: RpcError| WorkerError::CoordinatorLost { master: config.master.clone(), error: e.to_string() };
-    let spec = client.job(call_context()).await.map_err(lost)?;
+    let spec = client
+        .job(call_context(), app_sha256.clone())
+        .await
+        .map_err(lost)?
+        .map_err(|why| WorkerError::AppRefused { master: config.master.clone(), why })?;
     let (storage, _work_dir) = set_up_storage(&config, &spec, &identity, local).await?;
-    let link = Arc::new(MasterLink::new(client, &config, identity, spec.job_id.clone()));
+    let plugin = match app {
+        AppSource::Given(plugin) => plugin,
+        AppSource::FromJob => {
+            let job_app = spec.app.as_ref().ok_or_else(|| WorkerError::NoApp { master: config.master.clone() })?;
+            Arc::new(storage.fetch_app(job_app).await.map_err(WorkerError::Setup)?)
+        }
+    };
+    tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
+    let link = Arc::new(MasterLink::new(client, &config, identity, spec.job_id.clone(), app_sha256));
     let interval = spec.heartbeat_interval;
-    // Making the app may read the inputs (a sort samples them): off the runtime.
+    let slots: Arc<[SlotActivity]> = (0..config.slots.max(1)).map(|_| SlotActivity::default()).collect();
+    let (end_tx, mut end_rx) = mpsc::unbounded_channel::<LoopEnd>();
+    // Heartbeats from now on: making the app may take a while (a sort
+    // samples its inputs, perhaps from the coordinator), and a silent
+    // connection would be closed meanwhile.
+    // Spawned tasks do not inherit the caller's span (`worker{id=...}`): pass it on.
+    {
+        let (link, slots, end_tx) = (link.clone(), slots.clone(), end_tx.clone());
+        tokio::spawn(
+            async move {
+                let _ = end_tx.send(send_heartbeats(&link, &slots, interval).await);
+            }
+            .instrument(tracing::Span::current()),
+        );
+    }
+    // Off the runtime: the constructor may read the inputs.
     let runner = tokio::task::spawn_blocking(move || Arc::new(TaskRunner::new(plugin, &spec, storage)))
         .await
         .expect("the app's constructor panics are caught at the plugin boundary");
-    let slots: Arc<[SlotActivity]> = (0..config.slots.max(1)).map(|_| SlotActivity::default()).collect();
-    let (end_tx, mut end_rx) = mpsc::unbounded_channel::<LoopEnd>();
-    // Spawned tasks do not inherit the caller's span (`worker{id=...}`): pass it on.
     for slot in 0..slots.len() {
         let (link, runner, slots, end_tx) = (link.clone(), runner.clone(), slots.clone(), end_tx.clone());
         tokio::spawn(
@@ -168,12 +218,7 @@ pub async fn run(plugin: Arc<Plugin>, config: WorkerConfig) -> Result<WorkerExit
             .instrument(tracing::Span::current()),
         );
     }
-    tokio::spawn(
-        async move {
-            let _ = end_tx.send(send_heartbeats(&link, &slots, interval).await);
-        }
-        .instrument(tracing::Span::current()),
-    );
+    drop(end_tx);
     // The first end any loop learns is the worker's. A slot that finished
     // its part while others still run sends nothing.
     end_rx.recv().await.expect("the heartbeat loop runs until it sees the end")
@@ -351,6 +396,8 @@ struct MasterLink {
     /// The job this worker works for: a coordinator found on reconnecting
     /// must run the same one.
     job_id: String,
+    /// The SHA-256 of this worker's own plugin, if it was given one.
+    app_sha256: Option<String>,
     reconnect_timeout: Duration,
     /// Held while reconnecting, so that one loop reconnects and the others
     /// wait for it.
@@ -367,8 +414,9 @@ struct LinkState {
 }
 
 impl MasterLink {
-    fn new(client: CoordinatorClient, config: &WorkerConfig, identity: Identity, job_id: String) -> MasterLink {
+    fn new(client: CoordinatorClient, config: &WorkerConfig, identity: Identity, job_id: String, app_sha256: Option<String>) -> MasterLink {
         MasterLink {
+            app_sha256,
             master: config.master.clone(),
             secret: config.secret.clone(),
             identity,
@@ -433,6 +481,7 @@ impl MasterLink {
                     return gone(&mut state, format!("{error}; the coordinator there now runs another job ({other}, not {})", self.job_id));
                 }
                 Err(Reconnect::Refused(refusal)) => return gone(&mut state, format!("{error}; the coordinator there now refuses this worker: {refusal}")),
+                Err(Reconnect::AppRefused(why)) => return gone(&mut state, format!("{error}; the coordinator there now refuses this worker: {why}")),
                 Err(Reconnect::Failed(e)) => last_error = e,
             }
             if Instant::now() + CONNECT_RETRY >= give_up {
@@ -449,7 +498,11 @@ impl MasterLink {
             ConnectError::Network(e) => Reconnect::Failed(e),
             ConnectError::Refused(e) => Reconnect::Refused(e),
         })?;
-        let spec = client.job(call_context()).await.map_err(|e| Reconnect::Failed(e.to_string()))?;
+        let spec = client
+            .job(call_context(), self.app_sha256.clone())
+            .await
+            .map_err(|e| Reconnect::Failed(e.to_string()))?
+            .map_err(Reconnect::AppRefused)?;
         if spec.job_id != self.job_id {
             return Err(Reconnect::OtherJob(spec.job_id));
         }
@@ -469,6 +522,8 @@ enum Reconnect {
     OtherJob(String),
     /// A coordinator answered and refused this worker.
     Refused(HandshakeError),
+    /// A coordinator answered and refused this worker's app.
+    AppRefused(String),
 }
 
 /// A slot's own thread, which runs the slot's tasks one after another.

@@ -149,7 +149,7 @@ impl Plugin {
     pub fn init(&self, job: &JobContext) -> Result<Capabilities, AppFailure> {
         let local = |input: u32, offset: u64, len: u64| {
             let (_, path) = job.inputs.get(input as usize).ok_or_else(|| format!("the job has no input number {input}"))?;
-            mapreduce_app::app::read_range(path, offset, len).map_err(|e| format!("{}: {e}", path.display()))
+            mapreduce_app::job_inputs::read_range(path, offset, len).map_err(|e| format!("{}: {e}", path.display()))
         };
         self.init_with_inputs(job, &local)
     }
@@ -267,6 +267,14 @@ impl Plugin {
             ))),
         }
     }
+}
+
+/// The SHA-256 of the file at `path`, in hex: how a job's app is known.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Resolves an `APP` argument to a plugin path: anything that looks like a

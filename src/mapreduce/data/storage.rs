@@ -36,7 +36,8 @@ use futures::StreamExt;
 
 use crate::files::{Catalog, FetchError, Fetcher, FileRange, FileRequest};
 use crate::map_output::MapOutputLocation;
-use crate::rpc::{AttemptId, InputFile, InputSplit, MapTask, ReduceTask};
+use crate::plugin::{file_sha256, Plugin};
+use crate::rpc::{AttemptId, InputFile, InputSplit, JobApp, MapTask, ReduceTask};
 use crate::runfile::{RunError, RunRange};
 
 /// Runs one reduce fetches at once.
@@ -293,7 +294,7 @@ impl WorkerStorage {
         let input = self.input_index[&split.file.path];
         let request = FileRequest::InputSplit { input, start: split.start, end: split.end.unwrap_or(u64::MAX) };
         contents.clear();
-        let fetched = self.runtime.block_on(self.fetcher.fetch(&self.master, request, contents))?;
+        let fetched = self.runtime.block_on(self.fetcher.fetch_to_vec(&self.master, request, contents))?;
         Ok(fetched.offset)
     }
 }
@@ -338,17 +339,33 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Ticking<'_, W> {
 }
 
 impl WorkerStorage {
+    /// Fetches the job's app plugin from the coordinator into the work
+    /// directory, checks it is the job's (its SHA-256), and loads it.
+    pub async fn fetch_app(&self, app: &JobApp) -> Result<Plugin, String> {
+        let dest = self.work_dir.join(Path::new(&app.file_name).file_name().unwrap_or("app.so".as_ref()));
+        let fetch = async {
+            let mut file = tokio::fs::File::create(&dest).await?;
+            self.fetcher.fetch(&self.master, FileRequest::Plugin, &mut file).await
+        };
+        fetch.await.map_err(|e| format!("fetching the job's app {} from the coordinator: {e}", app.file_name))?;
+        let sha256 = file_sha256(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        if sha256 != app.sha256 {
+            return Err(format!("the app fetched from the coordinator has sha256 {sha256}, not the job's {}", app.sha256));
+        }
+        Plugin::load(&dest).map_err(|e| e.to_string())
+    }
+
     /// Up to `len` bytes at `offset` of input number `input`, for the app's
     /// constructor: from the file if this worker can open it, else from the
     /// coordinator. Called off the runtime.
     pub fn read_input(&self, input: u32, offset: u64, len: u64) -> Result<Vec<u8>, String> {
         let path = self.input_index.iter().find(|&(_, &i)| i == input).map(|(path, _)| path).ok_or("no such input")?;
         match std::fs::File::open(path) {
-            Ok(_) => mapreduce_app::app::read_range(path, offset, len).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(_) => mapreduce_app::job_inputs::read_range(path, offset, len).map_err(|e| format!("{}: {e}", path.display())),
             Err(_) => {
                 let mut bytes = Vec::new();
                 let request = FileRequest::InputRange { input, offset, len };
-                self.runtime.block_on(self.fetcher.fetch(&self.master, request, &mut bytes)).map_err(|e| {
+                self.runtime.block_on(self.fetcher.fetch_to_vec(&self.master, request, &mut bytes)).map_err(|e| {
                     format!("{} is not readable here, and fetching it from the coordinator failed: {e}", path.display())
                 })?;
                 Ok(bytes)

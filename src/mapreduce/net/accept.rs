@@ -61,6 +61,9 @@ pub fn incoming(listener: TcpListener, cap: usize) -> impl Stream<Item = (TcpStr
             match listener.accept().await {
                 Ok((stream, _)) => {
                     backoff.succeeded();
+                    // Requests and answers are small messages: sent at once,
+                    // not held for the peer's delayed acknowledgement.
+                    let _ = stream.set_nodelay(true);
                     return Some(((stream, permit), (listener, permits, backoff)));
                 }
                 Err(e) => backoff.failed(&e).await,

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::handshake::{self, HandshakeError, Identity, RefusalLog, Secret};
 
@@ -44,8 +44,9 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(15);
 /// does not answer at all.
 pub const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
-/// Bytes read from the file per write to the connection.
-const CHUNK: usize = 256 << 10;
+/// Bytes read from the file per write to the connection (and, when
+/// receiving into a file, per write to it).
+const CHUNK: usize = 1 << 20;
 
 /// What a client asks a server for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,22 +267,95 @@ pub struct Fetched {
     pub len: u64,
 }
 
-/// Fetches ranges from file servers as one process of the job.
+/// Connections kept open per server for the next fetch, at most.
+const IDLE_PER_SERVER: usize = 4;
+/// How long a connection is kept for reuse: well within the server's idle
+/// limit, so that it is not closed under a request.
+const IDLE_REUSE: Duration = Duration::from_secs(5);
+
+/// Fetches ranges from file servers as one process of the job. Clones
+/// share the connections kept for reuse: a handshake per fetch would cost
+/// more than the fetch when there are many small ones (an app sampling its
+/// inputs, a reduce reading many small runs).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     secret: Option<Secret>,
     identity: Identity,
+    idle: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<(TcpStream, std::time::Instant)>>>>,
 }
 
 impl Fetcher {
     /// A fetcher that shows `secret` and calls itself `identity`.
     pub fn new(secret: Option<Secret>, identity: Identity) -> Fetcher {
-        Fetcher { secret, identity }
+        Fetcher { secret, identity, idle: Arc::default() }
     }
 
     /// Fetches what `request` names from the server at `server` into
     /// `sink`. On an error, `sink` may hold part of it.
     pub async fn fetch<W: AsyncWrite + Unpin>(&self, server: &str, request: FileRequest, sink: &mut W) -> Result<Fetched, FetchError> {
+        loop {
+            let (mut stream, reused) = self.ask(server, request).await?;
+            let result = receive(&mut stream, sink).await;
+            if let Some(result) = self.finish(server, stream, reused, result) {
+                return result;
+            }
+        }
+    }
+
+    /// [`Fetcher::fetch`] into memory: appended to `out`, straight from the
+    /// connection (one copy fewer than through a writer).
+    pub async fn fetch_to_vec(&self, server: &str, request: FileRequest, out: &mut Vec<u8>) -> Result<Fetched, FetchError> {
+        loop {
+            let (mut stream, reused) = self.ask(server, request).await?;
+            let result = receive_to_vec(&mut stream, out).await;
+            if let Some(result) = self.finish(server, stream, reused, result) {
+                return result;
+            }
+        }
+    }
+
+    /// Keeps `stream` for the next fetch if its answer was read whole, and
+    /// returns `result`; `None` means a kept connection had been closed by
+    /// the server before the answer began: fetch again on a new one.
+    fn finish(&self, server: &str, stream: TcpStream, reused: bool, result: Result<Fetched, FetchError>) -> Option<Result<Fetched, FetchError>> {
+        match &result {
+            Ok(_) | Err(FetchError::NotServed(_)) => {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let kept = idle.entry(server.to_owned()).or_default();
+                if kept.len() < IDLE_PER_SERVER {
+                    kept.push((stream, std::time::Instant::now()));
+                }
+            }
+            Err(FetchError::Network(e)) if reused && e.kind() != io::ErrorKind::TimedOut => return None,
+            Err(_) => {}
+        }
+        Some(result)
+    }
+
+    /// A connection to `server` (kept from an earlier fetch, or new: then
+    /// with the handshake run and the file service asked for) with
+    /// `request` sent; and whether it was kept.
+    async fn ask(&self, server: &str, request: FileRequest) -> Result<(TcpStream, bool), FetchError> {
+        let kept = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let kept = idle.get_mut(server).map(std::mem::take).unwrap_or_default();
+            let (mut fresh, _stale): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(_, at)| at.elapsed() < IDLE_REUSE);
+            let one = fresh.pop().map(|(stream, _)| stream);
+            if !fresh.is_empty() {
+                idle.insert(server.to_owned(), fresh);
+            }
+            one
+        };
+        if let Some(mut stream) = kept {
+            if stream.write_all(&request.encode()).await.is_ok() {
+                return Ok((stream, true));
+            }
+        }
+        Ok((self.connect(server, request).await?, false))
+    }
+
+    /// A new connection to `server`, with `request` sent.
+    async fn connect(&self, server: &str, request: FileRequest) -> Result<TcpStream, FetchError> {
         let connect = tokio::net::TcpStream::connect(server);
         let mut stream = tokio::time::timeout(CONNECT_LIMIT, connect).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         let _ = stream.set_nodelay(true);
@@ -289,16 +363,31 @@ impl Fetcher {
         let mut ask = vec![SERVICE_FILES];
         ask.extend_from_slice(&request.encode());
         stream.write_all(&ask).await?;
-        receive(&mut stream, sink).await
+        Ok(stream)
     }
 }
 
-/// Reads one answer from `stream` into `sink`.
-async fn receive<R, W>(stream: &mut R, sink: &mut W) -> Result<Fetched, FetchError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+/// Reads one answer from `stream`, appending it to `out`.
+async fn receive_to_vec(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<Fetched, FetchError> {
+    {
+        let (offset, len) = read_header(stream).await?;
+        let start = out.len();
+        out.reserve(usize::try_from(len).map_err(|_| FetchError::Garbled)?);
+        while ((out.len() - start) as u64) < len {
+            let left = len - (out.len() - start) as u64;
+            let n = patient((&mut *stream).take(left).read_buf(out)).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+        verify_trailer(stream, crc32fast::hash(&out[start..])).await?;
+        Ok(Fetched { offset, len })
+    }
+}
+
+/// Reads the start of an answer: the range's offset and length, or why the
+/// server will not send it.
+async fn read_header<R: AsyncRead + Unpin>(stream: &mut R) -> Result<(u64, u64), FetchError> {
     match patient(stream.read_u8()).await? {
         0 => {}
         1 => {
@@ -311,6 +400,25 @@ where
     }
     let offset = patient(stream.read_u64_le()).await?;
     let len = patient(stream.read_u64_le()).await?;
+    Ok((offset, len))
+}
+
+/// Reads the CRC-32 that ends an answer and compares it with `crc`'s.
+async fn verify_trailer<R: AsyncRead + Unpin>(stream: &mut R, crc: u32) -> Result<(), FetchError> {
+    let expected = patient(stream.read_u32_le()).await?;
+    if crc != expected {
+        return Err(FetchError::Corrupt);
+    }
+    Ok(())
+}
+
+/// Reads one answer from `stream` into `sink`.
+async fn receive<R, W>(stream: &mut R, sink: &mut W) -> Result<Fetched, FetchError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (offset, len) = read_header(stream).await?;
     let mut crc = crc32fast::Hasher::new();
     let mut left = len;
     let mut chunk = vec![0; CHUNK];
@@ -324,10 +432,7 @@ where
         sink.write_all(&chunk[..n]).await?;
         left -= n as u64;
     }
-    let expected = patient(stream.read_u32_le()).await?;
-    if crc.finalize() != expected {
-        return Err(FetchError::Corrupt);
-    }
+    verify_trailer(stream, crc.finalize()).await?;
     sink.flush().await?;
     Ok(Fetched { offset, len })
 }
@@ -375,9 +480,10 @@ mod tests {
         let fetched = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 1000, len: 700_000 }, &mut got).await.unwrap();
         assert_eq!(fetched, Fetched { offset: 1000, len: 700_000 });
         assert_eq!(got, &data[1000..701_000]);
-        let mut got = Vec::new();
-        fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 0, len: u64::MAX }, &mut got).await.unwrap();
-        assert_eq!(got, data);
+        let mut got = b"kept".to_vec();
+        fetcher.fetch_to_vec(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 0, len: u64::MAX }, &mut got).await.unwrap();
+        assert_eq!(&got[..4], b"kept");
+        assert_eq!(&got[4..], data);
         let missing = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 6, offset: 0, len: 1 }, &mut Vec::new()).await;
         assert!(matches!(&missing, Err(FetchError::NotServed(_))), "{missing:?}");
         let beyond = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 999_999, len: 2 }, &mut Vec::new()).await;
