@@ -115,6 +115,15 @@ def run_single(label, args, cwd=None, env=None):
     return m.finish(), m
 
 
+def wait_for_address(master, addr_file):
+    """The address `master` writes to `addr_file` once it listens."""
+    while not addr_file.exists():
+        if master.poll() is not None:
+            raise RuntimeError("master exited before listening")
+        time.sleep(0.002)
+    return addr_file.read_text().strip()
+
+
 def run_job(app, inputs, out_dir, workers=2, slots=1, master_flags=()):
     """One whole job: a master on a free port and `workers` workers."""
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -124,11 +133,7 @@ def run_job(app, inputs, out_dir, workers=2, slots=1, master_flags=()):
     master = m.spawn("master", [str(BIN / "mr-master"), "--listen", "127.0.0.1:0", "--addr-file", str(addr_file),
                                 "--output-dir", str(out_dir), *master_flags, *map(str, inputs)],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not addr_file.exists():
-        if master.poll() is not None:
-            raise RuntimeError("master exited before listening")
-        time.sleep(0.002)
-    addr = addr_file.read_text().strip()
+    addr = wait_for_address(master, addr_file)
     for i in range(workers):
         m.spawn(f"worker{i}", [str(BIN / "mr-worker"), "--master", addr, "--slots", str(slots), app],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -179,11 +184,7 @@ def run_job_on_hosts(hosts, app, inputs, out_dir, workers=2, master_flags=(), in
                                                      "--token-file", hosts.token, "--output-dir", out_dir, "--http", "off", "-q",
                                                      *master_flags, *inputs]),
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not addr_file.exists():
-        if master.poll() is not None:
-            raise RuntimeError("master exited before listening")
-        time.sleep(0.002)
-    addr = addr_file.read_text().strip()
+    addr = wait_for_address(master, addr_file)
     private = [out_dir, "/tmp"] + ([] if inputs_everywhere else list(inputs))
     for i in range(workers):
         m.spawn(f"worker{i}", hosts.command(1 + i, private, [BIN / "mr-worker", "--master", addr, "--token-file", hosts.token, app]),
