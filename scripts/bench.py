@@ -160,6 +160,13 @@ class Hosts:
     def down(self):
         subprocess.run([str(NETNS), "down", self.name], capture_output=True)
         self.token.unlink(missing_ok=True)
+        shutil.rmtree(ROOT / "target" / f"bench-hosts-work-{os.getpid()}", ignore_errors=True)
+
+    def work_dir(self, host):
+        """A directory on the disk that only host `host`'s worker uses."""
+        path = ROOT / "target" / f"bench-hosts-work-{os.getpid()}" / f"host-{host}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def command(self, host, private, args):
         hidden = [a for p in private for a in ("--private", str(p))]
@@ -187,7 +194,11 @@ def run_job_on_hosts(hosts, app, inputs, out_dir, workers=2, master_flags=(), in
     addr = wait_for_address(master, addr_file)
     private = [out_dir, "/tmp"] + ([] if inputs_everywhere else list(inputs))
     for i in range(workers):
-        m.spawn(f"worker{i}", hosts.command(1 + i, private, [BIN / "mr-worker", "--master", addr, "--token-file", hosts.token, app]),
+        # Each host's work directory on the disk, as the one-host job's
+        # job directory is (a private /tmp would be memory, and faster).
+        work_dir = hosts.work_dir(1 + i)
+        m.spawn(f"worker{i}", hosts.command(1 + i, private, [BIN / "mr-worker", "--master", addr, "--token-file", hosts.token,
+                                                               "--work-dir", work_dir, app]),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = m.finish()
     addr_file.unlink()

@@ -503,10 +503,14 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
                 match tokio::io::AsyncReadExt::read_u8(&mut stream).await {
                     Ok(files::SERVICE_RPC) => {}
                     Ok(files::SERVICE_FILES) => {
+                        // Fetching files says nothing of the worker's
+                        // liveness: the claim on its id is the RPC
+                        // connection's alone.
+                        drop(open);
                         if let Err(e) = files::serve_requests(stream, shared.files.clone()).await {
                             tracing::debug!("serving files to {peer}: {e}");
                         }
-                        drop((open, permit));
+                        drop(permit);
                         return;
                     }
                     _ => return,
@@ -527,10 +531,20 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
 /// secret (if it has one), and the worker id it gives must not be held by
 /// another process. Refusals are logged, at most one line per 10 s.
 async fn admit(shared: &Arc<Shared>, stream: &mut crate::accept::IdleLimited<tokio::net::TcpStream>, peer: &str) -> Option<Arc<OpenConnection>> {
-    let claim = |identity: &Identity| claim_worker_id(shared, identity);
+    // A claim made for a handshake that then fails (the client left before
+    // reading its admission) is given back.
+    let claimed = std::cell::Cell::new(None);
+    let claim = |identity: &Identity| {
+        claim_worker_id(shared, identity)?;
+        claimed.set(Some(identity.name.clone()));
+        Ok(())
+    };
     match handshake::accept(stream, shared.secret.as_ref(), claim).await {
         Ok(identity) => Some(Arc::new(OpenConnection::new(shared, identity.name))),
         Err(e) => {
+            if let Some(worker) = claimed.take() {
+                release_worker_id(shared, &worker);
+            }
             lock(&shared.refusals).refused(peer, &e);
             None
         }
@@ -556,6 +570,19 @@ fn claim_worker_id(shared: &Shared, identity: &Identity) -> Result<(), String> {
     }
 }
 
+/// Gives back one connection's claim on `worker`'s id; true if it was the
+/// last (the id is free again).
+fn release_worker_id(shared: &Shared, worker: &str) -> bool {
+    let mut claims = lock(&shared.claims);
+    let Some(claim) = claims.get_mut(worker) else { return true };
+    claim.connections -= 1;
+    if claim.connections > 0 {
+        return false;
+    }
+    claims.remove(worker);
+    true
+}
+
 /// One RPC connection, from the worker its handshake named: counted in
 /// [`Shared::connections`] while it lives. When it closes after the worker
 /// called, the worker is gone (unless it has another connection open).
@@ -576,14 +603,7 @@ impl OpenConnection {
     /// Releases this connection's claim on the worker id; true if it was
     /// the worker's last open connection.
     fn release_claim(&self) -> bool {
-        let mut claims = lock(&self.shared.claims);
-        let Some(claim) = claims.get_mut(&self.worker) else { return true };
-        claim.connections -= 1;
-        if claim.connections > 0 {
-            return false;
-        }
-        claims.remove(&self.worker);
-        true
+        release_worker_id(&self.shared, &self.worker)
     }
 }
 
@@ -782,7 +802,21 @@ async fn fetch_served_output(shared: &Shared, worker: &str, report: TaskReport) 
         }
         job.scheduler.staged_output(*r, *attempt)
     };
-    match fetch_to(&shared.fetcher, server, FileRequest::AttemptOutput { attempt: *attempt, offset: 0, len: u64::MAX }, &staged).await {
+    // The attempt's worker reports no progress for an attempt it has
+    // reported: the fetch is its progress, or a large output would be
+    // given up as stalled.
+    let fetched = {
+        let fetch = fetch_to(&shared.fetcher, server, FileRequest::AttemptOutput { attempt: *attempt, offset: 0, len: u64::MAX }, &staged);
+        tokio::pin!(fetch);
+        let mut ticker = tokio::time::interval(shared.spec.heartbeat_interval);
+        loop {
+            tokio::select! {
+                fetched = &mut fetch => break fetched,
+                _ = ticker.tick() => shared.job().scheduler.note_progress(*task, *attempt, Instant::now()),
+            }
+        }
+    };
+    match fetched {
         Ok(len) if len == counters.output_bytes => report,
         fetched => {
             let why = match fetched {

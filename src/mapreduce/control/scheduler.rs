@@ -446,6 +446,17 @@ impl Scheduler {
             .collect()
     }
 
+    /// `attempt` of `task` is making progress now, as the coordinator sees
+    /// for itself (it is fetching the attempt's output).
+    pub fn note_progress(&mut self, task: TaskId, attempt: AttemptId, now: Instant) {
+        let Some(entry) = self.entries_mut(task).get_mut(index(task)) else { return };
+        if let TaskState::Running(attempts) = &mut entry.state {
+            if let Some(running) = attempts.iter_mut().find(|a| a.attempt == attempt) {
+                running.last_progress = now;
+            }
+        }
+    }
+
     /// `worker`'s connection closed: it is gone, and the attempts it was
     /// running are given up at once (counted as unsuccessful) rather than
     /// after the timeout. A worker that calls again is welcome back, and an

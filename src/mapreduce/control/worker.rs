@@ -337,7 +337,7 @@ fn job_end(end: JobEnd) -> LoopEnd {
 }
 
 /// One task slot: asks for a task, runs it, reports, until the job ends.
-async fn run_slot(slot: usize, link: &MasterLink, runner: &Arc<TaskRunner>, activity: &SlotActivity) -> LoopEnd {
+async fn run_slot(slot: usize, link: &Arc<MasterLink>, runner: &Arc<TaskRunner>, activity: &SlotActivity) -> LoopEnd {
     let thread = SlotThread::spawn(slot).map_err(WorkerError::Thread)?;
     loop {
         let request = |client: CoordinatorClient| async move { client.request_task(call_context()).await };
@@ -378,11 +378,19 @@ async fn run_slot(slot: usize, link: &MasterLink, runner: &Arc<TaskRunner>, acti
             TaskOutcome::ReduceDone { served_by: Some(_), .. } => FETCHING_REPORT_DEADLINE,
             _ => CALL_DEADLINE,
         };
-        let send_report = |client: CoordinatorClient| {
+        let send_report = move |client: CoordinatorClient| {
             let report = report.clone();
             async move { client.report_task(context_with(deadline), report).await }
         };
-        link.call(send_report).await?;
+        if deadline == FETCHING_REPORT_DEADLINE {
+            // The coordinator fetches the output from this worker's file
+            // server before it answers: the slot need not wait for that.
+            // (A coordinator lost meanwhile is the other loops' to notice.)
+            let link = link.clone();
+            tokio::spawn(async move { link.call(send_report).await }.instrument(tracing::Span::current()));
+        } else {
+            link.call(send_report).await?;
+        }
     }
 }
 

@@ -423,14 +423,20 @@ where
     let mut left = len;
     let mut chunk = vec![0; CHUNK];
     while left > 0 {
+        // A whole chunk per write: a socket read gives tens of KiB, and a
+        // write to a file is a trip to a blocking thread.
         let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = patient(stream.read(&mut chunk[..want])).await?;
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        let mut filled = 0;
+        while filled < want {
+            let n = patient(stream.read(&mut chunk[filled..want])).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+            filled += n;
         }
-        crc.update(&chunk[..n]);
-        sink.write_all(&chunk[..n]).await?;
-        left -= n as u64;
+        crc.update(&chunk[..want]);
+        sink.write_all(&chunk[..want]).await?;
+        left -= want as u64;
     }
     verify_trailer(stream, crc.finalize()).await?;
     sink.flush().await?;
