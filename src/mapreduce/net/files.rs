@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::handshake::{self, HandshakeError, Identity, RefusalLog, Secret};
@@ -169,33 +169,57 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, why: &str) -> io::Result<
 }
 
 async fn send_range<S: AsyncWrite + Unpin>(stream: &mut S, range: &FileRange) -> io::Result<()> {
-    let mut file = match tokio::fs::File::open(&range.path).await {
-        Ok(file) => file,
+    let opened = std::fs::File::open(&range.path).and_then(|file| Ok((file.metadata()?.len(), file)));
+    let (size, file) = match opened {
+        Ok(opened) => opened,
         Err(e) => return refuse(stream, &format!("cannot open it: {e}")).await,
     };
-    let size = file.metadata().await?.len();
     if range.offset.checked_add(range.len).is_none_or(|end| end > size) {
         return refuse(stream, &format!("bytes {}+{} are not in the file ({size} bytes)", range.offset, range.len)).await;
     }
-    file.seek(io::SeekFrom::Start(range.offset)).await?;
     let mut header = vec![0];
     header.extend_from_slice(&range.offset.to_le_bytes());
     header.extend_from_slice(&range.len.to_le_bytes());
     stream.write_all(&header).await?;
+    // A thread reads the file ahead while the connection sends what it
+    // read: the two overlap instead of taking turns.
+    let mut chunks = read_ahead(file, range.offset, range.len);
     let mut crc = crc32fast::Hasher::new();
     let mut left = range.len;
-    let mut chunk = vec![0; CHUNK];
     while left > 0 {
-        let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         // The file shrank since it was measured: the client sees a broken
         // transfer, never a short one taken for whole.
-        file.read_exact(&mut chunk[..want]).await?;
-        crc.update(&chunk[..want]);
-        tokio::time::timeout(STALL_LIMIT, stream.write_all(&chunk[..want])).await.map_err(|_| io::ErrorKind::TimedOut)??;
-        left -= want as u64;
+        let chunk = chunks.recv().await.unwrap_or_else(|| Err(io::ErrorKind::UnexpectedEof.into()))?;
+        crc.update(&chunk);
+        tokio::time::timeout(STALL_LIMIT, stream.write_all(&chunk)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+        left -= chunk.len() as u64;
     }
     stream.write_all(&crc.finalize().to_le_bytes()).await?;
     stream.flush().await
+}
+
+/// Reads `len` bytes at `offset` of `file` on a blocking thread, in chunks,
+/// at most two ahead of the receiver; stops early if the receiver is gone.
+fn read_ahead(mut file: std::fs::File, offset: u64, len: u64) -> tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>> {
+    use std::io::{Read, Seek};
+    let (chunks, receiver) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(io::SeekFrom::Start(offset)) {
+            let _ = chunks.blocking_send(Err(e));
+            return;
+        }
+        let mut left = len;
+        while left > 0 {
+            let mut chunk = vec![0; CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX))];
+            let read = file.read_exact(&mut chunk).map(|()| chunk);
+            let failed = read.is_err();
+            left -= read.as_ref().map_or(0, |chunk| chunk.len() as u64);
+            if chunks.blocking_send(read).is_err() || failed {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 /// Runs a file server on `listener`: every connection must pass the
