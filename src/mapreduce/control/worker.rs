@@ -378,6 +378,7 @@ async fn run_slot(slot: usize, link: &Arc<MasterLink>, runner: &Arc<TaskRunner>,
             TaskOutcome::ReduceDone { served_by: Some(_), .. } => FETCHING_REPORT_DEADLINE,
             _ => CALL_DEADLINE,
         };
+        let report_attempt = report.attempt;
         let send_report = move |client: CoordinatorClient| {
             let report = report.clone();
             async move { client.report_task(context_with(deadline), report).await }
@@ -385,9 +386,15 @@ async fn run_slot(slot: usize, link: &Arc<MasterLink>, runner: &Arc<TaskRunner>,
         if deadline == FETCHING_REPORT_DEADLINE {
             // The coordinator fetches the output from this worker's file
             // server before it answers: the slot need not wait for that.
+            // Once it has answered, the output here is no longer needed.
             // (A coordinator lost meanwhile is the other loops' to notice.)
-            let link = link.clone();
-            tokio::spawn(async move { link.call(send_report).await }.instrument(tracing::Span::current()));
+            let (link, runner, attempt) = (link.clone(), runner.clone(), report_attempt);
+            let reported = async move {
+                if link.call(send_report).await.is_ok() {
+                    runner.storage().forget_reduce_output(attempt);
+                }
+            };
+            tokio::spawn(reported.instrument(tracing::Span::current()));
         } else {
             link.call(send_report).await?;
         }

@@ -59,6 +59,10 @@ impl ServedOutputs {
     fn get(&self, attempt: AttemptId) -> Option<PathBuf> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&attempt).cloned()
     }
+
+    fn remove(&self, attempt: AttemptId) -> Option<PathBuf> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&attempt)
+    }
 }
 
 impl Catalog for ServedOutputs {
@@ -186,6 +190,15 @@ impl WorkerStorage {
         }
         self.served.insert(attempt, path.to_owned());
         Some(self.server.clone())
+    }
+
+    /// Stops serving reduce `attempt`'s output and removes it: the
+    /// coordinator has answered its report, so it has the output (or has
+    /// given the attempt up).
+    pub fn forget_reduce_output(&self, attempt: AttemptId) {
+        if let Some(path) = self.served.remove(attempt) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Makes every run of a reduce attempt readable here: those it can
