@@ -27,15 +27,6 @@ fn signal(process: &Proc, name: &str) {
     assert!(status.success(), "kill -{name} {}", process.pid());
 }
 
-/// Waits until `path` exists (a fixture app creates it when a map starts).
-fn wait_for_file(path: &std::path::Path, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{what}: {} never appeared", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn write_inputs(dir: &TestDir, files: usize) -> Vec<String> {
     (0..files)
         .map(|i| {

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use mapreduce::handshake::{HandshakeError, Identity};
 use mapreduce::map_output::MapOutputLocation;
@@ -86,7 +84,7 @@ fn strangers_and_impostors_change_nothing() {
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
     let mut worker = start_worker_with("worker", dir.path(), &addr, "slowcount", &["--token-file", "token"]);
-    wait_for(|| started.exists(), "the first map");
+    wait_for_file(&started, "the first map");
 
     block_on(async {
         let stranger = Identity::new("stranger:1".into());
@@ -127,7 +125,7 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
     let mut worker = start_worker("worker", dir.path(), &addr, "slowcount");
-    wait_for(|| started.exists(), "the first map");
+    wait_for_file(&started, "the first map");
 
     block_on(async {
         let stream = handshaken(&addr, None, &Identity::new("rogue:1".into())).await.unwrap();
@@ -160,12 +158,4 @@ fn forged_reports(dir: &TestDir) -> Vec<TaskReport> {
 
 fn failures_twice() -> impl Iterator<Item = TaskReport> {
     (1..=4).map(|attempt| TaskReport { task: TaskId::Map(0), attempt, outcome: TaskOutcome::Failed { error: "forged again".into() } })
-}
-
-fn wait_for(done: impl Fn() -> bool, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what} never came");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

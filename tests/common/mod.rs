@@ -316,13 +316,19 @@ pub async fn handshaken(
     identity: &mapreduce::handshake::Identity,
 ) -> Result<tokio::net::TcpStream, mapreduce::handshake::HandshakeError> {
     let secret = secret.map(|s| mapreduce::handshake::Secret::from_bytes(s).expect("a test secret of 16 bytes or more"));
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    mapreduce::handshake::connect(&mut stream, secret.as_ref(), identity).await?;
-    tokio::io::AsyncWriteExt::write_all(&mut stream, &[mapreduce::files::SERVICE_RPC]).await?;
-    Ok(stream)
+    mapreduce::handshake::dial(addr, secret.as_ref(), identity, mapreduce::files::SERVICE_RPC, None).await
 }
 
 /// Runs `future` to its end on a runtime of its own (tests are synchronous).
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+}
+
+/// Waits until `path` exists (a fixture app creates it when a map starts).
+pub fn wait_for_file(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{what}: {} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -796,7 +796,7 @@ async fn fetch_served_output(shared: &Shared, worker: &str, report: TaskReport) 
     };
     let staged = {
         let job = shared.job();
-        let ours = job.scheduler.worker_of(*task, *attempt).is_none_or(|owner| owner == worker);
+        let ours = check_report(&job.scheduler, worker, *task, *attempt, &report.outcome).is_ok();
         if !ours || job.scheduler.would_accept_completion(*task, *attempt) != ReportVerdict::Accepted {
             return report;
         }

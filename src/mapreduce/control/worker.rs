@@ -654,15 +654,11 @@ enum ConnectError {
 /// handshake and the service byte, then the RPC client on it. Returns the
 /// client and this end's address.
 async fn open_connection(master: &str, secret: Option<&Secret>, identity: &Identity) -> Result<(CoordinatorClient, SocketAddr), ConnectError> {
-    let network = |e: std::io::Error| ConnectError::Network(e.to_string());
-    let mut stream = tokio::net::TcpStream::connect(master).await.map_err(network)?;
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().map_err(network)?;
-    handshake::connect(&mut stream, secret, identity).await.map_err(|e| match e.is_transient() {
-        true => ConnectError::Network(format!("handshake: {e}")),
+    let stream = handshake::dial(master, secret, identity, crate::files::SERVICE_RPC, None).await.map_err(|e| match e.is_transient() {
+        true => ConnectError::Network(e.to_string()),
         false => ConnectError::Refused(e),
     })?;
-    tokio::io::AsyncWriteExt::write_all(&mut stream, &[crate::files::SERVICE_RPC]).await.map_err(network)?;
+    let local = stream.local_addr().map_err(|e| ConnectError::Network(e.to_string()))?;
     let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
     Ok((CoordinatorClient::new(client::Config::default(), transport).spawn(), local))
 }

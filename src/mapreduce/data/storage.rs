@@ -88,8 +88,9 @@ pub struct WorkerStorage {
     fetcher: Fetcher,
     /// The coordinator, which serves the inputs.
     master: String,
-    /// The job's inputs by path, for asking the coordinator for one.
-    input_index: HashMap<PathBuf, u32>,
+    /// The job's input paths, in the job's order: how the coordinator
+    /// numbers them when asked for one.
+    inputs: Vec<PathBuf>,
     /// Runs the fetches, from the slot threads.
     runtime: tokio::runtime::Handle,
 }
@@ -117,7 +118,6 @@ pub struct StorageConfig {
 impl WorkerStorage {
     /// Storage as configured.
     pub fn new(config: StorageConfig) -> WorkerStorage {
-        let input_index = config.inputs.iter().enumerate().map(|(i, input)| (input.path.clone(), i as u32)).collect();
         WorkerStorage {
             work_dir: config.work_dir,
             shared_job_dir: config.shared_job_dir,
@@ -125,7 +125,7 @@ impl WorkerStorage {
             served: config.served,
             fetcher: config.fetcher,
             master: config.master,
-            input_index,
+            inputs: config.inputs.into_iter().map(|input| input.path).collect(),
             runtime: config.runtime,
         }
     }
@@ -295,16 +295,20 @@ impl WorkerStorage {
         }
     }
 
-    /// Whether this worker should ask the coordinator for `split`'s lines:
-    /// its file cannot be opened here.
-    pub fn must_fetch_input(&self, split: &InputSplit) -> bool {
-        std::fs::File::open(&split.file.path).is_err() && self.input_index.contains_key(&split.file.path)
+    /// The coordinator's number for the input at `path`, if reading it here
+    /// failed with `error` because the file is not here (missing, or not
+    /// readable by this worker): then the coordinator is asked for it.
+    pub fn served_input(&self, path: &Path, error: &io::Error) -> Option<u32> {
+        if !matches!(error.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied) {
+            return None;
+        }
+        self.inputs.iter().position(|p| p == path).and_then(|i| u32::try_from(i).ok())
     }
 
-    /// Fetches the lines `split` owns from the coordinator into `contents`
-    /// (cleared first); returns the file offset at which they begin.
-    pub fn fetch_input(&self, split: &InputSplit, contents: &mut Vec<u8>) -> Result<u64, FetchError> {
-        let input = self.input_index[&split.file.path];
+    /// Fetches the lines `split` of input number `input` owns from the
+    /// coordinator into `contents` (cleared first); returns the file offset
+    /// at which they begin.
+    pub fn fetch_input(&self, input: u32, split: &InputSplit, contents: &mut Vec<u8>) -> Result<u64, FetchError> {
         let request = FileRequest::InputSplit { input, start: split.start, end: split.end.unwrap_or(u64::MAX) };
         contents.clear();
         let fetched = self.runtime.block_on(self.fetcher.fetch_to_vec(&self.master, request, contents))?;
@@ -372,9 +376,10 @@ impl WorkerStorage {
     /// constructor: from the file if this worker can open it, else from the
     /// coordinator. Called off the runtime.
     pub fn read_input(&self, input: u32, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-        let path = self.input_index.iter().find(|&(_, &i)| i == input).map(|(path, _)| path).ok_or("no such input")?;
-        match std::fs::File::open(path) {
-            Ok(_) => mapreduce_app::job_inputs::read_range(path, offset, len).map_err(|e| format!("{}: {e}", path.display())),
+        let path = self.inputs.get(input as usize).ok_or("no such input")?;
+        match mapreduce_app::job_inputs::read_range(path, offset, len) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if self.served_input(path, &e).is_none() => Err(format!("{}: {e}", path.display())),
             Err(_) => {
                 let mut bytes = Vec::new();
                 let request = FileRequest::InputRange { input, offset, len };

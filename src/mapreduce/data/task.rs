@@ -193,19 +193,26 @@ impl TaskRunner {
         let plugin = &*self.plugin;
         let split = &task.input;
         let input_err = |source| TaskError::Input { path: split.file.path.clone(), source };
-        let fetched = self.storage.must_fetch_input(split);
-        let mapped = if fetched { None } else { map_split(split).map_err(input_err)? };
+        // A file this machine does not have comes from the coordinator.
+        let (mapped, served_input) = match map_split(split) {
+            Ok(mapped) => (mapped, None),
+            Err(e) => match self.storage.served_input(&split.file.path, &e) {
+                Some(input) => (None, Some(input)),
+                None => return Err(input_err(e)),
+            },
+        };
+        let fetched = served_input.is_some();
         let mut buffer = Vec::new();
-        let (offset, contents) = match &mapped {
-            Some(mapped) => (mapped.offset(), mapped.bytes()),
-            None if fetched => {
+        let (offset, contents) = match (&mapped, served_input) {
+            (Some(mapped), _) => (mapped.offset(), mapped.bytes()),
+            (None, Some(input)) => {
                 buffer = INPUT_BUFFER.take();
-                let offset = self.storage.fetch_input(split, &mut buffer).map_err(|e| {
+                let offset = self.storage.fetch_input(input, split, &mut buffer).map_err(|e| {
                     input_err(io::Error::other(format!("not readable here, and fetching it from the coordinator failed: {e}")))
                 })?;
                 (offset, &buffer[..])
             }
-            None => {
+            (None, None) => {
                 buffer = INPUT_BUFFER.take();
                 (read_split_into(split, &mut buffer).map_err(input_err)?, &buffer[..])
             }

@@ -380,13 +380,8 @@ impl Fetcher {
 
     /// A new connection to `server`, with `request` sent.
     async fn connect(&self, server: &str, request: FileRequest) -> Result<TcpStream, FetchError> {
-        let connect = tokio::net::TcpStream::connect(server);
-        let mut stream = tokio::time::timeout(CONNECT_LIMIT, connect).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-        let _ = stream.set_nodelay(true);
-        handshake::connect(&mut stream, self.secret.as_ref(), &self.identity).await?;
-        let mut ask = vec![SERVICE_FILES];
-        ask.extend_from_slice(&request.encode());
-        stream.write_all(&ask).await?;
+        let mut stream = handshake::dial(server, self.secret.as_ref(), &self.identity, SERVICE_FILES, Some(CONNECT_LIMIT)).await?;
+        stream.write_all(&request.encode()).await?;
         Ok(stream)
     }
 }

@@ -132,6 +132,9 @@ impl Identity {
 /// Why a handshake did not admit the connection.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// No connection could be made ([`dial`]).
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
     /// The connection failed or closed halfway.
     #[error("the connection broke during the handshake: {0}")]
     Io(#[from] std::io::Error),
@@ -160,7 +163,7 @@ impl HandshakeError {
     /// Whether trying again may succeed (the network failed), as opposed to
     /// a refusal that will be repeated.
     pub fn is_transient(&self) -> bool {
-        matches!(self, HandshakeError::Io(_) | HandshakeError::TimedOut)
+        matches!(self, HandshakeError::Connect(_) | HandshakeError::Io(_) | HandshakeError::TimedOut)
     }
 }
 
@@ -293,6 +296,30 @@ async fn read_hello_start<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(u8, [
     let mut nonce = [0; NONCE_LEN];
     stream.read_exact(&mut nonce).await?;
     Ok((flags, nonce))
+}
+
+/// Opens a connection to `addr` for `service`: TCP (given up after
+/// `connect_limit`, if there is one), the handshake as `identity`, then the
+/// byte that names the service (see [`crate::files`]).
+pub async fn dial(
+    addr: &str,
+    secret: Option<&Secret>,
+    identity: &Identity,
+    service: u8,
+    connect_limit: Option<Duration>,
+) -> Result<tokio::net::TcpStream, HandshakeError> {
+    let tcp = tokio::net::TcpStream::connect(addr);
+    let connected = match connect_limit {
+        Some(limit) => tokio::time::timeout(limit, tcp).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => tcp.await,
+    };
+    let mut stream = connected.map_err(HandshakeError::Connect)?;
+    // Requests and answers are small messages: sent at once, not held for
+    // the peer's delayed acknowledgement.
+    let _ = stream.set_nodelay(true);
+    connect(&mut stream, secret, identity).await?;
+    stream.write_all(&[service]).await?;
+    Ok(stream)
 }
 
 /// Runs the client's half on a fresh connection to a server, as `identity`.
