@@ -1,7 +1,7 @@
 //! Jobs whose workers do not share the coordinator's job directory
 //! (`mr-worker --no-shared-dir`), on this one machine: map output is
 //! served by the worker that wrote it and fetched by reducers, reduce
-//! outputs are fetched by the coordinator, and a worker lost after its
+//! outputs are sent to the coordinator, and a worker lost after its
 //! maps has them run again. Each worker serves on its own loopback address
 //! (127.0.0.2, 127.0.0.3), so that reducers fetch over TCP as they would
 //! from another machine. (scripts/multi-host-test.sh does the same across
@@ -36,16 +36,37 @@ fn isolated_worker(label: &str, dir: &TestDir, addr: &str, app: &str, serve_ip: 
     Proc::spawn(label, cmd, dir.path())
 }
 
+/// Creates `gate` (which the slowcount app's reduces wait for) once every
+/// one of `workers` has joined the job: a job of small inputs would
+/// otherwise be over before the last worker is up, and that worker fail to
+/// reach the master.
+fn open_gate_once_joined(gate: &std::path::Path, workers: &[&Proc]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !workers.iter().all(|worker| worker.stderr().contains("connected")) {
+        if Instant::now() > deadline {
+            let described: Vec<_> = workers.iter().map(|worker| worker.describe()).collect();
+            panic!("the workers never joined:\n{}", described.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(gate, "").unwrap();
+}
+
 #[test]
 fn map_output_is_served_between_workers_and_outputs_reach_the_master() {
     let dir = TestDir::new("served-shuffle");
     let inputs = write_inputs(&dir, 5);
-    let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut args = vec!["--reduces", "3", "--split-size", "2K"];
+    let expected = reference_output(dir.path(), "slowcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    let gate = dir.join("gate");
+    let gate_param = format!("reduce_gate_file={}", gate.display());
+    let mut args = vec!["--reduces", "3", "--split-size", "2K", "--param", &gate_param];
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
-    let mut a = isolated_worker("a", &dir, &addr, "wordcount", "127.0.0.2", "work-a");
-    let mut b = isolated_worker("b", &dir, &addr, "wordcount", "127.0.0.3", "work-b");
+    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a");
+    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b");
+    // Both take part: each holds a reduce at the gate, and the one that
+    // did not run every map fetches runs from the other.
+    open_gate_once_joined(&gate, &[&a, &b]);
     master.expect_success();
     a.expect_success();
     b.expect_success();
@@ -102,27 +123,32 @@ fn a_worker_lost_after_its_maps_has_them_run_again() {
 fn workers_without_an_app_run_the_one_the_master_names_and_another_build_is_refused() {
     let dir = TestDir::new("shipped-app");
     let inputs = write_inputs(&dir, 3);
-    let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut args = vec!["--reduces", "2", "--app", "wordcount"];
+    let expected = reference_output(dir.path(), "slowcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    // The reduces wait for the gate, so that the job cannot end before
+    // both workers below have joined it.
+    let gate = dir.join("gate");
+    let gate_param = format!("reduce_gate_file={}", gate.display());
+    let mut args = vec!["--reduces", "2", "--app", "slowcount", "--param", &gate_param];
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
     // Another app: refused by the master, with a line on both sides.
     let mut other = start_worker("other", dir.path(), &addr, "indexer");
     let err = other.expect_exit_code(1);
-    assert!(err.contains("refused this worker: its app") && err.contains("libwordcount.so"), "{err}");
+    assert!(err.contains("refused this worker: its app") && err.contains("libslowcount.so"), "{err}");
     // No app of its own: fetches the job's (and checks its SHA-256).
     std::fs::create_dir_all(dir.join("work")).unwrap();
     let mut cmd = std::process::Command::new(worker_bin());
     cmd.args(["--master", &addr, "--no-shared-dir", "--work-dir", "work"]);
     let mut fetched = Proc::spawn("fetched", cmd, dir.path());
     // The same build given explicitly is welcome too.
-    let mut same = start_worker("same", dir.path(), &addr, "wordcount");
+    let mut same = start_worker("same", dir.path(), &addr, "slowcount");
+    open_gate_once_joined(&gate, &[&fetched, &same]);
     master.expect_success();
     fetched.expect_success();
     same.expect_success();
     assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
     assert!(master.stderr().contains("refused a worker: its app"), "{}", master.describe());
-    assert!(fetched.stderr().contains("app=\"WordCount\""), "{}", fetched.describe());
+    assert!(fetched.stderr().contains("app=\"SlowCount\""), "{}", fetched.describe());
 }
 
 #[test]

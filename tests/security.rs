@@ -128,11 +128,17 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
     wait_for_file(&started, "the first map");
 
     block_on(async {
-        let stream = handshaken(&addr, None, &Identity::new("rogue:1".into())).await.unwrap();
+        let rogue = Identity::new("rogue:1".into());
+        let stream = handshaken(&addr, None, &rogue).await.unwrap();
         let transport = tarpc::serde_transport::Transport::from((stream, tarpc::tokio_serde::formats::Bincode::default()));
         let client = CoordinatorClient::new(tarpc::client::Config::default(), transport).spawn();
         for report in forged_reports(&dir) {
             client.report_task(tarpc::context::current(), report).await.unwrap();
+        }
+        // Nor send an output for a reduce attempt of another's.
+        for (partition, attempt) in (0..2u32).flat_map(|r| (1..=8u64).map(move |a| (r, a))) {
+            let answer = forged_upload(&addr, &rogue, partition, attempt).await;
+            assert!(answer.starts_with(&[1]) && String::from_utf8_lossy(&answer).contains("was not given to rogue:1"), "{answer:?}");
         }
     });
     master.expect_success();
@@ -141,6 +147,25 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
     assert_eq!(summary(&dir)["unsuccessful_attempts"].as_array().map(Vec::len), Some(0), "{}", summary(&dir));
     let log = master.stderr();
     assert!(log.contains("report ignored: the attempt was given to"), "{}", master.describe());
+}
+
+/// Sends `fake output` as attempt `attempt` of reduce `partition` to the
+/// coordinator at `addr`, as `rogue`; returns the coordinator's answer.
+async fn forged_upload(addr: &str, rogue: &Identity, partition: u32, attempt: u64) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = handshaken_for(addr, None, rogue, mapreduce::upload::SERVICE_UPLOAD).await.unwrap();
+    let mut wire = partition.to_le_bytes().to_vec();
+    wire.extend_from_slice(&attempt.to_le_bytes());
+    wire.extend_from_slice(&11u32.to_le_bytes());
+    wire.extend_from_slice(b"fake output");
+    wire.extend_from_slice(&0u32.to_le_bytes());
+    wire.extend_from_slice(&crc32fast::hash(b"fake output").to_le_bytes());
+    // The coordinator may refuse before it has read it all.
+    let _ = stream.write_all(&wire).await;
+    let _ = stream.shutdown().await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    answer
 }
 
 /// Failures for the job's first attempts, twice over (enough to stop a job

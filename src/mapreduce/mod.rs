@@ -31,6 +31,8 @@
 //! | the coordinator process around the scheduler | [`coordinator`] |
 //! | accepting RPC connections within the descriptor limit | [`accept`] |
 //! | every connection's handshake: who is calling, and the shared secret | [`handshake`] |
+//! | serving files (map output, inputs, the app) and fetching them | [`files`] |
+//! | a reduce's output sent to the coordinator as it is written | [`upload`] |
 //! | the job directory: lock, resume or clean, publishing outputs | [`job_dir`] |
 //! | the coordinator's journal of finished tasks, for restarts | [`journal`] |
 //! | the job as observers see it (progress, status API, summary) | [`status`] |
@@ -67,7 +69,7 @@ pub use control::{backup, coordinator, inputs, job_dir, job_files, journal, rpc,
 pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task};
 pub(crate) use data::radix_sort;
 pub use observe::{http, metrics, progress, status, summary};
-pub use net::{accept, files, handshake};
+pub use net::{accept, files, handshake, upload};
 pub mod cli;
 pub mod counters;
 pub mod errors;

@@ -315,8 +315,19 @@ pub async fn handshaken(
     secret: Option<&[u8]>,
     identity: &mapreduce::handshake::Identity,
 ) -> Result<tokio::net::TcpStream, mapreduce::handshake::HandshakeError> {
+    handshaken_for(addr, secret, identity, mapreduce::files::SERVICE_RPC).await
+}
+
+/// [`handshaken`], asking for `service` (a byte of [`mapreduce::files`] or
+/// [`mapreduce::upload`]).
+pub async fn handshaken_for(
+    addr: &str,
+    secret: Option<&[u8]>,
+    identity: &mapreduce::handshake::Identity,
+    service: u8,
+) -> Result<tokio::net::TcpStream, mapreduce::handshake::HandshakeError> {
     let secret = secret.map(|s| mapreduce::handshake::Secret::from_bytes(s).expect("a test secret of 16 bytes or more"));
-    mapreduce::handshake::dial(addr, secret.as_ref(), identity, mapreduce::files::SERVICE_RPC, None).await
+    mapreduce::handshake::dial(addr, secret.as_ref(), identity, service, None).await
 }
 
 /// Runs `future` to its end on a runtime of its own (tests are synchronous).

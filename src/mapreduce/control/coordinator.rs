@@ -49,7 +49,8 @@ use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::files::{self, Catalog, Fetcher, FileRequest};
+use crate::files::{self, Catalog};
+use crate::upload;
 use crate::handshake::{self, Identity, RefusalLog, Secret};
 use crate::job_files::JobFiles;
 use crate::job_dir::{JobDir, JobDirError, Opened};
@@ -224,9 +225,6 @@ struct Shared {
     idle_limit: Duration,
     /// What every connection's handshake must prove.
     secret: Option<Secret>,
-    /// Fetches reduce outputs from workers that do not share the job
-    /// directory.
-    fetcher: Fetcher,
     /// What the file service on the RPC port serves: the inputs.
     files: Arc<dyn Catalog>,
     /// Which process holds each worker id: ids of open connections only,
@@ -326,7 +324,6 @@ impl Job {
             not_yet_exited: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
             idle_limit: (config.scheduler.task_timeout * 2).max(MIN_IDLE_LIMIT),
-            fetcher: Fetcher::new(config.secret.clone(), Identity::new("coordinator".into())),
             files: Arc::new(JobFiles::new(config.inputs.clone(), config.app.as_ref().map(|(path, _)| path.clone()))),
             secret: config.secret.clone(),
             claims: Mutex::new(HashMap::new()),
@@ -502,6 +499,17 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
                 // After the handshake, one byte names the service.
                 match tokio::io::AsyncReadExt::read_u8(&mut stream).await {
                     Ok(files::SERVICE_RPC) => {}
+                    Ok(upload::SERVICE_UPLOAD) => {
+                        let worker = open.worker.clone();
+                        drop(open);
+                        // Not idle-limited: an upload waits for its reduce
+                        // as long as the attempt runs.
+                        if let Err(e) = take_upload(&shared, &worker, stream.into_inner()).await {
+                            tracing::debug!("taking an output from {peer}: {e}");
+                        }
+                        drop(permit);
+                        return;
+                    }
                     Ok(files::SERVICE_FILES) => {
                         // Fetching files says nothing of the worker's
                         // liveness: the claim on its id is the RPC
@@ -775,7 +783,6 @@ impl Coordinator for CoordinatorServer {
         let worker = self.worker.clone();
         self.heard_from(&worker);
         let shared = &self.shared;
-        let report = fetch_served_output(shared, &worker, report).await;
         let verdict = apply_report(shared, &worker, report);
         if verdict == ReportVerdict::Accepted {
             shared.changed.notify_waiters();
@@ -783,63 +790,71 @@ impl Coordinator for CoordinatorServer {
     }
 }
 
-/// Fetches the output of a winning reduce attempt whose worker does not
-/// share the job directory into the staged path the coordinator named, so
-/// that committing it is the same rename as for any other. A report the
-/// scheduler would not take is passed on untouched (and then ignored); an
-/// output that cannot be fetched, or arrives with another size than the
-/// attempt wrote, turns the report into a failure of the attempt.
-async fn fetch_served_output(shared: &Shared, worker: &str, report: TaskReport) -> TaskReport {
-    let TaskReport { task: task @ TaskId::Reduce(r), attempt, outcome: TaskOutcome::ReduceDone { counters, served_by: Some(server) } } = &report
-    else {
-        return report;
+/// Takes a reduce attempt's output as its worker sends it
+/// ([`crate::upload`]) into the attempt's staged path in the job directory,
+/// if the attempt is that worker's and still runs; the worker's report
+/// then commits it as any other. Waits for it as long as the attempt runs.
+async fn take_upload(shared: &Shared, worker: &str, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
+    let (r, attempt) = upload::read_header(&mut stream).await?;
+    let task = TaskId::Reduce(r);
+    let outcome = match upload_destination(shared, worker, task, attempt) {
+        Ok(staged) => receive_while_running(shared, task, attempt, &mut stream, &staged).await,
+        Err(why) => Err(why),
     };
-    let staged = {
-        let job = shared.job();
-        let ours = check_report(&job.scheduler, worker, *task, *attempt, &report.outcome).is_ok();
-        if !ours || job.scheduler.would_accept_completion(*task, *attempt) != ReportVerdict::Accepted {
-            return report;
-        }
-        job.scheduler.staged_output(*r, *attempt)
-    };
-    // The attempt's worker reports no progress for an attempt it has
-    // reported: the fetch is its progress, or a large output would be
-    // given up as stalled.
-    let fetched = {
-        let fetch = fetch_to(&shared.fetcher, server, FileRequest::AttemptOutput { attempt: *attempt, offset: 0, len: u64::MAX }, &staged);
-        tokio::pin!(fetch);
-        let mut ticker = tokio::time::interval(shared.spec.heartbeat_interval);
-        loop {
-            tokio::select! {
-                fetched = &mut fetch => break fetched,
-                _ = ticker.tick() => shared.job().scheduler.note_progress(*task, *attempt, Instant::now()),
-            }
-        }
-    };
-    match fetched {
-        Ok(len) if len == counters.output_bytes => report,
-        fetched => {
-            let why = match fetched {
-                Ok(len) => format!("{len} bytes arrived, the attempt wrote {}", counters.output_bytes),
-                Err(e) => e,
-            };
-            let error = format!("the coordinator could not fetch the output from {server}: {why}");
-            TaskReport { task: *task, attempt: *attempt, outcome: TaskOutcome::Failed { error } }
-        }
+    if let Err(why) = &outcome {
+        tracing::debug!(%task, attempt, "the output from {worker} was not taken: {why}");
     }
+    upload::answer(&mut stream, outcome).await
 }
 
-/// Fetches `request` from `server` into `dest`, whole or not at all: into a
-/// temporary file beside it first, renamed into place once complete (a
-/// worker that repeats its report starts a second fetch of the same bytes).
-async fn fetch_to(fetcher: &Fetcher, server: &str, request: FileRequest, dest: &Path) -> Result<u64, String> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let temp = tempfile::Builder::new().prefix(".fetching-").tempfile_in(dir).map_err(|e| e.to_string())?;
-    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(|e| e.to_string())?);
-    let fetched = fetcher.fetch(server, request, &mut file).await.map_err(|e| e.to_string())?;
-    temp.persist(dest).map_err(|e| e.to_string())?;
-    Ok(fetched.len)
+/// Where reduce `task`'s `attempt` stages its output, if `worker` may send it.
+fn upload_destination(shared: &Shared, worker: &str, task: TaskId, attempt: AttemptId) -> Result<PathBuf, String> {
+    let TaskId::Reduce(r) = task else { unreachable!("uploads are of reduce outputs") };
+    let job = shared.job();
+    if job.scheduler.worker_of(task, attempt) != Some(worker) {
+        return Err(format!("attempt {attempt} of {task} was not given to {worker}"));
+    }
+    if !attempt_runs(&job.scheduler, task, attempt) {
+        return Err(format!("attempt {attempt} of {task} no longer runs"));
+    }
+    Ok(job.scheduler.staged_output(r, attempt))
 }
+
+fn attempt_runs(scheduler: &Scheduler, task: TaskId, attempt: AttemptId) -> bool {
+    scheduler.running_attempts(task).iter().any(|running| running.attempt == attempt)
+}
+
+/// Receives an upload into a temporary file beside `staged`, renamed to it
+/// once whole; given up (and the file removed) if the attempt stops running
+/// meanwhile (timed out, or lost to another).
+async fn receive_while_running(
+    shared: &Shared,
+    task: TaskId,
+    attempt: AttemptId,
+    stream: &mut tokio::net::TcpStream,
+    staged: &Path,
+) -> Result<(), String> {
+    let dir = staged.parent().unwrap_or(Path::new("."));
+    let temp = tempfile::Builder::new().prefix(".uploading-").tempfile_in(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(|e| e.to_string())?);
+    {
+        let receive = upload::receive(stream, &mut file);
+        tokio::pin!(receive);
+        let mut check = tokio::time::interval(UPLOAD_CHECK);
+        loop {
+            tokio::select! {
+                received = &mut receive => break received.map(drop).map_err(|e| e.to_string())?,
+                _ = check.tick() => if !attempt_runs(&shared.job().scheduler, task, attempt) {
+                    return Err(format!("attempt {attempt} of {task} no longer runs"));
+                },
+            }
+        }
+    }
+    temp.persist(staged).map(drop).map_err(|e| format!("{}: {}", staged.display(), e.error))
+}
+
+/// How often an upload in progress checks that its attempt still runs.
+const UPLOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// The first 12 hex digits of a SHA-256, enough to tell builds apart in a message.
 fn short(sha256: &str) -> &str {

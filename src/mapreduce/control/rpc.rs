@@ -266,16 +266,11 @@ pub enum TaskOutcome {
         /// What the attempt counted.
         counters: Counters,
     },
-    /// A reduce attempt finished and wrote its output to `staged_output`,
-    /// or, when `served_by` is set, to its worker's work directory, for the
-    /// coordinator to fetch from that file server.
+    /// A reduce attempt finished and its output is at `staged_output`:
+    /// written there, or sent to the coordinator ([`crate::upload`]).
     ReduceDone {
         /// What the attempt counted.
         counters: Counters,
-        /// The worker's file server, when the output is not in the job
-        /// directory.
-        #[serde(default)]
-        served_by: Option<String>,
     },
     /// The attempt failed: the app returned an error or panicked, or its
     /// input could not be read. Counts toward the task's failure limit.

@@ -360,7 +360,7 @@ async fn run_slot(slot: usize, link: &Arc<MasterLink>, runner: &Arc<TaskRunner>,
                 let (runner, progress) = (runner.clone(), activity.start(task_id, attempt));
                 let outcome = run_on(&thread, task_id, attempt, move || runner.run_reduce(&task, &progress))
                     .await
-                    .map(|(counters, served_by)| TaskOutcome::ReduceDone { counters, served_by });
+                    .map(|counters| TaskOutcome::ReduceDone { counters });
                 TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
             }
         };
@@ -373,31 +373,11 @@ async fn run_slot(slot: usize, link: &Arc<MasterLink>, runner: &Arc<TaskRunner>,
             continue;
         }
         // Reports are idempotent: one whose answer was late is sent again.
-        // The coordinator fetches a served reduce output before it answers.
-        let deadline = match &report.outcome {
-            TaskOutcome::ReduceDone { served_by: Some(_), .. } => FETCHING_REPORT_DEADLINE,
-            _ => CALL_DEADLINE,
-        };
-        let report_attempt = report.attempt;
         let send_report = move |client: CoordinatorClient| {
             let report = report.clone();
-            async move { client.report_task(context_with(deadline), report).await }
+            async move { client.report_task(context_with(CALL_DEADLINE), report).await }
         };
-        if deadline == FETCHING_REPORT_DEADLINE {
-            // The coordinator fetches the output from this worker's file
-            // server before it answers: the slot need not wait for that.
-            // Once it has answered, the output here is no longer needed.
-            // (A coordinator lost meanwhile is the other loops' to notice.)
-            let (link, runner, attempt) = (link.clone(), runner.clone(), report_attempt);
-            let reported = async move {
-                if link.call(send_report).await.is_ok() {
-                    runner.storage().forget_reduce_output(attempt);
-                }
-            };
-            tokio::spawn(reported.instrument(tracing::Span::current()));
-        } else {
-            link.call(send_report).await?;
-        }
+        link.call(send_report).await?;
     }
 }
 
@@ -618,10 +598,6 @@ fn context_with(deadline: Duration) -> context::Context {
     ctx.deadline = Instant::now() + deadline;
     ctx
 }
-
-/// Deadline of a report whose output the coordinator fetches before it
-/// answers: long enough for a large output over a slow network.
-const FETCHING_REPORT_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Connects to the coordinator, retrying until `connect_timeout`; a
 /// coordinator that refuses this worker is not asked again.

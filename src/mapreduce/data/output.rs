@@ -15,11 +15,41 @@ use crate::app::OutputFormat;
 /// suffix: hidden, and recognisable as orphans when their writer died.
 pub const TEMP_PREFIX: &str = ".mr-tmp-";
 
-/// A file being written that appears at its destination only on `commit`.
-/// Dropping it uncommitted removes the temporary file.
-pub struct AtomicFile {
-    writer: BufWriter<tempfile::NamedTempFile>,
+/// Where an [`AtomicFile`]'s bytes go until it is committed: a temporary
+/// file beside the destination, or another process that keeps them (a
+/// reduce output sent to the coordinator, [`crate::upload`]).
+pub trait Staging: Write + Send {
+    /// Makes the bytes written the destination's, whole.
+    fn commit(self: Box<Self>) -> io::Result<()>;
+}
+
+/// A temporary file that is renamed to `dest` on commit.
+struct TempStaging {
+    temp: tempfile::NamedTempFile,
     dest: PathBuf,
+}
+
+impl Write for TempStaging {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.temp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.temp.flush()
+    }
+}
+
+impl Staging for TempStaging {
+    fn commit(self: Box<Self>) -> io::Result<()> {
+        self.temp.persist(&self.dest).map(|_| ()).map_err(|e| e.error)
+    }
+}
+
+/// A file being written that appears at its destination only on `commit`.
+/// Dropping it uncommitted removes the temporary file (or abandons the
+/// staging).
+pub struct AtomicFile {
+    writer: BufWriter<Box<dyn Staging>>,
     /// Lines and bytes written by `write_record` and `write_reduce_output`.
     written: (u64, u64),
 }
@@ -29,7 +59,12 @@ impl AtomicFile {
     pub fn create(dest: &Path) -> io::Result<AtomicFile> {
         let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let temp = publishable_temp_file(dir, TEMP_PREFIX)?;
-        Ok(AtomicFile { writer: BufWriter::with_capacity(256 * 1024, temp), dest: dest.to_owned(), written: (0, 0) })
+        Ok(AtomicFile::staged_in(Box::new(TempStaging { temp, dest: dest.to_owned() })))
+    }
+
+    /// Starts a file whose bytes go to `staging` until the commit.
+    pub fn staged_in(staging: Box<dyn Staging>) -> AtomicFile {
+        AtomicFile { writer: BufWriter::with_capacity(256 * 1024, staging), written: (0, 0) }
     }
 
     /// Writes one output line: `<key> <value>\n`.
@@ -68,11 +103,10 @@ impl AtomicFile {
         self.written
     }
 
-    /// Flushes and atomically renames the file to its destination.
-    pub fn commit(self) -> io::Result<PathBuf> {
-        let temp = self.writer.into_inner().map_err(|e| e.into_error())?;
-        temp.persist(&self.dest).map_err(|e| e.error)?;
-        Ok(self.dest)
+    /// Flushes and atomically puts the file in place (renames it to its
+    /// destination, or has its staging commit it).
+    pub fn commit(self) -> io::Result<()> {
+        self.writer.into_inner().map_err(|e| e.into_error())?.commit()
     }
 }
 
@@ -131,7 +165,7 @@ pub fn remove_stale_outputs(dir: &Path, reduces: u32) -> io::Result<Vec<PathBuf>
 pub fn write_atomically(dest: &Path, contents: &[u8]) -> io::Result<()> {
     let mut file = AtomicFile::create(dest)?;
     file.write_all(contents)?;
-    file.commit().map(|_| ())
+    file.commit()
 }
 
 #[cfg(test)]

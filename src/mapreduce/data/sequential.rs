@@ -101,7 +101,7 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
     totals.reduce_input_records = pairs.len() as u64;
     (totals.output_records, totals.output_bytes) = output.lines_and_bytes_written();
     totals.user = counters.take();
-    let output = output.commit().map_err(output_err)?;
+    output.commit().map_err(output_err)?;
     let (map_secs, reduce_secs) = ((mapped - started).as_secs_f64(), mapped.elapsed().as_secs_f64());
-    Ok(SequentialRun { output, map_secs, reduce_secs, counters: totals })
+    Ok(SequentialRun { output: path, map_secs, reduce_secs, counters: totals })
 }

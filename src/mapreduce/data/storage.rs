@@ -16,8 +16,8 @@
 //!   worker into its work directory, a bounded number at once, each tried
 //!   a few times: one that cannot be fetched is reported lost, and that map
 //!   is run again;
-//! - a reduce's output waits in the work directory for the coordinator to
-//!   fetch it into the job directory;
+//! - a reduce's output goes to the coordinator as it is written, and is
+//!   staged in the job directory there ([`crate::upload`]);
 //! - an input file this worker cannot read is fetched from the
 //!   coordinator, the split's lines only.
 
@@ -36,9 +36,11 @@ use futures::StreamExt;
 
 use crate::files::{Catalog, FetchError, Fetcher, FileRange, FileRequest};
 use crate::map_output::MapOutputLocation;
+use crate::output::AtomicFile;
 use crate::plugin::{file_sha256, Plugin};
 use crate::rpc::{AttemptId, InputFile, InputSplit, JobApp, MapTask, ReduceTask};
 use crate::runfile::{RunError, RunRange};
+use crate::upload::{Upload, SERVICE_UPLOAD};
 
 /// Runs one reduce fetches at once.
 const PARALLEL_FETCHES: usize = 4;
@@ -47,7 +49,7 @@ const FETCH_TRIES: u32 = 3;
 /// Pause before the second try; doubled for each one after.
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
-/// The files a worker serves: its attempts' outputs, by attempt.
+/// The files a worker serves: its map attempts' outputs, by attempt.
 #[derive(Debug, Default)]
 pub struct ServedOutputs(Mutex<HashMap<AttemptId, PathBuf>>);
 
@@ -58,10 +60,6 @@ impl ServedOutputs {
 
     fn get(&self, attempt: AttemptId) -> Option<PathBuf> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&attempt).cloned()
-    }
-
-    fn remove(&self, attempt: AttemptId) -> Option<PathBuf> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&attempt)
     }
 }
 
@@ -181,24 +179,19 @@ impl WorkerStorage {
             .collect()
     }
 
-    /// Serves reduce `attempt`'s output at `path`; returns this worker's
-    /// server, from which the coordinator fetches it, unless it is already
-    /// in the shared job directory.
-    pub fn serve_reduce_output(&self, attempt: AttemptId, path: &Path) -> Option<String> {
+    /// Starts reduce `task`'s output: a file staged in the job directory if
+    /// this worker shares it, else an upload to the coordinator, which
+    /// stages it there as it arrives ([`crate::upload`]). Either way, once
+    /// committed it is at `task.staged_output` as the coordinator names it.
+    pub fn create_reduce_output(&self, task: &ReduceTask) -> io::Result<AtomicFile> {
         if self.shares_job_dir() {
-            return None;
+            return AtomicFile::create(&task.staged_output);
         }
-        self.served.insert(attempt, path.to_owned());
-        Some(self.server.clone())
-    }
-
-    /// Stops serving reduce `attempt`'s output and removes it: the
-    /// coordinator has answered its report, so it has the output (or has
-    /// given the attempt up).
-    pub fn forget_reduce_output(&self, attempt: AttemptId) {
-        if let Some(path) = self.served.remove(attempt) {
-            let _ = std::fs::remove_file(path);
-        }
+        let stream = self.runtime.block_on(self.fetcher.dial(&self.master, SERVICE_UPLOAD)).map_err(|e| {
+            io::Error::new(io::ErrorKind::ConnectionRefused, format!("connecting to the coordinator to send the output: {e}"))
+        })?;
+        let upload = Upload::start(stream, self.runtime.clone(), task.partition, task.attempt)?;
+        Ok(AtomicFile::staged_in(Box::new(upload)))
     }
 
     /// Makes every run of a reduce attempt readable here: those it can

@@ -16,7 +16,6 @@ use crate::counters::{Counters, UserCounters};
 use crate::inputs::check_unchanged;
 use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN, SCRATCH_LABEL};
 use crate::merge::{MergeError, RunMerger};
-use crate::output::AtomicFile;
 use crate::partition::Partitions;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
@@ -290,10 +289,9 @@ impl TaskRunner {
     }
 
     /// Runs one reduce attempt, leaving its output at `task.staged_output`
-    /// (see [`WorkerStorage::adapt_reduce`]); returns the attempt's
-    /// counters, and the file server the coordinator must fetch the
-    /// output from, if it is not in the job directory.
-    pub fn run_reduce(&self, task: &ReduceTask, progress: &TaskProgress) -> Result<(Counters, Option<String>), TaskError> {
+    /// in the job directory (see [`WorkerStorage::create_reduce_output`]);
+    /// returns the attempt's counters.
+    pub fn run_reduce(&self, task: &ReduceTask, progress: &TaskProgress) -> Result<Counters, TaskError> {
         let capabilities = self.capabilities()?;
         let mut counters = Counters::default();
         counters.reduce_input_bytes = task.runs.iter().map(|(_, location)| stored_size(location)).sum();
@@ -315,7 +313,7 @@ impl TaskRunner {
         let mut merger = RunMerger::new(readers)?;
         let path = &task.staged_output;
         let output_err = |source| TaskError::Output { path: path.clone(), source };
-        let mut output = AtomicFile::create(path).map_err(output_err)?;
+        let mut output = self.storage.create_reduce_output(task).map_err(output_err)?;
         let user_counters = UserCounters::reporting_to(progress.shared());
         let (mut key, mut value) = (Vec::new(), Vec::new());
         let mut cursor = task.skip.as_ref().map(open_cursor).transpose()?;
@@ -357,7 +355,7 @@ impl TaskRunner {
         (counters.output_records, counters.output_bytes) = output.lines_and_bytes_written();
         output.commit().map_err(output_err)?;
         counters.user = user_counters.take();
-        Ok((counters, self.storage.serve_reduce_output(task.attempt, path)))
+        Ok(counters)
     }
 }
 

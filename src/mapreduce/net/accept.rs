@@ -120,6 +120,16 @@ impl<S> IdleLimited<S> {
     pub fn new(inner: S, limit: Duration) -> IdleLimited<S> {
         IdleLimited { inner, limit, deadline: Box::pin(tokio::time::sleep(limit)) }
     }
+
+    /// The connection itself.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The connection, no longer limited.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleLimited<S> {

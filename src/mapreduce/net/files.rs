@@ -1,8 +1,8 @@
 //! Serving byte ranges of files to the job's other processes, and fetching
 //! them: how map output reaches reducers on other machines (Google
-//! MapReduce's section 3.3, Hadoop's shuffle handler), how a reduce's
-//! output reaches the coordinator's output directory, and how a worker
-//! without the inputs or the app gets them from the coordinator.
+//! MapReduce's section 3.3, Hadoop's shuffle handler), and how a worker
+//! without the inputs or the app gets them from the coordinator. (A
+//! reduce's output goes the other way: [`crate::upload`].)
 //!
 //! A connection starts with the [handshake](crate::handshake), then one
 //! byte naming the service ([`SERVICE_FILES`] here; the coordinator's port
@@ -29,7 +29,9 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::accept::IdleLimited;
 use crate::handshake::{self, HandshakeError, Identity, RefusalLog, Secret};
+use crate::mapped_input::{MappedInput, ALIGNMENT};
 
 /// The byte that asks for the coordinator's RPC service after the handshake.
 pub const SERVICE_RPC: u8 = b'R';
@@ -44,15 +46,15 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(15);
 /// does not answer at all.
 pub const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
-/// Bytes read from the file per write to the connection (and, when
-/// receiving into a file, per write to it).
+/// Bytes checksummed (and sent) per step when serving a file, and
+/// received per write when fetching into a file.
 const CHUNK: usize = 1 << 20;
 
 /// What a client asks a server for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileRequest {
-    /// `len` bytes from `offset` of the output file of `attempt` (a map's
-    /// runs, or a reduce's output); `len` [`u64::MAX`] means to the end.
+    /// `len` bytes from `offset` of the output file of map `attempt` (its
+    /// runs); `len` [`u64::MAX`] means to the end.
     AttemptOutput {
         /// The attempt whose output it is.
         attempt: u64,
@@ -136,10 +138,7 @@ pub trait Catalog: Send + Sync + 'static {
 
 /// Serves the requests of one connection, after its handshake and service
 /// byte, until the client closes it.
-pub async fn serve_requests<S>(mut stream: S, catalog: Arc<dyn Catalog>) -> io::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn serve_requests(mut stream: IdleLimited<TcpStream>, catalog: Arc<dyn Catalog>) -> io::Result<()> {
     loop {
         let mut request = [0; FileRequest::SIZE];
         match stream.read_exact(&mut request).await {
@@ -168,7 +167,7 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, why: &str) -> io::Result<
     stream.flush().await
 }
 
-async fn send_range<S: AsyncWrite + Unpin>(stream: &mut S, range: &FileRange) -> io::Result<()> {
+async fn send_range(stream: &mut IdleLimited<TcpStream>, range: &FileRange) -> io::Result<()> {
     let opened = std::fs::File::open(&range.path).and_then(|file| Ok((file.metadata()?.len(), file)));
     let (size, file) = match opened {
         Ok(opened) => opened,
@@ -181,45 +180,102 @@ async fn send_range<S: AsyncWrite + Unpin>(stream: &mut S, range: &FileRange) ->
     header.extend_from_slice(&range.offset.to_le_bytes());
     header.extend_from_slice(&range.len.to_le_bytes());
     stream.write_all(&header).await?;
-    // A thread reads the file ahead while the connection sends what it
-    // read: the two overlap instead of taking turns.
-    let mut chunks = read_ahead(file, range.offset, range.len);
-    let mut crc = crc32fast::Hasher::new();
-    let mut left = range.len;
-    while left > 0 {
+    // The bytes go from the page cache to the connection by sendfile(2),
+    // never through this process; a thread checksums each chunk first
+    // (which also brings it into the cache, so that sendfile does not wait
+    // for the disk on the runtime's thread).
+    let file = Arc::new(file);
+    let mut ahead = checksum_ahead(file.clone(), range.offset, range.len);
+    let mut sent = 0;
+    loop {
         // The file shrank since it was measured: the client sees a broken
         // transfer, never a short one taken for whole.
-        let chunk = chunks.recv().await.unwrap_or_else(|| Err(io::ErrorKind::UnexpectedEof.into()))?;
-        crc.update(&chunk);
-        tokio::time::timeout(STALL_LIMIT, stream.write_all(&chunk)).await.map_err(|_| io::ErrorKind::TimedOut)??;
-        left -= chunk.len() as u64;
-    }
-    stream.write_all(&crc.finalize().to_le_bytes()).await?;
-    stream.flush().await
-}
-
-/// Reads `len` bytes at `offset` of `file` on a blocking thread, in chunks,
-/// at most two ahead of the receiver; stops early if the receiver is gone.
-fn read_ahead(mut file: std::fs::File, offset: u64, len: u64) -> tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>> {
-    use std::io::{Read, Seek};
-    let (chunks, receiver) = tokio::sync::mpsc::channel(2);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = file.seek(io::SeekFrom::Start(offset)) {
-            let _ = chunks.blocking_send(Err(e));
-            return;
-        }
-        let mut left = len;
-        while left > 0 {
-            let mut chunk = vec![0; CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX))];
-            let read = file.read_exact(&mut chunk).map(|()| chunk);
-            let failed = read.is_err();
-            left -= read.as_ref().map_or(0, |chunk| chunk.len() as u64);
-            if chunks.blocking_send(read).is_err() || failed {
-                return;
+        match ahead.recv().await.unwrap_or_else(|| Err(io::ErrorKind::UnexpectedEof.into()))? {
+            Ahead::Checked(len) => {
+                send_file(stream.get_ref(), &file, range.offset + sent, len).await?;
+                sent += len;
+            }
+            Ahead::Done(crc) => {
+                stream.write_all(&crc.to_le_bytes()).await?;
+                return stream.flush().await;
             }
         }
+    }
+}
+
+/// What the checksumming thread tells the sender.
+enum Ahead {
+    /// The next `len` bytes are checksummed (and in the page cache).
+    Checked(u64),
+    /// Every byte is: their CRC-32.
+    Done(u32),
+}
+
+/// Checksums `len` bytes at `offset` of `file` on a blocking thread, chunk
+/// by chunk, at most a few chunks ahead of the sender; stops early if the
+/// sender is gone. Reads through a mapping (no copy) where it can.
+fn checksum_ahead(file: Arc<std::fs::File>, offset: u64, len: u64) -> tokio::sync::mpsc::Receiver<io::Result<Ahead>> {
+    let (ahead, receiver) = tokio::sync::mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let mut crc = crc32fast::Hasher::new();
+        let mut buffer = Vec::new();
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            // Chunks end on multiples of CHUNK, so that only the first
+            // mapping starts below its bytes.
+            let next = end.min((at / CHUNK as u64 + 1) * CHUNK as u64);
+            let checked = checksum_chunk(&file, at, next - at, &mut crc, &mut buffer).map(|()| Ahead::Checked(next - at));
+            let failed = checked.is_err();
+            if ahead.blocking_send(checked).is_err() || failed {
+                return;
+            }
+            at = next;
+        }
+        let _ = ahead.blocking_send(Ok(Ahead::Done(crc.finalize())));
     });
     receiver
+}
+
+/// Adds `len` bytes at `at` of `file` to `crc`: mapped, or read into
+/// `buffer` if they cannot be. Fails if the file is shorter than that.
+fn checksum_chunk(file: &std::fs::File, at: u64, len: u64, crc: &mut crc32fast::Hasher, buffer: &mut Vec<u8>) -> io::Result<()> {
+    let aligned = at - at % ALIGNMENT;
+    let skip = (at - aligned) as usize;
+    if let Some(mapped) = MappedInput::open(file, aligned, len + skip as u64) {
+        crc.update(&mapped.bytes()[skip..]);
+        if mapped.changed() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was sent"));
+        }
+        return Ok(());
+    }
+    buffer.resize(len as usize, 0);
+    std::os::unix::fs::FileExt::read_exact_at(file, buffer, at)?;
+    crc.update(buffer);
+    Ok(())
+}
+
+/// Sends `len` bytes at `offset` of `file` to `socket` with sendfile(2).
+async fn send_file(socket: &TcpStream, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut position = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut left = len;
+    while left > 0 {
+        tokio::time::timeout(STALL_LIMIT, socket.writable()).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let count = usize::try_from(left).unwrap_or(usize::MAX).min(CHUNK);
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            // SAFETY: both descriptors are open for the call, and
+            // `position` is a valid offset the kernel advances.
+            let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut position, count) };
+            usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+        });
+        match sent {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was sent")),
+            Ok(sent) => left -= sent as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Runs a file server on `listener`: every connection must pass the
@@ -232,7 +288,7 @@ pub async fn run_server(listener: TcpListener, secret: Option<Secret>, catalog: 
             let (secret, catalog, refusals) = (secret.clone(), catalog.clone(), refusals.clone());
             async move {
                 let peer = stream.peer_addr().map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
-                let mut stream = crate::accept::IdleLimited::new(stream, STALL_LIMIT * 2);
+                let mut stream = IdleLimited::new(stream, STALL_LIMIT * 2);
                 if let Err(e) = handshake::accept(&mut stream, secret.as_ref(), |_| Ok(())).await {
                     refusals.lock().unwrap_or_else(|p| p.into_inner()).refused(&peer, &e);
                     return;
@@ -378,9 +434,15 @@ impl Fetcher {
         Ok((self.connect(server, request).await?, false))
     }
 
+    /// A new connection to `server` for `service`, as this fetcher's
+    /// process (with its secret and identity).
+    pub async fn dial(&self, server: &str, service: u8) -> Result<TcpStream, HandshakeError> {
+        handshake::dial(server, self.secret.as_ref(), &self.identity, service, Some(CONNECT_LIMIT)).await
+    }
+
     /// A new connection to `server`, with `request` sent.
     async fn connect(&self, server: &str, request: FileRequest) -> Result<TcpStream, FetchError> {
-        let mut stream = handshake::dial(server, self.secret.as_ref(), &self.identity, SERVICE_FILES, Some(CONNECT_LIMIT)).await?;
+        let mut stream = self.dial(server, SERVICE_FILES).await?;
         stream.write_all(&request.encode()).await?;
         Ok(stream)
     }
@@ -511,6 +573,12 @@ mod tests {
         assert_eq!(&got[4..], data);
         let missing = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 6, offset: 0, len: 1 }, &mut Vec::new()).await;
         assert!(matches!(&missing, Err(FetchError::NotServed(_))), "{missing:?}");
+        // Several chunks, from an offset that is not a page's.
+        let large: Vec<u8> = (0..(3 * CHUNK + 12_345) as u32).map(|i| (i * 13 % 253) as u8).collect();
+        std::fs::write(dir.path().join("out-7"), &large).unwrap();
+        let mut got = Vec::new();
+        fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 7, offset: 4097, len: u64::MAX }, &mut got).await.unwrap();
+        assert!(got == large[4097..], "a multi-chunk range arrived changed");
         let beyond = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 999_999, len: 2 }, &mut Vec::new()).await;
         assert!(matches!(&beyond, Err(FetchError::NotServed(why)) if why.contains("not in the file")), "{beyond:?}");
         assert!(!beyond.unwrap_err().is_transient());

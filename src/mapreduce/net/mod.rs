@@ -1,8 +1,10 @@
 //! What crosses the network between the job's processes, below the RPC
-//! contract: accepting connections within the process's limits, and the
+//! contract: accepting connections within the process's limits, the
 //! handshake that authenticates every connection before a byte of the job
-//! is exchanged.
+//! is exchanged, serving files, and sending reduce outputs to the
+//! coordinator.
 
 pub mod accept;
 pub mod files;
 pub mod handshake;
+pub mod upload;
