@@ -26,13 +26,14 @@ fn write_inputs(dir: &TestDir, files: usize) -> Vec<String> {
 }
 
 /// A worker that acts as if it shared no filesystem with the master,
-/// serving its files on `serve_ip`, its work directory under `work`.
-fn isolated_worker(label: &str, dir: &TestDir, addr: &str, app: &str, serve_ip: &str, work: &str) -> Proc {
+/// serving its files on `serve_ip`, its work directory under `work`, with
+/// `fetch_memory` for its reduces' fetched runs.
+fn isolated_worker(label: &str, dir: &TestDir, addr: &str, app: &str, serve_ip: &str, work: &str, fetch_memory: &str) -> Proc {
     std::fs::create_dir_all(dir.join(work)).unwrap();
     let serve_on = format!("{serve_ip}:0");
     let mut cmd = std::process::Command::new(worker_bin());
     cmd.env("RUST_LOG", "info,mapreduce=debug");
-    cmd.args(["--master", addr, "--no-shared-dir", "--serve-on", &serve_on, "--work-dir", work, app]);
+    cmd.args(["--master", addr, "--no-shared-dir", "--serve-on", &serve_on, "--work-dir", work, "--fetch-memory", fetch_memory, app]);
     Proc::spawn(label, cmd, dir.path())
 }
 
@@ -62,8 +63,10 @@ fn map_output_is_served_between_workers_and_outputs_reach_the_master() {
     let mut args = vec!["--reduces", "3", "--split-size", "2K", "--param", &gate_param];
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
-    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a");
-    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b");
+    // A reduce fetches a kilobyte's worth of runs into memory, the others
+    // into its work directory.
+    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a", "1K");
+    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b", "1K");
     // Both take part: each holds a reduce at the gate, and the one that
     // did not run every map fetches runs from the other.
     open_gate_once_joined(&gate, &[&a, &b]);
@@ -76,9 +79,10 @@ fn map_output_is_served_between_workers_and_outputs_reach_the_master() {
         let left: Vec<_> = std::fs::read_dir(dir.join(work)).unwrap().collect();
         assert!(left.is_empty(), "{work} was not cleaned up: {left:?}");
     }
-    // Each worker read some runs from the other over the network.
-    let fetched = |w: &Proc| w.stderr().contains("fetched");
-    assert!(fetched(&a) || fetched(&b), "no run was fetched\n{}\n{}", a.describe(), b.describe());
+    // Some reduce read runs from the other worker over the network, some
+    // into memory and the rest into files.
+    let both_ways = |w: &Proc| w.stderr().lines().any(|line| line.contains("fetched") && !line.contains(": 0 into memory") && !line.contains(", 0 into files"));
+    assert!(both_ways(&a) || both_ways(&b), "no reduce fetched runs both ways\n{}\n{}", a.describe(), b.describe());
 }
 
 #[test]
@@ -94,7 +98,7 @@ fn a_worker_lost_after_its_maps_has_them_run_again() {
     let mut args = vec!["--reduces", "2", "--summary-json", "summary.json", "--param", &gate_param];
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
-    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a");
+    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a", "256M");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !a.stderr().contains("task{task=reduce task") {
         assert!(Instant::now() < deadline, "worker a never started a reduce\n{}", a.describe());
@@ -102,7 +106,7 @@ fn a_worker_lost_after_its_maps_has_them_run_again() {
     }
     let a_id = worker_id(&a);
     a.kill();
-    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b");
+    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b", "256M");
     std::fs::write(&gate, "").unwrap();
     master.expect_success();
     b.expect_success();

@@ -64,6 +64,12 @@ struct Args {
     #[arg(long)]
     no_shared_dir: bool,
 
+    /// Bytes of map output one reduce may fetch into memory from other
+    /// workers (suffixes K, M, G); runs past that are fetched into the work
+    /// directory, and all are merged from where they are.
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = cli::parse_bytes)]
+    fetch_memory: u64,
+
     /// Also append the log to this file.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -110,6 +116,7 @@ async fn run(args: Args) -> anyhow::Result<WorkerExit> {
         work_dir: args.work_dir,
         serve_on: args.serve_on,
         use_shared_dir: !args.no_shared_dir,
+        fetch_memory: args.fetch_memory,
         master: args.master,
         connect_timeout: args.connect_timeout,
         reconnect_timeout: args.reconnect_timeout,

@@ -80,6 +80,9 @@ pub struct WorkerConfig {
     /// Whether to use the coordinator's job directory when it is visible
     /// here; `false` acts as if no filesystem were shared.
     pub use_shared_dir: bool,
+    /// Bytes of runs one reduce attempt may fetch into memory from other
+    /// workers; it fetches the rest into the work directory.
+    pub fetch_memory: u64,
 }
 
 /// How a worker's run ended normally.
@@ -264,6 +267,7 @@ async fn set_up_storage(
         fetcher: Fetcher::new(config.secret.clone(), identity.clone()),
         master: config.master.clone(),
         inputs: spec.inputs.clone(),
+        fetch_memory: config.fetch_memory,
         runtime: tokio::runtime::Handle::current(),
     });
     Ok((Arc::new(storage), work_dir))

@@ -271,7 +271,7 @@ impl RunWriter {
 /// block buffer, with no buffered reader in between: a reduce merging
 /// thousands of small runs holds one block per run, not 64 KiB each.
 pub struct RunReader {
-    file: File,
+    source: RunSource,
     path: PathBuf,
     compression: Compression,
     block: Vec<u8>,
@@ -291,13 +291,53 @@ pub struct RunReader {
     unread: u64,
 }
 
+/// Where a reader's bytes come from: a file, or a run held in memory (one
+/// fetched from another worker).
+enum RunSource {
+    File(File),
+    Memory(io::Cursor<SharedBytes>),
+}
+
+/// Bytes shared between the run they hold and its readers.
+#[derive(Clone)]
+struct SharedBytes(std::sync::Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Read for RunSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            RunSource::File(file) => file.read(buf),
+            RunSource::Memory(bytes) => bytes.read(buf),
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            RunSource::File(file) => file.read_exact(buf),
+            RunSource::Memory(bytes) => bytes.read_exact(buf),
+        }
+    }
+}
+
 impl RunReader {
     /// Opens a file holding a single run and checks the run's header.
     pub fn open(path: &Path) -> Result<RunReader, RunError> {
         let io_err = |source| RunError::Io { path: path.to_owned(), source };
         let file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
-        Self::start(file, path, len)
+        Self::start(RunSource::File(file), path, len)
+    }
+
+    /// Reads the run held whole in `bytes`, and checks its header; `name`
+    /// says where it came from, in errors.
+    pub fn from_memory(bytes: std::sync::Arc<Vec<u8>>, name: &Path) -> Result<RunReader, RunError> {
+        let len = bytes.len() as u64;
+        Self::start(RunSource::Memory(io::Cursor::new(SharedBytes(bytes))), name, len)
     }
 
     /// Opens the run at `range` of the file at `path` and checks its header.
@@ -305,13 +345,13 @@ impl RunReader {
         let io_err = |source| RunError::Io { path: path.to_owned(), source };
         let mut file = File::open(path).map_err(io_err)?;
         file.seek(SeekFrom::Start(range.offset)).map_err(io_err)?;
-        Self::start(file, path, range.len)
+        Self::start(RunSource::File(file), path, range.len)
     }
 
-    /// Reads the header of the run of `unread` bytes where `file` stands.
-    fn start(file: File, path: &Path, unread: u64) -> Result<RunReader, RunError> {
+    /// Reads the header of the run of `unread` bytes where `source` stands.
+    fn start(source: RunSource, path: &Path, unread: u64) -> Result<RunReader, RunError> {
         let mut reader = RunReader {
-            file,
+            source,
             path: path.to_owned(),
             compression: Compression::None,
             block: Vec::new(),
@@ -496,7 +536,7 @@ impl RunReader {
             return Err(RunError::Truncated { path: self.path.clone(), detail: what.to_string() });
         };
         self.unread = unread;
-        self.file.read_exact(buf).map_err(|source| match source.kind() {
+        self.source.read_exact(buf).map_err(|source| match source.kind() {
             io::ErrorKind::UnexpectedEof => RunError::Truncated { path: self.path.clone(), detail: what.to_string() },
             _ => RunError::Io { path: self.path.clone(), source },
         })
@@ -576,14 +616,20 @@ mod tests {
         w.end_run().unwrap()
     }
 
-    fn read_range(path: &Path, range: RunRange) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RunError> {
-        let mut r = RunReader::open_range(path, range)?;
+    type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+    /// Every record `reader` has left.
+    fn read_all(mut reader: RunReader) -> Result<Records, RunError> {
         let (mut k, mut v) = (Vec::new(), Vec::new());
         let mut out = Vec::new();
-        while r.next_into(&mut k, &mut v)? {
+        while reader.next_into(&mut k, &mut v)? {
             out.push((k.clone(), v.clone()));
         }
         Ok(out)
+    }
+
+    fn read_range(path: &Path, range: RunRange) -> Result<Records, RunError> {
+        read_all(RunReader::open_range(path, range)?)
     }
 
     #[test]
@@ -614,14 +660,26 @@ mod tests {
         }
     }
 
-    fn read_run(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RunError> {
-        let mut r = RunReader::open(path)?;
-        let (mut k, mut v) = (Vec::new(), Vec::new());
-        let mut out = Vec::new();
-        while r.next_into(&mut k, &mut v)? {
-            out.push((k.clone(), v.clone()));
+    #[test]
+    fn a_run_held_in_memory_reads_as_from_its_file() {
+        for compression in BOTH {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("run");
+            let records = sample(2000);
+            write_run_with(&path, &records, compression);
+            let bytes = std::fs::read(&path).unwrap();
+            let read = |bytes: &[u8]| read_all(RunReader::from_memory(std::sync::Arc::new(bytes.to_vec()), Path::new("server/attempt-3"))?);
+            assert_eq!(read(&bytes).unwrap(), records, "{compression}");
+            let cut = read(&bytes[..bytes.len() - 5]);
+            assert!(matches!(&cut, Err(RunError::Truncated { path, .. }) if path == Path::new("server/attempt-3")), "{compression}: {cut:?}");
+            let mut damaged = bytes.clone();
+            damaged[bytes.len() / 2] ^= 1;
+            assert!(matches!(read(&damaged), Err(RunError::Corrupt { .. })), "{compression}");
         }
-        Ok(out)
+    }
+
+    fn read_run(path: &Path) -> Result<Records, RunError> {
+        read_all(RunReader::open(path)?)
     }
 
     fn sample(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {

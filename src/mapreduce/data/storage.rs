@@ -35,11 +35,11 @@ use tokio::io::AsyncWrite;
 use futures::StreamExt;
 
 use crate::files::{Catalog, FetchError, Fetcher, FileRange, FileRequest};
-use crate::map_output::MapOutputLocation;
+use crate::map_output::{open_run, MapOutputLocation};
 use crate::output::AtomicFile;
 use crate::plugin::{file_sha256, Plugin};
 use crate::rpc::{AttemptId, InputFile, InputSplit, JobApp, MapTask, ReduceTask};
-use crate::runfile::{RunError, RunRange};
+use crate::runfile::{RunError, RunRange, RunReader};
 use crate::upload::{Upload, SERVICE_UPLOAD};
 
 /// Runs one reduce fetches at once.
@@ -89,6 +89,10 @@ pub struct WorkerStorage {
     /// The job's input paths, in the job's order: how the coordinator
     /// numbers them when asked for one.
     inputs: Vec<PathBuf>,
+    /// Bytes of runs one reduce attempt fetches into memory, at most; it
+    /// fetches the rest into files. Merging a run from memory saves writing
+    /// it to the disk and reading it back (and the disk's own work).
+    fetch_memory: u64,
     /// Runs the fetches, from the slot threads.
     runtime: tokio::runtime::Handle,
 }
@@ -109,6 +113,8 @@ pub struct StorageConfig {
     pub master: String,
     /// The job's inputs.
     pub inputs: Vec<InputFile>,
+    /// Bytes of runs one reduce attempt fetches into memory, at most.
+    pub fetch_memory: u64,
     /// The runtime that runs fetches.
     pub runtime: tokio::runtime::Handle,
 }
@@ -124,6 +130,7 @@ impl WorkerStorage {
             fetcher: config.fetcher,
             master: config.master,
             inputs: config.inputs.into_iter().map(|input| input.path).collect(),
+            fetch_memory: config.fetch_memory,
             runtime: config.runtime,
         }
     }
@@ -195,8 +202,9 @@ impl WorkerStorage {
     }
 
     /// Makes every run of a reduce attempt readable here: those it can
-    /// read in place stay as they are; the others are fetched into the work
-    /// directory. The fetched files are removed when the returned guard is
+    /// read in place stay as they are; the others are fetched, into memory
+    /// up to `--fetch-memory` bytes in all and into the work directory
+    /// past that. The fetched files are removed when the returned guard is
     /// dropped. `Err` names the first map whose output could not be had,
     /// or is `None` if `progress` was cancelled meanwhile.
     pub fn localize(
@@ -204,22 +212,29 @@ impl WorkerStorage {
         reduce_attempt: AttemptId,
         runs: &[(u32, MapOutputLocation)],
         progress: FetchProgress<'_>,
-    ) -> Result<(Vec<(u32, MapOutputLocation)>, FetchedRuns), Option<(u32, RunError)>> {
+    ) -> Result<(Vec<(u32, LocalRun)>, FetchedRuns), Option<(u32, RunError)>> {
         let mut local = Vec::with_capacity(runs.len());
         let mut remote = Vec::new();
+        let mut in_memory = 0;
         for (i, (map_task, location)) in runs.iter().enumerate() {
             match self.in_place(location) {
-                Some(location) => local.push(Some((*map_task, location))),
+                Some(location) => local.push(Some((*map_task, LocalRun::File(location)))),
                 None => {
                     local.push(None);
-                    remote.push((i, *map_task, location.clone()));
+                    let len = crate::map_output::stored_size(location);
+                    let dest = if in_memory + len <= self.fetch_memory {
+                        in_memory += len;
+                        None
+                    } else {
+                        Some(self.fetched_path(reduce_attempt, *map_task))
+                    };
+                    remote.push((i, *map_task, location.clone(), dest));
                 }
             }
         }
-        let fetched = FetchedRuns(remote.iter().map(|&(_, m, _)| self.fetched_path(reduce_attempt, m)).collect());
-        let fetches = futures::stream::iter(remote.into_iter().map(|(i, map_task, location)| {
-            let dest = self.fetched_path(reduce_attempt, map_task);
-            async move { self.fetch_run(&location, &dest, progress.units).await.map(|location| (i, map_task, location)).map_err(|e| (map_task, e)) }
+        let fetched = FetchedRuns(remote.iter().filter_map(|(_, _, _, dest)| dest.clone()).collect());
+        let fetches = futures::stream::iter(remote.into_iter().map(|(i, map_task, location, dest)| async move {
+            self.fetch_run(&location, dest.as_deref(), progress.units).await.map(|run| (i, map_task, run)).map_err(|e| (map_task, e))
         }))
         .buffer_unordered(PARALLEL_FETCHES)
         .collect::<Vec<_>>();
@@ -230,13 +245,13 @@ impl WorkerStorage {
             }
         });
         let results = results.ok_or(None)?;
-        let (count, bytes) = (results.len(), results.iter().flatten().map(|(_, _, l)| crate::map_output::stored_size(l)).sum::<u64>());
+        let (count, to_files) = (results.len(), fetched.0.len());
         for result in results {
-            let (i, map_task, location) = result.map_err(Some)?;
-            local[i] = Some((map_task, location));
+            let (i, map_task, run) = result.map_err(Some)?;
+            local[i] = Some((map_task, run));
         }
         if count > 0 {
-            tracing::debug!("fetched {count} runs, {bytes} bytes, from other workers");
+            tracing::debug!("fetched {count} runs from other workers: {} into memory ({in_memory} bytes), {to_files} into files", count - to_files);
         }
         Ok((local.into_iter().map(|run| run.expect("every run is local or fetched")).collect(), fetched))
     }
@@ -259,8 +274,9 @@ impl WorkerStorage {
         self.work_dir.join(format!("fetched-{reduce_attempt}-map-{map_task}"))
     }
 
-    /// Fetches the served run at `location` into `dest`, trying a few times.
-    async fn fetch_run(&self, location: &MapOutputLocation, dest: &Path, units: &AtomicU64) -> Result<MapOutputLocation, RunError> {
+    /// Fetches the served run at `location` into the file `dest`, or into
+    /// memory if there is none, trying a few times.
+    async fn fetch_run(&self, location: &MapOutputLocation, dest: Option<&Path>, units: &AtomicU64) -> Result<LocalRun, RunError> {
         let MapOutputLocation::Served { server, attempt, range, .. } = location else {
             unreachable!("only served runs are fetched");
         };
@@ -270,11 +286,24 @@ impl WorkerStorage {
         loop {
             tries += 1;
             let result = async {
-                let mut file = Ticking { inner: tokio::fs::File::create(dest).await?, units };
-                self.fetcher.fetch(server, request, &mut file).await
+                match dest {
+                    Some(dest) => {
+                        let mut file = Ticking { inner: tokio::fs::File::create(dest).await?, units };
+                        self.fetcher.fetch(server, request, &mut file).await?;
+                        Ok::<_, FetchError>(LocalRun::File(MapOutputLocation::SharedFile {
+                            path: dest.to_owned(),
+                            range: RunRange { offset: 0, len: range.len },
+                        }))
+                    }
+                    None => {
+                        let mut bytes = Vec::new();
+                        self.fetcher.fetch_to_vec(server, request, &mut bytes, Some(units)).await?;
+                        Ok(LocalRun::Fetched(Arc::new(bytes), PathBuf::from(format!("{server}/attempt-{attempt}"))))
+                    }
+                }
             };
             match result.await {
-                Ok(_) => return Ok(MapOutputLocation::SharedFile { path: dest.to_owned(), range: RunRange { offset: 0, len: range.len } }),
+                Ok(run) => return Ok(run),
                 Err(e) if e.is_transient() && tries < FETCH_TRIES => {
                     tracing::debug!("fetching map attempt {attempt}'s run from {server} (try {tries}): {e}");
                     tokio::time::sleep(pause).await;
@@ -304,7 +333,7 @@ impl WorkerStorage {
     pub fn fetch_input(&self, input: u32, split: &InputSplit, contents: &mut Vec<u8>) -> Result<u64, FetchError> {
         let request = FileRequest::InputSplit { input, start: split.start, end: split.end.unwrap_or(u64::MAX) };
         contents.clear();
-        let fetched = self.runtime.block_on(self.fetcher.fetch_to_vec(&self.master, request, contents))?;
+        let fetched = self.runtime.block_on(self.fetcher.fetch_to_vec(&self.master, request, contents, None))?;
         Ok(fetched.offset)
     }
 }
@@ -376,7 +405,7 @@ impl WorkerStorage {
             Err(_) => {
                 let mut bytes = Vec::new();
                 let request = FileRequest::InputRange { input, offset, len };
-                self.runtime.block_on(self.fetcher.fetch_to_vec(&self.master, request, &mut bytes)).map_err(|e| {
+                self.runtime.block_on(self.fetcher.fetch_to_vec(&self.master, request, &mut bytes, None)).map_err(|e| {
                     format!("{} is not readable here, and fetching it from the coordinator failed: {e}", path.display())
                 })?;
                 Ok(bytes)
@@ -385,7 +414,25 @@ impl WorkerStorage {
     }
 }
 
-/// Runs fetched for one reduce attempt: removed when dropped.
+/// A run a reduce attempt can read here.
+pub enum LocalRun {
+    /// In a file: read in place, or fetched into the work directory.
+    File(MapOutputLocation),
+    /// Fetched into memory; the path says where from, for errors.
+    Fetched(Arc<Vec<u8>>, PathBuf),
+}
+
+impl LocalRun {
+    /// Opens the run for reading.
+    pub fn open(&self) -> Result<RunReader, RunError> {
+        match self {
+            LocalRun::File(location) => open_run(location),
+            LocalRun::Fetched(bytes, from) => RunReader::from_memory(bytes.clone(), from),
+        }
+    }
+}
+
+/// Run files fetched for one reduce attempt: removed when dropped.
 #[must_use]
 pub struct FetchedRuns(Vec<PathBuf>);
 

@@ -21,10 +21,10 @@ use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::{Compression, RunError};
 use crate::split::{map_split, read_split_into, MappedSplit};
-use crate::map_output::{open_run, stored_size, MapOutputLocation};
+use crate::map_output::{stored_size, MapOutputLocation};
 use crate::shuffle::{Combiner, MapOutputConfig, MapOutputWriter, ShuffleError};
 use crate::skipping::{for_each_line, RecordCursor, SkipPlan};
-use crate::storage::{FetchProgress, WorkerStorage};
+use crate::storage::{FetchProgress, LocalRun, WorkerStorage};
 
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -301,9 +301,9 @@ impl TaskRunner {
             None => TaskError::Cancelled,
         })?;
         let scratch = Scratch { prefix: &task.staged_output, compression: self.compression, fan_in: MERGE_FAN_IN };
-        let open = |map_task, location: &&MapOutputLocation| {
+        let open = |map_task, run: &&LocalRun| {
             progress.tick();
-            open_run(location).map_err(|source| TaskError::MapOutputLost { map_task, source })
+            run.open().map_err(|source| TaskError::MapOutputLost { map_task, source })
         };
         let copy = |readers, writer: &mut _| {
             progress.tick();

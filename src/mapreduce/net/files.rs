@@ -22,6 +22,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -383,11 +384,12 @@ impl Fetcher {
     }
 
     /// [`Fetcher::fetch`] into memory: appended to `out`, straight from the
-    /// connection (one copy fewer than through a writer).
-    pub async fn fetch_to_vec(&self, server: &str, request: FileRequest, out: &mut Vec<u8>) -> Result<Fetched, FetchError> {
+    /// connection (one copy fewer than through a writer). `progress`, if
+    /// given, is ticked for every piece received.
+    pub async fn fetch_to_vec(&self, server: &str, request: FileRequest, out: &mut Vec<u8>, progress: Option<&AtomicU64>) -> Result<Fetched, FetchError> {
         loop {
             let (mut stream, reused) = self.ask(server, request).await?;
-            let result = receive_to_vec(&mut stream, out).await;
+            let result = receive_to_vec(&mut stream, out, progress).await;
             if let Some(result) = self.finish(server, stream, reused, result) {
                 return result;
             }
@@ -449,7 +451,7 @@ impl Fetcher {
 }
 
 /// Reads one answer from `stream`, appending it to `out`.
-async fn receive_to_vec(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<Fetched, FetchError> {
+async fn receive_to_vec(stream: &mut TcpStream, out: &mut Vec<u8>, progress: Option<&AtomicU64>) -> Result<Fetched, FetchError> {
     {
         let (offset, len) = read_header(stream).await?;
         let start = out.len();
@@ -459,6 +461,9 @@ async fn receive_to_vec(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<Fet
             let n = patient((&mut *stream).take(left).read_buf(out)).await?;
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+            if let Some(progress) = progress {
+                progress.fetch_add(1, Ordering::Relaxed);
             }
         }
         verify_trailer(stream, crc32fast::hash(&out[start..])).await?;
@@ -568,7 +573,9 @@ mod tests {
         assert_eq!(fetched, Fetched { offset: 1000, len: 700_000 });
         assert_eq!(got, &data[1000..701_000]);
         let mut got = b"kept".to_vec();
-        fetcher.fetch_to_vec(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 0, len: u64::MAX }, &mut got).await.unwrap();
+        let progress = AtomicU64::new(0);
+        fetcher.fetch_to_vec(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 0, len: u64::MAX }, &mut got, Some(&progress)).await.unwrap();
+        assert!(progress.load(Ordering::Relaxed) > 0, "a fetch into memory shows progress");
         assert_eq!(&got[..4], b"kept");
         assert_eq!(&got[4..], data);
         let missing = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 6, offset: 0, len: 1 }, &mut Vec::new()).await;
