@@ -98,7 +98,7 @@ fn a_worker_lost_after_its_maps_has_them_run_again() {
     let mut args = vec!["--reduces", "2", "--summary-json", "summary.json", "--param", &gate_param];
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
-    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a", "256M");
+    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a", "128M");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !a.stderr().contains("task{task=reduce task") {
         assert!(Instant::now() < deadline, "worker a never started a reduce\n{}", a.describe());
@@ -106,7 +106,7 @@ fn a_worker_lost_after_its_maps_has_them_run_again() {
     }
     let a_id = worker_id(&a);
     a.kill();
-    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b", "256M");
+    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b", "128M");
     std::fs::write(&gate, "").unwrap();
     master.expect_success();
     b.expect_success();

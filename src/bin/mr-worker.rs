@@ -67,7 +67,7 @@ struct Args {
     /// Bytes of map output one reduce may fetch into memory from other
     /// workers (suffixes K, M, G); runs past that are fetched into the work
     /// directory, and all are merged from where they are.
-    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = cli::parse_bytes)]
+    #[arg(long, value_name = "BYTES", default_value = "128M", value_parser = cli::parse_bytes)]
     fetch_memory: u64,
 
     /// Also append the log to this file.
