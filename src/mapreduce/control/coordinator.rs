@@ -504,7 +504,9 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
                         drop(open);
                         // Not idle-limited: an upload waits for its reduce
                         // as long as the attempt runs.
-                        if let Err(e) = take_upload(&shared, &worker, stream.into_inner()).await {
+                        let (shared, stream) = (shared.clone(), stream.into_inner());
+                        let taken = tokio::task::spawn_blocking(move || take_upload(&shared, &worker, stream)).await;
+                        if let Ok(Err(e)) = taken {
                             tracing::debug!("taking an output from {peer}: {e}");
                         }
                         drop(permit);
@@ -794,17 +796,27 @@ impl Coordinator for CoordinatorServer {
 /// ([`crate::upload`]) into the attempt's staged path in the job directory,
 /// if the attempt is that worker's and still runs; the worker's report
 /// then commits it as any other. Waits for it as long as the attempt runs.
-async fn take_upload(shared: &Shared, worker: &str, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
-    let (r, attempt) = upload::read_header(&mut stream).await?;
+/// Blocking: runs on a thread of its own, writing the frames to the file as
+/// they are read.
+fn take_upload(shared: &Shared, worker: &str, stream: tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(UPLOAD_CHECK))?;
+    stream.set_write_timeout(Some(files::STALL_LIMIT))?;
+    let header_deadline = Instant::now() + files::STALL_LIMIT;
+    let (r, attempt) = upload::read_header(&mut stream, &mut || Instant::now() < header_deadline)?;
     let task = TaskId::Reduce(r);
-    let outcome = match upload_destination(shared, worker, task, attempt) {
-        Ok(staged) => receive_while_running(shared, task, attempt, &mut stream, &staged).await,
-        Err(why) => Err(why),
-    };
+    let outcome = upload_destination(shared, worker, task, attempt).and_then(|staged| {
+        let mut still_runs = || attempt_runs(&shared.job().scheduler, task, attempt);
+        receive_into(&mut stream, &staged, &mut still_runs).map_err(|e| match e.kind() {
+            std::io::ErrorKind::Interrupted => format!("attempt {attempt} of {task} no longer runs"),
+            _ => e.to_string(),
+        })
+    });
     if let Err(why) = &outcome {
         tracing::debug!(%task, attempt, "the output from {worker} was not taken: {why}");
     }
-    upload::answer(&mut stream, outcome).await
+    upload::answer(&mut stream, outcome)
 }
 
 /// Where reduce `task`'s `attempt` stages its output, if `worker` may send it.
@@ -825,32 +837,13 @@ fn attempt_runs(scheduler: &Scheduler, task: TaskId, attempt: AttemptId) -> bool
 }
 
 /// Receives an upload into a temporary file beside `staged`, renamed to it
-/// once whole; given up (and the file removed) if the attempt stops running
-/// meanwhile (timed out, or lost to another).
-async fn receive_while_running(
-    shared: &Shared,
-    task: TaskId,
-    attempt: AttemptId,
-    stream: &mut tokio::net::TcpStream,
-    staged: &Path,
-) -> Result<(), String> {
+/// once whole; given up (and the file removed) if `still_wanted` says so
+/// meanwhile (the attempt timed out, or lost to another).
+fn receive_into(stream: &mut std::net::TcpStream, staged: &Path, still_wanted: &mut dyn FnMut() -> bool) -> std::io::Result<()> {
     let dir = staged.parent().unwrap_or(Path::new("."));
-    let temp = tempfile::Builder::new().prefix(".uploading-").tempfile_in(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(|e| e.to_string())?);
-    {
-        let receive = upload::receive(stream, &mut file);
-        tokio::pin!(receive);
-        let mut check = tokio::time::interval(UPLOAD_CHECK);
-        loop {
-            tokio::select! {
-                received = &mut receive => break received.map(drop).map_err(|e| e.to_string())?,
-                _ = check.tick() => if !attempt_runs(&shared.job().scheduler, task, attempt) {
-                    return Err(format!("attempt {attempt} of {task} no longer runs"));
-                },
-            }
-        }
-    }
-    temp.persist(staged).map(drop).map_err(|e| format!("{}: {}", staged.display(), e.error))
+    let mut temp = tempfile::Builder::new().prefix(".uploading-").tempfile_in(dir)?;
+    upload::receive(stream, temp.as_file_mut(), still_wanted)?;
+    temp.persist(staged).map(drop).map_err(|e| e.error)
 }
 
 /// How often an upload in progress checks that its attempt still runs.

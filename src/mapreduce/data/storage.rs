@@ -197,7 +197,7 @@ impl WorkerStorage {
         let stream = self.runtime.block_on(self.fetcher.dial(&self.master, SERVICE_UPLOAD)).map_err(|e| {
             io::Error::new(io::ErrorKind::ConnectionRefused, format!("connecting to the coordinator to send the output: {e}"))
         })?;
-        let upload = Upload::start(stream, self.runtime.clone(), task.partition, task.attempt)?;
+        let upload = Upload::start(stream, task.partition, task.attempt)?;
         Ok(AtomicFile::staged_in(Box::new(upload)))
     }
 
