@@ -63,10 +63,11 @@ fn map_output_is_served_between_workers_and_outputs_reach_the_master() {
     let mut args = vec!["--reduces", "3", "--split-size", "2K", "--param", &gate_param];
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
-    // A reduce fetches a kilobyte's worth of runs into memory, the others
-    // into its work directory.
-    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a", "1K");
-    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b", "1K");
+    // A reduce fetches 100 bytes' worth of runs into memory (a run or two:
+    // they are 40-60 bytes), the others into its work directory; one of
+    // the two fetches at least half the maps' runs.
+    let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a", "100");
+    let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b", "100");
     // Both take part: each holds a reduce at the gate, and the one that
     // did not run every map fetches runs from the other.
     open_gate_once_joined(&gate, &[&a, &b]);

@@ -803,8 +803,10 @@ fn take_upload(shared: &Shared, worker: &str, stream: tokio::net::TcpStream) -> 
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(UPLOAD_CHECK))?;
     stream.set_write_timeout(Some(files::STALL_LIMIT))?;
+    // Waits end with the job too: the runtime waits for this thread to exit.
     let header_deadline = Instant::now() + files::STALL_LIMIT;
-    let (r, attempt) = upload::read_header(&mut stream, &mut || Instant::now() < header_deadline)?;
+    let mut header_awaited = || Instant::now() < header_deadline && shared.job().scheduler.job_end().is_none();
+    let (r, attempt) = upload::read_header(&mut stream, &mut header_awaited)?;
     let task = TaskId::Reduce(r);
     let outcome = upload_destination(shared, worker, task, attempt).and_then(|staged| {
         let mut still_runs = || attempt_runs(&shared.job().scheduler, task, attempt);

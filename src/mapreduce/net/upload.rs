@@ -149,8 +149,8 @@ pub fn read_header(stream: &mut impl Read, still_wanted: &mut dyn FnMut() -> boo
 /// until its end, checks the CRC-32, and returns how many bytes it had.
 /// `stream`'s reads should time out every second or so: between frames it
 /// waits as long as `still_wanted` says (a reduce may compute for a long
-/// time between two outputs), within a frame at most [`STALL_LIMIT`];
-/// `still_wanted` is asked about once a second while frames flow too.
+/// time between two outputs), within a frame at most [`STALL_LIMIT`] too;
+/// `still_wanted` is asked about once a second while frames flow as well.
 /// Fails if the stream breaks or stalls before the end, the CRC-32 or a
 /// frame's length is wrong, or the upload is no longer wanted; `sink` then
 /// holds part of it.
@@ -177,13 +177,13 @@ pub fn receive(stream: &mut impl Read, sink: &mut impl Write, still_wanted: &mut
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes (at most {MAX_FRAME})")));
         }
         buffer.resize(len, 0);
-        fill(stream, &mut buffer, &mut || true)?;
+        fill(stream, &mut buffer, still_wanted)?;
         crc.update(&buffer);
         sink.write_all(&buffer)?;
         total += len as u64;
     }
     let mut expected = [0; 4];
-    fill(stream, &mut expected, &mut || true)?;
+    fill(stream, &mut expected, still_wanted)?;
     if crc.finalize() != u32::from_le_bytes(expected) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "the output arrived damaged (checksum mismatch)"));
     }
@@ -191,9 +191,9 @@ pub fn receive(stream: &mut impl Read, sink: &mut impl Write, still_wanted: &mut
     Ok(total)
 }
 
-/// Fills `buf` from `stream`. Before its first byte, a read that times out
-/// asks `still_wanted` and waits on if it says so; once a byte is in, the
-/// rest must follow within [`STALL_LIMIT`].
+/// Fills `buf` from `stream`. A read that times out asks `still_wanted`,
+/// and waits on if it says so; once a byte is in, the rest must also
+/// follow within [`STALL_LIMIT`].
 fn fill(stream: &mut impl Read, buf: &mut [u8], still_wanted: &mut dyn FnMut() -> bool) -> io::Result<()> {
     let mut filled = 0;
     let mut last_byte = Instant::now();
@@ -205,11 +205,10 @@ fn fill(stream: &mut impl Read, buf: &mut [u8], still_wanted: &mut dyn FnMut() -
                 last_byte = Instant::now();
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                let waiting_for_more = filled > 0;
-                if waiting_for_more && last_byte.elapsed() >= STALL_LIMIT {
+                if filled > 0 && last_byte.elapsed() >= STALL_LIMIT {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no progress for {} s", STALL_LIMIT.as_secs())));
                 }
-                if !waiting_for_more && !still_wanted() {
+                if !still_wanted() {
                     return Err(io::Error::new(io::ErrorKind::Interrupted, "no longer wanted"));
                 }
             }
@@ -221,8 +220,9 @@ fn fill(stream: &mut impl Read, buf: &mut [u8], still_wanted: &mut dyn FnMut() -
 }
 
 /// The server's half: tells the client its output is staged (`Ok`) or why
-/// not. After a refusal, reads on for a moment so that closing does not
-/// reset the connection before the client has read why.
+/// not. After a refusal, reads on for a moment (half a second at most) so
+/// that closing does not reset the connection before the client has read
+/// why.
 pub fn answer(stream: &mut TcpStream, outcome: Result<(), String>) -> io::Result<()> {
     let refused = outcome.is_err();
     let reply = match outcome {
@@ -237,7 +237,7 @@ pub fn answer(stream: &mut TcpStream, outcome: Result<(), String>) -> io::Result
     };
     stream.write_all(&reply)?;
     if refused {
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_millis(500);
         let mut discard = vec![0; 64 * 1024];
         while Instant::now() < deadline && stream.read(&mut discard).is_ok_and(|n| n > 0) {}
     }
