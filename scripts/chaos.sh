@@ -3,6 +3,7 @@
 #
 # usage: scripts/chaos.sh [--runs N] [--apps "wordcount sort"] [--size MIB]
 #                         [--workers N] [--kill-every SECS] [--baseline-runs N]
+#                         [--no-shared-dir]
 #
 # For each app and each run, one job over a generated corpus of SIZE MiB
 # (default 512; book text, from ../shared/corpus/gutenberg when it is there)
@@ -23,6 +24,10 @@
 # the same job runs BASELINE (default 3) times without faults, taking turns
 # with the first chaos runs, for the slowdown.
 #
+# With --no-shared-dir, every worker acts as if it shared no filesystem
+# with the master (mr-worker --no-shared-dir): map output is served by its
+# worker and dies with it, reduce outputs are sent to the master.
+#
 # A run's time is from the master's start until _SUCCESS is written (the
 # outputs are all in place), not until the master exits.
 # Prints one line per run and a summary table; exits non-zero if any run
@@ -41,6 +46,7 @@ KILL_EVERY=2
 BASELINE=3
 TASK_TIMEOUT=3
 STOP_FOR=4
+WORKER_FLAGS=()
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,7 +56,8 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift 2 ;;
     --kill-every) KILL_EVERY=$2; shift 2 ;;
     --baseline-runs) BASELINE=$2; shift 2 ;;
-    --help|-h) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-shared-dir) WORKER_FLAGS=(--no-shared-dir); shift ;;
+    --help|-h) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "chaos.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -153,7 +160,7 @@ run_job() { # app chaos dir
   local workers=() n=0
   start_worker() {
     n=$((n + 1))
-    "$BIN/mr-worker" --master "$addr" "$app" > "$dir/worker-$n.log" 2>&1 &
+    "$BIN/mr-worker" --master "$addr" ${WORKER_FLAGS[@]+"${WORKER_FLAGS[@]}"} "$app" > "$dir/worker-$n.log" 2>&1 &
     workers+=($!)
   }
   for _ in $(seq "$WORKERS"); do start_worker; done

@@ -265,6 +265,8 @@ async fn set_up_storage(
         server: server.to_string(),
         served,
         fetcher: Fetcher::new(config.secret.clone(), identity.clone()),
+        // Two heartbeats: at most half the task timeout.
+        run_stall_limit: spec.heartbeat_interval * 2,
         master: config.master.clone(),
         inputs: spec.inputs.clone(),
         fetch_memory: config.fetch_memory,

@@ -84,6 +84,10 @@ pub struct WorkerStorage {
     server: String,
     served: Arc<ServedOutputs>,
     fetcher: Fetcher,
+    /// Fetches runs from other workers: gives up on a silent one within
+    /// the task timeout, so that a frozen worker's output counts as lost
+    /// before the reduce that waits for it counts as stalled.
+    run_fetcher: Fetcher,
     /// The coordinator, which serves the inputs.
     master: String,
     /// The job's input paths, in the job's order: how the coordinator
@@ -109,6 +113,8 @@ pub struct StorageConfig {
     pub served: Arc<ServedOutputs>,
     /// How to fetch from other processes.
     pub fetcher: Fetcher,
+    /// How long a run's fetch waits for a silent worker.
+    pub run_stall_limit: Duration,
     /// The coordinator's address.
     pub master: String,
     /// The job's inputs.
@@ -127,6 +133,7 @@ impl WorkerStorage {
             shared_job_dir: config.shared_job_dir,
             server: config.server,
             served: config.served,
+            run_fetcher: config.fetcher.clone().with_stall_limit(config.run_stall_limit),
             fetcher: config.fetcher,
             master: config.master,
             inputs: config.inputs.into_iter().map(|input| input.path).collect(),
@@ -289,7 +296,7 @@ impl WorkerStorage {
                 match dest {
                     Some(dest) => {
                         let mut file = Ticking { inner: tokio::fs::File::create(dest).await?, units };
-                        self.fetcher.fetch(server, request, &mut file).await?;
+                        self.run_fetcher.fetch(server, request, &mut file).await?;
                         Ok::<_, FetchError>(LocalRun::File(MapOutputLocation::SharedFile {
                             path: dest.to_owned(),
                             range: RunRange { offset: 0, len: range.len },
@@ -297,7 +304,7 @@ impl WorkerStorage {
                     }
                     None => {
                         let mut bytes = Vec::new();
-                        self.fetcher.fetch_to_vec(server, request, &mut bytes, Some(units)).await?;
+                        self.run_fetcher.fetch_to_vec(server, request, &mut bytes, Some(units)).await?;
                         Ok(LocalRun::Fetched(Arc::new(bytes), PathBuf::from(format!("{server}/attempt-{attempt}"))))
                     }
                 }
@@ -306,6 +313,8 @@ impl WorkerStorage {
                 Ok(run) => return Ok(run),
                 Err(e) if e.is_transient() && tries < FETCH_TRIES => {
                     tracing::debug!("fetching map attempt {attempt}'s run from {server} (try {tries}): {e}");
+                    // Trying again is progress: the reduce is not stuck.
+                    units.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }

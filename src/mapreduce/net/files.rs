@@ -362,13 +362,23 @@ const IDLE_REUSE: Duration = Duration::from_secs(5);
 pub struct Fetcher {
     secret: Option<Secret>,
     identity: Identity,
+    /// How long a fetch waits for the server's next bytes (or to connect).
+    stall_limit: Duration,
     idle: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<(TcpStream, std::time::Instant)>>>>,
 }
 
 impl Fetcher {
     /// A fetcher that shows `secret` and calls itself `identity`.
     pub fn new(secret: Option<Secret>, identity: Identity) -> Fetcher {
-        Fetcher { secret, identity, idle: Arc::default() }
+        Fetcher { secret, identity, stall_limit: STALL_LIMIT, idle: Arc::default() }
+    }
+
+    /// This fetcher, giving up on a server that sends nothing (or does not
+    /// answer a connection) for `limit` rather than [`STALL_LIMIT`]: a
+    /// reduce must see a frozen server fail well within its task timeout.
+    pub fn with_stall_limit(mut self, limit: Duration) -> Fetcher {
+        self.stall_limit = limit.min(STALL_LIMIT);
+        self
     }
 
     /// Fetches what `request` names from the server at `server` into
@@ -376,7 +386,7 @@ impl Fetcher {
     pub async fn fetch<W: AsyncWrite + Unpin>(&self, server: &str, request: FileRequest, sink: &mut W) -> Result<Fetched, FetchError> {
         loop {
             let (mut stream, reused) = self.ask(server, request).await?;
-            let result = receive(&mut stream, sink).await;
+            let result = receive(&mut stream, sink, self.stall_limit).await;
             if let Some(result) = self.finish(server, stream, reused, result) {
                 return result;
             }
@@ -389,7 +399,7 @@ impl Fetcher {
     pub async fn fetch_to_vec(&self, server: &str, request: FileRequest, out: &mut Vec<u8>, progress: Option<&AtomicU64>) -> Result<Fetched, FetchError> {
         loop {
             let (mut stream, reused) = self.ask(server, request).await?;
-            let result = receive_to_vec(&mut stream, out, progress).await;
+            let result = receive_to_vec(&mut stream, out, progress, self.stall_limit).await;
             if let Some(result) = self.finish(server, stream, reused, result) {
                 return result;
             }
@@ -439,7 +449,7 @@ impl Fetcher {
     /// A new connection to `server` for `service`, as this fetcher's
     /// process (with its secret and identity).
     pub async fn dial(&self, server: &str, service: u8) -> Result<TcpStream, HandshakeError> {
-        handshake::dial(server, self.secret.as_ref(), &self.identity, service, Some(CONNECT_LIMIT)).await
+        handshake::dial(server, self.secret.as_ref(), &self.identity, service, Some(CONNECT_LIMIT.min(self.stall_limit))).await
     }
 
     /// A new connection to `server`, with `request` sent.
@@ -451,14 +461,14 @@ impl Fetcher {
 }
 
 /// Reads one answer from `stream`, appending it to `out`.
-async fn receive_to_vec(stream: &mut TcpStream, out: &mut Vec<u8>, progress: Option<&AtomicU64>) -> Result<Fetched, FetchError> {
+async fn receive_to_vec(stream: &mut TcpStream, out: &mut Vec<u8>, progress: Option<&AtomicU64>, limit: Duration) -> Result<Fetched, FetchError> {
     {
-        let (offset, len) = read_header(stream).await?;
+        let (offset, len) = read_header(stream, limit).await?;
         let start = out.len();
         out.reserve(usize::try_from(len).map_err(|_| FetchError::Garbled)?);
         while ((out.len() - start) as u64) < len {
             let left = len - (out.len() - start) as u64;
-            let n = patient((&mut *stream).take(left).read_buf(out)).await?;
+            let n = patient(limit, (&mut *stream).take(left).read_buf(out)).await?;
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
@@ -466,45 +476,46 @@ async fn receive_to_vec(stream: &mut TcpStream, out: &mut Vec<u8>, progress: Opt
                 progress.fetch_add(1, Ordering::Relaxed);
             }
         }
-        verify_trailer(stream, crc32fast::hash(&out[start..])).await?;
+        verify_trailer(stream, crc32fast::hash(&out[start..]), limit).await?;
         Ok(Fetched { offset, len })
     }
 }
 
 /// Reads the start of an answer: the range's offset and length, or why the
 /// server will not send it.
-async fn read_header<R: AsyncRead + Unpin>(stream: &mut R) -> Result<(u64, u64), FetchError> {
-    match patient(stream.read_u8()).await? {
+async fn read_header<R: AsyncRead + Unpin>(stream: &mut R, limit: Duration) -> Result<(u64, u64), FetchError> {
+    match patient(limit, stream.read_u8()).await? {
         0 => {}
         1 => {
-            let len = patient(stream.read_u16_le()).await?;
+            let len = patient(limit, stream.read_u16_le()).await?;
             let mut why = vec![0; usize::from(len)];
-            patient(stream.read_exact(&mut why)).await?;
+            patient(limit, stream.read_exact(&mut why)).await?;
             return Err(FetchError::NotServed(String::from_utf8_lossy(&why).into_owned()));
         }
         _ => return Err(FetchError::Garbled),
     }
-    let offset = patient(stream.read_u64_le()).await?;
-    let len = patient(stream.read_u64_le()).await?;
+    let offset = patient(limit, stream.read_u64_le()).await?;
+    let len = patient(limit, stream.read_u64_le()).await?;
     Ok((offset, len))
 }
 
 /// Reads the CRC-32 that ends an answer and compares it with `crc`'s.
-async fn verify_trailer<R: AsyncRead + Unpin>(stream: &mut R, crc: u32) -> Result<(), FetchError> {
-    let expected = patient(stream.read_u32_le()).await?;
+async fn verify_trailer<R: AsyncRead + Unpin>(stream: &mut R, crc: u32, limit: Duration) -> Result<(), FetchError> {
+    let expected = patient(limit, stream.read_u32_le()).await?;
     if crc != expected {
         return Err(FetchError::Corrupt);
     }
     Ok(())
 }
 
-/// Reads one answer from `stream` into `sink`.
-async fn receive<R, W>(stream: &mut R, sink: &mut W) -> Result<Fetched, FetchError>
+/// Reads one answer from `stream` into `sink`, waiting at most `limit` for
+/// each piece.
+async fn receive<R, W>(stream: &mut R, sink: &mut W, limit: Duration) -> Result<Fetched, FetchError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (offset, len) = read_header(stream).await?;
+    let (offset, len) = read_header(stream, limit).await?;
     let mut crc = crc32fast::Hasher::new();
     let mut left = len;
     let mut chunk = vec![0; CHUNK];
@@ -514,7 +525,7 @@ where
         let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let mut filled = 0;
         while filled < want {
-            let n = patient(stream.read(&mut chunk[filled..want])).await?;
+            let n = patient(limit, stream.read(&mut chunk[filled..want])).await?;
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
@@ -524,14 +535,14 @@ where
         sink.write_all(&chunk[..want]).await?;
         left -= want as u64;
     }
-    verify_trailer(stream, crc.finalize()).await?;
+    verify_trailer(stream, crc.finalize(), limit).await?;
     sink.flush().await?;
     Ok(Fetched { offset, len })
 }
 
-/// `io`, failed with `TimedOut` if it takes longer than [`STALL_LIMIT`].
-async fn patient<T>(io: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
-    tokio::time::timeout(STALL_LIMIT, io).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no data for {} s", STALL_LIMIT.as_secs())))?
+/// `io`, failed with `TimedOut` if it takes longer than `limit`.
+async fn patient<T>(limit: Duration, io: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(limit, io).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no data for {:.1} s", limit.as_secs_f64())))?
 }
 
 #[cfg(test)]
@@ -613,10 +624,10 @@ mod tests {
         answer.extend_from_slice(&5u64.to_le_bytes());
         answer.extend_from_slice(b"hellp");
         answer.extend_from_slice(&crc32fast::hash(b"hello").to_le_bytes());
-        let result = receive(&mut &answer[..], &mut Vec::new()).await;
+        let result = receive(&mut &answer[..], &mut Vec::new(), STALL_LIMIT).await;
         assert!(matches!(result, Err(FetchError::Corrupt)), "{result:?}");
         // Cut short: a broken transfer, not a short one.
-        let result = receive(&mut &answer[..12], &mut Vec::new()).await;
+        let result = receive(&mut &answer[..12], &mut Vec::new(), STALL_LIMIT).await;
         assert!(matches!(result, Err(FetchError::Network(_))), "{result:?}");
     }
 
