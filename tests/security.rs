@@ -120,8 +120,10 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
     let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
     let started = dir.join("map-started");
     let started_param = format!("started_file={}", started.display());
+    let gate = dir.join("reduce-gate");
+    let gate_param = format!("reduce_gate_file={}", gate.display());
     let mut args = vec!["--reduces", "2", "--summary-json", "summary.json", "--max-task-attempts", "2"];
-    args.extend(["--param", "delay_ms=1500", "--param", "tick_ms=50", "--param", &started_param]);
+    args.extend(["--param", "delay_ms=1500", "--param", "tick_ms=50", "--param", &started_param, "--param", &gate_param]);
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
     let mut worker = start_worker("worker", dir.path(), &addr, "slowcount");
@@ -135,11 +137,14 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
         for report in forged_reports(&dir) {
             client.report_task(tarpc::context::current(), report).await.unwrap();
         }
-        // Nor send an output for a reduce attempt of another's.
-        for (partition, attempt) in (0..2u32).flat_map(|r| (1..=8u64).map(move |a| (r, a))) {
+        // Nor send an output for a reduce attempt of another's: tried while
+        // the worker's reduce runs (held at the gate, its output begun).
+        wait_until(|| std::fs::read_dir(dir.join(".mr-job")).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".mr-tmp-")))), "a reduce's output");
+        for (partition, attempt) in (0..2u32).flat_map(|r| (1..=12u64).map(move |a| (r, a))) {
             let answer = forged_upload(&addr, &rogue, partition, attempt).await;
             assert!(answer.starts_with(&[1]) && String::from_utf8_lossy(&answer).contains("was not given to rogue:1"), "{answer:?}");
         }
+        std::fs::write(&gate, "").unwrap();
     });
     master.expect_success();
     worker.expect_success();
@@ -147,6 +152,15 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
     assert_eq!(summary(&dir)["unsuccessful_attempts"].as_array().map(Vec::len), Some(0), "{}", summary(&dir));
     let log = master.stderr();
     assert!(log.contains("report ignored: the attempt was given to"), "{}", master.describe());
+}
+
+/// Waits until `ready` holds (for at most 30 s).
+fn wait_until(ready: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what} never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Sends `fake output` as attempt `attempt` of reduce `partition` to the

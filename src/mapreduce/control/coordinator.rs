@@ -794,8 +794,9 @@ impl Coordinator for CoordinatorServer {
 
 /// Takes a reduce attempt's output as its worker sends it
 /// ([`crate::upload`]) into the attempt's staged path in the job directory,
-/// if the attempt is that worker's and still runs; the worker's report
-/// then commits it as any other. Waits for it as long as the attempt runs.
+/// if the attempt is that worker's and its report would still be taken
+/// (see [`upload_destination`]); the worker's report then commits it as any
+/// other. Waits for it as long as that holds.
 /// Blocking: runs on a thread of its own, writing the frames to the file as
 /// they are read.
 fn take_upload(shared: &Shared, worker: &str, stream: tokio::net::TcpStream) -> std::io::Result<()> {
@@ -809,9 +810,9 @@ fn take_upload(shared: &Shared, worker: &str, stream: tokio::net::TcpStream) -> 
     let (r, attempt) = upload::read_header(&mut stream, &mut header_awaited)?;
     let task = TaskId::Reduce(r);
     let outcome = upload_destination(shared, worker, task, attempt).and_then(|staged| {
-        let mut still_runs = || attempt_runs(&shared.job().scheduler, task, attempt);
-        receive_into(&mut stream, &staged, &mut still_runs).map_err(|e| match e.kind() {
-            std::io::ErrorKind::Interrupted => format!("attempt {attempt} of {task} no longer runs"),
+        let mut still_wanted = || shared.job().scheduler.would_accept_completion(task, attempt) == ReportVerdict::Accepted;
+        receive_into(&mut stream, &staged, &mut still_wanted).map_err(|e| match e.kind() {
+            std::io::ErrorKind::Interrupted => format!("{task} was done by another attempt meanwhile"),
             _ => e.to_string(),
         })
     });
@@ -821,21 +822,22 @@ fn take_upload(shared: &Shared, worker: &str, stream: tokio::net::TcpStream) -> 
     upload::answer(&mut stream, outcome)
 }
 
-/// Where reduce `task`'s `attempt` stages its output, if `worker` may send it.
+/// Where reduce `task`'s `attempt` stages its output, if `worker` may send
+/// it: the same attempts whose completion report would be taken (given to
+/// that worker, or by the coordinator before a restart, whose workers this
+/// one does not know), while the task is not done.
 fn upload_destination(shared: &Shared, worker: &str, task: TaskId, attempt: AttemptId) -> Result<PathBuf, String> {
     let TaskId::Reduce(r) = task else { unreachable!("uploads are of reduce outputs") };
     let job = shared.job();
-    if job.scheduler.worker_of(task, attempt) != Some(worker) {
-        return Err(format!("attempt {attempt} of {task} was not given to {worker}"));
+    let not_given = || format!("attempt {attempt} of {task} was not given to {worker}");
+    if job.scheduler.worker_of(task, attempt).is_some_and(|owner| owner != worker) {
+        return Err(not_given());
     }
-    if !attempt_runs(&job.scheduler, task, attempt) {
-        return Err(format!("attempt {attempt} of {task} no longer runs"));
+    match job.scheduler.would_accept_completion(task, attempt) {
+        ReportVerdict::Accepted => Ok(job.scheduler.staged_output(r, attempt)),
+        ReportVerdict::AlreadyDone => Err(format!("{task} is done already")),
+        ReportVerdict::UnknownAttempt => Err(not_given()),
     }
-    Ok(job.scheduler.staged_output(r, attempt))
-}
-
-fn attempt_runs(scheduler: &Scheduler, task: TaskId, attempt: AttemptId) -> bool {
-    scheduler.running_attempts(task).iter().any(|running| running.attempt == attempt)
 }
 
 /// Receives an upload into a temporary file beside `staged`, renamed to it
@@ -848,7 +850,7 @@ fn receive_into(stream: &mut std::net::TcpStream, staged: &Path, still_wanted: &
     temp.persist(staged).map(drop).map_err(|e| e.error)
 }
 
-/// How often an upload in progress checks that its attempt still runs.
+/// How often an upload in progress checks that it is still wanted.
 const UPLOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// The first 12 hex digits of a SHA-256, enough to tell builds apart in a message.

@@ -18,7 +18,7 @@
 //! ```
 //!
 //! The coordinator may answer early with a refusal (the attempt is not the
-//! client's, or no longer runs) and close the connection.
+//! client's, or its task is done) and close the connection.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
