@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use serde_json::Value;
 
@@ -42,14 +40,13 @@ fn isolated_worker(label: &str, dir: &TestDir, addr: &str, app: &str, serve_ip: 
 /// otherwise be over before the last worker is up, and that worker fail to
 /// reach the master.
 fn open_gate_once_joined(gate: &std::path::Path, workers: &[&Proc]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !workers.iter().all(|worker| worker.stderr().contains("connected")) {
-        if Instant::now() > deadline {
+    wait_until(
+        || workers.iter().all(|worker| worker.stderr().contains("connected")),
+        || {
             let described: Vec<_> = workers.iter().map(|worker| worker.describe()).collect();
-            panic!("the workers never joined:\n{}", described.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            format!("the workers never joined:\n{}", described.join("\n"))
+        },
+    );
     std::fs::write(gate, "").unwrap();
 }
 
@@ -100,11 +97,7 @@ fn a_worker_lost_after_its_maps_has_them_run_again() {
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
     let mut a = isolated_worker("a", &dir, &addr, "slowcount", "127.0.0.2", "work-a", "128M");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a.stderr().contains("task{task=reduce task") {
-        assert!(Instant::now() < deadline, "worker a never started a reduce\n{}", a.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(|| a.stderr().contains("task{task=reduce task"), || format!("worker a never started a reduce\n{}", a.describe()));
     let a_id = worker_id(&a);
     a.kill();
     let mut b = isolated_worker("b", &dir, &addr, "slowcount", "127.0.0.3", "work-b", "128M");

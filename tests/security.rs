@@ -139,7 +139,7 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
         }
         // Nor send an output for a reduce attempt of another's: tried while
         // the worker's reduce runs (held at the gate, its output begun).
-        wait_until(|| std::fs::read_dir(dir.join(".mr-job")).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".mr-tmp-")))), "a reduce's output");
+        wait_until(|| std::fs::read_dir(dir.join(".mr-job")).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".mr-tmp-")))), || "a reduce's output never appeared".to_owned());
         for (partition, attempt) in (0..2u32).flat_map(|r| (1..=12u64).map(move |a| (r, a))) {
             let answer = forged_upload(&addr, &rogue, partition, attempt).await;
             assert!(answer.starts_with(&[1]) && String::from_utf8_lossy(&answer).contains("was not given to rogue:1"), "{answer:?}");
@@ -152,15 +152,6 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
     assert_eq!(summary(&dir)["unsuccessful_attempts"].as_array().map(Vec::len), Some(0), "{}", summary(&dir));
     let log = master.stderr();
     assert!(log.contains("report ignored: the attempt was given to"), "{}", master.describe());
-}
-
-/// Waits until `ready` holds (for at most 30 s).
-fn wait_until(ready: impl Fn() -> bool, what: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !ready() {
-        assert!(std::time::Instant::now() < deadline, "{what} never appeared");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 /// Sends `fake output` as attempt `attempt` of reduce `partition` to the

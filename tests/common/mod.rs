@@ -337,9 +337,15 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// Waits until `path` exists (a fixture app creates it when a map starts).
 pub fn wait_for_file(path: &Path, what: &str) {
+    wait_until(|| path.exists(), || format!("{what}: {} never appeared", path.display()));
+}
+
+/// Waits until `ready` holds, checking every 20 ms; after 30 s, panics
+/// with `failure`'s message.
+pub fn wait_until(mut ready: impl FnMut() -> bool, failure: impl FnOnce() -> String) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{what}: {} never appeared", path.display());
+    while !ready() {
+        assert!(Instant::now() < deadline, "{}", failure());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
