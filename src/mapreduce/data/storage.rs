@@ -160,13 +160,20 @@ impl WorkerStorage {
         }
     }
 
-    /// Points a reduce attempt's files (its staged output, its record
-    /// cursor) here, as [`WorkerStorage::adapt_map`] does.
+    /// Points a reduce attempt's record cursor here, as
+    /// [`WorkerStorage::adapt_map`] does. (Its output keeps the
+    /// coordinator's staged path: see [`WorkerStorage::create_reduce_output`].)
     pub fn adapt_reduce(&self, task: &mut ReduceTask) {
-        task.staged_output = self.in_work_dir_unless_shared(&task.staged_output);
         if let Some(plan) = &mut task.skip {
             plan.cursor = self.in_work_dir_unless_shared(&plan.cursor);
         }
+    }
+
+    /// Where a reduce attempt's merge writes its scratch runs: beside its
+    /// staged output, or in the work directory unless this worker shares
+    /// the job directory.
+    pub fn scratch_prefix(&self, task: &ReduceTask) -> PathBuf {
+        self.in_work_dir_unless_shared(&task.staged_output)
     }
 
     fn in_work_dir_unless_shared(&self, path: &Path) -> PathBuf {

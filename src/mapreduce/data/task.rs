@@ -300,7 +300,8 @@ impl TaskRunner {
             Some((map_task, source)) => TaskError::MapOutputLost { map_task, source },
             None => TaskError::Cancelled,
         })?;
-        let scratch = Scratch { prefix: &task.staged_output, compression: self.compression, fan_in: MERGE_FAN_IN };
+        let scratch_prefix = self.storage.scratch_prefix(task);
+        let scratch = Scratch { prefix: &scratch_prefix, compression: self.compression, fan_in: MERGE_FAN_IN };
         let open = |map_task, run: &&LocalRun| {
             progress.tick();
             run.open().map_err(|source| TaskError::MapOutputLost { map_task, source })
