@@ -35,6 +35,11 @@ for b in mr-master mr-worker mr-sequential libslowcount.so libwordcount.so; do
   [[ -e "$BIN/$b" ]] || { echo "multi-host test: $BIN/$b missing; run cargo build --release" >&2; exit 1; }
 done
 
+# Every host has a private /tmp: a checkout there is out of their sight.
+case "$ROOT/" in
+  /tmp/*) echo "multi-host test: the checkout $ROOT is under /tmp, which each namespace host replaces with a private one: clone it elsewhere to run this test" >&2; exit 1 ;;
+esac
+
 NAME="mrhost$$"
 # Outside /tmp, which every host has a private one of.
 WORK="$(mktemp -d "$ROOT/target/mr-multi-host.XXXXXX")"
