@@ -126,8 +126,18 @@ impl Script {
             Script::Latin | Script::Mixed => return char::from(b),
             Script::Accented => {
                 let accented = match b {
-                    b'a' => 'á', b'e' => 'é', b'i' => 'í', b'o' => 'ó', b'u' => 'ú', b'y' => 'ý',
-                    b'A' => 'Á', b'E' => 'É', b'I' => 'Í', b'O' => 'Ó', b'U' => 'Ú', b'Y' => 'Ý',
+                    b'a' => 'á',
+                    b'e' => 'é',
+                    b'i' => 'í',
+                    b'o' => 'ó',
+                    b'u' => 'ú',
+                    b'y' => 'ý',
+                    b'A' => 'Á',
+                    b'E' => 'É',
+                    b'I' => 'Í',
+                    b'O' => 'Ó',
+                    b'U' => 'Ú',
+                    b'Y' => 'Ý',
                     _ => char::from(b),
                 };
                 return accented;
@@ -209,16 +219,15 @@ fn prose_line(rng: &mut Rng, zipf: &Zipf, word: &dyn Fn(usize) -> String, chunk:
 
 fn books(dir: Option<&Path>) -> io::Result<Vec<Vec<u8>>> {
     let Some(dir) = dir else { return Ok(Vec::new()) };
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .collect();
+    let mut paths: Vec<PathBuf> =
+        fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "txt")).collect();
     paths.sort();
     paths.iter().map(fs::read).collect()
 }
 
 fn run(args: &[String]) -> Result<(), String> {
-    let usage = "usage: make_corpus books|zipf|tiny OUTDIR TOTAL_MIB NFILES [--books DIR] [--vocab N] [--script latin|accented|cyrillic|greek|cjk|mixed]";
+    let usage =
+        "usage: make_corpus books|zipf|tiny OUTDIR TOTAL_MIB NFILES [--books DIR] [--vocab N] [--script latin|accented|cyrillic|greek|cjk|mixed]";
     if args.len() < 4 {
         return Err(usage.to_string());
     }
@@ -234,7 +243,9 @@ fn run(args: &[String]) -> Result<(), String> {
         match flag.as_str() {
             "--books" => books_dir = Some(PathBuf::from(value)),
             "--vocab" => vocab = value.parse().map_err(|_| format!("--vocab '{value}' is not a number"))?,
-            "--script" => script = Script::parse(value).ok_or(format!("--script '{value}' is not one of latin, accented, cyrillic, greek, cjk, mixed"))?,
+            "--script" => {
+                script = Script::parse(value).ok_or(format!("--script '{value}' is not one of latin, accented, cyrillic, greek, cjk, mixed"))?
+            }
             _ => return Err(format!("unknown flag {flag}\n{usage}")),
         }
     }

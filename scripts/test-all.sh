@@ -7,6 +7,7 @@
 # ../shared/tools/netns-cluster.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo fmt --all --check
 cargo build --release
 cargo test --release --workspace
 # The app crate's optional typed API, which no workspace member turns on.

@@ -141,7 +141,9 @@ fn a_terminated_master_says_so_and_keeps_its_job_for_the_next_run() {
     assert!(status.success());
     let stderr = master.expect_failure();
     assert!(
-        stderr.contains("mr-master: error: interrupted before the job finished; run the same command again to resume it (or add --fresh to start over)"),
+        stderr.contains(
+            "mr-master: error: interrupted before the job finished; run the same command again to resume it (or add --fresh to start over)"
+        ),
         "{}",
         master.describe()
     );

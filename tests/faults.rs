@@ -44,7 +44,9 @@ fn a_slow_map_that_shows_progress_is_left_alone_and_one_that_does_not_is_given_a
     // without, it makes no progress and is given to the idle third worker.
     // (Its first attempt may still finish first and win: then the second is
     // a duplicate.)
-    for (ticking, params) in [(true, ["--param", "delay_ms=4000", "--param", "tick_ms=100"]), (false, ["--param", "delay_ms=4000", "--param", "tick_ms=0"])] {
+    for (ticking, params) in
+        [(true, ["--param", "delay_ms=4000", "--param", "tick_ms=100"]), (false, ["--param", "delay_ms=4000", "--param", "tick_ms=0"])]
+    {
         let dir = TestDir::new(if ticking { "progress-ticking" } else { "progress-stalled" });
         let inputs = write_inputs(&dir, 2);
         let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
@@ -123,7 +125,11 @@ fn a_straggler_gets_a_backup_that_wins_so_the_job_does_not_wait_for_it() {
     assert_eq!((summary["attempts"]["backups"].as_u64(), summary["attempts"]["backups_won"].as_u64()), (Some(1), Some(1)), "{summary}");
     let unsuccessful = summary["unsuccessful_attempts"].as_array().unwrap();
     assert_eq!(unsuccessful.len(), 1, "{summary}");
-    assert_eq!((unsuccessful[0]["worker"].as_str(), unsuccessful[0]["outcome"].as_str()), (Some(worker_id(&straggler).as_str()), Some("abandoned")), "{summary}");
+    assert_eq!(
+        (unsuccessful[0]["worker"].as_str(), unsuccessful[0]["outcome"].as_str()),
+        (Some(worker_id(&straggler).as_str()), Some("abandoned")),
+        "{summary}"
+    );
     assert!(master.stdout().contains("1 backup of stragglers, 1 won"), "{}", master.describe());
 }
 

@@ -295,9 +295,8 @@ fn corrupt_and_truncated_map_output_is_detected_and_the_map_rerun() {
     // reduce of a name containing "tom". Pick names so that the slow key is
     // in partition 0 (reduced first) and two others are in partition 1,
     // whose runs are damaged while partition 0's reduce sleeps.
-    let in_partition = |p: u32, prefix: &str| {
-        (0..1000).map(|i| format!("in/{prefix}{i}.txt")).find(|name| partition_of(name.as_bytes(), 2) == p).unwrap()
-    };
+    let in_partition =
+        |p: u32, prefix: &str| (0..1000).map(|i| format!("in/{prefix}{i}.txt")).find(|name| partition_of(name.as_bytes(), 2) == p).unwrap();
     let slow = in_partition(0, "tom");
     let (flipped, cut) = (in_partition(1, "a"), in_partition(1, "b"));
     for name in [&slow, &flipped, &cut] {
@@ -433,10 +432,13 @@ fn sort_output_files_in_order_are_the_sorted_input_lines() {
         expected.extend(text.split(|&b| b == b'\n').map(<[u8]>::to_vec));
     }
     expected.sort();
-    let expected: Vec<u8> = expected.into_iter().flat_map(|mut l| {
-        l.push(b'\n');
-        l
-    }).collect();
+    let expected: Vec<u8> = expected
+        .into_iter()
+        .flat_map(|mut l| {
+            l.push(b'\n');
+            l
+        })
+        .collect();
     for (reduces, flags) in [(1, &["--split-size", "0"][..]), (4, &["--split-size", "32K", "--map-buffer", "64K"])] {
         run_job_to_completion(&dir, "sort", 2, reduces, flags, &["in"]);
         let output = concatenated_outputs(dir.path(), reduces);
@@ -510,10 +512,7 @@ fn streaming_word_count_in_python_equals_the_rust_word_count() {
 fn a_streaming_command_that_fails_fails_its_task_naming_it() {
     let dir = TestDir::new("streaming-fails");
     dir.write("in.txt", "some words\n");
-    let (mut master, addr) = start_master(
-        dir.path(),
-        &["--max-task-attempts", "1", "--param", "map=cat", "--param", "reduce=exit 3", "in.txt"],
-    );
+    let (mut master, addr) = start_master(dir.path(), &["--max-task-attempts", "1", "--param", "map=cat", "--param", "reduce=exit 3", "in.txt"]);
     let _worker = start_worker("worker", dir.path(), &addr, "streaming");
     let err = master.expect_failure();
     assert!(err.contains("\"exit 3\" exited with exit status: 3"), "{}", master.describe());

@@ -79,7 +79,8 @@ fn map_output_is_served_between_workers_and_outputs_reach_the_master() {
     }
     // Some reduce read runs from the other worker over the network, some
     // into memory and the rest into files.
-    let both_ways = |w: &Proc| w.stderr().lines().any(|line| line.contains("fetched") && !line.contains(": 0 into memory") && !line.contains(", 0 into files"));
+    let both_ways =
+        |w: &Proc| w.stderr().lines().any(|line| line.contains("fetched") && !line.contains(": 0 into memory") && !line.contains(", 0 into files"));
     assert!(both_ways(&a) || both_ways(&b), "no reduce fetched runs both ways\n{}\n{}", a.describe(), b.describe());
 }
 

@@ -112,7 +112,8 @@ fn a_finished_output_cut_short_before_a_restart_is_made_again() {
     // As if the machine lost power before the output reached the disk: the
     // journal says done, the file is empty.
     let journal = read(&dir, ".mr-job/journal").unwrap();
-    let done: serde_json::Value = journal.lines().filter_map(|l| serde_json::from_str(l).ok()).find(|r: &serde_json::Value| r.get("reduce_done").is_some()).unwrap();
+    let done: serde_json::Value =
+        journal.lines().filter_map(|l| serde_json::from_str(l).ok()).find(|r: &serde_json::Value| r.get("reduce_done").is_some()).unwrap();
     let r = done["reduce_done"]["task"].as_u64().unwrap();
     std::fs::write(dir.join(&format!(".mr-job/mr-out-{r}")), "").unwrap();
 

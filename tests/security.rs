@@ -139,7 +139,13 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
         }
         // Nor send an output for a reduce attempt of another's: tried while
         // the worker's reduce runs (held at the gate, its output begun).
-        wait_until(|| std::fs::read_dir(dir.join(".mr-job")).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".mr-tmp-")))), || "a reduce's output never appeared".to_owned());
+        wait_until(
+            || {
+                std::fs::read_dir(dir.join(".mr-job"))
+                    .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".mr-tmp-"))))
+            },
+            || "a reduce's output never appeared".to_owned(),
+        );
         for (partition, attempt) in (0..2u32).flat_map(|r| (1..=12u64).map(move |a| (r, a))) {
             let answer = forged_upload(&addr, &rogue, partition, attempt).await;
             assert!(answer.starts_with(&[1]) && String::from_utf8_lossy(&answer).contains("was not given to rogue:1"), "{answer:?}");
@@ -181,8 +187,11 @@ fn forged_reports(dir: &TestDir) -> Vec<TaskReport> {
         (0..3).map(move |m| TaskReport { task: TaskId::Map(m), attempt, outcome: TaskOutcome::Failed { error: "forged".into() } })
     });
     let elsewhere = MapOutputLocation::SharedFile { path: dir.join("in-0.txt"), range: RunRange { offset: 0, len: 10 } };
-    let completion =
-        TaskReport { task: TaskId::Map(0), attempt: 1, outcome: TaskOutcome::MapDone { outputs: vec![(0, elsewhere)], counters: Default::default() } };
+    let completion = TaskReport {
+        task: TaskId::Map(0),
+        attempt: 1,
+        outcome: TaskOutcome::MapDone { outputs: vec![(0, elsewhere)], counters: Default::default() },
+    };
     failures.chain(failures_twice()).chain(std::iter::once(completion)).collect()
 }
 

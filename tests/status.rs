@@ -123,17 +123,15 @@ fn status_api_and_metrics_show_the_real_figures_during_and_after_the_job() {
     let (mut master, mut workers, url, input_bytes) = start_slow_job(&dir, maps, reduces, 400, 2, &[]);
 
     // While it runs.
-    let during = wait_for(&url, "a map to finish while the job runs", |s| {
-        s["job"]["state"] == "running" && s["progress"]["maps"]["done"].as_u64() >= Some(1)
-    });
+    let during =
+        wait_for(&url, "a map to finish while the job runs", |s| s["job"]["state"] == "running" && s["progress"]["maps"]["done"].as_u64() >= Some(1));
     let job = &during["job"];
     assert_eq!(job["maps"], maps);
     assert_eq!(job["reduces"], reduces);
     assert_eq!(job["input_bytes"], input_bytes, "{job:#}");
     assert_eq!(job["inputs"].as_array().unwrap().len(), maps);
     assert_eq!(during["tasks"].as_array().unwrap().len(), maps + reduces as usize);
-    let done_maps: Vec<&Value> =
-        during["tasks"].as_array().unwrap().iter().filter(|t| t["kind"] == "map" && t["state"] == "done").collect();
+    let done_maps: Vec<&Value> = during["tasks"].as_array().unwrap().iter().filter(|t| t["kind"] == "map" && t["state"] == "done").collect();
     let done_bytes: u64 = done_maps.iter().map(|t| t["bytes_in"].as_u64().unwrap()).sum();
     assert_eq!(during["progress"]["input_bytes_done"], done_bytes, "bytes done are the done maps' inputs");
     assert_eq!(during["counters"]["map_input_bytes"], done_bytes);
@@ -141,10 +139,8 @@ fn status_api_and_metrics_show_the_real_figures_during_and_after_the_job() {
     assert_eq!(code, 200);
     assert_eq!(metric(&metrics, "mapreduce_job_running"), 1.0);
     assert_eq!(metric(&metrics, "mapreduce_input_bytes"), input_bytes as f64);
-    let map_tasks: f64 = ["idle", "running", "done"]
-        .iter()
-        .map(|state| metric(&metrics, &format!("mapreduce_tasks{{kind=\"map\",state=\"{state}\"}}")))
-        .sum();
+    let map_tasks: f64 =
+        ["idle", "running", "done"].iter().map(|state| metric(&metrics, &format!("mapreduce_tasks{{kind=\"map\",state=\"{state}\"}}"))).sum();
     assert_eq!(map_tasks, maps as f64);
 
     // After it ends (the server lingers).
@@ -306,9 +302,7 @@ fn dashboard_in_headless_chromium_shows_the_running_job() {
     let (mut master, mut workers, url, _) = start_slow_job(&dir, maps, reduces, 500, 2, &[&gate_param]);
     let before = wait_for(&url, "a map done and both workers running tasks", |s| {
         s["progress"]["maps"]["done"].as_u64() >= Some(1)
-            && s["workers"].as_array().is_some_and(|w| {
-                w.len() == 2 && w.iter().all(|w| w["current"].as_array().is_some_and(|c| !c.is_empty()))
-            })
+            && s["workers"].as_array().is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["current"].as_array().is_some_and(|c| !c.is_empty())))
     });
 
     let dump = run_chromium(&browser, &dir, "chromium-dom", &url, &["--dump-dom"]);

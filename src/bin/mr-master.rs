@@ -2,26 +2,26 @@
 //! runs [`mapreduce::coordinator::run`] until the job ends.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use tokio::sync::Notify;
-use tracing::{Instrument, Span};
+use mapreduce::backup::BackupPolicy;
 use mapreduce::cli;
 use mapreduce::coordinator::{CoordinatorConfig, Job};
 use mapreduce::handshake::Secret;
-use mapreduce::plugin::Plugin;
-use mapreduce::rpc::JobApp;
 use mapreduce::http;
+use mapreduce::plugin::Plugin;
 use mapreduce::progress::{self, ProgressMode};
-use mapreduce::summary::JobSummary;
+use mapreduce::rpc::JobApp;
 use mapreduce::runfile::Compression;
-use mapreduce::backup::BackupPolicy;
 use mapreduce::scheduler::SchedulerConfig;
+use mapreduce::summary::JobSummary;
 use mapreduce::Params;
+use tokio::sync::Notify;
+use tracing::{Instrument, Span};
 
 /// Coordinate a MapReduce job: split the inputs into map tasks and reduce
 /// tasks and hand them to `mr-worker` processes over RPC. Exits 0 once every
@@ -192,14 +192,14 @@ fn job_app(app: &str) -> anyhow::Result<(PathBuf, JobApp)> {
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.skip_bad_records > 0 && args.max_task_attempts < 4 {
         // Two attempts on a map's whole split, then two on the bad line.
-        bail!("--skip-bad-records needs --max-task-attempts of at least 4 (a map's bad line is found by its third attempt and skipped from its fifth)");
+        bail!(
+            "--skip-bad-records needs --max-task-attempts of at least 4 (a map's bad line is found by its third attempt and skipped from its fifth)"
+        );
     }
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
     let secret = args.token_file.as_deref().map(Secret::from_file).transpose()?;
     let app = args.app.as_deref().map(job_app).transpose()?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     if secret.is_none() && !addr.ip().is_loopback() {
         bail!("listening on {addr}, which other machines can reach, needs a shared secret: give --token-file FILE (or MR_TOKEN_FILE), and the same file to every worker");
@@ -207,8 +207,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.output_dir.exists() && !args.output_dir.is_dir() {
         bail!("output directory {}: exists and is not a directory", args.output_dir.display());
     }
-    std::fs::create_dir_all(&args.output_dir)
-        .with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
+    std::fs::create_dir_all(&args.output_dir).with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
     let http = match args.http.as_deref() {
         Some("off") => None,
         requested => Some(bind_http(requested).await?),
@@ -276,8 +275,7 @@ fn print_summary(summary: &JobSummary, json_path: Option<&Path>) -> anyhow::Resu
     print!("{}", summary.render());
     if let Some(path) = json_path {
         let json = serde_json::to_vec_pretty(summary).context("encoding the summary")?;
-        mapreduce::output::write_atomically(path, &json)
-            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+        mapreduce::output::write_atomically(path, &json).with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
     Ok(())
 }
@@ -298,9 +296,8 @@ async fn linger(how_long: Duration, url: &str) {
 /// Binds the status server where asked (or at its default, falling back to
 /// a free port); returns it with its URL.
 async fn bind_http(requested: Option<&str>) -> anyhow::Result<(tokio::net::TcpListener, String)> {
-    let (listener, fell_back) = http::bind(requested)
-        .await
-        .with_context(|| format!("cannot serve the status page on {}", requested.unwrap_or(http::DEFAULT_ADDR)))?;
+    let (listener, fell_back) =
+        http::bind(requested).await.with_context(|| format!("cannot serve the status page on {}", requested.unwrap_or(http::DEFAULT_ADDR)))?;
     let url = http::url(listener.local_addr().context("reading the status server's address")?);
     if fell_back {
         tracing::warn!("{} is taken (another job?); serving the status page at {url} instead", http::DEFAULT_ADDR);

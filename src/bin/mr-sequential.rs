@@ -57,8 +57,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let plugin = Plugin::open(&args.app)?;
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
-    std::fs::create_dir_all(&args.output_dir)
-        .with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
+    std::fs::create_dir_all(&args.output_dir).with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
     let run = mapreduce::sequential::run_sequential(&plugin, &inputs, Params::new(args.params), &args.output_dir)?;
     let summary = JobSummary::of_sequential(&run, inputs.len());
     if !args.quiet {

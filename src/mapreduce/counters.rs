@@ -113,12 +113,7 @@ mod tests {
     #[test]
     fn adding_counters_sums_every_field_and_merges_user_counters_by_name() {
         let mut total = Counters { map_input_bytes: 5, user: BTreeMap::from([("a".into(), 1)]), ..Counters::default() };
-        let other = Counters {
-            map_input_bytes: 7,
-            output_bytes: 3,
-            user: BTreeMap::from([("a".into(), 2), ("b".into(), 9)]),
-            ..Counters::default()
-        };
+        let other = Counters { map_input_bytes: 7, output_bytes: 3, user: BTreeMap::from([("a".into(), 2), ("b".into(), 9)]), ..Counters::default() };
         total.add(&other);
         assert_eq!(total.map_input_bytes, 12);
         assert_eq!(total.output_bytes, 3);

@@ -61,15 +61,15 @@
 pub use mapreduce_app::{abi, app, export_app, partition, text};
 pub(crate) use mapreduce_app::{cpu, small_copy};
 pub mod control;
-pub mod net;
 pub mod data;
+pub mod net;
 pub mod observe;
 
 pub use control::{backup, coordinator, inputs, job_dir, job_files, journal, rpc, scheduler, worker};
-pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task};
 pub(crate) use data::radix_sort;
-pub use observe::{http, metrics, progress, status, summary};
+pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task};
 pub use net::{accept, files, handshake, upload};
+pub use observe::{http, metrics, progress, status, summary};
 pub mod cli;
 pub mod counters;
 pub mod errors;

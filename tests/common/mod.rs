@@ -100,10 +100,7 @@ impl Proc {
     pub fn spawn(label: &str, mut cmd: Command, cwd: &Path) -> Proc {
         let stdout = cwd.join(format!("{label}.out"));
         let stderr = cwd.join(format!("{label}.err"));
-        cmd.current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
+        cmd.current_dir(cwd).stdin(Stdio::null()).stdout(File::create(&stdout).unwrap()).stderr(File::create(&stderr).unwrap());
         let command = format!("{cmd:?}");
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
         Proc { child, label: label.to_string(), command, cwd: cwd.to_owned(), stdout, stderr }
@@ -168,13 +165,7 @@ impl Proc {
 
     /// The command, its directory and its output, for failure messages.
     pub fn describe(&self) -> String {
-        format!(
-            "command: {}\ncwd: {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.command,
-            self.cwd.display(),
-            self.stdout(),
-            self.stderr()
-        )
+        format!("command: {}\ncwd: {}\n--- stdout\n{}\n--- stderr\n{}", self.command, self.cwd.display(), self.stdout(), self.stderr())
     }
 }
 

@@ -39,11 +39,7 @@ impl Sort {
         }
         sample.sort_unstable();
         let reduces = job.reduces as usize;
-        let split_points = if sample.is_empty() {
-            Vec::new()
-        } else {
-            (1..reduces).map(|r| sample[r * sample.len() / reduces].clone()).collect()
-        };
+        let split_points = if sample.is_empty() { Vec::new() } else { (1..reduces).map(|r| sample[r * sample.len() / reduces].clone()).collect() };
         Ok(Sort { split_points })
     }
 }

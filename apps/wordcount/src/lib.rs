@@ -92,8 +92,7 @@ mod tests {
         let input = MapInput { filename: "f", contents: b"the cat, the Caf\xc3\xa9\xffx", offset: 0 };
         WordCount.map(&input, &mut Emitter::new(&mut sink)).unwrap();
         pairs.sort();
-        let counted: Vec<_> =
-            pairs.iter().map(|(k, v)| (String::from_utf8(k.clone()).unwrap(), String::from_utf8(v.clone()).unwrap())).collect();
+        let counted: Vec<_> = pairs.iter().map(|(k, v)| (String::from_utf8(k.clone()).unwrap(), String::from_utf8(v.clone()).unwrap())).collect();
         let expected = [("Café", "1"), ("cat", "1"), ("the", "2"), ("x", "1")].map(|(k, v)| (k.to_string(), v.to_string()));
         assert_eq!(counted, expected);
 

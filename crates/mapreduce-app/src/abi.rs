@@ -285,13 +285,7 @@ fn initialised<A>(cell: &OnceLock<A>) -> Result<&A, AppError> {
 /// # Safety
 /// Called only by the host through the vtable, with valid `host` and slices.
 #[doc(hidden)]
-pub unsafe fn plugin_map<A: App>(
-    cell: &OnceLock<A>,
-    host: *const HostCalls,
-    filename: RawBytes,
-    contents: RawBytes,
-    offset: u64,
-) -> Status {
+pub unsafe fn plugin_map<A: App>(cell: &OnceLock<A>, host: *const HostCalls, filename: RawBytes, contents: RawBytes, offset: u64) -> Status {
     let host = &*host;
     let filename = String::from_utf8_lossy(filename.as_slice());
     let input = MapInput { filename: &filename, contents: contents.as_slice(), offset };

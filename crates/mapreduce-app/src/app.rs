@@ -262,7 +262,6 @@ pub struct Emitter<'a> {
 use crate::count_table::CountTable;
 use crate::text::WordSink;
 
-
 /// Keys whose counts an [`Emitter`] holds before it emits them: bounds its
 /// memory (about 100 bytes a key) whatever the input.
 pub const MAX_COUNTED_KEYS: usize = 1 << 20;

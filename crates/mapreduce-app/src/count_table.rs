@@ -60,7 +60,13 @@ const LENGTH_MASKS: [(u64, u64); 17] = {
     let mut len = 0;
     while len <= 16 {
         let lo = if len >= 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
-        let hi = if len >= 16 { u64::MAX } else if len <= 8 { 0 } else { (1u64 << (8 * (len - 8))) - 1 };
+        let hi = if len >= 16 {
+            u64::MAX
+        } else if len <= 8 {
+            0
+        } else {
+            (1u64 << (8 * (len - 8))) - 1
+        };
         masks[len] = (lo, hi);
         len += 1;
     }

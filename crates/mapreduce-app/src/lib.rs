@@ -33,9 +33,9 @@ pub mod abi;
 pub mod app;
 mod count_table;
 pub mod counters;
-pub mod job_inputs;
 #[doc(hidden)]
 pub mod cpu;
+pub mod job_inputs;
 pub mod partition;
 #[doc(hidden)]
 pub mod small_copy;

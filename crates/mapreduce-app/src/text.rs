@@ -378,8 +378,20 @@ mod tests {
         // Deterministic pseudo-random bytes biased toward letters, multi-byte
         // characters and broken sequences.
         let pieces: [&[u8]; 14] = [
-            b"a", b"Z", b" ", b".", b"\n", "é".as_bytes(), "東".as_bytes(), "Ⅻ".as_bytes(), "ि".as_bytes(),
-            b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", "𝔘".as_bytes(),
+            b"a",
+            b"Z",
+            b" ",
+            b".",
+            b"\n",
+            "é".as_bytes(),
+            "東".as_bytes(),
+            "Ⅻ".as_bytes(),
+            "ि".as_bytes(),
+            b"\xff",
+            b"\xc3",
+            b"\xe2\x82",
+            b"\xed\xa0\x80",
+            "𝔘".as_bytes(),
         ];
         let mut state = 12345u64;
         for _ in 0..200 {
@@ -427,8 +439,15 @@ mod tests {
     #[test]
     fn characters_of_every_width_at_every_offset_around_a_block_edge() {
         let pieces: [&[u8]; 9] = [
-            "é".as_bytes(), "東".as_bytes(), "𝔘".as_bytes(), "Ⅻ".as_bytes(), "😀".as_bytes(),
-            b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x80", b"\xc3\xc3\xa9",
+            "é".as_bytes(),
+            "東".as_bytes(),
+            "𝔘".as_bytes(),
+            "Ⅻ".as_bytes(),
+            "😀".as_bytes(),
+            b"\xed\xa0\x80",
+            b"\xe2\x82",
+            b"\xf4\x90\x80\x80",
+            b"\xc3\xc3\xa9",
         ];
         for piece in pieces {
             for before in 50..70 {

@@ -49,24 +49,24 @@ use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::files::{self, Catalog};
-use crate::upload;
-use crate::handshake::{self, Identity, RefusalLog, Secret};
-use crate::job_files::JobFiles;
-use crate::job_dir::{JobDir, JobDirError, Opened};
-use crate::journal::{Journal, Record};
-use crate::output::output_file_name;
 use crate::app::Params;
 use crate::counters::Counters;
+use crate::files::{self, Catalog};
+use crate::handshake::{self, Identity, RefusalLog, Secret};
+use crate::job_dir::{JobDir, JobDirError, Opened};
+use crate::job_files::JobFiles;
+use crate::journal::{Journal, Record};
+use crate::map_output::run_is_present;
+use crate::output::output_file_name;
 use crate::rpc::{
-    AttemptId, AttemptProgress, Assignment, Coordinator, HeartbeatReply, InputFile, JobApp, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport, WorkerId,
-    POLL_WAIT,
+    Assignment, AttemptId, AttemptProgress, Coordinator, HeartbeatReply, InputFile, JobApp, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport,
+    WorkerId, POLL_WAIT,
 };
 use crate::runfile::Compression;
 use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
-use crate::status::{JobStatus, StatusReport};
-use crate::map_output::run_is_present;
 use crate::split::plan_splits;
+use crate::status::{JobStatus, StatusReport};
+use crate::upload;
 
 /// How long `run` waits, after the job ends and beyond one heartbeat
 /// interval, for the workers it knows to be told `Exit`, before it closes
@@ -285,8 +285,7 @@ impl Job {
     pub fn plan(config: CoordinatorConfig) -> Result<Job, CoordinatorError> {
         let started = Instant::now();
         // Workers may run in other directories: every path they are sent is absolute.
-        let output_dir = std::path::absolute(&config.output_dir)
-            .map_err(|source| JobDirError::Io { path: config.output_dir.clone(), source })?;
+        let output_dir = std::path::absolute(&config.output_dir).map_err(|source| JobDirError::Io { path: config.output_dir.clone(), source })?;
         let opened = JobDir::open(&output_dir, fingerprint(&config), config.fresh)?;
         if let Some(why) = &opened.discarded {
             tracing::warn!("the job directory {} held another job, removed: {why}", opened.dir.path().display());
@@ -294,8 +293,7 @@ impl Job {
         let splits = plan_splits(&config.inputs, config.split_bytes);
         let map_count = splits.len();
         let mut scheduler = Scheduler::new(config.scheduler, splits, config.reduces, opened.dir.path().to_owned());
-        let mut status =
-            JobStatus::new(config.inputs.clone(), map_count, config.reduces as usize, config.scheduler.task_timeout, started);
+        let mut status = JobStatus::new(config.inputs.clone(), map_count, config.reduces as usize, config.scheduler.task_timeout, started);
         scheduler.start_epoch(opened.epoch);
         restore(&mut scheduler, &mut status, &opened, &output_dir, started);
         let journal_sync = opened.journal.sync_handle().ok();
@@ -378,10 +376,7 @@ impl Job {
         drop(server);
         remove_job_dir_unless_publishing(&shared);
         match end {
-            JobEnd::Succeeded => Ok(JobReport {
-                outputs: (0..reduces).map(|r| shared.output_dir.join(output_file_name(r))).collect(),
-                elapsed,
-            }),
+            JobEnd::Succeeded => Ok(JobReport { outputs: (0..reduces).map(|r| shared.output_dir.join(output_file_name(r))).collect(), elapsed }),
             JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
         }
     }
@@ -475,11 +470,7 @@ fn restore(scheduler: &mut Scheduler, status: &mut JobStatus, opened: &Opened, o
 }
 
 /// Plans and runs one job on `listener` (see [`Job::plan`] and [`Job::run`]).
-pub async fn run(
-    listener: TcpListener,
-    config: CoordinatorConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<JobReport, CoordinatorError> {
+pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> Result<JobReport, CoordinatorError> {
     Job::plan(config)?.run(listener, shutdown).await
 }
 
@@ -1007,7 +998,13 @@ fn record_failure(status: &mut JobStatus, verdict: ReportVerdict, task: TaskId, 
 /// fails the attempt: `Err` carries the scheduler's verdict on that failure
 /// and the error. Only the winner is ever renamed, and the rename happens
 /// under the scheduler lock, so a finished output is never replaced.
-fn commit_reduce(scheduler: &mut Scheduler, job_dir: &JobDir, task: TaskId, attempt: u64, now: Instant) -> Result<ReportVerdict, (ReportVerdict, String)> {
+fn commit_reduce(
+    scheduler: &mut Scheduler,
+    job_dir: &JobDir,
+    task: TaskId,
+    attempt: u64,
+    now: Instant,
+) -> Result<ReportVerdict, (ReportVerdict, String)> {
     let TaskId::Reduce(r) = task else { return Ok(ReportVerdict::UnknownAttempt) };
     let verdict = scheduler.would_accept_completion(task, attempt);
     if verdict != ReportVerdict::Accepted {

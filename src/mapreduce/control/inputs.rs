@@ -48,9 +48,8 @@ pub fn resolve_inputs(args: &[PathBuf]) -> Result<Vec<InputFile>, InputError> {
 }
 
 fn walk_directory(dir: &Path, inputs: &mut Vec<InputFile>) -> Result<(), InputError> {
-    let hidden = |entry: &walkdir::DirEntry| {
-        entry.depth() > 0 && entry.file_name().to_str().is_some_and(|n| n.starts_with('.') || n.starts_with('_'))
-    };
+    let hidden =
+        |entry: &walkdir::DirEntry| entry.depth() > 0 && entry.file_name().to_str().is_some_and(|n| n.starts_with('.') || n.starts_with('_'));
     let walk = walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name().into_iter().filter_entry(|e| !hidden(e));
     for entry in walk {
         let entry = entry.map_err(|source| InputError::Walk { path: dir.to_owned(), source })?;

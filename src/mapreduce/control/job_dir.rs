@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 
 use crate::counters::Counters;
 use crate::journal::{Journal, JournalError, Record};
+use crate::map_output::MapOutputLocation;
 use crate::output::{output_file_name, remove_stale_outputs, write_atomically, TEMP_PREFIX};
 use crate::rpc::AttemptId;
-use crate::map_output::MapOutputLocation;
 
 /// The job directory's name inside the output directory.
 pub const JOB_DIR_NAME: &str = ".mr-job";

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
-use crate::rpc::AttemptId;
 use crate::map_output::MapOutputLocation;
+use crate::rpc::AttemptId;
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,8 +167,11 @@ impl Journal {
             if !line.ends_with(b"\n") {
                 break;
             }
-            let record = serde_json::from_slice::<Record>(line)
-                .map_err(|e| JournalError::Invalid { path: path.to_owned(), line: number, detail: e.to_string() })?;
+            let record = serde_json::from_slice::<Record>(line).map_err(|e| JournalError::Invalid {
+                path: path.to_owned(),
+                line: number,
+                detail: e.to_string(),
+            })?;
             records.push(record);
         }
         if !matches!(records.first(), Some(Record::Job { .. })) {

@@ -46,8 +46,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::backup::BackupPolicy;
-use crate::rpc::{Assignment, AttemptId, AttemptProgress, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
 use crate::map_output::MapOutputLocation;
+use crate::rpc::{Assignment, AttemptId, AttemptProgress, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
 use crate::skipping::{read_cursor, BadRecord, SkipPlan};
 
 /// Attempt ids a coordinator may issue before they would meet those of the
@@ -180,7 +180,14 @@ struct TaskEntry {
 
 impl TaskEntry {
     fn new() -> Self {
-        TaskEntry { state: TaskState::Idle, attempts: Vec::new(), unsuccessful: Vec::new(), ended_badly: Vec::new(), blamed: Vec::new(), skipped: Vec::new() }
+        TaskEntry {
+            state: TaskState::Idle,
+            attempts: Vec::new(),
+            unsuccessful: Vec::new(),
+            ended_badly: Vec::new(),
+            blamed: Vec::new(),
+            skipped: Vec::new(),
+        }
     }
 
     fn is_done(&self) -> bool {
@@ -678,9 +685,7 @@ impl Scheduler {
                     .map_outputs
                     .iter()
                     .enumerate()
-                    .flat_map(|(m, outputs)| {
-                        outputs.iter().filter(|(p, _)| *p == r).map(move |(_, loc)| (m as u32, loc.clone()))
-                    })
+                    .flat_map(|(m, outputs)| outputs.iter().filter(|(p, _)| *p == r).map(move |(_, loc)| (m as u32, loc.clone())))
                     .collect(),
                 staged_output: self.staged_output(r, attempt),
                 skip: self.skip_plan(task, attempt),
@@ -950,7 +955,12 @@ mod tests {
 
     fn served(m: u32, r: u32, shared: bool) -> MapOutputLocation {
         let shared_path = shared.then(|| PathBuf::from(format!("/job/map-{m}.runs")));
-        MapOutputLocation::Served { server: format!("host-{m}:1"), attempt: u64::from(m), range: RunRange { offset: u64::from(r) * 100, len: 100 }, shared_path }
+        MapOutputLocation::Served {
+            server: format!("host-{m}:1"),
+            attempt: u64::from(m),
+            range: RunRange { offset: u64::from(r) * 100, len: 100 },
+            shared_path,
+        }
     }
 
     #[test]
@@ -1383,7 +1393,8 @@ mod tests {
         let cursors = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
         let config = SchedulerConfig { task_timeout: TIMEOUT, max_task_attempts: 4, backups: None, skip_bad_records: limit };
         let reader = cursors.clone();
-        let s = Scheduler::new(config, inputs(maps), 1, PathBuf::from("/job")).with_record_reader(move |path| reader.lock().unwrap().get(path).cloned());
+        let s =
+            Scheduler::new(config, inputs(maps), 1, PathBuf::from("/job")).with_record_reader(move |path| reader.lock().unwrap().get(path).cloned());
         (s, cursors)
     }
 

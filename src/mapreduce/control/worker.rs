@@ -43,13 +43,12 @@ use tokio::sync::mpsc;
 use crate::files::Fetcher;
 use crate::handshake::{self, HandshakeError, Identity, Secret};
 use crate::journal::Journal;
-use crate::storage::{ServedOutputs, StorageConfig, WorkerStorage};
 use crate::plugin::{file_sha256, Plugin};
+use crate::storage::{ServedOutputs, StorageConfig, WorkerStorage};
 use tracing::Instrument;
 
 use crate::rpc::{
-    Assignment, AttemptId, AttemptProgress, CoordinatorClient, HeartbeatReply, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId,
-    CALL_DEADLINE,
+    Assignment, AttemptId, AttemptProgress, CoordinatorClient, HeartbeatReply, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, CALL_DEADLINE,
 };
 use crate::task::{TaskError, TaskProgress, TaskRunner};
 
@@ -169,9 +168,9 @@ pub enum AppSource {
 pub async fn run(app: AppSource, config: WorkerConfig) -> Result<WorkerExit, WorkerError> {
     let identity = Identity::new(worker_id());
     let app_sha256 = match &app {
-        AppSource::Given(plugin) => Some(
-            file_sha256(plugin.path()).map_err(|e| WorkerError::Setup(format!("reading the app {}: {e}", plugin.path().display())))?,
-        ),
+        AppSource::Given(plugin) => {
+            Some(file_sha256(plugin.path()).map_err(|e| WorkerError::Setup(format!("reading the app {}: {e}", plugin.path().display())))?)
+        }
         AppSource::FromJob => None,
     };
     let (client, local) = connect(&config, &identity).await?;
@@ -481,7 +480,9 @@ impl MasterLink {
                 Err(Reconnect::OtherJob(other)) => {
                     return gone(&mut state, format!("{error}; the coordinator there now runs another job ({other}, not {})", self.job_id));
                 }
-                Err(Reconnect::Refused(refusal)) => return gone(&mut state, format!("{error}; the coordinator there now refuses this worker: {refusal}")),
+                Err(Reconnect::Refused(refusal)) => {
+                    return gone(&mut state, format!("{error}; the coordinator there now refuses this worker: {refusal}"))
+                }
                 Err(Reconnect::AppRefused(why)) => return gone(&mut state, format!("{error}; the coordinator there now refuses this worker: {why}")),
                 Err(Reconnect::Failed(e)) => last_error = e,
             }

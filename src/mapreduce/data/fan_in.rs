@@ -250,9 +250,8 @@ mod tests {
         let mut all = Vec::new();
         let mut runs = Vec::new();
         for r in 0..150u32 {
-            let mut records: Vec<(Vec<u8>, Vec<u8>)> = (0..rng.below(20))
-                .map(|i| (format!("k{}", rng.below(30)).into_bytes(), format!("run{r}-{i}").into_bytes()))
-                .collect();
+            let mut records: Vec<(Vec<u8>, Vec<u8>)> =
+                (0..rng.below(20)).map(|i| (format!("k{}", rng.below(30)).into_bytes(), format!("run{r}-{i}").into_bytes())).collect();
             records.sort_by(|a, b| a.0.cmp(&b.0));
             all.extend(records.iter().cloned());
             let path = dir.path().join(format!("given-{r}.runs"));
@@ -276,7 +275,11 @@ mod tests {
         assert_eq!(opened, 150, "each given run is opened once");
         assert!(readers.len() <= 4);
         assert_eq!(merged(readers), all);
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| !n.starts_with("given-")).collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with("given-"))
+            .collect();
         assert!(left.is_empty(), "scratch files left: {left:?}");
     }
 
@@ -294,7 +297,8 @@ mod tests {
         let open = |label, path: &PathBuf| RunReader::open(path).map_err(|source| MergeError { label, source });
         let Err(e) = open_with_bounded_fan_in(runs, &scratch, open, copy_merged) else { panic!("a broken run was merged") };
         assert_eq!(e.label, 2);
-        let left = std::fs::read_dir(dir.path()).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with("given-")).count();
+        let left =
+            std::fs::read_dir(dir.path()).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with("given-")).count();
         assert_eq!(left, 0, "a failed merge leaves no scratch files");
     }
 }

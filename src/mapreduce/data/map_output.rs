@@ -96,7 +96,6 @@ pub fn stored_size(location: &MapOutputLocation) -> u64 {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

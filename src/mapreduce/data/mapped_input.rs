@@ -86,9 +86,9 @@ mod linux {
         changed: AtomicBool,
     }
 
-    static REGISTRY: [Slot; SLOTS] = [const {
-        Slot { used: AtomicBool::new(false), start: AtomicUsize::new(0), len: AtomicUsize::new(0), changed: AtomicBool::new(false) }
-    }; SLOTS];
+    static REGISTRY: [Slot; SLOTS] =
+        [const { Slot { used: AtomicBool::new(false), start: AtomicUsize::new(0), len: AtomicUsize::new(0), changed: AtomicBool::new(false) } };
+            SLOTS];
 
     /// The `SIGBUS` disposition before ours, to pass other faults on to.
     static mut PREVIOUS: Option<libc::sigaction> = None;
@@ -112,9 +112,8 @@ mod linux {
             // SAFETY: a fresh read-only private mapping of an open file; the
             // kernel picks the address. MAP_POPULATE maps the pages up front
             // (one call instead of a fault per page).
-            let start = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_POPULATE, file.as_raw_fd(), offset)
-            };
+            let start =
+                unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_POPULATE, file.as_raw_fd(), offset) };
             if start == libc::MAP_FAILED {
                 slot.used.store(false, Ordering::Release);
                 return None;
@@ -214,8 +213,7 @@ mod linux {
             Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
                 if p.sa_flags & libc::SA_SIGINFO != 0 {
                     // SAFETY: the previous handler was installed with this signature.
-                    let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                        unsafe { std::mem::transmute(p.sa_sigaction) };
+                    let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(p.sa_sigaction) };
                     handler(signal, info, context);
                 } else {
                     // SAFETY: as above, for a plain handler.

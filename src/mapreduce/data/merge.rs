@@ -14,8 +14,8 @@
 use std::cmp::Ordering;
 
 use crate::app::ValueSource;
-use crate::runfile::{RunError, RunReader};
 use crate::runfile::key_prefix;
+use crate::runfile::{RunError, RunReader};
 
 /// A run being merged. Its current record (the reader's) is its head.
 struct Source {
@@ -119,16 +119,8 @@ impl RunMerger {
         }
         let leaves = sources.len().next_power_of_two();
         heads.extend((heads.len()..leaves).map(|i| rank(None, i)));
-        let mut merger = RunMerger {
-            sources,
-            losers: vec![0; leaves],
-            winner: 0,
-            leaves,
-            current: None,
-            current_key_part: 0,
-            handed_out: false,
-            records_read: 0,
-        };
+        let mut merger =
+            RunMerger { sources, losers: vec![0; leaves], winner: 0, leaves, current: None, current_key_part: 0, handed_out: false, records_read: 0 };
         merger.play_all(heads);
         Ok(merger)
     }
@@ -328,11 +320,8 @@ mod tests {
             })
             .collect();
         let mut merger = RunMerger::new(runs).unwrap();
-        let expected: Vec<(String, Vec<String>)> = all
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.to_string(), (0..3).filter(|r| *r <= i).map(|r| format!("r{r}")).collect()))
-            .collect();
+        let expected: Vec<(String, Vec<String>)> =
+            all.iter().enumerate().map(|(i, k)| (k.to_string(), (0..3).filter(|r| *r <= i).map(|r| format!("r{r}")).collect())).collect();
         assert_eq!(groups(&mut merger), expected);
     }
 
@@ -347,7 +336,8 @@ mod tests {
         let mut all = Vec::new();
         let mut runs = Vec::new();
         for r in 0..37u32 {
-            let mut records: Vec<Vec<u8>> = (0..random(60)).map(|_| (0..random(12)).map(|_| [0u8, b'a', b'b'][random(3) as usize]).collect()).collect();
+            let mut records: Vec<Vec<u8>> =
+                (0..random(60)).map(|_| (0..random(12)).map(|_| [0u8, b'a', b'b'][random(3) as usize]).collect()).collect();
             records.sort();
             let path = dir.path().join(format!("run{r}"));
             let mut w = RunWriter::create(&path, Compression::None).unwrap();

@@ -180,8 +180,7 @@ mod tests {
         }
         let removed = remove_stale_outputs(dir.path(), 2).unwrap();
         assert_eq!(removed, vec![dir.path().join("mr-out-10"), dir.path().join("mr-out-2")]);
-        let mut left: Vec<_> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
         assert_eq!(left, ["mr-out-0", "mr-out-01", "mr-out-1", "mr-out-x", "notes"]);
     }

@@ -103,21 +103,17 @@ impl Plugin {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         // SAFETY: loading runs the library's initialisers; a Rust cdylib has
         // none beyond the standard ones. This is the trust we give any plugin.
-        let library = unsafe { Library::new(&path) }
-            .map_err(|e| PluginError::NotALibrary { path: path.clone(), reason: crate::errors::one_line(&e) })?;
-        let not_a_plugin = |symbol: &[u8]| PluginError::NotAPlugin {
-            path: path.clone(),
-            symbol: String::from_utf8_lossy(symbol).into_owned(),
-        };
+        let library =
+            unsafe { Library::new(&path) }.map_err(|e| PluginError::NotALibrary { path: path.clone(), reason: crate::errors::one_line(&e) })?;
+        let not_a_plugin = |symbol: &[u8]| PluginError::NotAPlugin { path: path.clone(), symbol: String::from_utf8_lossy(symbol).into_owned() };
         // SAFETY: the symbol's type is fixed by the ABI for every version.
-        let version = unsafe { library.get::<extern "C" fn() -> u32>(abi::VERSION_SYMBOL) }
-            .map_err(|_| not_a_plugin(abi::VERSION_SYMBOL))?();
+        let version = unsafe { library.get::<extern "C" fn() -> u32>(abi::VERSION_SYMBOL) }.map_err(|_| not_a_plugin(abi::VERSION_SYMBOL))?();
         if version != abi::ABI_VERSION {
             return Err(PluginError::AbiMismatch { path, found: version, expected: abi::ABI_VERSION });
         }
         // SAFETY: version checked above, so the vtable has this layout.
-        let vtable_fn = unsafe { library.get::<extern "C" fn() -> *const PluginVTable>(abi::VTABLE_SYMBOL) }
-            .map_err(|_| not_a_plugin(abi::VTABLE_SYMBOL))?;
+        let vtable_fn =
+            unsafe { library.get::<extern "C" fn() -> *const PluginVTable>(abi::VTABLE_SYMBOL) }.map_err(|_| not_a_plugin(abi::VTABLE_SYMBOL))?;
         let vtable_ptr = vtable_fn();
         // SAFETY: the plugin returns a pointer to a static inside the library.
         let found = unsafe { (*vtable_ptr).abi_version };
@@ -257,10 +253,7 @@ impl Plugin {
         // SAFETY: `key` outlives the call.
         match unsafe { (self.vtable.partition)(RawBytes::new(key), partitions) } {
             p if p < partitions => Ok(p),
-            abi::PARTITION_FAILED => Err(AppFailure::Panic(format!(
-                "the app's partitioner panicked on key {:?}",
-                String::from_utf8_lossy(key)
-            ))),
+            abi::PARTITION_FAILED => Err(AppFailure::Panic(format!("the app's partitioner panicked on key {:?}", String::from_utf8_lossy(key)))),
             p => Err(AppFailure::Error(format!(
                 "the app's partitioner put key {:?} in partition {p}, but there are only {partitions}",
                 String::from_utf8_lossy(key)

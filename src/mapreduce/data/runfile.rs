@@ -31,7 +31,6 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-
 /// A key's first 8 bytes as a big-endian, zero-padded integer: ordering
 /// these orders keys, except that equal prefixes need the bytes compared.
 #[inline]
@@ -235,8 +234,7 @@ impl RunWriter {
                 let raw_len = len.to_le_bytes();
                 let mut packed = std::mem::take(&mut self.packed);
                 packed.resize(lz4_flex::block::get_maximum_output_size(block.len()), 0);
-                let packed_len = lz4_flex::block::compress_into(&block, &mut packed)
-                    .expect("the buffer has the maximum compressed size");
+                let packed_len = lz4_flex::block::compress_into(&block, &mut packed).expect("the buffer has the maximum compressed size");
                 let mut crc = crc32fast::Hasher::new();
                 crc.update(&raw_len);
                 crc.update(&packed[..packed_len]);
@@ -523,10 +521,7 @@ impl RunReader {
     }
 
     fn checked_end(&self, len: usize) -> Result<usize, RunError> {
-        self.pos
-            .checked_add(len)
-            .filter(|&end| end <= self.block.len())
-            .ok_or_else(|| self.corrupt("record runs past its block".to_string()))
+        self.pos.checked_add(len).filter(|&end| end <= self.block.len()).ok_or_else(|| self.corrupt("record runs past its block".to_string()))
     }
 
     /// Reads exactly `buf.len()` bytes of the run; fewer left in the run

@@ -51,7 +51,8 @@ pub struct SequentialRun {
 pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, output_dir: &Path) -> Result<SequentialRun, SequentialError> {
     let started = Instant::now();
     let capabilities = plugin
-        .init(&app_context(params, inputs, 1)).map_err(|failure| SequentialError::App { what: "the app's constructor".to_string(), failure })?;
+        .init(&app_context(params, inputs, 1))
+        .map_err(|failure| SequentialError::App { what: "the app's constructor".to_string(), failure })?;
     let counters = UserCounters::default();
     let mut totals = Counters::default();
     // Pairs live back to back in one arena; `pairs` holds (offset, key length, value length).
@@ -63,8 +64,7 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
         arena.extend_from_slice(value);
     };
     for (index, input) in inputs.iter().enumerate() {
-        let contents = std::fs::read(&input.path)
-            .map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
+        let contents = std::fs::read(&input.path).map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
         totals.map_input_records += count_lines(&contents);
         totals.map_input_bytes += contents.len() as u64;
         let app_err = |failure| SequentialError::App { what: format!("map of {}", input.name), failure };
@@ -73,9 +73,7 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
         plugin.finish_map(&mut emit, &counters).map_err(app_err)?;
     }
     let key = |&(offset, key_len, _): &(usize, usize, usize)| &arena[offset..offset + key_len];
-    let value = |&(offset, key_len, value_len): &(usize, usize, usize)| {
-        arena[offset + key_len..offset + key_len + value_len].to_vec()
-    };
+    let value = |&(offset, key_len, value_len): &(usize, usize, usize)| arena[offset + key_len..offset + key_len + value_len].to_vec();
     totals.map_output_records = pairs.len() as u64;
     totals.map_output_bytes = arena.len() as u64;
     let mapped = Instant::now();

@@ -23,14 +23,13 @@
 
 use std::path::PathBuf;
 
-
 use crate::app::ValueSource;
 use crate::cpu::prefetch;
 use crate::fan_in::{open_with_bounded_fan_in, Scratch, MERGE_FAN_IN};
+use crate::map_output::MapOutputLocation;
 use crate::merge::{MergeError, RunMerger};
 use crate::plugin::AppFailure;
 use crate::rpc::AttemptId;
-use crate::map_output::MapOutputLocation;
 use crate::runfile::{decode_record, encode_record, key_prefix, Compression, RunError, RunRange, RunReader, RunWriter};
 
 /// The file name of map task `map`, attempt `attempt`'s output: its runs,
@@ -410,7 +409,12 @@ mod tests {
     }
 
     /// Writes `pairs` and returns every partition's records.
-    fn write(dir: &Path, buffer_bytes: usize, combiner: Option<&dyn Combiner>, pairs: &[(String, String)]) -> (Vec<(u32, Vec<(String, String)>)>, usize) {
+    fn write(
+        dir: &Path,
+        buffer_bytes: usize,
+        combiner: Option<&dyn Combiner>,
+        pairs: &[(String, String)],
+    ) -> (Vec<(u32, Vec<(String, String)>)>, usize) {
         let mut writer = MapOutputWriter::new(config(dir, 3, buffer_bytes), combiner);
         for (k, v) in pairs {
             writer.push(partition_of(k.as_bytes(), 3), k.as_bytes(), v.as_bytes()).unwrap();

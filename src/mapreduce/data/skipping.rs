@@ -106,9 +106,8 @@ impl RecordCursor {
         let file = File::options().read(true).write(true).create(true).truncate(true).open(path)?;
         file.set_len(CURSOR_BYTES as u64)?;
         // SAFETY: a fresh shared mapping of a file we just sized; unmapped in Drop.
-        let map = unsafe {
-            libc::mmap(std::ptr::null_mut(), CURSOR_BYTES, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0)
-        };
+        let map =
+            unsafe { libc::mmap(std::ptr::null_mut(), CURSOR_BYTES, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0) };
         if map == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

@@ -267,11 +267,7 @@ mod tests {
                         "file {t}, split size {split_bytes}: {split:?} ends mid-line"
                     );
                 }
-                assert_eq!(
-                    String::from_utf8_lossy(&joined),
-                    String::from_utf8_lossy(text),
-                    "file {t}, split size {split_bytes}: {splits:?}"
-                );
+                assert_eq!(String::from_utf8_lossy(&joined), String::from_utf8_lossy(text), "file {t}, split size {split_bytes}: {splits:?}");
             }
         }
     }

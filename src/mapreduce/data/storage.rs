@@ -208,9 +208,10 @@ impl WorkerStorage {
         if self.shares_job_dir() {
             return AtomicFile::create(&task.staged_output);
         }
-        let stream = self.runtime.block_on(self.fetcher.dial(&self.master, SERVICE_UPLOAD)).map_err(|e| {
-            io::Error::new(io::ErrorKind::ConnectionRefused, format!("connecting to the coordinator to send the output: {e}"))
-        })?;
+        let stream = self
+            .runtime
+            .block_on(self.fetcher.dial(&self.master, SERVICE_UPLOAD))
+            .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, format!("connecting to the coordinator to send the output: {e}")))?;
         let upload = Upload::start(stream, task.partition, task.attempt)?;
         Ok(AtomicFile::staged_in(Box::new(upload)))
     }
@@ -421,9 +422,9 @@ impl WorkerStorage {
             Err(_) => {
                 let mut bytes = Vec::new();
                 let request = FileRequest::InputRange { input, offset, len };
-                self.runtime.block_on(self.fetcher.fetch_to_vec(&self.master, request, &mut bytes, None)).map_err(|e| {
-                    format!("{} is not readable here, and fetching it from the coordinator failed: {e}", path.display())
-                })?;
+                self.runtime
+                    .block_on(self.fetcher.fetch_to_vec(&self.master, request, &mut bytes, None))
+                    .map_err(|e| format!("{} is not readable here, and fetching it from the coordinator failed: {e}", path.display()))?;
                 Ok(bytes)
             }
         }

@@ -13,17 +13,17 @@ use std::sync::Arc;
 
 use crate::app::{OutputFormat, ValueSource};
 use crate::counters::{Counters, UserCounters};
-use crate::inputs::check_unchanged;
 use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN, SCRATCH_LABEL};
+use crate::inputs::check_unchanged;
+use crate::map_output::{stored_size, MapOutputLocation};
 use crate::merge::{MergeError, RunMerger};
 use crate::partition::Partitions;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::{Compression, RunError};
-use crate::split::{map_split, read_split_into, MappedSplit};
-use crate::map_output::{stored_size, MapOutputLocation};
 use crate::shuffle::{Combiner, MapOutputConfig, MapOutputWriter, ShuffleError};
 use crate::skipping::{for_each_line, RecordCursor, SkipPlan};
+use crate::split::{map_split, read_split_into, MappedSplit};
 use crate::storage::{FetchProgress, LocalRun, WorkerStorage};
 
 /// Why an attempt failed.
@@ -130,7 +130,11 @@ impl TaskProgress {
 
     /// [`TaskError::Cancelled`] if the attempt was asked to stop.
     fn check(&self) -> Result<(), TaskError> {
-        if self.is_cancelled() { Err(TaskError::Cancelled) } else { Ok(()) }
+        if self.is_cancelled() {
+            Err(TaskError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -206,9 +210,10 @@ impl TaskRunner {
             (Some(mapped), _) => (mapped.offset(), mapped.bytes()),
             (None, Some(input)) => {
                 buffer = INPUT_BUFFER.take();
-                let offset = self.storage.fetch_input(input, split, &mut buffer).map_err(|e| {
-                    input_err(io::Error::other(format!("not readable here, and fetching it from the coordinator failed: {e}")))
-                })?;
+                let offset = self
+                    .storage
+                    .fetch_input(input, split, &mut buffer)
+                    .map_err(|e| input_err(io::Error::other(format!("not readable here, and fetching it from the coordinator failed: {e}"))))?;
                 (offset, &buffer[..])
             }
             (None, None) => {
@@ -216,11 +221,8 @@ impl TaskRunner {
                 (read_split_into(split, &mut buffer).map_err(input_err)?, &buffer[..])
             }
         };
-        let mut counters = Counters {
-            map_input_records: crate::counters::count_lines(contents),
-            map_input_bytes: contents.len() as u64,
-            ..Counters::default()
-        };
+        let mut counters =
+            Counters { map_input_records: crate::counters::count_lines(contents), map_input_bytes: contents.len() as u64, ..Counters::default() };
         let config = MapOutputConfig {
             reduces: task.reduces,
             buffer_bytes: self.map_buffer_bytes,
@@ -248,17 +250,17 @@ impl TaskRunner {
                 failure = Some(TaskError::Cancelled);
             }
             if failure.is_none() {
-                let pushed = plugin
-                    .partition(key, &partitions)
-                    .map_err(TaskError::App)
-                    .and_then(|p| output.push(p, key, value).map_err(TaskError::from));
+                let pushed =
+                    plugin.partition(key, &partitions).map_err(TaskError::App).and_then(|p| output.push(p, key, value).map_err(TaskError::from));
                 failure = pushed.err();
             }
         };
         plugin.start_task(true, task.index, &user_counters)?;
         match &task.skip {
             None => plugin.map(&split.file.name, contents, offset, &mut *emit, &user_counters)?,
-            Some(plan) => counters.skipped_records = map_line_by_line(plugin, &split.file.name, (contents, offset), plan, &mut *emit, &user_counters)?,
+            Some(plan) => {
+                counters.skipped_records = map_line_by_line(plugin, &split.file.name, (contents, offset), plan, &mut *emit, &user_counters)?
+            }
         }
         plugin.finish_map(emit, &user_counters)?;
         if mapped.as_ref().is_some_and(MappedSplit::changed) {

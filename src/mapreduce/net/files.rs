@@ -396,7 +396,13 @@ impl Fetcher {
     /// [`Fetcher::fetch`] into memory: appended to `out`, straight from the
     /// connection (one copy fewer than through a writer). `progress`, if
     /// given, is ticked for every piece received.
-    pub async fn fetch_to_vec(&self, server: &str, request: FileRequest, out: &mut Vec<u8>, progress: Option<&AtomicU64>) -> Result<Fetched, FetchError> {
+    pub async fn fetch_to_vec(
+        &self,
+        server: &str,
+        request: FileRequest,
+        out: &mut Vec<u8>,
+        progress: Option<&AtomicU64>,
+    ) -> Result<Fetched, FetchError> {
         loop {
             let (mut stream, reused) = self.ask(server, request).await?;
             let result = receive_to_vec(&mut stream, out, progress, self.stall_limit).await;

@@ -194,9 +194,7 @@ where
     F: FnOnce(&Identity) -> Result<(), String>,
 {
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    tokio::time::timeout_at(deadline, accept_within(stream, secret, admit))
-        .await
-        .unwrap_or(Err(AcceptError::Handshake(HandshakeError::TimedOut)))
+    tokio::time::timeout_at(deadline, accept_within(stream, secret, admit)).await.unwrap_or(Err(AcceptError::Handshake(HandshakeError::TimedOut)))
 }
 
 /// What [`accept`] found wrong: the handshake itself, or a client refused.
@@ -420,7 +418,11 @@ mod tests {
     }
 
     /// Runs both halves over an in-memory pipe.
-    async fn shake(server: Option<Secret>, client: Option<Secret>, admit: Result<(), String>) -> (Result<Identity, AcceptError>, Result<(), HandshakeError>) {
+    async fn shake(
+        server: Option<Secret>,
+        client: Option<Secret>,
+        admit: Result<(), String>,
+    ) -> (Result<Identity, AcceptError>, Result<(), HandshakeError>) {
         let (mut a, mut b) = tokio::io::duplex(1024);
         let me = Identity::new("host:42".into());
         // The client's end closes when its half returns, as a process's would.

@@ -53,13 +53,10 @@ pub async fn serve(listener: TcpListener, status: StatusHandle, shutdown: impl F
 fn router(status: StatusHandle) -> Router {
     let for_json = status.clone();
     let for_metrics = status;
-    Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
-        .route("/api/status", get(move || async move { Json(for_json.report()) }))
-        .route(
-            "/metrics",
-            get(move || async move {
-                ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&for_metrics.report())).into_response()
-            }),
-        )
+    Router::new().route("/", get(|| async { Html(DASHBOARD) })).route("/api/status", get(move || async move { Json(for_json.report()) })).route(
+        "/metrics",
+        get(move || async move {
+            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&for_metrics.report())).into_response()
+        }),
+    )
 }

@@ -48,8 +48,16 @@ pub fn render(report: &StatusReport) -> String {
     out.family("mapreduce_backup_attempts_total", "counter", "Backup attempts of stragglers by kind, and how many of them won.");
     for kind in [TaskKind::Map, TaskKind::Reduce] {
         let backups = || report.tasks.iter().filter(|t| t.kind == kind).flat_map(|t| &t.attempts).filter(|a| a.backup);
-        out.sample("mapreduce_backup_attempts_total", &[("kind", kind.name()), ("won", "false")], backups().filter(|a| a.outcome != AttemptOutcome::Succeeded).count() as f64);
-        out.sample("mapreduce_backup_attempts_total", &[("kind", kind.name()), ("won", "true")], backups().filter(|a| a.outcome == AttemptOutcome::Succeeded).count() as f64);
+        out.sample(
+            "mapreduce_backup_attempts_total",
+            &[("kind", kind.name()), ("won", "false")],
+            backups().filter(|a| a.outcome != AttemptOutcome::Succeeded).count() as f64,
+        );
+        out.sample(
+            "mapreduce_backup_attempts_total",
+            &[("kind", kind.name()), ("won", "true")],
+            backups().filter(|a| a.outcome == AttemptOutcome::Succeeded).count() as f64,
+        );
     }
 
     out.family("mapreduce_workers_alive", "gauge", "Workers running a task or heard from within the task timeout.");

@@ -8,8 +8,8 @@
 //! 1.0 GiB at 120 MiB/s, 2 workers, ETA 7 s` is logged every few seconds.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::io::IsTerminal;
+use std::pin::Pin;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};

@@ -80,10 +80,7 @@ impl AttemptOutcome {
     /// The error that came with the outcome, if any.
     pub fn error(&self) -> Option<&str> {
         match self {
-            AttemptOutcome::Failed(e)
-            | AttemptOutcome::WorkerLost(e)
-            | AttemptOutcome::OutputLost(e)
-            | AttemptOutcome::InputLost(e) => Some(e),
+            AttemptOutcome::Failed(e) | AttemptOutcome::WorkerLost(e) | AttemptOutcome::OutputLost(e) | AttemptOutcome::InputLost(e) => Some(e),
             _ => None,
         }
     }
@@ -709,9 +706,9 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::map_output::MapOutputLocation;
     use crate::rpc::{Assignment, InputSplit};
     use crate::scheduler::SchedulerConfig;
-    use crate::map_output::MapOutputLocation;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -868,9 +865,8 @@ mod tests {
         let (task, attempt) = assign(&mut s, &mut st, "busy", t0);
         st.worker_seen("idle", None, t0);
         st.worker_seen("crashed", None, t0);
-        let alive = |st: &JobStatus, s: &Scheduler, at| -> Vec<(String, bool)> {
-            st.report(s, at).workers.into_iter().map(|w| (w.id, w.alive)).collect()
-        };
+        let alive =
+            |st: &JobStatus, s: &Scheduler, at| -> Vec<(String, bool)> { st.report(s, at).workers.into_iter().map(|w| (w.id, w.alive)).collect() };
         let yes = |name: &str, alive: bool| (name.to_string(), alive);
         assert_eq!(alive(&st, &s, t0), [yes("busy", true), yes("crashed", true), yes("idle", true)]);
         st.worker_disconnected("crashed");

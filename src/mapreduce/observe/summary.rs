@@ -239,8 +239,7 @@ impl JobSummary {
         }
         out.push_str("counters:\n");
         let user = self.counters.user.iter().map(|(name, &v)| (format!("{name} (app)"), v));
-        let rows: Vec<(String, u64)> =
-            self.counters.builtin().into_iter().map(|(name, v)| (name.to_string(), v)).chain(user).collect();
+        let rows: Vec<(String, u64)> = self.counters.builtin().into_iter().map(|(name, v)| (name.to_string(), v)).chain(user).collect();
         let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
         for (name, value) in rows {
             let _ = writeln!(out, "  {name:<width$}  {value:>15}");
