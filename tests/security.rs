@@ -184,7 +184,7 @@ async fn forged_upload(addr: &str, rogue: &Identity, partition: u32, attempt: u6
 /// job directory.
 fn forged_reports(dir: &TestDir) -> Vec<TaskReport> {
     let failures = (1..=4).flat_map(|attempt| {
-        (0..3).map(move |m| TaskReport { task: TaskId::Map(m), attempt, outcome: TaskOutcome::Failed { error: "forged".into() } })
+        (0..3).map(move |m| TaskReport { task: TaskId::Map(m), attempt, outcome: TaskOutcome::Failed { error: "forged".into(), record: None } })
     });
     let elsewhere = MapOutputLocation::SharedFile { path: dir.join("in-0.txt"), range: RunRange { offset: 0, len: 10 } };
     let completion = TaskReport {
@@ -196,5 +196,5 @@ fn forged_reports(dir: &TestDir) -> Vec<TaskReport> {
 }
 
 fn failures_twice() -> impl Iterator<Item = TaskReport> {
-    (1..=4).map(|attempt| TaskReport { task: TaskId::Map(0), attempt, outcome: TaskOutcome::Failed { error: "forged again".into() } })
+    (1..=4).map(|attempt| TaskReport { task: TaskId::Map(0), attempt, outcome: TaskOutcome::Failed { error: "forged again".into(), record: None } })
 }

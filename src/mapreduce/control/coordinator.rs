@@ -931,9 +931,9 @@ fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerd
                 verdict
             }
         },
-        TaskOutcome::Failed { error } => {
+        TaskOutcome::Failed { error, record } => {
             tracing::warn!(%task, attempt, %worker, "attempt failed: {error}");
-            let verdict = scheduler.fail(task, attempt, &error);
+            let verdict = scheduler.fail_on_record(task, attempt, &error, record);
             record_failure(status, verdict, task, attempt, &error, now);
             verdict
         }

@@ -277,6 +277,11 @@ pub enum TaskOutcome {
     Failed {
         /// What went wrong, on one line.
         error: String,
+        /// The record the attempt was handling when it ended, when the job
+        /// skips bad records and the worker read it from the attempt's
+        /// cursor (see [`crate::skipping`]); `None` lets the coordinator
+        /// read the cursor itself where it shares the job directory.
+        record: Option<crate::skipping::BadRecord>,
     },
     /// A reduce attempt could not read map task `map_task`'s output (missing,
     /// truncated or corrupt). That map task is re-run from its input; the

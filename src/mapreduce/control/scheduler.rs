@@ -525,7 +525,7 @@ impl Scheduler {
                 // Re-run before new work once no attempt of it is left.
                 self.stop_running(task, attempt, true);
                 let how = if why.worker_lost() { format!("was lost: {why}") } else { format!("timed out: {why}") };
-                self.count_unsuccessful(task, attempt, how);
+                self.count_unsuccessful(task, attempt, how, None);
                 lost.push(LostAttempt { task, attempt, worker, loss: why });
             }
         }
@@ -768,6 +768,13 @@ impl Scheduler {
     /// retried unless it has now ended unsuccessfully `max_task_attempts`
     /// times, which stops the job.
     pub fn fail(&mut self, task: TaskId, attempt: AttemptId, error: &str) -> ReportVerdict {
+        self.fail_on_record(task, attempt, error, None)
+    }
+
+    /// As [`Scheduler::fail`], for an attempt whose worker says which
+    /// record it was handling when it ended (`None`: the scheduler reads
+    /// the attempt's cursor file, if it can see it).
+    pub fn fail_on_record(&mut self, task: TaskId, attempt: AttemptId, error: &str, record: Option<BadRecord>) -> ReportVerdict {
         let verdict = self.would_accept_completion(task, attempt);
         if verdict != ReportVerdict::Accepted {
             return verdict;
@@ -775,7 +782,7 @@ impl Scheduler {
         // Only the failure of a running attempt can free the task; an older
         // attempt failing says nothing about those now running.
         self.stop_running(task, attempt, false);
-        self.count_unsuccessful(task, attempt, format!("failed: {error}"));
+        self.count_unsuccessful(task, attempt, format!("failed: {error}"), record);
         ReportVerdict::Accepted
     }
 
@@ -783,9 +790,9 @@ impl Scheduler {
     /// job once the task has `max_task_attempts` of them. When the job
     /// skips bad records and the attempt died handling one, the record is
     /// blamed, and skipped once two attempts have died on it.
-    fn count_unsuccessful(&mut self, task: TaskId, attempt: AttemptId, how: String) {
+    fn count_unsuccessful(&mut self, task: TaskId, attempt: AttemptId, how: String, reported: Option<BadRecord>) {
         let limit = self.config.skip_bad_records;
-        let record = if limit > 0 { (self.record_reader.0)(&self.cursor_path(task, attempt)) } else { None };
+        let record = if limit > 0 { reported.or_else(|| (self.record_reader.0)(&self.cursor_path(task, attempt))) } else { None };
         let entry = self.entry_mut(task);
         if !entry.count_unsuccessful(attempt, how) {
             return;
@@ -851,7 +858,7 @@ impl Scheduler {
             self.maps_done -= 1;
             self.map_outputs[map_task as usize].clear();
             self.enqueue(TaskId::Map(map_task), true);
-            self.count_unsuccessful(TaskId::Map(map_task), winner, format!("lost its output: {error}"));
+            self.count_unsuccessful(TaskId::Map(map_task), winner, format!("lost its output: {error}"), None);
         }
         ReportVerdict::Accepted
     }

@@ -584,14 +584,14 @@ async fn run_on<T: Send + 'static>(
         }
         Ok(Err(e)) => {
             tracing::warn!("failed: {e}");
-            Err(TaskOutcome::Failed { error: e.to_string() })
+            Err(TaskOutcome::Failed { error: e.to_string(), record: None })
         }
         // The app's own panics are caught at the plugin boundary; this is a
         // panic in the framework's task code, reported rather than lost.
         Err(payload) => {
             let error = format!("worker panicked: {}", crate::abi::panic_message(payload.as_ref()));
             tracing::error!("{error}");
-            Err(TaskOutcome::Failed { error })
+            Err(TaskOutcome::Failed { error, record: None })
         }
     }
 }
