@@ -146,7 +146,7 @@ echo "multi-host test: an unauthenticated process is refused"
 "$TOOL" exec "$NAME-1" -- timeout 20 "$BIN/mr-worker" --master "$MASTER" --token-file "$WORK/token" wordcount 2>"$WORK/other-app.log" &&
   fail "a worker with another app was let in"
 grep -q "refused this worker: its app .* is not the job's libslowcount.so" "$WORK/other-app.log" || fail "the worker with another app does not say why"
-wait_for "grep -q 'refused a worker: its app' '$WORK/master.log'" 10 || fail "the master does not log the app it refused"
+wait_for "grep -q 'refused a worker from .*: its app' '$WORK/master.log'" 10 || fail "the master does not log the app it refused"
 echo "multi-host test: a worker with another app is refused on both sides"
 
 # The real workers, without an app of their own: they fetch the job's.

@@ -184,7 +184,11 @@ fn run_job_to_completion(dir: &TestDir, app: &str, workers: usize, reduces: u32,
     let mut running: Vec<_> = (0..workers).map(|i| start_worker(&format!("worker{i}"), dir.path(), &addr, app)).collect();
     master.expect_success();
     for w in &mut running {
-        w.expect_success();
+        // A worker that starts after a short job is over (on a loaded
+        // machine) finds no coordinator: it took no part, and that is all.
+        let status = w.wait(Duration::from_secs(60));
+        let never_connected = !w.stderr().contains("connected") && w.stderr().contains("could not reach the coordinator");
+        assert!(status.success() || (status.code() == Some(1) && never_connected), "{}", w.describe());
     }
 }
 

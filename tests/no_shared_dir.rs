@@ -146,7 +146,8 @@ fn workers_without_an_app_run_the_one_the_master_names_and_another_build_is_refu
     fetched.expect_success();
     same.expect_success();
     assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
-    assert!(master.stderr().contains("refused a worker: its app"), "{}", master.describe());
+    let log = master.stderr();
+    assert!(log.contains("refused a worker from ") && log.contains(": its app (sha256"), "{}", master.describe());
     assert!(fetched.stderr().contains("app=\"SlowCount\""), "{}", fetched.describe());
 }
 

@@ -28,6 +28,7 @@
 //! | the RPC contract and its messages | [`rpc`] |
 //! | scheduling: the task state machine (no I/O) | [`scheduler`] |
 //! | when a straggler gets a backup attempt | [`backup`] |
+//! | which reports are applied: the attempt's owner, its task's kind | [`report_check`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
 //! | accepting RPC connections within the descriptor limit | [`accept`] |
 //! | every connection's handshake: who is calling, and the shared secret | [`handshake`] |
@@ -55,6 +56,7 @@
 //! | log setup for the binaries | [`logging`] |
 //! | flag parsing and signals for the binaries | [`cli`] |
 //! | errors as one line for users | [`errors`] |
+//! | a peer's text made safe to log; warnings limited per window | [`untrusted`] |
 
 #![warn(missing_docs)]
 
@@ -65,7 +67,7 @@ pub mod data;
 pub mod net;
 pub mod observe;
 
-pub use control::{backup, coordinator, inputs, job_dir, job_files, journal, rpc, scheduler, worker};
+pub use control::{backup, coordinator, inputs, job_dir, job_files, journal, report_check, rpc, scheduler, worker};
 pub(crate) use data::radix_sort;
 pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task};
 pub use net::{accept, files, handshake, upload};
@@ -76,5 +78,6 @@ pub mod errors;
 pub mod logging;
 #[cfg(test)]
 mod test_rng;
+pub mod untrusted;
 
 pub use app::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, Params, ValueSource, Values, VecValues};

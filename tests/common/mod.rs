@@ -340,3 +340,34 @@ pub fn wait_until(mut ready: impl FnMut() -> bool, failure: impl FnOnce() -> Str
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends `fake output` as attempt `attempt` of reduce `partition` to the
+/// master at `addr`, as `rogue` (with `secret`, if any); returns the
+/// master's answer (empty if the handshake failed).
+pub async fn forged_upload(addr: &str, secret: Option<&[u8]>, rogue: &mapreduce::handshake::Identity, partition: u32, attempt: u64) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = handshaken_for(addr, secret, rogue, mapreduce::upload::SERVICE_UPLOAD).await else { return Vec::new() };
+    let mut wire = partition.to_le_bytes().to_vec();
+    wire.extend_from_slice(&attempt.to_le_bytes());
+    wire.extend_from_slice(&11u32.to_le_bytes());
+    wire.extend_from_slice(b"fake output");
+    wire.extend_from_slice(&0u32.to_le_bytes());
+    wire.extend_from_slice(&crc32fast::hash(b"fake output").to_le_bytes());
+    // The master may refuse before it has read it all.
+    let _ = stream.write_all(&wire).await;
+    let _ = stream.shutdown().await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    answer
+}
+
+/// Writes `files` small word-count inputs, `in-<i>.txt`; returns their names.
+pub fn write_word_inputs(dir: &TestDir, files: usize) -> Vec<String> {
+    (0..files)
+        .map(|i| {
+            let name = format!("in-{i}.txt");
+            dir.write(&name, format!("alpha beta {i}\ngamma alpha delta {}\n", i * 7).repeat(40));
+            name
+        })
+        .collect()
+}

@@ -58,14 +58,16 @@ use crate::job_files::JobFiles;
 use crate::journal::{Journal, Record};
 use crate::map_output::run_is_present;
 use crate::output::output_file_name;
+use crate::report_check::{check_owner, check_report};
 use crate::rpc::{
     Assignment, AttemptId, AttemptProgress, Coordinator, HeartbeatReply, InputFile, JobApp, JobEnd, JobSpec, TaskId, TaskOutcome, TaskReport,
     WorkerId, POLL_WAIT,
 };
 use crate::runfile::Compression;
-use crate::scheduler::{ReportVerdict, Scheduler, SchedulerConfig};
+use crate::scheduler::{LostOutput, Owner, ReportVerdict, Scheduler, SchedulerConfig};
 use crate::split::plan_splits;
 use crate::status::{JobStatus, StatusReport};
+use crate::untrusted::{excerpt, WarningLimit, EXCERPT_CHARS};
 use crate::upload;
 
 /// How long `run` waits, after the job ends and beyond one heartbeat
@@ -225,13 +227,22 @@ struct Shared {
     idle_limit: Duration,
     /// What every connection's handshake must prove.
     secret: Option<Secret>,
+    /// The SHA-256 of the one app every worker of the job must run: the
+    /// `--app`'s, or else the first worker's (journaled as `AppPinned`).
+    app_pin: Mutex<Option<String>>,
     /// What the file service on the RPC port serves: the inputs.
     files: Arc<dyn Catalog>,
     /// Which process holds each worker id: ids of open connections only,
     /// so the table is bounded by the connection cap.
     claims: Mutex<HashMap<WorkerId, Claim>>,
     refusals: Mutex<RefusalLog>,
+    /// Reports, uploads and calls refused after the handshake (forged,
+    /// stale or malformed): logged at most once per [`REFUSAL_LOG_WINDOW`].
+    refused_calls: Mutex<WarningLimit>,
 }
+
+/// At most one log line per this long about refused reports and uploads.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// The process (by its handshake's incarnation) that holds a worker id,
 /// and on how many open connections.
@@ -296,6 +307,9 @@ impl Job {
         let mut status = JobStatus::new(config.inputs.clone(), map_count, config.reduces as usize, config.scheduler.task_timeout, started);
         scheduler.start_epoch(opened.epoch);
         restore(&mut scheduler, &mut status, &opened, &output_dir, started);
+        // A job without --app runs the first worker's app; the pin
+        // survives a restart.
+        let app_pin = config.app.as_ref().map(|(_, app)| app.sha256.clone()).or_else(|| opened.recovered.app_sha256.clone());
         let journal_sync = opened.journal.sync_handle().ok();
         let mut ledger = Ledger { dir: opened.dir, journal: Some(opened.journal), id: opened.id, publishing: false, published: false };
         // A job whose every reduce was done before the restart only has
@@ -326,6 +340,8 @@ impl Job {
             secret: config.secret.clone(),
             claims: Mutex::new(HashMap::new()),
             refusals: Mutex::new(RefusalLog::default()),
+            refused_calls: Mutex::new(WarningLimit::new(REFUSAL_LOG_WINDOW)),
+            app_pin: Mutex::new(app_pin),
         });
         Ok(Job { shared, journal_sync, started, reduces: config.reduces })
     }
@@ -440,7 +456,8 @@ fn restore(scheduler: &mut Scheduler, status: &mut JobStatus, opened: &Opened, o
     let (mut maps, mut reduces) = (0, 0);
     for (m, attempt, outputs, counters) in &recovered.maps {
         let task = TaskId::Map(*m);
-        if outputs.iter().all(|(_, location)| run_is_present(location)) && scheduler.restore(task, *attempt, outputs.clone()) {
+        let owner = recovered.owner_of(task, *attempt).cloned();
+        if outputs.iter().all(|(_, location)| run_is_present(location)) && scheduler.restore(task, *attempt, owner, outputs.clone(), now) {
             status.task_restored(task, counters.clone(), now);
             maps += 1;
         }
@@ -452,10 +469,16 @@ fn restore(scheduler: &mut Scheduler, status: &mut JobStatus, opened: &Opened, o
         // lost power before writing it back) is made again.
         let whole = |path: PathBuf| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == counters.output_bytes);
         let present = whole(opened.dir.finished_output(*r)) || (recovered.publishing && whole(output_dir.join(output_file_name(*r))));
-        if present && scheduler.restore(task, *attempt, Vec::new()) {
+        let owner = recovered.owner_of(task, *attempt).cloned();
+        if present && scheduler.restore(task, *attempt, owner, Vec::new(), now) {
             status.task_restored(task, counters.clone(), now);
             reduces += 1;
         }
+    }
+    // Attempts given out before the restart may still report, from the
+    // process they were given to.
+    for (task, attempt, owner) in &recovered.given {
+        scheduler.restore_given(*task, *attempt, owner.clone());
     }
     if opened.epoch > 0 {
         let progress = scheduler.progress();
@@ -483,7 +506,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
     crate::accept::incoming(listener, crate::accept::connection_cap())
         .for_each_concurrent(None, |(stream, permit)| {
             let shared = shared.clone();
-            async move {
+            contain_panics("a connection", async move {
                 let peer = stream.peer_addr().map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
                 let mut stream = crate::accept::IdleLimited::new(stream, shared.idle_limit);
                 let Some(open) = admit(&shared, &mut stream, &peer).await else { return };
@@ -491,12 +514,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
                 match tokio::io::AsyncReadExt::read_u8(&mut stream).await {
                     Ok(files::SERVICE_RPC) => {}
                     Ok(upload::SERVICE_UPLOAD) => {
-                        let worker = open.worker.clone();
+                        let owner = open.owner.clone();
                         drop(open);
                         // Not idle-limited: an upload waits for its reduce
                         // as long as the attempt runs.
                         let (shared, stream) = (shared.clone(), stream.into_inner());
-                        let taken = tokio::task::spawn_blocking(move || take_upload(&shared, &worker, stream)).await;
+                        let taken = tokio::task::spawn_blocking(move || take_upload(&shared, &owner, stream)).await;
                         if let Ok(Err(e)) = taken {
                             tracing::debug!("taking an output from {peer}: {e}");
                         }
@@ -517,15 +540,35 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
                     _ => return,
                 }
                 let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
-                let server = CoordinatorServer { shared: shared.clone(), peer: Some(peer), worker: open.worker.clone(), connection: open.clone() };
+                let server = CoordinatorServer {
+                    shared: shared.clone(),
+                    peer: Some(peer),
+                    worker: open.worker.clone(),
+                    owner: open.owner.clone(),
+                    connection: open.clone(),
+                };
                 // Requests run inside this future, not spawned, so that dropping
                 // the server cancels them all. The permit goes with the connection.
-                BaseChannel::with_defaults(transport).execute(server.serve()).for_each_concurrent(None, |request| request).await;
+                BaseChannel::with_defaults(transport)
+                    .execute(server.serve())
+                    .for_each_concurrent(None, |request| contain_panics("an RPC handler", request))
+                    .await;
                 drop((open, permit));
-            }
+            })
         })
         .await;
     Ok(())
+}
+
+/// Runs `future`, catching a panic in it: a bug that a peer's message
+/// reaches must cost that message (or its connection), never the
+/// coordinator. The state it leaves is still the best record of the job
+/// (see [`lock`]).
+async fn contain_panics(what: &str, future: impl Future<Output = ()>) {
+    use futures::FutureExt;
+    if let Err(payload) = std::panic::AssertUnwindSafe(future).catch_unwind().await {
+        tracing::error!("{what} panicked (a bug; the coordinator goes on): {}", crate::abi::panic_message(payload.as_ref()));
+    }
 }
 
 /// Runs the handshake on a new connection: the peer must know the job's
@@ -541,7 +584,7 @@ async fn admit(shared: &Arc<Shared>, stream: &mut crate::accept::IdleLimited<tok
         Ok(())
     };
     match handshake::accept(stream, shared.secret.as_ref(), claim).await {
-        Ok(identity) => Some(Arc::new(OpenConnection::new(shared, identity.name))),
+        Ok(identity) => Some(Arc::new(OpenConnection::new(shared, Owner::new(&identity.name, identity.incarnation)))),
         Err(e) => {
             if let Some(worker) = claimed.take() {
                 release_worker_id(shared, &worker);
@@ -590,15 +633,18 @@ fn release_worker_id(shared: &Shared, worker: &str) -> bool {
 struct OpenConnection {
     shared: Arc<Shared>,
     worker: WorkerId,
+    /// The worker id with its process's incarnation: who may report the
+    /// attempts given on this connection.
+    owner: Owner,
     /// Whether the worker made a call on this connection (a connection
     /// that only did the handshake says nothing of the worker).
     called: std::sync::atomic::AtomicBool,
 }
 
 impl OpenConnection {
-    fn new(shared: &Arc<Shared>, worker: WorkerId) -> OpenConnection {
+    fn new(shared: &Arc<Shared>, owner: Owner) -> OpenConnection {
         shared.connections.fetch_add(1, Ordering::AcqRel);
-        OpenConnection { shared: shared.clone(), worker, called: false.into() }
+        OpenConnection { shared: shared.clone(), worker: owner.worker.clone(), owner, called: false.into() }
     }
 
     /// Releases this connection's claim on the worker id; true if it was
@@ -701,6 +747,8 @@ struct CoordinatorServer {
     /// The worker the connection's handshake named: every call on it is
     /// this worker's.
     worker: WorkerId,
+    /// The same, with its process's incarnation.
+    owner: Owner,
     connection: Arc<OpenConnection>,
 }
 
@@ -725,26 +773,33 @@ impl CoordinatorServer {
 impl Coordinator for CoordinatorServer {
     async fn job(self, _: Context, app_sha256: Option<String>) -> Result<JobSpec, String> {
         let spec = &self.shared.spec;
-        if let (Some(job_app), Some(theirs)) = (&spec.app, &app_sha256) {
-            if *theirs != job_app.sha256 {
-                let why = format!(
-                    "its app (sha256 {}) is not the job's {} (sha256 {}): start it without APP to run the job's, or with the same build",
-                    short(theirs),
-                    job_app.file_name,
-                    short(&job_app.sha256)
-                );
-                tracing::warn!(worker = %self.worker, "refused a worker: {why}");
-                return Err(why);
+        let Some(theirs) = app_sha256 else { return Ok(spec.clone()) };
+        if !is_sha256_hex(&theirs) {
+            let why = format!("its app's SHA-256 is not 64 hex digits: \"{}\"", excerpt(&theirs, 16));
+            refused(&self.shared, &self.owner, "a worker", &why);
+            return Err(why);
+        }
+        match pin_app(&self.shared, &theirs) {
+            Ok(()) => Ok(spec.clone()),
+            Err(pinned) => {
+                let job_app = match &spec.app {
+                    Some(app) => format!("the job's {}", app.file_name),
+                    None => "the app of the job's first worker".to_owned(),
+                };
+                let how =
+                    if spec.app.is_some() { "start it without APP to run the job's, or with the same build" } else { "start it with the same build" };
+                let why = format!("its app (sha256 {}) is not {job_app} (sha256 {}): {how}", short(&theirs), short(&pinned));
+                refused(&self.shared, &self.owner, "a worker", &why);
+                Err(why)
             }
         }
-        Ok(spec.clone())
     }
 
     async fn request_task(self, _: Context) -> Assignment {
         let worker = self.worker.clone();
         self.heard_from(&worker);
         let shared = &self.shared;
-        let assignment = hold_until_assigned(shared, &worker).await;
+        let assignment = hold_until_assigned(shared, &self.owner).await;
         match &assignment {
             Assignment::Map(t) => tracing::debug!(%worker, task = %TaskId::Map(t.index), attempt = t.attempt, "assigned"),
             Assignment::Reduce(t) => tracing::debug!(%worker, task = %TaskId::Reduce(t.partition), attempt = t.attempt, "assigned"),
@@ -776,7 +831,7 @@ impl Coordinator for CoordinatorServer {
         let worker = self.worker.clone();
         self.heard_from(&worker);
         let shared = &self.shared;
-        let verdict = apply_report(shared, &worker, report);
+        let verdict = apply_report(shared, &self.owner, report);
         if verdict == ReportVerdict::Accepted {
             shared.changed.notify_waiters();
         }
@@ -790,7 +845,7 @@ impl Coordinator for CoordinatorServer {
 /// other. Waits for it as long as that holds.
 /// Blocking: runs on a thread of its own, writing the frames to the file as
 /// they are read.
-fn take_upload(shared: &Shared, worker: &str, stream: tokio::net::TcpStream) -> std::io::Result<()> {
+fn take_upload(shared: &Shared, owner: &Owner, stream: tokio::net::TcpStream) -> std::io::Result<()> {
     let mut stream = stream.into_std()?;
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(UPLOAD_CHECK))?;
@@ -800,7 +855,7 @@ fn take_upload(shared: &Shared, worker: &str, stream: tokio::net::TcpStream) -> 
     let mut header_awaited = || Instant::now() < header_deadline && shared.job().scheduler.job_end().is_none();
     let (r, attempt) = upload::read_header(&mut stream, &mut header_awaited)?;
     let task = TaskId::Reduce(r);
-    let outcome = upload_destination(shared, worker, task, attempt).and_then(|staged| {
+    let outcome = upload_destination(shared, owner, task, attempt).and_then(|staged| {
         let mut still_wanted = || shared.job().scheduler.would_accept_completion(task, attempt) == ReportVerdict::Accepted;
         receive_into(&mut stream, &staged, &mut still_wanted).map_err(|e| match e.kind() {
             std::io::ErrorKind::Interrupted => format!("{task} was done by another attempt meanwhile"),
@@ -808,26 +863,46 @@ fn take_upload(shared: &Shared, worker: &str, stream: tokio::net::TcpStream) -> 
         })
     });
     if let Err(why) = &outcome {
-        tracing::debug!(%task, attempt, "the output from {worker} was not taken: {why}");
+        tracing::debug!(%task, attempt, "the output from {} was not taken: {why}", owner.worker);
     }
     upload::answer(&mut stream, outcome)
 }
 
-/// Where reduce `task`'s `attempt` stages its output, if `worker` may send
+/// Where reduce `task`'s `attempt` stages its output, if `owner` may send
 /// it: the same attempts whose completion report would be taken (given to
-/// that worker, or by the coordinator before a restart, whose workers this
-/// one does not know), while the task is not done.
-fn upload_destination(shared: &Shared, worker: &str, task: TaskId, attempt: AttemptId) -> Result<PathBuf, String> {
-    let TaskId::Reduce(r) = task else { unreachable!("uploads are of reduce outputs") };
-    let job = shared.job();
-    let not_given = || format!("attempt {attempt} of {task} was not given to {worker}");
-    if job.scheduler.worker_of(task, attempt).is_some_and(|owner| owner != worker) {
-        return Err(not_given());
-    }
-    match job.scheduler.would_accept_completion(task, attempt) {
-        ReportVerdict::Accepted => Ok(job.scheduler.staged_output(r, attempt)),
+/// that process, by this coordinator or by one before a restart), while
+/// the task is not done. A refusal of another's attempt is counted and
+/// logged as a refused call.
+fn upload_destination(shared: &Shared, owner: &Owner, task: TaskId, attempt: AttemptId) -> Result<PathBuf, String> {
+    let mut job = shared.job();
+    let JobState { scheduler, status, .. } = &mut *job;
+    let checked = match task {
+        TaskId::Reduce(r) if r < scheduler.progress().reduces as u32 => check_owner(scheduler, owner, task, attempt).map(|()| r),
+        _ => Err(format!("there is no {task}")),
+    };
+    let r = match checked {
+        Ok(r) => r,
+        Err(why) => {
+            status.call_refused();
+            refused(shared, owner, &format!("an upload of {task} attempt {attempt}"), &why);
+            return Err(format!("attempt {attempt} of {task} was not given to this worker"));
+        }
+    };
+    match scheduler.would_accept_completion(task, attempt) {
+        ReportVerdict::Accepted => Ok(scheduler.staged_output(r, attempt)),
         ReportVerdict::AlreadyDone => Err(format!("{task} is done already")),
-        ReportVerdict::UnknownAttempt => Err(not_given()),
+        ReportVerdict::UnknownAttempt => Err(format!("attempt {attempt} of {task} was not given to this worker")),
+    }
+}
+
+/// Logs that a call from `owner` (`what`) was refused for `why`: one line
+/// per [`REFUSAL_LOG_WINDOW`] at most, with how many were held back.
+fn refused(shared: &Shared, owner: &Owner, what: &str, why: &str) {
+    let held_back = lock(&shared.refused_calls).offer(Instant::now());
+    if let Some(held_back) = held_back {
+        let worker = excerpt(&owner.worker, EXCERPT_CHARS);
+        let also = if held_back > 0 { format!(" ({held_back} more refused since the last such line)") } else { String::new() };
+        tracing::warn!("refused {what} from {worker}: {why}{also}");
     }
 }
 
@@ -844,14 +919,39 @@ fn receive_into(stream: &mut std::net::TcpStream, staged: &Path, still_wanted: &
 /// How often an upload in progress checks that it is still wanted.
 const UPLOAD_CHECK: Duration = Duration::from_secs(1);
 
-/// The first 12 hex digits of a SHA-256, enough to tell builds apart in a message.
-fn short(sha256: &str) -> &str {
-    &sha256[..sha256.len().min(12)]
+/// The first 12 hex digits of a SHA-256, enough to tell builds apart in a
+/// message (by characters: the text may be a peer's).
+fn short(sha256: &str) -> String {
+    sha256.chars().take(12).collect()
+}
+
+/// Whether `text` is a SHA-256 in hex, as [`crate::plugin::file_sha256`] writes it.
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Pins the job to the app with `sha256` if it has none yet (journaling
+/// the pin, so that a restarted coordinator keeps it); `Err` with the
+/// pinned app's hash if it has another.
+fn pin_app(shared: &Shared, sha256: &str) -> Result<(), String> {
+    // The job lock first, as everywhere: the pin is journaled under it.
+    let mut job = shared.job();
+    let mut pin = lock(&shared.app_pin);
+    match pin.as_deref() {
+        Some(pinned) if pinned.eq_ignore_ascii_case(sha256) => Ok(()),
+        Some(pinned) => Err(pinned.to_owned()),
+        None => {
+            job.ledger.record(&Record::AppPinned { sha256: sha256.to_owned() });
+            tracing::info!("the job runs the app with sha256 {} (its first worker's)", short(sha256));
+            *pin = Some(sha256.to_owned());
+            Ok(())
+        }
+    }
 }
 
 /// Answers a `request_task`: a task as soon as one is ready, `Exit` once the
 /// job is over, or `Wait` after [`POLL_WAIT`].
-async fn hold_until_assigned(shared: &Shared, worker: &str) -> Assignment {
+async fn hold_until_assigned(shared: &Shared, owner: &Owner) -> Assignment {
     let give_up = tokio::time::Instant::now() + POLL_WAIT;
     loop {
         // Register for wake-ups before looking, so a change between the
@@ -863,12 +963,13 @@ async fn hold_until_assigned(shared: &Shared, worker: &str) -> Assignment {
             let mut job = shared.job();
             let now = Instant::now();
             expire_overdue(&mut job, now);
-            let JobState { scheduler, status, .. } = &mut *job;
-            match scheduler.assign(worker, now) {
+            let JobState { scheduler, status, ledger } = &mut *job;
+            match scheduler.assign(owner, now) {
                 Assignment::Wait => scheduler.next_deadline(),
                 other => {
                     if let Some((task, attempt)) = assigned_attempt(&other) {
-                        status.attempt_started(task, attempt, worker, scheduler.is_backup(task, attempt), now);
+                        ledger.record(&Record::Assigned { task, attempt, owner: owner.clone() });
+                        status.attempt_started(task, attempt, &owner.worker, scheduler.is_backup(task, attempt), now);
                     }
                     return other;
                 }
@@ -894,15 +995,22 @@ fn assigned_attempt(assignment: &Assignment) -> Option<(TaskId, AttemptId)> {
     }
 }
 
-/// Applies a report to the scheduler, committing a winning reduce's output
-/// first, and records it in the job's status. Returns what the scheduler
-/// made of it.
-fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerdict {
+/// The most characters of a failure's text the coordinator keeps (in its
+/// log, the status and the summary): a worker's errors are one line.
+const MAX_ERROR_CHARS: usize = 1000;
+
+/// Applies a report from `owner` to the scheduler, committing a winning
+/// reduce's output first, and records it in the job's status. A report
+/// that fails [`check_report`] changes nothing and is counted as refused.
+/// Returns what the scheduler made of it.
+fn apply_report(shared: &Shared, owner: &Owner, report: TaskReport) -> ReportVerdict {
     let TaskReport { task, attempt, outcome } = report;
+    let worker = owner.worker.as_str();
     let mut job = shared.job();
     let JobState { scheduler, status, ledger } = &mut *job;
-    if let Err(why) = check_report(scheduler, worker, task, attempt, &outcome) {
-        tracing::warn!(%task, attempt, %worker, "report ignored: {why}");
+    if let Err(why) = check_report(scheduler, owner, task, attempt, &outcome) {
+        status.call_refused();
+        refused(shared, owner, &format!("a report of {task} attempt {attempt}"), &why);
         return ReportVerdict::UnknownAttempt;
     }
     let now = Instant::now();
@@ -932,46 +1040,66 @@ fn apply_report(shared: &Shared, worker: &str, report: TaskReport) -> ReportVerd
             }
         },
         TaskOutcome::Failed { error, record } => {
+            let error = excerpt(&error, MAX_ERROR_CHARS);
+            let record = record.map(|mut record| {
+                record.preview.truncate(crate::skipping::PREVIEW_BYTES);
+                record
+            });
             tracing::warn!(%task, attempt, %worker, "attempt failed: {error}");
             let verdict = scheduler.fail_on_record(task, attempt, &error, record);
             record_failure(status, verdict, task, attempt, &error, now);
             verdict
         }
         TaskOutcome::MapOutputLost { map_task, error } => {
-            tracing::warn!(%task, attempt, %worker, "map task {map_task}'s output is unreadable, re-running it: {error}");
-            let verdict = scheduler.map_output_lost(task, attempt, map_task, &error);
-            if verdict == ReportVerdict::Accepted {
-                status.map_output_lost(task, attempt, map_task, &error, now);
-            } else {
-                record_failure(status, verdict, task, attempt, &error, now);
-            }
+            let error = excerpt(&error, MAX_ERROR_CHARS);
+            let confirms = coordinator_sees_output_lost(scheduler, task, map_task);
+            let (verdict, lost) = scheduler.map_output_lost(task, attempt, map_task, &error, confirms, now);
+            record_lost_output(status, verdict, lost, (task, attempt), map_task, &error, now);
             verdict
         }
     };
     match verdict {
         ReportVerdict::Accepted => tracing::debug!(%task, attempt, %worker, "report accepted"),
         ReportVerdict::AlreadyDone => tracing::info!(%task, attempt, %worker, "late report for a finished task ignored"),
-        ReportVerdict::UnknownAttempt => tracing::warn!(%task, attempt, %worker, "report for an unknown attempt ignored"),
+        ReportVerdict::UnknownAttempt => tracing::debug!(%task, attempt, %worker, "report for an unknown attempt ignored"),
     }
     verdict
 }
 
-/// Why a report must not be applied, if it must not: it comes from
-/// another worker than the one the attempt was given to, or names a map
-/// output outside the job directory (a report cannot point reducers at
-/// files of the coordinator's choosing).
-fn check_report(scheduler: &Scheduler, worker: &str, task: TaskId, attempt: AttemptId, outcome: &TaskOutcome) -> Result<(), String> {
-    if let Some(owner) = scheduler.worker_of(task, attempt) {
-        if owner != worker {
-            return Err(format!("the attempt was given to {owner}"));
+/// Whether the coordinator sees for itself that map task `map_task`'s run
+/// for reduce `task` is gone: it lies in the job directory, and is missing
+/// or short there. (A run only its worker serves it cannot check.)
+fn coordinator_sees_output_lost(scheduler: &Scheduler, task: TaskId, map_task: u32) -> bool {
+    let TaskId::Reduce(r) = task else { return false };
+    scheduler.map_runs(map_task).iter().any(|(p, location)| *p == r && !location.only_served() && !run_is_present(location))
+}
+
+/// Records what a reduce's report that it could not read a map's output
+/// came to, in the status and the log.
+fn record_lost_output(
+    status: &mut JobStatus,
+    verdict: ReportVerdict,
+    lost: Option<LostOutput>,
+    (task, attempt): (TaskId, AttemptId),
+    map_task: u32,
+    error: &str,
+    now: Instant,
+) {
+    let map = TaskId::Map(map_task);
+    match lost {
+        Some(LostOutput::Rerun { counted }) => {
+            let counts = if counted { "counted against it" } else { "its worker is gone" };
+            tracing::warn!(%task, attempt, "{map}'s output is unreadable, re-running it ({counts}): {error}");
+            status.map_output_lost(task, attempt, map_task, error, now);
         }
-    }
-    if let TaskOutcome::MapDone { outputs, .. } = outcome {
-        if let Some((_, location)) = outputs.iter().find(|(_, location)| !location.lies_under(scheduler.job_dir())) {
-            return Err(format!("it names a map output outside the job directory: {location:?}"));
+        Some(LostOutput::NotConfirmed { reduce_counted }) => {
+            let then = if reduce_counted { "the reduce attempt counts as failed" } else { "the reduce runs again" };
+            tracing::warn!(%task, attempt, "could not read {map}'s output, which is not confirmed lost; {then}: {error}");
+            status.attempt_failed(task, attempt, &format!("could not read {map}'s output: {error}"), now);
         }
+        Some(LostOutput::AlreadyRerunning) => status.attempt_failed(task, attempt, &format!("{map} is running again: {error}"), now),
+        None => record_failure(status, verdict, task, attempt, error, now),
     }
-    Ok(())
 }
 
 /// Records a completion report: the winner's counters are kept, a late

@@ -16,9 +16,15 @@
 //!   A job that fails never touches the output directory: outputs of an
 //!   earlier job there stay as they were.
 //! - `_SUCCESS` in the output directory (Hadoop's marker) names the job
-//!   whose outputs are there. It is removed before the first output moves
+//!   whose outputs are there. It is set aside before the first output moves
 //!   and written after the last, so its presence means the `mr-out-*` files
 //!   are one job's, whole.
+//! - Publishing is all or nothing: what the output directory holds of an
+//!   earlier job (`_SUCCESS`, the `mr-out-*` files this job replaces or
+//!   would leave beside its own) is first set aside into `previous/` in the
+//!   job directory, and only then do this job's outputs move in. If any
+//!   step fails, the moves are undone in reverse, and the output directory
+//!   is as it was before the job.
 
 use std::fs::File;
 use std::io;
@@ -28,8 +34,9 @@ use std::path::{Path, PathBuf};
 use crate::counters::Counters;
 use crate::journal::{Journal, JournalError, Record};
 use crate::map_output::MapOutputLocation;
-use crate::output::{output_file_name, remove_stale_outputs, write_atomically, TEMP_PREFIX};
-use crate::rpc::AttemptId;
+use crate::output::{output_file_name, stale_outputs, write_atomically, TEMP_PREFIX};
+use crate::rpc::{AttemptId, TaskId};
+use crate::scheduler::Owner;
 
 /// The job directory's name inside the output directory.
 pub const JOB_DIR_NAME: &str = ".mr-job";
@@ -77,6 +84,17 @@ pub struct Recovered {
     pub reduces: Vec<(u32, AttemptId, Counters)>,
     /// Every output was final and moving into place.
     pub publishing: bool,
+    /// Every attempt given out, with its owner.
+    pub given: Vec<(TaskId, AttemptId, Owner)>,
+    /// The app the job was pinned to, if it names none.
+    pub app_sha256: Option<String>,
+}
+
+impl Recovered {
+    /// Who `attempt` of `task` was given to, if the journal says.
+    pub fn owner_of(&self, task: TaskId, attempt: AttemptId) -> Option<&Owner> {
+        self.given.iter().find(|(t, a, _)| *t == task && *a == attempt).map(|(_, _, owner)| owner)
+    }
 }
 
 /// The job directory, opened and locked for one coordinator's run.
@@ -103,6 +121,9 @@ pub struct JobDir {
     output_dir: PathBuf,
     /// Held for the lock; closing it releases the lock.
     _lock: File,
+    /// The journal says an earlier coordinator began publishing: outputs
+    /// missing here may be in the output directory already.
+    publication_begun: bool,
 }
 
 impl JobDir {
@@ -123,7 +144,7 @@ impl JobDir {
                 JobDirError::Io { path: lock_path, source: e }
             });
         }
-        let dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock };
+        let mut dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock, publication_begun: false };
         remove_leftovers(output_dir);
         let journal_path = dir.path.join(JOURNAL);
         let earlier = journal_path.exists().then(|| Journal::replay(&journal_path));
@@ -148,6 +169,7 @@ impl JobDir {
             return Ok(Opened { dir, journal, id, epoch: 0, recovered: Recovered::default(), discarded });
         };
         let (id, epoch, recovered) = recover(records);
+        dir.publication_begun = recovered.publishing;
         let mut journal = Journal::open_for_append(&journal_path)?;
         journal.append(&Record::Started { epoch })?;
         Ok(Opened { dir, journal, id, epoch, recovered, discarded: None })
@@ -163,33 +185,61 @@ impl JobDir {
         self.path.join(output_file_name(r))
     }
 
-    /// Moves every finished output into the output directory: removes
-    /// `_SUCCESS`, renames `mr-out-<r>` for each of the `reduces`
-    /// partitions (one already moved by an interrupted publication is
-    /// found in place), removes `mr-out-<n>` for `n >= reduces` left by an
-    /// earlier job, and writes `_SUCCESS` naming job `id`. The journal must
-    /// say `Publishing` (synced) first.
+    /// Moves every finished output into the output directory, all or
+    /// nothing: sets aside what an earlier job left there (`_SUCCESS`, the
+    /// `mr-out-<r>` it replaces, and `mr-out-<n>` for `n >= reduces`),
+    /// renames `mr-out-<r>` in for each of the `reduces` partitions (one
+    /// already moved by an interrupted publication is found in place), and
+    /// writes `_SUCCESS` naming job `id`. On failure every move is undone
+    /// and the output directory is as before. The journal must say
+    /// `Publishing` (synced) first.
     pub fn publish(&self, reduces: u32, id: &str) -> Result<(), JobDirError> {
-        let marker = self.output_dir.join(SUCCESS_MARKER);
-        match std::fs::remove_file(&marker) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(JobDirError::Io { path: marker, source: e }),
-            _ => {}
+        let mut moves = Moves::default();
+        let published = self.set_aside_earlier_outputs(reduces, &mut moves).and_then(|()| self.move_in(reduces, id, &mut moves));
+        if published.is_err() {
+            moves.undo();
         }
+        published
+    }
+
+    /// Whether output `r` left the job directory in a publication that an
+    /// earlier coordinator began.
+    fn moved_out_before(&self, r: u32) -> bool {
+        self.publication_begun && !self.finished_output(r).exists()
+    }
+
+    /// Moves what an earlier job left in the output directory into
+    /// `previous/`. An output whose counterpart here has moved out already
+    /// (by a publication cut short) is this job's, and stays.
+    fn set_aside_earlier_outputs(&self, reduces: u32, moves: &mut Moves) -> Result<(), JobDirError> {
+        let previous = self.path.join(PREVIOUS);
+        std::fs::create_dir_all(&previous).map_err(io_err(&previous))?;
+        let replaced = (0..reduces).filter(|&r| !self.moved_out_before(r)).map(output_file_name);
+        let stale = stale_outputs(&self.output_dir, reduces).map_err(io_err(&self.output_dir))?;
+        for name in std::iter::once(SUCCESS_MARKER.to_owned()).chain(replaced).chain(stale) {
+            let earlier = self.output_dir.join(&name);
+            if std::fs::symlink_metadata(&earlier).is_ok() {
+                moves.make(earlier, previous.join(&name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames this job's outputs into the output directory and writes
+    /// `_SUCCESS` once they are all there.
+    fn move_in(&self, reduces: u32, id: &str, moves: &mut Moves) -> Result<(), JobDirError> {
         for r in 0..reduces {
             let (from, to) = (self.finished_output(r), self.output_dir.join(output_file_name(r)));
-            match std::fs::rename(&from, &to) {
-                Ok(()) => {}
-                // Moved before the coordinator was restarted.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && to.is_file() => {}
-                Err(e) => return Err(JobDirError::Io { path: from, source: e }),
+            if self.moved_out_before(r) && to.is_file() {
+                // Moved before the coordinator was restarted; undone with the rest.
+                moves.done.push((from, to));
+                continue;
             }
+            moves.make(from, to)?;
         }
         // The renames reach the disk before the marker says they happened.
         File::open(&self.output_dir).and_then(|d| d.sync_all()).map_err(io_err(&self.output_dir))?;
-        let removed = remove_stale_outputs(&self.output_dir, reduces).map_err(io_err(&self.output_dir))?;
-        if !removed.is_empty() {
-            tracing::info!("removed {} output files left by an earlier job with more reduces", removed.len());
-        }
+        let marker = self.output_dir.join(SUCCESS_MARKER);
         write_atomically(&marker, format!("job {id}\n").as_bytes()).map_err(io_err(&marker))
     }
 
@@ -230,6 +280,40 @@ impl JobDir {
         Ok(())
     }
 }
+
+/// Renames made while publishing, to undo them if it fails.
+#[derive(Default)]
+struct Moves {
+    /// (from, to), in the order made.
+    done: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Moves {
+    fn make(&mut self, from: PathBuf, to: PathBuf) -> Result<(), JobDirError> {
+        std::fs::rename(&from, &to).map_err(|source| JobDirError::Io { path: from.clone(), source })?;
+        self.done.push((from, to));
+        Ok(())
+    }
+
+    /// Renames everything back, the last move first; a marker written
+    /// meanwhile is removed first. Failures are logged: there is nothing
+    /// better to do with them.
+    fn undo(self) {
+        for (from, to) in self.done.into_iter().rev() {
+            if from.file_name() == Some(std::ffi::OsStr::new(SUCCESS_MARKER)) {
+                // This job's marker may stand where the earlier one returns.
+                let _ = std::fs::remove_file(&from);
+            }
+            if let Err(e) = std::fs::rename(&to, &from) {
+                tracing::warn!("publishing failed, and putting {} back as {} failed too: {e}", to.display(), from.display());
+            }
+        }
+    }
+}
+
+/// Where publishing sets aside what an earlier job left in the output
+/// directory, inside the job directory (removed with it).
+const PREVIOUS: &str = "previous";
 
 /// Removes, as far as it can, what a master killed at the wrong moment
 /// leaves in the output directory: job directories whose removal was cut
@@ -283,6 +367,8 @@ fn recover(records: Vec<Record>) -> (String, u64, Recovered) {
                 recovered.reduces.push((task, attempt, counters));
             }
             Record::Publishing => recovered.publishing = true,
+            Record::Assigned { task, attempt, owner } => recovered.given.push((task, attempt, owner)),
+            Record::AppPinned { sha256 } => recovered.app_sha256 = Some(sha256),
         }
     }
     (id, epoch, recovered)
@@ -332,18 +418,72 @@ mod tests {
         assert_eq!((fresh.epoch, fresh.discarded.as_deref()), (0, Some("--fresh was given")));
     }
 
+    /// Every file under `dir` (but the job directory) with its contents.
+    fn listing(dir: &Path) -> Vec<(String, String)> {
+        let mut files: Vec<_> = walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_entry(|e| e.file_name() != JOB_DIR_NAME)
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| (e.path().strip_prefix(dir).unwrap().display().to_string(), std::fs::read_to_string(e.path()).unwrap()))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn a_publication_that_fails_halfway_leaves_the_output_directory_as_it_was() {
+        let out = tempfile::tempdir().unwrap();
+        for (name, text) in [("mr-out-0", "old 0\n"), ("mr-out-1", "old 1\n"), ("mr-out-5", "old 5\n"), (SUCCESS_MARKER, "job old\n")] {
+            std::fs::write(out.path().join(name), text).unwrap();
+        }
+        let before = listing(out.path());
+        let opened = JobDir::open(out.path(), fingerprint(3), false).unwrap();
+        // Output 2 is missing: the move fails after outputs 0 and 1 moved.
+        for r in 0..2 {
+            std::fs::write(opened.dir.finished_output(r), format!("new {r}\n")).unwrap();
+        }
+        let failed = opened.dir.publish(3, &opened.id).unwrap_err();
+        assert!(failed.to_string().contains("mr-out-2"), "{failed}");
+        assert_eq!(listing(out.path()), before, "the output directory is as it was");
+        for r in 0..2 {
+            let back = std::fs::read_to_string(opened.dir.finished_output(r)).unwrap();
+            assert_eq!(back, format!("new {r}\n"), "this job's output {r} is back in the job directory");
+        }
+        // Once the cause is gone, the same outputs publish.
+        std::fs::write(opened.dir.finished_output(2), "new 2\n").unwrap();
+        opened.dir.publish(3, &opened.id).unwrap();
+        let expected: Vec<(String, String)> = (0..3)
+            .map(|r| (format!("mr-out-{r}"), format!("new {r}\n")))
+            .chain([(SUCCESS_MARKER.to_owned(), format!("job {}\n", opened.id))])
+            .collect();
+        let mut expected = expected;
+        expected.sort();
+        assert_eq!(listing(out.path()), expected);
+    }
+
     #[test]
     fn publishing_moves_every_output_marks_success_and_finishes_an_interrupted_move() {
         let out = tempfile::tempdir().unwrap();
         std::fs::write(out.path().join("mr-out-0"), "old\n").unwrap();
         std::fs::write(out.path().join("mr-out-5"), "old\n").unwrap();
         std::fs::write(out.path().join(SUCCESS_MARKER), "job old\n").unwrap();
-        let opened = JobDir::open(out.path(), fingerprint(2), false).unwrap();
+        let mut first = JobDir::open(out.path(), fingerprint(2), false).unwrap();
         for r in 0..2 {
-            std::fs::write(opened.dir.finished_output(r), format!("new {r}\n")).unwrap();
+            std::fs::write(first.dir.finished_output(r), format!("new {r}\n")).unwrap();
         }
-        // As if a coordinator had moved output 0 and died.
-        std::fs::rename(opened.dir.finished_output(0), out.path().join("mr-out-0")).unwrap();
+        // As if a coordinator had begun publishing, set the earlier job's
+        // files aside, moved output 0 and died.
+        first.journal.append(&Record::Publishing).unwrap();
+        let previous = first.dir.path().join(PREVIOUS);
+        std::fs::create_dir(&previous).unwrap();
+        for name in ["mr-out-0", "mr-out-5", SUCCESS_MARKER] {
+            std::fs::rename(out.path().join(name), previous.join(name)).unwrap();
+        }
+        std::fs::rename(first.dir.finished_output(0), out.path().join("mr-out-0")).unwrap();
+        drop(first);
+        let opened = JobDir::open(out.path(), fingerprint(2), false).unwrap();
+        assert!(opened.recovered.publishing);
         opened.dir.publish(2, &opened.id).unwrap();
         let read = |name: &str| std::fs::read_to_string(out.path().join(name)).ok();
         assert_eq!(read("mr-out-0").as_deref(), Some("new 0\n"));

@@ -4,9 +4,13 @@
 //! An append-only file of JSON lines in the job directory. The first record
 //! names the job and what it was planned from (its [fingerprint]: inputs
 //! with their sizes and modification times, split size, reduces, params);
-//! each start of a coordinator on it appends `Started`; each task that
-//! finishes appends `MapDone` (with where its runs are) or `ReduceDone`;
-//! `Publishing` says every output is final and being moved into place.
+//! each start of a coordinator on it appends `Started`; each attempt given
+//! out appends `Assigned`, naming the process it was given to (so that a
+//! restarted coordinator takes its report from that process alone); the
+//! first worker's app, for a job that names none, appends `AppPinned`; each
+//! task that finishes appends `MapDone` (with where its runs are) or
+//! `ReduceDone`; `Publishing` says every output is final and being moved
+//! into place.
 //!
 //! Each record is one `write` of a whole line, so a coordinator that is
 //! killed leaves every record it wrote in the file (the page cache keeps
@@ -27,7 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
 use crate::map_output::MapOutputLocation;
-use crate::rpc::AttemptId;
+use crate::rpc::{AttemptId, TaskId};
+use crate::scheduler::Owner;
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +50,21 @@ pub enum Record {
     Started {
         /// Starts before this one.
         epoch: u64,
+    },
+    /// `attempt` of `task` was given to `owner`.
+    Assigned {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: AttemptId,
+        /// Who it was given to.
+        owner: Owner,
+    },
+    /// The job runs the app with this SHA-256: the first worker's, for a
+    /// job started without `--app`.
+    AppPinned {
+        /// The plugin's SHA-256, in hex.
+        sha256: String,
     },
     /// Map task `task` finished: `attempt` won, its runs are at `outputs`.
     MapDone {
@@ -190,6 +210,8 @@ mod tests {
         let location = MapOutputLocation::SharedFile { path: "/jobs/.mr-job/map-0.attempt-1.runs".into(), range: RunRange { offset: 0, len: 42 } };
         vec![
             Record::Started { epoch: 0 },
+            Record::Assigned { task: TaskId::Map(0), attempt: 1, owner: Owner::new("host:7", [9; 16]) },
+            Record::AppPinned { sha256: "ab".repeat(32) },
             Record::MapDone { task: 0, attempt: 1, outputs: vec![(3, location)], counters: Counters { map_input_records: 7, ..Counters::default() } },
             Record::ReduceDone { task: 3, attempt: 2, counters: Counters::default() },
             Record::Publishing,
@@ -203,7 +225,7 @@ mod tests {
         let fingerprint = serde_json::json!({"reduces": 4});
         let mut journal = Journal::create(&path, "job-1", fingerprint.clone()).unwrap();
         let all = records();
-        let (first, rest) = all.split_at(2);
+        let (first, rest) = all.split_at(4);
         for record in first {
             journal.append(record).unwrap();
         }
@@ -234,7 +256,7 @@ mod tests {
         for cut in last_start..whole.len() {
             std::fs::write(&path, &whole[..cut]).unwrap();
             let replayed = Journal::replay(&path).unwrap();
-            assert_eq!(replayed.len(), 4, "cut at {cut}");
+            assert_eq!(replayed.len(), 6, "cut at {cut}");
         }
         // A damaged line in the middle makes the journal invalid.
         let mut damaged = whole.clone();

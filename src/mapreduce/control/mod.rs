@@ -7,6 +7,7 @@ pub mod inputs;
 pub mod job_dir;
 pub mod job_files;
 pub mod journal;
+pub mod report_check;
 pub mod rpc;
 pub mod scheduler;
 pub mod worker;

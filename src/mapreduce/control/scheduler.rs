@@ -94,6 +94,38 @@ pub enum TaskState {
     },
 }
 
+/// Who an attempt was given to: a worker id and the incarnation (the
+/// random number its process drew, see [`crate::handshake`]) of the
+/// process that held the id. Only that process may report the attempt: a
+/// later process that takes the same id (the worker restarted, or an
+/// impostor while the worker is away) is another owner.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    /// The worker id.
+    pub worker: WorkerId,
+    /// Its process's incarnation.
+    pub incarnation: Incarnation,
+}
+
+/// A process's incarnation, as its handshake gives it.
+pub type Incarnation = [u8; 16];
+
+impl Owner {
+    /// `worker`'s process `incarnation`.
+    pub fn new(worker: &str, incarnation: Incarnation) -> Owner {
+        Owner { worker: worker.to_owned(), incarnation }
+    }
+}
+
+/// An attempt the scheduler gave out, with its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GivenAttempt {
+    attempt: AttemptId,
+    /// `None` for an attempt restored from a journal that did not name its
+    /// owner: no report of it is ever taken.
+    owner: Option<Owner>,
+}
+
 /// An attempt the scheduler counts as running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningAttempt {
@@ -164,8 +196,9 @@ pub struct LostAttempt {
 #[derive(Debug, Clone)]
 struct TaskEntry {
     state: TaskState,
-    /// Every attempt issued for this task, oldest first, with its worker.
-    attempts: Vec<(AttemptId, WorkerId)>,
+    /// Every attempt issued for this task (by this coordinator, or by one
+    /// before a restart, as its journal says), oldest first, with its owner.
+    attempts: Vec<GivenAttempt>,
     /// Attempts that ended without success, each with how it ended, oldest
     /// first; an attempt is here at most once. Attempts that died on a
     /// record that is now skipped are taken off: they count no more.
@@ -176,6 +209,9 @@ struct TaskEntry {
     blamed: Vec<(BadRecord, AttemptId)>,
     /// Records later attempts skip.
     skipped: Vec<BadRecord>,
+    /// For a done map: the workers whose reduces could not read the
+    /// winning attempt's output, each once.
+    fetch_failures: Vec<WorkerId>,
 }
 
 impl TaskEntry {
@@ -187,6 +223,7 @@ impl TaskEntry {
             ended_badly: Vec::new(),
             blamed: Vec::new(),
             skipped: Vec::new(),
+            fetch_failures: Vec::new(),
         }
     }
 
@@ -194,8 +231,15 @@ impl TaskEntry {
         matches!(self.state, TaskState::Done { .. })
     }
 
+    fn given(&self, attempt: AttemptId) -> Option<&GivenAttempt> {
+        self.attempts.iter().find(|given| given.attempt == attempt)
+    }
+
     fn worker_of(&self, attempt: AttemptId) -> &str {
-        self.attempts.iter().find(|(a, _)| *a == attempt).map_or("a worker of the coordinator before the restart", |(_, w)| w)
+        match self.given(attempt) {
+            Some(GivenAttempt { owner: Some(owner), .. }) => &owner.worker,
+            _ => "a worker of the coordinator before the restart",
+        }
     }
 
     /// Counts `attempt`'s unsuccessful end unless it was counted already
@@ -241,6 +285,38 @@ pub enum ReportVerdict {
     AlreadyDone,
     /// The attempt was never issued for this task; the report was ignored.
     UnknownAttempt,
+}
+
+/// What a report that a map's output could not be read came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostOutput {
+    /// The loss is confirmed: the map runs again, counted as a failure of
+    /// its winning attempt when `counted` (its worker is alive).
+    Rerun {
+        /// Whether the loss counts toward the map's bound.
+        counted: bool,
+    },
+    /// Not confirmed yet: the reduce runs again and the map's output
+    /// stays; when `reduce_counted`, the reporter had said so before and
+    /// its reduce attempt counts as unsuccessful.
+    NotConfirmed {
+        /// Whether the reduce attempt counts toward its bound.
+        reduce_counted: bool,
+    },
+    /// The map is running again already.
+    AlreadyRerunning,
+}
+
+/// Distinct workers that must report a map's output unreadable before it
+/// is taken as lost while the map's worker is alive, given how many other
+/// workers are alive: two, as one peer alone must not re-run or fail
+/// maps, or one when the reporter is the only other worker.
+pub fn reporters_needed(live_others: usize) -> usize {
+    if live_others >= 2 {
+        2
+    } else {
+        1
+    }
 }
 
 /// Counts for progress logs.
@@ -353,17 +429,46 @@ impl Scheduler {
         self.epoch_start = self.next_attempt;
     }
 
-    /// Marks `task` done by `attempt` of an earlier coordinator, as its
-    /// journal says; a map's runs are at `outputs`. Call before any
-    /// assignment. False (and nothing changes) for a task this job does
-    /// not have or has done already.
-    pub fn restore(&mut self, task: TaskId, attempt: AttemptId, outputs: Vec<(u32, MapOutputLocation)>) -> bool {
+    /// Marks `task` done by `attempt` of an earlier coordinator, given to
+    /// `owner` (`None` if the journal did not say), as its journal says; a
+    /// map's runs are at `outputs`. Call before any assignment. False (and
+    /// nothing changes) for a task this job does not have or has done
+    /// already.
+    ///
+    /// A map whose runs only its worker serves needs that worker back: it
+    /// is expected from now, and if it stays silent for the task timeout
+    /// its maps run again (see [`Scheduler::forget_outputs_of`]).
+    pub fn restore(&mut self, task: TaskId, attempt: AttemptId, owner: Option<Owner>, outputs: Vec<(u32, MapOutputLocation)>, now: Instant) -> bool {
         if self.get(task).is_none_or(TaskEntry::is_done) {
             return false;
         }
-        self.entry_mut(task).attempts.push((attempt, "a coordinator before the restart".to_owned()));
+        if let Some(owner) = &owner {
+            if outputs.iter().any(|(_, location)| location.only_served()) {
+                self.workers.entry(owner.worker.clone()).or_insert(now);
+            }
+        }
+        self.note_given(task, attempt, owner);
         self.mark_done(task, attempt, outputs);
         true
+    }
+
+    /// Notes that an earlier coordinator gave `attempt` of `task` to
+    /// `owner`, as its journal says, so that the attempt's report is taken
+    /// from that process if it stayed up through the restart. False for a
+    /// task this job does not have, or an attempt it knows already.
+    pub fn restore_given(&mut self, task: TaskId, attempt: AttemptId, owner: Owner) -> bool {
+        if self.get(task).is_none() || attempt >= self.epoch_start || self.entry(task).given(attempt).is_some() {
+            return false;
+        }
+        self.note_given(task, attempt, Some(owner));
+        true
+    }
+
+    fn note_given(&mut self, task: TaskId, attempt: AttemptId, owner: Option<Owner>) {
+        let entry = self.entry_mut(task);
+        if entry.given(attempt).is_none() {
+            entry.attempts.push(GivenAttempt { attempt, owner });
+        }
     }
 
     /// Stops the job with `message` (unless it already failed), as when
@@ -437,15 +542,15 @@ impl Scheduler {
     }
 
     /// Which of the attempts a worker reports running no longer matter:
-    /// their task is done (another attempt won), or this coordinator gave
-    /// them up. Attempts from before a restart are not given up by being
-    /// unknown: their completion would still be taken.
+    /// their task is done (another attempt won), this coordinator gave them
+    /// up, or nobody gave them out. Attempts given out before a restart are
+    /// not given up: their completion would still be taken.
     pub fn abandoned(&self, running: &[AttemptProgress]) -> Vec<AttemptId> {
         running
             .iter()
             .filter(|report| match self.get(report.task) {
-                None => false,
-                Some(entry) if entry.is_done() => true,
+                None => true,
+                Some(entry) if entry.is_done() || entry.given(report.attempt).is_none() => true,
                 Some(_) if report.attempt < self.epoch_start => false,
                 Some(_) => !self.running_attempts(report.task).iter().any(|a| a.attempt == report.attempt),
             })
@@ -547,7 +652,8 @@ impl Scheduler {
             let TaskState::Done { attempt } = self.maps[m].state else { continue };
             let outputs = &self.map_outputs[m];
             let lost = !outputs.is_empty() && outputs.iter().all(|(_, location)| location.only_served());
-            if lost && attempt >= self.epoch_start && self.maps[m].worker_of(attempt) == worker {
+            let owned = matches!(self.maps[m].given(attempt), Some(GivenAttempt { owner: Some(owner), .. }) if owner.worker == worker);
+            if lost && owned {
                 self.maps[m].state = TaskState::Idle;
                 self.maps_done -= 1;
                 self.map_outputs[m].clear();
@@ -564,9 +670,10 @@ impl Scheduler {
         self.workers.iter().filter(|(_, &heard)| now.saturating_duration_since(heard) >= timeout).map(|(w, _)| w.clone()).collect()
     }
 
-    /// Decides what `worker` does next. Call `expire` first so that
-    /// overdue tasks are reassignable.
-    pub fn assign(&mut self, worker: &str, now: Instant) -> Assignment {
+    /// Decides what `owner`'s worker does next. Call `expire` first so
+    /// that overdue tasks are reassignable.
+    pub fn assign(&mut self, owner: &Owner, now: Instant) -> Assignment {
+        let worker = owner.worker.as_str();
         if let Some(end) = self.job_end() {
             return Assignment::Exit(end);
         }
@@ -575,7 +682,7 @@ impl Scheduler {
         let attempt = self.next_attempt;
         self.next_attempt += 1;
         let entry = self.entry_mut(task);
-        entry.attempts.push((attempt, worker.to_owned()));
+        entry.attempts.push(GivenAttempt { attempt, owner: Some(owner.clone()) });
         match &mut entry.state {
             TaskState::Running(attempts) => attempts.push(RunningAttempt::new(attempt, worker, now, true)),
             state => {
@@ -699,14 +806,17 @@ impl Scheduler {
         self.job_dir.join(format!("out-{r}.attempt-{attempt}"))
     }
 
-    /// The worker this coordinator gave `attempt` of `task` to; `None` for
-    /// an attempt it did not issue (one from before a restart, whose
-    /// worker only the earlier coordinator knew, or an unknown one).
-    pub fn worker_of(&self, task: TaskId, attempt: AttemptId) -> Option<&str> {
-        if attempt < self.epoch_start {
-            return None;
-        }
-        self.get(task)?.attempts.iter().find(|(a, _)| *a == attempt).map(|(_, worker)| worker.as_str())
+    /// Who `attempt` of `task` was given to (by this coordinator, or by
+    /// one before a restart as its journal says); `None` for an attempt
+    /// nobody was given, or whose owner is not known.
+    pub fn owner_of(&self, task: TaskId, attempt: AttemptId) -> Option<&Owner> {
+        self.get(task)?.given(attempt)?.owner.as_ref()
+    }
+
+    /// The winning attempt's runs of map task `m`, by partition (none
+    /// unless it is done).
+    pub fn map_runs(&self, m: u32) -> &[(u32, MapOutputLocation)] {
+        self.map_outputs.get(m as usize).map_or(&[], Vec::as_slice)
     }
 
     /// The job directory, under which every map output must lie.
@@ -716,13 +826,13 @@ impl Scheduler {
 
     /// Whether a completion report for this attempt would be accepted: an
     /// attempt issued for the task (by this coordinator, or by one before a
-    /// restart) while the task is not done. The coordinator asks before
-    /// committing a reduce's output, so that only the winning attempt is
-    /// ever renamed into place.
+    /// restart, as its journal says) while the task is not done. The
+    /// coordinator asks before committing a reduce's output, so that only
+    /// the winning attempt is ever renamed into place. Who may report the
+    /// attempt is the caller's check (see [`Scheduler::owner_of`]).
     pub fn would_accept_completion(&self, task: TaskId, attempt: AttemptId) -> ReportVerdict {
         let Some(entry) = self.get(task) else { return ReportVerdict::UnknownAttempt };
-        let before_restart = attempt < self.epoch_start;
-        if !before_restart && !entry.attempts.iter().any(|(a, _)| *a == attempt) {
+        if entry.given(attempt).is_none() {
             ReportVerdict::UnknownAttempt
         } else if entry.is_done() {
             ReportVerdict::AlreadyDone
@@ -754,7 +864,9 @@ impl Scheduler {
     }
 
     fn mark_done(&mut self, task: TaskId, attempt: AttemptId, outputs: Vec<(u32, MapOutputLocation)>) {
-        self.entry_mut(task).state = TaskState::Done { attempt };
+        let entry = self.entry_mut(task);
+        entry.state = TaskState::Done { attempt };
+        entry.fetch_failures.clear();
         match task {
             TaskId::Map(m) => {
                 self.map_outputs[m as usize] = outputs;
@@ -841,26 +953,75 @@ impl Scheduler {
         self.entry(task).skipped.iter().map(|record| record.describe(file)).collect()
     }
 
-    /// Records that a reduce attempt could not read map task `map_task`'s
-    /// output: the map task is re-run from its input, and the reduce goes back
-    /// to the queue without a failure counted against it. The lost output
-    /// counts as a failure of the map task, so a map whose output keeps
-    /// getting lost still stops the job eventually.
-    pub fn map_output_lost(&mut self, task: TaskId, attempt: AttemptId, map_task: u32, error: &str) -> ReportVerdict {
+    /// Records that reduce attempt `attempt` could not read map task
+    /// `map_task`'s output. The reduce goes back to the queue without a
+    /// failure counted against it. The map runs again only once its output
+    /// is confirmed lost, as Hadoop's fetch-failure rule has it, so that
+    /// one peer alone can neither re-run finished maps at will nor fail the
+    /// job: the coordinator saw so itself (`coordinator_confirms`: a file in
+    /// the job directory is missing or short), the map's worker is gone, the
+    /// map's own worker cannot read it, or enough distinct workers reported
+    /// it (see [`reporters_needed`]). A lost output counts as a failure of
+    /// the map only while its worker is alive (it served a bad output); an
+    /// output lost with its worker counts against nothing. A worker that
+    /// reports the same unconfirmed loss twice has its reduce attempt
+    /// counted as unsuccessful instead, so that a reducer that cannot reach
+    /// a map's worker that others reach does not retry forever.
+    pub fn map_output_lost(
+        &mut self,
+        task: TaskId,
+        attempt: AttemptId,
+        map_task: u32,
+        error: &str,
+        coordinator_confirms: bool,
+        now: Instant,
+    ) -> (ReportVerdict, Option<LostOutput>) {
+        if !matches!(task, TaskId::Reduce(_)) || map_task as usize >= self.maps.len() {
+            return (ReportVerdict::UnknownAttempt, None);
+        }
         let verdict = self.would_accept_completion(task, attempt);
-        if verdict != ReportVerdict::Accepted || !matches!(task, TaskId::Reduce(_)) {
-            return verdict;
+        if verdict != ReportVerdict::Accepted {
+            return (verdict, None);
         }
         self.stop_running(task, attempt, false);
-        let Some(map) = self.maps.get(map_task as usize) else { return ReportVerdict::UnknownAttempt };
-        if let TaskState::Done { attempt: winner } = map.state {
-            self.maps[map_task as usize].state = TaskState::Idle;
-            self.maps_done -= 1;
-            self.map_outputs[map_task as usize].clear();
-            self.enqueue(TaskId::Map(map_task), true);
+        let m = map_task as usize;
+        let TaskState::Done { attempt: winner } = self.maps[m].state else { return (ReportVerdict::Accepted, Some(LostOutput::AlreadyRerunning)) };
+        let reporter = self.entry(task).worker_of(attempt).to_owned();
+        let server = self.maps[m].given(winner).and_then(|given| given.owner.as_ref()).map(|owner| owner.worker.clone());
+        let server_alive = server.as_deref().is_some_and(|server| self.is_alive(server, now));
+        let needed = reporters_needed(self.live_workers_besides(server.as_deref(), now));
+        let map = &mut self.maps[m];
+        let repeated = map.fetch_failures.contains(&reporter);
+        if !repeated {
+            map.fetch_failures.push(reporter.clone());
+        }
+        let confirmed = coordinator_confirms || !server_alive || server.as_deref() == Some(reporter.as_str()) || map.fetch_failures.len() >= needed;
+        if !confirmed {
+            if repeated {
+                let how = format!("could not read map task {map_task}'s output, which other workers have not reported lost: {error}");
+                self.count_unsuccessful(task, attempt, how, None);
+            }
+            return (ReportVerdict::Accepted, Some(LostOutput::NotConfirmed { reduce_counted: repeated }));
+        }
+        map.state = TaskState::Idle;
+        self.maps_done -= 1;
+        self.map_outputs[m].clear();
+        self.enqueue(TaskId::Map(map_task), true);
+        if server_alive {
             self.count_unsuccessful(TaskId::Map(map_task), winner, format!("lost its output: {error}"), None);
         }
-        ReportVerdict::Accepted
+        (ReportVerdict::Accepted, Some(LostOutput::Rerun { counted: server_alive }))
+    }
+
+    /// Whether `worker` is connected and was heard from within half the
+    /// task timeout (it sends heartbeats every quarter of it).
+    fn is_alive(&self, worker: &str, now: Instant) -> bool {
+        self.workers.get(worker).is_some_and(|&heard| now.saturating_duration_since(heard) < self.config.task_timeout / 2)
+    }
+
+    /// Workers alive at `now` other than `server`.
+    fn live_workers_besides(&self, server: Option<&str>, now: Instant) -> usize {
+        self.workers.keys().filter(|w| Some(w.as_str()) != server && self.is_alive(w, now)).count()
     }
 
     /// The job's error when `task` has run out of attempts: the task, its
@@ -920,6 +1081,11 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
+    /// `worker`'s one process.
+    fn owner(worker: &str) -> Owner {
+        Owner::new(worker, [0; 16])
+    }
+
     fn inputs(n: usize) -> Vec<InputSplit> {
         (0..n)
             .map(|i| InputSplit::whole(InputFile { name: format!("in-{i}"), path: PathBuf::from(format!("/data/in-{i}")), size: 10, modified: None }))
@@ -942,7 +1108,7 @@ mod tests {
 
     /// Assigns and expects a map task; returns (index, attempt).
     fn take_map(s: &mut Scheduler, worker: &str, now: Instant) -> (u32, AttemptId) {
-        match s.assign(worker, now) {
+        match s.assign(&owner(worker), now) {
             Assignment::Map(t) => (t.index, t.attempt),
             other => panic!("expected a map task for {worker}, got {other:?}"),
         }
@@ -954,7 +1120,7 @@ mod tests {
     }
 
     fn take_reduce(s: &mut Scheduler, worker: &str, now: Instant) -> ReduceTask {
-        match s.assign(worker, now) {
+        match s.assign(&owner(worker), now) {
             Assignment::Reduce(t) => t,
             other => panic!("expected a reduce task for {worker}, got {other:?}"),
         }
@@ -1018,9 +1184,9 @@ mod tests {
         let (m1, a1) = take_map(&mut s, "w2", now);
         assert_eq!((m0, m1), (0, 1));
         // Every map is running: nothing to hand out, and no reduce may start.
-        assert_eq!(s.assign("w3", now), Assignment::Wait);
+        assert_eq!(s.assign(&owner("w3"), now), Assignment::Wait);
         assert_eq!(s.complete(TaskId::Map(0), a0, vec![(0, location(0, 0)), (1, location(0, 1))], now), ReportVerdict::Accepted);
-        assert_eq!(s.assign("w3", now), Assignment::Wait, "a reduce must wait for every map");
+        assert_eq!(s.assign(&owner("w3"), now), Assignment::Wait, "a reduce must wait for every map");
         assert_eq!(s.complete(TaskId::Map(1), a1, vec![(1, location(1, 1))], now), ReportVerdict::Accepted);
 
         let r0 = take_reduce(&mut s, "w1", now);
@@ -1033,7 +1199,7 @@ mod tests {
         s.complete(TaskId::Reduce(0), r0.attempt, vec![], now);
         s.complete(TaskId::Reduce(1), r1.attempt, vec![], now);
         assert_eq!(s.job_end(), Some(JobEnd::Succeeded));
-        assert_eq!(s.assign("w1", now), Assignment::Exit(JobEnd::Succeeded));
+        assert_eq!(s.assign(&owner("w1"), now), Assignment::Exit(JobEnd::Succeeded));
     }
 
     #[test]
@@ -1185,7 +1351,7 @@ mod tests {
         s.complete(TaskId::Map(0), a, vec![], start); // ...then finished by its first attempt
         let (m, _) = take_map(&mut s, "w", start + TIMEOUT);
         assert_eq!(m, 1, "map 0 is done and must be skipped");
-        assert_eq!(s.assign("w2", start + TIMEOUT), Assignment::Wait);
+        assert_eq!(s.assign(&owner("w2"), start + TIMEOUT), Assignment::Wait);
     }
 
     #[test]
@@ -1193,14 +1359,21 @@ mod tests {
         let now = Instant::now();
         let mut s = scheduler(3, 1);
         s.start_epoch(2);
-        assert!(s.restore(TaskId::Map(0), 7, vec![(0, location(0, 0))]));
-        assert!(!s.restore(TaskId::Map(0), 8, vec![]), "restored once");
-        assert!(!s.restore(TaskId::Map(9), 8, vec![]), "no such task");
+        assert!(s.restore(TaskId::Map(0), 7, Some(owner("before")), vec![(0, location(0, 0))], now));
+        assert!(!s.restore(TaskId::Map(0), 8, None, vec![], now), "restored once");
+        assert!(!s.restore(TaskId::Map(9), 8, None, vec![], now), "no such task");
         assert_eq!(s.progress().maps_done, 1);
+        // Map 2's attempts 12 and 13 were given out before the restart.
+        assert!(s.restore_given(TaskId::Map(2), 12, owner("stayed up")));
+        assert!(s.restore_given(TaskId::Map(2), 13, owner("stayed up")));
+        assert!(!s.restore_given(TaskId::Map(2), 2 * ATTEMPTS_PER_EPOCH + 5, owner("x")), "not of an earlier epoch");
+        assert_eq!(s.owner_of(TaskId::Map(2), 12), Some(&owner("stayed up")));
+        assert_eq!(s.owner_of(TaskId::Map(2), 14), None);
         // New attempts are numbered in the new epoch, and only idle tasks go out.
         let (m, a) = take_map(&mut s, "w1", now);
         assert_eq!((m, a), (1, 2 * ATTEMPTS_PER_EPOCH + 1));
         // Map 2's attempt from before the restart finishes: it wins.
+        assert_eq!(s.complete(TaskId::Map(2), 14, vec![], now), ReportVerdict::UnknownAttempt, "never given out");
         assert_eq!(s.complete(TaskId::Map(2), 12, vec![(0, location(2, 0))], now), ReportVerdict::Accepted);
         assert_eq!(s.complete(TaskId::Map(2), 13, vec![], now), ReportVerdict::AlreadyDone);
         // An unknown attempt of this epoch is still unknown.
@@ -1241,7 +1414,7 @@ mod tests {
         let expected = "map task 0 (input in-0) did not succeed in 3 attempts: \
                         attempt 1 on w failed: boom 1; attempt 3 on w failed: boom 2; attempt 4 on w failed: boom 3";
         assert_eq!(s.job_end(), Some(JobEnd::Failed(expected.to_string())));
-        assert_eq!(s.assign("w", now), Assignment::Exit(JobEnd::Failed(expected.to_string())));
+        assert_eq!(s.assign(&owner("w"), now), Assignment::Exit(JobEnd::Failed(expected.to_string())));
     }
 
     #[test]
@@ -1253,7 +1426,7 @@ mod tests {
         let (_, current) = take_map(&mut s, "fresh", start + TIMEOUT);
         s.fail(TaskId::Map(0), old, "old attempt broke");
         assert_eq!(running(&s, TaskId::Map(0)), vec![(current, "fresh")]);
-        assert_eq!(s.assign("third", start + TIMEOUT), Assignment::Wait);
+        assert_eq!(s.assign(&owner("third"), start + TIMEOUT), Assignment::Wait);
     }
 
     #[test]
@@ -1266,13 +1439,15 @@ mod tests {
         }
         let r0 = take_reduce(&mut s, "w1", now);
         let r1 = take_reduce(&mut s, "w2", now);
-        assert_eq!(s.map_output_lost(TaskId::Reduce(0), r0.attempt, 1, "truncated"), ReportVerdict::Accepted);
+        // The coordinator sees the file is short: confirmed at once.
+        let lost = s.map_output_lost(TaskId::Reduce(0), r0.attempt, 1, "truncated", true, now);
+        assert_eq!(lost, (ReportVerdict::Accepted, Some(LostOutput::Rerun { counted: true })));
         assert_eq!(s.state(TaskId::Map(1)), &TaskState::Idle);
         assert!(s.entry(TaskId::Reduce(0)).unsuccessful.is_empty(), "not the reduce's fault");
         // Map 1 runs again before any reduce is handed out.
         let (m, a) = take_map(&mut s, "w3", now);
         assert_eq!(m, 1);
-        assert_eq!(s.assign("w4", now), Assignment::Wait);
+        assert_eq!(s.assign(&owner("w4"), now), Assignment::Wait);
         s.complete(TaskId::Map(1), a, vec![(0, location(5, 0))], now);
         let retry = take_reduce(&mut s, "w3", now);
         assert_eq!(retry.partition, 0);
@@ -1289,12 +1464,75 @@ mod tests {
             let (_, a) = take_map(&mut s, "w", now);
             s.complete(TaskId::Map(0), a, vec![(0, location(0, 0))], now);
             let r = take_reduce(&mut s, "w", now);
-            s.map_output_lost(TaskId::Reduce(0), r.attempt, 0, "disk ate it");
+            // Its own worker cannot read it: that confirms it.
+            let lost = s.map_output_lost(TaskId::Reduce(0), r.attempt, 0, "disk ate it", false, now);
+            assert_eq!(lost.1, Some(LostOutput::Rerun { counted: true }));
         }
         match s.job_end() {
             Some(JobEnd::Failed(message)) => assert!(message.contains("map task 0 (input in-0)") && message.contains("disk ate it"), "{message}"),
             other => panic!("expected failure, got {other:?}"),
         }
+    }
+
+    /// A job whose two maps "server" did, with reduces on "r1", "r2", "r3".
+    fn maps_done_by_server(now: Instant) -> (Scheduler, Vec<ReduceTask>) {
+        let mut s = scheduler(2, 3);
+        for _ in 0..2 {
+            let (m, a) = take_map(&mut s, "server", now);
+            s.complete(TaskId::Map(m), a, (0..3).map(|r| (r, served(m, r, false))).collect(), now);
+        }
+        let reduces = ["r1", "r2", "r3"].iter().map(|w| take_reduce(&mut s, w, now)).collect();
+        (s, reduces)
+    }
+
+    #[test]
+    fn one_reducer_alone_cannot_rerun_a_live_workers_map_and_two_can() {
+        let now = Instant::now();
+        let (mut s, reduces) = maps_done_by_server(now);
+        let lost = s.map_output_lost(TaskId::Reduce(0), reduces[0].attempt, 1, "forged", false, now);
+        assert_eq!(lost, (ReportVerdict::Accepted, Some(LostOutput::NotConfirmed { reduce_counted: false })));
+        assert!(matches!(s.state(TaskId::Map(1)), TaskState::Done { .. }), "the map's output stays");
+        assert_eq!(s.state(TaskId::Reduce(0)), &TaskState::Idle, "the reduce runs again");
+        // The same worker again, on a new attempt: its reduce counts now.
+        let again = take_reduce(&mut s, "r1", now);
+        let lost = s.map_output_lost(TaskId::Reduce(0), again.attempt, 1, "forged", false, now);
+        assert_eq!(lost.1, Some(LostOutput::NotConfirmed { reduce_counted: true }));
+        assert_eq!(s.entry(TaskId::Reduce(0)).unsuccessful.len(), 1);
+        assert!(s.entry(TaskId::Map(1)).unsuccessful.is_empty());
+        // A second worker confirms it: the map runs again, counted.
+        let lost = s.map_output_lost(TaskId::Reduce(1), reduces[1].attempt, 1, "unreadable", false, now);
+        assert_eq!(lost.1, Some(LostOutput::Rerun { counted: true }));
+        assert_eq!(s.state(TaskId::Map(1)), &TaskState::Idle);
+        assert_eq!(s.entry(TaskId::Map(1)).unsuccessful.len(), 1);
+    }
+
+    #[test]
+    fn an_output_lost_with_its_worker_reruns_the_map_at_once_and_counts_against_nothing() {
+        let now = Instant::now();
+        let (mut s, reduces) = maps_done_by_server(now);
+        s.worker_disconnected("server");
+        let lost = s.map_output_lost(TaskId::Reduce(2), reduces[2].attempt, 0, "connection refused", false, now);
+        assert_eq!(lost.1, Some(LostOutput::Rerun { counted: false }));
+        assert!(s.entry(TaskId::Map(0)).unsuccessful.is_empty() && s.entry(TaskId::Reduce(2)).unsuccessful.is_empty());
+        // A report of a map that runs again already changes nothing more.
+        let lost = s.map_output_lost(TaskId::Reduce(0), reduces[0].attempt, 0, "late", false, now);
+        assert_eq!(lost.1, Some(LostOutput::AlreadyRerunning));
+        // And a map task the job has not is refused.
+        assert_eq!(s.map_output_lost(TaskId::Reduce(1), reduces[1].attempt, 9, "x", false, now).0, ReportVerdict::UnknownAttempt);
+        assert_eq!(s.map_output_lost(TaskId::Map(1), 2, 0, "x", false, now).0, ReportVerdict::UnknownAttempt, "maps read no map output");
+    }
+
+    #[test]
+    fn a_silent_worker_whose_outputs_were_restored_has_its_maps_run_again() {
+        let start = Instant::now();
+        let mut s = scheduler(2, 1);
+        s.start_epoch(1);
+        assert!(s.restore(TaskId::Map(0), 3, Some(owner("dead")), vec![(0, served(0, 0, false))], start));
+        assert!(s.restore(TaskId::Map(1), 4, Some(owner("alive")), vec![(0, served(1, 0, false))], start));
+        s.heard_from("alive", start + TIMEOUT);
+        assert_eq!(s.silent_workers(start + TIMEOUT), vec!["dead".to_owned()]);
+        assert_eq!(s.forget_outputs_of("dead"), vec![(0, 3)]);
+        assert_eq!(take_map(&mut s, "alive", start + TIMEOUT).0, 0);
     }
 
     fn secs(s: f64) -> Duration {
@@ -1312,16 +1550,16 @@ mod tests {
         s.complete(TaskId::Map(0), a0, vec![], t0 + secs(1.0));
         s.complete(TaskId::Map(1), a1, vec![], t0 + secs(1.0));
         // Half done in 1 s each: a straggler is a task running 3 s or more.
-        assert_eq!(s.assign("w0", t0 + secs(2.4)), Assignment::Wait, "nothing is slow yet");
+        assert_eq!(s.assign(&owner("w0"), t0 + secs(2.4)), Assignment::Wait, "nothing is slow yet");
         let (m, backup) = take_map(&mut s, "w0", t0 + secs(2.5));
         assert_eq!(m, 3, "map 3 has run 3 s, map 2 only 2.5 s");
         assert!(s.is_backup(TaskId::Map(3), backup) && !s.is_backup(TaskId::Map(3), slower));
         assert_eq!(running(&s, TaskId::Map(3)), vec![(slower, "w3"), (backup, "w0")]);
         let now = t0 + secs(3.0);
-        assert_eq!(s.assign("w2", now), Assignment::Wait, "no worker backs up its own attempt");
+        assert_eq!(s.assign(&owner("w2"), now), Assignment::Wait, "no worker backs up its own attempt");
         let (m, backup2) = take_map(&mut s, "w1", now);
         assert_eq!(m, 2);
-        assert_eq!(s.assign("w4", now), Assignment::Wait, "one backup per task");
+        assert_eq!(s.assign(&owner("w4"), now), Assignment::Wait, "one backup per task");
         // Map 2's backup finishes first and wins; its first attempt's late
         // report is ignored.
         assert_eq!(s.complete(TaskId::Map(2), backup2, vec![(0, location(2, 0))], now + secs(1.0)), ReportVerdict::Accepted);
@@ -1329,7 +1567,7 @@ mod tests {
         // Map 3's first attempt fails: its backup still runs the task.
         assert_eq!(s.fail(TaskId::Map(3), slower, "disk error"), ReportVerdict::Accepted);
         assert_eq!(running(&s, TaskId::Map(3)), vec![(backup, "w0")]);
-        assert_eq!(s.assign("w3", now), Assignment::Wait, "the task is not idle");
+        assert_eq!(s.assign(&owner("w3"), now), Assignment::Wait, "the task is not idle");
         assert_eq!(s.complete(TaskId::Map(3), backup, vec![], now + secs(2.0)), ReportVerdict::Accepted);
         assert_eq!(take_reduce(&mut s, "w3", now).runs, vec![(2, location(2, 0))]);
     }
@@ -1367,13 +1605,13 @@ mod tests {
         assert_eq!(take_map(&mut s, "w2", late).0, 2);
         assert_eq!(take_map(&mut s, "w3", late).0, 3);
         // One of four done: too early to judge.
-        assert_eq!(s.assign("w4", late), Assignment::Wait);
+        assert_eq!(s.assign(&owner("w4"), late), Assignment::Wait);
 
         let mut off = scheduler(2, 1);
         let (_, a) = take_map(&mut off, "w0", t0);
         take_map(&mut off, "w1", t0);
         off.complete(TaskId::Map(0), a, vec![], t0 + secs(0.1));
-        assert_eq!(off.assign("w0", late), Assignment::Wait, "backups off");
+        assert_eq!(off.assign(&owner("w0"), late), Assignment::Wait, "backups off");
     }
 
     #[test]
@@ -1387,7 +1625,7 @@ mod tests {
         let r0 = take_reduce(&mut s, "w0", start);
         take_reduce(&mut s, "w1", start);
         s.complete(TaskId::Reduce(0), r0.attempt, vec![], start + secs(0.5));
-        assert_eq!(s.assign("w0", start + secs(1.4)), Assignment::Wait);
+        assert_eq!(s.assign(&owner("w0"), start + secs(1.4)), Assignment::Wait);
         let backup = take_reduce(&mut s, "w0", start + secs(1.5));
         assert_eq!(backup.partition, 1);
         assert_ne!(backup.staged_output, s.staged_output(1, backup.attempt - 1), "each attempt stages its own output");
@@ -1406,7 +1644,7 @@ mod tests {
     }
 
     fn map_task(s: &mut Scheduler, worker: &str, now: Instant) -> MapTask {
-        match s.assign(worker, now) {
+        match s.assign(&owner(worker), now) {
             Assignment::Map(t) => t,
             other => panic!("expected a map task for {worker}, got {other:?}"),
         }
@@ -1451,7 +1689,7 @@ mod tests {
         let (mut s, cursors) = skipping_scheduler(1, 1);
         for worker in ["w1", "w2"] {
             map_task(&mut s, worker, now);
-            s.fail(TaskId::Map(0), s.entry(TaskId::Map(0)).attempts.last().unwrap().0, "boom");
+            s.fail(TaskId::Map(0), s.entry(TaskId::Map(0)).attempts.last().unwrap().attempt, "boom");
         }
         // Two deaths on line 1 skip it (the limit); two on line 2 count.
         for (worker, line) in [("w3", 1), ("w4", 1), ("w5", 2)] {

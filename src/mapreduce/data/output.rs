@@ -143,22 +143,20 @@ pub fn parse_output_file_name(name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Removes `mr-out-<r>` files for `r >= reduces` from `dir`: outputs of an
-/// earlier job with more reduces, which `cat mr-out-*` would otherwise mix
-/// into this job's. Called only once this job's outputs are all in place, so
-/// nothing is removed that was not superseded. Returns the files removed.
-pub fn remove_stale_outputs(dir: &Path, reduces: u32) -> io::Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
+/// The `mr-out-<r>` files in `dir` for `r >= reduces`, by name: outputs of
+/// an earlier job with more reduces, which `cat mr-out-*` would otherwise
+/// mix into a job's with `reduces`.
+pub fn stale_outputs(dir: &Path, reduces: u32) -> io::Result<Vec<String>> {
+    let mut stale = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let stale = entry.file_name().to_str().and_then(parse_output_file_name).is_some_and(|r| r >= reduces);
-        if stale && entry.file_type()?.is_file() {
-            std::fs::remove_file(entry.path())?;
-            removed.push(entry.path());
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        if parse_output_file_name(&name).is_some_and(|r| r >= reduces) && entry.file_type()?.is_file() {
+            stale.push(name);
         }
     }
-    removed.sort();
-    Ok(removed)
+    stale.sort();
+    Ok(stale)
 }
 
 /// Writes `contents` to `dest` atomically.
@@ -173,16 +171,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stale_outputs_of_a_bigger_job_are_removed_and_nothing_else() {
+    fn stale_outputs_of_a_bigger_job_are_found_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         for name in ["mr-out-0", "mr-out-1", "mr-out-2", "mr-out-10", "mr-out-01", "mr-out-x", "notes"] {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }
-        let removed = remove_stale_outputs(dir.path(), 2).unwrap();
-        assert_eq!(removed, vec![dir.path().join("mr-out-10"), dir.path().join("mr-out-2")]);
-        let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        left.sort();
-        assert_eq!(left, ["mr-out-0", "mr-out-01", "mr-out-1", "mr-out-x", "notes"]);
+        assert_eq!(stale_outputs(dir.path(), 2).unwrap(), ["mr-out-10", "mr-out-2"]);
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub fn render(report: &StatusReport) -> String {
         );
     }
 
+    out.family("mapreduce_refused_calls_total", "counter", "Reports, uploads and calls refused after the handshake (forged, stale or malformed).");
+    out.sample("mapreduce_refused_calls_total", &[], job.refused_calls as f64);
+
     out.family("mapreduce_workers_alive", "gauge", "Workers running a task or heard from within the task timeout.");
     out.sample("mapreduce_workers_alive", &[], report.workers.iter().filter(|w| w.alive).count() as f64);
     out.family("mapreduce_workers_seen", "gauge", "Workers that have called the coordinator during the job.");
@@ -162,6 +165,7 @@ mod tests {
                 elapsed_secs: 4.0,
                 map_phase_secs: None,
                 reduce_phase_secs: None,
+                refused_calls: 3,
             },
             progress: Progress {
                 maps: TaskCounts { total: 2, idle: 0, running: 1, done: 1 },

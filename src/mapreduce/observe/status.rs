@@ -146,6 +146,8 @@ pub struct JobStatus {
     /// When the last map task completed (reset if a map must run again).
     maps_finished: Option<Instant>,
     ended: Option<(Instant, JobEnd)>,
+    /// Reports, uploads and calls refused after the handshake.
+    refused_calls: u64,
 }
 
 impl JobStatus {
@@ -165,7 +167,14 @@ impl JobStatus {
             workers: BTreeMap::new(),
             maps_finished: (maps == 0).then_some(now),
             ended: None,
+            refused_calls: 0,
         }
+    }
+
+    /// A report, upload or call from a connected peer was refused: not
+    /// its attempt, or not a message its task can have.
+    pub fn call_refused(&mut self) {
+        self.refused_calls += 1;
     }
 
     /// A call from `worker` (connected from `address`) arrived.
@@ -404,6 +413,7 @@ impl JobStatus {
             elapsed_secs: elapsed.as_secs_f64(),
             map_phase_secs,
             reduce_phase_secs: map_phase_secs.filter(|_| state == JobState::Succeeded).map(|m| elapsed.as_secs_f64() - m),
+            refused_calls: self.refused_calls,
         };
         let workers = self
             .workers
@@ -522,6 +532,9 @@ pub struct JobReport {
     pub map_phase_secs: Option<f64>,
     /// Seconds from then until the job succeeded, once it has.
     pub reduce_phase_secs: Option<f64>,
+    /// Reports, uploads and calls refused after the handshake (forged,
+    /// stale or malformed); they changed nothing.
+    pub refused_calls: u64,
 }
 
 /// One input file.
@@ -725,7 +738,7 @@ mod tests {
     /// Assigns the next task to `worker`, as the coordinator does.
     fn assign(s: &mut Scheduler, st: &mut JobStatus, worker: &str, now: Instant) -> (TaskId, AttemptId) {
         st.worker_seen(worker, Some("127.0.0.1:1".into()), now);
-        let (task, attempt) = match s.assign(worker, now) {
+        let (task, attempt) = match s.assign(&crate::scheduler::Owner::new(worker, [0; 16]), now) {
             Assignment::Map(t) => (TaskId::Map(t.index), t.attempt),
             Assignment::Reduce(t) => (TaskId::Reduce(t.partition), t.attempt),
             other => panic!("expected a task, got {other:?}"),
@@ -787,7 +800,7 @@ mod tests {
         st.attempt_succeeded(m, a, map_counters(7), t0);
         assert_eq!(st.report(&s, t0).job.phase, Phase::Reduce);
         let (r, ra) = assign(&mut s, &mut st, "w", t0);
-        s.map_output_lost(r, ra, 0, "truncated");
+        s.map_output_lost(r, ra, 0, "truncated", true, t0);
         st.map_output_lost(r, ra, 0, "truncated", t0);
         let report = st.report(&s, t0);
         assert_eq!(report.job.phase, Phase::Map);
