@@ -476,9 +476,11 @@ fn restore(scheduler: &mut Scheduler, status: &mut JobStatus, opened: &Opened, o
         }
     }
     // Attempts given out before the restart may still report, from the
-    // process they were given to.
+    // process they were given to; the summary shows them all.
     for (task, attempt, owner) in &recovered.given {
         scheduler.restore_given(*task, *attempt, owner.clone());
+        let won = matches!(scheduler.state(*task), crate::scheduler::TaskState::Done { attempt: winner } if winner == attempt);
+        status.attempt_restored(*task, *attempt, &owner.worker, won);
     }
     if opened.epoch > 0 {
         let progress = scheduler.progress();

@@ -151,6 +151,7 @@ mod tests {
             outcome,
             bytes_in: None,
             bytes_out: None,
+            before_restart: false,
         };
         let report = StatusReport {
             job: JobReport {

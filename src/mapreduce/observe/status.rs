@@ -109,6 +109,11 @@ pub struct AttemptStatus {
     /// Bytes it wrote (a map's intermediate runs; a reduce's output), once
     /// it succeeded.
     pub bytes_out: Option<u64>,
+    /// Given out by a coordinator before this one was started on the job
+    /// (from its journal): its times are this coordinator's start, and
+    /// unless it won or reports now, how it ended is not known.
+    #[serde(default)]
+    pub before_restart: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -213,10 +218,31 @@ impl JobStatus {
             outcome: AttemptOutcome::Running,
             bytes_in: None,
             bytes_out: None,
+            before_restart: false,
         });
         if let Some(w) = self.workers.get_mut(worker) {
             w.current.insert((task, attempt));
         }
+    }
+
+    /// An earlier coordinator gave `attempt` of `task` to `worker`, as its
+    /// journal says: shown with the job's attempts, as the winner when
+    /// `won`, and otherwise as running (it may still report) until the job
+    /// ends.
+    pub fn attempt_restored(&mut self, task: TaskId, attempt: AttemptId, worker: &str, won: bool) {
+        let outcome = if won { AttemptOutcome::Succeeded } else { AttemptOutcome::Running };
+        let end_secs = won.then_some(0.0);
+        self.task_mut(task).attempts.push(AttemptStatus {
+            attempt,
+            worker: worker.to_owned(),
+            start_secs: 0.0,
+            backup: false,
+            end_secs,
+            outcome,
+            bytes_in: None,
+            bytes_out: None,
+            before_restart: true,
+        });
     }
 
     /// `attempt` completed `task` (the scheduler accepted it): its counters

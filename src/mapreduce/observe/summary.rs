@@ -70,6 +70,10 @@ pub struct AttemptCounts {
     /// Backups that finished first and were kept.
     #[serde(default)]
     pub backups_won: usize,
+    /// Given out by a coordinator before a restart (counted in the
+    /// others too).
+    #[serde(default)]
+    pub before_restart: usize,
 }
 
 /// An attempt that did not succeed.
@@ -138,6 +142,7 @@ impl JobSummary {
         for task in &report.tasks {
             for a in &task.attempts {
                 attempts.total += 1;
+                attempts.before_restart += usize::from(a.before_restart);
                 if a.backup {
                     attempts.backups += 1;
                     attempts.backups_won += usize::from(a.outcome == AttemptOutcome::Succeeded);
@@ -219,6 +224,9 @@ impl JobSummary {
         }
         if a.backups > 0 {
             let _ = write!(out, "; {} backup{} of stragglers, {} won", a.backups, if a.backups == 1 { "" } else { "s" }, a.backups_won);
+        }
+        if a.before_restart > 0 {
+            let _ = write!(out, "; {} given out before a restart", a.before_restart);
         }
         out.push_str(")\n");
         for u in self.unsuccessful_attempts.iter().take(RETRIES_SHOWN) {
