@@ -425,6 +425,9 @@ const IDLE_PER_SERVER: usize = 4;
 /// limit, so that it is not closed under a request.
 const IDLE_REUSE: Duration = Duration::from_secs(5);
 
+/// Connections kept for reuse, by server, each with when it was last used.
+type IdleConnections = std::collections::HashMap<String, Vec<(TcpStream, std::time::Instant)>>;
+
 /// Fetches ranges from file servers as one process of the job. Clones
 /// share the connections kept for reuse: a handshake per fetch would cost
 /// more than the fetch when there are many small ones (an app sampling its
@@ -435,7 +438,7 @@ pub struct Fetcher {
     identity: Identity,
     /// How long a fetch waits for the server's next bytes (or to connect).
     stall_limit: Duration,
-    idle: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<(TcpStream, std::time::Instant)>>>>,
+    idle: Arc<std::sync::Mutex<IdleConnections>>,
 }
 
 impl Fetcher {
@@ -854,10 +857,13 @@ mod tests {
             ]
         }
 
+        /// What a fetch made of an answer, and the bytes it stored.
+        type Received = Result<(Fetched, Vec<u8>), FetchError>;
+
         /// Reads one answer to `request` from `wire`, both ways: into a
         /// writer, and into memory (which must end as it began on an error
         /// before the bytes, and never grow past what arrived).
-        fn receive_both(request: FileRequest, wire: &[u8]) -> (Result<(Fetched, Vec<u8>), FetchError>, Result<(Fetched, Vec<u8>), FetchError>) {
+        fn receive_both(request: FileRequest, wire: &[u8]) -> (Received, Received) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
             runtime.block_on(async {
                 let mut sink = Vec::new();
