@@ -136,8 +136,9 @@ impl FileRequest {
             // Fewer bytes at the end of the file (none past it).
             FileRequest::InputRange { offset: asked, len: asked_len, .. } => len <= asked_len && (offset == asked || len == 0),
             // The split's lines begin at or after its start, and the last
-            // runs past its end as far as it goes.
-            FileRequest::InputSplit { start, end, .. } => offset >= start && (end == u64::MAX || offset <= end),
+            // runs past its end as far as it goes; a split in which no line
+            // starts (inside a longer one) owns nothing, from the next line.
+            FileRequest::InputSplit { start, end, .. } => offset >= start && (end == u64::MAX || offset <= end || len == 0),
             FileRequest::Plugin => offset == 0,
         }
     }
@@ -817,7 +818,7 @@ mod tests {
         let range = FileRequest::InputRange { input: 0, offset: 10, len: 50 };
         assert!(range.admits(10, 50) && range.admits(10, 3) && range.admits(7, 0) && !range.admits(10, 51) && !range.admits(11, 3));
         let split = FileRequest::InputSplit { input: 0, start: 100, end: 200 };
-        assert!(split.admits(100, 500) && split.admits(150, 0) && !split.admits(99, 1) && !split.admits(201, 1));
+        assert!(split.admits(100, 500) && split.admits(150, 0) && split.admits(900, 0) && !split.admits(99, 1) && !split.admits(201, 1));
         assert!(FileRequest::Plugin.admits(0, 1 << 40) && !FileRequest::Plugin.admits(1, 1));
         assert_eq!(run.reserve_for(100), 100);
         assert_eq!(FileRequest::Plugin.reserve_for(1 << 60), UNBOUNDED_RESERVE);
