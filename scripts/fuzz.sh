@@ -3,14 +3,14 @@
 # network or disk: the handshake (net/handshake.rs), file requests and
 # answers (net/files.rs), upload frames and their header (net/upload.rs) and
 # run files (data/runfile.rs). `cargo test` runs a few thousand cases of
-# each; this runs CASES (default 200,000) of each, with fresh random seeds,
+# each; this runs CASES (default 50,000) of each, with fresh random seeds,
 # and prints each module's time and cases per second. A failure prints the
 # minimal failing input proptest found, and the script exits non-zero.
 #
 #   scripts/fuzz.sh [CASES]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CASES=${1:-200000}
+CASES=${1:-50000}
 cd "$ROOT"
 # Build once, quietly, then run each module's properties on their own.
 cargo test --release --quiet -p mapreduce --lib --no-run
