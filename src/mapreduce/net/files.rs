@@ -19,6 +19,14 @@
 //! [`Catalog`], so it serves only what its process made or was given, never
 //! a path a client names. The CRC-32 of the bytes ends every answer: a
 //! range damaged on the way is refetched, not merged.
+//!
+//! Neither side trusts the other's numbers further than it must. A client
+//! takes only the range it asked for ([`FileRequest::admits`]: a map's run
+//! must come with exactly the length the coordinator recorded for it) and
+//! refuses any other answer before reading or storing a byte of it; it
+//! reserves memory for no more than it asked for. A server bounds every
+//! write by [`STALL_LIMIT`], so a client that asks and never reads cannot
+//! hold a connection (and its descriptors) forever.
 
 use std::io;
 use std::path::PathBuf;
@@ -50,6 +58,18 @@ pub const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 /// Bytes checksummed (and sent) per step when serving a file, and
 /// received per write when fetching into a file.
 const CHUNK: usize = 1 << 20;
+
+/// Most memory reserved ahead for an answer whose length the request does
+/// not bound (a split's last line, the app): past it, memory grows with
+/// the bytes that actually arrive.
+const UNBOUNDED_RESERVE: usize = CHUNK;
+
+/// Most memory reserved ahead of an answer's bytes, however long the range
+/// asked for (a run fetched into memory is one allocation up to this).
+const RESERVE_AHEAD_LIMIT: usize = 64 << 20;
+
+/// Longest refusal message a server sends: one line for a log.
+const MAX_REFUSAL_BYTES: usize = 1024;
 
 /// What a client asks a server for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +127,35 @@ impl FileRequest {
         bytes
     }
 
+    /// Whether an answer announcing `len` bytes from `offset` is one this
+    /// request may get; any other is refused before a byte of it is read.
+    pub fn admits(&self, offset: u64, len: u64) -> bool {
+        match *self {
+            // A run's range is the coordinator's record: exactly it.
+            FileRequest::AttemptOutput { offset: asked, len: asked_len, .. } => offset == asked && (asked_len == u64::MAX || len == asked_len),
+            // Fewer bytes at the end of the file (none past it).
+            FileRequest::InputRange { offset: asked, len: asked_len, .. } => len <= asked_len && (offset == asked || len == 0),
+            // The split's lines begin at or after its start, and the last
+            // runs past its end as far as it goes; a split in which no line
+            // starts (inside a longer one) owns nothing, from the next line.
+            FileRequest::InputSplit { start, end, .. } => offset >= start && (end == u64::MAX || offset <= end || len == 0),
+            FileRequest::Plugin => offset == 0,
+        }
+    }
+
+    /// Bytes worth reserving for an answer of `len` bytes: all of them when
+    /// the request bounds them (up to [`RESERVE_AHEAD_LIMIT`]), else no
+    /// more than [`UNBOUNDED_RESERVE`]. What arrives beyond is stored as it
+    /// arrives, not on the peer's word.
+    fn reserve_for(&self, len: u64) -> usize {
+        let bound = match *self {
+            FileRequest::AttemptOutput { len: asked, .. } | FileRequest::InputRange { len: asked, .. } if asked != u64::MAX => asked,
+            FileRequest::InputSplit { start, end, .. } if end != u64::MAX => end.saturating_sub(start),
+            _ => UNBOUNDED_RESERVE as u64,
+        };
+        usize::try_from(len.min(bound)).map_or(RESERVE_AHEAD_LIMIT, |bytes| bytes.min(RESERVE_AHEAD_LIMIT))
+    }
+
     fn decode(bytes: &[u8; Self::SIZE]) -> Option<FileRequest> {
         let word = |i: usize| u64::from_le_bytes(bytes[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
         match bytes[0] {
@@ -160,12 +209,27 @@ pub async fn serve_requests(mut stream: IdleLimited<TcpStream>, catalog: Arc<dyn
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, why: &str) -> io::Result<()> {
-    let why = &why.as_bytes()[..why.len().min(u16::MAX as usize)];
+    write_patiently(stream, &refusal(why)).await
+}
+
+/// A refusal's bytes: 1, the length, and `why` cut to [`MAX_REFUSAL_BYTES`].
+fn refusal(why: &str) -> Vec<u8> {
+    let why = &why.as_bytes()[..why.len().min(MAX_REFUSAL_BYTES)];
     let mut reply = vec![1];
     reply.extend_from_slice(&(why.len() as u16).to_le_bytes());
     reply.extend_from_slice(why);
-    stream.write_all(&reply).await?;
-    stream.flush().await
+    reply
+}
+
+/// Writes and flushes `bytes`, failing with `TimedOut` if the client does
+/// not take them within [`STALL_LIMIT`]: one that asks and never reads
+/// would otherwise hold the connection forever (reads alone are timed).
+async fn write_patiently<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    patient(STALL_LIMIT, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    })
+    .await
 }
 
 async fn send_range(stream: &mut IdleLimited<TcpStream>, range: &FileRange) -> io::Result<()> {
@@ -180,7 +244,7 @@ async fn send_range(stream: &mut IdleLimited<TcpStream>, range: &FileRange) -> i
     let mut header = vec![0];
     header.extend_from_slice(&range.offset.to_le_bytes());
     header.extend_from_slice(&range.len.to_le_bytes());
-    stream.write_all(&header).await?;
+    write_patiently(stream, &header).await?;
     // The bytes go from the page cache to the connection by sendfile(2),
     // never through this process; a thread checksums each chunk first
     // (which also brings it into the cache, so that sendfile does not wait
@@ -196,10 +260,7 @@ async fn send_range(stream: &mut IdleLimited<TcpStream>, range: &FileRange) -> i
                 send_file(stream.get_ref(), &file, range.offset + sent, len).await?;
                 sent += len;
             }
-            Ahead::Done(crc) => {
-                stream.write_all(&crc.to_le_bytes()).await?;
-                return stream.flush().await;
-            }
+            Ahead::Done(crc) => return write_patiently(stream, &crc.to_le_bytes()).await,
         }
     }
 }
@@ -326,6 +387,17 @@ pub enum FetchError {
     /// The server broke the protocol.
     #[error("the server's answer makes no sense")]
     Garbled,
+    /// The server announced a range other than the one asked for (say, a
+    /// run longer than the coordinator recorded): refused unread.
+    #[error("the server announced bytes {offset}+{len}, not what was asked for ({asked:?})")]
+    WrongRange {
+        /// What was asked for.
+        asked: FileRequest,
+        /// The first byte the server announced.
+        offset: u64,
+        /// How many bytes it announced.
+        len: u64,
+    },
 }
 
 impl FetchError {
@@ -334,7 +406,7 @@ impl FetchError {
         match self {
             FetchError::Network(_) | FetchError::Corrupt => true,
             FetchError::Handshake(e) => e.is_transient(),
-            FetchError::NotServed(_) | FetchError::Garbled => false,
+            FetchError::NotServed(_) | FetchError::Garbled | FetchError::WrongRange { .. } => false,
         }
     }
 }
@@ -354,6 +426,9 @@ const IDLE_PER_SERVER: usize = 4;
 /// limit, so that it is not closed under a request.
 const IDLE_REUSE: Duration = Duration::from_secs(5);
 
+/// Connections kept for reuse, by server, each with when it was last used.
+type IdleConnections = std::collections::HashMap<String, Vec<(TcpStream, std::time::Instant)>>;
+
 /// Fetches ranges from file servers as one process of the job. Clones
 /// share the connections kept for reuse: a handshake per fetch would cost
 /// more than the fetch when there are many small ones (an app sampling its
@@ -364,7 +439,7 @@ pub struct Fetcher {
     identity: Identity,
     /// How long a fetch waits for the server's next bytes (or to connect).
     stall_limit: Duration,
-    idle: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<(TcpStream, std::time::Instant)>>>>,
+    idle: Arc<std::sync::Mutex<IdleConnections>>,
 }
 
 impl Fetcher {
@@ -386,7 +461,7 @@ impl Fetcher {
     pub async fn fetch<W: AsyncWrite + Unpin>(&self, server: &str, request: FileRequest, sink: &mut W) -> Result<Fetched, FetchError> {
         loop {
             let (mut stream, reused) = self.ask(server, request).await?;
-            let result = receive(&mut stream, sink, self.stall_limit).await;
+            let result = receive(&mut stream, request, sink, self.stall_limit).await;
             if let Some(result) = self.finish(server, stream, reused, result) {
                 return result;
             }
@@ -405,7 +480,7 @@ impl Fetcher {
     ) -> Result<Fetched, FetchError> {
         loop {
             let (mut stream, reused) = self.ask(server, request).await?;
-            let result = receive_to_vec(&mut stream, out, progress, self.stall_limit).await;
+            let result = receive_to_vec(&mut stream, request, out, progress, self.stall_limit).await;
             if let Some(result) = self.finish(server, stream, reused, result) {
                 return result;
             }
@@ -466,12 +541,18 @@ impl Fetcher {
     }
 }
 
-/// Reads one answer from `stream`, appending it to `out`.
-async fn receive_to_vec(stream: &mut TcpStream, out: &mut Vec<u8>, progress: Option<&AtomicU64>, limit: Duration) -> Result<Fetched, FetchError> {
+/// Reads one answer to `request` from `stream`, appending it to `out`.
+async fn receive_to_vec<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    request: FileRequest,
+    out: &mut Vec<u8>,
+    progress: Option<&AtomicU64>,
+    limit: Duration,
+) -> Result<Fetched, FetchError> {
     {
-        let (offset, len) = read_header(stream, limit).await?;
+        let (offset, len) = read_header(stream, request, limit).await?;
         let start = out.len();
-        out.reserve(usize::try_from(len).map_err(|_| FetchError::Garbled)?);
+        out.reserve(request.reserve_for(len));
         while ((out.len() - start) as u64) < len {
             let left = len - (out.len() - start) as u64;
             let n = patient(limit, (&mut *stream).take(left).read_buf(out)).await?;
@@ -487,9 +568,9 @@ async fn receive_to_vec(stream: &mut TcpStream, out: &mut Vec<u8>, progress: Opt
     }
 }
 
-/// Reads the start of an answer: the range's offset and length, or why the
-/// server will not send it.
-async fn read_header<R: AsyncRead + Unpin>(stream: &mut R, limit: Duration) -> Result<(u64, u64), FetchError> {
+/// Reads the start of an answer to `request`: the range's offset and
+/// length, if `request` admits them; or why the server will not send it.
+async fn read_header<R: AsyncRead + Unpin>(stream: &mut R, request: FileRequest, limit: Duration) -> Result<(u64, u64), FetchError> {
     match patient(limit, stream.read_u8()).await? {
         0 => {}
         1 => {
@@ -502,6 +583,9 @@ async fn read_header<R: AsyncRead + Unpin>(stream: &mut R, limit: Duration) -> R
     }
     let offset = patient(limit, stream.read_u64_le()).await?;
     let len = patient(limit, stream.read_u64_le()).await?;
+    if !request.admits(offset, len) {
+        return Err(FetchError::WrongRange { asked: request, offset, len });
+    }
     Ok((offset, len))
 }
 
@@ -514,17 +598,18 @@ async fn verify_trailer<R: AsyncRead + Unpin>(stream: &mut R, crc: u32, limit: D
     Ok(())
 }
 
-/// Reads one answer from `stream` into `sink`, waiting at most `limit` for
-/// each piece.
-async fn receive<R, W>(stream: &mut R, sink: &mut W, limit: Duration) -> Result<Fetched, FetchError>
+/// Reads one answer to `request` from `stream` into `sink`, waiting at
+/// most `limit` for each piece.
+async fn receive<R, W>(stream: &mut R, request: FileRequest, sink: &mut W, limit: Duration) -> Result<Fetched, FetchError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (offset, len) = read_header(stream, limit).await?;
+    let (offset, len) = read_header(stream, request, limit).await?;
     let mut crc = crc32fast::Hasher::new();
     let mut left = len;
-    let mut chunk = vec![0; CHUNK];
+    // At most a chunk, whatever the length announced.
+    let mut chunk = vec![0; usize::try_from(len).map_or(CHUNK, |len| len.min(CHUNK))];
     while left > 0 {
         // A whole chunk per write: a socket read gives tens of KiB, and a
         // write to a file is a trip to a blocking thread.
@@ -630,10 +715,11 @@ mod tests {
         answer.extend_from_slice(&5u64.to_le_bytes());
         answer.extend_from_slice(b"hellp");
         answer.extend_from_slice(&crc32fast::hash(b"hello").to_le_bytes());
-        let result = receive(&mut &answer[..], &mut Vec::new(), STALL_LIMIT).await;
+        let request = FileRequest::AttemptOutput { attempt: 1, offset: 0, len: 5 };
+        let result = receive(&mut &answer[..], request, &mut Vec::new(), STALL_LIMIT).await;
         assert!(matches!(result, Err(FetchError::Corrupt)), "{result:?}");
         // Cut short: a broken transfer, not a short one.
-        let result = receive(&mut &answer[..12], &mut Vec::new(), STALL_LIMIT).await;
+        let result = receive(&mut &answer[..12], request, &mut Vec::new(), STALL_LIMIT).await;
         assert!(matches!(result, Err(FetchError::Network(_))), "{result:?}");
     }
 
@@ -648,5 +734,221 @@ mod tests {
             assert_eq!(FileRequest::decode(&request.encode()), Some(request));
         }
         assert_eq!(FileRequest::decode(&[9; FileRequest::SIZE]), None);
+    }
+
+    /// An answer as a server sends it: `len` bytes from `offset`, then
+    /// the CRC-32 of `bytes` (which may differ from what is announced).
+    fn answer(offset: u64, len: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut wire = vec![0];
+        wire.extend_from_slice(&offset.to_le_bytes());
+        wire.extend_from_slice(&len.to_le_bytes());
+        wire.extend_from_slice(bytes);
+        wire.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+        wire
+    }
+
+    /// A hostile server: admits anyone, then answers every request with
+    /// `wire`, whatever was asked.
+    async fn hostile_server(wire: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let wire = wire.clone();
+                tokio::spawn(async move {
+                    handshake::accept(&mut stream, None, |_| Ok(())).await.unwrap();
+                    let mut asked = [0; 1 + FileRequest::SIZE];
+                    stream.read_exact(&mut asked).await.unwrap();
+                    let _ = stream.write_all(&wire).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_answer_longer_than_the_recorded_run_is_refused_before_a_byte_is_stored() {
+        let request = FileRequest::AttemptOutput { attempt: 3, offset: 100, len: 10 };
+        let fetcher = Fetcher::new(None, Identity::new("reducer".into()));
+        // Announces 1 EiB (or one byte more, or another offset) and sends it.
+        for (offset, len) in [(100, 1 << 60), (100, 11), (100, 9), (0, 10)] {
+            let addr = hostile_server(answer(offset, len, &[7; 11])).await;
+            let mut file = Vec::new();
+            let fetched = fetcher.fetch(&addr, request, &mut file).await;
+            assert!(matches!(fetched, Err(FetchError::WrongRange { offset: o, len: l, .. }) if o == offset && l == len), "{fetched:?}");
+            assert!(file.is_empty(), "nothing is written");
+            assert!(!fetched.unwrap_err().is_transient(), "a lying server is not asked again");
+            let mut memory = Vec::new();
+            let fetched = fetcher.fetch_to_vec(&addr, request, &mut memory, None).await;
+            assert!(matches!(fetched, Err(FetchError::WrongRange { .. })), "{fetched:?}");
+            assert_eq!(memory.capacity(), 0, "nothing is allocated");
+        }
+        // The recorded length itself is taken.
+        let addr = hostile_server(answer(100, 10, b"0123456789")).await;
+        let mut memory = Vec::new();
+        assert_eq!(fetcher.fetch_to_vec(&addr, request, &mut memory, None).await.unwrap(), Fetched { offset: 100, len: 10 });
+        assert_eq!(memory, b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn an_unbounded_answer_is_stored_as_it_arrives_not_as_announced() {
+        // The app's length is not in the request: a server may announce
+        // 1 EiB, but memory grows only with what it sends before it stops.
+        let mut wire = answer(0, 1 << 60, b"");
+        wire.truncate(17);
+        wire.extend_from_slice(&[1; 5000]);
+        let addr = hostile_server(wire).await;
+        let fetcher = Fetcher::new(None, Identity::new("worker".into())).with_stall_limit(Duration::from_secs(2));
+        let mut memory = Vec::new();
+        let fetched = fetcher.fetch_to_vec(&addr, FileRequest::Plugin, &mut memory, None).await;
+        assert!(matches!(fetched, Err(FetchError::Network(_))), "{fetched:?}");
+        assert!(memory.capacity() <= 2 * UNBOUNDED_RESERVE, "reserved {} bytes", memory.capacity());
+        // A refusal's reason is bounded by its u16 length.
+        let addr = hostile_server(vec![1, 0xff, 0xff, b'x']).await;
+        let fetched = fetcher.fetch_to_vec(&addr, FileRequest::Plugin, &mut memory, None).await;
+        assert!(matches!(fetched, Err(FetchError::Network(_))), "{fetched:?}");
+    }
+
+    #[test]
+    fn what_each_request_admits() {
+        let run = FileRequest::AttemptOutput { attempt: 1, offset: 8, len: 100 };
+        assert!(run.admits(8, 100) && !run.admits(8, 101) && !run.admits(8, 99) && !run.admits(0, 100));
+        let to_end = FileRequest::AttemptOutput { attempt: 1, offset: 8, len: u64::MAX };
+        assert!(to_end.admits(8, 5) && !to_end.admits(9, 5));
+        let range = FileRequest::InputRange { input: 0, offset: 10, len: 50 };
+        assert!(range.admits(10, 50) && range.admits(10, 3) && range.admits(7, 0) && !range.admits(10, 51) && !range.admits(11, 3));
+        let split = FileRequest::InputSplit { input: 0, start: 100, end: 200 };
+        assert!(split.admits(100, 500) && split.admits(150, 0) && split.admits(900, 0) && !split.admits(99, 1) && !split.admits(201, 1));
+        assert!(FileRequest::Plugin.admits(0, 1 << 40) && !FileRequest::Plugin.admits(1, 1));
+        assert_eq!(run.reserve_for(100), 100);
+        assert_eq!(FileRequest::Plugin.reserve_for(1 << 60), UNBOUNDED_RESERVE);
+        assert_eq!(split.reserve_for(1 << 60), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_is_cut_off() {
+        // A pipe of 64 bytes that nobody reads: the refusal cannot be written.
+        let (mut near, _far) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        let refused = refuse(&mut near, &"x".repeat(10_000)).await;
+        assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), STALL_LIMIT);
+        assert_eq!(refusal(&"y".repeat(100_000)).len(), 3 + MAX_REFUSAL_BYTES, "a refusal is one line, not 64 KiB");
+    }
+
+    /// Fuzz-style properties of the decoders of this file's wire format:
+    /// requests (the server's side), answers (the client's side).
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// `default` cases, or `PROPTEST_CASES` (scripts/fuzz.sh sets it).
+        fn config(default: u32) -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
+            ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        fn request() -> impl Strategy<Value = FileRequest> {
+            prop_oneof![
+                (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(attempt, offset, len)| FileRequest::AttemptOutput { attempt, offset, len }),
+                (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(input, start, end)| FileRequest::InputSplit { input, start, end }),
+                (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(input, offset, len)| FileRequest::InputRange { input, offset, len }),
+                Just(FileRequest::Plugin),
+            ]
+        }
+
+        /// What a fetch made of an answer, and the bytes it stored.
+        type Received = Result<(Fetched, Vec<u8>), FetchError>;
+
+        /// Reads one answer to `request` from `wire`, both ways: into a
+        /// writer, and into memory (which must end as it began on an error
+        /// before the bytes, and never grow past what arrived).
+        fn receive_both(request: FileRequest, wire: &[u8]) -> (Received, Received) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            runtime.block_on(async {
+                let mut sink = Vec::new();
+                let to_sink = receive(&mut &wire[..], request, &mut sink, STALL_LIMIT).await.map(|f| (f, sink));
+                let mut memory = Vec::new();
+                let to_memory = receive_to_vec(&mut &wire[..], request, &mut memory, None, STALL_LIMIT).await;
+                assert!(memory.len() <= wire.len(), "stored more than arrived");
+                assert!(
+                    memory.capacity() <= request.reserve_for(u64::MAX).max(2 * wire.len()).max(64),
+                    "reserved {} for {} bytes",
+                    memory.capacity(),
+                    wire.len()
+                );
+                (to_sink, to_memory.map(|f| (f, memory)))
+            })
+        }
+
+        proptest! {
+            #![proptest_config(config(3000))]
+
+            #[test]
+            fn requests_round_trip(request in request()) {
+                let decoded = FileRequest::decode(&request.encode());
+                // The plugin request carries no numbers; the others all theirs.
+                prop_assert_eq!(decoded, Some(request));
+            }
+
+            #[test]
+            fn any_request_bytes_decode_or_are_refused(bytes in prop::array::uniform25(any::<u8>())) {
+                if let Some(request) = FileRequest::decode(&bytes) {
+                    prop_assert_eq!(FileRequest::decode(&request.encode()), Some(request));
+                    prop_assert!((1..=4).contains(&bytes[0]));
+                }
+            }
+
+            #[test]
+            fn valid_answers_arrive_whole(offset in 0u64..1 << 40, bytes in prop::collection::vec(any::<u8>(), 0..3000)) {
+                let request = FileRequest::AttemptOutput { attempt: 1, offset, len: bytes.len() as u64 };
+                let (to_sink, to_memory) = receive_both(request, &answer(offset, bytes.len() as u64, &bytes));
+                let expected = Fetched { offset, len: bytes.len() as u64 };
+                prop_assert_eq!(to_sink.unwrap(), (expected, bytes.clone()));
+                prop_assert_eq!(to_memory.unwrap(), (expected, bytes));
+            }
+
+            #[test]
+            fn cut_or_damaged_answers_are_refused(
+                bytes in prop::collection::vec(any::<u8>(), 1..2000),
+                cut in any::<prop::sample::Index>(),
+                flip in any::<prop::sample::Index>(),
+                bit in 0u8..8,
+            ) {
+                let request = FileRequest::AttemptOutput { attempt: 1, offset: 0, len: bytes.len() as u64 };
+                let wire = answer(0, bytes.len() as u64, &bytes);
+                let (to_sink, to_memory) = receive_both(request, &wire[..cut.index(wire.len())]);
+                prop_assert!(matches!(to_sink, Err(FetchError::Network(_))), "{:?}", to_sink);
+                prop_assert!(matches!(to_memory, Err(FetchError::Network(_))), "{:?}", to_memory);
+                let mut damaged = wire.clone();
+                damaged[flip.index(wire.len())] ^= 1 << bit;
+                let (to_sink, to_memory) = receive_both(request, &damaged);
+                prop_assert!(to_sink.is_err() && to_memory.is_err(), "{:?} {:?}", to_sink, to_memory);
+            }
+
+            #[test]
+            fn garbage_answers_never_panic_nor_overallocate(request in request(), wire in prop::collection::vec(any::<u8>(), 0..200)) {
+                let (to_sink, to_memory) = receive_both(request, &wire);
+                // Taken only if announced as asked and sent whole with its CRC.
+                for (fetched, bytes) in [to_sink, to_memory].into_iter().flatten() {
+                    prop_assert!(request.admits(fetched.offset, fetched.len));
+                    prop_assert_eq!(bytes.len() as u64, fetched.len);
+                }
+            }
+
+            #[test]
+            fn garbage_with_a_plausible_header_never_panics(request in request(), offset in any::<u64>(), len in any::<u64>(), rest in prop::collection::vec(any::<u8>(), 0..300)) {
+                let mut wire = answer(offset, len, b"");
+                wire.truncate(17);
+                wire.extend_from_slice(&rest);
+                let (to_sink, to_memory) = receive_both(request, &wire);
+                for result in [to_sink, to_memory] {
+                    if let Err(FetchError::WrongRange { offset: o, len: l, .. }) = result {
+                        prop_assert!(!request.admits(o, l));
+                    }
+                }
+            }
+        }
     }
 }

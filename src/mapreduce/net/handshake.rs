@@ -337,7 +337,7 @@ where
     if secret.is_some() && !server_wants_secret {
         return Err(HandshakeError::ServerWithoutSecret);
     }
-    let name = &identity.name.as_bytes()[..identity.name.len().min(MAX_NAME_LEN)];
+    let name = name_on_the_wire(&identity.name);
     let hello = ClientHello {
         flags: if secret.is_some() { FLAG_SECRET } else { 0 },
         nonce: random(),
@@ -374,6 +374,14 @@ where
         }
         _ => Err(HandshakeError::NotOurProtocol),
     }
+}
+
+/// `name` as the client sends it: cut to [`MAX_NAME_LEN`] bytes, at a
+/// character's boundary (a name cut inside one is not text, and the server
+/// would refuse it).
+fn name_on_the_wire(name: &str) -> &[u8] {
+    let end = (0..=name.len().min(MAX_NAME_LEN)).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0);
+    &name.as_bytes()[..end]
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -504,6 +512,16 @@ mod tests {
         assert!(matches!(server, Err(AcceptError::Handshake(HandshakeError::TimedOut))), "{server:?}");
     }
 
+    #[tokio::test]
+    async fn a_long_name_is_cut_at_a_character_not_inside_one() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let long = format!("{}é-and-more", "w".repeat(MAX_NAME_LEN - 1));
+        let me = Identity::new(long.clone());
+        let (server, client) = tokio::join!(accept(&mut a, None, |_| Ok(())), connect(&mut b, None, &me));
+        client.unwrap();
+        assert_eq!(server.unwrap().name, long[..MAX_NAME_LEN - 1]);
+    }
+
     #[test]
     fn token_files_are_trimmed_and_must_be_long_enough() {
         let dir = tempfile::tempdir().unwrap();
@@ -515,5 +533,105 @@ mod tests {
         assert!(e.contains("holds 5 bytes") && e.contains("at least 16"), "{e}");
         let e = Secret::from_file(&dir.path().join("missing")).unwrap_err().to_string();
         assert!(e.starts_with("cannot read the token file"), "{e}");
+    }
+
+    /// Fuzz-style properties of both halves' decoders: each reads what the
+    /// other sent from `input` (arbitrary bytes, or a valid half changed),
+    /// with no runtime and no timer (the halves within the timeout).
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// `default` cases, or `PROPTEST_CASES` (scripts/fuzz.sh sets it).
+        fn config(default: u32) -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
+            ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        /// The server's half against a client that sent `input`.
+        fn server_reads(input: &[u8], secret: Option<&Secret>) -> Result<Identity, AcceptError> {
+            let mut stream = tokio::io::join(input, Vec::new());
+            futures::executor::block_on(accept_within(&mut stream, secret, |_| Ok(())))
+        }
+
+        /// The client's half against a server that sent `input`.
+        fn client_reads(input: &[u8], secret: Option<&Secret>) -> Result<(), HandshakeError> {
+            let mut stream = tokio::io::join(input, Vec::new());
+            futures::executor::block_on(connect_within(&mut stream, secret, &Identity::new("w".into())))
+        }
+
+        /// A client's hello as `connect` sends it, with `tag` as its proof.
+        fn client_hello(flags: u8, name: &[u8], tag: [u8; TAG_LEN]) -> Vec<u8> {
+            let mut bytes = MAGIC.to_vec();
+            bytes.push(flags);
+            bytes.extend_from_slice(&[3; NONCE_LEN]);
+            bytes.extend_from_slice(&[4; 16]);
+            bytes.push(name.len() as u8);
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(&tag);
+            bytes
+        }
+
+        proptest! {
+            #![proptest_config(config(3000))]
+
+            #[test]
+            fn any_name_round_trips_cut_at_a_character(name in "\\PC{0,300}", with_secret: bool) {
+                let secret = with_secret.then(|| Secret::from_bytes(b"0123456789abcdef").unwrap());
+                let me = Identity::new(name.clone());
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+                let (server, client) = runtime.block_on(async {
+                    let (mut a, mut b) = tokio::io::duplex(4096);
+                    tokio::join!(accept(&mut a, secret.as_ref(), |_| Ok(())), connect(&mut b, secret.as_ref(), &me))
+                });
+                let sent = name_on_the_wire(&name);
+                prop_assert!(sent.len() <= MAX_NAME_LEN && name.as_bytes().starts_with(sent));
+                if sent.is_empty() {
+                    prop_assert!(matches!(server, Err(AcceptError::Refused(Refusal::BadName))), "{:?}", server);
+                } else {
+                    let admitted = server.unwrap();
+                    prop_assert_eq!(admitted.name.as_bytes(), sent);
+                    prop_assert_eq!(admitted.incarnation, me.incarnation);
+                    prop_assert!(client.is_ok(), "{:?}", client);
+                }
+            }
+
+            #[test]
+            fn arbitrary_client_bytes_never_panic_and_never_prove_a_secret(input in prop::collection::vec(any::<u8>(), 0..400)) {
+                let secret = Secret::from_bytes(b"0123456789abcdef").unwrap();
+                prop_assert!(server_reads(&input, Some(&secret)).is_err());
+                let _ = server_reads(&input, None);
+            }
+
+            #[test]
+            fn forged_hellos_are_refused(flags: u8, name in prop::collection::vec(any::<u8>(), 0..=255), tag: [u8; TAG_LEN], cut in any::<prop::sample::Index>()) {
+                let secret = Secret::from_bytes(b"0123456789abcdef").unwrap();
+                let hello = client_hello(flags, &name, tag);
+                let refused = server_reads(&hello, Some(&secret));
+                prop_assert!(matches!(refused, Err(AcceptError::Refused(Refusal::NoSecret | Refusal::WrongSecret))), "{:?}", refused);
+                // Without a secret, a name that is text is admitted as it is.
+                match (server_reads(&hello, None), String::from_utf8(name)) {
+                    (Ok(identity), Ok(name)) => prop_assert_eq!(identity.name, name),
+                    (Err(AcceptError::Refused(Refusal::BadName)), Err(_)) => {}
+                    (Err(AcceptError::Refused(Refusal::BadName)), Ok(name)) => prop_assert!(name.is_empty()),
+                    (other, _) => prop_assert!(false, "{:?}", other),
+                }
+                // Cut anywhere: the connection broke, nothing is decided.
+                let cut = &hello[..cut.index(hello.len())];
+                let broken = server_reads(cut, None);
+                prop_assert!(matches!(broken, Err(AcceptError::Handshake(HandshakeError::Io(_) | HandshakeError::NotOurProtocol))), "{:?}", broken);
+            }
+
+            #[test]
+            fn arbitrary_server_bytes_never_panic_nor_admit_with_a_secret(input in prop::collection::vec(any::<u8>(), 0..400), with_hello: bool, flags: u8) {
+                let secret = Secret::from_bytes(b"0123456789abcdef").unwrap();
+                // Past the magic half the time, so the rest is read too.
+                let mut bytes = if with_hello { [&MAGIC[..], &[flags], &[5; NONCE_LEN]].concat() } else { Vec::new() };
+                bytes.extend_from_slice(&input);
+                prop_assert!(client_reads(&bytes, Some(&secret)).is_err());
+                let _ = client_reads(&bytes, None);
+            }
+        }
     }
 }

@@ -33,6 +33,10 @@ pub const SERVICE_UPLOAD: u8 = b'U';
 /// The largest frame either side sends or accepts.
 pub const MAX_FRAME: usize = 4 << 20;
 
+/// Bytes of a frame the coordinator reads and writes at a time: its memory
+/// per upload, whatever length a frame announces.
+const PIECE: usize = 64 * 1024;
+
 /// How long a client waits for the coordinator's answer once it has sent
 /// the whole output (the coordinator has it then; it only renames it).
 const ANSWER_LIMIT: Duration = Duration::from_secs(60);
@@ -141,7 +145,7 @@ fn read_answer(stream: &mut impl Read, first: u8) -> io::Result<()> {
 /// and then (see [`receive`]): reads which attempt's output it carries.
 pub fn read_header(stream: &mut impl Read, still_wanted: &mut dyn FnMut() -> bool) -> io::Result<(u32, u64)> {
     let mut header = [0; 12];
-    fill(stream, &mut header, still_wanted)?;
+    fill(stream, &mut header, still_wanted, None)?;
     Ok((u32::from_le_bytes(header[..4].try_into().expect("4 bytes")), u64::from_le_bytes(header[4..].try_into().expect("8 bytes"))))
 }
 
@@ -156,7 +160,7 @@ pub fn read_header(stream: &mut impl Read, still_wanted: &mut dyn FnMut() -> boo
 /// holds part of it.
 pub fn receive(stream: &mut impl Read, sink: &mut impl Write, still_wanted: &mut dyn FnMut() -> bool) -> io::Result<u64> {
     let mut crc = crc32fast::Hasher::new();
-    let mut buffer = Vec::new();
+    let mut piece = vec![0; PIECE];
     let mut total = 0u64;
     let mut asked = Instant::now();
     loop {
@@ -168,7 +172,7 @@ pub fn receive(stream: &mut impl Read, sink: &mut impl Write, still_wanted: &mut
             asked = Instant::now();
         }
         let mut len = [0; 4];
-        fill(stream, &mut len, still_wanted)?;
+        let mut last_byte = fill(stream, &mut len, still_wanted, None)?;
         let len = u32::from_le_bytes(len) as usize;
         if len == 0 {
             break;
@@ -176,14 +180,19 @@ pub fn receive(stream: &mut impl Read, sink: &mut impl Write, still_wanted: &mut
         if len > MAX_FRAME {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes (at most {MAX_FRAME})")));
         }
-        buffer.resize(len, 0);
-        fill(stream, &mut buffer, still_wanted)?;
-        crc.update(&buffer);
-        sink.write_all(&buffer)?;
+        // In pieces: the frame's length is the client's word, not memory.
+        let mut left = len;
+        while left > 0 {
+            let piece = &mut piece[..left.min(PIECE)];
+            last_byte = fill(stream, piece, still_wanted, Some(last_byte))?;
+            crc.update(piece);
+            sink.write_all(piece)?;
+            left -= piece.len();
+        }
         total += len as u64;
     }
     let mut expected = [0; 4];
-    fill(stream, &mut expected, still_wanted)?;
+    fill(stream, &mut expected, still_wanted, None)?;
     if crc.finalize() != u32::from_le_bytes(expected) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "the output arrived damaged (checksum mismatch)"));
     }
@@ -191,12 +200,13 @@ pub fn receive(stream: &mut impl Read, sink: &mut impl Write, still_wanted: &mut
     Ok(total)
 }
 
-/// Fills `buf` from `stream`. A read that times out asks `still_wanted`,
-/// and waits on if it says so; once a byte is in, the rest must also
-/// follow within [`STALL_LIMIT`].
-fn fill(stream: &mut impl Read, buf: &mut [u8], still_wanted: &mut dyn FnMut() -> bool) -> io::Result<()> {
+/// Fills `buf` from `stream`; returns when its last byte came. A read that
+/// times out asks `still_wanted`, and waits on if it says so; once a byte
+/// is in (or from `mid_frame`, the last byte of the frame `buf` continues),
+/// the rest must also follow within [`STALL_LIMIT`].
+fn fill(stream: &mut impl Read, buf: &mut [u8], still_wanted: &mut dyn FnMut() -> bool, mid_frame: Option<Instant>) -> io::Result<Instant> {
     let mut filled = 0;
-    let mut last_byte = Instant::now();
+    let mut last_byte = mid_frame.unwrap_or_else(Instant::now);
     while filled < buf.len() {
         match stream.read(&mut buf[filled..]) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -205,7 +215,7 @@ fn fill(stream: &mut impl Read, buf: &mut [u8], still_wanted: &mut dyn FnMut() -
                 last_byte = Instant::now();
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                if filled > 0 && last_byte.elapsed() >= STALL_LIMIT {
+                if (filled > 0 || mid_frame.is_some()) && last_byte.elapsed() >= STALL_LIMIT {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no progress for {} s", STALL_LIMIT.as_secs())));
                 }
                 if !still_wanted() {
@@ -216,7 +226,7 @@ fn fill(stream: &mut impl Read, buf: &mut [u8], still_wanted: &mut dyn FnMut() -
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(last_byte)
 }
 
 /// The server's half: tells the client its output is staged (`Ok`) or why
@@ -328,5 +338,112 @@ mod tests {
         assert_eq!(take(&good[..7]).unwrap_err().kind(), io::ErrorKind::UnexpectedEof, "a cut upload is not taken for whole");
         let oversized = ((MAX_FRAME + 1) as u32).to_le_bytes();
         assert_eq!(take(&oversized).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// An upload as a client sends it: the header, `data` in frames of
+    /// `frame` bytes, the end and the CRC-32 of `data`.
+    fn wire(partition: u32, attempt: u64, data: &[u8], frame: usize) -> Vec<u8> {
+        let mut wire = partition.to_le_bytes().to_vec();
+        wire.extend_from_slice(&attempt.to_le_bytes());
+        for chunk in data.chunks(frame.max(1)) {
+            wire.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            wire.extend_from_slice(chunk);
+        }
+        wire.extend_from_slice(&0u32.to_le_bytes());
+        wire.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        wire
+    }
+
+    /// The header and the output read from `bytes` as the coordinator does.
+    fn take_all(bytes: &[u8]) -> io::Result<((u32, u64), Vec<u8>)> {
+        let mut stream = bytes;
+        let header = read_header(&mut stream, &mut || true)?;
+        let mut sink = Vec::new();
+        let len = receive(&mut stream, &mut sink, &mut || true)?;
+        assert_eq!(len, sink.len() as u64);
+        Ok((header, sink))
+    }
+
+    #[test]
+    fn a_frame_is_received_in_pieces_not_as_announced() {
+        let data: Vec<u8> = (0..MAX_FRAME as u32).map(|i| (i % 239) as u8).collect();
+        let (header, got) = take_all(&wire(1, 2, &data, MAX_FRAME)).unwrap();
+        assert!(header == (1, 2) && got == data);
+        // Announces a whole frame and stops after a piece: nothing of the
+        // announced size was reserved, and the cut is seen.
+        let mut cut = wire(1, 2, &data, MAX_FRAME);
+        cut.truncate(12 + 4 + PIECE + 1);
+        assert_eq!(take_all(&cut).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Fuzz-style properties of the upload's decoders: the header and
+    /// frames (the coordinator's side) and the answer (the worker's).
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// `default` cases, or `PROPTEST_CASES` (scripts/fuzz.sh sets it).
+        fn config(default: u32) -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
+            ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        proptest! {
+            #![proptest_config(config(3000))]
+
+            #[test]
+            fn uploads_round_trip(partition: u32, attempt: u64, data in prop::collection::vec(any::<u8>(), 0..5000), frame in 1usize..3000) {
+                prop_assert_eq!(take_all(&wire(partition, attempt, &data, frame)).unwrap(), ((partition, attempt), data));
+            }
+
+            #[test]
+            fn cut_uploads_are_cut_and_damaged_ones_refused(
+                data in prop::collection::vec(any::<u8>(), 0..2000),
+                frame in 1usize..700,
+                cut in any::<prop::sample::Index>(),
+                flip in any::<prop::sample::Index>(),
+                bit in 0u8..8,
+            ) {
+                let whole = wire(7, 9, &data, frame);
+                let taken = take_all(&whole[..cut.index(whole.len())]);
+                prop_assert_eq!(taken.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+                let at = flip.index(whole.len());
+                let mut damaged = whole.clone();
+                damaged[at] ^= 1 << bit;
+                let taken = take_all(&damaged);
+                // The header carries no checksum: a flip there names another attempt.
+                if at >= 12 {
+                    let kind = taken.unwrap_err().kind();
+                    prop_assert!(matches!(kind, io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof), "{:?}", kind);
+                }
+            }
+
+            #[test]
+            fn garbage_uploads_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+                if let Ok((_, data)) = take_all(&bytes) {
+                    prop_assert!(data.len() < bytes.len());
+                }
+            }
+
+            #[test]
+            fn garbage_frames_never_panic(frames in prop::collection::vec((any::<u32>(), prop::collection::vec(any::<u8>(), 0..64)), 0..8)) {
+                // Plausible framing: lengths of any size, followed by too few bytes.
+                let mut bytes = vec![0; 12];
+                for (len, data) in frames {
+                    bytes.extend_from_slice(&len.to_le_bytes());
+                    bytes.extend_from_slice(&data);
+                }
+                if let Err(e) = take_all(&bytes) {
+                    prop_assert!(matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof), "{}", e);
+                }
+            }
+
+            #[test]
+            fn any_answer_is_read_or_refused(first: u8, rest in prop::collection::vec(any::<u8>(), 0..300)) {
+                let answer = read_answer(&mut &rest[..], first);
+                prop_assert_eq!(answer.is_ok(), first == 0);
+            }
+        }
     }
 }
