@@ -15,7 +15,7 @@
 //! through a [`HostCalls`] the host passes in. The host calls `init` once,
 //! with the job's context, before anything else; the plugin creates the app
 //! instance then and reports its [capabilities](CAP_COMBINER). A panic in app code is caught
-//! on the plugin side ([`call_app`]) and returned as [`Status::Panicked`] with
+//! on the plugin side (`call_app`) and returned as [`Status::Panicked`] with
 //! its message, because unwinding across `extern "C"` would abort the worker.
 //!
 //! Bump [`ABI_VERSION`] whenever any type or signature here changes.
@@ -80,13 +80,21 @@ impl RawBytes {
         RawBytes { ptr: bytes.as_ptr(), len: bytes.len() }
     }
 
+    /// The bytes, borrowed for `'a`.
+    ///
     /// # Safety
-    /// `self` must describe `len` readable bytes that outlive `'a`.
+    /// Unless `len` is 0, `self` must describe `len` initialised bytes,
+    /// readable and not written to for all of `'a`.
     pub unsafe fn as_slice<'a>(self) -> &'a [u8] {
         if self.len == 0 {
             &[]
         } else {
-            std::slice::from_raw_parts(self.ptr, self.len)
+            // SAFETY: `len` is not 0 here, so the caller guarantees that
+            // `ptr` (hence non-null and, for `u8`, aligned) starts `len`
+            // initialised bytes that stay unchanged for `'a`. They come
+            // from one Rust slice on the other side, so `len` is at most
+            // `isize::MAX`.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
         }
     }
 }
@@ -188,28 +196,52 @@ macro_rules! export_app {
             use $crate::abi::{HostCalls, RawBytes, Status};
             unsafe extern "C" fn init(host: *const HostCalls, job: RawBytes, capabilities: *mut u32) -> Status {
                 let constructor: fn(&$crate::JobContext) -> ::std::result::Result<$app, $crate::AppError> = $constructor;
-                $crate::abi::plugin_init(&__MAPREDUCE_APP, constructor, host, job, capabilities)
+                // SAFETY: the host calls this only through the vtable, with
+                // the arguments `PluginVTable::init` documents; they are
+                // exactly what `plugin_init` requires.
+                unsafe { $crate::abi::plugin_init(&__MAPREDUCE_APP, constructor, host, job, capabilities) }
             }
             unsafe extern "C" fn map(host: *const HostCalls, filename: RawBytes, contents: RawBytes, offset: u64) -> Status {
-                $crate::abi::plugin_map(&__MAPREDUCE_APP, host, filename, contents, offset)
+                // SAFETY: the host calls this only through the vtable, with
+                // the arguments `PluginVTable::map` documents; they are
+                // exactly what `plugin_map` requires.
+                unsafe { $crate::abi::plugin_map(&__MAPREDUCE_APP, host, filename, contents, offset) }
             }
             unsafe extern "C" fn reduce(host: *const HostCalls, key: RawBytes) -> Status {
-                $crate::abi::plugin_reduce(&__MAPREDUCE_APP, host, key, false)
+                // SAFETY: the host calls this only through the vtable, with
+                // the arguments `PluginVTable::reduce` documents; they are
+                // exactly what `plugin_reduce` requires.
+                unsafe { $crate::abi::plugin_reduce(&__MAPREDUCE_APP, host, key, false) }
             }
             unsafe extern "C" fn combine(host: *const HostCalls, key: RawBytes) -> Status {
-                $crate::abi::plugin_reduce(&__MAPREDUCE_APP, host, key, true)
+                // SAFETY: the host calls this only through the vtable, with
+                // the arguments `PluginVTable::combine` documents; they are
+                // exactly what `plugin_reduce` requires.
+                unsafe { $crate::abi::plugin_reduce(&__MAPREDUCE_APP, host, key, true) }
             }
             unsafe extern "C" fn partition(key: RawBytes, partitions: u32) -> u32 {
-                $crate::abi::plugin_partition(&__MAPREDUCE_APP, key, partitions)
+                // SAFETY: the host calls this only through the vtable, with
+                // the arguments `PluginVTable::partition` documents; they are
+                // exactly what `plugin_partition` requires.
+                unsafe { $crate::abi::plugin_partition(&__MAPREDUCE_APP, key, partitions) }
             }
             unsafe extern "C" fn start_task(host: *const HostCalls, kind: u32, index: u32) -> Status {
-                $crate::abi::plugin_start_task(&__MAPREDUCE_APP, host, kind, index)
+                // SAFETY: the host calls this only through the vtable, with
+                // the arguments `PluginVTable::start_task` documents; they are
+                // exactly what `plugin_start_task` requires.
+                unsafe { $crate::abi::plugin_start_task(&__MAPREDUCE_APP, host, kind, index) }
             }
             unsafe extern "C" fn finish_map(host: *const HostCalls) -> Status {
-                $crate::abi::plugin_finish_map(&__MAPREDUCE_APP, host)
+                // SAFETY: the host calls this only through the vtable, with
+                // the arguments `PluginVTable::finish_map` documents; they are
+                // exactly what `plugin_finish_map` requires.
+                unsafe { $crate::abi::plugin_finish_map(&__MAPREDUCE_APP, host) }
             }
             unsafe extern "C" fn finish_reduce(host: *const HostCalls) -> Status {
-                $crate::abi::plugin_finish_reduce(&__MAPREDUCE_APP, host)
+                // SAFETY: the host calls this only through the vtable, with
+                // the arguments `PluginVTable::finish_reduce` documents; they are
+                // exactly what `plugin_finish_reduce` requires.
+                unsafe { $crate::abi::plugin_finish_reduce(&__MAPREDUCE_APP, host) }
             }
             static NAME: &str = stringify!($app);
             static VTABLE: $crate::abi::PluginVTable = $crate::abi::PluginVTable {
@@ -229,14 +261,23 @@ macro_rules! export_app {
     };
 }
 
-// `RawBytes` holds a raw pointer, which is not `Sync`; the vtable's `name`
-// points at a `'static str`, which is safe to share.
+// SAFETY: `RawBytes` is a pointer and a length, with no interior
+// mutability; sharing one between threads only copies those two words.
+// Reading the bytes takes the `unsafe` `as_slice`, whose caller answers for
+// their validity on its own thread. The one `RawBytes` that is actually
+// shared, the `static` vtable's `name`, points at a `'static str`, which is
+// immutable and `Sync`. (Needed because raw pointers are not `Sync`, and a
+// `static` must be.)
 unsafe impl Sync for RawBytes {}
 
 /// Plugin side of `init`: makes the app (once) and reports what it can do.
 ///
 /// # Safety
-/// Called only by the host through the vtable, with valid arguments.
+/// Called only by the host through the vtable. `host` must point at a
+/// valid [`HostCalls`] whose callbacks accept its `ctx`, all live for the
+/// whole call; `job` must describe readable bytes for the call
+/// ([`RawBytes::as_slice`]); `capabilities` must be valid for a write of a
+/// `u32`.
 #[doc(hidden)]
 pub unsafe fn plugin_init<A: App>(
     cell: &OnceLock<A>,
@@ -245,14 +286,18 @@ pub unsafe fn plugin_init<A: App>(
     job: RawBytes,
     capabilities: *mut u32,
 ) -> Status {
-    let host = &*host;
+    // SAFETY: the caller guarantees `host` points at a valid `HostCalls`
+    // live for the whole call, which outlives this borrow.
+    let host = unsafe { &*host };
     // The constructor may read inputs through the host.
     let _scope = HostCallScope::enter(host);
     call_app(host, || {
         let app = match cell.get() {
             Some(app) => app,
             None => {
-                let job = decode_job(job.as_slice()).ok_or("the worker sent a malformed job description")?;
+                // SAFETY: the caller guarantees `job` is readable for the
+                // call; `decode_job` copies what it keeps.
+                let job = decode_job(unsafe { job.as_slice() }).ok_or("the worker sent a malformed job description")?;
                 let app = constructor(&job)?;
                 // A concurrent init of the same job made an equal app; keep either.
                 let _ = cell.set(app);
@@ -271,7 +316,9 @@ pub unsafe fn plugin_init<A: App>(
             OutputFormat::KeyTabValue => CAP_TAB_SEPARATED,
             OutputFormat::Raw => CAP_RAW_OUTPUT,
         };
-        *capabilities = caps;
+        // SAFETY: the caller guarantees `capabilities` is valid for a
+        // write of a `u32`.
+        unsafe { *capabilities = caps };
         Ok(())
     })
 }
@@ -283,13 +330,27 @@ fn initialised<A>(cell: &OnceLock<A>) -> Result<&A, AppError> {
 /// Plugin side of `map`: decodes the call and runs the app, catching panics.
 ///
 /// # Safety
-/// Called only by the host through the vtable, with valid `host` and slices.
+/// Called only by the host through the vtable. `host` must point at a
+/// valid [`HostCalls`] whose callbacks accept its `ctx`, all live for the
+/// whole call; `filename` and `contents` must describe readable bytes for
+/// the call ([`RawBytes::as_slice`]).
 #[doc(hidden)]
 pub unsafe fn plugin_map<A: App>(cell: &OnceLock<A>, host: *const HostCalls, filename: RawBytes, contents: RawBytes, offset: u64) -> Status {
-    let host = &*host;
-    let filename = String::from_utf8_lossy(filename.as_slice());
-    let input = MapInput { filename: &filename, contents: contents.as_slice(), offset };
-    let mut sink = |key: &[u8], value: &[u8]| (host.emit)(host.ctx, RawBytes::new(key), RawBytes::new(value));
+    // SAFETY: the caller guarantees `host` points at a valid `HostCalls`
+    // live for the whole call, which outlives this borrow.
+    let host = unsafe { &*host };
+    // SAFETY: the caller guarantees both slices are readable for the call;
+    // neither borrow outlives it (the app gets `&MapInput` only inside
+    // `call_app` below).
+    let (filename, contents) = unsafe { (filename.as_slice(), contents.as_slice()) };
+    let filename = String::from_utf8_lossy(filename);
+    let input = MapInput { filename: &filename, contents, offset };
+    let mut sink = |key: &[u8], value: &[u8]| {
+        // SAFETY: `host` is valid for the whole call (see `# Safety`) and
+        // `emit` gets its own `ctx`; `key` and `value` are live slices for
+        // the duration of `emit`, which copies what it keeps.
+        unsafe { (host.emit)(host.ctx, RawBytes::new(key), RawBytes::new(value)) }
+    };
     let _counters = HostCallScope::enter(host);
     call_app(host, || initialised(cell)?.map(&input, &mut Emitter::new(&mut sink)))
 }
@@ -298,10 +359,18 @@ pub unsafe fn plugin_map<A: App>(cell: &OnceLock<A>, host: *const HostCalls, fil
 /// app, catching panics.
 ///
 /// # Safety
-/// Called only by the host through the vtable, with valid arguments.
+/// Called only by the host through the vtable. `host` must point at a
+/// valid [`HostCalls`] whose callbacks accept its `ctx`, all live for the
+/// whole call; `key` must describe readable bytes for the call
+/// ([`RawBytes::as_slice`]).
 #[doc(hidden)]
 pub unsafe fn plugin_reduce<A: App>(cell: &OnceLock<A>, host: *const HostCalls, key: RawBytes, combine: bool) -> Status {
-    let host = &*host;
+    // SAFETY: the caller guarantees `host` points at a valid `HostCalls`
+    // live for the whole call, which outlives this borrow.
+    let host = unsafe { &*host };
+    // SAFETY: the caller guarantees `key` is readable for the call, and the
+    // borrow ends with it.
+    let key = unsafe { key.as_slice() };
     let mut source = HostValues { host };
     let mut value = Vec::new();
     let _counters = HostCallScope::enter(host);
@@ -309,15 +378,17 @@ pub unsafe fn plugin_reduce<A: App>(cell: &OnceLock<A>, host: *const HostCalls, 
         let app = initialised(cell)?;
         let mut values = Values::new(&mut source);
         if combine {
-            app.combine(key.as_slice(), &mut values, &mut value)
+            app.combine(key, &mut values, &mut value)
         } else {
-            app.reduce(key.as_slice(), &mut values, &mut value)
+            app.reduce(key, &mut values, &mut value)
         }
     });
     if status == Status::Ok {
         // The value is copied into host memory: each side frees only what it
         // allocated.
-        (host.write_output)(host.ctx, RawBytes::new(&value));
+        // SAFETY: `host` is valid for the whole call (see `# Safety`) and
+        // `write_output` gets its own `ctx`; `value` lives past the call.
+        unsafe { (host.write_output)(host.ctx, RawBytes::new(&value)) };
     }
     status
 }
@@ -325,10 +396,14 @@ pub unsafe fn plugin_reduce<A: App>(cell: &OnceLock<A>, host: *const HostCalls, 
 /// Plugin side of `start_task`.
 ///
 /// # Safety
-/// Called only by the host through the vtable, with a valid `host`.
+/// Called only by the host through the vtable. `host` must point at a
+/// valid [`HostCalls`] whose callbacks accept its `ctx`, all live for the
+/// whole call.
 #[doc(hidden)]
 pub unsafe fn plugin_start_task<A: App>(cell: &OnceLock<A>, host: *const HostCalls, kind: u32, index: u32) -> Status {
-    let host = &*host;
+    // SAFETY: the caller guarantees `host` points at a valid `HostCalls`
+    // live for the whole call, which outlives this borrow.
+    let host = unsafe { &*host };
     let kind = if kind == TASK_MAP { TaskKind::Map } else { TaskKind::Reduce };
     let _counters = HostCallScope::enter(host);
     call_app(host, || initialised(cell)?.start_task(TaskInfo { kind, index }))
@@ -337,11 +412,20 @@ pub unsafe fn plugin_start_task<A: App>(cell: &OnceLock<A>, host: *const HostCal
 /// Plugin side of `finish_map`.
 ///
 /// # Safety
-/// Called only by the host through the vtable, with a valid `host`.
+/// Called only by the host through the vtable. `host` must point at a
+/// valid [`HostCalls`] whose callbacks accept its `ctx`, all live for the
+/// whole call.
 #[doc(hidden)]
 pub unsafe fn plugin_finish_map<A: App>(cell: &OnceLock<A>, host: *const HostCalls) -> Status {
-    let host = &*host;
-    let mut sink = |key: &[u8], value: &[u8]| (host.emit)(host.ctx, RawBytes::new(key), RawBytes::new(value));
+    // SAFETY: the caller guarantees `host` points at a valid `HostCalls`
+    // live for the whole call, which outlives this borrow.
+    let host = unsafe { &*host };
+    let mut sink = |key: &[u8], value: &[u8]| {
+        // SAFETY: `host` is valid for the whole call (see `# Safety`) and
+        // `emit` gets its own `ctx`; `key` and `value` are live slices for
+        // the duration of `emit`, which copies what it keeps.
+        unsafe { (host.emit)(host.ctx, RawBytes::new(key), RawBytes::new(value)) }
+    };
     let _counters = HostCallScope::enter(host);
     call_app(host, || initialised(cell)?.finish_map(&mut Emitter::new(&mut sink)))
 }
@@ -349,15 +433,21 @@ pub unsafe fn plugin_finish_map<A: App>(cell: &OnceLock<A>, host: *const HostCal
 /// Plugin side of `finish_reduce`.
 ///
 /// # Safety
-/// Called only by the host through the vtable, with a valid `host`.
+/// Called only by the host through the vtable. `host` must point at a
+/// valid [`HostCalls`] whose callbacks accept its `ctx`, all live for the
+/// whole call.
 #[doc(hidden)]
 pub unsafe fn plugin_finish_reduce<A: App>(cell: &OnceLock<A>, host: *const HostCalls) -> Status {
-    let host = &*host;
+    // SAFETY: the caller guarantees `host` points at a valid `HostCalls`
+    // live for the whole call, which outlives this borrow.
+    let host = unsafe { &*host };
     let mut out = Vec::new();
     let _counters = HostCallScope::enter(host);
     let status = call_app(host, || initialised(cell)?.finish_reduce(&mut out));
     if status == Status::Ok {
-        (host.write_output)(host.ctx, RawBytes::new(&out));
+        // SAFETY: `host` is valid for the whole call (see `# Safety`) and
+        // `write_output` gets its own `ctx`; `out` lives past the call.
+        unsafe { (host.write_output)(host.ctx, RawBytes::new(&out)) };
     }
     status
 }
@@ -365,11 +455,15 @@ pub unsafe fn plugin_finish_reduce<A: App>(cell: &OnceLock<A>, host: *const Host
 /// Plugin side of `partition`.
 ///
 /// # Safety
-/// Called only by the host through the vtable, with a valid key.
+/// Called only by the host through the vtable; `key` must describe readable
+/// bytes for the call ([`RawBytes::as_slice`]).
 #[doc(hidden)]
 pub unsafe fn plugin_partition<A: App>(cell: &OnceLock<A>, key: RawBytes, partitions: u32) -> u32 {
     let Some(app) = cell.get() else { return PARTITION_FAILED };
-    catch_unwind(AssertUnwindSafe(|| app.partition(key.as_slice(), partitions))).unwrap_or(PARTITION_FAILED)
+    // SAFETY: the caller guarantees `key` is readable for the call, and the
+    // borrow ends with it.
+    let key = unsafe { key.as_slice() };
+    catch_unwind(AssertUnwindSafe(|| app.partition(key, partitions))).unwrap_or(PARTITION_FAILED)
 }
 
 /// Pulls values from the host, one call per value.
@@ -380,7 +474,12 @@ struct HostValues<'h> {
 impl ValueSource for HostValues<'_> {
     fn next_value(&mut self) -> Option<&[u8]> {
         let mut raw = RawBytes::new(&[]);
-        // SAFETY: the host keeps the value alive until the next call.
+        // SAFETY: `self.host` is the valid `HostCalls` of the running
+        // plugin call and `next_value` gets its own `ctx`; `raw` is a live
+        // local to write to. On true the host has stored in `raw` a value it
+        // keeps alive and unchanged until it is asked for the next value,
+        // and only this `HostValues` asks, which it cannot do while the
+        // returned slice borrows it mutably.
         unsafe { (self.host.next_value)(self.host.ctx, &mut raw).then(|| raw.as_slice()) }
     }
 }
@@ -393,7 +492,10 @@ fn call_app(host: &HostCalls, f: impl FnOnce() -> AppResult) -> Status {
         Ok(Err(e)) => (Status::Failed, e.to_string()),
         Err(payload) => (Status::Panicked, panic_message(payload.as_ref())),
     };
-    // SAFETY: `host` is valid for the whole call.
+    // SAFETY: `call_app` runs inside a `plugin_*` call, whose caller
+    // guarantees `host` and its callbacks are valid for the whole call;
+    // `fail` gets its own `ctx`, and `message` outlives the callback, which
+    // copies it.
     unsafe { (host.fail)(host.ctx, RawBytes::new(message.as_bytes())) };
     status
 }
@@ -432,6 +534,9 @@ pub(crate) fn read_input_through_host(input: u32, offset: u64, len: u64) -> Opti
         // SAFETY: the host's callback fills `out` with bytes that stay valid
         // until its next call; they are copied at once.
         let answer = unsafe { (host.read_input)(host.ctx, input, offset, len, &mut out) };
+        // SAFETY: on READ_OK and READ_FAILED the host has stored in `out`
+        // bytes valid until its next call; they are copied at once, before
+        // any other host call. (On other answers this is not called.)
         let bytes = || unsafe { out.as_slice() }.to_vec();
         result = match answer {
             READ_OK => Some(Ok(bytes())),

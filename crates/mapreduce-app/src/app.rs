@@ -397,6 +397,26 @@ impl<'a> Values<'a> {
     }
 }
 
+/// A [`ValueSource`] over owned values, for tests and the sequential runner.
+pub struct VecValues<I> {
+    values: I,
+    current: Vec<u8>,
+}
+
+impl<I: Iterator<Item = Vec<u8>>> VecValues<I> {
+    /// Serves the values of `values` in order.
+    pub fn new(values: impl IntoIterator<IntoIter = I>) -> Self {
+        VecValues { values: values.into_iter(), current: Vec::new() }
+    }
+}
+
+impl<I: Iterator<Item = Vec<u8>>> ValueSource for VecValues<I> {
+    fn next_value(&mut self) -> Option<&[u8]> {
+        self.current = self.values.next()?;
+        Some(&self.current)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,25 +487,5 @@ mod tests {
         for n in [0, 9, 10, 1234567890, u64::MAX] {
             assert_eq!(format_u64(&mut buffer, n), n.to_string().as_bytes());
         }
-    }
-}
-
-/// A [`ValueSource`] over owned values, for tests and the sequential runner.
-pub struct VecValues<I> {
-    values: I,
-    current: Vec<u8>,
-}
-
-impl<I: Iterator<Item = Vec<u8>>> VecValues<I> {
-    /// Serves the values of `values` in order.
-    pub fn new(values: impl IntoIterator<IntoIter = I>) -> Self {
-        VecValues { values: values.into_iter(), current: Vec::new() }
-    }
-}
-
-impl<I: Iterator<Item = Vec<u8>>> ValueSource for VecValues<I> {
-    fn next_value(&mut self) -> Option<&[u8]> {
-        self.current = self.values.next()?;
-        Some(&self.current)
     }
 }

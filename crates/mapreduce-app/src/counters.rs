@@ -3,7 +3,7 @@
 //!
 //! [`increment`] works through the plugin boundary: while the host is inside
 //! a call into the plugin, the plugin side remembers the call's
-//! [`HostCalls`](crate::abi::HostCalls) in a thread-local, and `increment`
+//! [`HostCalls`] in a thread-local, and `increment`
 //! hands the name and amount to the host's `add_counter` callback. Outside
 //! such a call (an app's own unit test calling `map` directly) it does
 //! nothing, unless the caller wraps the code in [`collect`]. The host keeps
@@ -30,7 +30,10 @@ use crate::abi::{with_current_host, HostCallScope, HostCalls, RawBytes};
 /// # }
 /// ```
 pub fn increment(name: &str, delta: u64) {
-    // SAFETY: the host's callback with its own context.
+    // SAFETY: `with_current_host` hands out the `HostCalls` of the plugin
+    // call running on this thread, live for that call; its `add_counter`
+    // is called with its own `ctx`, as the ABI requires, and `name` is a
+    // borrowed `&str` that outlives the call.
     with_current_host(|host| unsafe { (host.add_counter)(host.ctx, RawBytes::new(name.as_bytes()), delta) });
 }
 
@@ -108,10 +111,18 @@ impl UserCounters {
 /// The host's `add_counter` callback when `ctx` points at a [`UserCounters`].
 ///
 /// # Safety
-/// `ctx` must point at a live `UserCounters`.
+/// `ctx` must point at a live `UserCounters`, and `name` must describe
+/// `name.len` readable bytes, both for the duration of the call (as the
+/// [`HostCalls`] contract promises its callbacks).
 pub unsafe extern "C" fn add_to_user_counters(ctx: *mut c_void, name: RawBytes, delta: u64) {
-    let counters = &*(ctx as *const UserCounters);
-    counters.add(&String::from_utf8_lossy(name.as_slice()), delta);
+    // SAFETY: the caller guarantees `ctx` points at a live `UserCounters`
+    // (see `# Safety`); `UserCounters` is `Sync` (a mutex inside), so a
+    // shared reference is sound even if other threads hold one too.
+    let counters = unsafe { &*(ctx as *const UserCounters) };
+    // SAFETY: the caller guarantees `name` is readable for this call, and
+    // the borrow ends before the function returns.
+    let name = unsafe { name.as_slice() };
+    counters.add(&String::from_utf8_lossy(name), delta);
 }
 
 #[cfg(test)]

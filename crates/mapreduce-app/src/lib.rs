@@ -28,6 +28,10 @@
 //! | typed keys and values through serde (feature `typed`) | `typed` |
 
 #![warn(missing_docs)]
+// Every unsafe operation sits in its own `unsafe` block with a `// SAFETY:`
+// argument, and no `str` is sliced at a byte index that may split a
+// character.
+#![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::string_slice)]
 
 pub mod abi;
 pub mod app;

@@ -257,8 +257,9 @@ fn block_masks(block: &[u8]) -> (u64, u64) {
     debug_assert_eq!(block.len(), BLOCK);
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned
-        // and within the 64-byte block.
+        // SAFETY: `block_masks_sse2` needs `block.len() >= BLOCK`. The
+        // only caller, `scan_words`, passes `&text[i..i + BLOCK]`, a
+        // bounds-checked slice of exactly BLOCK bytes (the debug assertion above checks it in tests).
         unsafe { block_masks_sse2(block) }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -272,23 +273,35 @@ fn block_masks(block: &[u8]) -> (u64, u64) {
     }
 }
 
+/// [`block_masks`] with SSE2: four unaligned 16-byte loads.
+///
+/// # Safety
+/// `block` must hold at least [`BLOCK`] (64) bytes: the loads read
+/// `block[0..64]` without bounds checks.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 unsafe fn block_masks_sse2(block: &[u8]) -> (u64, u64) {
     use std::arch::x86_64::*;
     let (mut letters, mut non_ascii) = (0u64, 0u64);
-    // A byte is an ASCII letter iff (b | 0x20) - 'a', as an unsigned byte,
-    // is at most 25 (bytes >= 0x80 land above that); SSE2 has no unsigned
-    // compare, but min(y, 25) == y is one.
-    let case = _mm_set1_epi8(0x20);
-    let a = _mm_set1_epi8(b'a' as i8);
-    let z = _mm_set1_epi8(25);
-    for part in 0..4 {
-        let v = _mm_loadu_si128(block.as_ptr().add(16 * part) as *const __m128i);
-        let y = _mm_sub_epi8(_mm_or_si128(v, case), a);
-        let is_letter = _mm_cmpeq_epi8(_mm_min_epu8(y, z), y);
-        letters |= u64::from(_mm_movemask_epi8(is_letter) as u16) << (16 * part);
-        non_ascii |= u64::from(_mm_movemask_epi8(v) as u16) << (16 * part);
+    // SAFETY: the intrinsics need SSE2, which is part of the x86_64
+    // baseline, so every x86_64 CPU has it. `_mm_loadu_si128` reads 16
+    // bytes at `block + 16 * part` with no alignment requirement; for
+    // `part` in 0..4 that is within `block[0..64]`, which the caller
+    // guarantees is readable (see `# Safety`), and `add` stays inside it.
+    unsafe {
+        // A byte is an ASCII letter iff (b | 0x20) - 'a', as an unsigned byte,
+        // is at most 25 (bytes >= 0x80 land above that); SSE2 has no unsigned
+        // compare, but min(y, 25) == y is one.
+        let case = _mm_set1_epi8(0x20);
+        let a = _mm_set1_epi8(b'a' as i8);
+        let z = _mm_set1_epi8(25);
+        for part in 0..4 {
+            let v = _mm_loadu_si128(block.as_ptr().add(16 * part) as *const __m128i);
+            let y = _mm_sub_epi8(_mm_or_si128(v, case), a);
+            let is_letter = _mm_cmpeq_epi8(_mm_min_epu8(y, z), y);
+            letters |= u64::from(_mm_movemask_epi8(is_letter) as u16) << (16 * part);
+            non_ascii |= u64::from(_mm_movemask_epi8(v) as u16) << (16 * part);
+        }
     }
     (letters, non_ascii)
 }
@@ -302,8 +315,12 @@ fn lead_mask(block: &[u8]) -> u64 {
     {
         use std::arch::x86_64::*;
         let mut leads = 0u64;
-        // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned
-        // and within the 64-byte block.
+        // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics
+        // are available. The loads are unaligned (`loadu`) and read
+        // `block[16 * part..16 * part + 16]` for `part` in 0..4, within the
+        // 64 bytes: the only caller, `mixed_block`, passes
+        // `&self.text[base..base + BLOCK]`, a
+        // bounds-checked slice of exactly BLOCK bytes.
         unsafe {
             // As signed bytes, 0xC0..=0xFF are -64..=-1: above -65 and
             // negative.

@@ -142,7 +142,7 @@ fn next_pass(runs: usize, fan_in: usize) -> Vec<Range<usize>> {
     }
     let excess = runs - fan_in;
     let mut sizes = vec![fan_in; excess / (fan_in - 1)];
-    if excess % (fan_in - 1) > 0 {
+    if !excess.is_multiple_of(fan_in - 1) {
         sizes.push(excess % (fan_in - 1) + 1);
     }
     if sizes.iter().sum::<usize>() > runs {
@@ -239,8 +239,8 @@ mod tests {
         out
     }
 
-    fn open_run(_label: u32, path: &PathBuf) -> Result<RunReader, MergeError> {
-        RunReader::open(path).map_err(|source| MergeError { label: 0, source })
+    fn open_run(label: u32, path: &Path) -> Result<RunReader, MergeError> {
+        RunReader::open(path).map_err(|source| MergeError { label, source })
     }
 
     #[test]

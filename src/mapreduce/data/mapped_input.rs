@@ -100,9 +100,17 @@ mod linux {
         slot: &'static Slot,
     }
 
-    // SAFETY: the mapping is read-only memory owned by this value; sharing
-    // a reference to it across threads is sharing a `&[u8]`.
+    // SAFETY: `Mapping` is not `Send` only because of its raw `start`
+    // pointer. The mapping is read-only memory that this value alone owns
+    // (no other value unmaps it), and `mmap`/`munmap` have no thread
+    // affinity, so it may be unmapped by `drop` on any thread; `slot` is a
+    // `&'static` of atomics, which is `Send`.
     unsafe impl Send for Mapping {}
+    // SAFETY: through `&Mapping` one can only read the mapping (`bytes`:
+    // a `&[u8]` of read-only pages, which no one writes while it lives; the
+    // SIGBUS handler only swaps in zero pages, under the same protection)
+    // and load the slot's atomics (`changed`). Both are safe to do from
+    // several threads at once.
     unsafe impl Sync for Mapping {}
 
     impl Mapping {

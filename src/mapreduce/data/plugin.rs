@@ -106,16 +106,23 @@ impl Plugin {
         let library =
             unsafe { Library::new(&path) }.map_err(|e| PluginError::NotALibrary { path: path.clone(), reason: crate::errors::one_line(&e) })?;
         let not_a_plugin = |symbol: &[u8]| PluginError::NotAPlugin { path: path.clone(), symbol: String::from_utf8_lossy(symbol).into_owned() };
-        // SAFETY: the symbol's type is fixed by the ABI for every version.
+        // SAFETY: every ABI version declares this symbol as
+        // `extern "C" fn() -> u32` (`abi::VERSION_SYMBOL`), so the type we
+        // read it at is right for any plugin; the function is called while
+        // `library` is still loaded.
         let version = unsafe { library.get::<extern "C" fn() -> u32>(abi::VERSION_SYMBOL) }.map_err(|_| not_a_plugin(abi::VERSION_SYMBOL))?();
         if version != abi::ABI_VERSION {
             return Err(PluginError::AbiMismatch { path, found: version, expected: abi::ABI_VERSION });
         }
-        // SAFETY: version checked above, so the vtable has this layout.
+        // SAFETY: the plugin speaks this ABI version (checked above), whose
+        // `VTABLE_SYMBOL` is `extern "C" fn() -> *const PluginVTable` with
+        // this very `PluginVTable` layout; called while `library` is loaded.
         let vtable_fn =
             unsafe { library.get::<extern "C" fn() -> *const PluginVTable>(abi::VTABLE_SYMBOL) }.map_err(|_| not_a_plugin(abi::VTABLE_SYMBOL))?;
         let vtable_ptr = vtable_fn();
-        // SAFETY: the plugin returns a pointer to a static inside the library.
+        // SAFETY: a plugin of this ABI version returns a pointer to a
+        // `static PluginVTable` inside the library (see `export_app!`),
+        // which is loaded, so it is valid, aligned and initialised.
         let found = unsafe { (*vtable_ptr).abi_version };
         if found != abi::ABI_VERSION {
             return Err(PluginError::AbiMismatch { path, found, expected: abi::ABI_VERSION });
@@ -123,9 +130,12 @@ impl Plugin {
         // Accepted: from here on the library is never unloaded (see `Plugin`).
         // A refused one was dropped above before any of its app code ran.
         std::mem::forget(library);
-        // SAFETY: the vtable is a static of a library that stays loaded.
+        // SAFETY: the vtable is a `static` of the library, valid as read
+        // above, and the library was just leaked (never unloaded), so the
+        // reference may be `'static`; a static is never written to.
         let vtable: &'static PluginVTable = unsafe { &*vtable_ptr };
-        // SAFETY: `name` points at a static str inside the library.
+        // SAFETY: `export_app!` sets `name` to a `'static str` inside the
+        // library, which stays loaded; it is copied at once anyway.
         let name = String::from_utf8_lossy(unsafe { vtable.name.as_slice() }).into_owned();
         Ok(Plugin { vtable, path, name, capabilities: OnceLock::new() })
     }
@@ -157,7 +167,10 @@ impl Plugin {
         let encoded = abi::encode_job(job);
         let mut bits = 0u32;
         let call = CallState { input_reader: Some(read_input), ..CallState::new() };
-        // SAFETY: `host`, the job bytes and `bits` outlive the call.
+        // SAFETY: the vtable's `init` requires a valid `host` (made by
+        // `run` for this call, the `CallState` alive throughout), `job`
+        // bytes readable for the call (`encoded` lives past it) and
+        // `capabilities` valid for a write (`bits`, a live local).
         call.run(|host| unsafe { (self.vtable.init)(host, RawBytes::new(&encoded), &mut bits) })?;
         let caps = Capabilities {
             combiner: bits & abi::CAP_COMBINER != 0,
@@ -190,7 +203,10 @@ impl Plugin {
         counters: &UserCounters,
     ) -> Result<(), AppFailure> {
         let call = CallState { emit: Some(emit), counters: Some(counters), ..CallState::new() };
-        // SAFETY: `host` and the slices outlive the call.
+        // SAFETY: the vtable's `map` requires a valid `host` (made by `run`
+        // for this call, the `CallState` alive throughout) and `filename`
+        // and `contents` readable for the call: both are borrowed slices
+        // that outlive it.
         call.run(|host| unsafe { (self.vtable.map)(host, RawBytes::new(filename.as_bytes()), RawBytes::new(contents), offset) })
     }
 
@@ -215,7 +231,10 @@ impl Plugin {
         counters: &UserCounters,
     ) -> Result<(), AppFailure> {
         let call = CallState { values: Some(values), output: Some(out), counters: Some(counters), ..CallState::new() };
-        // SAFETY: `host` and `key` outlive the call.
+        // SAFETY: `function` is the vtable's `reduce` or `combine`, which
+        // require a valid `host` (made by `run` for this call, the
+        // `CallState` alive throughout) and `key` readable for the call (a
+        // borrowed slice that outlives it).
         call.run(|host| unsafe { function(host, RawBytes::new(key)) })
     }
 
@@ -224,14 +243,18 @@ impl Plugin {
     pub fn start_task(&self, map: bool, index: u32, counters: &UserCounters) -> Result<(), AppFailure> {
         let kind = if map { abi::TASK_MAP } else { abi::TASK_REDUCE };
         let call = CallState { counters: Some(counters), ..CallState::new() };
-        // SAFETY: `host` outlives the call.
+        // SAFETY: the vtable's function requires only a valid `host`: `run`
+        // makes it for this call, and the `CallState` behind its `ctx`
+        // stays alive and unborrowed until the call returns.
         call.run(|host| unsafe { (self.vtable.start_task)(host, kind, index) })
     }
 
     /// Ends a map task attempt: the app emits what it held back to `emit`.
     pub fn finish_map(&self, emit: &mut dyn FnMut(&[u8], &[u8]), counters: &UserCounters) -> Result<(), AppFailure> {
         let call = CallState { emit: Some(emit), counters: Some(counters), ..CallState::new() };
-        // SAFETY: `host` outlives the call.
+        // SAFETY: the vtable's function requires only a valid `host`: `run`
+        // makes it for this call, and the `CallState` behind its `ctx`
+        // stays alive and unborrowed until the call returns.
         call.run(|host| unsafe { (self.vtable.finish_map)(host) })
     }
 
@@ -239,7 +262,9 @@ impl Plugin {
     /// to `out`.
     pub fn finish_reduce(&self, out: &mut Vec<u8>, counters: &UserCounters) -> Result<(), AppFailure> {
         let call = CallState { output: Some(out), counters: Some(counters), ..CallState::new() };
-        // SAFETY: `host` outlives the call.
+        // SAFETY: the vtable's function requires only a valid `host`: `run`
+        // makes it for this call, and the `CallState` behind its `ctx`
+        // stays alive and unborrowed until the call returns.
         call.run(|host| unsafe { (self.vtable.finish_reduce)(host) })
     }
 
@@ -250,7 +275,8 @@ impl Plugin {
             return Ok(partitions.of(key));
         }
         let partitions = partitions.count();
-        // SAFETY: `key` outlives the call.
+        // SAFETY: the vtable's `partition` requires `key` readable for the
+        // call: it is a borrowed slice that outlives it.
         match unsafe { (self.vtable.partition)(RawBytes::new(key), partitions) } {
             p if p < partitions => Ok(p),
             abi::PARTITION_FAILED => Err(AppFailure::Panic(format!("the app's partitioner panicked on key {:?}", String::from_utf8_lossy(key)))),
@@ -292,9 +318,13 @@ pub fn resolve_app(app: &str) -> Result<PathBuf, PluginError> {
 /// `(input, offset, len)` to the bytes, or why not.
 pub type InputReader<'a> = dyn Fn(u32, u64, u64) -> Result<Vec<u8>, String> + 'a;
 
+/// Where a map's intermediate pairs go: `(key, value)`, borrowed for the
+/// call only.
+type EmitPair<'a> = dyn FnMut(&[u8], &[u8]) + 'a;
+
 /// The host's side of one call: what the plugin's callbacks reach via `ctx`.
 struct CallState<'a> {
-    emit: Option<&'a mut dyn FnMut(&[u8], &[u8])>,
+    emit: Option<&'a mut EmitPair<'a>>,
     values: Option<&'a mut dyn ValueSource>,
     output: Option<&'a mut Vec<u8>>,
     counters: Option<&'a UserCounters>,
@@ -340,53 +370,117 @@ impl<'a> CallState<'a> {
     }
 }
 
-// The callbacks below recover the `CallState` from `ctx`. SAFETY (all): the
-// plugin calls them only during the call that received `ctx`, on the same
-// thread, while the `CallState` is alive and not otherwise borrowed.
+// The callbacks below recover the `CallState` from `ctx`. Each has the same
+// contract, the one `HostCalls` documents for the plugin:
+//
+// # Safety
+// `ctx` must be the `ctx` of the `HostCalls` that `CallState::run` made for
+// the plugin call in progress, and the callback must be called during that
+// call, on its thread: then the `CallState` is alive (it stays put in
+// `run`'s frame until `call` returns) and nothing else borrows it (`run`
+// keeps no reference to it while the plugin runs, and the callbacks do not
+// re-enter one another). Every `RawBytes` argument must describe bytes that
+// are readable for the duration of the callback, and every `out` pointer
+// must be valid for a write.
 
+/// The state behind `ctx`, borrowed for one callback.
+///
+/// # Safety
+/// As for the callbacks above: `ctx` is the live, otherwise unborrowed
+/// `CallState` of the plugin call in progress on this thread.
+unsafe fn call_state<'s>(ctx: *mut c_void) -> &'s mut CallState<'s> {
+    // SAFETY: the caller guarantees `ctx` points at a live `CallState` that
+    // no one else borrows for `'s` (the callback's body), so a unique
+    // reference to it is sound. Its real lifetime parameter outlives `'s`;
+    // naming it `'s` is harmless because the callbacks assign only its
+    // lifetime-free fields (`read`, `failure`).
+    unsafe { &mut *(ctx as *mut CallState<'s>) }
+}
+
+/// `HostCalls::emit`: hands a pair to the map's sink (see the contract above).
 unsafe extern "C" fn host_emit(ctx: *mut c_void, key: RawBytes, value: RawBytes) {
-    let call = &mut *(ctx as *mut CallState<'_>);
+    // SAFETY: the plugin passes the `ctx` of the call in progress (contract
+    // above).
+    let call = unsafe { call_state(ctx) };
     if let Some(emit) = call.emit.as_mut() {
-        emit(key.as_slice(), value.as_slice());
+        // SAFETY: the plugin guarantees `key` and `value` are readable for
+        // this callback; the sink copies what it keeps.
+        let (key, value) = unsafe { (key.as_slice(), value.as_slice()) };
+        emit(key, value);
     }
 }
 
+/// `HostCalls::next_value`: the reduce's next value in `*out`, valid until
+/// the next `next_value` (see the contract above).
 unsafe extern "C" fn host_next_value(ctx: *mut c_void, out: *mut RawBytes) -> bool {
-    let call = &mut *(ctx as *mut CallState<'_>);
+    // SAFETY: the plugin passes the `ctx` of the call in progress (contract
+    // above).
+    let call = unsafe { call_state(ctx) };
     match call.values.as_mut().and_then(|v| v.next_value()) {
         Some(value) => {
-            *out = RawBytes::new(value);
+            // SAFETY: the plugin guarantees `out` is valid for a write. The
+            // bytes it gets belong to the `ValueSource`, which keeps them
+            // until it is asked for the next value, as `HostCalls` promises.
+            unsafe { *out = RawBytes::new(value) };
             true
         }
         None => false,
     }
 }
 
+/// `HostCalls::write_output`: appends to the output value (see the
+/// contract above).
 unsafe extern "C" fn host_write_output(ctx: *mut c_void, bytes: RawBytes) {
-    let call = &mut *(ctx as *mut CallState<'_>);
+    // SAFETY: the plugin passes the `ctx` of the call in progress (contract
+    // above).
+    let call = unsafe { call_state(ctx) };
     if let Some(out) = call.output.as_mut() {
-        out.extend_from_slice(bytes.as_slice());
+        // SAFETY: the plugin guarantees `bytes` is readable for this
+        // callback; they are copied at once.
+        out.extend_from_slice(unsafe { bytes.as_slice() });
     }
 }
 
+/// `HostCalls::fail`: records why the call failed (see the contract above).
 unsafe extern "C" fn host_fail(ctx: *mut c_void, message: RawBytes) {
-    let call = &mut *(ctx as *mut CallState<'_>);
-    call.failure = Some(String::from_utf8_lossy(message.as_slice()).into_owned());
+    // SAFETY: the plugin passes the `ctx` of the call in progress (contract
+    // above).
+    let call = unsafe { call_state(ctx) };
+    // SAFETY: the plugin guarantees `message` is readable for this
+    // callback; it is copied at once.
+    let message = unsafe { message.as_slice() };
+    call.failure = Some(String::from_utf8_lossy(message).into_owned());
 }
 
+/// `HostCalls::read_input`: reads input bytes for the app's constructor
+/// into `call.read`, which `*out` then describes until the next
+/// `read_input` (see the contract above).
 unsafe extern "C" fn host_read_input(ctx: *mut c_void, input: u32, offset: u64, len: u64, out: *mut RawBytes) -> u32 {
-    let call = &mut *(ctx as *mut CallState<'_>);
+    // SAFETY: the plugin passes the `ctx` of the call in progress (contract
+    // above).
+    let call = unsafe { call_state(ctx) };
     let Some(read) = call.input_reader else { return abi::READ_UNSERVED };
     let result = read(input, offset, len);
     let answer = if result.is_ok() { abi::READ_OK } else { abi::READ_FAILED };
     call.read = result.unwrap_or_else(String::into_bytes);
-    *out = RawBytes::new(&call.read);
+    // SAFETY: the plugin guarantees `out` is valid for a write. The bytes
+    // it describes are `call.read`, which lives as long as the `CallState`
+    // and is replaced only by the next `read_input`, as `HostCalls`
+    // promises.
+    unsafe { *out = RawBytes::new(&call.read) };
     answer
 }
 
+/// `HostCalls::add_counter`: adds to the app's counter `name` (see the
+/// contract above).
 unsafe extern "C" fn host_add_counter(ctx: *mut c_void, name: RawBytes, delta: u64) {
-    let call = &mut *(ctx as *mut CallState<'_>);
+    // SAFETY: the plugin passes the `ctx` of the call in progress (contract
+    // above).
+    let call = unsafe { call_state(ctx) };
     if let Some(counters) = call.counters {
-        counters.add(&String::from_utf8_lossy(name.as_slice()), delta);
+        // SAFETY: the plugin guarantees `name` is readable for this
+        // callback; it is copied at once.
+        let name = unsafe { name.as_slice() };
+        counters.add(&String::from_utf8_lossy(name), delta);
     }
 }

@@ -408,13 +408,12 @@ mod tests {
         (0..3000).map(|i| (format!("k{}", (i * 7) % 50), format!("v{i}"))).collect()
     }
 
-    /// Writes `pairs` and returns every partition's records.
-    fn write(
-        dir: &Path,
-        buffer_bytes: usize,
-        combiner: Option<&dyn Combiner>,
-        pairs: &[(String, String)],
-    ) -> (Vec<(u32, Vec<(String, String)>)>, usize) {
+    /// The records a map wrote, as `(partition, its (key, value) pairs)`.
+    type PartitionRecords = Vec<(u32, Vec<(String, String)>)>;
+
+    /// Writes `pairs` and returns every partition's records and the number
+    /// of spills.
+    fn write(dir: &Path, buffer_bytes: usize, combiner: Option<&dyn Combiner>, pairs: &[(String, String)]) -> (PartitionRecords, usize) {
         let mut writer = MapOutputWriter::new(config(dir, 3, buffer_bytes), combiner);
         for (k, v) in pairs {
             writer.push(partition_of(k.as_bytes(), 3), k.as_bytes(), v.as_bytes()).unwrap();
