@@ -276,11 +276,9 @@ fn run_chromium(binary: &Path, dir: &TestDir, label: &str, url: &str, args: &[&s
 
 /// The text of the element with `id` in rendered HTML.
 fn element_text<'a>(html: &'a str, id: &str) -> &'a str {
-    let start = html.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in the page"));
-    let rest = &html[start..];
-    let open_end = rest.find('>').unwrap() + 1;
-    let close = rest[open_end..].find('<').unwrap();
-    &rest[open_end..open_end + close]
+    let (_, rest) = html.split_once(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in the page"));
+    let (_, inside) = rest.split_once('>').unwrap();
+    inside.split_once('<').unwrap().0
 }
 
 #[test]

@@ -30,7 +30,7 @@
 //! | when a straggler gets a backup attempt | [`backup`] |
 //! | which reports are applied: the attempt's owner, its task's kind | [`report_check`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
-//! | accepting RPC connections within the descriptor limit | [`accept`] |
+//! | accepting connections on every listener within one descriptor budget | [`accept`] |
 //! | every connection's handshake: who is calling, and the shared secret | [`handshake`] |
 //! | serving files (map output, inputs, the app) and fetching them | [`files`] |
 //! | a reduce's output sent to the coordinator as it is written | [`upload`] |
@@ -59,6 +59,10 @@
 //! | a peer's text made safe to log; warnings limited per window | [`untrusted`] |
 
 #![warn(missing_docs)]
+// Soundness arguments where they are needed, and no string slicing that a
+// peer's text can make panic (see issue 18's review; CI runs clippy with
+// these as errors).
+#![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::string_slice)]
 
 pub use mapreduce_app::{abi, app, export_app, partition, text};
 pub(crate) use mapreduce_app::{cpu, small_copy};

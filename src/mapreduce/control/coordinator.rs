@@ -214,6 +214,10 @@ struct Shared {
     /// Signalled whenever the scheduler changes in a way that may let a held
     /// `request_task` proceed (a task finished or failed, the job ended).
     changed: Notify,
+    /// Signalled when an attempt is given out: its deadline may be the
+    /// next one, and `wait_for_end` must look again (it might otherwise
+    /// sleep past it, or forever, when no worker is left to ask for work).
+    attempt_started: Notify,
     output_dir: PathBuf,
     /// Workers heard from that have not been told `Exit` yet; `run` waits
     /// (up to `EXIT_GRACE`) for this to empty once the job is over.
@@ -332,6 +336,7 @@ impl Job {
             spec,
             job: Mutex::new(JobState { scheduler, status, ledger }),
             changed: Notify::new(),
+            attempt_started: Notify::new(),
             output_dir,
             not_yet_exited: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
@@ -355,8 +360,9 @@ impl Job {
     /// fails, or `shutdown` completes.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<JobReport, CoordinatorError> {
         let Job { shared, journal_sync, started, reduces } = self;
-        let server = serve(listener, shared.clone());
-        tokio::pin!(server);
+        // Boxed, so that dropping it below really drops the server (and
+        // closes every connection) before the job directory goes.
+        let mut server = Box::pin(serve(listener, shared.clone()));
         let syncing = journal_sync.map(|file| tokio::spawn(sync_journal_every_second(file)));
         let _stop_syncing = AbortOnDrop(syncing);
         // The job directory is kept for a later run to resume the job.
@@ -689,6 +695,9 @@ async fn wait_for_end(shared: &Shared) -> JobEnd {
         let notified = shared.changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let started = shared.attempt_started.notified();
+        tokio::pin!(started);
+        started.as_mut().enable();
         let next_deadline = {
             let mut job = shared.job();
             let now = Instant::now();
@@ -701,14 +710,16 @@ async fn wait_for_end(shared: &Shared) -> JobEnd {
             }
             job.scheduler.next_deadline()
         };
-        match next_deadline {
-            Some(deadline) => {
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
-                }
+        let deadline = async {
+            match next_deadline {
+                Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
+                None => std::future::pending().await,
             }
-            None => notified.await,
+        };
+        tokio::select! {
+            () = &mut notified => {}
+            () = &mut started => {}
+            () = deadline => {}
         }
     }
 }
@@ -972,6 +983,7 @@ async fn hold_until_assigned(shared: &Shared, owner: &Owner) -> Assignment {
                     if let Some((task, attempt)) = assigned_attempt(&other) {
                         ledger.record(&Record::Assigned { task, attempt, owner: owner.clone() });
                         status.attempt_started(task, attempt, &owner.worker, scheduler.is_backup(task, attempt), now);
+                        shared.attempt_started.notify_waiters();
                     }
                     return other;
                 }

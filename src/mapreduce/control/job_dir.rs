@@ -75,11 +75,15 @@ pub enum JobDirError {
     Journal(#[from] JournalError),
 }
 
+/// A map task an earlier coordinator finished: the task, its winning
+/// attempt, its runs by partition, and its counters.
+pub type RecoveredMap = (u32, AttemptId, Vec<(u32, MapOutputLocation)>, Counters);
+
 /// What an earlier coordinator finished, from the journal.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Map tasks done: task, winning attempt, runs, counters.
-    pub maps: Vec<(u32, AttemptId, Vec<(u32, MapOutputLocation)>, Counters)>,
+    /// Map tasks done.
+    pub maps: Vec<RecoveredMap>,
     /// Reduce tasks done: task, winning attempt, counters.
     pub reduces: Vec<(u32, AttemptId, Counters)>,
     /// Every output was final and moving into place.

@@ -375,7 +375,10 @@ pub struct Scheduler {
 /// How the scheduler learns the record an attempt died on: a function of
 /// the attempt's cursor file. The one I/O the scheduler is given, as a
 /// function so that tests can stand in for the files.
-pub struct RecordReader(Box<dyn Fn(&std::path::Path) -> Option<BadRecord> + Send>);
+pub struct RecordReader(Box<ReadRecord>);
+
+/// Reads the record a cursor file at the given path shows, if any.
+type ReadRecord = dyn Fn(&std::path::Path) -> Option<BadRecord> + Send;
 
 impl std::fmt::Debug for RecordReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -418,10 +421,11 @@ impl Scheduler {
         self
     }
 
-    /// Numbers this coordinator's attempts from `epoch × ATTEMPTS_PER_EPOCH
-    /// + 1`, so that they differ from those of the `epoch` coordinators
-    /// that ran the job before it (whose workers may still be finishing
-    /// them, writing files named by their attempt ids).
+    /// Numbers this coordinator's attempts from
+    /// `epoch × ATTEMPTS_PER_EPOCH + 1`, so that they differ from those of
+    /// the `epoch` coordinators that ran the job before it (whose workers
+    /// may still be finishing them, writing files named by their attempt
+    /// ids).
     /// Reports of those attempts, from workers that stayed up through the
     /// restart, are taken like this coordinator's own.
     pub fn start_epoch(&mut self, epoch: u64) {
