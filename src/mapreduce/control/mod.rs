@@ -9,4 +9,7 @@ pub mod job_files;
 pub mod journal;
 pub mod rpc;
 pub mod scheduler;
+pub mod task_host;
+pub mod task_process;
+pub mod task_protocol;
 pub mod worker;
