@@ -262,7 +262,11 @@ impl TaskProcess {
                 return;
             }
         })?;
-        write_message(&mut socket, &ToChild::Start(Box::new(self.start.clone())))?;
+        // One that is dead already shows as dead at its first attempt,
+        // with its exit status, rather than as a broken pipe here.
+        if let Err(e) = write_message(&mut socket, &ToChild::Start(Box::new(self.start.clone()))) {
+            tracing::debug!("the task process did not take its start message: {e}");
+        }
         tracing::debug!(pid = process.id(), "started a task process");
         Ok(RunningChild { process, socket, messages, ready: false })
     }
@@ -343,6 +347,89 @@ fn signal_name(signal: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::{JobSpec, MapTask};
+    use crate::task_protocol::ChildStorage;
+
+    /// A task process that is a shell running `script` (it never speaks
+    /// the protocol), for the slot's side of deaths and kills.
+    fn shell_process(script: &str) -> TaskProcess {
+        let job = JobSpec {
+            job_id: "test".into(),
+            params: Default::default(),
+            inputs: Vec::new(),
+            reduces: 1,
+            map_buffer_bytes: 1 << 20,
+            combine: false,
+            compression: Default::default(),
+            heartbeat_interval: Duration::from_millis(250),
+            job_dir: "/nonexistent".into(),
+            app: None,
+        };
+        let storage = ChildStorage {
+            work_dir: "/nonexistent".into(),
+            shared_job_dir: None,
+            server: "127.0.0.1:1".into(),
+            run_stall_limit: Duration::from_secs(1),
+            master: "127.0.0.1:1".into(),
+            fetch_memory: 0,
+        };
+        let start = ChildStart {
+            version: PROTOCOL_VERSION,
+            slot: 0,
+            job,
+            plugin: "/nonexistent.so".into(),
+            identity_name: "test:1".into(),
+            identity_incarnation: [0; 16],
+            token_file: None,
+            storage,
+        };
+        TaskProcess::new(TaskCommand { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()] }, start)
+    }
+
+    fn map_attempt(attempt: u64) -> ChildAttempt {
+        let file = crate::rpc::InputFile { name: "in".into(), path: "/nonexistent/in".into(), size: 0, modified: None };
+        ChildAttempt::Map(MapTask {
+            index: 0,
+            attempt,
+            input: crate::rpc::InputSplit::whole(file),
+            reduces: 1,
+            job_dir: "/nonexistent".into(),
+            skip: None,
+        })
+    }
+
+    fn error_of(end: AttemptEnd) -> String {
+        match end.outcome {
+            TaskOutcome::Failed { error, .. } => error,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_process_that_dies_fails_the_attempt_with_its_signal_and_a_fresh_one_follows() {
+        let mut process = shell_process("kill -SEGV $$");
+        let error = error_of(process.run_attempt(map_attempt(1), &TaskProgress::default()));
+        assert_eq!(error, "the task process was killed by signal 11 (SIGSEGV)");
+        assert!(process.child.is_some(), "a fresh process is started at once");
+        let error = error_of(process.run_attempt(map_attempt(2), &TaskProgress::default()));
+        assert_eq!(error, "the task process was killed by signal 11 (SIGSEGV)");
+    }
+
+    #[test]
+    fn a_process_that_ignores_a_cancel_is_killed_after_the_grace() {
+        // Reads nothing, answers nothing: as an app stuck in a loop.
+        let mut process = shell_process("exec sleep 60");
+        let progress = TaskProgress::default();
+        progress.cancel();
+        let started = Instant::now();
+        let error = error_of(process.run_attempt(map_attempt(1), &progress));
+        assert!(error.starts_with("stopped: the coordinator gave the attempt up, and its task process was killed"), "{error}");
+        let took = started.elapsed();
+        assert!(took >= KILL_GRACE && took < KILL_GRACE + Duration::from_secs(2), "killed after {took:?}");
+        let old = process.child.as_ref().map(|c| c.process.id());
+        process.shut_down();
+        assert!(process.child.is_none() && old.is_some());
+    }
 
     #[test]
     fn exits_are_described_by_signal_or_status() {
