@@ -41,33 +41,38 @@ fn write_inputs(dir: &TestDir, files: usize) -> Vec<String> {
 fn a_slow_map_that_shows_progress_is_left_alone_and_one_that_does_not_is_given_away() {
     // Each map sleeps 4 s, longer than the 2 s task timeout. With ticks
     // (a counter update every 100 ms) it is visibly alive and runs once;
-    // without, it makes no progress and is given to the idle third worker.
-    // (Its first attempt may still finish first and win: then the second is
-    // a duplicate.)
+    // without, it makes no progress: each attempt is given up, its task
+    // process killed (it never finishes late), and the map given to
+    // another worker, until the bound stops the job.
     for (ticking, params) in
         [(true, ["--param", "delay_ms=4000", "--param", "tick_ms=100"]), (false, ["--param", "delay_ms=4000", "--param", "tick_ms=0"])]
     {
         let dir = TestDir::new(if ticking { "progress-ticking" } else { "progress-stalled" });
         let inputs = write_inputs(&dir, 2);
         let expected = reference_output(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
-        let mut args = vec!["--task-timeout", "2", "--max-task-attempts", "20", "--reduces", "2", "--summary-json", "summary.json"];
+        let mut args = vec!["--task-timeout", "2", "--max-task-attempts", "3", "--reduces", "2", "--summary-json", "summary.json"];
         args.extend(params);
         args.extend(inputs.iter().map(String::as_str));
         let (mut master, addr) = start_master(dir.path(), &args);
         let mut workers: Vec<_> = (0..3).map(|i| start_worker(&format!("worker{i}"), dir.path(), &addr, "slowcount")).collect();
-        master.expect_success();
-        for w in &mut workers {
-            w.expect_success();
-        }
-        assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
-        let summary = summary(&dir);
-        let outcomes = unsuccessful_outcomes(&summary);
         if ticking {
+            master.expect_success();
+            for w in &mut workers {
+                w.expect_success();
+            }
+            assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
+            let summary = summary(&dir);
+            let outcomes = unsuccessful_outcomes(&summary);
             assert!(outcomes.is_empty(), "progressing maps must not be given away: {outcomes:?}\n{}", master.describe());
             assert_eq!(summary["attempts"]["total"], 4, "{summary}");
         } else {
-            let total = summary["attempts"]["total"].as_u64().unwrap();
-            assert!(total > 4, "stalled maps must be given away: {total} attempts, {outcomes:?}\n{}", master.describe());
+            let err = master.expect_failure();
+            let error_line = err.lines().find(|l| l.starts_with("mr-master: error:")).unwrap_or_default();
+            assert!(error_line.contains(" did not succeed in 3 attempts: "), "{}", master.describe());
+            assert_eq!(error_line.matches("timed out: made no progress for 2.0 s").count(), 3, "{}", master.describe());
+            // Given away: the stalled task's attempts ran on more than one worker.
+            let on: std::collections::HashSet<String> = workers.iter().map(worker_id).filter(|id| error_line.contains(id.as_str())).collect();
+            assert!(on.len() >= 2, "stalled maps must be given away: {error_line}");
         }
     }
 }
@@ -134,80 +139,86 @@ fn a_straggler_gets_a_backup_that_wins_so_the_job_does_not_wait_for_it() {
 }
 
 #[test]
-fn a_record_that_kills_every_worker_stops_the_job_at_the_bound() {
+fn a_record_that_kills_every_task_process_stops_the_job_at_the_bound() {
     let dir = TestDir::new("killer-record");
     dir.write("good.txt", "fine words here");
     dir.write("bad.txt", "this one says ABORT-IN-MAP");
     let (mut master, addr) = start_master(dir.path(), &["--max-task-attempts", "3", "--reduces", "1", "good.txt", "bad.txt"]);
     let app = plugin("faulty").to_string_lossy().into_owned();
-    let mut dead = Vec::new();
-    // Each worker that maps bad.txt dies with it (SIGABRT, nothing caught);
-    // start the next one when it has, as a supervisor would.
-    for i in 0..3 {
-        let mut worker = start_worker(&format!("worker{i}"), dir.path(), &addr, &app);
-        let status = worker.wait(Duration::from_secs(60));
-        assert!(!status.success(), "worker{i} should have died\n{}", worker.describe());
-        dead.push(worker);
-    }
+    // Each attempt at bad.txt takes its task process down (SIGABRT, nothing
+    // caught); the worker reports it and runs the next in a fresh one.
+    let mut worker = start_worker("worker", dir.path(), &addr, &app);
     let err = master.expect_failure();
     let error_line = err.lines().find(|l| l.starts_with("mr-master: error:")).unwrap_or_default().to_string();
     assert!(error_line.contains("map task 1 (input bad.txt) did not succeed in 3 attempts: "), "{}", master.describe());
-    for worker in &dead {
-        let end = format!("on {} was lost: its worker's connection closed", worker_id(worker));
-        assert!(error_line.contains(&end), "{end}\n{}", master.describe());
-    }
+    let death = format!("on {} failed: the task process was killed by signal 6 (SIGABRT)", worker_id(&worker));
+    assert_eq!(error_line.matches(&death).count(), 3, "{death}\n{}", master.describe());
+    // The worker lived to hear how the job ended.
+    let worker_err = worker.expect_exit_code(3);
+    assert!(worker_err.contains("the coordinator stopped the job"), "{}", worker.describe());
     assert!(!dir.join("mr-out-0").exists(), "no output from a failed job");
 }
 
 #[test]
-fn with_skipping_records_that_kill_every_worker_are_skipped_counted_and_listed() {
-    let dir = TestDir::new("skip-bad-records");
-    let good = "alpha beta gamma\ndelta alpha\n";
-    let bad_line = "a line that says ABORT-IN-MAP and dies\n";
-    dir.write("a.txt", format!("{good}{good}"));
-    dir.write("b.txt", format!("{good}{bad_line}{good}"));
-    dir.write("c.txt", format!("{good}abortinreduce is a word\n"));
-    // The output must be that of the inputs without the bad line and
-    // without the key group that kills the reduce.
-    dir.write("clean/a.txt", format!("{good}{good}"));
-    dir.write("clean/b.txt", format!("{good}{good}"));
-    dir.write("clean/c.txt", format!("{good}is a word\n"));
-    let app = plugin("faulty").to_string_lossy().into_owned();
-    let expected = reference_output(dir.path(), &app, &["clean/a.txt", "clean/b.txt", "clean/c.txt"]);
-    let args = ["--skip-bad-records", "1", "--reduces", "2", "--summary-json", "summary.json", "a.txt", "b.txt", "c.txt"];
-    let (mut master, addr) = start_master(dir.path(), &args);
-    // Keep two workers alive, as a supervisor would: every attempt that
-    // reaches a bad record takes its worker down with it (SIGABRT).
-    let mut workers: Vec<Proc> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = master.try_exit() {
-            break status;
+fn with_skipping_records_that_kill_task_processes_are_skipped_counted_and_listed() {
+    // Once with workers that share the job directory (the coordinator can
+    // read the attempts' cursors), once with workers that do not (each
+    // reports the record its attempt's cursor shows).
+    for shared in [true, false] {
+        let dir = TestDir::new(if shared { "skip-bad-records" } else { "skip-bad-records-unshared" });
+        let good = "alpha beta gamma\ndelta alpha\n";
+        let bad_line = "a line that says ABORT-IN-MAP and dies\n";
+        dir.write("a.txt", format!("{good}{good}"));
+        dir.write("b.txt", format!("{good}{bad_line}{good}"));
+        dir.write("c.txt", format!("{good}abortinreduce is a word\n"));
+        // The output must be that of the inputs without the bad line and
+        // without the key group that kills the reduce.
+        dir.write("clean/a.txt", format!("{good}{good}"));
+        dir.write("clean/b.txt", format!("{good}{good}"));
+        dir.write("clean/c.txt", format!("{good}is a word\n"));
+        // A directory a killed worker left in the work directories' base:
+        // the first worker to start removes it.
+        dir.write("work/mr-worker-Dead01/map-0.attempt-1", "runs of a dead worker");
+        dir.write(&format!("work/mr-worker-Dead01/{}", mapreduce::work_dir::OWNER), "1\n");
+        let app = plugin("faulty").to_string_lossy().into_owned();
+        let expected = reference_output(dir.path(), &app, &["clean/a.txt", "clean/b.txt", "clean/c.txt"]);
+        let args = ["--skip-bad-records", "1", "--reduces", "2", "--summary-json", "summary.json", "a.txt", "b.txt", "c.txt"];
+        let (mut master, addr) = start_master(dir.path(), &args);
+        let mut flags = vec!["--work-dir", "work"];
+        if !shared {
+            flags.push("--no-shared-dir");
         }
-        assert!(Instant::now() < deadline, "the job did not end\n{}", master.describe());
-        let alive = workers.iter_mut().filter_map(|w| w.try_exit().is_none().then_some(())).count();
-        for _ in alive..2 {
-            let label = format!("worker{}", workers.len());
-            workers.push(start_worker(&label, dir.path(), &addr, &app));
+        // Every attempt that reaches a bad record takes its task process
+        // down (SIGABRT); no worker dies.
+        let mut workers: Vec<Proc> = (0..2).map(|i| start_worker_with(&format!("worker{i}"), dir.path(), &addr, &app, &flags)).collect();
+        master.expect_success();
+        for worker in &mut workers {
+            worker.expect_success();
+            assert_eq!(shared, !worker.stderr().contains("not sharing the job directory"), "{}", worker.describe());
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{}", master.describe());
-    assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
-    let summary = summary(&dir);
-    let skipped = summary["skipped_records"].as_array().unwrap();
-    assert_eq!(skipped.len(), 2, "{summary}");
-    let offset = good.len();
-    assert_eq!(skipped[0]["task"], "map 1", "{summary}");
-    assert_eq!(skipped[0]["record"], format!("line at byte {offset} of b.txt: \"a line that says ABORT-IN-MAP and dies\""), "{summary}");
-    assert!(skipped[1]["task"].as_str().unwrap().starts_with("reduce "), "{summary}");
-    assert!(skipped[1]["record"].as_str().unwrap().ends_with(" \"abortinreduce\""), "{summary}");
-    assert_eq!(summary["counters"]["skipped_records"], 2, "{summary}");
-    // Map 1: two deaths on the whole split, then two on the line; the
-    // reduce: two deaths on the key. Six workers died.
-    let died = workers.iter_mut().filter_map(|w| w.try_exit().filter(|s| !s.success())).count();
-    assert_eq!(died, 6, "{}", master.describe());
-    assert!(master.stdout().contains("skipped 2 bad records:"), "{}", master.describe());
+        assert_same_output(&job_output(dir.path(), 2), &expected, &dir.listing());
+        let summary = summary(&dir);
+        let skipped = summary["skipped_records"].as_array().unwrap();
+        assert_eq!(skipped.len(), 2, "{summary}");
+        let offset = good.len();
+        assert_eq!(skipped[0]["task"], "map 1", "{summary}");
+        assert_eq!(skipped[0]["record"], format!("line at byte {offset} of b.txt: \"a line that says ABORT-IN-MAP and dies\""), "{summary}");
+        assert!(skipped[1]["task"].as_str().unwrap().starts_with("reduce "), "{summary}");
+        assert!(skipped[1]["record"].as_str().unwrap().ends_with(" \"abortinreduce\""), "{summary}");
+        assert_eq!(summary["counters"]["skipped_records"], 2, "{summary}");
+        // Map 1: two deaths on the whole split, then two on the line; the
+        // reduce: two deaths on the key. Six task processes died.
+        let deaths = summary["unsuccessful_attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["error"].as_str().unwrap_or_default().contains("killed by signal 6 (SIGABRT)"))
+            .count();
+        assert_eq!(deaths, 6, "{summary}");
+        assert!(master.stdout().contains("skipped 2 bad records:"), "{}", master.describe());
+        let left: Vec<_> = std::fs::read_dir(dir.join("work")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "the dead worker's directory, or a live one's, was left: {left:?}");
+    }
 }
 
 #[test]

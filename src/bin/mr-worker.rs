@@ -1,5 +1,7 @@
 //! `mr-worker`: loads an app plugin and runs tasks from the coordinator
-//! ([`mapreduce::worker::run`]) until the job ends.
+//! ([`mapreduce::worker::run`]) until the job ends. Started again by
+//! itself with `--task-process`, it is one slot's task process
+//! ([`mapreduce::task_host::run`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,6 +12,7 @@ use clap::Parser;
 use mapreduce::cli;
 use mapreduce::handshake::Secret;
 use mapreduce::plugin::Plugin;
+use mapreduce::task_process::TaskCommand;
 use mapreduce::worker::{self, AppSource, WorkerConfig, WorkerExit};
 
 /// Run map and reduce tasks for a MapReduce coordinator (`mr-master`) with
@@ -74,6 +77,11 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
 
+    /// Run as a slot's task process, for the worker that started this
+    /// one (internal: the worker passes it a socket).
+    #[arg(long, hide = true)]
+    task_process: bool,
+
     /// The app: a path to a plugin (`.so`), or a bare NAME for `libNAME.so`
     /// in this executable's directory (e.g. `wordcount`). Without it, the
     /// worker runs the app the master names (`mr-master --app`), fetched
@@ -88,6 +96,16 @@ fn main() -> ExitCode {
         let path = args.log_file.as_deref().unwrap_or(Path::new("")).display();
         eprintln!("mr-worker: error: cannot open log file {path}: {e}");
         return ExitCode::FAILURE;
+    }
+    if args.task_process {
+        // Its logs name the worker and slot it serves, in spans of its own.
+        return match mapreduce::task_host::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mr-worker (task process): error: {}", mapreduce::errors::one_line(&e));
+                ExitCode::FAILURE
+            }
+        };
     }
     let _span = tracing::info_span!("worker", id = %worker::worker_id()).entered();
     match run(args) {
@@ -111,8 +129,15 @@ async fn run(args: Args) -> anyhow::Result<WorkerExit> {
         Some(app) => AppSource::Given(Arc::new(Plugin::open(app)?)),
         None => AppSource::FromJob,
     };
+    // A task process logs where this process does.
+    let mut task_args: Vec<std::ffi::OsString> = vec!["--task-process".into()];
+    if let Some(log_file) = &args.log_file {
+        task_args.extend(["--log-file".into(), log_file.clone().into_os_string()]);
+    }
     let config = WorkerConfig {
         secret,
+        token_file: args.token_file,
+        task_command: TaskCommand::this_executable(task_args),
         work_dir: args.work_dir,
         serve_on: args.serve_on,
         use_shared_dir: !args.no_shared_dir,

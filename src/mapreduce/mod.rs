@@ -42,6 +42,10 @@
 //! | Prometheus metrics | [`metrics`] |
 //! | the end-of-job summary | [`summary`] |
 //! | the worker process's loop | [`worker`] |
+//! | a slot's task process, killed and restarted when an attempt hangs or dies | [`task_process`] |
+//! | the task process's side: loading the app once, running attempts | [`task_host`] |
+//! | the messages between a worker and its task processes | [`task_protocol`] |
+//! | a worker's locked work directory; removing those of dead workers | [`work_dir`] |
 //! | running one map or reduce attempt | [`task`] |
 //! | partitioning keys among reduces (from `mapreduce-app`) | [`partition`] |
 //! | map output: buffer, sorted runs | [`shuffle`] |
@@ -71,9 +75,11 @@ pub mod data;
 pub mod net;
 pub mod observe;
 
-pub use control::{backup, coordinator, inputs, job_dir, job_files, journal, report_check, rpc, scheduler, worker};
+pub use control::{
+    backup, coordinator, inputs, job_dir, job_files, journal, report_check, rpc, scheduler, task_host, task_process, task_protocol, worker,
+};
 pub(crate) use data::radix_sort;
-pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task};
+pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task, work_dir};
 pub use net::{accept, files, handshake, upload};
 pub use observe::{http, metrics, progress, status, summary};
 pub mod cli;

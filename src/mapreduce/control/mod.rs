@@ -10,4 +10,7 @@ pub mod journal;
 pub mod report_check;
 pub mod rpc;
 pub mod scheduler;
+pub mod task_host;
+pub mod task_process;
+pub mod task_protocol;
 pub mod worker;

@@ -3,12 +3,13 @@
 //! [`run`] connects to the coordinator (retrying until the connect timeout,
 //! since workers are often started before or alongside the master), then
 //! pulls tasks until told to exit, in as many slots (concurrent task loops
-//! sharing one connection and one app instance) as configured. Each slot
-//! runs its tasks ([`crate::task`]) on a thread of its own, off the RPC
-//! runtime so that app code never stalls it, and always the same thread so
-//! that what a task keeps for the next one on its thread (its input buffer,
-//! the table behind `Emitter::count`, tens of MiB for a large vocabulary)
-//! is found again. Beside the slots, a heartbeat loop tells the coordinator
+//! sharing one connection) as configured. Each slot runs its attempts in a
+//! task process of its own ([`crate::task_process`]), which loads the app
+//! once and keeps what a task leaves for the next (its input buffer, the
+//! table behind `Emitter::count`, tens of MiB for a large vocabulary); an
+//! attempt given up, or one that hangs or crashes, costs that process, never
+//! the slot or the worker. The slot's own thread starts and watches it, off
+//! the RPC runtime. Beside the slots, a heartbeat loop tells the coordinator
 //! every [`JobSpec::heartbeat_interval`](crate::rpc::JobSpec) that this
 //! process is alive and how far each running attempt has got.
 //!
@@ -27,7 +28,10 @@
 //! timeout, or back with another job). The coordinator tells every
 //! connected worker how the job ended before it exits, so finding it gone
 //! means it vanished mid-job: that is an error, not a normal end. Attempts
-//! still running on slot threads are abandoned with the process.
+//! still running end with their task processes, which the kernel kills
+//! when the worker exits; the work directory ([`crate::work_dir`]) goes
+//! too, and one left by a worker that was killed is removed by the next
+//! worker that starts with the same base.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,15 +49,23 @@ use crate::handshake::{self, HandshakeError, Identity, Secret};
 use crate::journal::Journal;
 use crate::plugin::{file_sha256, Plugin};
 use crate::storage::{ServedOutputs, StorageConfig, WorkerStorage};
+use crate::work_dir::WorkDir;
 use tracing::Instrument;
 
 use crate::rpc::{
     Assignment, AttemptId, AttemptProgress, CoordinatorClient, HeartbeatReply, JobEnd, TaskId, TaskOutcome, TaskReport, WorkerId, CALL_DEADLINE,
 };
-use crate::task::{TaskError, TaskProgress, TaskRunner};
+use crate::skipping::read_cursor;
+use crate::task::TaskProgress;
+use crate::task_process::{AttemptEnd, TaskCommand, TaskProcess};
+use crate::task_protocol::{ChildAttempt, ChildStart, ChildStorage, PROTOCOL_VERSION};
 
 /// Pause between connection attempts while the coordinator is not up yet.
 const CONNECT_RETRY: Duration = Duration::from_millis(100);
+
+/// How long a worker that is done waits for its task processes to end:
+/// a running attempt's, cancelled, within the kill grace.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 
 /// What a worker needs to run.
 #[derive(Debug, Clone)]
@@ -70,8 +82,15 @@ pub struct WorkerConfig {
     pub slots: usize,
     /// The job's shared secret, to prove in each connection's handshake.
     pub secret: Option<Secret>,
+    /// The file the secret was read from: task processes read it again
+    /// (the secret is never passed on).
+    pub token_file: Option<PathBuf>,
+    /// How to start a slot's task process (this executable with
+    /// `--task-process`).
+    pub task_command: TaskCommand,
     /// Where to make this worker's work directory (a fresh directory in
-    /// it, removed at exit); `None` for the system's temporary directory.
+    /// it, removed at exit; those of dead workers there are removed at
+    /// start); `None` for the system's temporary directory.
     pub work_dir: Option<PathBuf>,
     /// Where this worker's file server listens (`HOST:PORT`); `None` for
     /// a free port on the address this worker reaches the coordinator from.
@@ -110,7 +129,7 @@ pub enum WorkerError {
     #[error("the coordinator at {master} and this worker do not agree: {error}")]
     Refused { master: String, error: HandshakeError },
     /// The operating system would not start a slot's thread.
-    #[error("cannot start a task thread: {0}")]
+    #[error("cannot start a slot thread: {0}")]
     Thread(std::io::Error),
     /// The work directory or the file server could not be set up, or the
     /// job's app could not be fetched or loaded.
@@ -181,7 +200,7 @@ pub async fn run(app: AppSource, config: WorkerConfig) -> Result<WorkerExit, Wor
         .await
         .map_err(lost)?
         .map_err(|why| WorkerError::AppRefused { master: config.master.clone(), why })?;
-    let (storage, _work_dir) = set_up_storage(&config, &spec, &identity, local).await?;
+    let (storage, work_dir, child_storage) = set_up_storage(&config, &spec, &identity, local).await?;
     let plugin = match app {
         AppSource::Given(plugin) => plugin,
         AppSource::FromJob => {
@@ -190,13 +209,20 @@ pub async fn run(app: AppSource, config: WorkerConfig) -> Result<WorkerExit, Wor
         }
     };
     tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
+    let start = ChildStart {
+        version: PROTOCOL_VERSION,
+        slot: 0,
+        job: spec.clone(),
+        plugin: plugin.path().to_owned(),
+        identity_name: identity.name.clone(),
+        identity_incarnation: identity.incarnation,
+        token_file: config.token_file.clone(),
+        storage: child_storage,
+    };
     let link = Arc::new(MasterLink::new(client, &config, identity, spec.job_id.clone(), app_sha256));
     let interval = spec.heartbeat_interval;
     let slots: Arc<[SlotActivity]> = (0..config.slots.max(1)).map(|_| SlotActivity::default()).collect();
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<LoopEnd>();
-    // Heartbeats from now on: making the app may take a while (a sort
-    // samples its inputs, perhaps from the coordinator), and a silent
-    // connection would be closed meanwhile.
     // Spawned tasks do not inherit the caller's span (`worker{id=...}`): pass it on.
     {
         let (link, slots, end_tx) = (link.clone(), slots.clone(), end_tx.clone());
@@ -207,15 +233,16 @@ pub async fn run(app: AppSource, config: WorkerConfig) -> Result<WorkerExit, Wor
             .instrument(tracing::Span::current()),
         );
     }
-    // Off the runtime: the constructor may read the inputs.
-    let runner = tokio::task::spawn_blocking(move || Arc::new(TaskRunner::new(plugin, &spec, storage)))
-        .await
-        .expect("the app's constructor panics are caught at the plugin boundary");
+    let mut stoppers = Vec::new();
     for slot in 0..slots.len() {
-        let (link, runner, slots, end_tx) = (link.clone(), runner.clone(), slots.clone(), end_tx.clone());
+        // Each task process makes the app itself, while its slot asks for work.
+        let process = TaskProcess::new(config.task_command.clone(), ChildStart { slot, ..start.clone() });
+        let thread = SlotThread::spawn(slot, process).map_err(WorkerError::Thread)?;
+        stoppers.push(thread.stopper());
+        let (link, storage, slots, end_tx) = (link.clone(), storage.clone(), slots.clone(), end_tx.clone());
         tokio::spawn(
             async move {
-                let _ = end_tx.send(run_slot(slot, &link, &runner, &slots[slot]).await);
+                let _ = end_tx.send(run_slot(&thread, &link, &storage, &slots[slot]).await);
             }
             .instrument(tracing::Span::current()),
         );
@@ -223,26 +250,41 @@ pub async fn run(app: AppSource, config: WorkerConfig) -> Result<WorkerExit, Wor
     drop(end_tx);
     // The first end any loop learns is the worker's. A slot that finished
     // its part while others still run sends nothing.
-    end_rx.recv().await.expect("the heartbeat loop runs until it sees the end")
+    let end = end_rx.recv().await.expect("the heartbeat loop runs until it sees the end");
+    stop_task_processes(&slots, stoppers).await;
+    drop(work_dir);
+    end
+}
+
+/// Ends the slots' task processes and reaps them (their CPU time counts as
+/// the worker's): running attempts are cancelled, so that each slot thread
+/// is free within the kill grace. One that is not by [`SHUTDOWN_WAIT`] is
+/// left to the kernel, which kills it as the worker exits.
+async fn stop_task_processes(slots: &[SlotActivity], stoppers: Vec<SlotStopper>) {
+    for slot in slots {
+        slot.cancel();
+    }
+    let stopped = futures::future::join_all(stoppers.into_iter().map(SlotStopper::stop));
+    if tokio::time::timeout(SHUTDOWN_WAIT, stopped).await.is_err() {
+        tracing::warn!("task processes still running after {} s; leaving them to exit with the worker", SHUTDOWN_WAIT.as_secs_f64());
+    }
 }
 
 /// Makes the work directory, starts the file server, and decides whether
 /// this worker shares the coordinator's job directory (it finds the job's
 /// journal there). `local` is this end of the connection to the
 /// coordinator: the address other workers reach this one at, presumably.
-/// The work directory lives as long as the returned guard.
+/// The work directory lives as long as the returned guard. Also returns
+/// the storage's settings, for the task processes.
 async fn set_up_storage(
     config: &WorkerConfig,
     spec: &crate::rpc::JobSpec,
     identity: &Identity,
     local: SocketAddr,
-) -> Result<(Arc<WorkerStorage>, tempfile::TempDir), WorkerError> {
+) -> Result<(Arc<WorkerStorage>, WorkDir, ChildStorage), WorkerError> {
     let setup = |what: &str, e: std::io::Error| WorkerError::Setup(format!("{what}: {e}"));
     let base = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let work_dir = tempfile::Builder::new()
-        .prefix("mr-worker-")
-        .tempdir_in(&base)
-        .map_err(|e| setup(&format!("cannot make a work directory in {}", base.display()), e))?;
+    let (work_dir, _) = WorkDir::create(&base).map_err(|e| setup(&format!("cannot make a work directory in {}", base.display()), e))?;
     let serve_on = config.serve_on.clone().unwrap_or_else(|| SocketAddr::new(local.ip(), 0).to_string());
     let listener = tokio::net::TcpListener::bind(&serve_on).await.map_err(|e| setup(&format!("cannot serve files on {serve_on}"), e))?;
     let bound = listener.local_addr().map_err(|e| setup("reading the file server's address", e))?;
@@ -258,20 +300,28 @@ async fn set_up_storage(
         "{}",
         if shared { "sharing the job directory with the coordinator" } else { "not sharing the job directory: map output is served from here" }
     );
-    let storage = WorkerStorage::new(StorageConfig {
+    let child = ChildStorage {
         work_dir: work_dir.path().to_owned(),
         shared_job_dir: shared.then(|| spec.job_dir.clone()),
         server: server.to_string(),
-        served,
-        fetcher: Fetcher::new(config.secret.clone(), identity.clone()),
         // Two heartbeats: at most half the task timeout.
         run_stall_limit: spec.heartbeat_interval * 2,
+        master: config.master.clone(),
+        fetch_memory: config.fetch_memory,
+    };
+    let storage = WorkerStorage::new(StorageConfig {
+        work_dir: child.work_dir.clone(),
+        shared_job_dir: child.shared_job_dir.clone(),
+        server: child.server.clone(),
+        served,
+        fetcher: Fetcher::new(config.secret.clone(), identity.clone()),
+        run_stall_limit: child.run_stall_limit,
         master: config.master.clone(),
         inputs: spec.inputs.clone(),
         fetch_memory: config.fetch_memory,
         runtime: tokio::runtime::Handle::current(),
     });
-    Ok((Arc::new(storage), work_dir))
+    Ok((Arc::new(storage), work_dir, child))
 }
 
 /// What one slot is running, for the heartbeat.
@@ -291,6 +341,13 @@ impl SlotActivity {
     fn finish(&self) -> bool {
         let ended = self.current.lock().unwrap_or_else(|p| p.into_inner()).take();
         ended.is_some_and(|(_, _, progress)| progress.is_cancelled())
+    }
+
+    /// Cancels the slot's attempt, if it runs one: the job is over.
+    fn cancel(&self) {
+        if let Some((_, _, progress)) = self.current.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            progress.cancel();
+        }
     }
 
     /// Cancels the slot's attempt if it is one of `attempts`.
@@ -318,6 +375,7 @@ async fn send_heartbeats(link: &MasterLink, slots: &[SlotActivity], interval: Du
     loop {
         ticker.tick().await;
         let running: Vec<AttemptProgress> = slots.iter().filter_map(SlotActivity::snapshot).collect();
+        tracing::trace!(?running, "heartbeat");
         let heartbeat = |client: CoordinatorClient| {
             let running = running.clone();
             async move { client.heartbeat(call_context(), running).await }
@@ -341,34 +399,37 @@ fn job_end(end: JobEnd) -> LoopEnd {
     }
 }
 
-/// One task slot: asks for a task, runs it, reports, until the job ends.
-async fn run_slot(slot: usize, link: &Arc<MasterLink>, runner: &Arc<TaskRunner>, activity: &SlotActivity) -> LoopEnd {
-    let thread = SlotThread::spawn(slot).map_err(WorkerError::Thread)?;
+/// One task slot: asks for a task, runs it on the slot's task process,
+/// reports, until the job ends.
+async fn run_slot(thread: &SlotThread, link: &Arc<MasterLink>, storage: &WorkerStorage, activity: &SlotActivity) -> LoopEnd {
     loop {
         let request = |client: CoordinatorClient| async move { client.request_task(call_context()).await };
         let assignment = link.call(request).await?;
-        let report = match assignment {
+        // Each attempt's files go where this worker's storage puts them;
+        // its cursor, if it tracks records, is read here if it fails.
+        let (task_id, cursor, attempt) = match assignment {
             Assignment::Wait => continue,
             Assignment::Exit(end) => return job_end(end),
             Assignment::Map(mut task) => {
-                runner.storage().adapt_map(&mut task);
-                let (task_id, attempt) = (TaskId::Map(task.index), task.attempt);
-                let (runner, progress) = (runner.clone(), activity.start(task_id, attempt));
-                let outcome = run_on(&thread, task_id, attempt, move || runner.run_map(&task, &progress))
-                    .await
-                    .map(|(outputs, counters)| TaskOutcome::MapDone { outputs, counters });
-                TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
+                storage.adapt_map(&mut task);
+                (TaskId::Map(task.index), task.skip.as_ref().map(|plan| plan.cursor.clone()), ChildAttempt::Map(task))
             }
             Assignment::Reduce(mut task) => {
-                runner.storage().adapt_reduce(&mut task);
-                let (task_id, attempt) = (TaskId::Reduce(task.partition), task.attempt);
-                let (runner, progress) = (runner.clone(), activity.start(task_id, attempt));
-                let outcome = run_on(&thread, task_id, attempt, move || runner.run_reduce(&task, &progress))
-                    .await
-                    .map(|counters| TaskOutcome::ReduceDone { counters });
-                TaskReport { task: task_id, attempt, outcome: outcome.unwrap_or_else(|e| e) }
+                storage.adapt_reduce(&mut task);
+                let local_outputs = storage.local_outputs(&task.runs);
+                (TaskId::Reduce(task.partition), task.skip.as_ref().map(|plan| plan.cursor.clone()), ChildAttempt::Reduce { task, local_outputs })
             }
         };
+        let attempt_id = attempt.attempt();
+        let progress = activity.start(task_id, attempt_id);
+        let outcome = run_on(thread, storage, task_id, attempt, progress).await;
+        let outcome = match outcome {
+            TaskOutcome::Failed { error, record } => {
+                TaskOutcome::Failed { error, record: record.or_else(|| cursor.as_deref().and_then(read_cursor)) }
+            }
+            other => other,
+        };
+        let report = TaskReport { task: task_id, attempt: attempt_id, outcome };
         // Reported from here on: a heartbeat must not keep showing progress
         // of an attempt the coordinator may already have given up.
         let cancelled = activity.finish();
@@ -528,70 +589,97 @@ enum Reconnect {
     AppRefused(String),
 }
 
-/// A slot's own thread, which runs the slot's tasks one after another.
+/// A slot's own thread, which owns the slot's task process and runs its
+/// attempts one after another. It lives as long as the slot: the kernel
+/// kills the task process when the thread that started it ends.
 struct SlotThread {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    jobs: std::sync::mpsc::Sender<SlotJob>,
 }
+
+/// Something for a slot's thread to do with its task process.
+type SlotJob = Box<dyn FnOnce(&mut TaskProcess) + Send>;
 
 /// What a job on a slot thread panicked with.
 type Panic = Box<dyn std::any::Any + Send>;
 
 impl SlotThread {
-    fn spawn(slot: usize) -> std::io::Result<SlotThread> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+    /// Starts slot `slot`'s thread, which starts `process` at once (it
+    /// makes the app while the slot waits for its first task).
+    fn spawn(slot: usize, mut process: TaskProcess) -> std::io::Result<SlotThread> {
+        let (jobs, queue) = std::sync::mpsc::channel::<SlotJob>();
+        let span = tracing::Span::current();
         // The thread ends when the sender is dropped with the slot.
-        std::thread::Builder::new().name(format!("slot-{slot}")).spawn(move || queue.into_iter().for_each(|job| job()))?;
+        std::thread::Builder::new().name(format!("slot-{slot}")).spawn(move || {
+            span.in_scope(|| process.start());
+            queue.into_iter().for_each(|job| job(&mut process));
+        })?;
         Ok(SlotThread { jobs })
+    }
+
+    /// What ends the slot's task process once the job is over.
+    fn stopper(&self) -> SlotStopper {
+        SlotStopper { jobs: self.jobs.clone() }
     }
 
     /// Runs `f` on the thread and waits for it; a panic is caught there
     /// (the thread lives on) and returned.
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Panic> {
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut TaskProcess) -> T + Send + 'static) -> Result<T, Panic> {
         let (done, result) = tokio::sync::oneshot::channel();
-        let job = move || {
-            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        let job = move |process: &mut TaskProcess| {
+            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(process))));
         };
         self.jobs.send(Box::new(job)).expect("a slot's thread runs until the slot ends");
         result.await.expect("a slot's thread answers every job")
     }
 }
 
-/// Runs a task on the slot's thread, inside a `task{task=... attempt=...}`
-/// span so that every log line of the attempt names it; a failure becomes
-/// the outcome to report.
-async fn run_on<T: Send + 'static>(
-    thread: &SlotThread,
-    task: TaskId,
-    attempt: AttemptId,
-    f: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
-) -> Result<T, TaskOutcome> {
-    let span = tracing::info_span!("task", task = %task, attempt);
-    span.in_scope(|| tracing::debug!("started"));
-    let started = Instant::now();
+/// Ends a slot's task process, after the attempt the slot runs, if any.
+struct SlotStopper {
+    jobs: std::sync::mpsc::Sender<SlotJob>,
+}
+
+impl SlotStopper {
+    async fn stop(self) {
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        let job = move |process: &mut TaskProcess| {
+            process.shut_down();
+            let _ = done.send(());
+        };
+        if self.jobs.send(Box::new(job)).is_ok() {
+            let _ = stopped.await;
+        }
+    }
+}
+
+/// Runs an attempt on the slot's task process, inside a
+/// `task{task=... attempt=...}` span so that every log line of the attempt
+/// names it; serves a map's output. Returns the outcome to report.
+async fn run_on(thread: &SlotThread, storage: &WorkerStorage, task: TaskId, attempt: ChildAttempt, progress: TaskProgress) -> TaskOutcome {
+    let id = attempt.attempt();
+    let span = tracing::info_span!("task", task = %task, attempt = id);
     let in_span = span.clone();
-    let result = thread.run(move || in_span.in_scope(f)).await;
+    let result = thread.run(move |process| in_span.in_scope(|| process.run_attempt(attempt, &progress))).await;
     // No await below: entering the span here cannot leak it to other tasks.
     let _entered = span.enter();
-    let elapsed_ms = started.elapsed().as_millis();
     match result {
-        Ok(Ok(value)) => {
-            tracing::debug!(elapsed_ms, "done");
-            Ok(value)
-        }
-        Ok(Err(TaskError::MapOutputLost { map_task, source })) => {
-            tracing::warn!("cannot read map task {map_task}'s output: {source}");
-            Err(TaskOutcome::MapOutputLost { map_task, error: source.to_string() })
-        }
-        Ok(Err(e)) => {
-            tracing::warn!("failed: {e}");
-            Err(TaskOutcome::Failed { error: e.to_string(), record: None })
-        }
-        // The app's own panics are caught at the plugin boundary; this is a
-        // panic in the framework's task code, reported rather than lost.
+        Ok(AttemptEnd { outcome: outcome @ TaskOutcome::MapDone { .. }, served }) => match served {
+            Some(path) if !storage.may_serve(&path) => {
+                let error = format!("the task process named an output outside the work and job directories: {}", path.display());
+                tracing::error!("{error}");
+                TaskOutcome::Failed { error, record: None }
+            }
+            Some(path) => {
+                storage.serve(id, path);
+                outcome
+            }
+            None => outcome,
+        },
+        Ok(AttemptEnd { outcome, .. }) => outcome,
+        // A panic in the worker's own code around the task process.
         Err(payload) => {
             let error = format!("worker panicked: {}", crate::abi::panic_message(payload.as_ref()));
             tracing::error!("{error}");
-            Err(TaskOutcome::Failed { error, record: None })
+            TaskOutcome::Failed { error, record: None }
         }
     }
 }

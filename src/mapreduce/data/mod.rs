@@ -15,3 +15,4 @@ pub mod skipping;
 pub mod split;
 pub mod storage;
 pub mod task;
+pub mod work_dir;

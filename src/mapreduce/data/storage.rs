@@ -54,11 +54,13 @@ const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(250);
 pub struct ServedOutputs(Mutex<HashMap<AttemptId, PathBuf>>);
 
 impl ServedOutputs {
-    fn insert(&self, attempt: AttemptId, path: PathBuf) {
+    /// Serves `path` as map `attempt`'s output.
+    pub fn insert(&self, attempt: AttemptId, path: PathBuf) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(attempt, path);
     }
 
-    fn get(&self, attempt: AttemptId) -> Option<PathBuf> {
+    /// The output file of map `attempt`, if this worker serves it.
+    pub fn get(&self, attempt: AttemptId) -> Option<PathBuf> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&attempt).cloned()
     }
 }
@@ -198,6 +200,40 @@ impl WorkerStorage {
                 (partition, MapOutputLocation::Served { server: self.server.clone(), attempt, range, shared_path })
             })
             .collect()
+    }
+
+    /// The output file of map `attempt`, if it was served here.
+    pub fn served(&self, attempt: AttemptId) -> Option<PathBuf> {
+        self.served.get(attempt)
+    }
+
+    /// Serves `path` as map `attempt`'s output: a file a task process
+    /// wrote (the worker serves it), or one the worker serves (a task
+    /// process reads it in place).
+    pub fn serve(&self, attempt: AttemptId, path: PathBuf) {
+        self.served.insert(attempt, path);
+    }
+
+    /// Whether `path` may be served: a file in the work directory or the
+    /// shared job directory, where attempts write (a task process's word
+    /// is not taken for more).
+    pub fn may_serve(&self, path: &Path) -> bool {
+        lies_under(path, &self.work_dir) || self.shared_job_dir.as_deref().is_some_and(|dir| lies_under(path, dir))
+    }
+
+    /// The output files of the map attempts among `runs` that this worker
+    /// serves: a reduce's task process reads them in place.
+    pub fn local_outputs(&self, runs: &[(u32, MapOutputLocation)]) -> Vec<(AttemptId, PathBuf)> {
+        let mut local: Vec<(AttemptId, PathBuf)> = runs
+            .iter()
+            .filter_map(|(_, location)| match location {
+                MapOutputLocation::Served { server, attempt, .. } if *server == self.server => self.served.get(*attempt).map(|p| (*attempt, p)),
+                _ => None,
+            })
+            .collect();
+        local.sort_unstable();
+        local.dedup();
+        local
     }
 
     /// Starts reduce `task`'s output: a file staged in the job directory if
@@ -458,5 +494,22 @@ impl Drop for FetchedRuns {
         for path in &self.0 {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+/// Whether `path` lies under `dir`, as written (no `..` to climb out).
+fn lies_under(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir) && !path.components().any(|c| c == std::path::Component::ParentDir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_inside_a_directory_lie_under_it() {
+        assert!(lies_under(Path::new("/w/mr-worker-x/map-1"), Path::new("/w/mr-worker-x")));
+        assert!(!lies_under(Path::new("/w/mr-worker-x/../etc/passwd"), Path::new("/w/mr-worker-x")));
+        assert!(!lies_under(Path::new("/etc/passwd"), Path::new("/w/mr-worker-x")));
     }
 }

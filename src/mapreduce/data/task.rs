@@ -3,8 +3,9 @@
 //! [`TaskRunner::run_map`] reads an input, calls the app's map, and writes
 //! the sorted runs ([`crate::shuffle`]); [`TaskRunner::run_reduce`] merges a
 //! partition's runs ([`crate::merge`]), calls the app's reduce per key, and
-//! writes the staged output file that the coordinator commits. The worker loop
-//! ([`crate::worker`]) runs these on each slot's own thread and reports the result.
+//! writes the staged output file that the coordinator commits. A slot's task
+//! process ([`crate::task_host`]) runs these on its main thread; the worker
+//! ([`crate::worker`]) reports the result.
 
 use std::io;
 use std::path::PathBuf;
@@ -79,7 +80,8 @@ impl From<MergeError> for TaskError {
 
 /// How far a running attempt has got, in units of work that only grow:
 /// records emitted, keys and values reduced, counter updates, phases
-/// finished. The attempt's thread ticks it; the worker's heartbeat reads it,
+/// finished. The attempt's thread ticks it, its task process sends it to
+/// the worker ([`crate::task_protocol`]), and the worker's heartbeat reads it,
 /// so the coordinator can tell a slow attempt that is moving from a stuck one.
 ///
 /// It also carries the coordinator's word that the attempt no longer
@@ -99,6 +101,12 @@ impl TaskProgress {
         // One writer (the attempt's thread): a plain load and store, no
         // locked add on the hot path.
         self.units.store(self.units.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Raises the count to `units` (reported by the attempt's task
+    /// process); a lower number, from a confused process, changes nothing.
+    pub fn raise_to(&self, units: u64) {
+        self.units.fetch_max(units, Ordering::Relaxed);
     }
 
     /// Units done so far.
