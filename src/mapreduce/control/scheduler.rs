@@ -30,10 +30,12 @@
 //! for the task timeout (a crashed, stopped or cut-off worker), when its
 //! worker's connection closes, or when it has made no progress for the task
 //! timeout (a stalled task on a live worker). A task that keeps making
-//! progress is never taken away for being slow. Every attempt that ends
-//! without success counts toward the task's bound, whatever the cause, so a
-//! record that crashes every worker that reads it stops the job instead of
-//! being retried forever.
+//! progress is never taken away for being slow. An attempt that fails,
+//! stalls, or whose task process crashes counts toward the task's bound, so
+//! a record that crashes every attempt that reads it stops the job instead
+//! of being retried forever; an attempt lost with its worker (the process
+//! or the machine gone) does not, as Hadoop counts it KILLED rather than
+//! FAILED, so that a cluster losing machines still finishes its jobs.
 //!
 //! Backups, as in Google's MapReduce: once no task of a phase waits for a
 //! worker, a worker that asks for work may get a second attempt of the
@@ -242,15 +244,17 @@ impl TaskEntry {
         }
     }
 
-    /// Counts `attempt`'s unsuccessful end unless it was counted already
-    /// (an attempt given up for silence may report a failure later).
-    /// Returns whether it was new.
-    fn count_unsuccessful(&mut self, attempt: AttemptId, how: String) -> bool {
+    /// Notes `attempt`'s unsuccessful end unless it was noted already (an
+    /// attempt given up for silence may report a failure later), counting
+    /// it toward the bound when `counted`. Returns whether it was new.
+    fn count_unsuccessful(&mut self, attempt: AttemptId, how: String, counted: bool) -> bool {
         if self.ended_badly.contains(&attempt) {
             return false;
         }
-        let worker = self.worker_of(attempt).to_owned();
-        self.unsuccessful.push((attempt, format!("attempt {attempt} on {worker} {how}")));
+        if counted {
+            let worker = self.worker_of(attempt).to_owned();
+            self.unsuccessful.push((attempt, format!("attempt {attempt} on {worker} {how}")));
+        }
         self.ended_badly.push(attempt);
         true
     }
@@ -634,7 +638,7 @@ impl Scheduler {
                 // Re-run before new work once no attempt of it is left.
                 self.stop_running(task, attempt, true);
                 let how = if why.worker_lost() { format!("was lost: {why}") } else { format!("timed out: {why}") };
-                self.count_unsuccessful(task, attempt, how, None);
+                self.end_unsuccessfully(task, attempt, how, None, !why.worker_lost());
                 lost.push(LostAttempt { task, attempt, worker, loss: why });
             }
         }
@@ -907,10 +911,31 @@ impl Scheduler {
     /// skips bad records and the attempt died handling one, the record is
     /// blamed, and skipped once two attempts have died on it.
     fn count_unsuccessful(&mut self, task: TaskId, attempt: AttemptId, how: String, reported: Option<BadRecord>) {
+        self.end_unsuccessfully(task, attempt, how, reported, true);
+    }
+
+    /// Notes an unsuccessful end of `attempt` of `task`; counts it toward
+    /// the bound (see [`Scheduler::count_unsuccessful`]) only when
+    /// `counted`. An attempt lost with its worker is not counted, as
+    /// Hadoop counts it KILLED rather than FAILED: tasks run in processes
+    /// of their own (see [`crate::worker`]), so a task that crashes ends
+    /// as a failure, and a worker lost is the machine's fault, not the
+    /// task's. The record it was handling is blamed all the same.
+    fn end_unsuccessfully(&mut self, task: TaskId, attempt: AttemptId, how: String, reported: Option<BadRecord>, counted: bool) {
         let limit = self.config.skip_bad_records;
+        let reported_by_worker = reported.is_some();
         let record = if limit > 0 { reported.or_else(|| (self.record_reader.0)(&self.cursor_path(task, attempt))) } else { None };
         let entry = self.entry_mut(task);
-        if !entry.count_unsuccessful(attempt, how) {
+        if !entry.count_unsuccessful(attempt, how, counted) {
+            // Ended already (given up for a stall): the record its worker
+            // reports now, read from a cursor the coordinator could not
+            // see, is still blamed, once.
+            if let Some(record) = record.filter(|_| reported_by_worker) {
+                let known = entry.blamed.iter().any(|(_, a)| *a == attempt);
+                if !known && !entry.skipped.iter().any(|r| r.id == record.id) {
+                    entry.blame(attempt, record, limit);
+                }
+            }
             return;
         }
         if let Some(record) = record {
@@ -1291,30 +1316,41 @@ mod tests {
         let lost = s.worker_disconnected("crashed");
         assert_eq!(lost, vec![LostAttempt { task: TaskId::Map(0), attempt: a, worker: "crashed".into(), loss: AttemptLoss::WorkerDisconnected }]);
         assert_eq!(s.state(TaskId::Map(0)), &TaskState::Idle);
-        assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1);
+        // Lost with its worker: ended, but not counted toward the bound.
+        assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 0);
+        assert_eq!(s.entry(TaskId::Map(0)).ended_badly, vec![a]);
         assert_eq!(running(&s, TaskId::Map(1)), vec![(b, "other")]);
         // A worker that was only cut off may still report; its result counts.
         assert_eq!(s.complete(TaskId::Map(0), a, vec![], start), ReportVerdict::Accepted);
-        // ...and a second report of the same attempt's end is not counted twice.
-        assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1);
     }
 
     #[test]
-    fn attempts_lost_to_dying_workers_count_toward_the_bound() {
+    fn attempts_lost_with_their_workers_do_not_count_toward_the_bound_and_stalls_do() {
         let now = Instant::now();
         let mut s = scheduler(1, 1);
-        // A record that kills every worker that maps it.
-        for round in 1..=3 {
+        // Workers die one after another while they hold map 0 (KILLED, as
+        // Hadoop says): the task runs again, however often.
+        for round in 1..=5 {
             let worker = format!("w{round}");
             let (m, _) = take_map(&mut s, &worker, now);
             assert_eq!(m, 0);
             s.worker_disconnected(&worker);
         }
-        let expected = "map task 0 (input in-0) did not succeed in 3 attempts: \
-                        attempt 1 on w1 was lost: its worker's connection closed; \
-                        attempt 2 on w2 was lost: its worker's connection closed; \
-                        attempt 3 on w3 was lost: its worker's connection closed";
-        assert_eq!(s.job_end(), Some(JobEnd::Failed(expected.to_string())));
+        assert_eq!(s.job_end(), None);
+        assert!(s.entry(TaskId::Map(0)).unsuccessful.is_empty());
+        // An attempt that makes no progress on a live worker counts.
+        let mut at = now;
+        for round in 1..=3 {
+            let (_, a) = take_map(&mut s, "alive", at);
+            at += TIMEOUT;
+            s.heard_from("alive", at);
+            let lost = s.expire(at);
+            assert_eq!(lost.iter().map(|l| (l.attempt, l.loss)).collect::<Vec<_>>(), vec![(a, AttemptLoss::NoProgress(TIMEOUT))], "round {round}");
+        }
+        match s.job_end() {
+            Some(JobEnd::Failed(message)) => assert!(message.contains("did not succeed in 3 attempts") && message.contains("timed out"), "{message}"),
+            other => panic!("expected the job to fail, got {other:?}"),
+        }
     }
 
     #[test]
@@ -1322,6 +1358,8 @@ mod tests {
         let start = Instant::now();
         let mut s = scheduler(1, 1);
         let (_, a) = take_map(&mut s, "slow", start);
+        // Its worker is alive (it sent heartbeats), its attempt stalled.
+        s.heard_from("slow", start + TIMEOUT);
         s.expire(start + TIMEOUT);
         s.fail(TaskId::Map(0), a, "finally broke");
         assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 1);
@@ -1577,7 +1615,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_backup_leaves_its_task_running_and_counts() {
+    fn a_lost_backup_leaves_its_task_running() {
         let t0 = Instant::now();
         let mut s = scheduler_with_backups(2, 1);
         let (_, fast) = take_map(&mut s, "w0", t0);
@@ -1587,7 +1625,7 @@ mod tests {
         let lost = s.worker_disconnected("w0");
         assert_eq!(lost.iter().map(|l| l.attempt).collect::<Vec<_>>(), vec![backup]);
         assert_eq!(running(&s, TaskId::Map(1)), vec![(slow, "w1")]);
-        assert_eq!(s.entry(TaskId::Map(1)).unsuccessful.len(), 1);
+        assert_eq!(s.entry(TaskId::Map(1)).ended_badly, vec![backup]);
         // Both attempts silent: both are given up and the task waits again.
         let (_, backup) = take_map(&mut s, "w2", t0 + secs(1.2));
         s.heartbeat("w1", &[progress(1, slow, 1)], t0 + secs(1.2));
@@ -1659,21 +1697,42 @@ mod tests {
     }
 
     #[test]
+    fn a_key_hung_reduces_were_stuck_on_is_skipped_when_their_workers_report_it_late() {
+        // Workers that share no directory: the scheduler cannot read their
+        // cursors, and learns the record only from the late failure report.
+        let (mut s, _cursors) = skipping_scheduler(0, 1);
+        let mut at = Instant::now();
+        for worker in ["w1", "w2"] {
+            let r = take_reduce(&mut s, worker, at);
+            at += TIMEOUT;
+            s.heard_from(worker, at);
+            assert_eq!(s.expire(at).len(), 1, "{worker}'s stuck attempt is given up");
+            assert_eq!(s.fail_on_record(TaskId::Reduce(0), r.attempt, "stopped", Some(record(7))), ReportVerdict::Accepted);
+            assert_eq!(s.fail_on_record(TaskId::Reduce(0), r.attempt, "stopped", Some(record(7))), ReportVerdict::Accepted, "twice is once");
+        }
+        assert!(s.entry(TaskId::Reduce(0)).unsuccessful.is_empty(), "the two attempts stuck on key 7 count no more");
+        assert_eq!(take_reduce(&mut s, "w3", at).skip.unwrap().skip, vec![7]);
+    }
+
+    #[test]
     fn a_line_two_attempts_died_on_is_skipped_and_those_attempts_count_no_more() {
         let now = Instant::now();
         let (mut s, cursors) = skipping_scheduler(1, 1);
-        // Two attempts die on the whole split: no line known, no tracking.
+        // Two attempts die on the whole split (their task processes are
+        // killed): no line known, no tracking.
         for worker in ["w1", "w2"] {
-            assert_eq!(map_task(&mut s, worker, now).skip, None);
-            s.worker_disconnected(worker);
+            let task = map_task(&mut s, worker, now);
+            assert_eq!(task.skip, None);
+            s.fail(TaskId::Map(0), task.attempt, "killed by signal 6");
         }
         // The next ones read line by line under a cursor; two die on line 40.
         for worker in ["w3", "w4"] {
-            let plan = map_task(&mut s, worker, now).skip.expect("tracking after two failures");
+            let task = map_task(&mut s, worker, now);
+            let plan = task.skip.expect("tracking after two failures");
             assert_eq!(plan.skip, Vec::<u64>::new());
             assert_eq!(plan.cursor.parent(), Some(std::path::Path::new("/job")));
             cursors.lock().unwrap().insert(plan.cursor, record(40));
-            s.worker_disconnected(worker);
+            s.fail(TaskId::Map(0), task.attempt, "killed by signal 6");
             assert_eq!(s.job_end(), None, "{worker}: within the bound");
         }
         assert_eq!(s.entry(TaskId::Map(0)).unsuccessful.len(), 2, "the two deaths on line 40 count no more");
@@ -1697,15 +1756,16 @@ mod tests {
         }
         // Two deaths on line 1 skip it (the limit); two on line 2 count.
         for (worker, line) in [("w3", 1), ("w4", 1), ("w5", 2)] {
-            let plan = map_task(&mut s, worker, now).skip.unwrap();
-            cursors.lock().unwrap().insert(plan.cursor, record(line));
-            s.worker_disconnected(worker);
+            let task = map_task(&mut s, worker, now);
+            cursors.lock().unwrap().insert(task.skip.unwrap().cursor, record(line));
+            s.fail(TaskId::Map(0), task.attempt, "killed by signal 11");
         }
         assert_eq!(s.job_end(), None);
-        let plan = map_task(&mut s, "w6", now).skip.unwrap();
+        let task = map_task(&mut s, "w6", now);
+        let plan = task.skip.unwrap();
         assert_eq!(plan.skip, vec![1]);
         cursors.lock().unwrap().insert(plan.cursor, record(2));
-        s.worker_disconnected("w6");
+        s.fail(TaskId::Map(0), task.attempt, "killed by signal 11");
         match s.job_end() {
             Some(JobEnd::Failed(message)) => assert!(message.contains("did not succeed in 4 attempts"), "{message}"),
             other => panic!("expected the bound, got {other:?}"),

@@ -99,8 +99,11 @@ pub fn run() -> Result<(), TaskHostError> {
 
 /// The socket the worker left at [`CHILD_FD`].
 fn inherited_socket() -> Result<UnixStream, TaskHostError> {
-    // SAFETY: fstat only writes the struct it is given.
+    // SAFETY: `stat` is plain old data, for which all zero bytes is a
+    // valid value.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat only writes the struct it is given, which lives for
+    // the call; a descriptor that is not open makes it fail, not misbehave.
     if unsafe { libc::fstat(CHILD_FD, &mut stat) } != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(TaskHostError::NoSocket);
     }

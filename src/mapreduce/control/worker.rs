@@ -434,8 +434,10 @@ async fn run_slot(thread: &SlotThread, link: &Arc<MasterLink>, storage: &WorkerS
         // of an attempt the coordinator may already have given up.
         let cancelled = activity.finish();
         // The coordinator has written off a cancelled attempt; only a
-        // completion (it may still take one) is worth telling.
-        if cancelled && matches!(report.outcome, TaskOutcome::Failed { .. }) {
+        // completion (it may still take one), or the record a stuck attempt
+        // was handling (the coordinator cannot read this worker's cursor
+        // files), is worth telling.
+        if cancelled && matches!(report.outcome, TaskOutcome::Failed { record: None, .. }) {
             continue;
         }
         // Reports are idempotent: one whose answer was late is sent again.

@@ -263,7 +263,7 @@ impl WorkerStorage {
         reduce_attempt: AttemptId,
         runs: &[(u32, MapOutputLocation)],
         progress: FetchProgress<'_>,
-    ) -> Result<(Vec<(u32, LocalRun)>, FetchedRuns), Option<(u32, RunError)>> {
+    ) -> Result<(LocalRuns, FetchedRuns), Option<(u32, RunError)>> {
         let mut local = Vec::with_capacity(runs.len());
         let mut remote = Vec::new();
         let mut in_memory = 0;
@@ -484,6 +484,9 @@ impl LocalRun {
         }
     }
 }
+
+/// A reduce's runs, readable here, each with its map task.
+pub type LocalRuns = Vec<(u32, LocalRun)>;
 
 /// Run files fetched for one reduce attempt: removed when dropped.
 #[must_use]

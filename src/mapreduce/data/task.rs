@@ -303,8 +303,7 @@ impl TaskRunner {
     /// returns the attempt's counters.
     pub fn run_reduce(&self, task: &ReduceTask, progress: &TaskProgress) -> Result<Counters, TaskError> {
         let capabilities = self.capabilities()?;
-        let mut counters = Counters::default();
-        counters.reduce_input_bytes = task.runs.iter().map(|(_, location)| stored_size(location)).sum();
+        let mut counters = Counters { reduce_input_bytes: task.runs.iter().map(|(_, location)| stored_size(location)).sum(), ..Counters::default() };
         progress.tick();
         let (runs, _fetched) = self.storage.localize(task.attempt, &task.runs, progress.fetch_progress()).map_err(|lost| match lost {
             Some((map_task, source)) => TaskError::MapOutputLost { map_task, source },

@@ -519,7 +519,7 @@ mod tests {
         let me = Identity::new(long.clone());
         let (server, client) = tokio::join!(accept(&mut a, None, |_| Ok(())), connect(&mut b, None, &me));
         client.unwrap();
-        assert_eq!(server.unwrap().name, long[..MAX_NAME_LEN - 1]);
+        assert_eq!(server.unwrap().name, long.chars().take(MAX_NAME_LEN - 1).collect::<String>());
     }
 
     #[test]
