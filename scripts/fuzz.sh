@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Fuzz-style run of the property tests of every decoder of bytes from the
 # network or disk: the handshake (net/handshake.rs), file requests and
-# answers (net/files.rs), upload frames and their header (net/upload.rs) and
-# run files (data/runfile.rs). `cargo test` runs a few thousand cases of
-# each; this runs CASES (default 50,000) of each, with fresh random seeds,
+# answers (net/files.rs), upload frames and their header (net/upload.rs),
+# run files (data/runfile.rs) and the coordinator's journal
+# (control/journal.rs). `cargo test` runs a few thousand cases of each;
+# this runs CASES (default 50,000) of each, with fresh random seeds,
 # and prints each module's time and cases per second. A failure prints the
 # minimal failing input proptest found, and the script exits non-zero.
 #
@@ -15,7 +16,7 @@ cd "$ROOT"
 # Build once, quietly, then run each module's properties on their own.
 cargo test --release --quiet -p mapreduce --lib --no-run
 status=0
-for module in net::handshake net::files net::upload data::runfile; do
+for module in net::handshake net::files net::upload data::runfile control::journal; do
   start=$(date +%s.%N)
   if ! PROPTEST_CASES=$CASES cargo test --release -p mapreduce --lib -- "$module::tests::properties" >"/tmp/fuzz-$$.log" 2>&1; then
     status=1

@@ -22,3 +22,10 @@ impl XorShift {
         self.next() % n
     }
 }
+
+/// Property tests' settings: `default` cases, or `PROPTEST_CASES`
+/// (scripts/fuzz.sh sets it for longer runs); no failure files written.
+pub(crate) fn proptest_config(default: u32) -> proptest::prelude::ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
+    proptest::prelude::ProptestConfig { cases, failure_persistence: None, ..proptest::prelude::ProptestConfig::default() }
+}

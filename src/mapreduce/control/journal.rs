@@ -171,9 +171,15 @@ impl Journal {
     /// Reads every record of the journal at `path`, ignoring a torn last
     /// line. The first record is always [`Record::Job`].
     pub fn replay(path: &Path) -> Result<Vec<Record>, JournalError> {
+        let file = File::open(path).map_err(|source| JournalError::Io { path: path.to_owned(), source })?;
+        Self::replay_from(BufReader::new(file), path)
+    }
+
+    /// [`Journal::replay`] of the bytes `reader` gives, as the journal at
+    /// `path` (for messages).
+    fn replay_from(mut reader: impl BufRead, path: &Path) -> Result<Vec<Record>, JournalError> {
         let io_err = |source| JournalError::Io { path: path.to_owned(), source };
         let mut lines = Vec::new();
-        let mut reader = BufReader::new(File::open(path).map_err(io_err)?);
         loop {
             let mut line = Vec::new();
             if reader.read_until(b'\n', &mut line).map_err(io_err)? == 0 {
@@ -267,5 +273,61 @@ mod tests {
         // A file that does not start with the job is no journal.
         std::fs::write(&path, b"{\"started\":{\"epoch\":0}}\n").unwrap();
         assert!(matches!(Journal::replay(&path), Err(JournalError::Invalid { line: 1, .. })));
+    }
+
+    /// The journal's bytes after its records were written.
+    fn written() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for record in std::iter::once(Record::Job { id: "job-1".into(), fingerprint: serde_json::json!({"reduces": 2}) }).chain(records()) {
+            bytes.extend(serde_json::to_vec(&record).unwrap());
+            bytes.push(b'\n');
+        }
+        bytes
+    }
+
+    mod properties {
+        use super::*;
+
+        proptest::proptest! {
+            #![proptest_config(crate::test_rng::proptest_config(3000))]
+
+            /// Whatever a damaged disk gives, replaying it is an answer, not a
+            /// panic, and a journal's answer always starts with its job.
+            #[test]
+            fn replaying_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+                if let Ok(records) = Journal::replay_from(&bytes[..], Path::new("journal")) {
+                    let starts_with_job = matches!(records.first(), Some(Record::Job { .. }));
+                    proptest::prop_assert!(starts_with_job);
+                }
+            }
+
+            /// A journal cut anywhere replays as the records written before
+            /// the cut, whole lines only.
+            #[test]
+            fn a_cut_journal_replays_as_a_prefix(cut in 0usize..10_000) {
+                let whole = written();
+                let expected = Journal::replay_from(&whole[..], Path::new("journal")).unwrap();
+                let cut = cut % (whole.len() + 1);
+                match Journal::replay_from(&whole[..cut], Path::new("journal")) {
+                    Ok(records) => proptest::prop_assert_eq!(&records[..], &expected[..records.len()]),
+                    // Only a cut inside the first line leaves no job.
+                    Err(JournalError::Invalid { line: 1, .. }) => proptest::prop_assert!(!whole[..cut].contains(&b'\n')),
+                    Err(e) => proptest::prop_assert!(false, "{}", e),
+                }
+            }
+
+            /// A flipped byte makes the journal invalid or leaves a journal
+            /// that starts with its job: never a panic.
+            #[test]
+            fn a_flipped_byte_is_an_answer(at in 0usize..10_000, bits in 1u8..=255) {
+                let mut bytes = written();
+                let at = at % bytes.len();
+                bytes[at] ^= bits;
+                if let Ok(records) = Journal::replay_from(&bytes[..], Path::new("journal")) {
+                    let starts_with_job = matches!(records.first(), Some(Record::Job { .. }));
+                    proptest::prop_assert!(starts_with_job);
+                }
+            }
+        }
     }
 }

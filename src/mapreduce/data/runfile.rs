@@ -838,12 +838,6 @@ mod tests {
 
         use super::*;
 
-        /// `default` cases, or `PROPTEST_CASES` (scripts/fuzz.sh sets it).
-        fn config(default: u32) -> ProptestConfig {
-            let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
-            ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-        }
-
         fn records() -> impl Strategy<Value = Records> {
             let bytes = |max| prop::collection::vec(any::<u8>(), 0..max);
             prop::collection::vec((bytes(40), bytes(200)), 0..120)
@@ -890,7 +884,7 @@ mod tests {
 
         proptest! {
             // Fewer: each case writes its run to a file, as a map does.
-            #![proptest_config(config(500))]
+            #![proptest_config(crate::test_rng::proptest_config(500))]
 
             #[test]
             fn valid_runs_round_trip(records in records(), compression in compression()) {
@@ -928,7 +922,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config(3000))]
+            #![proptest_config(crate::test_rng::proptest_config(3000))]
 
             #[test]
             fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..600)) {

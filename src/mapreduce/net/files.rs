@@ -843,12 +843,6 @@ mod tests {
 
         use super::*;
 
-        /// `default` cases, or `PROPTEST_CASES` (scripts/fuzz.sh sets it).
-        fn config(default: u32) -> ProptestConfig {
-            let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
-            ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-        }
-
         fn request() -> impl Strategy<Value = FileRequest> {
             prop_oneof![
                 (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(attempt, offset, len)| FileRequest::AttemptOutput { attempt, offset, len }),
@@ -883,7 +877,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config(3000))]
+            #![proptest_config(crate::test_rng::proptest_config(3000))]
 
             #[test]
             fn requests_round_trip(request in request()) {

@@ -543,12 +543,6 @@ mod tests {
 
         use super::*;
 
-        /// `default` cases, or `PROPTEST_CASES` (scripts/fuzz.sh sets it).
-        fn config(default: u32) -> ProptestConfig {
-            let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
-            ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-        }
-
         /// The server's half against a client that sent `input`.
         fn server_reads(input: &[u8], secret: Option<&Secret>) -> Result<Identity, AcceptError> {
             let mut stream = tokio::io::join(input, Vec::new());
@@ -574,7 +568,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config(3000))]
+            #![proptest_config(crate::test_rng::proptest_config(3000))]
 
             #[test]
             fn any_name_round_trips_cut_at_a_character(name in "\\PC{0,300}", with_secret: bool) {

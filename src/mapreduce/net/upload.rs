@@ -383,14 +383,8 @@ mod tests {
 
         use super::*;
 
-        /// `default` cases, or `PROPTEST_CASES` (scripts/fuzz.sh sets it).
-        fn config(default: u32) -> ProptestConfig {
-            let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
-            ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-        }
-
         proptest! {
-            #![proptest_config(config(3000))]
+            #![proptest_config(crate::test_rng::proptest_config(3000))]
 
             #[test]
             fn uploads_round_trip(partition: u32, attempt: u64, data in prop::collection::vec(any::<u8>(), 0..5000), frame in 1usize..3000) {
