@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 pub const EXCERPT_CHARS: usize = 120;
 
 /// `text` as a log line may show it: at most `max_chars` characters, with
-/// control characters (newlines, terminal escapes) escaped as Rust writes
-/// them, and `...` when cut.
+/// characters that could forge or hide a line's content escaped as
+/// `\u{..}`, and `...` when cut.
 pub fn excerpt(text: &str, max_chars: usize) -> String {
     let mut shown = String::new();
     for c in text.chars().take(max_chars) {
-        if c.is_control() {
-            shown.extend(c.escape_debug());
+        if is_invisible(c) {
+            shown.extend(c.escape_unicode());
         } else {
             shown.push(c);
         }
@@ -29,6 +29,15 @@ pub fn excerpt(text: &str, max_chars: usize) -> String {
         shown.push_str("...");
     }
     shown
+}
+
+/// Whether `c` could forge or hide what a log line says: control
+/// characters (newlines, terminal escapes), format characters (bidi
+/// overrides that reorder a line) and line or paragraph separators.
+fn is_invisible(c: char) -> bool {
+    use unicode_general_category::{get_general_category, GeneralCategory};
+    c.is_control()
+        || matches!(get_general_category(c), GeneralCategory::Format | GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator)
 }
 
 /// Lets one warning through per `window`, counting the rest, so that a
@@ -80,7 +89,8 @@ mod tests {
         // A multibyte character across the cut: bytes would split it.
         let text = "abcdefghijk\u{00e9}\u{00e9}\u{00e9}";
         assert_eq!(excerpt(text, 12), "abcdefghijk\u{00e9}...");
-        assert_eq!(excerpt("line\nforged: ok\u{1b}[31m", 40), "line\\nforged: ok\\u{1b}[31m");
+        assert_eq!(excerpt("line\nforged: ok\u{1b}[31m", 40), "line\\u{a}forged: ok\\u{1b}[31m");
+        assert_eq!(excerpt("a\u{202e}b\u{2028}c", 10), "a\\u{202e}b\\u{2028}c", "bidi overrides and separators");
         assert_eq!(excerpt("", 3), "");
         assert_eq!(excerpt("\"exit 3\" isn't", 20), "\"exit 3\" isn't", "quotes are kept");
         assert_eq!(excerpt("abc", 0), "...");

@@ -483,8 +483,14 @@ fn restore(scheduler: &mut Scheduler, status: &mut JobStatus, opened: &Opened, o
     }
     // Attempts given out before the restart may still report, from the
     // process they were given to; the summary shows them all.
+    let mut shown = HashSet::new();
     for (task, attempt, owner) in &recovered.given {
         scheduler.restore_given(*task, *attempt, owner.clone());
+        // A record of a task this job has not, or of an attempt already
+        // shown, is not the scheduler's: nothing to show.
+        if scheduler.owner_of(*task, *attempt) != Some(owner) || !shown.insert((*task, *attempt)) {
+            continue;
+        }
         let won = matches!(scheduler.state(*task), crate::scheduler::TaskState::Done { attempt: winner } if winner == attempt);
         status.attempt_restored(*task, *attempt, &owner.worker, won);
     }
@@ -827,8 +833,8 @@ impl Coordinator for CoordinatorServer {
         self.heard_from(&worker);
         let (end, abandoned) = {
             let mut job = self.shared.job();
-            job.scheduler.heartbeat(&worker, &running, Instant::now());
-            (job.scheduler.job_end(), job.scheduler.abandoned(&running))
+            job.scheduler.heartbeat(&self.owner, &running, Instant::now());
+            (job.scheduler.job_end(), job.scheduler.abandoned(&self.owner, &running))
         };
         match end {
             None if abandoned.is_empty() => HeartbeatReply::Continue,

@@ -361,7 +361,7 @@ fn recover(records: Vec<Record>) -> (String, u64, Recovered) {
     for record in records {
         match record {
             Record::Job { id: job, .. } => id = job,
-            Record::Started { epoch: e } => epoch = epoch.max(e + 1),
+            Record::Started { epoch: e } => epoch = epoch.max(e.saturating_add(1)),
             Record::MapDone { task, attempt, outputs, counters } => {
                 recovered.maps.retain(|(m, ..)| *m != task);
                 recovered.maps.push((task, attempt, outputs, counters));

@@ -52,6 +52,12 @@ use crate::map_output::MapOutputLocation;
 use crate::rpc::{Assignment, AttemptId, AttemptProgress, InputSplit, JobEnd, MapTask, ReduceTask, TaskId, WorkerId};
 use crate::skipping::{read_cursor, BadRecord, SkipPlan};
 
+/// A task whose attempts are lost with their workers this many times
+/// `max_task_attempts` stops the job: such losses do not count toward the
+/// bound (Hadoop's KILLED), but a task that takes its machine down every
+/// time must not be retried forever.
+pub const KILLED_ATTEMPTS_FACTOR: u32 = 3;
+
 /// Attempt ids a coordinator may issue before they would meet those of the
 /// next coordinator started on the same job (see [`Scheduler::start_epoch`]).
 pub const ATTEMPTS_PER_EPOCH: AttemptId = 1_000_000_000;
@@ -212,8 +218,12 @@ struct TaskEntry {
     /// Records later attempts skip.
     skipped: Vec<BadRecord>,
     /// For a done map: the workers whose reduces could not read the
-    /// winning attempt's output, each once.
-    fetch_failures: Vec<WorkerId>,
+    /// winning attempt's output, with the reduce attempt that said so.
+    fetch_failures: Vec<(WorkerId, AttemptId)>,
+    /// Attempts lost with their worker (not counted toward the bound),
+    /// and how each ended, for the message if they exhaust theirs.
+    killed: Vec<AttemptId>,
+    killed_lines: Vec<String>,
 }
 
 impl TaskEntry {
@@ -226,6 +236,8 @@ impl TaskEntry {
             blamed: Vec::new(),
             skipped: Vec::new(),
             fetch_failures: Vec::new(),
+            killed: Vec::new(),
+            killed_lines: Vec::new(),
         }
     }
 
@@ -251,9 +263,13 @@ impl TaskEntry {
         if self.ended_badly.contains(&attempt) {
             return false;
         }
+        let worker = self.worker_of(attempt).to_owned();
+        let line = format!("attempt {attempt} on {worker} {how}");
         if counted {
-            let worker = self.worker_of(attempt).to_owned();
-            self.unsuccessful.push((attempt, format!("attempt {attempt} on {worker} {how}")));
+            self.unsuccessful.push((attempt, line));
+        } else {
+            self.killed.push(attempt);
+            self.killed_lines.push(line);
         }
         self.ended_badly.push(attempt);
         true
@@ -433,7 +449,7 @@ impl Scheduler {
     /// Reports of those attempts, from workers that stayed up through the
     /// restart, are taken like this coordinator's own.
     pub fn start_epoch(&mut self, epoch: u64) {
-        self.next_attempt = epoch * ATTEMPTS_PER_EPOCH + 1;
+        self.next_attempt = epoch.saturating_mul(ATTEMPTS_PER_EPOCH).saturating_add(1);
         self.epoch_start = self.next_attempt;
     }
 
@@ -532,12 +548,19 @@ impl Scheduler {
         }
     }
 
-    /// A heartbeat from `worker` with the progress of its running attempts.
-    /// An attempt whose units grew has made progress now; reports of
-    /// attempts no longer running are ignored.
-    pub fn heartbeat(&mut self, worker: &str, running: &[AttemptProgress], now: Instant) {
-        self.heard_from(worker, now);
+    /// A heartbeat from `owner`'s process with the progress of its running
+    /// attempts. An attempt whose units grew has made progress now; only
+    /// the attempt's own process can say so (another's word would keep a
+    /// hung attempt alive). An attempt given out before a restart, reported
+    /// by its process, is running again from now, under the same deadlines
+    /// as any. Reports of attempts no longer running are ignored.
+    pub fn heartbeat(&mut self, owner: &Owner, running: &[AttemptProgress], now: Instant) {
+        self.heard_from(&owner.worker, now);
         for report in running {
+            if self.owner_of(report.task, report.attempt) != Some(owner) {
+                continue;
+            }
+            self.adopt_from_before_restart(report.task, report.attempt, &owner.worker, now);
             let Some(entry) = self.entries_mut(report.task).get_mut(index(report.task)) else { continue };
             let TaskState::Running(attempts) = &mut entry.state else { continue };
             if let Some(running) = attempts.iter_mut().find(|a| a.attempt == report.attempt) {
@@ -549,17 +572,41 @@ impl Scheduler {
         }
     }
 
-    /// Which of the attempts a worker reports running no longer matter:
-    /// their task is done (another attempt won), this coordinator gave them
-    /// up, or nobody gave them out. Attempts given out before a restart are
-    /// not given up: their completion would still be taken.
-    pub fn abandoned(&self, running: &[AttemptProgress]) -> Vec<AttemptId> {
+    /// Counts `attempt` of `task`, given out before a restart and still
+    /// running on `worker`, as running, unless its task is done or it has
+    /// ended (given up since).
+    fn adopt_from_before_restart(&mut self, task: TaskId, attempt: AttemptId, worker: &str, now: Instant) {
+        if attempt >= self.epoch_start {
+            return;
+        }
+        let Some(entry) = self.entries_mut(task).get_mut(index(task)) else { return };
+        if entry.ended_badly.contains(&attempt) {
+            return;
+        }
+        match &mut entry.state {
+            TaskState::Done { .. } => {}
+            TaskState::Running(attempts) => {
+                if !attempts.iter().any(|a| a.attempt == attempt) {
+                    attempts.push(RunningAttempt::new(attempt, worker, now, false));
+                }
+            }
+            state @ TaskState::Idle => {
+                *state = TaskState::Running(vec![RunningAttempt::new(attempt, worker, now, false)]);
+                self.running.push(task);
+            }
+        }
+    }
+
+    /// Which of the attempts `owner`'s process reports running no longer
+    /// matter: not its own, their task is done (another attempt won), this
+    /// coordinator gave them up, or nobody gave them out.
+    pub fn abandoned(&self, owner: &Owner, running: &[AttemptProgress]) -> Vec<AttemptId> {
         running
             .iter()
             .filter(|report| match self.get(report.task) {
                 None => true,
                 Some(entry) if entry.is_done() || entry.given(report.attempt).is_none() => true,
-                Some(_) if report.attempt < self.epoch_start => false,
+                Some(_) if self.owner_of(report.task, report.attempt) != Some(owner) => true,
                 Some(_) => !self.running_attempts(report.task).iter().any(|a| a.attempt == report.attempt),
             })
             .map(|report| report.attempt)
@@ -924,17 +971,29 @@ impl Scheduler {
     fn end_unsuccessfully(&mut self, task: TaskId, attempt: AttemptId, how: String, reported: Option<BadRecord>, counted: bool) {
         let limit = self.config.skip_bad_records;
         let reported_by_worker = reported.is_some();
-        let record = if limit > 0 { reported.or_else(|| (self.record_reader.0)(&self.cursor_path(task, attempt))) } else { None };
+        // A record is blamed only for an attempt that failed or hung, not
+        // for one whose machine went away while it held the record.
+        let record = if limit > 0 && counted { reported.or_else(|| (self.record_reader.0)(&self.cursor_path(task, attempt))) } else { None };
+        let max_killed = self.config.max_task_attempts.saturating_mul(KILLED_ATTEMPTS_FACTOR);
         let entry = self.entry_mut(task);
         if !entry.count_unsuccessful(attempt, how, counted) {
             // Ended already (given up for a stall): the record its worker
             // reports now, read from a cursor the coordinator could not
             // see, is still blamed, once.
-            if let Some(record) = record.filter(|_| reported_by_worker) {
+            if let Some(record) = record.filter(|_| reported_by_worker && !entry.killed.contains(&attempt)) {
                 let known = entry.blamed.iter().any(|(_, a)| *a == attempt);
                 if !known && !entry.skipped.iter().any(|r| r.id == record.id) {
                     entry.blame(attempt, record, limit);
                 }
+            }
+            return;
+        }
+        if !counted {
+            // Lost with its worker: no bound, unless it keeps happening to
+            // this task alone (one that takes its machine down each time).
+            if entry.killed.len() as u32 >= max_killed {
+                let message = format!("{task} lost {} attempts with their workers: {}", entry.killed.len(), entry.killed_lines.join("; "));
+                self.failure.get_or_insert(message);
             }
             return;
         }
@@ -1020,11 +1079,19 @@ impl Scheduler {
         let server_alive = server.as_deref().is_some_and(|server| self.is_alive(server, now));
         let needed = reporters_needed(self.live_workers_besides(server.as_deref(), now));
         let map = &mut self.maps[m];
-        let repeated = map.fetch_failures.contains(&reporter);
-        if !repeated {
-            map.fetch_failures.push(reporter.clone());
+        if map.fetch_failures.contains(&(reporter.clone(), attempt)) {
+            // The same report again (its answer was late): said already.
+            return (ReportVerdict::Accepted, Some(LostOutput::NotConfirmed { reduce_counted: false }));
         }
-        let confirmed = coordinator_confirms || !server_alive || server.as_deref() == Some(reporter.as_str()) || map.fetch_failures.len() >= needed;
+        let repeated = map.fetch_failures.iter().any(|(w, _)| *w == reporter);
+        map.fetch_failures.push((reporter.clone(), attempt));
+        let reporters = {
+            let mut workers: Vec<&WorkerId> = map.fetch_failures.iter().map(|(w, _)| w).collect();
+            workers.sort();
+            workers.dedup();
+            workers.len()
+        };
+        let confirmed = coordinator_confirms || !server_alive || server.as_deref() == Some(reporter.as_str()) || reporters >= needed;
         if !confirmed {
             if repeated {
                 let how = format!("could not read map task {map_task}'s output, which other workers have not reported lost: {error}");
@@ -1201,7 +1268,7 @@ mod tests {
         s.complete(TaskId::Map(1), a1, vec![], now);
         s.fail(TaskId::Map(2), a2, "boom");
         let report = |task, attempt| AttemptProgress { task: TaskId::Map(task), attempt, units: 1 };
-        let abandoned = s.abandoned(&[report(0, a0), report(1, a1), report(2, a2)]);
+        let abandoned = s.abandoned(&owner("w"), &[report(0, a0), report(1, a1), report(2, a2)]);
         assert_eq!(abandoned, vec![a1, a2], "map 0's attempt still counts");
     }
 
@@ -1249,7 +1316,7 @@ mod tests {
         assert_eq!(s.next_deadline(), Some(start + TIMEOUT));
         // The worker is alive (heartbeats) but the attempt does not move.
         let almost = start + TIMEOUT - Duration::from_millis(1);
-        s.heartbeat("slow", &[progress(0, stalled, 0)], almost);
+        s.heartbeat(&owner("slow"), &[progress(0, stalled, 0)], almost);
         assert!(s.expire(almost).is_empty(), "not yet overdue");
         let later = start + TIMEOUT;
         let lost = s.expire(later);
@@ -1274,14 +1341,14 @@ mod tests {
         // Progress every 6 s for a minute: far past the timeout, never lost.
         for step in 1..=10u32 {
             let now = start + Duration::from_secs(6 * u64::from(step));
-            s.heartbeat("busy", &[progress(0, attempt, u64::from(step))], now);
+            s.heartbeat(&owner("busy"), &[progress(0, attempt, u64::from(step))], now);
             assert!(s.expire(now).is_empty(), "step {step}");
             assert_eq!(s.next_deadline(), Some(now + TIMEOUT));
         }
         // Then it stalls while its worker keeps sending heartbeats.
         let stalled_at = start + Duration::from_secs(60);
         for secs in 61..70 {
-            s.heartbeat("busy", &[progress(0, attempt, 10)], start + Duration::from_secs(secs));
+            s.heartbeat(&owner("busy"), &[progress(0, attempt, 10)], start + Duration::from_secs(secs));
         }
         let lost = s.expire(stalled_at + TIMEOUT);
         assert_eq!(lost.len(), 1);
@@ -1295,12 +1362,12 @@ mod tests {
         let (_, a) = take_map(&mut s, "stopped", start);
         let (_, b) = take_map(&mut s, "alive", start);
         let beat = start + Duration::from_secs(5);
-        s.heartbeat("stopped", &[progress(0, a, 100)], beat);
-        s.heartbeat("alive", &[progress(1, b, 1)], beat);
+        s.heartbeat(&owner("stopped"), &[progress(0, a, 100)], beat);
+        s.heartbeat(&owner("alive"), &[progress(1, b, 1)], beat);
         assert_eq!(s.live_workers(beat), 2);
         // "alive" keeps both beating and progressing; "stopped" goes quiet.
         let now = beat + TIMEOUT;
-        s.heartbeat("alive", &[progress(1, b, 2)], now);
+        s.heartbeat(&owner("alive"), &[progress(1, b, 2)], now);
         let lost = s.expire(now);
         assert_eq!(lost, vec![LostAttempt { task: TaskId::Map(0), attempt: a, worker: "stopped".into(), loss: AttemptLoss::WorkerSilent(TIMEOUT) }]);
         assert_eq!(s.live_workers(now), 1);
@@ -1350,6 +1417,58 @@ mod tests {
         match s.job_end() {
             Some(JobEnd::Failed(message)) => assert!(message.contains("did not succeed in 3 attempts") && message.contains("timed out"), "{message}"),
             other => panic!("expected the job to fail, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_an_attempts_own_process_can_say_it_makes_progress() {
+        let start = Instant::now();
+        let mut s = scheduler(1, 1);
+        let (_, a) = take_map(&mut s, "hung", start);
+        for tick in 1..=10u64 {
+            let at = start + TIMEOUT / 10 * tick as u32;
+            s.heard_from("hung", at);
+            // Another process, even one with the same worker id, claims progress.
+            s.heartbeat(&owner("forger"), &[progress(0, a, tick)], at);
+            s.heartbeat(&Owner::new("hung", [9; 16]), &[progress(0, a, tick)], at);
+        }
+        let lost = s.expire(start + TIMEOUT);
+        assert_eq!(lost.iter().map(|l| (l.attempt, l.loss)).collect::<Vec<_>>(), vec![(a, AttemptLoss::NoProgress(TIMEOUT))]);
+        assert_eq!(s.abandoned(&owner("forger"), &[progress(0, a, 1)]), vec![a], "not the forger's to run");
+    }
+
+    #[test]
+    fn an_attempt_given_out_before_a_restart_runs_again_under_its_deadline_when_its_process_reports_it() {
+        let start = Instant::now();
+        let mut s = scheduler(1, 1);
+        s.start_epoch(1);
+        assert!(s.restore_given(TaskId::Map(0), 5, owner("old")));
+        s.heartbeat(&owner("old"), &[progress(0, 5, 1)], start);
+        assert_eq!(running(&s, TaskId::Map(0)), vec![(5, "old")], "adopted, not run twice");
+        assert_eq!(s.assign(&owner("other"), start), Assignment::Wait);
+        // Hung: given up at its deadline like any attempt, and told so.
+        s.heard_from("old", start + TIMEOUT);
+        assert_eq!(s.expire(start + TIMEOUT).len(), 1);
+        assert_eq!(s.abandoned(&owner("old"), &[progress(0, 5, 1)]), vec![5]);
+        s.heartbeat(&owner("old"), &[progress(0, 5, 2)], start + TIMEOUT);
+        assert_eq!(s.state(TaskId::Map(0)), &TaskState::Idle, "an attempt given up is not adopted again");
+    }
+
+    #[test]
+    fn a_task_that_loses_its_worker_every_time_stops_the_job_at_three_times_the_bound() {
+        let now = Instant::now();
+        let mut s = scheduler(1, 1);
+        for round in 1..=9 {
+            assert_eq!(s.job_end(), None, "round {round}");
+            let worker = format!("w{round}");
+            take_map(&mut s, &worker, now);
+            s.worker_disconnected(&worker);
+        }
+        match s.job_end() {
+            Some(JobEnd::Failed(message)) => {
+                assert!(message.starts_with("map task 0 lost 9 attempts with their workers: attempt 1 on w1 was lost"), "{message}")
+            }
+            other => panic!("expected the job to stop, got {other:?}"),
         }
     }
 
@@ -1628,7 +1747,7 @@ mod tests {
         assert_eq!(s.entry(TaskId::Map(1)).ended_badly, vec![backup]);
         // Both attempts silent: both are given up and the task waits again.
         let (_, backup) = take_map(&mut s, "w2", t0 + secs(1.2));
-        s.heartbeat("w1", &[progress(1, slow, 1)], t0 + secs(1.2));
+        s.heartbeat(&owner("w1"), &[progress(1, slow, 1)], t0 + secs(1.2));
         let lost = s.expire(t0 + secs(1.2) + TIMEOUT);
         assert_eq!(lost.iter().map(|l| l.attempt).collect::<Vec<_>>(), vec![slow, backup]);
         assert_eq!(s.state(TaskId::Map(1)), &TaskState::Idle);
@@ -1780,7 +1899,7 @@ mod tests {
             let task = take_reduce(&mut s, worker, now);
             let plan = task.skip.expect("reduces always track");
             cursors.lock().unwrap().insert(plan.cursor, record(7));
-            s.worker_disconnected(worker);
+            s.fail(TaskId::Reduce(0), task.attempt, "the task process was killed by signal 6");
         }
         assert_eq!(take_reduce(&mut s, "w3", now).skip.unwrap().skip, vec![7]);
         assert_eq!(s.skipped_records(TaskId::Reduce(0)), vec!["key 7 \"line 7\"".to_string()]);
