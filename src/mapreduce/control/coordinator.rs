@@ -445,13 +445,16 @@ fn remove_job_dir_unless_publishing(shared: &Shared) {
 }
 
 /// What a job is planned from: a coordinator resumes an earlier one's job
-/// only if this is the same.
+/// only if this is the same. The app given with `--app` is part of it, so
+/// that a job resumed with another build starts over instead of mixing
+/// two apps' outputs (a job without `--app` keeps its journaled pin).
 fn fingerprint(config: &CoordinatorConfig) -> serde_json::Value {
     serde_json::json!({
         "inputs": config.inputs,
         "split_bytes": config.split_bytes,
         "reduces": config.reduces,
         "params": config.params,
+        "app": config.app.as_ref().map(|(_, app)| &app.sha256),
     })
 }
 
