@@ -102,7 +102,7 @@ struct Args {
 
     /// Compression of intermediate files: `none` or `lz4`. Off by default:
     /// with the shuffle on one machine's page cache it did not pay for itself
-    /// (see README, Performance).
+    /// (see docs/performance.md).
     #[arg(long, value_name = "CODEC", default_value = "none")]
     compress: Compression,
 
