@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, as CI runs it: build, unit and integration
 # tests (the app crate's typed API too), no import cycles between modules, the lab's seven end-to-end
-# checks, the README's custom app, short chaos runs with and without a
+# checks, docs/apps.md's custom app, short chaos runs with and without a
 # shared filesystem (workers and the master killed mid-job; exact output),
 # and a job across three network
 # namespaces that share nothing but the network (as root; skipped without

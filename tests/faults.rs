@@ -361,11 +361,11 @@ fn a_connection_that_stops_halfway_through_a_frame_is_closed() {
         mid_frame.write_all(&[0, 0]).await.unwrap();
         // Each must be closed: its reads end (after the server's hello, for
         // the first), within the test's patience.
-        let drain = |mut stream: tokio::net::TcpStream| async move {
+        let drain = |mut stream: Box<dyn tokio::io::AsyncRead + Unpin>| async move {
             let mut sink = Vec::new();
             tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut sink)).await.map(|_| started.elapsed())
         };
-        tokio::join!(drain(mid_handshake), drain(mid_frame))
+        tokio::join!(drain(Box::new(mid_handshake)), drain(Box::new(mid_frame)))
     });
     for (what, closed_after) in [("mid-handshake", mid_handshake), ("mid-frame", mid_frame)] {
         let closed_after = closed_after.unwrap_or_else(|_| panic!("the {what} connection was never closed"));

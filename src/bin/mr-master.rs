@@ -11,7 +11,6 @@ use clap::Parser;
 use mapreduce::backup::BackupPolicy;
 use mapreduce::cli;
 use mapreduce::coordinator::{CoordinatorConfig, Job};
-use mapreduce::handshake::Secret;
 use mapreduce::http;
 use mapreduce::plugin::Plugin;
 use mapreduce::progress::{self, ProgressMode};
@@ -51,10 +50,17 @@ struct Args {
 
     /// File holding the job's shared secret (at least 16 bytes; trailing
     /// whitespace ignored). Every worker must be given the same file: each
-    /// connection proves it knows the secret without sending it. Required
-    /// when --listen is not a loopback address.
+    /// connection proves it knows the secret without sending it, and is
+    /// encrypted (TLS 1.3). Required when --listen is not a loopback
+    /// address.
     #[arg(long, value_name = "FILE", env = "MR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+
+    /// With --token-file: authenticate connections but do not encrypt
+    /// them (for a network nobody else can listen on; anyone who can may
+    /// read and change the job's data). Give it to every worker too.
+    #[arg(long, env = "MR_NO_TLS")]
+    no_tls: bool,
 
     /// Seconds a worker may be silent, or a task make no progress, before
     /// the task is given to another worker.
@@ -197,7 +203,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
-    let secret = args.token_file.as_deref().map(Secret::from_file).transpose()?;
+    let secret = mapreduce::cli::read_secret(args.token_file.as_deref(), args.no_tls).map_err(anyhow::Error::msg)?;
     let app = args.app.as_deref().map(job_app).transpose()?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;

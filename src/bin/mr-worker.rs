@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use mapreduce::cli;
-use mapreduce::handshake::Secret;
 use mapreduce::plugin::Plugin;
 use mapreduce::task_process::TaskCommand;
 use mapreduce::worker::{self, AppSource, WorkerConfig, WorkerExit};
@@ -30,6 +29,11 @@ struct Args {
     /// coordinator's --token-file.
     #[arg(long, value_name = "FILE", env = "MR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+
+    /// With --token-file: do not insist on encrypted connections (the
+    /// coordinator was started with --no-tls).
+    #[arg(long, env = "MR_NO_TLS")]
+    no_tls: bool,
 
     /// Seconds to keep trying to reach the coordinator at start-up.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = cli::parse_positive_secs)]
@@ -123,7 +127,7 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<WorkerExit> {
-    let secret = args.token_file.as_deref().map(Secret::from_file).transpose()?;
+    let secret = mapreduce::cli::read_secret(args.token_file.as_deref(), args.no_tls).map_err(anyhow::Error::msg)?;
     // A plugin given here is loaded before connecting: a bad one fails at once.
     let app = match &args.app {
         Some(app) => AppSource::Given(Arc::new(Plugin::open(app)?)),

@@ -82,6 +82,19 @@ pub async fn termination_signal() {
     }
 }
 
+/// The secret of `--token-file` (if given), encrypting connections unless
+/// `--no-tls`; `Err` says what is wrong, in one line.
+pub fn read_secret(token_file: Option<&std::path::Path>, no_tls: bool) -> Result<Option<crate::handshake::Secret>, String> {
+    match token_file {
+        None if no_tls => Err("--no-tls needs --token-file: connections without a secret are plain already (and allowed on loopback only)".into()),
+        None => Ok(None),
+        Some(path) => {
+            let secret = crate::handshake::Secret::from_file(path).map_err(|e| e.to_string())?;
+            Ok(Some(if no_tls { secret.without_tls() } else { secret }))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

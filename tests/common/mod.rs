@@ -305,7 +305,7 @@ pub async fn handshaken(
     addr: &str,
     secret: Option<&[u8]>,
     identity: &mapreduce::handshake::Identity,
-) -> Result<tokio::net::TcpStream, mapreduce::handshake::HandshakeError> {
+) -> Result<mapreduce::secure::Stream, mapreduce::handshake::HandshakeError> {
     handshaken_for(addr, secret, identity, mapreduce::files::SERVICE_RPC).await
 }
 
@@ -316,7 +316,7 @@ pub async fn handshaken_for(
     secret: Option<&[u8]>,
     identity: &mapreduce::handshake::Identity,
     service: u8,
-) -> Result<tokio::net::TcpStream, mapreduce::handshake::HandshakeError> {
+) -> Result<mapreduce::secure::Stream, mapreduce::handshake::HandshakeError> {
     let secret = secret.map(|s| mapreduce::handshake::Secret::from_bytes(s).expect("a test secret of 16 bytes or more"));
     mapreduce::handshake::dial(addr, secret.as_ref(), identity, service, None).await
 }

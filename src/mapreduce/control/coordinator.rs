@@ -65,6 +65,7 @@ use crate::rpc::{
 };
 use crate::runfile::Compression;
 use crate::scheduler::{LostOutput, Owner, ReportVerdict, Scheduler, SchedulerConfig};
+use crate::secure::{Blocking, Stream};
 use crate::split::plan_splits;
 use crate::status::{JobStatus, StatusReport};
 use crate::untrusted::{excerpt, WarningLimit, EXCERPT_CHARS};
@@ -525,8 +526,8 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
             let shared = shared.clone();
             contain_panics("a connection", async move {
                 let peer = stream.peer_addr().map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
+                let Some((stream, open)) = admit(&shared, stream, &peer).await else { return };
                 let mut stream = crate::accept::IdleLimited::new(stream, shared.idle_limit);
-                let Some(open) = admit(&shared, &mut stream, &peer).await else { return };
                 // After the handshake, one byte names the service.
                 match tokio::io::AsyncReadExt::read_u8(&mut stream).await {
                     Ok(files::SERVICE_RPC) => {}
@@ -535,7 +536,8 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()
                         drop(open);
                         // Not idle-limited: an upload waits for its reduce
                         // as long as the attempt runs.
-                        let (shared, stream) = (shared.clone(), stream.into_inner());
+                        let (shared, runtime) = (shared.clone(), tokio::runtime::Handle::current());
+                        let stream = Blocking::new(stream.into_inner(), runtime);
                         let taken = tokio::task::spawn_blocking(move || take_upload(&shared, &owner, stream)).await;
                         if let Ok(Err(e)) = taken {
                             tracing::debug!("taking an output from {peer}: {e}");
@@ -588,10 +590,11 @@ async fn contain_panics(what: &str, future: impl Future<Output = ()>) {
     }
 }
 
-/// Runs the handshake on a new connection: the peer must know the job's
-/// secret (if it has one), and the worker id it gives must not be held by
-/// another process. Refusals are logged, at most one line per 10 s.
-async fn admit(shared: &Arc<Shared>, stream: &mut crate::accept::IdleLimited<tokio::net::TcpStream>, peer: &str) -> Option<Arc<OpenConnection>> {
+/// Runs the handshake on a new connection (encrypting it if the job has a
+/// secret): the peer must know the job's secret (if it has one), and the
+/// worker id it gives must not be held by another process. Refusals are
+/// logged, at most one line per 10 s.
+async fn admit(shared: &Arc<Shared>, stream: tokio::net::TcpStream, peer: &str) -> Option<(Stream, Arc<OpenConnection>)> {
     // A claim made for a handshake that then fails (the client left before
     // reading its admission) is given back.
     let claimed = std::cell::Cell::new(None);
@@ -601,7 +604,7 @@ async fn admit(shared: &Arc<Shared>, stream: &mut crate::accept::IdleLimited<tok
         Ok(())
     };
     match handshake::accept(stream, shared.secret.as_ref(), claim).await {
-        Ok(identity) => Some(Arc::new(OpenConnection::new(shared, Owner::new(&identity.name, identity.incarnation)))),
+        Ok((stream, identity)) => Some((stream, Arc::new(OpenConnection::new(shared, Owner::new(&identity.name, identity.incarnation))))),
         Err(e) => {
             if let Some(worker) = claimed.take() {
                 release_worker_id(shared, &worker);
@@ -867,11 +870,9 @@ impl Coordinator for CoordinatorServer {
 /// other. Waits for it as long as that holds.
 /// Blocking: runs on a thread of its own, writing the frames to the file as
 /// they are read.
-fn take_upload(shared: &Shared, owner: &Owner, stream: tokio::net::TcpStream) -> std::io::Result<()> {
-    let mut stream = stream.into_std()?;
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(UPLOAD_CHECK))?;
-    stream.set_write_timeout(Some(files::STALL_LIMIT))?;
+fn take_upload(shared: &Shared, owner: &Owner, mut stream: Blocking) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(UPLOAD_CHECK));
+    stream.set_write_timeout(Some(files::STALL_LIMIT));
     // Waits end with the job too: the runtime waits for this thread to exit.
     let header_deadline = Instant::now() + files::STALL_LIMIT;
     let mut header_awaited = || Instant::now() < header_deadline && shared.job().scheduler.job_end().is_none();
@@ -931,7 +932,7 @@ fn refused(shared: &Shared, owner: &Owner, what: &str, why: &str) {
 /// Receives an upload into a temporary file beside `staged`, renamed to it
 /// once whole; given up (and the file removed) if `still_wanted` says so
 /// meanwhile (the attempt timed out, or lost to another).
-fn receive_into(stream: &mut std::net::TcpStream, staged: &Path, still_wanted: &mut dyn FnMut() -> bool) -> std::io::Result<()> {
+fn receive_into(stream: &mut Blocking, staged: &Path, still_wanted: &mut dyn FnMut() -> bool) -> std::io::Result<()> {
     let dir = staged.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new().prefix(".uploading-").tempfile_in(dir)?;
     upload::receive(stream, temp.as_file_mut(), still_wanted)?;

@@ -116,6 +116,7 @@ fn inherited_socket() -> Result<UnixStream, TaskHostError> {
 /// returns the runner and the runtime its fetches run on.
 fn set_up(start: &ChildStart) -> Result<(TaskRunner, tokio::runtime::Runtime), String> {
     let secret = start.token_file.as_deref().map(Secret::from_file).transpose().map_err(|e| e.to_string())?;
+    let secret = secret.map(|secret| if start.tls { secret } else { secret.without_tls() });
     let identity = Identity { name: start.identity_name.clone(), incarnation: start.identity_incarnation };
     // Fetches are driven by the runtime's threads while an attempt's
     // thread (this one, not the runtime's) waits in `Handle::block_on`.

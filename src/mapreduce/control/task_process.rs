@@ -381,6 +381,7 @@ mod tests {
             identity_name: "test:1".into(),
             identity_incarnation: [0; 16],
             token_file: None,
+            tls: true,
             storage,
         };
         TaskProcess::new(TaskCommand { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()] }, start)

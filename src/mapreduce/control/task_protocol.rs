@@ -95,6 +95,9 @@ pub struct ChildStart {
     /// The job's token file, read again by the task process: the secret
     /// itself never leaves the file.
     pub token_file: Option<PathBuf>,
+    /// Whether the worker insists on encrypted connections (it was not
+    /// started with `--no-tls`).
+    pub tls: bool,
     /// Where attempts' files go and how runs are fetched.
     pub storage: ChildStorage,
 }

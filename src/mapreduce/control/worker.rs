@@ -217,6 +217,7 @@ pub async fn run(app: AppSource, config: WorkerConfig) -> Result<WorkerExit, Wor
         identity_name: identity.name.clone(),
         identity_incarnation: identity.incarnation,
         token_file: config.token_file.clone(),
+        tls: config.secret.as_ref().is_none_or(Secret::encrypts),
         storage: child_storage,
     };
     let link = Arc::new(MasterLink::new(client, &config, identity, spec.job_id.clone(), app_sha256));

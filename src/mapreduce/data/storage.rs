@@ -40,6 +40,7 @@ use crate::output::AtomicFile;
 use crate::plugin::{file_sha256, Plugin};
 use crate::rpc::{AttemptId, InputFile, InputSplit, JobApp, MapTask, ReduceTask};
 use crate::runfile::{RunError, RunRange, RunReader};
+use crate::secure::Blocking;
 use crate::upload::{Upload, SERVICE_UPLOAD};
 
 /// Runs one reduce fetches at once.
@@ -248,7 +249,7 @@ impl WorkerStorage {
             .runtime
             .block_on(self.fetcher.dial(&self.master, SERVICE_UPLOAD))
             .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, format!("connecting to the coordinator to send the output: {e}")))?;
-        let upload = Upload::start(stream, task.partition, task.attempt)?;
+        let upload = Upload::start(Blocking::new(stream, self.runtime.clone()), task.partition, task.attempt)?;
         Ok(AtomicFile::staged_in(Box::new(upload)))
     }
 

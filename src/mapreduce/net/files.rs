@@ -4,7 +4,8 @@
 //! without the inputs or the app gets them from the coordinator. (A
 //! reduce's output goes the other way: [`crate::upload`].)
 //!
-//! A connection starts with the [handshake](crate::handshake), then one
+//! A connection starts with the [handshake](crate::handshake) (which
+//! encrypts it when the job has a secret), then one
 //! byte naming the service ([`SERVICE_FILES`] here; the coordinator's port
 //! also takes [`SERVICE_RPC`]), then any number of requests, one at a time:
 //!
@@ -41,6 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::accept::IdleLimited;
 use crate::handshake::{self, HandshakeError, Identity, RefusalLog, Secret};
 use crate::mapped_input::{MappedInput, ALIGNMENT};
+use crate::secure::{Secured, Stream};
 
 /// The byte that asks for the coordinator's RPC service after the handshake.
 pub const SERVICE_RPC: u8 = b'R';
@@ -188,7 +190,7 @@ pub trait Catalog: Send + Sync + 'static {
 
 /// Serves the requests of one connection, after its handshake and service
 /// byte, until the client closes it.
-pub async fn serve_requests(mut stream: IdleLimited<TcpStream>, catalog: Arc<dyn Catalog>) -> io::Result<()> {
+pub async fn serve_requests(mut stream: IdleLimited<Stream>, catalog: Arc<dyn Catalog>) -> io::Result<()> {
     loop {
         let mut request = [0; FileRequest::SIZE];
         match stream.read_exact(&mut request).await {
@@ -232,7 +234,7 @@ async fn write_patiently<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) ->
     .await
 }
 
-async fn send_range(stream: &mut IdleLimited<TcpStream>, range: &FileRange) -> io::Result<()> {
+async fn send_range(stream: &mut IdleLimited<Stream>, range: &FileRange) -> io::Result<()> {
     let opened = std::fs::File::open(&range.path).and_then(|file| Ok((file.metadata()?.len(), file)));
     let (size, file) = match opened {
         Ok(opened) => opened,
@@ -245,21 +247,26 @@ async fn send_range(stream: &mut IdleLimited<TcpStream>, range: &FileRange) -> i
     header.extend_from_slice(&range.offset.to_le_bytes());
     header.extend_from_slice(&range.len.to_le_bytes());
     write_patiently(stream, &header).await?;
-    // The bytes go from the page cache to the connection by sendfile(2),
-    // never through this process; a thread checksums each chunk first
-    // (which also brings it into the cache, so that sendfile does not wait
-    // for the disk on the runtime's thread).
+    // On a plain connection the bytes go from the page cache to the
+    // connection by sendfile(2), never through this process; a thread
+    // checksums each chunk first (which also brings it into the cache, so
+    // that sendfile does not wait for the disk on the runtime's thread).
+    // An encrypted one needs the bytes here: the thread reads them.
     let file = Arc::new(file);
-    let mut ahead = checksum_ahead(file.clone(), range.offset, range.len);
+    let mut ahead = checksum_ahead(file.clone(), range.offset, range.len, stream.get_ref().is_encrypted());
     let mut sent = 0;
     loop {
         // The file shrank since it was measured: the client sees a broken
         // transfer, never a short one taken for whole.
         match ahead.recv().await.unwrap_or_else(|| Err(io::ErrorKind::UnexpectedEof.into()))? {
             Ahead::Checked(len) => {
-                send_file(stream.get_ref(), &file, range.offset + sent, len).await?;
+                let Secured::Plain(socket) = stream.get_ref() else {
+                    return Err(io::Error::other("unread bytes for an encrypted connection"));
+                };
+                send_file(socket, &file, range.offset + sent, len).await?;
                 sent += len;
             }
+            Ahead::Read(bytes) => write_patiently(stream, &bytes).await?,
             Ahead::Done(crc) => return write_patiently(stream, &crc.to_le_bytes()).await,
         }
     }
@@ -269,14 +276,17 @@ async fn send_range(stream: &mut IdleLimited<TcpStream>, range: &FileRange) -> i
 enum Ahead {
     /// The next `len` bytes are checksummed (and in the page cache).
     Checked(u64),
+    /// The next bytes, checksummed.
+    Read(Vec<u8>),
     /// Every byte is: their CRC-32.
     Done(u32),
 }
 
 /// Checksums `len` bytes at `offset` of `file` on a blocking thread, chunk
 /// by chunk, at most a few chunks ahead of the sender; stops early if the
-/// sender is gone. Reads through a mapping (no copy) where it can.
-fn checksum_ahead(file: Arc<std::fs::File>, offset: u64, len: u64) -> tokio::sync::mpsc::Receiver<io::Result<Ahead>> {
+/// sender is gone. Reads through a mapping (no copy) where it can, unless
+/// the sender wants the bytes (`read`).
+fn checksum_ahead(file: Arc<std::fs::File>, offset: u64, len: u64, read: bool) -> tokio::sync::mpsc::Receiver<io::Result<Ahead>> {
     let (ahead, receiver) = tokio::sync::mpsc::channel(8);
     tokio::task::spawn_blocking(move || {
         let mut crc = crc32fast::Hasher::new();
@@ -286,7 +296,10 @@ fn checksum_ahead(file: Arc<std::fs::File>, offset: u64, len: u64) -> tokio::syn
             // Chunks end on multiples of CHUNK, so that only the first
             // mapping starts below its bytes.
             let next = end.min((at / CHUNK as u64 + 1) * CHUNK as u64);
-            let checked = checksum_chunk(&file, at, next - at, &mut crc, &mut buffer).map(|()| Ahead::Checked(next - at));
+            let checked = match read {
+                true => read_chunk(&file, at, next - at, &mut crc).map(Ahead::Read),
+                false => checksum_chunk(&file, at, next - at, &mut crc, &mut buffer).map(|()| Ahead::Checked(next - at)),
+            };
             let failed = checked.is_err();
             if ahead.blocking_send(checked).is_err() || failed {
                 return;
@@ -314,6 +327,15 @@ fn checksum_chunk(file: &std::fs::File, at: u64, len: u64, crc: &mut crc32fast::
     std::os::unix::fs::FileExt::read_exact_at(file, buffer, at)?;
     crc.update(buffer);
     Ok(())
+}
+
+/// Reads `len` bytes at `at` of `file`, adding them to `crc`. Fails if the
+/// file is shorter than that.
+fn read_chunk(file: &std::fs::File, at: u64, len: u64, crc: &mut crc32fast::Hasher) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0; usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, at)?;
+    crc.update(&bytes);
+    Ok(bytes)
 }
 
 /// Sends `len` bytes at `offset` of `file` to `socket` with sendfile(2).
@@ -350,11 +372,14 @@ pub async fn run_server(listener: TcpListener, secret: Option<Secret>, catalog: 
             let (secret, catalog, refusals) = (secret.clone(), catalog.clone(), refusals.clone());
             async move {
                 let peer = stream.peer_addr().map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
+                let stream = match handshake::accept(stream, secret.as_ref(), |_| Ok(())).await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        refusals.lock().unwrap_or_else(|p| p.into_inner()).refused(&peer, &e);
+                        return;
+                    }
+                };
                 let mut stream = IdleLimited::new(stream, STALL_LIMIT * 2);
-                if let Err(e) = handshake::accept(&mut stream, secret.as_ref(), |_| Ok(())).await {
-                    refusals.lock().unwrap_or_else(|p| p.into_inner()).refused(&peer, &e);
-                    return;
-                }
                 match stream.read_u8().await {
                     Ok(SERVICE_FILES) => {
                         if let Err(e) = serve_requests(stream, catalog).await {
@@ -427,7 +452,7 @@ const IDLE_PER_SERVER: usize = 4;
 const IDLE_REUSE: Duration = Duration::from_secs(5);
 
 /// Connections kept for reuse, by server, each with when it was last used.
-type IdleConnections = std::collections::HashMap<String, Vec<(TcpStream, std::time::Instant)>>;
+type IdleConnections = std::collections::HashMap<String, Vec<(Stream, std::time::Instant)>>;
 
 /// Fetches ranges from file servers as one process of the job. Clones
 /// share the connections kept for reuse: a handshake per fetch would cost
@@ -490,7 +515,7 @@ impl Fetcher {
     /// Keeps `stream` for the next fetch if its answer was read whole, and
     /// returns `result`; `None` means a kept connection had been closed by
     /// the server before the answer began: fetch again on a new one.
-    fn finish(&self, server: &str, stream: TcpStream, reused: bool, result: Result<Fetched, FetchError>) -> Option<Result<Fetched, FetchError>> {
+    fn finish(&self, server: &str, stream: Stream, reused: bool, result: Result<Fetched, FetchError>) -> Option<Result<Fetched, FetchError>> {
         match &result {
             Ok(_) | Err(FetchError::NotServed(_)) => {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -508,7 +533,7 @@ impl Fetcher {
     /// A connection to `server` (kept from an earlier fetch, or new: then
     /// with the handshake run and the file service asked for) with
     /// `request` sent; and whether it was kept.
-    async fn ask(&self, server: &str, request: FileRequest) -> Result<(TcpStream, bool), FetchError> {
+    async fn ask(&self, server: &str, request: FileRequest) -> Result<(Stream, bool), FetchError> {
         let kept = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let kept = idle.get_mut(server).map(std::mem::take).unwrap_or_default();
@@ -520,7 +545,7 @@ impl Fetcher {
             one
         };
         if let Some(mut stream) = kept {
-            if stream.write_all(&request.encode()).await.is_ok() {
+            if send_request(&mut stream, request).await.is_ok() {
                 return Ok((stream, true));
             }
         }
@@ -529,16 +554,22 @@ impl Fetcher {
 
     /// A new connection to `server` for `service`, as this fetcher's
     /// process (with its secret and identity).
-    pub async fn dial(&self, server: &str, service: u8) -> Result<TcpStream, HandshakeError> {
+    pub async fn dial(&self, server: &str, service: u8) -> Result<Stream, HandshakeError> {
         handshake::dial(server, self.secret.as_ref(), &self.identity, service, Some(CONNECT_LIMIT.min(self.stall_limit))).await
     }
 
     /// A new connection to `server`, with `request` sent.
-    async fn connect(&self, server: &str, request: FileRequest) -> Result<TcpStream, FetchError> {
+    async fn connect(&self, server: &str, request: FileRequest) -> Result<Stream, FetchError> {
         let mut stream = self.dial(server, SERVICE_FILES).await?;
-        stream.write_all(&request.encode()).await?;
+        send_request(&mut stream, request).await?;
         Ok(stream)
     }
+}
+
+/// Sends `request` (flushed: an encrypted stream holds it until then).
+async fn send_request(stream: &mut Stream, request: FileRequest) -> io::Result<()> {
+    stream.write_all(&request.encode()).await?;
+    stream.flush().await
 }
 
 /// Reads one answer to `request` from `stream`, appending it to `out`.
@@ -665,32 +696,39 @@ mod tests {
 
     #[tokio::test]
     async fn ranges_arrive_whole_and_missing_files_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(dir.path().join("out-5"), &data).unwrap();
-        let addr = server(dir.path(), secret("0123456789abcdef")).await;
-        let fetcher = Fetcher::new(secret("0123456789abcdef"), Identity::new("reducer".into()));
-        let mut got = Vec::new();
-        let fetched = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 1000, len: 700_000 }, &mut got).await.unwrap();
-        assert_eq!(fetched, Fetched { offset: 1000, len: 700_000 });
-        assert_eq!(got, &data[1000..701_000]);
-        let mut got = b"kept".to_vec();
-        let progress = AtomicU64::new(0);
-        fetcher.fetch_to_vec(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 0, len: u64::MAX }, &mut got, Some(&progress)).await.unwrap();
-        assert!(progress.load(Ordering::Relaxed) > 0, "a fetch into memory shows progress");
-        assert_eq!(&got[..4], b"kept");
-        assert_eq!(&got[4..], data);
-        let missing = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 6, offset: 0, len: 1 }, &mut Vec::new()).await;
-        assert!(matches!(&missing, Err(FetchError::NotServed(_))), "{missing:?}");
-        // Several chunks, from an offset that is not a page's.
-        let large: Vec<u8> = (0..(3 * CHUNK + 12_345) as u32).map(|i| (i * 13 % 253) as u8).collect();
-        std::fs::write(dir.path().join("out-7"), &large).unwrap();
-        let mut got = Vec::new();
-        fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 7, offset: 4097, len: u64::MAX }, &mut got).await.unwrap();
-        assert!(got == large[4097..], "a multi-chunk range arrived changed");
-        let beyond = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 999_999, len: 2 }, &mut Vec::new()).await;
-        assert!(matches!(&beyond, Err(FetchError::NotServed(why)) if why.contains("not in the file")), "{beyond:?}");
-        assert!(!beyond.unwrap_err().is_transient());
+        // Encrypted (the bytes pass through the server), authenticated
+        // only, and plain (both sent by sendfile).
+        for key in [secret("0123456789abcdef"), secret("0123456789abcdef").map(Secret::without_tls), None] {
+            let dir = tempfile::tempdir().unwrap();
+            let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+            std::fs::write(dir.path().join("out-5"), &data).unwrap();
+            let addr = server(dir.path(), key.clone()).await;
+            let fetcher = Fetcher::new(key, Identity::new("reducer".into()));
+            let mut got = Vec::new();
+            let fetched = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 1000, len: 700_000 }, &mut got).await.unwrap();
+            assert_eq!(fetched, Fetched { offset: 1000, len: 700_000 });
+            assert_eq!(got, &data[1000..701_000]);
+            let mut got = b"kept".to_vec();
+            let progress = AtomicU64::new(0);
+            fetcher
+                .fetch_to_vec(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 0, len: u64::MAX }, &mut got, Some(&progress))
+                .await
+                .unwrap();
+            assert!(progress.load(Ordering::Relaxed) > 0, "a fetch into memory shows progress");
+            assert_eq!(&got[..4], b"kept");
+            assert_eq!(&got[4..], data);
+            let missing = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 6, offset: 0, len: 1 }, &mut Vec::new()).await;
+            assert!(matches!(&missing, Err(FetchError::NotServed(_))), "{missing:?}");
+            // Several chunks, from an offset that is not a page's.
+            let large: Vec<u8> = (0..(3 * CHUNK + 12_345) as u32).map(|i| (i * 13 % 253) as u8).collect();
+            std::fs::write(dir.path().join("out-7"), &large).unwrap();
+            let mut got = Vec::new();
+            fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 7, offset: 4097, len: u64::MAX }, &mut got).await.unwrap();
+            assert!(got == large[4097..], "a multi-chunk range arrived changed");
+            let beyond = fetcher.fetch(&addr, FileRequest::AttemptOutput { attempt: 5, offset: 999_999, len: 2 }, &mut Vec::new()).await;
+            assert!(matches!(&beyond, Err(FetchError::NotServed(why)) if why.contains("not in the file")), "{beyond:?}");
+            assert!(!beyond.unwrap_err().is_transient());
+        }
     }
 
     #[tokio::test]

@@ -2,26 +2,38 @@
 //! (worker to coordinator, reducer to a worker's map output, coordinator to
 //! a worker's reduce output), before any RPC or file byte.
 //!
-//! It does two things. It names the connecting process (an [`Identity`]:
+//! It does three things. It names the connecting process (an [`Identity`]:
 //! the worker id shown in logs, plus a random incarnation number the
 //! process keeps for its life, so that a reconnecting worker is known again
-//! and nobody else can claim its id). And, when the job has a shared
-//! secret, it proves to each side that the other knows it, without sending
-//! it: challenge and response with HMAC-SHA256 over fresh random nonces
-//! from both sides, so a recorded handshake cannot be replayed.
+//! and nobody else can claim its id). When the job has a shared secret, it
+//! encrypts the connection ([TLS](crate::secure), unless every process was
+//! started with `--no-tls`). And it proves to each side that the other
+//! knows the secret, without sending it: challenge and response with
+//! HMAC-SHA256 over fresh random nonces from both sides and over the TLS
+//! session's exporter value, so that a recorded handshake cannot be
+//! replayed, nor a live one relayed by a man in the middle into sessions
+//! of his own.
 //!
 //! ```text
 //! client                                    server
-//!   | <---------- "MRh1" flags nonce_s[32]   | flags bit 0: a secret is required
-//!   | "MRh1" flags nonce_c[32] incarnation[16] name_len name tag_c[32] -->
-//!   | <------ 0 tag_s[32]   (admitted)       | tag_c = HMAC(K, "client" nonce_s nonce_c incarnation name)
-//!   | <------ 1 len reason  (refused)        | tag_s = HMAC(K, "server" nonce_c nonce_s)
+//!   | <---------- "MRh2" flags               | plain; flags bit 0: a secret is required,
+//!   |                                        |        bit 1: the connection is encrypted
+//!   | ======= TLS 1.3 handshake ==========   | if bit 1; all that follows inside it
+//!   | <---------- nonce_s[32]                |
+//!   | "MRh2" flags nonce_c[32] incarnation[16] name_len name tag_c[32] -->
+//!   | <------ 0 tag_s[32]   (admitted)       | tag_c = HMAC(K, "client" B nonce_s nonce_c incarnation name)
+//!   | <------ 1 len reason  (refused)        | tag_s = HMAC(K, "server" B nonce_c nonce_s)
 //! ```
 //!
+//! `B`, the binding, is the server's flags byte followed by the TLS
+//! exporter value (nothing on a plain connection): a man in the middle who
+//! changes the flags or runs TLS sessions of his own makes each end compute
+//! its tags over another `B`, and neither admits the other.
+//!
 //! Without a secret the tags are zeros and prove nothing; the coordinator
-//! allows that only on a loopback address. Traffic after the handshake is
-//! not encrypted: the secret keeps strangers out, it does not hide the
-//! job's data from someone who can read the network.
+//! allows that only on a loopback address, and such connections are plain.
+//! With a secret and `--no-tls`, the handshake still keeps strangers out,
+//! but the traffic after it is neither hidden nor protected.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,12 +42,15 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const MAGIC: &[u8; 4] = b"MRh1";
+use crate::secure::{self, Secured, Stream, BINDING_LEN};
+
+const MAGIC: &[u8; 4] = b"MRh2";
 const NONCE_LEN: usize = 32;
 const TAG_LEN: usize = 32;
 /// Longest process name a client may give (a worker id is `host:pid`).
 pub const MAX_NAME_LEN: usize = 255;
 const FLAG_SECRET: u8 = 1;
+const FLAG_TLS: u8 = 2;
 const ADMITTED: u8 = 0;
 const REFUSED: u8 = 1;
 /// The shortest secret accepted: 16 bytes, 128 bits if random.
@@ -45,9 +60,13 @@ const MIN_SECRET_LEN: usize = 16;
 /// peer that stops halfway is dropped, not kept holding a connection.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The job's shared secret (`--token-file`). Never printed.
+/// The job's shared secret (`--token-file`), and whether the connections
+/// it opens are encrypted (they are unless `--no-tls`). Never printed.
 #[derive(Clone)]
-pub struct Secret(Vec<u8>);
+pub struct Secret {
+    key: Vec<u8>,
+    tls: bool,
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,7 +99,20 @@ impl Secret {
         if bytes.len() < MIN_SECRET_LEN {
             return Err(bytes.len());
         }
-        Ok(Secret(bytes.to_vec()))
+        Ok(Secret { key: bytes.to_vec(), tls: true })
+    }
+
+    /// This secret, with connections that are authenticated but not
+    /// encrypted (`--no-tls`: for a network where nobody else can listen,
+    /// at the cost of everything after the handshake being open to anyone
+    /// who can).
+    pub fn without_tls(self) -> Secret {
+        Secret { tls: false, ..self }
+    }
+
+    /// Whether this process encrypts its connections.
+    pub fn encrypts(&self) -> bool {
+        self.tls
     }
 
     fn warn_if_shared(self, path: &Path) -> Result<Secret, SecretError> {
@@ -94,7 +126,7 @@ impl Secret {
     }
 
     fn tag(&self, parts: &[&[u8]]) -> [u8; TAG_LEN] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes a key of any length");
         for part in parts {
             mac.update(part);
         }
@@ -102,7 +134,7 @@ impl Secret {
     }
 
     fn verify(&self, parts: &[&[u8]], tag: &[u8; TAG_LEN]) -> bool {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes a key of any length");
         for part in parts {
             mac.update(part);
         }
@@ -154,16 +186,23 @@ pub enum HandshakeError {
     /// not be the job's server at all.
     #[error("it runs without a shared secret, but this process was given one; not trusting it (start it with the same --token-file)")]
     ServerWithoutSecret,
-    /// The server's answer does not prove it knows the secret.
-    #[error("it does not know the job's secret (the token files differ)")]
+    /// The server's answer does not prove it knows the secret (or a man in
+    /// the middle relays the connection).
+    #[error("it does not know the job's secret (the token files differ), or the connection is tampered with on the way")]
     ServerNotProven,
+    /// This process encrypts its connections and the server does not.
+    #[error("it does not encrypt its connections (it was started with --no-tls) and this process does: start both the same way")]
+    ServerWithoutTls,
+    /// The TLS handshake failed: the network, or someone on it.
+    #[error("the TLS handshake failed: {0}")]
+    Tls(std::io::Error),
 }
 
 impl HandshakeError {
     /// Whether trying again may succeed (the network failed), as opposed to
     /// a refusal that will be repeated.
     pub fn is_transient(&self) -> bool {
-        matches!(self, HandshakeError::Connect(_) | HandshakeError::Io(_) | HandshakeError::TimedOut)
+        matches!(self, HandshakeError::Connect(_) | HandshakeError::Io(_) | HandshakeError::TimedOut | HandshakeError::Tls(_))
     }
 }
 
@@ -173,8 +212,9 @@ pub enum Refusal {
     /// The client gave no secret.
     #[error("it gave no secret (start it with the job's --token-file)")]
     NoSecret,
-    /// The client's proof does not match: another secret.
-    #[error("wrong secret (its token file differs from this one's)")]
+    /// The client's proof does not match: another secret (or a man in the
+    /// middle).
+    #[error("wrong secret (its token file differs from this one's), or the connection is tampered with on the way")]
     WrongSecret,
     /// The name is not text or is empty.
     #[error("it gave an unusable name")]
@@ -184,17 +224,51 @@ pub enum Refusal {
     Other(String),
 }
 
-/// Runs the server's half on a fresh connection. `admit` has the last word
-/// on an authenticated client (e.g. refusing a worker id another process
-/// holds). Returns the client's identity, or why it was refused; a refused
+/// Runs the server's half on a fresh connection, encrypting it if the
+/// secret says so. `admit` has the last word on an authenticated client
+/// (e.g. refusing a worker id another process holds). Returns the
+/// connection and the client's identity, or why it was refused; a refused
 /// client has been told why.
-pub async fn accept<S, F>(stream: &mut S, secret: Option<&Secret>, admit: F) -> Result<Identity, AcceptError>
+pub async fn accept<S, F>(stream: S, secret: Option<&Secret>, admit: F) -> Result<(Secured<S>, Identity), AcceptError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Identity) -> Result<(), String>,
 {
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    tokio::time::timeout_at(deadline, accept_within(stream, secret, admit)).await.unwrap_or(Err(AcceptError::Handshake(HandshakeError::TimedOut)))
+    let within = async {
+        let flags = server_flags(secret);
+        let mut stream = stream;
+        stream.write_all(&[&MAGIC[..], &[flags]].concat()).await.map_err(HandshakeError::Io)?;
+        stream.flush().await.map_err(HandshakeError::Io)?;
+        let mut stream = match flags & FLAG_TLS {
+            0 => Secured::Plain(stream),
+            _ => secure::encrypt_as_server(stream).await.map_err(HandshakeError::Tls)?,
+        };
+        let binding = binding(flags, &stream);
+        let identity = accept_within(&mut stream, secret, &binding, admit).await?;
+        Ok((stream, identity))
+    };
+    tokio::time::timeout_at(deadline, within).await.unwrap_or(Err(AcceptError::Handshake(HandshakeError::TimedOut)))
+}
+
+/// The flags a server with `secret` sends.
+fn server_flags(secret: Option<&Secret>) -> u8 {
+    match secret {
+        None => 0,
+        Some(secret) if secret.encrypts() => FLAG_SECRET | FLAG_TLS,
+        Some(_) => FLAG_SECRET,
+    }
+}
+
+/// What both sides' tags cover besides the nonces: the server's flags as
+/// this side saw them, and the TLS session's exporter value.
+fn binding<S>(flags: u8, stream: &Secured<S>) -> Vec<u8> {
+    let mut binding = Vec::with_capacity(1 + BINDING_LEN);
+    binding.push(flags);
+    if let Some(exported) = stream.channel_binding() {
+        binding.extend_from_slice(&exported);
+    }
+    binding
 }
 
 /// What [`accept`] found wrong: the handshake itself, or a client refused.
@@ -208,24 +282,21 @@ pub enum AcceptError {
     Refused(#[from] Refusal),
 }
 
-async fn accept_within<S, F>(stream: &mut S, secret: Option<&Secret>, admit: F) -> Result<Identity, AcceptError>
+/// The server's half after the preamble (and TLS): the nonce, the
+/// client's hello, the verdict.
+async fn accept_within<S, F>(stream: &mut S, secret: Option<&Secret>, binding: &[u8], admit: F) -> Result<Identity, AcceptError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Identity) -> Result<(), String>,
 {
     let nonce_s: [u8; NONCE_LEN] = random();
-    let flags = if secret.is_some() { FLAG_SECRET } else { 0 };
-    let mut hello = Vec::with_capacity(MAGIC.len() + 1 + NONCE_LEN);
-    hello.extend_from_slice(MAGIC);
-    hello.push(flags);
-    hello.extend_from_slice(&nonce_s);
-    stream.write_all(&hello).await.map_err(HandshakeError::Io)?;
+    stream.write_all(&nonce_s).await.map_err(HandshakeError::Io)?;
     stream.flush().await.map_err(HandshakeError::Io)?;
 
     let client = ClientHello::read(stream).await?;
     let verdict = match secret {
         Some(_) if client.flags & FLAG_SECRET == 0 => Err(Refusal::NoSecret),
-        Some(secret) if !secret.verify(&client.signed_parts(&nonce_s), &client.tag) => Err(Refusal::WrongSecret),
+        Some(secret) if !secret.verify(&client.signed_parts(binding, &nonce_s), &client.tag) => Err(Refusal::WrongSecret),
         _ => match String::from_utf8(client.name.clone()) {
             Ok(name) if !name.is_empty() => {
                 let identity = Identity { name, incarnation: client.incarnation };
@@ -236,7 +307,7 @@ where
     };
     match verdict {
         Ok(identity) => {
-            let tag = secret.map_or([0; TAG_LEN], |s| s.tag(&[b"server", &client.nonce, &nonce_s]));
+            let tag = secret.map_or([0; TAG_LEN], |s| s.tag(&[b"server", binding, &client.nonce, &nonce_s]));
             let mut reply = vec![ADMITTED];
             reply.extend_from_slice(&tag);
             stream.write_all(&reply).await.map_err(HandshakeError::Io)?;
@@ -267,7 +338,9 @@ struct ClientHello {
 
 impl ClientHello {
     async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<ClientHello, HandshakeError> {
-        let (flags, nonce) = read_hello_start(stream).await?;
+        let flags = read_magic_and_flags(stream).await?;
+        let mut nonce = [0; NONCE_LEN];
+        stream.read_exact(&mut nonce).await?;
         let mut incarnation = [0; 16];
         stream.read_exact(&mut incarnation).await?;
         let mut name = vec![0; usize::from(stream.read_u8().await?)];
@@ -277,23 +350,21 @@ impl ClientHello {
         Ok(ClientHello { flags, nonce, incarnation, name, tag })
     }
 
-    /// What the client's tag covers, after the server's nonce.
-    fn signed_parts<'a>(&'a self, nonce_s: &'a [u8; NONCE_LEN]) -> [&'a [u8]; 5] {
-        [b"client", nonce_s, &self.nonce, &self.incarnation, &self.name]
+    /// What the client's tag covers.
+    fn signed_parts<'a>(&'a self, binding: &'a [u8], nonce_s: &'a [u8; NONCE_LEN]) -> [&'a [u8]; 6] {
+        [b"client", binding, nonce_s, &self.nonce, &self.incarnation, &self.name]
     }
 }
 
-/// Reads what both sides' hellos start with: the magic, the flags and a nonce.
-async fn read_hello_start<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(u8, [u8; NONCE_LEN]), HandshakeError> {
+/// Reads what the server's preamble and the client's hello start with: the
+/// magic, then the flags.
+async fn read_magic_and_flags<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u8, HandshakeError> {
     let mut magic = [0; 4];
     stream.read_exact(&mut magic).await?;
     if &magic != MAGIC {
         return Err(HandshakeError::NotOurProtocol);
     }
-    let flags = stream.read_u8().await?;
-    let mut nonce = [0; NONCE_LEN];
-    stream.read_exact(&mut nonce).await?;
-    Ok((flags, nonce))
+    Ok(stream.read_u8().await?)
 }
 
 /// Opens a connection to `addr` for `service`: TCP (given up after
@@ -305,38 +376,66 @@ pub async fn dial(
     identity: &Identity,
     service: u8,
     connect_limit: Option<Duration>,
-) -> Result<tokio::net::TcpStream, HandshakeError> {
+) -> Result<Stream, HandshakeError> {
     let tcp = tokio::net::TcpStream::connect(addr);
     let connected = match connect_limit {
         Some(limit) => tokio::time::timeout(limit, tcp).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
         None => tcp.await,
     };
-    let mut stream = connected.map_err(HandshakeError::Connect)?;
+    let stream = connected.map_err(HandshakeError::Connect)?;
     // Requests and answers are small messages: sent at once, not held for
     // the peer's delayed acknowledgement.
     let _ = stream.set_nodelay(true);
-    connect(&mut stream, secret, identity).await?;
+    let mut stream = connect(stream, secret, identity).await?;
     stream.write_all(&[service]).await?;
+    stream.flush().await?;
     Ok(stream)
 }
 
-/// Runs the client's half on a fresh connection to a server, as `identity`.
-pub async fn connect<S>(stream: &mut S, secret: Option<&Secret>, identity: &Identity) -> Result<(), HandshakeError>
+/// Runs the client's half on a fresh connection to a server, as
+/// `identity`, encrypting it if the server does: the connection, ready for
+/// the service byte.
+pub async fn connect<S>(stream: S, secret: Option<&Secret>, identity: &Identity) -> Result<Secured<S>, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_within(stream, secret, identity)).await.unwrap_or(Err(HandshakeError::TimedOut))
+    let within = async {
+        let mut stream = stream;
+        let flags = read_magic_and_flags(&mut stream).await?;
+        if let Some(secret) = secret {
+            if flags & FLAG_SECRET == 0 {
+                return Err(HandshakeError::ServerWithoutSecret);
+            }
+            if secret.encrypts() && flags & FLAG_TLS == 0 {
+                return Err(HandshakeError::ServerWithoutTls);
+            }
+        }
+        let mut stream = match flags & FLAG_TLS {
+            0 => Secured::Plain(stream),
+            _ => secure::encrypt_as_client(stream).await.map_err(HandshakeError::Tls)?,
+        };
+        let binding = binding(flags, &stream);
+        connect_within(&mut stream, secret, flags, &binding, identity).await?;
+        Ok(stream)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, within).await.unwrap_or(Err(HandshakeError::TimedOut))
 }
 
-async fn connect_within<S>(stream: &mut S, secret: Option<&Secret>, identity: &Identity) -> Result<(), HandshakeError>
+/// The client's half after the preamble (and TLS): the server's nonce, the
+/// hello, the verdict.
+async fn connect_within<S>(
+    stream: &mut S,
+    secret: Option<&Secret>,
+    server_flags: u8,
+    binding: &[u8],
+    identity: &Identity,
+) -> Result<(), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (server_flags, nonce_s) = read_hello_start(stream).await?;
+    let mut nonce_s = [0; NONCE_LEN];
+    stream.read_exact(&mut nonce_s).await?;
     let server_wants_secret = server_flags & FLAG_SECRET != 0;
-    if secret.is_some() && !server_wants_secret {
-        return Err(HandshakeError::ServerWithoutSecret);
-    }
     let name = name_on_the_wire(&identity.name);
     let hello = ClientHello {
         flags: if secret.is_some() { FLAG_SECRET } else { 0 },
@@ -345,7 +444,7 @@ where
         name: name.to_vec(),
         tag: [0; TAG_LEN],
     };
-    let tag = secret.map_or([0; TAG_LEN], |s| s.tag(&hello.signed_parts(&nonce_s)));
+    let tag = secret.map_or([0; TAG_LEN], |s| s.tag(&hello.signed_parts(binding, &nonce_s)));
     let mut bytes = Vec::with_capacity(128 + name.len());
     bytes.extend_from_slice(MAGIC);
     bytes.push(hello.flags);
@@ -362,7 +461,7 @@ where
             let mut tag_s = [0; TAG_LEN];
             stream.read_exact(&mut tag_s).await?;
             match secret {
-                Some(secret) if !secret.verify(&[b"server", &hello.nonce, &nonce_s], &tag_s) => Err(HandshakeError::ServerNotProven),
+                Some(secret) if !secret.verify(&[b"server", binding, &hello.nonce, &nonce_s], &tag_s) => Err(HandshakeError::ServerNotProven),
                 _ => Ok(()),
             }
         }
@@ -431,12 +530,16 @@ mod tests {
         client: Option<Secret>,
         admit: Result<(), String>,
     ) -> (Result<Identity, AcceptError>, Result<(), HandshakeError>) {
-        let (mut a, mut b) = tokio::io::duplex(1024);
+        let (a, b) = tokio::io::duplex(PIPE);
         let me = Identity::new("host:42".into());
-        // The client's end closes when its half returns, as a process's would.
-        let client = async move { connect(&mut b, client.as_ref(), &me).await };
-        tokio::join!(accept(&mut a, server.as_ref(), move |_| admit), client)
+        // Each end closes when its half returns, as a process's would.
+        let client = async move { connect(b, client.as_ref(), &me).await.map(drop) };
+        let server = async move { accept(a, server.as_ref(), move |_| admit).await.map(|(_, identity)| identity) };
+        tokio::join!(server, client)
     }
+
+    /// Room in an in-memory pipe: a TLS handshake's messages fit.
+    const PIPE: usize = 64 * 1024;
 
     #[tokio::test]
     async fn the_same_secret_admits_and_names_the_client() {
@@ -481,45 +584,136 @@ mod tests {
     #[tokio::test]
     async fn a_server_that_cannot_prove_the_secret_is_not_trusted() {
         // A server that admits everyone without the secret: replays a tag of zeros.
-        let (mut a, mut b) = tokio::io::duplex(1024);
+        let (mut a, b) = tokio::io::duplex(PIPE);
         let fake = async move {
-            let mut hello = MAGIC.to_vec();
-            hello.push(FLAG_SECRET);
-            hello.extend_from_slice(&[7; NONCE_LEN]);
-            a.write_all(&hello).await.unwrap();
+            a.write_all(&[&MAGIC[..], &[FLAG_SECRET]].concat()).await.unwrap();
+            a.write_all(&[7; NONCE_LEN]).await.unwrap();
             ClientHello::read(&mut a).await.unwrap();
             a.write_all(&[ADMITTED]).await.unwrap();
             a.write_all(&[0; TAG_LEN]).await.unwrap();
         };
         let me = Identity::new("w".into());
-        let key = secret("0123456789abcdef");
-        let ((), client) = tokio::join!(fake, connect(&mut b, Some(&key), &me));
+        let key = secret("0123456789abcdef").without_tls();
+        let ((), client) = tokio::join!(fake, connect(b, Some(&key), &me));
         assert!(matches!(client, Err(HandshakeError::ServerNotProven)), "{client:?}");
     }
 
     #[tokio::test]
     async fn another_protocol_is_named() {
-        let (mut a, mut b) = tokio::io::duplex(1024);
+        let (mut a, b) = tokio::io::duplex(PIPE);
         a.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await.unwrap();
-        let client = connect(&mut b, None, &Identity::new("w".into())).await;
+        let client = connect(b, None, &Identity::new("w".into())).await;
         assert!(matches!(client, Err(HandshakeError::NotOurProtocol)), "{client:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_dropped_after_the_timeout() {
-        let (mut a, _b) = tokio::io::duplex(1024);
-        let server = accept(&mut a, None, |_| Ok(())).await;
-        assert!(matches!(server, Err(AcceptError::Handshake(HandshakeError::TimedOut))), "{server:?}");
+        for key in [None, Some(secret("0123456789abcdef"))] {
+            let (a, _b) = tokio::io::duplex(PIPE);
+            let server = accept(a, key.as_ref(), |_| Ok(())).await.map(drop);
+            assert!(matches!(server, Err(AcceptError::Handshake(HandshakeError::TimedOut))), "{server:?}");
+        }
     }
 
     #[tokio::test]
     async fn a_long_name_is_cut_at_a_character_not_inside_one() {
-        let (mut a, mut b) = tokio::io::duplex(1024);
+        let (a, b) = tokio::io::duplex(PIPE);
         let long = format!("{}é-and-more", "w".repeat(MAX_NAME_LEN - 1));
         let me = Identity::new(long.clone());
-        let (server, client) = tokio::join!(accept(&mut a, None, |_| Ok(())), connect(&mut b, None, &me));
+        let (server, client) = tokio::join!(accept(a, None, |_| Ok(())), connect(b, None, &me));
         client.unwrap();
-        assert_eq!(server.unwrap().name, long.chars().take(MAX_NAME_LEN - 1).collect::<String>());
+        assert_eq!(server.unwrap().1.name, long.chars().take(MAX_NAME_LEN - 1).collect::<String>());
+    }
+
+    #[tokio::test]
+    async fn with_a_secret_the_connection_is_encrypted_and_carries_bytes_both_ways() {
+        let key = secret("0123456789abcdef");
+        let (a, b) = tokio::io::duplex(PIPE);
+        let me = Identity::new("w".into());
+        let (server, client) = tokio::join!(accept(a, Some(&key), |_| Ok(())), connect(b, Some(&key), &me));
+        let ((mut server, identity), mut client) = (server.unwrap(), client.unwrap());
+        assert_eq!(identity, me);
+        assert!(server.is_encrypted() && client.is_encrypted());
+        assert_eq!(server.channel_binding(), client.channel_binding(), "one session, one exporter value");
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+    }
+
+    #[tokio::test]
+    async fn without_tls_on_both_sides_the_connection_is_authenticated_but_plain() {
+        let key = secret("0123456789abcdef").without_tls();
+        let (a, b) = tokio::io::duplex(PIPE);
+        let me = Identity::new("w".into());
+        let (server, client) = tokio::join!(accept(a, Some(&key), |_| Ok(())), connect(b, Some(&key), &me));
+        assert!(!server.unwrap().0.is_encrypted());
+        assert!(!client.unwrap().is_encrypted());
+        // A client that does not insist on TLS follows a server that uses it.
+        let (server, client) = shake(Some(secret("0123456789abcdef")), Some(key.clone()), Ok(())).await;
+        server.unwrap();
+        client.unwrap();
+        // One that insists does not talk to a server without it.
+        let (_, client) = shake(Some(key), Some(secret("0123456789abcdef")), Ok(())).await;
+        assert!(matches!(client, Err(HandshakeError::ServerWithoutTls)), "{client:?}");
+    }
+
+    /// A man in the middle: holds a TLS session with each end (he can make
+    /// certificates too) and relays what one sends to the other, having
+    /// first changed the server's flags with `rewrite_flags`.
+    async fn relayed(
+        server_key: Secret,
+        client_key: Secret,
+        rewrite_flags: fn(u8) -> u8,
+    ) -> (Result<Identity, AcceptError>, Result<(), HandshakeError>) {
+        let (server_end, mut to_server) = tokio::io::duplex(PIPE);
+        let (mut to_client, client_end) = tokio::io::duplex(PIPE);
+        let me = Identity::new("w".into());
+        let server = async move { accept(server_end, Some(&server_key), |_| Ok(())).await.map(|(_, identity)| identity) };
+        let client = async move { connect(client_end, Some(&client_key), &me).await.map(drop) };
+        let relay = async move {
+            let mut preamble = [0; 5];
+            to_server.read_exact(&mut preamble).await?;
+            let flags = preamble[4];
+            preamble[4] = rewrite_flags(flags);
+            to_client.write_all(&preamble).await?;
+            let mut towards_server = match flags & FLAG_TLS {
+                0 => Secured::Plain(to_server),
+                _ => secure::encrypt_as_client(to_server).await?,
+            };
+            let mut towards_client = match preamble[4] & FLAG_TLS {
+                0 => Secured::Plain(to_client),
+                _ => secure::encrypt_as_server(to_client).await?,
+            };
+            tokio::io::copy_bidirectional(&mut towards_server, &mut towards_client).await.map(drop)
+        };
+        let (server, client, _) = tokio::join!(server, client, relay);
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn a_man_in_the_middle_with_sessions_of_his_own_is_refused_by_both_ends() {
+        let key = secret("0123456789abcdef");
+        let (server, client) = relayed(key.clone(), key.clone(), |flags| flags).await;
+        assert!(matches!(server, Err(AcceptError::Refused(Refusal::WrongSecret))), "{server:?}");
+        assert!(client.is_err(), "{client:?}");
+        // Stripping encryption from the flags: a client that insists refuses.
+        let (_, client) = relayed(key.clone(), key.clone(), |flags| flags & !FLAG_TLS).await;
+        assert!(matches!(client, Err(HandshakeError::ServerWithoutTls)), "{client:?}");
+        // One that does not insist is caught by the tags, which cover the flags.
+        let (server, client) = relayed(key.clone(), key.clone().without_tls(), |flags| flags & !FLAG_TLS).await;
+        assert!(matches!(server, Err(AcceptError::Refused(Refusal::WrongSecret))), "{server:?}");
+        assert!(client.is_err(), "{client:?}");
+        // Without TLS anywhere the same relay passes unseen: what TLS is for.
+        let plain = key.without_tls();
+        let (server, client) = relayed(plain.clone(), plain, |flags| flags).await;
+        server.unwrap();
+        client.unwrap();
     }
 
     #[test]
@@ -527,7 +721,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "0123456789abcdef\n").unwrap();
-        assert_eq!(Secret::from_file(&path).unwrap().0, b"0123456789abcdef");
+        assert_eq!(Secret::from_file(&path).unwrap().key, b"0123456789abcdef");
         std::fs::write(&path, "short\n").unwrap();
         let e = Secret::from_file(&path).unwrap_err().to_string();
         assert!(e.contains("holds 5 bytes") && e.contains("at least 16"), "{e}");
@@ -539,20 +733,22 @@ mod tests {
     /// other sent from `input` (arbitrary bytes, or a valid half changed),
     /// with no runtime and no timer (the halves within the timeout).
     mod properties {
+        use futures::TryFutureExt;
         use proptest::prelude::*;
 
         use super::*;
 
-        /// The server's half against a client that sent `input`.
+        /// The server's half (past the preamble) against a client that sent `input`.
         fn server_reads(input: &[u8], secret: Option<&Secret>) -> Result<Identity, AcceptError> {
             let mut stream = tokio::io::join(input, Vec::new());
-            futures::executor::block_on(accept_within(&mut stream, secret, |_| Ok(())))
+            futures::executor::block_on(accept_within(&mut stream, secret, &[server_flags(secret)], |_| Ok(())))
         }
 
-        /// The client's half against a server that sent `input`.
-        fn client_reads(input: &[u8], secret: Option<&Secret>) -> Result<(), HandshakeError> {
+        /// The client's half (past the preamble) against a server that
+        /// sent `flags`, then `input`.
+        fn client_reads(flags: u8, input: &[u8], secret: Option<&Secret>) -> Result<(), HandshakeError> {
             let mut stream = tokio::io::join(input, Vec::new());
-            futures::executor::block_on(connect_within(&mut stream, secret, &Identity::new("w".into())))
+            futures::executor::block_on(connect_within(&mut stream, secret, flags, &[flags], &Identity::new("w".into())))
         }
 
         /// A client's hello as `connect` sends it, with `tag` as its proof.
@@ -576,8 +772,8 @@ mod tests {
                 let me = Identity::new(name.clone());
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
                 let (server, client) = runtime.block_on(async {
-                    let (mut a, mut b) = tokio::io::duplex(4096);
-                    tokio::join!(accept(&mut a, secret.as_ref(), |_| Ok(())), connect(&mut b, secret.as_ref(), &me))
+                    let (a, b) = tokio::io::duplex(PIPE);
+                    tokio::join!(accept(a, secret.as_ref(), |_| Ok(())).map_ok(|(_, identity)| identity), connect(b, secret.as_ref(), &me))
                 });
                 let sent = name_on_the_wire(&name);
                 prop_assert!(sent.len() <= MAX_NAME_LEN && name.as_bytes().starts_with(sent));
@@ -618,13 +814,23 @@ mod tests {
             }
 
             #[test]
-            fn arbitrary_server_bytes_never_panic_nor_admit_with_a_secret(input in prop::collection::vec(any::<u8>(), 0..400), with_hello: bool, flags: u8) {
+            fn arbitrary_server_bytes_never_panic_nor_admit_with_a_secret(input in prop::collection::vec(any::<u8>(), 0..400), flags: u8) {
                 let secret = Secret::from_bytes(b"0123456789abcdef").unwrap();
-                // Past the magic half the time, so the rest is read too.
-                let mut bytes = if with_hello { [&MAGIC[..], &[flags], &[5; NONCE_LEN]].concat() } else { Vec::new() };
-                bytes.extend_from_slice(&input);
-                prop_assert!(client_reads(&bytes, Some(&secret)).is_err());
-                let _ = client_reads(&bytes, None);
+                prop_assert!(client_reads(flags, &input, Some(&secret)).is_err());
+                let _ = client_reads(flags, &input, None);
+            }
+
+            #[test]
+            fn arbitrary_preambles_never_panic_nor_admit_with_a_secret(input in prop::collection::vec(any::<u8>(), 0..400), with_magic: bool) {
+                let secret = Secret::from_bytes(b"0123456789abcdef").unwrap();
+                // Past the magic half the time, so the flags (and TLS) are tried too.
+                let bytes = if with_magic { [&MAGIC[..], &input].concat() } else { input };
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+                let me = Identity::new("w".into());
+                for key in [Some(&secret), None] {
+                    let connected = runtime.block_on(connect(tokio::io::join(&bytes[..], Vec::new()), key, &me));
+                    prop_assert!(key.is_none() || connected.is_err());
+                }
             }
         }
     }

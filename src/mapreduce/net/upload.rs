@@ -21,11 +21,11 @@
 //! client's, or its task is done) and close the connection.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::files::STALL_LIMIT;
 use crate::output::Staging;
+use crate::secure::Blocking;
 
 /// The byte that asks the coordinator's port to take an upload.
 pub const SERVICE_UPLOAD: u8 = b'U';
@@ -46,18 +46,16 @@ const ANSWER_LIMIT: Duration = Duration::from_secs(60);
 /// coordinator to say it has it whole; an upload dropped unfinished is
 /// thrown away by the coordinator.
 pub struct Upload {
-    stream: TcpStream,
+    stream: Blocking,
     crc: crc32fast::Hasher,
 }
 
 impl Upload {
     /// Starts the upload of reduce `partition`'s `attempt` on `stream`, a
-    /// connection that asked for [`SERVICE_UPLOAD`] (made blocking here:
-    /// the upload is written from the reduce's own thread).
-    pub fn start(stream: tokio::net::TcpStream, partition: u32, attempt: u64) -> io::Result<Upload> {
-        let mut stream = stream.into_std()?;
-        stream.set_nonblocking(false)?;
-        stream.set_write_timeout(Some(STALL_LIMIT))?;
+    /// connection that asked for [`SERVICE_UPLOAD`], used from the reduce's
+    /// own thread.
+    pub fn start(mut stream: Blocking, partition: u32, attempt: u64) -> io::Result<Upload> {
+        stream.set_write_timeout(Some(STALL_LIMIT));
         let mut header = partition.to_le_bytes().to_vec();
         header.extend_from_slice(&attempt.to_le_bytes());
         stream.write_all(&header)?;
@@ -71,7 +69,7 @@ impl Upload {
         let mut end = 0u32.to_le_bytes().to_vec();
         end.extend_from_slice(&self.crc.clone().finalize().to_le_bytes());
         self.stream.write_all(&end).map_err(|e| self.check_for_refusal().err().unwrap_or(e))?;
-        self.stream.set_read_timeout(Some(ANSWER_LIMIT))?;
+        self.stream.set_read_timeout(Some(ANSWER_LIMIT));
         let mut first = [0];
         self.stream.read_exact(&mut first)?;
         read_answer(&mut self.stream, first[0])
@@ -81,15 +79,11 @@ impl Upload {
     /// output (the attempt was given up meanwhile) and stops reading it.
     fn check_for_refusal(&mut self) -> io::Result<()> {
         let mut first = [0];
-        self.stream.set_nonblocking(true)?;
-        let peeked = self.stream.read(&mut first);
-        self.stream.set_nonblocking(false)?;
-        match peeked {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e),
-            Ok(0) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the coordinator closed the upload")),
-            Ok(_) => {
-                self.stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        match self.stream.read_ready(&mut first)? {
+            None => Ok(()),
+            Some(0) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the coordinator closed the upload")),
+            Some(_) => {
+                self.stream.set_read_timeout(Some(Duration::from_secs(1)));
                 match read_answer(&mut self.stream, first[0]) {
                     Ok(()) => Err(io::Error::new(io::ErrorKind::InvalidData, "the coordinator answered before the end")),
                     Err(e) => Err(e),
@@ -233,7 +227,7 @@ fn fill(stream: &mut impl Read, buf: &mut [u8], still_wanted: &mut dyn FnMut() -
 /// not. After a refusal, reads on for a moment (half a second at most) so
 /// that closing does not reset the connection before the client has read
 /// why.
-pub fn answer(stream: &mut TcpStream, outcome: Result<(), String>) -> io::Result<()> {
+pub fn answer(stream: &mut Blocking, outcome: Result<(), String>) -> io::Result<()> {
     let refused = outcome.is_err();
     let reply = match outcome {
         Ok(()) => vec![0],
@@ -258,23 +252,43 @@ pub fn answer(stream: &mut TcpStream, outcome: Result<(), String>) -> io::Result
 mod tests {
     use super::*;
 
-    /// A connection whose accepted end goes to `serve`, a blocking server
-    /// on a thread of its own, with reads that time out every 100 ms.
-    fn connected<T: Send + 'static>(serve: impl FnOnce(TcpStream) -> T + Send + 'static) -> (tokio::net::TcpStream, std::thread::JoinHandle<T>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let server = listener.accept().unwrap().0;
-        server.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let served = std::thread::spawn(move || serve(server));
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        client.set_nonblocking(true).unwrap();
-        let client = runtime.block_on(async { tokio::net::TcpStream::from_std(client) }).unwrap();
-        (client, served)
+    /// A connection between two of a job's processes (through the
+    /// handshake, so encrypted) whose accepted end goes to `serve`, a
+    /// blocking server on a thread of its own, with reads that time out
+    /// every 100 ms. The runtime drives both ends; keep it.
+    fn connected<T: Send + 'static>(
+        serve: impl FnOnce(Blocking) -> T + Send + 'static,
+    ) -> (Blocking, std::thread::JoinHandle<T>, tokio::runtime::Runtime) {
+        use crate::handshake::{self, Identity, Secret};
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let key = Secret::from_bytes(b"0123456789abcdef").unwrap();
+        let (client, server) = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let accepted = async {
+                let (tcp, _) = listener.accept().await.unwrap();
+                handshake::accept(tcp, Some(&key), |_| Ok(())).await.unwrap().0
+            };
+            let me = Identity::new("w".into());
+            let dialled = handshake::dial(&addr, Some(&key), &me, SERVICE_UPLOAD, None);
+            let (server, client) = tokio::join!(accepted, dialled);
+            (client.unwrap(), server)
+        });
+        assert!(client.is_encrypted());
+        let mut server = Blocking::new(server, runtime.handle().clone());
+        server.set_read_timeout(Some(Duration::from_millis(100)));
+        let served = std::thread::spawn(move || {
+            let mut service = [0];
+            server.read_exact(&mut service).unwrap();
+            assert_eq!(service[0], SERVICE_UPLOAD);
+            serve(server)
+        });
+        (Blocking::new(client, runtime.handle().clone()), served, runtime)
     }
 
     #[test]
     fn an_output_arrives_whole_in_frames_and_is_acknowledged() {
-        let (client, served) = connected(|mut server| {
+        let (client, served, _runtime) = connected(|mut server| {
             let header = read_header(&mut server, &mut || true).unwrap();
             let mut got = Vec::new();
             let len = receive(&mut server, &mut got, &mut || true).unwrap();
@@ -294,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_refusal_reaches_the_writer_with_its_reason() {
-        let (client, served) = connected(|mut server| {
+        let (client, served, _runtime) = connected(|mut server| {
             read_header(&mut server, &mut || true).unwrap();
             answer(&mut server, Err("attempt 41 of reduce 3 no longer runs".into())).unwrap();
         });
@@ -308,7 +322,7 @@ mod tests {
 
     #[test]
     fn an_upload_no_longer_wanted_is_given_up_while_it_waits() {
-        let (client, served) = connected(|mut server| {
+        let (client, served, _runtime) = connected(|mut server| {
             read_header(&mut server, &mut || true).unwrap();
             let mut wanted = 3;
             receive(&mut server, &mut Vec::new(), &mut || {
