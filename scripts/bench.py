@@ -28,6 +28,8 @@ Cases (--cases takes a comma-separated subset of these names):
   tiny       2,000 one-line files, 2 workers: scheduling time per task
   scaling    wordcount over 1 GiB with 1 worker vs 2 workers (taking turns
              run by run)
+  tls-hosts  wordcount over 1 GiB on 2 hosts sharing nothing, TLS vs
+             --no-tls (the cost of encryption)
 
 Corpora are generated deterministically by examples/make_corpus.rs under
 target/bench-corpus/ (kept between runs): book text from
@@ -177,11 +179,13 @@ class Hosts:
         return os.geteuid() == 0 and NETNS.exists() and shutil.which("ip") is not None
 
 
-def run_job_on_hosts(hosts, app, inputs, out_dir, workers=2, master_flags=(), inputs_everywhere=False):
+def run_job_on_hosts(hosts, app, inputs, out_dir, workers=2, master_flags=(), inputs_everywhere=False, tls=True):
     """One whole job with the master on host 0 (which has the inputs) and
     one worker on each of hosts 1..`workers`, which do not see the output
     directory or each other's /tmp, nor the inputs unless
-    `inputs_everywhere` (as with inputs kept on every machine)."""
+    `inputs_everywhere` (as with inputs kept on every machine). Every
+    connection is encrypted (TLS) unless not `tls` (`--no-tls`)."""
+    no_tls = [] if tls else ["--no-tls"]
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
     addr_file = Path(out_dir).parent / f".{Path(out_dir).name}.addr"
@@ -189,7 +193,7 @@ def run_job_on_hosts(hosts, app, inputs, out_dir, workers=2, master_flags=(), in
     m = Measure()
     master = m.spawn("master", hosts.command(0, [], ["timeout", "900", BIN / "mr-master", "--listen", f"{hosts.ips[0]}:0", "--addr-file", addr_file,
                                                      "--token-file", hosts.token, "--output-dir", out_dir, "--http", "off", "-q",
-                                                     *master_flags, *inputs]),
+                                                     *no_tls, *master_flags, *inputs]),
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     addr = wait_for_address(master, addr_file)
     private = [out_dir, "/tmp"] + ([] if inputs_everywhere else list(inputs))
@@ -198,7 +202,7 @@ def run_job_on_hosts(hosts, app, inputs, out_dir, workers=2, master_flags=(), in
         # job directory is (a private /tmp would be memory, and faster).
         work_dir = hosts.work_dir(1 + i)
         m.spawn(f"worker{i}", hosts.command(1 + i, private, [BIN / "mr-worker", "--master", addr, "--token-file", hosts.token,
-                                                               "--work-dir", work_dir, app]),
+                                                               *no_tls, "--work-dir", work_dir, app]),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = m.finish()
     addr_file.unlink()
@@ -230,6 +234,31 @@ def hosts_case(name, app, runs, rows, work):
     rows.append(Row(name, ONE_HOST, size, *local))
     rows.append(Row(name, HOSTS_SHARING_INPUTS, size, *everywhere, note=f"{where}; shuffle and outputs over the network"))
     rows.append(Row(name, HOSTS_SHARING_NOTHING, size, *master_only, note="inputs too come from the master"))
+
+
+def tls_case(name, runs, rows, work):
+    """The cost of encryption: wordcount over 1 GiB of books, 2 workers
+    on 2 hosts sharing nothing (inputs, shuffle and outputs all cross the
+    network), with TLS (the default with a token) against --no-tls, taking
+    turns run by run."""
+    data = corpus("books", 1024, 64)
+    size = corpus_bytes(data)
+    if not Hosts.available():
+        rows.append(Row(name, "mapreduce, TLS", size, [float("nan")], [float("nan")], {}, note="skipped: needs root and ../shared/tools/netns-cluster.sh"))
+        return
+    hosts = Hosts(work)
+    try:
+        tls_out, plain_out = work / f"{name}.tls", work / f"{name}.plain"
+        encrypted, plain = take_turns(runs, [
+            lambda: run_job_on_hosts(hosts, "wordcount", [data], tls_out),
+            lambda: run_job_on_hosts(hosts, "wordcount", [data], plain_out, tls=False)])
+    finally:
+        hosts.down()
+    outputs = lambda d: " ".join(f"'{d}/mr-out-{r}'" for r in range(10))
+    check(f"{name}: the same output with and without TLS", shell(f"cmp -s <(cat {outputs(tls_out)}) <(cat {outputs(plain_out)})").returncode == 0)
+    rows.append(Row(name, "mapreduce, 2 hosts sharing nothing, --no-tls", size, *plain, note="authenticated handshake, plain traffic"))
+    rows.append(Row(name, "mapreduce, 2 hosts sharing nothing, TLS 1.3", size, *encrypted,
+                    note=f"ratio to --no-tls: {statistics.median(encrypted[0]) / statistics.median(plain[0]):.2f}x wall"))
 
 
 ONE_HOST = "mapreduce, 2 workers, one host, shared directory"
@@ -409,6 +438,7 @@ CASES = {
     "zipf-accented-1g": lambda r, rows, w: wc_case("zipf-accented-1g", 1024, 64, r, rows, w, mode="zipf", script="accented"),
     "sort-1g": sort_case,
     "wc-1g-hosts": lambda r, rows, w: hosts_case("wc-1g-hosts", "wordcount", r, rows, w),
+    "tls-hosts": lambda r, rows, w: tls_case("tls-hosts", r, rows, w),
     "sort-1g-hosts": lambda r, rows, w: hosts_case("sort-1g-hosts", "sort", r, rows, w),
     "grep-1g": grep_case,
     "tiny": tiny_case,
