@@ -221,9 +221,8 @@ struct TaskEntry {
     /// winning attempt's output, with the reduce attempt that said so.
     fetch_failures: Vec<(WorkerId, AttemptId)>,
     /// Attempts lost with their worker (not counted toward the bound),
-    /// and how each ended, for the message if they exhaust theirs.
-    killed: Vec<AttemptId>,
-    killed_lines: Vec<String>,
+    /// each with how it ended, for the message if they exhaust theirs.
+    killed: Vec<(AttemptId, String)>,
 }
 
 impl TaskEntry {
@@ -237,7 +236,6 @@ impl TaskEntry {
             skipped: Vec::new(),
             fetch_failures: Vec::new(),
             killed: Vec::new(),
-            killed_lines: Vec::new(),
         }
     }
 
@@ -268,8 +266,7 @@ impl TaskEntry {
         if counted {
             self.unsuccessful.push((attempt, line));
         } else {
-            self.killed.push(attempt);
-            self.killed_lines.push(line);
+            self.killed.push((attempt, line));
         }
         self.ended_badly.push(attempt);
         true
@@ -980,7 +977,7 @@ impl Scheduler {
             // Ended already (given up for a stall): the record its worker
             // reports now, read from a cursor the coordinator could not
             // see, is still blamed, once.
-            if let Some(record) = record.filter(|_| reported_by_worker && !entry.killed.contains(&attempt)) {
+            if let Some(record) = record.filter(|_| reported_by_worker && !entry.killed.iter().any(|(killed, _)| *killed == attempt)) {
                 let known = entry.blamed.iter().any(|(_, a)| *a == attempt);
                 if !known && !entry.skipped.iter().any(|r| r.id == record.id) {
                     entry.blame(attempt, record, limit);
@@ -992,7 +989,8 @@ impl Scheduler {
             // Lost with its worker: no bound, unless it keeps happening to
             // this task alone (one that takes its machine down each time).
             if entry.killed.len() as u32 >= max_killed {
-                let message = format!("{task} lost {} attempts with their workers: {}", entry.killed.len(), entry.killed_lines.join("; "));
+                let lines: Vec<&str> = entry.killed.iter().map(|(_, line)| line.as_str()).collect();
+                let message = format!("{task} lost {} attempts with their workers: {}", entry.killed.len(), lines.join("; "));
                 self.failure.get_or_insert(message);
             }
             return;

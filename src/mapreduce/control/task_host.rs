@@ -24,7 +24,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use crate::files::Fetcher;
-use crate::handshake::{Identity, Secret};
+use crate::handshake::Identity;
 use crate::plugin::Plugin;
 use crate::rpc::{AttemptId, TaskId, TaskOutcome};
 use crate::storage::{ServedOutputs, StorageConfig, WorkerStorage};
@@ -115,8 +115,7 @@ fn inherited_socket() -> Result<UnixStream, TaskHostError> {
 /// Loads the plugin, rebuilds the worker's storage, and makes the app;
 /// returns the runner and the runtime its fetches run on.
 fn set_up(start: &ChildStart) -> Result<(TaskRunner, tokio::runtime::Runtime), String> {
-    let secret = start.token_file.as_deref().map(Secret::from_file).transpose().map_err(|e| e.to_string())?;
-    let secret = secret.map(|secret| if start.tls { secret } else { secret.without_tls() });
+    let secret = crate::cli::read_secret(start.token_file.as_deref(), !start.tls)?;
     let identity = Identity { name: start.identity_name.clone(), incarnation: start.identity_incarnation };
     // Fetches are driven by the runtime's threads while an attempt's
     // thread (this one, not the runtime's) waits in `Handle::block_on`.

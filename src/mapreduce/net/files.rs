@@ -290,7 +290,6 @@ fn checksum_ahead(file: Arc<std::fs::File>, offset: u64, len: u64, read: bool) -
     let (ahead, receiver) = tokio::sync::mpsc::channel(8);
     tokio::task::spawn_blocking(move || {
         let mut crc = crc32fast::Hasher::new();
-        let mut buffer = Vec::new();
         let (mut at, end) = (offset, offset + len);
         while at < end {
             // Chunks end on multiples of CHUNK, so that only the first
@@ -298,7 +297,7 @@ fn checksum_ahead(file: Arc<std::fs::File>, offset: u64, len: u64, read: bool) -
             let next = end.min((at / CHUNK as u64 + 1) * CHUNK as u64);
             let checked = match read {
                 true => read_chunk(&file, at, next - at, &mut crc).map(Ahead::Read),
-                false => checksum_chunk(&file, at, next - at, &mut crc, &mut buffer).map(|()| Ahead::Checked(next - at)),
+                false => checksum_chunk(&file, at, next - at, &mut crc).map(|()| Ahead::Checked(next - at)),
             };
             let failed = checked.is_err();
             if ahead.blocking_send(checked).is_err() || failed {
@@ -312,8 +311,8 @@ fn checksum_ahead(file: Arc<std::fs::File>, offset: u64, len: u64, read: bool) -
 }
 
 /// Adds `len` bytes at `at` of `file` to `crc`: mapped, or read into
-/// `buffer` if they cannot be. Fails if the file is shorter than that.
-fn checksum_chunk(file: &std::fs::File, at: u64, len: u64, crc: &mut crc32fast::Hasher, buffer: &mut Vec<u8>) -> io::Result<()> {
+/// memory if they cannot be. Fails if the file is shorter than that.
+fn checksum_chunk(file: &std::fs::File, at: u64, len: u64, crc: &mut crc32fast::Hasher) -> io::Result<()> {
     let aligned = at - at % ALIGNMENT;
     let skip = (at - aligned) as usize;
     if let Some(mapped) = MappedInput::open(file, aligned, len + skip as u64) {
@@ -323,10 +322,7 @@ fn checksum_chunk(file: &std::fs::File, at: u64, len: u64, crc: &mut crc32fast::
         }
         return Ok(());
     }
-    buffer.resize(len as usize, 0);
-    std::os::unix::fs::FileExt::read_exact_at(file, buffer, at)?;
-    crc.update(buffer);
-    Ok(())
+    read_chunk(file, at, len, crc).map(drop)
 }
 
 /// Reads `len` bytes at `at` of `file`, adding them to `crc`. Fails if the

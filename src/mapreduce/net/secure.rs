@@ -290,22 +290,15 @@ impl io::Read for Blocking {
 }
 
 impl io::Write for Blocking {
+    /// Writes some of `buf` and flushes it (an encrypted stream may hold
+    /// the last record until then), within the write limit.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        within(&self.runtime, self.write_limit, self.stream.write(buf))
-    }
-
-    /// Writes all of `buf` (each write within the limit) and flushes it:
-    /// an encrypted stream may hold the last record until then.
-    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.write(buf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = buf.get(n..).unwrap_or_default(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.flush()
+        let Blocking { stream, runtime, write_limit, .. } = self;
+        within(runtime, *write_limit, async {
+            let written = stream.write(buf).await?;
+            stream.flush().await?;
+            Ok(written)
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
