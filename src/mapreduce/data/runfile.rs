@@ -1,3 +1,5 @@
+#![warn(clippy::indexing_slicing)]
+
 //! The intermediate file format: a key-sorted run of key/value records.
 //!
 //! This module alone encodes and decodes runs; the shuffle sees records only.
@@ -35,7 +37,7 @@ use std::path::{Path, PathBuf};
 /// these orders keys, except that equal prefixes need the bytes compared.
 #[inline]
 pub fn key_prefix(key: &[u8]) -> u64 {
-    crate::small_copy::load_partial(&key[..key.len().min(8)]).swap_bytes()
+    crate::small_copy::load_partial(key.get(..8).unwrap_or(key)).swap_bytes()
 }
 
 /// How the blocks of a run are stored.
@@ -242,12 +244,13 @@ impl RunWriter {
                 let packed_len = lz4_flex::block::compress_into(&block, &mut packed).expect("the buffer has the maximum compressed size");
                 let mut crc = crc32fast::Hasher::new();
                 crc.update(&raw_len);
-                crc.update(&packed[..packed_len]);
+                packed.truncate(packed_len);
+                crc.update(&packed);
                 let mut head = [0u8; 12];
                 head[..4].copy_from_slice(&(packed_len as u32).to_le_bytes());
                 head[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
                 head[8..].copy_from_slice(&raw_len);
-                let result = self.write(&head).and_then(|()| self.write(&packed[..packed_len]));
+                let result = self.write(&head).and_then(|()| self.write(&packed));
                 self.packed = packed;
                 result
             }
@@ -418,13 +421,13 @@ impl RunReader {
     /// The current record's key (empty before the first and after the last).
     #[inline]
     pub fn key(&self) -> &[u8] {
-        &self.block[self.key_start..self.key_end]
+        self.block.get(self.key_start..self.key_end).unwrap_or_default()
     }
 
     /// The current record's value (empty before the first and after the last).
     #[inline]
     pub fn value(&self) -> &[u8] {
-        &self.block[self.key_end..self.value_end]
+        self.block.get(self.key_end..self.value_end).unwrap_or_default()
     }
 
     /// Reads the next record into `key` and `value` (replacing their
@@ -520,7 +523,7 @@ impl RunReader {
     }
 
     fn block_varint(&mut self) -> Result<usize, RunError> {
-        match get_varint(&self.block[self.pos..]) {
+        match get_varint(self.block.get(self.pos..).unwrap_or_default()) {
             Some((v, used)) => {
                 self.pos += used;
                 usize::try_from(v).map_err(|_| self.corrupt("record length out of range".to_string()))
@@ -566,7 +569,7 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
 #[inline]
 pub(crate) fn decode_record(bytes: &[u8]) -> Option<(&[u8], &[u8], usize)> {
     let (key_len, a) = get_varint(bytes)?;
-    let (value_len, b) = get_varint(&bytes[a..])?;
+    let (value_len, b) = get_varint(bytes.get(a..)?)?;
     let key_start = a + b;
     let key_end = key_start.checked_add(usize::try_from(key_len).ok()?)?;
     let end = key_end.checked_add(usize::try_from(value_len).ok()?)?;

@@ -121,10 +121,10 @@ impl FileRequest {
             FileRequest::Plugin => (3, 0, 0, 0),
             FileRequest::InputRange { input, offset, len } => (4, u64::from(input), offset, len),
         };
+        let fields = std::iter::once(kind).chain([a, b, c].into_iter().flat_map(u64::to_le_bytes));
         let mut bytes = [0; Self::SIZE];
-        bytes[0] = kind;
-        for (i, value) in [a, b, c].into_iter().enumerate() {
-            bytes[1 + 8 * i..9 + 8 * i].copy_from_slice(&value.to_le_bytes());
+        for (slot, byte) in bytes.iter_mut().zip(fields) {
+            *slot = byte;
         }
         bytes
     }
@@ -159,12 +159,14 @@ impl FileRequest {
     }
 
     fn decode(bytes: &[u8; Self::SIZE]) -> Option<FileRequest> {
-        let word = |i: usize| u64::from_le_bytes(bytes[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
-        match bytes[0] {
-            1 => Some(FileRequest::AttemptOutput { attempt: word(0), offset: word(1), len: word(2) }),
-            2 => Some(FileRequest::InputSplit { input: u32::try_from(word(0)).ok()?, start: word(1), end: word(2) }),
+        let [kind, words @ ..] = bytes;
+        let mut words = words.chunks_exact(8).map(|word| word.try_into().map(u64::from_le_bytes));
+        let (a, b, c) = (words.next()?.ok()?, words.next()?.ok()?, words.next()?.ok()?);
+        match kind {
+            1 => Some(FileRequest::AttemptOutput { attempt: a, offset: b, len: c }),
+            2 => Some(FileRequest::InputSplit { input: u32::try_from(a).ok()?, start: b, end: c }),
             3 => Some(FileRequest::Plugin),
-            4 => Some(FileRequest::InputRange { input: u32::try_from(word(0)).ok()?, offset: word(1), len: word(2) }),
+            4 => Some(FileRequest::InputRange { input: u32::try_from(a).ok()?, offset: b, len: c }),
             _ => None,
         }
     }
@@ -216,7 +218,7 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, why: &str) -> io::Result<
 
 /// A refusal's bytes: 1, the length, and `why` cut to [`MAX_REFUSAL_BYTES`].
 fn refusal(why: &str) -> Vec<u8> {
-    let why = &why.as_bytes()[..why.len().min(MAX_REFUSAL_BYTES)];
+    let why = super::at_most(why.as_bytes(), MAX_REFUSAL_BYTES);
     let mut reply = vec![1];
     reply.extend_from_slice(&(why.len() as u16).to_le_bytes());
     reply.extend_from_slice(why);
@@ -316,7 +318,7 @@ fn checksum_chunk(file: &std::fs::File, at: u64, len: u64, crc: &mut crc32fast::
     let aligned = at - at % ALIGNMENT;
     let skip = (at - aligned) as usize;
     if let Some(mapped) = MappedInput::open(file, aligned, len + skip as u64) {
-        crc.update(&mapped.bytes()[skip..]);
+        crc.update(mapped.bytes().get(skip..).unwrap_or_default());
         if mapped.changed() {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was sent"));
         }
@@ -590,7 +592,7 @@ async fn receive_to_vec<R: AsyncRead + Unpin>(
                 progress.fetch_add(1, Ordering::Relaxed);
             }
         }
-        verify_trailer(stream, crc32fast::hash(&out[start..]), limit).await?;
+        verify_trailer(stream, crc32fast::hash(out.get(start..).unwrap_or_default()), limit).await?;
         Ok(Fetched { offset, len })
     }
 }
@@ -636,22 +638,21 @@ where
     let mut crc = crc32fast::Hasher::new();
     let mut left = len;
     // At most a chunk, whatever the length announced.
-    let mut chunk = vec![0; usize::try_from(len).map_or(CHUNK, |len| len.min(CHUNK))];
+    let mut chunk = Vec::with_capacity(usize::try_from(len).map_or(CHUNK, |len| len.min(CHUNK)));
     while left > 0 {
         // A whole chunk per write: a socket read gives tens of KiB, and a
         // write to a file is a trip to a blocking thread.
-        let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let mut filled = 0;
-        while filled < want {
-            let n = patient(limit, stream.read(&mut chunk[filled..want])).await?;
+        let want = left.min(CHUNK as u64);
+        chunk.clear();
+        while (chunk.len() as u64) < want {
+            let n = patient(limit, (&mut *stream).take(want - chunk.len() as u64).read_buf(&mut chunk)).await?;
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
-            filled += n;
         }
-        crc.update(&chunk[..want]);
-        sink.write_all(&chunk[..want]).await?;
-        left -= want as u64;
+        crc.update(&chunk);
+        sink.write_all(&chunk).await?;
+        left -= want;
     }
     verify_trailer(stream, crc.finalize(), limit).await?;
     sink.flush().await?;

@@ -91,7 +91,9 @@ impl Secret {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| SecretError::Read { path: shown.clone(), source })?;
         let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
-        Secret::from_bytes(&bytes[..end]).map_err(|len| SecretError::TooShort { path: shown.clone(), len })?.warn_if_shared(path)
+        Secret::from_bytes(bytes.get(..end).unwrap_or_default())
+            .map_err(|len| SecretError::TooShort { path: shown.clone(), len })?
+            .warn_if_shared(path)
     }
 
     /// A secret from its bytes; `Err` gives the length if it is too short.
@@ -316,7 +318,7 @@ where
         }
         Err(refusal) => {
             let reason = refusal.to_string();
-            let reason = &reason.as_bytes()[..reason.len().min(u8::MAX as usize)];
+            let reason = super::at_most(reason.as_bytes(), u8::MAX as usize);
             let mut reply = vec![REFUSED, reason.len() as u8];
             reply.extend_from_slice(reason);
             // The client may be gone already; the refusal stands either way.
@@ -480,7 +482,7 @@ where
 /// would refuse it).
 fn name_on_the_wire(name: &str) -> &[u8] {
     let end = (0..=name.len().min(MAX_NAME_LEN)).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0);
-    &name.as_bytes()[..end]
+    name.as_bytes().get(..end).unwrap_or_default()
 }
 
 fn random<const N: usize>() -> [u8; N] {

@@ -1,3 +1,5 @@
+#![warn(clippy::indexing_slicing)]
+
 //! What crosses the network between the job's processes, below the RPC
 //! contract: accepting connections within the process's limits, the
 //! handshake that authenticates every connection before a byte of the job
@@ -9,3 +11,9 @@ pub mod files;
 pub mod handshake;
 pub mod secure;
 pub mod upload;
+
+/// The first `max` bytes of `bytes`, or all of them if there are fewer:
+/// how a length the wire can carry is put on a peer's or our own text.
+pub(crate) fn at_most(bytes: &[u8], max: usize) -> &[u8] {
+    bytes.get(..max).unwrap_or(bytes)
+}

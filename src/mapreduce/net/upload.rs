@@ -99,7 +99,7 @@ impl Write for Upload {
             return Ok(0);
         }
         self.check_for_refusal()?;
-        let frame = &buf[..buf.len().min(MAX_FRAME)];
+        let frame = super::at_most(buf, MAX_FRAME);
         self.crc.update(frame);
         let sent = self.stream.write_all(&(frame.len() as u32).to_le_bytes()).and_then(|()| self.stream.write_all(frame));
         // A refusal, if one came, says better why the connection broke.
@@ -177,7 +177,7 @@ pub fn receive(stream: &mut impl Read, sink: &mut impl Write, still_wanted: &mut
         // In pieces: the frame's length is the client's word, not memory.
         let mut left = len;
         while left > 0 {
-            let piece = &mut piece[..left.min(PIECE)];
+            let piece = piece.get_mut(..left.min(PIECE)).unwrap_or_default();
             last_byte = fill(stream, piece, still_wanted, Some(last_byte))?;
             crc.update(piece);
             sink.write_all(piece)?;
@@ -202,7 +202,7 @@ fn fill(stream: &mut impl Read, buf: &mut [u8], still_wanted: &mut dyn FnMut() -
     let mut filled = 0;
     let mut last_byte = mid_frame.unwrap_or_else(Instant::now);
     while filled < buf.len() {
-        match stream.read(&mut buf[filled..]) {
+        match stream.read(buf.get_mut(filled..).unwrap_or_default()) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => {
                 filled += n;
@@ -232,7 +232,7 @@ pub fn answer(stream: &mut Blocking, outcome: Result<(), String>) -> io::Result<
     let reply = match outcome {
         Ok(()) => vec![0],
         Err(why) => {
-            let why = &why.as_bytes()[..why.len().min(u16::MAX as usize)];
+            let why = super::at_most(why.as_bytes(), u16::MAX as usize);
             let mut reply = vec![1];
             reply.extend_from_slice(&(why.len() as u16).to_le_bytes());
             reply.extend_from_slice(why);
