@@ -30,6 +30,9 @@ Cases (--cases takes a comma-separated subset of these names):
              run by run)
   tls-hosts  wordcount over 1 GiB on 2 hosts sharing nothing, TLS vs
              --no-tls (the cost of encryption)
+  tls-hosts-10gbit, tls-hosts-1gbit
+             the same with every host's link shaped to that rate (tc tbf,
+             both directions), as between machines
 
 Corpora are generated deterministically by examples/make_corpus.rs under
 target/bench-corpus/ (kept between runs): book text from
@@ -150,14 +153,29 @@ class Hosts:
     on the others, each worker with private (empty) copies of the input and
     output directories and /tmp, so that nothing is shared but the network."""
 
-    def __init__(self, work):
+    def __init__(self, work, rate=None):
         self.name = f"mrbench{os.getpid()}"
         up = subprocess.run([str(NETNS), "up", self.name, "3"], check=True, capture_output=True, text=True)
         self.ips = [line.split()[1] for line in up.stdout.splitlines()]
+        if rate:
+            try:
+                self.shape(rate)
+            except BaseException:
+                self.down()
+                raise
         # Not under /tmp (where `work` is), which every worker has a private one of.
         self.token = ROOT / "target" / f"bench-hosts-token-{os.getpid()}"
         self.token.write_text(os.urandom(24).hex())
         self.token.chmod(0o600)
+
+    def shape(self, rate):
+        """Caps every host's link at `rate` (tc's units, e.g. 1gbit) both
+        ways: its own end (what it sends) and the switch's end (what it
+        receives)."""
+        tbf = ["tbf", "rate", rate, "burst", "1mb", "latency", "20ms"]
+        for i in range(len(self.ips)):
+            for netns, dev in ((f"{self.name}-{i}", "eth0"), (f"{self.name}-br", f"vh{i}")):
+                subprocess.run(["ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", dev, "root", *tbf], check=True)
 
     def down(self):
         subprocess.run([str(NETNS), "down", self.name], capture_output=True)
@@ -236,17 +254,17 @@ def hosts_case(name, app, runs, rows, work):
     rows.append(Row(name, HOSTS_SHARING_NOTHING, size, *master_only, note="inputs too come from the master"))
 
 
-def tls_case(name, runs, rows, work):
+def tls_case(name, runs, rows, work, rate=None):
     """The cost of encryption: wordcount over 1 GiB of books, 2 workers
     on 2 hosts sharing nothing (inputs, shuffle and outputs all cross the
     network), with TLS (the default with a token) against --no-tls, taking
-    turns run by run."""
+    turns run by run; links capped at `rate` if given."""
     data = corpus("books", 1024, 64)
     size = corpus_bytes(data)
     if not Hosts.available():
         rows.append(Row(name, "mapreduce, TLS", size, [float("nan")], [float("nan")], {}, note="skipped: needs root and ../shared/tools/netns-cluster.sh"))
         return
-    hosts = Hosts(work)
+    hosts = Hosts(work, rate)
     try:
         tls_out, plain_out = work / f"{name}.tls", work / f"{name}.plain"
         encrypted, plain = take_turns(runs, [
@@ -256,7 +274,8 @@ def tls_case(name, runs, rows, work):
         hosts.down()
     outputs = lambda d: " ".join(f"'{d}/mr-out-{r}'" for r in range(10))
     check(f"{name}: the same output with and without TLS", shell(f"cmp -s <(cat {outputs(tls_out)}) <(cat {outputs(plain_out)})").returncode == 0)
-    rows.append(Row(name, "mapreduce, 2 hosts sharing nothing, --no-tls", size, *plain, note="authenticated handshake, plain traffic"))
+    link = f", links at {rate}" if rate else ""
+    rows.append(Row(name, "mapreduce, 2 hosts sharing nothing, --no-tls", size, *plain, note=f"authenticated handshake, plain traffic{link}"))
     rows.append(Row(name, "mapreduce, 2 hosts sharing nothing, TLS 1.3", size, *encrypted,
                     note=f"ratio to --no-tls: {statistics.median(encrypted[0]) / statistics.median(plain[0]):.2f}x wall"))
 
@@ -439,6 +458,8 @@ CASES = {
     "sort-1g": sort_case,
     "wc-1g-hosts": lambda r, rows, w: hosts_case("wc-1g-hosts", "wordcount", r, rows, w),
     "tls-hosts": lambda r, rows, w: tls_case("tls-hosts", r, rows, w),
+    "tls-hosts-10gbit": lambda r, rows, w: tls_case("tls-hosts-10gbit", r, rows, w, rate="10gbit"),
+    "tls-hosts-1gbit": lambda r, rows, w: tls_case("tls-hosts-1gbit", r, rows, w, rate="1gbit"),
     "sort-1g-hosts": lambda r, rows, w: hosts_case("sort-1g-hosts", "sort", r, rows, w),
     "grep-1g": grep_case,
     "tiny": tiny_case,
