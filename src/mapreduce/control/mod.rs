@@ -2,6 +2,7 @@
 //! coordinator and workers, and keeping the job alive across restarts.
 
 pub mod backup;
+pub mod cluster;
 pub mod coordinator;
 pub mod inputs;
 pub mod job_dir;
