@@ -8,15 +8,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use mapreduce::backup::BackupPolicy;
-use mapreduce::cli;
+use mapreduce::cli::{self, JobFlags};
 use mapreduce::coordinator::{CoordinatorConfig, Job};
 use mapreduce::http;
 use mapreduce::plugin::Plugin;
 use mapreduce::progress::{self, ProgressMode};
 use mapreduce::rpc::JobApp;
-use mapreduce::runfile::Compression;
-use mapreduce::scheduler::SchedulerConfig;
 use mapreduce::summary::JobSummary;
 use mapreduce::Params;
 use tokio::sync::Notify;
@@ -25,28 +22,13 @@ use tracing::{Instrument, Span};
 /// Coordinate a MapReduce job: split the inputs into map tasks and reduce
 /// tasks and hand them to `mr-worker` processes over RPC. Exits 0 once every
 /// output file `mr-out-<r>` is final.
-/// `--backup-tasks`: `None` for off. An alias, so that clap takes the flag
-/// as one required-with-default value rather than as an optional one.
-type Backups = Option<BackupPolicy>;
-
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Number of reduce tasks, and so of output files (at least 1).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    reduces: u32,
-
     /// Address to serve RPC on; port 0 picks a free port. The bound address
     /// is printed on stdout.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7878")]
     listen: String,
-
-    /// The job's app: a path to a plugin (`.so`), or a bare NAME for
-    /// `libNAME.so` beside this executable. Workers started without APP
-    /// fetch it from the master (checked by its SHA-256); a worker started
-    /// with another build of an app is refused.
-    #[arg(long, value_name = "NAME|PATH")]
-    app: Option<String>,
 
     /// File holding the job's shared secret (at least 16 bytes; trailing
     /// whitespace ignored). Every worker must be given the same file: each
@@ -62,67 +44,8 @@ struct Args {
     #[arg(long, env = "MR_NO_TLS")]
     no_tls: bool,
 
-    /// Seconds a worker may be silent, or a task make no progress, before
-    /// the task is given to another worker.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = cli::parse_positive_secs)]
-    task_timeout: Duration,
-
-    /// Attempts of one task that may end without success (an app error or
-    /// panic, no progress for the task timeout, its worker crashed or went
-    /// silent) before the job stops with an error naming the task, its
-    /// input and how each attempt ended. `--max-task-failures` is an alias.
-    #[arg(long, alias = "max-task-failures", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
-    max_task_attempts: u32,
-
-    /// Backup attempts of stragglers (Google MapReduce's backup tasks,
-    /// Hadoop's speculative execution): once no task of a phase waits and
-    /// half of them are done, an idle worker also runs any task that has
-    /// run FACTOR times as long as the phase's median finished task (and at
-    /// least 1 s longer); the first attempt to finish wins. `off` disables.
-    #[arg(long, value_name = "FACTOR|off", default_value = "3", value_parser = cli::parse_backup_policy)]
-    backup_tasks: Backups,
-
-    /// Bad records each task may skip (Google MapReduce's skipping of bad
-    /// records; 0, the default, skips none): a line or key group that two
-    /// attempts died on (a crash, a panic or error, a hang) is skipped by
-    /// the task's later attempts, counted (`skipped_records`) and listed in
-    /// the summary. Maps read line by line once they have failed twice.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    skip_bad_records: u32,
-
-    /// A parameter for the app, `KEY=VALUE` (repeatable): every worker's app
-    /// sees the same parameters.
-    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = cli::parse_param)]
-    params: Vec<(String, String)>,
-
-    /// Target input bytes per map task: larger files are split at line
-    /// boundaries into several map tasks (suffixes K, M, G); 0 makes one map
-    /// task per file, as in the MIT lab.
-    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = cli::parse_bytes)]
-    split_size: u64,
-
-    /// Memory for buffering one map task's output before it is sorted and
-    /// spilled to disk, in bytes (suffixes K, M, G).
-    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = cli::parse_bytes)]
-    map_buffer: u64,
-
-    /// Compression of intermediate files: `none` or `lz4`. Off by default:
-    /// with the shuffle on one machine's page cache it did not pay for itself
-    /// (see docs/performance.md).
-    #[arg(long, value_name = "CODEC", default_value = "none")]
-    compress: Compression,
-
-    /// Do not use the app's combiner even if it has one (the output is the
-    /// same; more data goes through the shuffle).
-    #[arg(long)]
-    no_combine: bool,
-
-    /// Directory for the output files (created if missing). The job's
-    /// intermediate files and journal live in its subdirectory `.mr-job/`
-    /// while the job runs; the outputs appear all together when every
-    /// reduce is done.
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    output_dir: PathBuf,
+    #[command(flatten)]
+    job: JobFlags,
 
     /// Start the job over even if the output directory holds it half done
     /// (by a coordinator that was killed or interrupted). Without it, the
@@ -159,11 +82,6 @@ struct Args {
     /// Also append the log to this file.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
-
-    /// Input files or directories (walked recursively; names starting with
-    /// `.` or `_` found in a walk are skipped).
-    #[arg(value_name = "FILE", required = true)]
-    inputs: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -196,43 +114,35 @@ fn job_app(app: &str) -> anyhow::Result<(PathBuf, JobApp)> {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.skip_bad_records > 0 && args.max_task_attempts < 4 {
-        // Two attempts on a map's whole split, then two on the bad line.
-        bail!(
-            "--skip-bad-records needs --max-task-attempts of at least 4 (a map's bad line is found by its third attempt and skipped from its fifth)"
-        );
-    }
-    let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
+    args.job.check().map_err(anyhow::Error::msg)?;
+    let inputs = mapreduce::inputs::resolve_inputs(&args.job.inputs)?;
     let secret = mapreduce::cli::read_secret(args.token_file.as_deref(), args.no_tls).map_err(anyhow::Error::msg)?;
-    let app = args.app.as_deref().map(job_app).transpose()?;
+    let app = args.job.app.as_deref().map(job_app).transpose()?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     if secret.is_none() && !addr.ip().is_loopback() {
         bail!("listening on {addr}, which other machines can reach, needs a shared secret: give --token-file FILE (or MR_TOKEN_FILE), and the same file to every worker");
     }
-    if args.output_dir.exists() && !args.output_dir.is_dir() {
-        bail!("output directory {}: exists and is not a directory", args.output_dir.display());
+    let output_dir = &args.job.output_dir;
+    if output_dir.exists() && !output_dir.is_dir() {
+        bail!("output directory {}: exists and is not a directory", output_dir.display());
     }
-    std::fs::create_dir_all(&args.output_dir).with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
+    std::fs::create_dir_all(output_dir).with_context(|| format!("cannot create output directory {}", output_dir.display()))?;
     let http = match args.http.as_deref() {
         Some("off") => None,
         requested => Some(bind_http(requested).await?),
     };
+    let job = args.job;
     let config = CoordinatorConfig {
         inputs,
-        split_bytes: args.split_size,
-        reduces: args.reduces,
-        output_dir: args.output_dir,
-        scheduler: SchedulerConfig {
-            task_timeout: args.task_timeout,
-            max_task_attempts: args.max_task_attempts,
-            backups: args.backup_tasks,
-            skip_bad_records: args.skip_bad_records,
-        },
-        params: Params::new(args.params),
-        map_buffer_bytes: args.map_buffer,
-        combine: !args.no_combine,
-        compression: args.compress,
+        split_bytes: job.split_size,
+        reduces: job.reduces,
+        scheduler: job.scheduler_config(),
+        params: Params::new(job.params),
+        map_buffer_bytes: job.map_buffer,
+        combine: !job.no_combine,
+        compression: job.compress,
+        output_dir: job.output_dir,
         fresh: args.fresh,
         secret,
         app,

@@ -1,8 +1,124 @@
 //! Helpers the binaries share for parsing flags and handling signals.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::backup::BackupPolicy;
+use crate::runfile::Compression;
+use crate::scheduler::SchedulerConfig;
+
+/// `--backup-tasks`: `None` for off. An alias, so that clap takes the flag
+/// as one required-with-default value rather than as an optional one.
+type Backups = Option<BackupPolicy>;
+
+/// What one job is: its app, inputs, output directory and every setting
+/// that may differ from job to job. `mr-master` takes these flags for its
+/// one job; they are defined once here so that every command that starts
+/// a job takes the same flags, with the same defaults and checks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobFlags {
+    /// Number of reduce tasks, and so of output files (at least 1).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reduces: u32,
+
+    /// The job's app: a path to a plugin (`.so`), or a bare NAME for
+    /// `libNAME.so` beside this executable. Workers started without APP
+    /// fetch it from the master (checked by its SHA-256); a worker started
+    /// with another build of an app is refused.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub app: Option<String>,
+
+    /// Seconds a worker may be silent, or a task make no progress, before
+    /// the task is given to another worker.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs)]
+    pub task_timeout: Duration,
+
+    /// Attempts of one task that may end without success (an app error or
+    /// panic, no progress for the task timeout, its worker crashed or went
+    /// silent) before the job stops with an error naming the task, its
+    /// input and how each attempt ended. `--max-task-failures` is an alias.
+    #[arg(long, alias = "max-task-failures", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_task_attempts: u32,
+
+    /// Backup attempts of stragglers (Google MapReduce's backup tasks,
+    /// Hadoop's speculative execution): once no task of a phase waits and
+    /// half of them are done, an idle worker also runs any task that has
+    /// run FACTOR times as long as the phase's median finished task (and at
+    /// least 1 s longer); the first attempt to finish wins. `off` disables.
+    #[arg(long, value_name = "FACTOR|off", default_value = "3", value_parser = parse_backup_policy)]
+    pub backup_tasks: Backups,
+
+    /// Bad records each task may skip (Google MapReduce's skipping of bad
+    /// records; 0, the default, skips none): a line or key group that two
+    /// attempts died on (a crash, a panic or error, a hang) is skipped by
+    /// the task's later attempts, counted (`skipped_records`) and listed in
+    /// the summary. Maps read line by line once they have failed twice.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub skip_bad_records: u32,
+
+    /// A parameter for the app, `KEY=VALUE` (repeatable): every worker's app
+    /// sees the same parameters.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+
+    /// Target input bytes per map task: larger files are split at line
+    /// boundaries into several map tasks (suffixes K, M, G); 0 makes one map
+    /// task per file, as in the MIT lab.
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
+    pub split_size: u64,
+
+    /// Memory for buffering one map task's output before it is sorted and
+    /// spilled to disk, in bytes (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
+    pub map_buffer: u64,
+
+    /// Compression of intermediate files: `none` or `lz4`. Off by default:
+    /// with the shuffle on one machine's page cache it did not pay for itself
+    /// (see docs/performance.md).
+    #[arg(long, value_name = "CODEC", default_value = "none")]
+    pub compress: Compression,
+
+    /// Do not use the app's combiner even if it has one (the output is the
+    /// same; more data goes through the shuffle).
+    #[arg(long)]
+    pub no_combine: bool,
+
+    /// Directory for the output files (created if missing). The job's
+    /// intermediate files and journal live in its subdirectory `.mr-job/`
+    /// while the job runs; the outputs appear all together when every
+    /// reduce is done.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub output_dir: PathBuf,
+
+    /// Input files or directories (walked recursively; names starting with
+    /// `.` or `_` found in a walk are skipped).
+    #[arg(value_name = "FILE", required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+impl JobFlags {
+    /// Whether the settings go together; `Err` says why not, in one line.
+    pub fn check(&self) -> Result<(), String> {
+        if self.skip_bad_records > 0 && self.max_task_attempts < 4 {
+            // Two attempts on a map's whole split, then two on the bad line.
+            return Err(
+                "--skip-bad-records needs --max-task-attempts of at least 4 (a map's bad line is found by its third attempt and skipped from its fifth)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The job's timeouts and failure limits.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            task_timeout: self.task_timeout,
+            max_task_attempts: self.max_task_attempts,
+            backups: self.backup_tasks,
+            skip_bad_records: self.skip_bad_records,
+        }
+    }
+}
 
 /// Parses a flag value in seconds (fractions allowed) that must be positive,
 /// for clap's `value_parser`.
