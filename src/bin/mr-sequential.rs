@@ -38,7 +38,8 @@ struct Args {
     #[arg(value_name = "APP")]
     app: String,
 
-    /// Input files or directories, resolved as by `mr-master`.
+    /// Input files, directories or quoted glob patterns, resolved as by
+    /// `mr-master`.
     #[arg(value_name = "FILE", required = true)]
     inputs: Vec<PathBuf>,
 }

@@ -90,8 +90,10 @@ pub struct JobFlags {
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub output_dir: PathBuf,
 
-    /// Input files or directories (walked recursively; names starting with
-    /// `.` or `_` found in a walk are skipped).
+    /// Input files, directories (walked recursively) or quoted glob
+    /// patterns (`'logs/*.txt'`, `**` crosses directories; one that matches
+    /// nothing is an error); names starting with `.` or `_` found in a walk
+    /// or by a pattern are skipped.
     #[arg(value_name = "FILE", required = true)]
     pub inputs: Vec<PathBuf>,
 }
