@@ -520,3 +520,61 @@ fn a_streaming_command_that_fails_fails_its_task_naming_it() {
     let err = master.expect_failure();
     assert!(err.contains("\"exit 3\" exited with exit status: 3"), "{}", master.describe());
 }
+
+/// `text` compressed as a file named `name` would be: by its extension.
+fn compressed(name: &str, text: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let (half, rest) = text.split_at(text.len() / 2);
+    match name.rsplit('.').next() {
+        // Two members, as `cat a.gz b.gz` or pigz make.
+        Some("gz") => [half, rest]
+            .iter()
+            .flat_map(|part| {
+                let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                encoder.write_all(part).unwrap();
+                encoder.finish().unwrap()
+            })
+            .collect(),
+        Some("zst") => zstd::stream::encode_all(text, 3).unwrap(),
+        Some("bz2") => {
+            let mut encoder = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            encoder.write_all(text).unwrap();
+            encoder.finish().unwrap()
+        }
+        _ => text.to_vec(),
+    }
+}
+
+#[test]
+fn compressed_inputs_are_read_as_their_text() {
+    let dir = TestDir::new("compressed-inputs");
+    let names = ["a.txt", "b.txt.gz", "c.txt.zst", "d.txt.bz2"];
+    let mut plain = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let text = skewed_text(30_000, 70 + i as u64);
+        dir.write(&format!("in/{name}"), compressed(name, text.as_bytes()));
+        plain.extend_from_slice(text.as_bytes());
+    }
+    dir.write("plain.txt", &plain);
+    let expected = reference_output(dir.path(), "wordcount", &["plain.txt"]);
+    assert_same_output(&reference_output(dir.path(), "wordcount", &["in"]), &expected, "mr-sequential over the compressed files");
+    // Small splits: the plain file is cut, each compressed one stays whole.
+    let output = run_job(&dir, "wordcount", 2, 3, &["--split-size", "8K"], &["in"]);
+    assert_same_output(&output, &expected, "a job over the compressed files");
+}
+
+#[test]
+fn a_damaged_compressed_input_fails_the_job_naming_it() {
+    let dir = TestDir::new("damaged-input");
+    let mut data = compressed("x.gz", skewed_text(20_000, 9).as_bytes());
+    let middle = data.len() / 2;
+    data.truncate(middle);
+    dir.write("in/broken.txt.gz", &data);
+    let (mut master, addr) = start_master(dir.path(), &["--reduces", "1", "--max-task-attempts", "2", "in"]);
+    let mut worker = start_worker("worker", dir.path(), &addr, "wordcount");
+    let err = master.expect_failure();
+    let broken = dir.join("in/broken.txt.gz");
+    assert!(err.contains(&format!("input {}: damaged gzip data", broken.display())), "{}", master.describe());
+    worker.expect_failure();
+    assert!(!dir.join("mr-out-0").exists());
+}

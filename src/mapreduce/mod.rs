@@ -79,7 +79,9 @@ pub use control::{
     backup, coordinator, inputs, job_dir, job_files, journal, report_check, rpc, scheduler, task_host, task_process, task_protocol, worker,
 };
 pub(crate) use data::radix_sort;
-pub use data::{fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task, work_dir};
+pub use data::{
+    codec, fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task, work_dir,
+};
 pub use net::{accept, files, handshake, secure, upload};
 pub use observe::{http, metrics, progress, status, summary};
 pub mod cli;

@@ -1,6 +1,7 @@
 //! The data path: running map and reduce attempts on a worker, the shuffle
 //! (buffers, sorted runs, merges), the run format, and output files.
 
+pub mod codec;
 pub mod fan_in;
 pub mod map_output;
 pub mod mapped_input;

@@ -45,6 +45,15 @@ pub struct SequentialRun {
     pub counters: Counters,
 }
 
+/// The text of `input`: its bytes, unpacked if it is compressed.
+fn read_input(input: &InputFile) -> std::io::Result<Vec<u8>> {
+    let bytes = std::fs::read(&input.path)?;
+    match crate::codec::Codec::of(&input.path) {
+        None => Ok(bytes),
+        Some(codec) => crate::codec::decompress_all(codec, &bytes[..]),
+    }
+}
+
 /// Runs the app over `inputs` with `params` and writes `mr-out-0` into
 /// `output_dir`. The app is made for a job with one reduce partition; its
 /// combiner and partitioner are not used.
@@ -64,7 +73,7 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
         arena.extend_from_slice(value);
     };
     for (index, input) in inputs.iter().enumerate() {
-        let contents = std::fs::read(&input.path).map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
+        let contents = read_input(input).map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
         totals.map_input_records += count_lines(&contents);
         totals.map_input_bytes += contents.len() as u64;
         let app_err = |failure| SequentialError::App { what: format!("map of {}", input.name), failure };

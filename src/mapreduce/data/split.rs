@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
+use crate::codec::Codec;
 use crate::inputs::check_unchanged;
 use crate::mapped_input::{self, MappedInput};
 use crate::rpc::{InputFile, InputSplit};
@@ -24,11 +25,13 @@ const SPLIT_SLOP: f64 = 1.1;
 
 /// Cuts the inputs into map tasks of about `split_bytes` each; 0 means one
 /// task per file (the lab's behaviour). Every file, even an empty one, gives
-/// at least one task, in input order.
+/// at least one task, in input order. A compressed file is one task
+/// whatever its size ([`crate::codec`]).
 pub fn plan_splits(inputs: &[InputFile], split_bytes: u64) -> Vec<InputSplit> {
     let mut splits = Vec::new();
     for file in inputs {
-        if split_bytes == 0 || file.size as f64 <= split_bytes as f64 * SPLIT_SLOP {
+        let whole = split_bytes == 0 || Codec::of(&file.path).is_some();
+        if whole || file.size as f64 <= split_bytes as f64 * SPLIT_SLOP {
             splits.push(InputSplit::whole(file.clone()));
             continue;
         }

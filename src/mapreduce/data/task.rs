@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::app::{OutputFormat, ValueSource};
+use crate::codec::{for_each_piece, Codec, PieceError};
 use crate::counters::{Counters, UserCounters};
 use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN, SCRATCH_LABEL};
 use crate::inputs::check_unchanged;
@@ -153,6 +154,11 @@ thread_local! {
     static INPUT_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// How much of a compressed input's text one call of the app's map gets
+/// (whole lines, so a little more): the map's memory for it, however large
+/// the file unpacks.
+const UNPACKED_PIECE_BYTES: usize = 64 << 20;
+
 /// Largest input buffer kept for reuse; a larger one (a big split) is freed
 /// before the map's output is merged, keeping the task's peak memory down.
 const REUSED_INPUT_MAX: usize = 32 << 20;
@@ -229,8 +235,7 @@ impl TaskRunner {
                 (read_split_into(split, &mut buffer).map_err(input_err)?, &buffer[..])
             }
         };
-        let mut counters =
-            Counters { map_input_records: crate::counters::count_lines(contents), map_input_bytes: contents.len() as u64, ..Counters::default() };
+        let mut counters = Counters::default();
         let config = MapOutputConfig {
             reduces: task.reduces,
             buffer_bytes: self.map_buffer_bytes,
@@ -264,10 +269,25 @@ impl TaskRunner {
             }
         };
         plugin.start_task(true, task.index, &user_counters)?;
-        match &task.skip {
-            None => plugin.map(&split.file.name, contents, offset, &mut *emit, &user_counters)?,
-            Some(plan) => {
-                counters.skipped_records = map_line_by_line(plugin, &split.file.name, (contents, offset), plan, &mut *emit, &user_counters)?
+        let mut map_piece = |piece: &[u8], at: u64| -> Result<(), TaskError> {
+            counters.map_input_records += crate::counters::count_lines(piece);
+            counters.map_input_bytes += piece.len() as u64;
+            match &task.skip {
+                None => plugin.map(&split.file.name, piece, at, &mut *emit, &user_counters)?,
+                Some(plan) => counters.skipped_records += map_line_by_line(plugin, &split.file.name, (piece, at), plan, &mut *emit, &user_counters)?,
+            }
+            Ok(())
+        };
+        match Codec::of(&split.file.path) {
+            None => map_piece(contents, offset)?,
+            Some(codec) => {
+                let mut text = codec.decoder(contents).map_err(input_err)?;
+                for_each_piece(&mut *text, UNPACKED_PIECE_BYTES, &mut Vec::new(), |at, piece| map_piece(piece, at)).map_err(
+                    |stopped| match stopped {
+                        PieceError::Read(source) => input_err(source),
+                        PieceError::Stopped(e) => e,
+                    },
+                )?;
             }
         }
         plugin.finish_map(emit, &user_counters)?;
