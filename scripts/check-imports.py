@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Checks that no two modules of a crate import each other, directly or
 through others: the host library (src/mapreduce) and the app crate
-(crates/mapreduce-app/src), with their layer folders. A module's imports
-are the `crate::NAME` paths (a module re-exported at the crate's root)
-in its code, outside comments and its `#[cfg(test)] mod tests`.
+(crates/mapreduce-app/src), with their layer folders (the crate folder's
+direct subfolders). A module's imports are the `crate::NAME` paths (a
+module re-exported at the crate's root) in its code, outside comments and
+its tests (`#[cfg(test)] mod tests { ... }`, or a `tests.rs` file). A
+folder module in a layer (`control/coordinator/`) is one module: its
+`mod.rs` and its submodule files all count as `coordinator`.
 
 usage: scripts/check-imports.py     Prints each cycle; exits 1 if any."""
 import re
@@ -14,10 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CRATES = [ROOT / "src" / "mapreduce", ROOT / "crates" / "mapreduce-app" / "src"]
 
 
+def module_of(crate, path):
+    """The crate-root module a file belongs to: its own stem, or its folder
+    module's name; None for lib.rs, a layer's mod.rs, and test files."""
+    parts = path.relative_to(crate).with_suffix("").parts
+    below_layer = parts[1:] if len(parts) > 1 else parts
+    if below_layer[0] in ("mod", "lib") or parts[-1] == "tests":
+        return None
+    return below_layer[0]
+
+
 def imports(path, modules):
-    code = path.read_text(encoding="utf-8").split("\n#[cfg(test)]\nmod tests")[0]
+    code = path.read_text(encoding="utf-8").split("\n#[cfg(test)]\nmod tests {")[0]
     lines = (line for line in code.splitlines() if not line.strip().startswith("//"))
-    return {m for m in re.findall(r"crate::([a-z_]+)", "\n".join(lines)) if m in modules and m != path.stem}
+    return {m for m in re.findall(r"crate::([a-z_]+)", "\n".join(lines)) if m in modules}
 
 
 def cycles(graph):
@@ -54,8 +67,12 @@ def cycles(graph):
 def main():
     bad = 0
     for crate in CRATES:
-        files = {p.stem: p for p in crate.rglob("*.rs") if p.stem not in ("mod", "lib")}
-        graph = {name: imports(path, set(files)) for name, path in files.items()}
+        files = {}
+        for path in sorted(crate.rglob("*.rs")):
+            name = module_of(crate, path)
+            if name is not None:
+                files.setdefault(name, []).append(path)
+        graph = {name: set().union(*(imports(p, set(files)) for p in paths)) - {name} for name, paths in files.items()}
         for component in cycles(graph):
             bad += 1
             edges = "; ".join(f"{v} -> {', '.join(sorted(graph[v] & set(component)))}" for v in component)

@@ -1,0 +1,244 @@
+//! The job's engine: its state ([`JobState`], under one lock in
+//! [`Shared`]) and the operations that apply a worker's call to it, for the
+//! connection shell ([`super::service`], [`super::connections`]) to call:
+//! assignment (held until a task is ready), expiry of overdue attempts,
+//! waiting for the job's end, pinning the app, and the log line for a
+//! refused call. Reports are applied in [`super::reports`], the job
+//! directory and journal kept in [`super::ledger`].
+//!
+//! [`Shared`] still holds the connection shell's tables too (claims, open
+//! connections, the handshake's secret): one job, one shell, for now.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::files::Catalog;
+use crate::handshake::{RefusalLog, Secret};
+use crate::journal::Record;
+use crate::rpc::{Assignment, AttemptId, JobEnd, JobSpec, TaskId, WorkerId, POLL_WAIT};
+use crate::scheduler::{Owner, Scheduler};
+use crate::status::JobStatus;
+use crate::untrusted::{excerpt, WarningLimit, EXCERPT_CHARS};
+
+use super::connections::Claim;
+use super::ledger::Ledger;
+
+/// The coordinator's view of the job: the task table, its observable
+/// history, and where finished work is kept, changed together under one
+/// lock.
+pub(super) struct JobState {
+    pub(super) scheduler: Scheduler,
+    pub(super) status: JobStatus,
+    pub(super) ledger: Ledger,
+}
+
+/// State shared by every RPC handler.
+pub(super) struct Shared {
+    /// Answer to `job()`; fixed for the job.
+    pub(super) spec: JobSpec,
+    pub(super) job: Mutex<JobState>,
+    /// Signalled whenever the scheduler changes in a way that may let a held
+    /// `request_task` proceed (a task finished or failed, the job ended).
+    pub(super) changed: Notify,
+    /// Signalled when an attempt is given out: its deadline may be the
+    /// next one, and `wait_for_end` must look again (it might otherwise
+    /// sleep past it, or forever, when no worker is left to ask for work).
+    pub(super) attempt_started: Notify,
+    pub(super) output_dir: PathBuf,
+    /// Workers heard from that have not been told `Exit` yet; `run` waits
+    /// (up to `EXIT_GRACE`) for this to empty once the job is over.
+    pub(super) not_yet_exited: Mutex<HashSet<WorkerId>>,
+    /// RPC connections open: a worker told `Exit` closes its connection
+    /// once it has the answer, so `run` also waits for this to reach 0.
+    pub(super) connections: AtomicUsize,
+    /// How long a connection may send nothing before it is closed: twice
+    /// the task timeout, so that a silent worker loses its attempts to the
+    /// timeout first, as documented, and its connection after.
+    pub(super) idle_limit: Duration,
+    /// What every connection's handshake must prove.
+    pub(super) secret: Option<Secret>,
+    /// The SHA-256 of the one app every worker of the job must run: the
+    /// `--app`'s, or else the first worker's (journaled as `AppPinned`).
+    pub(super) app_pin: Mutex<Option<String>>,
+    /// What the file service on the RPC port serves: the inputs.
+    pub(super) files: Arc<dyn Catalog>,
+    /// Which process holds each worker id: ids of open connections only,
+    /// so the table is bounded by the connection cap.
+    pub(super) claims: Mutex<HashMap<WorkerId, Claim>>,
+    pub(super) refusals: Mutex<RefusalLog>,
+    /// Reports, uploads and calls refused after the handshake (forged,
+    /// stale or malformed): logged at most once per [`REFUSAL_LOG_WINDOW`].
+    pub(super) refused_calls: Mutex<WarningLimit>,
+}
+
+/// At most one log line per this long about refused reports and uploads.
+pub(super) const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+impl Shared {
+    pub(super) fn job(&self) -> MutexGuard<'_, JobState> {
+        lock(&self.job)
+    }
+
+    pub(super) fn not_yet_exited(&self) -> MutexGuard<'_, HashSet<WorkerId>> {
+        lock(&self.not_yet_exited)
+    }
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock would be a bug in a handler; the state
+    // is still the best record of the job, so keep using it.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits until the scheduler reports the job over, and records the end.
+/// Meanwhile gives up overdue attempts as their deadlines pass, so that a
+/// lost attempt is seen (and counted toward its task's bound) even when no
+/// worker is asking for work.
+pub(super) async fn wait_for_end(shared: &Shared) -> JobEnd {
+    loop {
+        let notified = shared.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let started = shared.attempt_started.notified();
+        tokio::pin!(started);
+        started.as_mut().enable();
+        let next_deadline = {
+            let mut job = shared.job();
+            let now = Instant::now();
+            if expire_overdue(&mut job, now) {
+                shared.changed.notify_waiters();
+            }
+            if let Some(end) = job.scheduler.job_end() {
+                job.status.job_ended(end.clone(), now);
+                return end;
+            }
+            job.scheduler.next_deadline()
+        };
+        let deadline = async {
+            match next_deadline {
+                Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut notified => {}
+            () = &mut started => {}
+            () = deadline => {}
+        }
+    }
+}
+
+/// Gives up the attempts that are overdue at `now` (see
+/// [`Scheduler::expire`]) and the map outputs only silent workers held,
+/// and records them; true if there were any.
+fn expire_overdue(job: &mut JobState, now: Instant) -> bool {
+    let lost = job.scheduler.expire(now);
+    for lost in &lost {
+        tracing::warn!(task = %lost.task, attempt = lost.attempt, worker = %lost.worker, "attempt given up: {}; task will be re-run", lost.loss);
+        job.status.attempt_lost(lost.task, lost.attempt, lost.loss, now);
+    }
+    let mut forgot = false;
+    for worker in job.scheduler.silent_workers(now) {
+        forgot |= forget_outputs_of(job, &worker, "went silent");
+    }
+    !lost.is_empty() || forgot
+}
+
+/// Runs again the maps whose output only `worker`, now gone (`how`), could
+/// serve (see [`Scheduler::forget_outputs_of`]); true if there were any.
+pub(super) fn forget_outputs_of(job: &mut JobState, worker: &str, how: &str) -> bool {
+    let forgotten = job.scheduler.forget_outputs_of(worker);
+    for &(map_task, attempt) in &forgotten {
+        tracing::warn!(task = %TaskId::Map(map_task), attempt, %worker, "its output was served only by its worker, which {how}; task will be re-run");
+        job.status.map_output_gone(map_task, &format!("its worker {worker} {how}, and its output with it"));
+    }
+    !forgotten.is_empty()
+}
+
+/// The first 12 hex digits of a SHA-256, enough to tell builds apart in a
+/// message (by characters: the text may be a peer's).
+pub(super) fn short(sha256: &str) -> String {
+    sha256.chars().take(12).collect()
+}
+
+/// Pins the job to the app with `sha256` if it has none yet (journaling
+/// the pin, so that a restarted coordinator keeps it); `Err` with the
+/// pinned app's hash if it has another.
+pub(super) fn pin_app(shared: &Shared, sha256: &str) -> Result<(), String> {
+    // The job lock first, as everywhere: the pin is journaled under it.
+    let mut job = shared.job();
+    let mut pin = lock(&shared.app_pin);
+    match pin.as_deref() {
+        Some(pinned) if pinned.eq_ignore_ascii_case(sha256) => Ok(()),
+        Some(pinned) => Err(pinned.to_owned()),
+        None => {
+            job.ledger.record(&Record::AppPinned { sha256: sha256.to_owned() });
+            tracing::info!("the job runs the app with sha256 {} (its first worker's)", short(sha256));
+            *pin = Some(sha256.to_owned());
+            Ok(())
+        }
+    }
+}
+
+/// Answers a `request_task`: a task as soon as one is ready, `Exit` once the
+/// job is over, or `Wait` after [`POLL_WAIT`].
+pub(super) async fn hold_until_assigned(shared: &Shared, owner: &Owner) -> Assignment {
+    let give_up = tokio::time::Instant::now() + POLL_WAIT;
+    loop {
+        // Register for wake-ups before looking, so a change between the
+        // look and the wait is not missed.
+        let notified = shared.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let next_deadline = {
+            let mut job = shared.job();
+            let now = Instant::now();
+            expire_overdue(&mut job, now);
+            let JobState { scheduler, status, ledger } = &mut *job;
+            match scheduler.assign(owner, now) {
+                Assignment::Wait => scheduler.next_deadline(),
+                other => {
+                    if let Some((task, attempt)) = assigned_attempt(&other) {
+                        ledger.record(&Record::Assigned { task, attempt, owner: owner.clone() });
+                        status.attempt_started(task, attempt, &owner.worker, scheduler.is_backup(task, attempt), now);
+                        shared.attempt_started.notify_waiters();
+                    }
+                    return other;
+                }
+            }
+        };
+        let wake = next_deadline.map_or(give_up, |d| give_up.min(tokio::time::Instant::from_std(d)));
+        if tokio::time::Instant::now() >= give_up {
+            return Assignment::Wait;
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+/// The task and attempt an assignment starts, if it starts one.
+fn assigned_attempt(assignment: &Assignment) -> Option<(TaskId, AttemptId)> {
+    match assignment {
+        Assignment::Map(t) => Some((TaskId::Map(t.index), t.attempt)),
+        Assignment::Reduce(t) => Some((TaskId::Reduce(t.partition), t.attempt)),
+        Assignment::Wait | Assignment::Exit(_) => None,
+    }
+}
+
+/// Logs that a call from `owner` (`what`) was refused for `why`: one line
+/// per [`REFUSAL_LOG_WINDOW`] at most, with how many were held back.
+pub(super) fn refused(shared: &Shared, owner: &Owner, what: &str, why: &str) {
+    let held_back = lock(&shared.refused_calls).offer(Instant::now());
+    if let Some(held_back) = held_back {
+        let worker = excerpt(&owner.worker, EXCERPT_CHARS);
+        let also = if held_back > 0 { format!(" ({held_back} more refused since the last such line)") } else { String::new() };
+        tracing::warn!("refused {what} from {worker}: {why}{also}");
+    }
+}
