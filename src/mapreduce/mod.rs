@@ -30,6 +30,8 @@
 //! | when a straggler gets a backup attempt | [`backup`] |
 //! | which reports are applied: the attempt's owner, its task's kind | [`report_check`] |
 //! | the coordinator process around the scheduler | [`coordinator`] |
+//! | the standing cluster: which job a free slot serves (priorities, fair share) | [`cluster::queue`] |
+//! | the standing cluster: its workers, their labels and load limits | [`cluster::workers`] |
 //! | accepting connections on every listener within one descriptor budget | [`accept`] |
 //! | every connection's handshake: who is calling, and the shared secret | [`handshake`] |
 //! | serving files (map output, inputs, the app) and fetching them | [`files`] |
@@ -76,7 +78,7 @@ pub mod net;
 pub mod observe;
 
 pub use control::{
-    backup, coordinator, inputs, job_dir, job_files, journal, report_check, rpc, scheduler, task_host, task_process, task_protocol, worker,
+    backup, cluster, coordinator, inputs, job_dir, job_files, journal, report_check, rpc, scheduler, task_host, task_process, task_protocol, worker,
 };
 pub(crate) use data::radix_sort;
 pub use data::{
