@@ -2,3 +2,5 @@
 //! to one pool of long-lived workers. Each job runs in an engine of its
 //! own, as the one-job coordinator's; what lives here is what is shared
 //! between jobs (see docs/ARCHITECTURE.md, "Cluster mode").
+
+pub mod history;
