@@ -28,7 +28,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::counters::Counters;
@@ -139,14 +138,10 @@ impl JobDir {
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
         let lock_path = path.join(LOCK);
         let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            return Err(if e.kind() == io::ErrorKind::WouldBlock {
-                JobDirError::Busy { output_dir: output_dir.to_owned(), lock: lock_path }
-            } else {
-                JobDirError::Io { path: lock_path, source: e }
-            });
+        match crate::work_dir::try_lock(&lock) {
+            Ok(true) => {}
+            Ok(false) => return Err(JobDirError::Busy { output_dir: output_dir.to_owned(), lock: lock_path }),
+            Err(source) => return Err(JobDirError::Io { path: lock_path, source }),
         }
         let mut dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock, publication_begun: false };
         remove_leftovers(output_dir);

@@ -111,8 +111,8 @@ fn untouched_for(path: &Path, age: std::time::Duration) -> bool {
 }
 
 /// Takes an exclusive lock on `file` without waiting; `false` if another
-/// open file holds it. Also the lock of the cluster's state directory
-/// (`control::cluster::history`).
+/// open file holds it. Also the lock of a job directory (`control::job_dir`)
+/// and of the cluster's state directory (`control::cluster::history`).
 pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
