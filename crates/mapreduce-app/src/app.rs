@@ -48,8 +48,10 @@ pub type AppResult = Result<(), AppError>;
 /// Only `map` and `reduce` are required; the other methods have defaults
 /// that an app overrides to opt in.
 pub trait App: Send + Sync + 'static {
-    /// Called once per map task with the task's input. Emit any number of
-    /// key/value pairs; the framework partitions them by key.
+    /// Called once per map task with the task's input (for a compressed
+    /// input, once per piece of its unpacked text: whole lines, 64 MiB or a
+    /// little more). Emit any number of key/value pairs; the framework
+    /// partitions them by key.
     fn map(&self, input: &MapInput<'_>, emit: &mut Emitter<'_>) -> AppResult;
 
     /// Called once per distinct key of a reduce partition, in key order, with

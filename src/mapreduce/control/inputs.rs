@@ -47,7 +47,7 @@ pub fn resolve_inputs(args: &[PathBuf]) -> Result<Vec<InputFile>, InputError> {
     let mut inputs = Vec::new();
     for arg in args {
         match std::fs::metadata(arg) {
-            Err(_) if is_pattern(arg) => expand_pattern(arg, &mut inputs)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && is_pattern(arg) => expand_pattern(arg, &mut inputs)?,
             Err(source) => return Err(InputError::Unreadable { path: arg.clone(), source }),
             Ok(metadata) => add_input(arg, &metadata, &mut inputs)?,
         }
@@ -70,19 +70,42 @@ fn is_pattern(arg: &Path) -> bool {
     arg.to_str().is_some_and(|text| text.contains(['*', '?', '[']))
 }
 
-/// Adds what `pattern` matches, sorted, leaving out hidden names (as a walk
-/// does); an error if nothing is left.
+/// Adds what `pattern` matches, sorted: its files, and the files under
+/// the directories it matches, each once. Hidden names (`.`, `_`) below
+/// the pattern's literal start are left out, as a walk leaves them out; an
+/// error if nothing is left. The tree is walked here (not by `glob::glob`,
+/// which panics on names that are not UTF-8): only as deep as the pattern
+/// reaches, unless it holds `**`.
 fn expand_pattern(pattern: &Path, inputs: &mut Vec<InputFile>) -> Result<(), InputError> {
     let text = pattern.to_string_lossy().into_owned();
-    let options = glob::MatchOptions { require_literal_leading_dot: true, ..glob::MatchOptions::new() };
-    let matches = glob::glob_with(&text, options).map_err(|source| InputError::BadPattern { pattern: text.clone(), source })?;
+    let compiled = glob::Pattern::new(&text).map_err(|source| InputError::BadPattern { pattern: text.clone(), source })?;
+    let options = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+    let root: PathBuf = pattern.components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
+    let depth = pattern.components().count() - root.components().count();
+    let unbounded = text.contains("**");
+    let start = if root.as_os_str().is_empty() { Path::new(".") } else { root.as_path() };
+    let walk = walkdir::WalkDir::new(start).min_depth(1).follow_links(true).sort_by_file_name();
+    let walk = if unbounded { walk } else { walk.max_depth(depth) };
+    let mut matched = std::collections::BTreeSet::new();
+    for entry in walk.into_iter().filter_entry(|entry| !is_hidden(entry.path())) {
+        let entry = entry.map_err(|source| InputError::Walk { path: start.to_owned(), source })?;
+        // Named as the pattern names them: "*.txt" finds "a.txt", not "./a.txt".
+        let path = if root.as_os_str().is_empty() { entry.path().strip_prefix(".").unwrap_or(entry.path()) } else { entry.path() };
+        if compiled.matches_path_with(path, options) {
+            matched.insert(path.to_owned());
+        }
+    }
     let before = inputs.len();
-    for found in matches {
-        let path = found.map_err(|e| InputError::Unreadable { path: e.path().to_owned(), source: e.into() })?;
-        if is_hidden(&path) {
+    // Sorted by components, a directory comes just before what is under it.
+    let mut walked: Option<PathBuf> = None;
+    for path in matched {
+        if walked.as_ref().is_some_and(|dir| path.starts_with(dir)) {
             continue;
         }
         let metadata = std::fs::metadata(&path).map_err(|source| InputError::Unreadable { path: path.clone(), source })?;
+        if metadata.is_dir() {
+            walked = Some(path.clone());
+        }
         add_input(&path, &metadata, inputs)?;
     }
     if inputs.len() == before {
@@ -92,7 +115,7 @@ fn expand_pattern(pattern: &Path, inputs: &mut Vec<InputFile>) -> Result<(), Inp
 }
 
 fn is_hidden(path: &Path) -> bool {
-    path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with('.') || name.starts_with('_'))
+    path.file_name().is_some_and(|name| matches!(name.as_encoded_bytes().first(), Some(b'.' | b'_')))
 }
 
 fn walk_directory(dir: &Path, inputs: &mut Vec<InputFile>) -> Result<(), InputError> {
@@ -178,6 +201,18 @@ mod tests {
         assert_eq!(names(&[root.join("[ac].*")]), ["a.txt", "c.log"]);
         assert_eq!(names(&[root.join("log?")]), ["logs/day1.txt", "logs/day2/late.txt"], "a matched directory is walked");
         assert_eq!(names(&[root.join("**/*.txt")]), ["a.txt", "b.txt", "logs/day1.txt", "logs/day2/late.txt"]);
+        // Files and the directories holding them match "**/*" and "**": each file once.
+        let all = ["a.txt", "b.txt", "c.log", "logs/day1.txt", "logs/day2/late.txt"];
+        assert_eq!(names(&[root.join("**/*")]), all);
+        assert_eq!(names(&[root.join("**")]), all);
+        // Hidden directories are left out below the pattern's start too.
+        std::fs::create_dir_all(root.join("_tmp")).unwrap();
+        std::fs::write(root.join("_tmp/x.txt"), "x").unwrap();
+        assert_eq!(names(&[root.join("*/*.txt")]), ["logs/day1.txt"]);
+        // A name that is not UTF-8 beside the matches is passed over, not a panic.
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"latin-\xe9.txt")), "x").unwrap();
+        assert_eq!(names(&[root.join("[ab].txt")]), ["a.txt", "b.txt"]);
         // A name that exists is itself, glob characters or not.
         std::fs::write(root.join("odd[1].txt"), "x").unwrap();
         assert_eq!(names(&[root.join("odd[1].txt")]), ["odd[1].txt"]);

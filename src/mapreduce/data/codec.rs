@@ -7,7 +7,10 @@
 //! reading everything before. Its map task reads it in *pieces* of whole
 //! lines instead, calling the app's map once per piece, so that a map's
 //! memory stays bounded by the piece size however large the file unpacks
-//! (a "zip bomb" costs time, not memory). Concatenated streams (`cat a.gz
+//! (a "zip bomb" costs time, not memory; a line longer than
+//! [`MAX_LINE_FACTOR`] pieces fails the attempt rather than growing without
+//! end, as Hadoop's `linerecordreader.line.maxlength` bounds lines).
+//! Concatenated streams (`cat a.gz
 //! b.gz`, `pigz`, `pbzip2`, multi-frame zstd) read as one. Offsets are
 //! positions in the unpacked text.
 
@@ -74,11 +77,15 @@ impl Read for Named<'_> {
     }
 }
 
+/// How many pieces long a line may be before reading it fails.
+pub const MAX_LINE_FACTOR: usize = 4;
+
 /// Reads `text` to its end in pieces of whole lines, each at least
 /// `piece_bytes` long unless it is the last (a line longer than that is
-/// one piece), calling `each(offset, piece)` with the piece's position in
-/// the text. `buffer` holds the pieces (kept for reuse). Returns how many
-/// bytes there were. An error from `each` stops the reading.
+/// one piece, up to [`MAX_LINE_FACTOR`] pieces), calling `each(offset,
+/// piece)` with the piece's position in the text. `buffer` holds the pieces
+/// (kept for reuse). Returns how many bytes there were. An error from
+/// `each` stops the reading.
 pub fn for_each_piece<E>(
     text: &mut dyn Read,
     piece_bytes: usize,
@@ -97,6 +104,9 @@ pub fn for_each_piece<E>(
                 break Some(from + newline + 1);
             }
             scanned = buffer.len();
+            if scanned >= piece_bytes.saturating_mul(MAX_LINE_FACTOR) {
+                return Err(PieceError::LineTooLong { offset, limit: scanned });
+            }
             if read_some(text, buffer, piece_bytes).map_err(PieceError::Read)? == 0 {
                 break None;
             }
@@ -121,6 +131,26 @@ pub enum PieceError<E> {
     Read(io::Error),
     /// The caller's function failed.
     Stopped(E),
+    /// No line end within `limit` bytes from `offset`.
+    LineTooLong {
+        /// Where the line starts in the text.
+        offset: u64,
+        /// How far it was read without an end.
+        limit: usize,
+    },
+}
+
+impl<E> PieceError<E> {
+    /// The error as an I/O error, or what `each` failed with.
+    pub fn into_io(self) -> Result<io::Error, E> {
+        match self {
+            PieceError::Read(e) => Ok(e),
+            PieceError::Stopped(e) => Err(e),
+            PieceError::LineTooLong { offset, limit } => {
+                Ok(io::Error::new(io::ErrorKind::InvalidData, format!("a line longer than {limit} bytes at offset {offset} of the unpacked text")))
+            }
+        }
+    }
 }
 
 /// Appends up to `at_most` bytes read from `text`; 0 at its end.
@@ -219,7 +249,7 @@ mod tests {
         assert_eq!(got, [(0, b"aa\nbbbb\n".to_vec()), (8, b"c\n\ndddddddddd\n".to_vec()), (22, b"e".to_vec())]);
         assert_eq!(pieces(text, 1000), [(0, text.to_vec())]);
         assert_eq!(pieces(b"", 4), []);
-        assert_eq!(pieces(b"no newline at all", 4), [(0, b"no newline at all".to_vec())]);
+        assert_eq!(pieces(b"no newline at all", 5), [(0, b"no newline at all".to_vec())]);
     }
 
     #[test]
@@ -234,6 +264,19 @@ mod tests {
             joined.extend_from_slice(piece);
         }
         assert_eq!(joined, text);
+    }
+
+    #[test]
+    fn a_line_without_end_fails_instead_of_growing_without_bound() {
+        let mut endless = std::io::repeat(b'x');
+        let mut buffer = Vec::new();
+        let result = for_each_piece::<()>(&mut endless, 1000, &mut buffer, |_, _| Ok(()));
+        assert!(matches!(result, Err(PieceError::LineTooLong { offset: 0, limit }) if limit >= 4000), "{result:?}");
+        assert!(buffer.capacity() < 4000 + (1 << 20) + 1000);
+        let mut reader = (&b"ok\n"[..]).chain(std::io::repeat(b'y'));
+        let err = for_each_piece::<()>(&mut reader, 10, &mut buffer, |_, _| Ok(())).unwrap_err();
+        let message = err.into_io().unwrap().to_string();
+        assert!(message.starts_with("a line longer than 4") && message.ends_with("bytes at offset 0 of the unpacked text"), "{message}");
     }
 
     #[test]

@@ -45,12 +45,13 @@ pub struct SequentialRun {
     pub counters: Counters,
 }
 
-/// The text of `input`: its bytes, unpacked if it is compressed.
-fn read_input(input: &InputFile) -> std::io::Result<Vec<u8>> {
+/// The size of `input` as stored, and its text: its bytes, unpacked if it
+/// is compressed.
+fn read_input(input: &InputFile) -> std::io::Result<(u64, Vec<u8>)> {
     let bytes = std::fs::read(&input.path)?;
     match crate::codec::Codec::of(&input.path) {
-        None => Ok(bytes),
-        Some(codec) => crate::codec::decompress_all(codec, &bytes[..]),
+        None => Ok((bytes.len() as u64, bytes)),
+        Some(codec) => Ok((bytes.len() as u64, crate::codec::decompress_all(codec, &bytes[..])?)),
     }
 }
 
@@ -73,9 +74,9 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
         arena.extend_from_slice(value);
     };
     for (index, input) in inputs.iter().enumerate() {
-        let contents = read_input(input).map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
+        let (stored_bytes, contents) = read_input(input).map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
         totals.map_input_records += count_lines(&contents);
-        totals.map_input_bytes += contents.len() as u64;
+        totals.map_input_bytes += stored_bytes;
         let app_err = |failure| SequentialError::App { what: format!("map of {}", input.name), failure };
         plugin.start_task(true, index as u32, &counters).map_err(app_err)?;
         plugin.map(&input.name, &contents, 0, &mut emit, &counters).map_err(app_err)?;

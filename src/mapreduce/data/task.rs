@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::app::{OutputFormat, ValueSource};
-use crate::codec::{for_each_piece, Codec, PieceError};
+use crate::codec::{for_each_piece, Codec};
 use crate::counters::{Counters, UserCounters};
 use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN, SCRATCH_LABEL};
 use crate::inputs::check_unchanged;
@@ -269,9 +269,15 @@ impl TaskRunner {
             }
         };
         plugin.start_task(true, task.index, &user_counters)?;
+        // Bytes read from the input file (stored, compressed or not), as
+        // Hadoop counts them: what the phase's progress is measured in.
+        counters.map_input_bytes = contents.len() as u64;
         let mut map_piece = |piece: &[u8], at: u64| -> Result<(), TaskError> {
+            // A piece of a compressed file shows progress however rarely
+            // the app emits, and a given-up attempt stops between pieces.
+            progress.check()?;
+            progress.tick();
             counters.map_input_records += crate::counters::count_lines(piece);
-            counters.map_input_bytes += piece.len() as u64;
             match &task.skip {
                 None => plugin.map(&split.file.name, piece, at, &mut *emit, &user_counters)?,
                 Some(plan) => counters.skipped_records += map_line_by_line(plugin, &split.file.name, (piece, at), plan, &mut *emit, &user_counters)?,
@@ -282,12 +288,8 @@ impl TaskRunner {
             None => map_piece(contents, offset)?,
             Some(codec) => {
                 let mut text = codec.decoder(contents).map_err(input_err)?;
-                for_each_piece(&mut *text, UNPACKED_PIECE_BYTES, &mut Vec::new(), |at, piece| map_piece(piece, at)).map_err(
-                    |stopped| match stopped {
-                        PieceError::Read(source) => input_err(source),
-                        PieceError::Stopped(e) => e,
-                    },
-                )?;
+                for_each_piece(&mut *text, UNPACKED_PIECE_BYTES, &mut Vec::new(), |at, piece| map_piece(piece, at))
+                    .map_err(|stopped| stopped.into_io().map_or_else(|e| e, input_err))?;
             }
         }
         plugin.finish_map(emit, &user_counters)?;

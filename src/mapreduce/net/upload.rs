@@ -177,7 +177,7 @@ pub fn receive(stream: &mut impl Read, sink: &mut impl Write, still_wanted: &mut
         // In pieces: the frame's length is the client's word, not memory.
         let mut left = len;
         while left > 0 {
-            let piece = piece.get_mut(..left.min(PIECE)).unwrap_or_default();
+            let piece = piece.get_mut(..left.min(PIECE)).filter(|piece| !piece.is_empty()).ok_or(io::ErrorKind::InvalidInput)?;
             last_byte = fill(stream, piece, still_wanted, Some(last_byte))?;
             crc.update(piece);
             sink.write_all(piece)?;
