@@ -2,12 +2,16 @@
 //! [`Shared`]) and the operations that apply a worker's call to it, for the
 //! connection shell ([`super::service`], [`super::connections`]) to call:
 //! assignment (held until a task is ready), expiry of overdue attempts,
-//! waiting for the job's end, pinning the app, and the log line for a
-//! refused call. Reports are applied in [`super::reports`], the job
+//! a worker gone with its connection, waiting for the job's end, pinning
+//! the app, and the log line for a refused call. Reports are applied in [`super::reports`], the job
 //! directory and journal kept in [`super::ledger`].
 //!
-//! [`Shared`] still holds the connection shell's tables too (claims, open
-//! connections, the handshake's secret): one job, one shell, for now.
+//! [`Shared`] also holds the job's half of the connection shell (see
+//! [`super::connections`]): the claims on worker ids, the count of open
+//! connections, the idle limit and the signal that closes them. What
+//! belongs to a listener (the handshake's secret, its refusal log, the
+//! connection budget) is not here: the cluster will have one listener for
+//! many jobs.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -15,10 +19,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::files::Catalog;
-use crate::handshake::{RefusalLog, Secret};
 use crate::journal::Record;
 use crate::rpc::{Assignment, AttemptId, JobEnd, JobSpec, TaskId, WorkerId, POLL_WAIT};
 use crate::scheduler::{Owner, Scheduler};
@@ -53,15 +56,14 @@ pub(super) struct Shared {
     /// Workers heard from that have not been told `Exit` yet; `run` waits
     /// (up to `EXIT_GRACE`) for this to empty once the job is over.
     pub(super) not_yet_exited: Mutex<HashSet<WorkerId>>,
-    /// RPC connections open: a worker told `Exit` closes its connection
-    /// once it has the answer, so `run` also waits for this to reach 0.
+    /// Connections open (see [`OpenConnection`](super::connections::OpenConnection)):
+    /// a worker told `Exit` closes its connection once it has the answer,
+    /// so `run` also waits for this to reach 0.
     pub(super) connections: AtomicUsize,
     /// How long a connection may send nothing before it is closed: twice
     /// the task timeout, so that a silent worker loses its attempts to the
     /// timeout first, as documented, and its connection after.
     pub(super) idle_limit: Duration,
-    /// What every connection's handshake must prove.
-    pub(super) secret: Option<Secret>,
     /// The SHA-256 of the one app every worker of the job must run: the
     /// `--app`'s, or else the first worker's (journaled as `AppPinned`).
     pub(super) app_pin: Mutex<Option<String>>,
@@ -70,7 +72,11 @@ pub(super) struct Shared {
     /// Which process holds each worker id: ids of open connections only,
     /// so the table is bounded by the connection cap.
     pub(super) claims: Mutex<HashMap<WorkerId, Claim>>,
-    pub(super) refusals: Mutex<RefusalLog>,
+    /// `true` once the job is over and its workers told (or the grace for
+    /// that spent): every connection still open is closed, and a new one is
+    /// refused, so that nothing of the job is served while its directory
+    /// is removed.
+    pub(super) closed: watch::Sender<bool>,
     /// Reports, uploads and calls refused after the handshake (forged,
     /// stale or malformed): logged at most once per [`REFUSAL_LOG_WINDOW`].
     pub(super) refused_calls: Mutex<WarningLimit>,
@@ -133,6 +139,28 @@ pub(super) async fn wait_for_end(shared: &Shared) -> JobEnd {
     }
 }
 
+/// The last connection of `worker`, which had called on it, closed: the
+/// worker is gone. Unless the job is over, its running attempts are given
+/// up at once (not counted toward their tasks' bounds) and the maps whose
+/// output only it served run again; waiting calls are woken, and the job's
+/// end no longer waits to tell it `Exit`.
+pub(super) fn worker_disconnected(shared: &Shared, worker: &str) {
+    let mut job = shared.job();
+    let JobState { scheduler, status, .. } = &mut *job;
+    let now = Instant::now();
+    status.worker_disconnected(worker);
+    if scheduler.job_end().is_none() {
+        for lost in scheduler.worker_disconnected(worker) {
+            tracing::warn!(task = %lost.task, attempt = lost.attempt, %worker, "attempt lost: {}; task will be re-run", lost.loss);
+            status.attempt_lost(lost.task, lost.attempt, lost.loss, now);
+        }
+        forget_outputs_of(&mut job, worker, "disconnected");
+    }
+    drop(job);
+    shared.not_yet_exited().remove(worker);
+    shared.changed.notify_waiters();
+}
+
 /// Gives up the attempts that are overdue at `now` (see
 /// [`Scheduler::expire`]) and the map outputs only silent workers held,
 /// and records them; true if there were any.
@@ -151,7 +179,7 @@ fn expire_overdue(job: &mut JobState, now: Instant) -> bool {
 
 /// Runs again the maps whose output only `worker`, now gone (`how`), could
 /// serve (see [`Scheduler::forget_outputs_of`]); true if there were any.
-pub(super) fn forget_outputs_of(job: &mut JobState, worker: &str, how: &str) -> bool {
+fn forget_outputs_of(job: &mut JobState, worker: &str, how: &str) -> bool {
     let forgotten = job.scheduler.forget_outputs_of(worker);
     for &(map_task, attempt) in &forgotten {
         tracing::warn!(task = %TaskId::Map(map_task), attempt, %worker, "its output was served only by its worker, which {how}; task will be re-run");

@@ -38,22 +38,35 @@
 //! Layout: the job's *engine* (its state and everything that applies a
 //! worker's call to it; what the standing cluster will hold one of per job,
 //! see docs/ARCHITECTURE.md, "Cluster mode") and the *connection shell*
-//! around it (accepting, admitting and serving connections), which only
-//! translates calls into engine calls:
+//! around it, which only translates calls into engine calls. The shell is
+//! split where the cluster will split it: a *listener* accepts connections
+//! within the process's connection budget and runs the handshake (one per
+//! process in the cluster, serving many jobs); the *job's connections*
+//! take an authenticated stream from there ([`JobHandle::serve_connection`]):
+//! the service byte, the worker-id claims, the open connections the job's
+//! end waits for, and closing them when it ends.
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `mod.rs` | the config, errors and report; [`Job::plan`] and [`Job::run`] |
-//! | `engine.rs` | engine: the job's state under its lock, assignment, expiry, the app pin |
+//! | `mod.rs` | the config, errors and report; [`Job::plan`], [`Job::run`], [`Job::run_without_listener`] |
+//! | `engine.rs` | engine: the job's state under its lock, assignment, expiry, a worker gone, the app pin |
 //! | `reports.rs` | engine: applying a worker's report, committing a reduce's output |
 //! | `ledger.rs` | engine: the job directory and journal; restoring a restarted job |
 //! | `uploads.rs` | engine: a reduce's output received from a worker |
-//! | `connections.rs` | shell: accept loop, admission, worker-id claims, open connections |
+//! | `listener.rs` | shell, listener: the one-job accept loop, budget, handshake, refusal log |
+//! | `connections.rs` | shell, the job's: serving an authenticated connection, worker-id claims, open connections |
 //! | `service.rs` | shell: the tarpc [`Coordinator`](crate::rpc::Coordinator) handlers, thin |
+//!
+//! Many jobs in one process: plan each ([`Job::plan`]), take its
+//! [`JobHandle`] ([`Job::handle`]), and run each with
+//! [`Job::run_without_listener`] (spawned, or joined) and a shutdown future
+//! of its own, which cancels that job alone; the listener hands each
+//! authenticated connection to the handle of the job it names.
 
 mod connections;
 mod engine;
 mod ledger;
+mod listener;
 mod reports;
 mod service;
 mod uploads;
@@ -66,10 +79,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::app::Params;
-use crate::handshake::{RefusalLog, Secret};
+use crate::handshake::Secret;
 use crate::job_dir::{JobDir, JobDirError};
 use crate::job_files::JobFiles;
 use crate::output::output_file_name;
@@ -80,7 +93,9 @@ use crate::split::plan_splits;
 use crate::status::{JobStatus, StatusReport};
 use crate::untrusted::WarningLimit;
 
-use connections::{serve, MIN_IDLE_LIMIT};
+pub use connections::ConnectionRefused;
+
+use connections::MIN_IDLE_LIMIT;
 use engine::{wait_for_end, JobState, Shared, REFUSAL_LOG_WINDOW};
 use ledger::{fingerprint, remove_job_dir_unless_publishing, restore, Ledger};
 
@@ -129,9 +144,11 @@ pub struct CoordinatorConfig {
     /// The app plugin to serve to workers started without one
     /// (`mr-master --app`), with its description.
     pub app: Option<(PathBuf, JobApp)>,
-    /// The job's shared secret: every connection must prove it knows it
-    /// (see [`crate::handshake`]). `None` admits any process that can
-    /// connect, which `mr-master` allows only on a loopback address.
+    /// The job's shared secret: every connection to [`Job::run`]'s
+    /// listener must prove it knows it (see [`crate::handshake`]). `None`
+    /// admits any process that can connect, which `mr-master` allows only
+    /// on a loopback address. Unused by [`Job::run_without_listener`]: there
+    /// the listener that hands the job its connections checks its own.
     pub secret: Option<Secret>,
 }
 
@@ -177,6 +194,13 @@ impl StatusHandle {
     }
 }
 
+/// A job's door for connections that a listener has accepted and
+/// authenticated: [`JobHandle::serve_connection`]. Clones are the same
+/// door; valid before, during and after the job runs (once the job is over,
+/// connections are refused).
+#[derive(Clone)]
+pub struct JobHandle(Arc<Shared>);
+
 /// A planned job: tasks made, job directory opened (and the journal
 /// replayed, if this job was started before), not yet serving.
 pub struct Job {
@@ -185,6 +209,8 @@ pub struct Job {
     journal_sync: Option<std::fs::File>,
     started: Instant,
     reduces: u32,
+    /// What [`Job::run`]'s listener admits connections with.
+    secret: Option<Secret>,
 }
 
 impl Job {
@@ -235,13 +261,12 @@ impl Job {
             connections: AtomicUsize::new(0),
             idle_limit: (config.scheduler.task_timeout * 2).max(MIN_IDLE_LIMIT),
             files: Arc::new(JobFiles::new(config.inputs.clone(), config.app.as_ref().map(|(path, _)| path.clone()))),
-            secret: config.secret.clone(),
             claims: Mutex::new(HashMap::new()),
-            refusals: Mutex::new(RefusalLog::default()),
+            closed: watch::channel(false).0,
             refused_calls: Mutex::new(WarningLimit::new(REFUSAL_LOG_WINDOW)),
             app_pin: Mutex::new(app_pin),
         });
-        Ok(Job { shared, journal_sync, started, reduces: config.reduces })
+        Ok(Job { shared, journal_sync, started, reduces: config.reduces, secret: config.secret })
     }
 
     /// A handle on the job's status.
@@ -249,13 +274,48 @@ impl Job {
         StatusHandle(self.shared.clone())
     }
 
+    /// The job's door for connections accepted and authenticated
+    /// elsewhere (see [`Job::run_without_listener`]).
+    pub fn handle(&self) -> JobHandle {
+        JobHandle(self.shared.clone())
+    }
+
     /// Serves the job on `listener` until every output is committed, the job
-    /// fails, or `shutdown` completes.
+    /// fails, or `shutdown` completes: accepts connections within the
+    /// process's connection budget, runs the handshake with the job's
+    /// secret, and hands each admitted connection to the job's
+    /// [`JobHandle`].
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<JobReport, CoordinatorError> {
-        let Job { shared, journal_sync, started, reduces } = self;
-        // Boxed, so that dropping it below really drops the server (and
-        // closes every connection) before the job directory goes.
-        let mut server = Box::pin(serve(listener, shared.clone()));
+        let serving = listener::serve(listener, self.handle(), self.secret.clone());
+        self.drive(shutdown, serving).await
+    }
+
+    /// Runs the job with no listener of its own, until every output is
+    /// committed, the job fails, or `shutdown` completes (which cancels
+    /// this job alone, its directory kept to resume): connections reach it
+    /// through its [`JobHandle`] ([`Job::handle`]). Once the job is over,
+    /// its workers are told so as in [`Job::run`], then every connection
+    /// still open through the handle is closed and new ones are refused.
+    /// Dropping the future closes them too.
+    pub async fn run_without_listener(self, shutdown: impl Future<Output = ()>) -> Result<JobReport, CoordinatorError> {
+        self.drive(shutdown, std::future::pending()).await
+    }
+
+    /// Runs the job until its end or `shutdown`, with `serving` (the
+    /// listener that feeds its connections, if it has one) polled beside
+    /// it until the job's connections are closed: a failure of `serving`
+    /// stops the job.
+    async fn drive(
+        self,
+        shutdown: impl Future<Output = ()>,
+        serving: impl Future<Output = std::io::Result<()>>,
+    ) -> Result<JobReport, CoordinatorError> {
+        let Job { shared, journal_sync, started, reduces, secret: _ } = self;
+        // However this ends, the job's connections are closed.
+        let _close = CloseConnectionsOnDrop(&shared);
+        // Boxed, so that dropping it below really drops the listener (and
+        // closes every connection it accepted) before the job directory goes.
+        let mut serving = Box::pin(serving);
         let syncing = journal_sync.map(|file| tokio::spawn(sync_journal_every_second(file)));
         let _stop_syncing = AbortOnDrop(syncing);
         // The job directory is kept for a later run to resume the job.
@@ -264,7 +324,7 @@ impl Job {
         };
         let end = tokio::select! {
             end = wait_for_end(&shared) => end,
-            result = &mut server => {
+            result = &mut serving => {
                 stopped(&shared, "the RPC listener failed");
                 return Err(CoordinatorError::Listener(result.err().unwrap_or_else(|| std::io::Error::other("listener closed"))));
             }
@@ -277,7 +337,7 @@ impl Job {
         // Keep serving so that the workers learn how the job ended.
         let _ = tokio::time::timeout(shared.spec.heartbeat_interval + EXIT_GRACE, async {
             tokio::select! {
-                _ = &mut server => {}
+                _ = &mut serving => {}
                 () = async {
                     // Every worker told, and every one gone: its connection
                     // closes only once it has read its answer.
@@ -288,12 +348,22 @@ impl Job {
             }
         })
         .await;
-        drop(server);
+        shared.closed.send_replace(true);
+        drop(serving);
         remove_job_dir_unless_publishing(&shared);
         match end {
             JobEnd::Succeeded => Ok(JobReport { outputs: (0..reduces).map(|r| shared.output_dir.join(output_file_name(r))).collect(), elapsed }),
             JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
         }
+    }
+}
+
+/// Closes the job's connections when dropped (see `Shared::closed`).
+struct CloseConnectionsOnDrop<'a>(&'a Shared);
+
+impl Drop for CloseConnectionsOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.closed.send_replace(true);
     }
 }
 
