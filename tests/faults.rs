@@ -39,13 +39,15 @@ fn write_inputs(dir: &TestDir, files: usize) -> Vec<String> {
 
 #[test]
 fn a_slow_map_that_shows_progress_is_left_alone_and_one_that_does_not_is_given_away() {
-    // Each map sleeps 4 s, longer than the 2 s task timeout. With ticks
-    // (a counter update every 100 ms) it is visibly alive and runs once;
+    // Each map sleeps longer than the 2 s task timeout. With ticks (a
+    // counter update every 100 ms) it is visibly alive and runs once;
     // without, it makes no progress: each attempt is given up, its task
-    // process killed (it never finishes late), and the map given to
-    // another worker, until the bound stops the job.
+    // process killed, and the map given to another worker, until the bound
+    // stops the job. The silent maps sleep 8 s: an attempt is given up at
+    // 2 s and its process killed within about 2 s more (a heartbeat, then
+    // 1 s of grace), and a completion that beat the kill would rightly win.
     for (ticking, params) in
-        [(true, ["--param", "delay_ms=4000", "--param", "tick_ms=100"]), (false, ["--param", "delay_ms=4000", "--param", "tick_ms=0"])]
+        [(true, ["--param", "delay_ms=4000", "--param", "tick_ms=100"]), (false, ["--param", "delay_ms=8000", "--param", "tick_ms=0"])]
     {
         let dir = TestDir::new(if ticking { "progress-ticking" } else { "progress-stalled" });
         let inputs = write_inputs(&dir, 2);
