@@ -14,11 +14,13 @@ type Backups = Option<BackupPolicy>;
 /// What one job is: its app, inputs, output directory and every setting
 /// that may differ from job to job. `mr-master` takes these flags for its
 /// one job; they are defined once here so that every command that starts
-/// a job takes the same flags, with the same defaults and checks.
-#[derive(Debug, Clone, clap::Args)]
+/// a job takes the same flags, with the same defaults and checks. A
+/// cluster's client sends them as they are, and [`JobFlags::check`] runs on
+/// both ends: what the flag parser refuses, a peer could still send.
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct JobFlags {
     /// Number of reduce tasks, and so of output files (at least 1).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=MAX_REDUCES as i64))]
     pub reduces: u32,
 
     /// The job's app: a path to a plugin (`.so`), or a bare NAME for
@@ -99,8 +101,30 @@ pub struct JobFlags {
 }
 
 impl JobFlags {
-    /// Whether the settings go together; `Err` says why not, in one line.
+    /// Whether the settings are in range and go together; `Err` says why
+    /// not, in one line. The ranges are the flag parser's, checked again
+    /// for settings that came over the network.
     pub fn check(&self) -> Result<(), String> {
+        if self.reduces == 0 || self.reduces > MAX_REDUCES {
+            return Err(format!("--reduces {} is out of range: from 1 to {MAX_REDUCES}", self.reduces));
+        }
+        if self.max_task_attempts == 0 {
+            return Err("--max-task-attempts is at least 1".into());
+        }
+        if self.task_timeout.is_zero() {
+            return Err("--task-timeout must be positive".into());
+        }
+        if let Some(policy) = self.backup_tasks {
+            if !(1.0..=1e6).contains(&policy.slowness) {
+                return Err(format!("--backup-tasks {} is neither 'off' nor a slowness factor from 1 up", policy.slowness));
+            }
+        }
+        if self.inputs.is_empty() {
+            return Err("no input files given".into());
+        }
+        if let Some((key, _)) = self.params.iter().find(|(key, _)| key.is_empty()) {
+            return Err(format!("a --param has an empty key ({key:?}=...)"));
+        }
         if self.skip_bad_records > 0 && self.max_task_attempts < 4 {
             // Two attempts on a map's whole split, then two on the bad line.
             return Err(
@@ -121,6 +145,10 @@ impl JobFlags {
         }
     }
 }
+
+/// The most reduce tasks a job may have: each is an output file, and the
+/// scheduler keeps a table entry for each.
+pub const MAX_REDUCES: u32 = 100_000;
 
 /// Parses a flag value in seconds (fractions allowed) that must be positive,
 /// for clap's `value_parser`.

@@ -84,7 +84,7 @@ pub(crate) use data::radix_sort;
 pub use data::{
     codec, fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task, work_dir,
 };
-pub use net::{accept, files, handshake, secure, upload};
+pub use net::{accept, files, handshake, route, secure, upload};
 pub use observe::{http, metrics, progress, status, summary};
 pub mod cli;
 pub mod counters;

@@ -26,7 +26,7 @@ use std::time::Duration;
 pub const MIN_LAG: Duration = Duration::from_secs(1);
 
 /// When to back up a straggler.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BackupPolicy {
     /// How many times the phase's median finished task an attempt must have
     /// run to be a straggler (at least 1).

@@ -17,7 +17,8 @@
 //! ```text
 //! client                                    server
 //!   | <---------- "MRh2" flags               | plain; flags bit 0: a secret is required,
-//!   |                                        |        bit 1: the connection is encrypted
+//!   |                                        |        bit 1: the connection is encrypted,
+//!   |                                        |        bit 2: the server is a standing cluster
 //!   | ======= TLS 1.3 handshake ==========   | if bit 1; all that follows inside it
 //!   | <---------- nonce_s[32]                |
 //!   | "MRh2" flags nonce_c[32] incarnation[16] name_len name tag_c[32] -->
@@ -51,6 +52,7 @@ const TAG_LEN: usize = 32;
 pub const MAX_NAME_LEN: usize = 255;
 const FLAG_SECRET: u8 = 1;
 const FLAG_TLS: u8 = 2;
+const FLAG_CLUSTER: u8 = 4;
 const ADMITTED: u8 = 0;
 const REFUSED: u8 = 1;
 /// The shortest secret accepted: 16 bytes, 128 bits if random.
@@ -198,6 +200,21 @@ pub enum HandshakeError {
     /// The TLS handshake failed: the network, or someone on it.
     #[error("the TLS handshake failed: {0}")]
     Tls(std::io::Error),
+    /// The address to dial is not `HOST:PORT` or `HOST:PORT/job-N`.
+    #[error("{0}")]
+    Address(#[from] crate::route::AddressError),
+}
+
+/// What kind of server a client reached, as the server's preamble says
+/// (its flags are covered by both sides' tags, so a man in the middle
+/// cannot change it without the handshake failing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// A coordinator that runs one job (`mr-master`).
+    OneJob,
+    /// A standing cluster (`mr-master --serve`), whose jobs are reached by
+    /// their route ([`crate::route`]).
+    Cluster,
 }
 
 impl HandshakeError {
@@ -236,9 +253,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Identity) -> Result<(), String>,
 {
+    accept_as(ServerKind::OneJob, stream, secret, admit).await
+}
+
+/// [`accept`] for a server of `kind`, which the client learns from the
+/// preamble.
+pub async fn accept_as<S, F>(kind: ServerKind, stream: S, secret: Option<&Secret>, admit: F) -> Result<(Secured<S>, Identity), AcceptError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Identity) -> Result<(), String>,
+{
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let within = async {
-        let flags = server_flags(secret);
+        let flags = server_flags(secret) | if kind == ServerKind::Cluster { FLAG_CLUSTER } else { 0 };
         let mut stream = stream;
         stream.write_all(&[&MAGIC[..], &[flags]].concat()).await.map_err(HandshakeError::Io)?;
         stream.flush().await.map_err(HandshakeError::Io)?;
@@ -371,7 +398,9 @@ async fn read_magic_and_flags<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u8
 
 /// Opens a connection to `addr` for `service`: TCP (given up after
 /// `connect_limit`, if there is one), the handshake as `identity`, then the
-/// byte that names the service (see [`crate::files`]).
+/// byte that names the service (see [`crate::files`]). `addr` may be a
+/// job's address behind a cluster (`HOST:PORT/job-N`, see
+/// [`crate::route`]): its route goes before the service byte.
 pub async fn dial(
     addr: &str,
     secret: Option<&Secret>,
@@ -379,7 +408,19 @@ pub async fn dial(
     service: u8,
     connect_limit: Option<Duration>,
 ) -> Result<Stream, HandshakeError> {
-    let tcp = tokio::net::TcpStream::connect(addr);
+    Ok(dial_learning(addr, secret, identity, service, connect_limit).await?.0)
+}
+
+/// [`dial`], also returning what kind of server answered.
+pub async fn dial_learning(
+    addr: &str,
+    secret: Option<&Secret>,
+    identity: &Identity,
+    service: u8,
+    connect_limit: Option<Duration>,
+) -> Result<(Stream, ServerKind), HandshakeError> {
+    let address = crate::route::Address::parse(addr)?;
+    let tcp = tokio::net::TcpStream::connect(address.host_port);
     let connected = match connect_limit {
         Some(limit) => tokio::time::timeout(limit, tcp).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
         None => tcp.await,
@@ -388,16 +429,26 @@ pub async fn dial(
     // Requests and answers are small messages: sent at once, not held for
     // the peer's delayed acknowledgement.
     let _ = stream.set_nodelay(true);
-    let mut stream = connect(stream, secret, identity).await?;
-    stream.write_all(&[service]).await?;
+    let (mut stream, kind) = connect_learning(stream, secret, identity).await?;
+    let mut head = address.route_bytes();
+    head.push(service);
+    stream.write_all(&head).await?;
     stream.flush().await?;
-    Ok(stream)
+    Ok((stream, kind))
 }
 
 /// Runs the client's half on a fresh connection to a server, as
 /// `identity`, encrypting it if the server does: the connection, ready for
 /// the service byte.
 pub async fn connect<S>(stream: S, secret: Option<&Secret>, identity: &Identity) -> Result<Secured<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    Ok(connect_learning(stream, secret, identity).await?.0)
+}
+
+/// [`connect`], also returning what kind of server answered.
+async fn connect_learning<S>(stream: S, secret: Option<&Secret>, identity: &Identity) -> Result<(Secured<S>, ServerKind), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -418,7 +469,7 @@ where
         };
         let binding = binding(flags, &stream);
         connect_within(&mut stream, secret, flags, &binding, identity).await?;
-        Ok(stream)
+        Ok((stream, if flags & FLAG_CLUSTER != 0 { ServerKind::Cluster } else { ServerKind::OneJob }))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, within).await.unwrap_or(Err(HandshakeError::TimedOut))
 }

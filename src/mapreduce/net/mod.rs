@@ -9,6 +9,7 @@
 pub mod accept;
 pub mod files;
 pub mod handshake;
+pub mod route;
 pub mod secure;
 pub mod upload;
 

@@ -3,6 +3,7 @@
 //! own, as the one-job coordinator's; what lives here is what is shared
 //! between jobs (see docs/ARCHITECTURE.md, "Cluster mode").
 
+pub mod api;
 pub mod history;
 pub mod queue;
 pub mod workers;

@@ -58,6 +58,13 @@ impl Scheduler {
         self.task_spec(task, attempt)
     }
 
+    /// Whether [`Scheduler::assign`] would give `worker` a task now (call
+    /// `expire` first): the standing cluster asks before it sends a free
+    /// slot to this job.
+    pub fn has_task_for(&self, worker: &str, now: Instant) -> bool {
+        self.job_end().is_none() && (self.has_idle() || self.next_backup(worker, now).is_some())
+    }
+
     /// The running attempts of `task` (none unless it is Running).
     pub fn running_attempts(&self, task: TaskId) -> &[RunningAttempt] {
         match self.get(task).map(|e| &e.state) {
