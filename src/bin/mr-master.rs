@@ -1,5 +1,7 @@
 //! `mr-master`: the coordinator. Parses flags, resolves inputs, binds, and
-//! runs [`mapreduce::coordinator::run`] until the job ends.
+//! runs [`mapreduce::coordinator::run`] until the job ends; with `--serve`,
+//! a standing cluster that runs the jobs `mr submit` sends it, until
+//! stopped (see [`ServeArgs`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,9 +13,7 @@ use clap::Parser;
 use mapreduce::cli::{self, JobFlags};
 use mapreduce::coordinator::{CoordinatorConfig, Job};
 use mapreduce::http;
-use mapreduce::plugin::Plugin;
 use mapreduce::progress::{self, ProgressMode};
-use mapreduce::rpc::JobApp;
 use mapreduce::summary::JobSummary;
 use mapreduce::Params;
 use tokio::sync::Notify;
@@ -21,7 +21,8 @@ use tracing::{Instrument, Span};
 
 /// Coordinate a MapReduce job: split the inputs into map tasks and reduce
 /// tasks and hand them to `mr-worker` processes over RPC. Exits 0 once every
-/// output file `mr-out-<r>` is final.
+/// output file `mr-out-<r>` is final. `mr-master --serve --state-dir DIR`
+/// runs a standing cluster instead (see `mr-master --serve --help`).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -84,7 +85,94 @@ struct Args {
     log_file: Option<PathBuf>,
 }
 
+/// Run a standing cluster: stay up, take jobs from `mr submit`, run several
+/// at once on one pool of long-lived workers (`mr-worker --master HOST:PORT`
+/// without an app), by priority and fair share. What must survive a
+/// restart (the job history, in SQLite) lives in the state directory;
+/// jobs that were running resume from their journals, queued ones stay
+/// queued. Stops on SIGTERM or Ctrl-C, leaving running jobs to resume.
+#[derive(Debug, Parser)]
+#[command(name = "mr-master --serve", version)]
+struct ServeArgs {
+    /// Run as a standing cluster (this mode).
+    #[arg(long, required = true)]
+    serve: bool,
+
+    /// Address to serve on (workers, clients and every job's traffic); port
+    /// 0 picks a free port. The bound address is printed on stdout.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7878")]
+    listen: String,
+
+    /// Where the cluster keeps what must survive it: the job history
+    /// (`history.sqlite`) and its lock (one cluster per directory).
+    #[arg(long, value_name = "DIR")]
+    state_dir: PathBuf,
+
+    /// File holding the cluster's shared secret, as for one job: every
+    /// worker and every `mr` client is given the same file. Required when
+    /// --listen is not a loopback address.
+    #[arg(long, value_name = "FILE", env = "MR_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+
+    /// With --token-file: authenticate connections but do not encrypt them.
+    #[arg(long, env = "MR_NO_TLS")]
+    no_tls: bool,
+
+    /// The most jobs of each priority level (high, normal, low) that run at
+    /// once; more wait in the queue, in the order they were submitted.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    max_running: u32,
+
+    /// A worker whose load average per core is above this gets no new
+    /// tasks until it is back under (`off`: no limit).
+    #[arg(long, value_name = "LOAD|off", default_value = "2", value_parser = parse_load_limit)]
+    max_load_per_core: f64,
+
+    /// A worker with less memory available than this gets no new tasks
+    /// (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = cli::parse_bytes)]
+    min_free_memory: u64,
+
+    /// A worker with less free space in its work directory than this gets
+    /// no new tasks (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = cli::parse_bytes)]
+    min_free_disk: u64,
+
+    /// Finished jobs kept in the history: the newest N.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    keep_jobs: usize,
+
+    /// Finished jobs kept in the history: none that ended more than this
+    /// many days ago (default: no age limit).
+    #[arg(long, value_name = "DAYS")]
+    keep_days: Option<f64>,
+
+    /// Also write the bound address to this file (atomically) once the
+    /// cluster accepts connections.
+    #[arg(long, value_name = "PATH")]
+    addr_file: Option<PathBuf>,
+
+    /// Also append the log to this file.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+}
+
+/// `--max-load-per-core`: a positive number, or `off`.
+fn parse_load_limit(text: &str) -> Result<f64, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(f64::INFINITY);
+    }
+    match text.parse::<f64>() {
+        Ok(limit) if limit.is_finite() && limit > 0.0 => Ok(limit),
+        _ => Err(format!("'{text}' is neither 'off' nor a positive load per core (e.g. 2)")),
+    }
+}
+
 fn main() -> ExitCode {
+    // The cluster's flags are another set: no job is given on its command line.
+    if std::env::args_os().skip(1).any(|arg| arg == "--serve") {
+        return serve_main(ServeArgs::parse());
+    }
     let args = Args::parse();
     if let Err(e) = mapreduce::logging::init(args.log_file.as_deref()) {
         let path = args.log_file.as_deref().unwrap_or(Path::new("")).display();
@@ -101,23 +189,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The plugin `--app` names, checked to be a plugin of this build's ABI,
-/// with what workers are told of it.
-fn job_app(app: &str) -> anyhow::Result<(PathBuf, JobApp)> {
-    let plugin = Plugin::open(app)?;
-    let path = std::path::absolute(plugin.path()).with_context(|| format!("--app {app}"))?;
-    let sha256 = mapreduce::plugin::file_sha256(&path).with_context(|| format!("reading the app {}", path.display()))?;
-    let size = std::fs::metadata(&path).with_context(|| format!("reading the app {}", path.display()))?.len();
-    let file_name = path.file_name().map_or_else(|| app.to_owned(), |n| n.to_string_lossy().into_owned());
-    Ok((path, JobApp { file_name, sha256, size }))
-}
-
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
     args.job.check().map_err(anyhow::Error::msg)?;
     let inputs = mapreduce::inputs::resolve_inputs(&args.job.inputs)?;
     let secret = mapreduce::cli::read_secret(args.token_file.as_deref(), args.no_tls).map_err(anyhow::Error::msg)?;
-    let app = args.job.app.as_deref().map(job_app).transpose()?;
+    let app = args.job.app.as_deref().map(mapreduce::coordinator::job_app).transpose().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     if secret.is_none() && !addr.ip().is_loopback() {
@@ -184,6 +261,79 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     result?;
     Ok(())
+}
+
+fn serve_main(args: ServeArgs) -> ExitCode {
+    if let Err(e) = mapreduce::logging::init(args.log_file.as_deref()) {
+        let path = args.log_file.as_deref().unwrap_or(Path::new("")).display();
+        eprintln!("mr-master: error: cannot open log file {path}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let _span = tracing::info_span!("cluster").entered();
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mr-master: error: {}", mapreduce::errors::one_line(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long a stopping cluster waits for its engines to stop.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::main]
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use mapreduce::cluster::{queue::MaxRunning, registry::Cluster, registry::ClusterConfig, workers::LoadLimits};
+    let secret = cli::read_secret(args.token_file.as_deref(), args.no_tls).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    if secret.is_none() && !addr.ip().is_loopback() {
+        bail!("listening on {addr}, which other machines can reach, needs a shared secret: give --token-file FILE (or MR_TOKEN_FILE), and the same file to every worker and client");
+    }
+    let keep_for = args.keep_days.map(|days| Duration::try_from_secs_f64(days * 86_400.0)).transpose().context("--keep-days")?;
+    let config = ClusterConfig {
+        state_dir: args.state_dir.clone(),
+        max_running: MaxRunning::each(args.max_running),
+        load_limits: LoadLimits {
+            max_load_per_core: args.max_load_per_core,
+            min_free_memory_bytes: args.min_free_memory,
+            min_free_disk_bytes: args.min_free_disk,
+        },
+        heartbeat_interval: Duration::from_secs(1),
+        keep_jobs: Some(args.keep_jobs),
+        keep_for,
+    };
+    let cluster = Cluster::open(config)?;
+    cluster.start_ready();
+    let expiring = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(cluster.heartbeat_interval());
+            loop {
+                ticker.tick().await;
+                cluster.expire_workers();
+            }
+        })
+    };
+    println!("cluster listening on {addr} (state in {})", args.state_dir.display());
+    if let Some(path) = &args.addr_file {
+        mapreduce::output::write_atomically(path, format!("{addr}\n").as_bytes())
+            .with_context(|| format!("cannot write address file {}", path.display()))?;
+    }
+    let serving = mapreduce::cluster::server::serve(listener, cluster.clone(), secret);
+    let result = tokio::select! {
+        result = serving => result.context("the listener failed"),
+        () = cli::termination_signal() => Ok(()),
+    };
+    tracing::info!("stopping: running jobs are kept to resume at the next start");
+    expiring.abort();
+    cluster.stop_all();
+    let give_up = tokio::time::Instant::now() + STOP_WAIT;
+    while !cluster.engines_stopped() && tokio::time::Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    result
 }
 
 /// Prints the summary on stdout and, if asked, writes it as JSON.

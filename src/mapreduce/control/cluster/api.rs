@@ -17,6 +17,7 @@ use crate::cli::JobFlags;
 use crate::cluster::history::JobState;
 use crate::cluster::queue::{JobId, Priority};
 use crate::cluster::workers::{Label, Load};
+use crate::scheduler::Progress;
 
 /// A job as the client submits it: its flags (paths made absolute by the
 /// client, since the coordinator may run elsewhere), and how it is queued.
@@ -32,21 +33,6 @@ pub struct Submission {
     pub requires: Vec<Label>,
     /// Replace the outputs a finished job left in the output directory.
     pub overwrite: bool,
-}
-
-/// A job's progress while it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobProgress {
-    /// Map tasks done, of `maps`.
-    pub maps_done: usize,
-    /// Map tasks.
-    pub maps: usize,
-    /// Reduce tasks done, of `reduces`.
-    pub reduces_done: usize,
-    /// Reduce tasks.
-    pub reduces: usize,
-    /// Tasks running now.
-    pub running: usize,
 }
 
 /// A job as `mr status` and `mr list` show it.
@@ -73,7 +59,7 @@ pub struct JobInfo {
     /// See `submitted_ms`.
     pub ended_ms: Option<u64>,
     /// While it runs: its tasks.
-    pub progress: Option<JobProgress>,
+    pub progress: Option<Progress>,
     /// While it waits for slots: why (queued behind others, no worker with
     /// its labels, every such worker loaded).
     pub waiting: Vec<String>,

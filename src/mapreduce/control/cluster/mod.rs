@@ -3,7 +3,10 @@
 //! own, as the one-job coordinator's; what lives here is what is shared
 //! between jobs (see docs/ARCHITECTURE.md, "Cluster mode").
 
+pub mod admission;
 pub mod api;
 pub mod history;
 pub mod queue;
+pub mod registry;
+pub mod server;
 pub mod workers;

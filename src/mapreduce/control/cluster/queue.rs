@@ -25,9 +25,11 @@
 //!   arrives while low ones hold every slot gets slots as their tasks end;
 //!   jobs whose tasks are long should be split into more, shorter tasks.
 //!
-//! The queue counts each job's running tasks from [`Queue::task_started`]
-//! and [`Queue::task_ended`], which the shell calls as the job's own
-//! engine (its `Scheduler`) gives out and takes back attempts; [`Queue::pick`]
+//! The queue's count of each job's running tasks is the shell's to keep:
+//! the cluster sets it from the job's own engine (its `Scheduler`) before
+//! each pick ([`Queue::set_running_tasks`]), so that it cannot drift from
+//! what really runs; [`Queue::task_started`] and [`Queue::task_ended`]
+//! count step by step for a shell that has no such source. [`Queue::pick`]
 //! counts nothing itself, since the engine may still find no task to give.
 
 #![warn(clippy::indexing_slicing)]
@@ -348,6 +350,18 @@ impl Queue {
         None
     }
 
+    /// Running job `id` runs `tasks` tasks now. False, setting nothing, if
+    /// the job is not running.
+    pub fn set_running_tasks(&mut self, id: JobId, tasks: u64) -> bool {
+        match self.find_mut(id) {
+            Some(job) if job.is_running() => {
+                job.running_tasks = tasks;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A task of running job `id` was given to a worker. False, counting
     /// nothing, if the job is not running (removed already, or queued).
     pub fn task_started(&mut self, id: JobId) -> bool {
@@ -642,6 +656,9 @@ mod tests {
         assert!(!queue.task_ended(JobId(1)));
         assert!(!queue.task_started(JobId(99)));
         assert!(!queue.task_ended(JobId(99)));
+        assert!(queue.set_running_tasks(JobId(1), 7));
+        assert_eq!(queue.job(JobId(1)).unwrap().running_tasks, 7);
+        assert!(!queue.set_running_tasks(JobId(99), 1));
         assert_eq!(queue.job(JobId(1)).unwrap().running_tasks, 0);
     }
 

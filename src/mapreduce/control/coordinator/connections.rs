@@ -144,7 +144,7 @@ async fn serve_service(shared: &Arc<Shared>, stream: Stream, open: OpenConnectio
 /// reaches must cost that message (or its connection), never the
 /// coordinator. The state it leaves is still the best record of the job
 /// (see [`lock`]).
-pub(super) async fn contain_panics(what: &str, future: impl Future<Output = ()>) {
+pub async fn contain_panics(what: &str, future: impl Future<Output = ()>) {
     use futures::FutureExt;
     if let Err(payload) = std::panic::AssertUnwindSafe(future).catch_unwind().await {
         tracing::error!("{what} panicked (a bug; the coordinator goes on): {}", crate::abi::panic_message(payload.as_ref()));

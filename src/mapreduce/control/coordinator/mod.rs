@@ -93,7 +93,7 @@ use crate::split::plan_splits;
 use crate::status::{JobStatus, StatusReport};
 use crate::untrusted::WarningLimit;
 
-pub use connections::ConnectionRefused;
+pub use connections::{contain_panics, ConnectionRefused};
 
 use connections::MIN_IDLE_LIMIT;
 use engine::{wait_for_end, JobState, Shared, REFUSAL_LOG_WINDOW};
@@ -200,6 +200,39 @@ impl StatusHandle {
 /// connections are refused).
 #[derive(Clone)]
 pub struct JobHandle(Arc<Shared>);
+
+impl JobHandle {
+    /// Whether the job would give `worker` a task now (see
+    /// [`Scheduler::has_task_for`]): the standing cluster asks before it
+    /// sends a free slot here.
+    pub fn has_task_for(&self, worker: &str) -> bool {
+        self.0.job().scheduler.has_task_for(worker, Instant::now())
+    }
+
+    /// How far along the job is (tasks done, tasks running).
+    pub fn progress(&self) -> crate::scheduler::Progress {
+        self.0.job().scheduler.progress()
+    }
+
+    /// A handle on the job's status.
+    pub fn status(&self) -> StatusHandle {
+        StatusHandle(self.0.clone())
+    }
+}
+
+/// The plugin `app` names (a path, or a bare name for `libNAME.so` beside
+/// this executable), checked to be a plugin of this build's ABI, with what
+/// workers are told of it (for [`CoordinatorConfig::app`]); `Err` says
+/// what is wrong in one line.
+pub fn job_app(app: &str) -> Result<(PathBuf, JobApp), String> {
+    let plugin = crate::plugin::Plugin::open(app).map_err(|e| e.to_string())?;
+    let path = std::path::absolute(plugin.path()).map_err(|e| format!("--app {app}: {e}"))?;
+    let reading = |e: std::io::Error| format!("reading the app {}: {e}", path.display());
+    let sha256 = crate::plugin::file_sha256(&path).map_err(reading)?;
+    let size = std::fs::metadata(&path).map_err(reading)?.len();
+    let file_name = path.file_name().map_or_else(|| app.to_owned(), |n| n.to_string_lossy().into_owned());
+    Ok((path, JobApp { file_name, sha256, size }))
+}
 
 /// A planned job: tasks made, job directory opened (and the journal
 /// replayed, if this job was started before), not yet serving.

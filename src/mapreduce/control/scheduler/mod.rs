@@ -165,7 +165,7 @@ pub enum ReportVerdict {
 }
 
 /// Counts for progress logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     /// Map tasks done / total.
     pub maps_done: usize,

@@ -1,0 +1,218 @@
+//! Admission: what a submitted job must pass before it is queued. A job
+//! refused here is refused with one line naming the problem, and nothing
+//! of it is queued or written.
+//!
+//! The checks, in order: the settings are in range and go together
+//! ([`JobFlags::check`], run again here since a peer sends them); the job
+//! names its app, which loads as a plugin of this build (workers of a
+//! cluster have no app of their own); every path is absolute (the client
+//! resolves them where it runs); the inputs exist and are readable (a
+//! pattern must match); the output directory is not a file, not an input
+//! nor inside one, holds no input, and is not another job's (queued,
+//! running, or holding a finished job's outputs, unless `--overwrite`
+//! replaces a finished one's), nor holds outputs this cluster did not
+//! write. The last check needs the history, under the cluster's lock: see
+//! [`check_output_holder`].
+
+use std::path::{Path, PathBuf};
+
+use crate::cluster::api::Submission;
+use crate::cluster::history::JobState;
+use crate::cluster::queue::JobId;
+use crate::coordinator::{job_app, CoordinatorConfig};
+use crate::rpc::{InputFile, JobApp};
+use crate::untrusted::{excerpt, EXCERPT_CHARS};
+
+/// The most labels a job may require.
+const MAX_REQUIRED_LABELS: usize = 64;
+
+/// A job that passed the checks that need no history: what its engine is
+/// planned from.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The submission as it came.
+    pub submission: Submission,
+    /// Its inputs, resolved.
+    pub inputs: Vec<InputFile>,
+    /// Its app, loaded once and described.
+    pub app: (PathBuf, JobApp),
+    /// Its output directory, absolute and without `.` or `..`.
+    pub output_dir: PathBuf,
+}
+
+/// Runs every check of the module's list but the history's; blocks on the
+/// file system.
+pub fn admit(submission: Submission) -> Result<Admitted, String> {
+    let job = &submission.job;
+    job.check()?;
+    if submission.weight == 0 {
+        return Err("--weight is at least 1".into());
+    }
+    if submission.requires.len() > MAX_REQUIRED_LABELS {
+        return Err(format!("at most {MAX_REQUIRED_LABELS} --require labels"));
+    }
+    let app = job.app.as_deref().ok_or("a job of a cluster names its app (--app NAME|PATH): the cluster's workers have none of their own")?;
+    for path in job.inputs.iter().chain([&job.output_dir]) {
+        if !path.is_absolute() {
+            return Err(format!("{}: not an absolute path (the client makes paths absolute before it sends them)", shown(path)));
+        }
+    }
+    let app = job_app(app)?;
+    let inputs = crate::inputs::resolve_inputs(&job.inputs).map_err(|e| e.to_string())?;
+    let output_dir = normalized(&job.output_dir);
+    check_output_dir(&output_dir, &job.inputs, &inputs)?;
+    Ok(Admitted { submission, inputs, app, output_dir })
+}
+
+/// The output directory must be a directory if it exists, and apart from
+/// the inputs: not one of them, not inside one given (`given`: a directory
+/// walked, say), not holding one found (`inputs`).
+fn check_output_dir(output_dir: &Path, given: &[PathBuf], inputs: &[InputFile]) -> Result<(), String> {
+    if output_dir.exists() && !output_dir.is_dir() {
+        return Err(format!("output directory {}: exists and is not a directory", output_dir.display()));
+    }
+    let real_output = real(output_dir);
+    let found = inputs.iter().map(|input| &input.path);
+    for input in given.iter().filter(|path| path.exists()).chain(found) {
+        let real_input = real(input);
+        if real_output.starts_with(&real_input) {
+            return Err(format!("output directory {} is inside the input {}", output_dir.display(), input.display()));
+        }
+        if real_input.starts_with(&real_output) {
+            return Err(format!("the input {} is inside the output directory {}", input.display(), output_dir.display()));
+        }
+    }
+    Ok(())
+}
+
+/// The check that needs the history: `holder` is the job the history says
+/// holds `output_dir` (queued, running, or finished with its outputs
+/// there). Outputs no job of this cluster wrote are refused too, unless
+/// `overwrite`.
+pub fn check_output_holder(output_dir: &Path, holder: Option<(JobId, JobState)>, overwrite: bool) -> Result<(), String> {
+    let dir = output_dir.display();
+    match holder {
+        Some((id, state)) if !state.is_final() => Err(format!("output directory {dir} is {id}'s, which is {state}: give another --output-dir")),
+        Some((id, _)) if !overwrite => {
+            Err(format!("output directory {dir} holds the outputs of {id}: give another --output-dir, or --overwrite to replace them"))
+        }
+        None if !overwrite && holds_outputs(output_dir) => Err(format!(
+            "output directory {dir} holds the outputs of a job this cluster did not run: give another --output-dir, or --overwrite to replace them"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `dir` has a job's outputs in it: `_SUCCESS` or an `mr-out-*`.
+fn holds_outputs(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name == crate::job_dir::SUCCESS_MARKER || name.starts_with("mr-out-")
+    })
+}
+
+/// `path` without `.` and `..` components, as far as words can tell
+/// (symbolic links are resolved by [`real`] where it matters).
+fn normalized(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `path` with symbolic links resolved as far as it exists: the longest
+/// existing ancestor canonicalized, the rest appended.
+fn real(path: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut existing = path;
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return missing.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return path.to_owned(),
+        }
+    }
+}
+
+/// A path from a peer, cut and escaped for a message.
+fn shown(path: &Path) -> String {
+    excerpt(&path.to_string_lossy(), EXCERPT_CHARS)
+}
+
+/// What the job's engine is planned from.
+pub fn coordinator_config(admitted: &Admitted) -> CoordinatorConfig {
+    let job = &admitted.submission.job;
+    CoordinatorConfig {
+        inputs: admitted.inputs.clone(),
+        split_bytes: job.split_size,
+        reduces: job.reduces,
+        output_dir: admitted.output_dir.clone(),
+        scheduler: job.scheduler_config(),
+        params: crate::Params::new(job.params.clone()),
+        map_buffer_bytes: job.map_buffer,
+        combine: !job.no_combine,
+        compression: job.compress,
+        fresh: false,
+        app: Some(admitted.app.clone()),
+        // The cluster's listener checks the secret; the engine has none.
+        secret: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized_by_their_words() {
+        assert_eq!(normalized(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+        assert_eq!(normalized(Path::new("/a/b/")), PathBuf::from("/a/b"));
+    }
+
+    #[test]
+    fn an_output_directory_apart_from_the_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let input_dir = dir.path().join("in");
+        std::fs::create_dir(&input_dir).unwrap();
+        std::fs::write(input_dir.join("a.txt"), "a\n").unwrap();
+        let given = [input_dir.clone()];
+        let inputs = crate::inputs::resolve_inputs(&given).unwrap();
+        assert!(check_output_dir(&dir.path().join("out"), &given, &inputs).is_ok());
+        let inside = check_output_dir(&input_dir.join("out"), &given, &inputs).unwrap_err();
+        assert!(inside.contains("is inside the input"), "{inside}");
+        let holding = check_output_dir(dir.path(), &given, &inputs).unwrap_err();
+        assert!(holding.contains("is inside the output directory"), "{holding}");
+        let file = check_output_dir(&input_dir.join("a.txt"), &[], &[]).unwrap_err();
+        assert!(file.contains("is not a directory"), "{file}");
+    }
+
+    #[test]
+    fn another_jobs_output_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        assert!(check_output_holder(out, None, false).is_ok());
+        let running = check_output_holder(out, Some((JobId(3), JobState::Running)), true).unwrap_err();
+        assert!(running.contains("job-3") && running.contains("running"), "{running}");
+        let finished = check_output_holder(out, Some((JobId(4), JobState::Succeeded)), false).unwrap_err();
+        assert!(finished.contains("--overwrite"), "{finished}");
+        assert!(check_output_holder(out, Some((JobId(4), JobState::Succeeded)), true).is_ok());
+        std::fs::write(out.join("mr-out-0"), "x 1\n").unwrap();
+        let foreign = check_output_holder(out, None, false).unwrap_err();
+        assert!(foreign.contains("did not run"), "{foreign}");
+        assert!(check_output_holder(out, None, true).is_ok());
+    }
+}
