@@ -656,10 +656,10 @@ mod tests {
         assert!(!queue.task_ended(JobId(1)));
         assert!(!queue.task_started(JobId(99)));
         assert!(!queue.task_ended(JobId(99)));
+        assert_eq!(queue.job(JobId(1)).unwrap().running_tasks, 0);
         assert!(queue.set_running_tasks(JobId(1), 7));
         assert_eq!(queue.job(JobId(1)).unwrap().running_tasks, 7);
         assert!(!queue.set_running_tasks(JobId(99), 1));
-        assert_eq!(queue.job(JobId(1)).unwrap().running_tasks, 0);
     }
 
     #[test]
