@@ -42,7 +42,20 @@ fn start_cluster_at(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String) 
 }
 
 fn start_cluster(dir: &Path) -> (Proc, String) {
-    start_cluster_at(dir, "127.0.0.1:0", &[])
+    start_cluster_at(dir, "127.0.0.1:0", &["--http", "off"])
+}
+
+/// `GET path` from the HTTP server at `url` (`http://HOST:PORT/`): the body.
+fn http_get(url: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "GET {path}: {response}");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
 }
 
 /// A label not used before in this test process (a log file's name).
@@ -106,7 +119,8 @@ fn word_inputs(dir: &TestDir, files: usize) -> Vec<String> {
 fn admission_refuses_bad_jobs_with_one_line_and_queues_nothing() {
     let dir = TestDir::new("cluster-admission");
     let inputs = word_inputs(&dir, 2);
-    let (mut cluster, addr) = start_cluster(dir.path());
+    let (mut cluster, addr) = start_cluster_at(dir.path(), "127.0.0.1:0", &["--http", "127.0.0.1:0"]);
+    let url = cluster.stdout().lines().find_map(|line| line.strip_prefix("status page: ").map(str::to_owned)).expect("the status page's URL");
     let d = dir.path();
     let wordcount = plugin("wordcount");
     let app = wordcount.to_str().unwrap();
@@ -134,6 +148,11 @@ fn admission_refuses_bad_jobs_with_one_line_and_queues_nothing() {
     assert!(running["waiting"].to_string().contains("no worker is connected"), "{running}");
     let taken = mr_refused(d, &addr, &["submit", "--app", app, "--output-dir", "out", &inputs[1]]);
     assert!(taken.contains(&id) && taken.contains("running"), "{taken}");
+    assert!(mr_ok(d, &addr, &["logs", &id]).contains("job planned"), "the job's log has its engine's lines");
+    let listed: serde_json::Value = serde_json::from_str(&http_get(&url, "/api/jobs")).unwrap();
+    assert_eq!(listed[0]["state"], "running", "{listed}");
+    assert!(http_get(&url, "/metrics").contains("mapreduce_cluster_jobs{state=\"running\"} 1"));
+    assert!(http_get(&url, "/").contains(&id));
 
     // Cancelled while running: nothing published, its job directory gone.
     assert!(mr_ok(d, &addr, &["cancel", &id]).contains(&id));

@@ -152,6 +152,12 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
 
+    /// Where the cluster's status pages (jobs, workers, /api/jobs,
+    /// /api/workers, /metrics) listen, or `off`. Default 127.0.0.1:7879; if
+    /// that port is taken a free port is used and printed.
+    #[arg(long, value_name = "HOST:PORT|off")]
+    http: Option<String>,
+
     /// Also append the log to this file.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -264,7 +270,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn serve_main(args: ServeArgs) -> ExitCode {
-    if let Err(e) = mapreduce::logging::init(args.log_file.as_deref()) {
+    let job_logs = match mapreduce::cluster::job_logs::JobLogs::new(&args.state_dir) {
+        Ok(layer) => layer,
+        Err(e) => {
+            eprintln!("mr-master: error: cannot make the job logs' directory in {}: {e}", args.state_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = mapreduce::logging::init_with(args.log_file.as_deref(), Some(Box::new(job_logs))) {
         let path = args.log_file.as_deref().unwrap_or(Path::new("")).display();
         eprintln!("mr-master: error: cannot open log file {path}: {e}");
         return ExitCode::FAILURE;
@@ -316,6 +329,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let stop_http = Arc::new(Notify::new());
+    if args.http.as_deref() != Some("off") {
+        let (listener, url) = bind_http(args.http.as_deref()).await?;
+        let (router, stop) = (mapreduce::cluster::status_page::router(cluster.clone()), stop_http.clone());
+        tokio::spawn(async move { http::serve_routes(listener, router, async move { stop.notified().await }).await });
+        println!("status page: {url}");
+    }
     println!("cluster listening on {addr} (state in {})", args.state_dir.display());
     if let Some(path) = &args.addr_file {
         mapreduce::output::write_atomically(path, format!("{addr}\n").as_bytes())
@@ -328,6 +348,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     tracing::info!("stopping: running jobs are kept to resume at the next start");
     expiring.abort();
+    stop_http.notify_one();
     cluster.stop_all();
     let give_up = tokio::time::Instant::now() + STOP_WAIT;
     while !cluster.engines_stopped() && tokio::time::Instant::now() < give_up {

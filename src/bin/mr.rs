@@ -103,6 +103,15 @@ enum Command {
         /// The job's id (`job-N` or `N`).
         id: JobId,
     },
+    /// A job's log lines (the coordinator's: attempts given, failed, lost,
+    /// and why), oldest first.
+    Logs {
+        /// The job's id (`job-N` or `N`).
+        id: JobId,
+        /// Only the lines about this task (`map-3`, `reduce-0`).
+        #[arg(long, value_name = "TASK")]
+        task: Option<String>,
+    },
     /// The workers connected to the cluster, their labels and load.
     Workers {
         /// As JSON.
@@ -154,6 +163,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Cancel { id } => {
             let info = client.cancel(context(), id).await.context("cancelling")?.map_err(anyhow::Error::msg)?;
             println!("{id}: {}", if info.state.is_final() { info.state.to_string() } else { "cancelling".to_owned() });
+        }
+        Command::Logs { id, task } => {
+            let lines = client.logs(context(), id, task).await.context("asking for the log")?.map_err(anyhow::Error::msg)?;
+            for line in lines {
+                println!("{line}");
+            }
         }
         Command::Workers { json } => {
             let workers = client.workers(context()).await.context("listing workers")?;

@@ -30,6 +30,12 @@ static BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
 /// Installs the subscriber: stderr (colours only on a terminal), plus
 /// `log_file` (appended to, created if missing, no colours) if given.
 pub fn init(log_file: Option<&Path>) -> io::Result<()> {
+    init_with(log_file, None)
+}
+
+/// [`init`], with one more layer that sees every line first (the standing
+/// cluster's per-job logs).
+pub fn init_with(log_file: Option<&Path>, extra: Option<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>>) -> io::Result<()> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(StderrThroughBars)
@@ -49,7 +55,7 @@ pub fn init(log_file: Option<&Path>) -> io::Result<()> {
         }
         None => None,
     };
-    let _ = tracing_subscriber::registry().with(stderr).with(file).try_init();
+    let _ = tracing_subscriber::registry().with(extra).with(stderr).with(file).try_init();
     Ok(())
 }
 

@@ -138,6 +138,16 @@ pub async fn serve(listener: TcpListener, status: StatusHandle, shutdown: impl F
     Ok(())
 }
 
+/// Serves `router` (another server's pages: the standing cluster's) on
+/// `listener` as [`serve`] serves a job's status: within the process's
+/// connection budget and the default [`Limits`], until `shutdown`.
+pub async fn serve_routes(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let process = crate::accept::connection_cap();
+    let budget = process.limited_to(Limits::connections(&process));
+    serve_router(listener, router, &Limits::default(), budget, shutdown).await;
+    Ok(())
+}
+
 /// Serves `router` on `listener` within `budget` and `limits` until
 /// `shutdown`, then stops its connections and waits for them.
 async fn serve_router(listener: TcpListener, router: Router, limits: &Limits, budget: ConnectionBudget, shutdown: impl Future<Output = ()>) {

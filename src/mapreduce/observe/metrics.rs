@@ -93,19 +93,27 @@ pub fn render(report: &StatusReport) -> String {
     out.text
 }
 
-/// Text being written in the exposition format.
+/// Text being written in the exposition format: families and their
+/// samples.
 #[derive(Default)]
-struct Exposition {
+pub struct Exposition {
     text: String,
 }
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    /// The text written so far.
+    pub fn into_text(self) -> String {
+        self.text
+    }
+
+    /// Starts a family: its help and type lines.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    /// One sample of the family, with label values escaped.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');

@@ -144,6 +144,11 @@ pub trait ClusterApi {
     async fn cancel(id: JobId) -> Result<JobInfo, String>;
     /// The workers connected now.
     async fn workers() -> Vec<WorkerInfo>;
+    /// Job `id`'s log lines (the coordinator's, see
+    /// [`crate::cluster::job_logs`]), the newest
+    /// [`MAX_LINES`](crate::cluster::job_logs::MAX_LINES) at most; with
+    /// `task` (`map-3`, `reduce-0`), only the lines about it.
+    async fn logs(id: JobId, task: Option<String>) -> Result<Vec<String>, String>;
     /// A long-lived worker joins the pool (the caller, by its handshake).
     async fn join(offer: JoinOffer) -> Result<Welcome, String>;
     /// A joined worker is alive, under `load`.

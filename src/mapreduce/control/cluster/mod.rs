@@ -6,7 +6,9 @@
 pub mod admission;
 pub mod api;
 pub mod history;
+pub mod job_logs;
 pub mod queue;
 pub mod registry;
 pub mod server;
+pub mod status_page;
 pub mod workers;

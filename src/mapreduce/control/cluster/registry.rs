@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::cluster::admission::{self, Admitted};
 use crate::cluster::api::{JobInfo, ListFilter, Submission, WorkerInfo};
 use crate::cluster::history::{History, HistoryError, JobFilter, JobOutcome, JobRecord, JobState};
+use crate::cluster::job_logs;
 use crate::cluster::queue::{JobId, MaxRunning, Queue};
 use crate::cluster::workers::{Label, Load, LoadLimits, Workers};
 use crate::coordinator::{CoordinatorError, Job, JobHandle, JobReport, StatusHandle};
@@ -187,7 +188,7 @@ impl Cluster {
         let job = state.unfinished.get_mut(&id).ok_or("not in the cluster's table (a bug)")?;
         let output_dir = &job.admitted.output_dir;
         std::fs::create_dir_all(output_dir).map_err(|e| format!("cannot create output directory {}: {e}", output_dir.display()))?;
-        let span = tracing::info_span!("job", id = %id);
+        let span = tracing::info_span!(parent: None, job_logs::JOB_SPAN, id = %id);
         let engine = span.in_scope(|| Job::plan(admission::coordinator_config(&job.admitted))).map_err(|e| e.to_string())?;
         let handle = engine.handle();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -260,9 +261,21 @@ impl Cluster {
         let pruned = self.state().history.prune(self.config.keep_jobs, self.config.keep_for, SystemTime::now());
         match pruned {
             Ok(0) => {}
-            Ok(n) => tracing::info!("pruned {n} finished job(s) from the history"),
+            Ok(n) => {
+                tracing::info!("pruned {n} finished job(s) from the history");
+                let state = self.state();
+                job_logs::prune(&self.config.state_dir, |id| state.history.get(id.0).is_ok_and(|record| record.is_some()));
+            }
             Err(e) => tracing::warn!("cannot prune the history: {e}"),
         }
+    }
+
+    /// Job `id`'s log lines (see [`job_logs::read`]).
+    pub fn logs(&self, id: JobId, task: Option<&str>) -> Result<Vec<String>, String> {
+        if self.state().history.get(id.0).map_err(|e| e.to_string())?.is_none() {
+            return Err(format!("no job {id} (never submitted, or pruned)"));
+        }
+        job_logs::read(&self.config.state_dir, id, task).map_err(|e| format!("reading {id}'s log: {e}"))
     }
 
     /// Cancels job `id`: a queued one at once, a running one through its

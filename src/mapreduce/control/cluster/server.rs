@@ -25,9 +25,11 @@ use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::accept::IdleLimited;
 use crate::cluster::api::{AgentReply, ClusterApi, JobInfo, JoinOffer, ListFilter, Submission, Welcome, WorkerInfo};
+use crate::cluster::job_logs;
 use crate::cluster::queue::JobId;
 use crate::cluster::registry::Cluster;
 use crate::cluster::workers::Load;
@@ -81,7 +83,9 @@ async fn route_connection(cluster: &Arc<Cluster>, mut stream: Stream, identity: 
     match routed {
         Ok(Ok(Some(id))) => match cluster.job_handle(id) {
             Some(job) => {
-                let _ = job.serve_connection(stream, identity, peer).await;
+                // Its lines go to the job's log (see `job_logs`).
+                let span = tracing::info_span!(parent: None, job_logs::JOB_SPAN, id = %id);
+                let _ = job.serve_connection(stream, identity, peer).instrument(span).await;
             }
             None => tracing::debug!("a connection from {peer} for {id}, which is not running: closed"),
         },
@@ -157,6 +161,10 @@ impl ClusterApi for ApiServer {
 
     async fn workers(self, _: Context) -> Vec<WorkerInfo> {
         self.cluster.workers()
+    }
+
+    async fn logs(self, _: Context, id: JobId, task: Option<String>) -> Result<Vec<String>, String> {
+        self.blocking(move |cluster| cluster.logs(id, task.as_deref())).await
     }
 
     async fn join(self, _: Context, offer: JoinOffer) -> Result<Welcome, String> {
