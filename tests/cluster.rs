@@ -41,10 +41,6 @@ fn start_cluster_at(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String) 
     }
 }
 
-fn start_cluster(dir: &Path) -> (Proc, String) {
-    start_cluster_at(dir, "127.0.0.1:0", &["--http", "off"])
-}
-
 /// `GET path` from the HTTP server at `url` (`http://HOST:PORT/`): the body.
 fn http_get(url: &str, path: &str) -> String {
     use std::io::{Read, Write};
