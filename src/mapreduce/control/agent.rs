@@ -313,7 +313,9 @@ async fn send_heartbeats(cluster: &ClusterLink, offer: &JoinOffer, interval: Dur
     let mut interval = interval.max(MIN_HEARTBEAT_INTERVAL);
     loop {
         tokio::time::sleep(interval).await;
-        let load = crate::machine_load::read(work_dir);
+        // Off the runtime: statvfs on a hung network file system blocks.
+        let dir = work_dir.to_owned();
+        let load = tokio::task::spawn_blocking(move || crate::machine_load::read(&dir)).await.ok().flatten();
         let heartbeat = |client: ClusterApiClient| async move { client.agent_heartbeat(call_context(), load).await };
         match cluster.call(heartbeat).await {
             Ok(AgentReply::Continue) => {}
