@@ -1,5 +1,7 @@
 //! `mr-worker`: loads an app plugin and runs tasks from the coordinator
-//! ([`mapreduce::worker::run`]) until the job ends. Started again by
+//! ([`mapreduce::worker::run`]) until the job ends; or, pointed at a
+//! standing cluster, runs as its long-lived worker ([`mapreduce::agent`])
+//! until stopped. Started again by
 //! itself with `--task-process`, it is one slot's task process
 //! ([`mapreduce::task_host::run`]).
 
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mapreduce::cli;
+use mapreduce::cluster::workers::Label;
 use mapreduce::plugin::Plugin;
 use mapreduce::task_process::TaskCommand;
 use mapreduce::worker::{self, AppSource, WorkerConfig, WorkerExit};
@@ -18,6 +21,11 @@ use mapreduce::worker::{self, AppSource, WorkerConfig, WorkerExit};
 /// the given app plugin. Exits 0 when the job succeeded; 1 if the worker
 /// could not start (no coordinator, a bad plugin), 3 if the job failed, 4 if
 /// the coordinator vanished before the job ended and did not come back.
+///
+/// Pointed at a standing cluster (`mr-master --serve`), without APP, it
+/// joins the cluster's pool and runs tasks of its jobs until SIGTERM or
+/// Ctrl-C, on which it lets its running tasks finish and report, and exits
+/// 0; 4 if the cluster vanished and did not come back.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -47,9 +55,22 @@ struct Args {
     reconnect_timeout: Duration,
 
     /// Tasks to run at once in this process (each on its own thread), so
-    /// that one worker per machine can use every core.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    slots: u16,
+    /// that one worker per machine can use every core. Default: the
+    /// machine's available cores for a cluster; 1 for a one-job
+    /// coordinator (as the lab's tests expect).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    slots: Option<u16>,
+
+    /// What this worker offers a cluster's jobs, which may require labels
+    /// of the workers that run their tasks: KEY (`gpu`) or KEY=VALUE
+    /// (`zone=a`); repeat for several. Ignored by a one-job coordinator.
+    #[arg(long = "label", value_name = "KEY[=VALUE]")]
+    labels: Vec<Label>,
+
+    /// With a cluster: seconds that running tasks may take to finish and
+    /// report after SIGTERM or Ctrl-C, before they are cancelled.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = cli::parse_secs)]
+    drain_timeout: Duration,
 
     /// Where to make this worker's work directory (a fresh directory
     /// inside DIR, removed at exit), for map output it serves to reducers
@@ -60,7 +81,8 @@ struct Args {
 
     /// Where this worker serves its map output to reducers on other
     /// machines. Default: a free port on the address this worker reaches
-    /// the coordinator from.
+    /// the coordinator from. With a cluster, each job's map output is
+    /// served on a port of its own: give HOST:0.
     #[arg(long, value_name = "HOST:PORT")]
     serve_on: Option<String>,
 
@@ -89,7 +111,7 @@ struct Args {
     /// The app: a path to a plugin (`.so`), or a bare NAME for `libNAME.so`
     /// in this executable's directory (e.g. `wordcount`). Without it, the
     /// worker runs the app the master names (`mr-master --app`), fetched
-    /// from the master.
+    /// from the master. Refused by a cluster, whose jobs name their apps.
     #[arg(value_name = "APP")]
     app: Option<String>,
 }
@@ -115,6 +137,10 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(WorkerExit::JobDone) => {
             tracing::info!("exiting: the job is done");
+            ExitCode::SUCCESS
+        }
+        Ok(WorkerExit::Drained) => {
+            tracing::info!("exiting: stopped by a signal");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -149,7 +175,10 @@ async fn run(args: Args) -> anyhow::Result<WorkerExit> {
         master: args.master,
         connect_timeout: args.connect_timeout,
         reconnect_timeout: args.reconnect_timeout,
-        slots: args.slots.into(),
+        slots: args.slots.map(usize::from),
+        labels: args.labels,
+        drain_timeout: args.drain_timeout,
     };
-    Ok(worker::run(app, config).await?)
+    // Polled only with a cluster: a one-job worker keeps the signals' default action.
+    Ok(worker::run(app, config, cli::termination_signal()).await?)
 }

@@ -43,7 +43,16 @@
 //! | the HTTP status server and dashboard | [`http`] |
 //! | Prometheus metrics | [`metrics`] |
 //! | the end-of-job summary | [`summary`] |
-//! | the worker process's loop | [`worker`] |
+//! | the worker process's loop for one job; a cluster's server hands it to the agent | [`worker`] |
+//! | what a worker is given and how it ends: config, exits, errors | [`worker_config`] |
+//! | a worker's RPC link, made again when it breaks; call deadlines | [`link`] |
+//! | the link to one job's coordinator: first connection, heartbeat, task, report | [`job_link`] |
+//! | one job's storage on a worker: work directory, file server, task process start | [`job_setup`] |
+//! | a worker's slot: its thread, its task process, one task start to report | [`slot`] |
+//! | the long-lived worker of a cluster: join, load heartbeats, slots lent per task | [`agent`] |
+//! | a long-lived worker's per-job sessions (link, spec, storage, app, heartbeat) | [`session`] |
+//! | a long-lived worker's apps, fetched once by SHA-256 | [`app_cache`] |
+//! | the machine's load a long-lived worker reports (load average, memory, disk) | [`machine_load`] |
 //! | a slot's task process, killed and restarted when an attempt hangs or dies | [`task_process`] |
 //! | the task process's side: loading the app once, running attempts | [`task_host`] |
 //! | the messages between a worker and its task processes | [`task_protocol`] |
@@ -78,7 +87,8 @@ pub mod net;
 pub mod observe;
 
 pub use control::{
-    backup, cluster, coordinator, inputs, job_dir, job_files, journal, report_check, rpc, scheduler, task_host, task_process, task_protocol, worker,
+    agent, app_cache, backup, cluster, coordinator, inputs, job_dir, job_files, job_link, job_setup, journal, link, machine_load, report_check, rpc,
+    scheduler, session, slot, task_host, task_process, task_protocol, worker, worker_config,
 };
 pub(crate) use data::radix_sort;
 pub use data::{
