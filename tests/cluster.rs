@@ -54,6 +54,17 @@ fn http_get(url: &str, path: &str) -> String {
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
 }
 
+fn start_cluster(dir: &Path) -> (Proc, String) {
+    start_cluster_at(dir, "127.0.0.1:0", &["--http", "off"])
+}
+
+/// A long-lived worker of the cluster at `addr` (no app).
+fn start_cluster_worker(dir: &Path, addr: &str, flags: &[&str]) -> Proc {
+    let mut cmd = Command::new(worker_bin());
+    cmd.arg("--master").arg(addr).args(["--reconnect-timeout", "30"]).args(flags);
+    Proc::spawn(&next_label("worker"), cmd, dir)
+}
+
 /// A label not used before in this test process (a log file's name).
 fn next_label(what: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -178,4 +189,140 @@ fn a_client_without_the_token_is_refused_saying_so() {
     assert!(not_cluster.contains("not a cluster"), "{not_cluster}");
     master.kill();
     cluster.kill();
+}
+
+#[test]
+fn jobs_by_id_on_long_lived_workers_match_the_reference_and_outlive_a_restart() {
+    let dir = TestDir::new("cluster-jobs");
+    let inputs = word_inputs(&dir, 6);
+    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let d = dir.path();
+    let (mut cluster, addr) = start_cluster(d);
+    let mut workers: Vec<Proc> = (0..2).map(|_| start_cluster_worker(d, &addr, &["--slots", "2"])).collect();
+
+    let mut jobs = Vec::new();
+    for (app, out, reduces) in [("wordcount", "out-wc", "3"), ("indexer", "out-ix", "2"), ("wordcount", "out-wc1", "1")] {
+        let mut args = vec!["--app", app, "--output-dir", out, "--reduces", reduces];
+        args.extend(&input_refs);
+        jobs.push((submit(d, &addr, &args), app, out, reduces.parse::<u32>().unwrap()));
+    }
+    for (id, app, out, reduces) in &jobs {
+        let (code, stdout, stderr) = mr(d, &addr, &["wait", id]);
+        assert_eq!(code, 0, "{id} did not succeed\n{stdout}\n{stderr}\n{}", cluster.describe());
+        let expected = reference_output(d, app, &input_refs);
+        assert_same_output(&job_output(&dir.join(out), *reduces), &expected, &dir.listing());
+        assert!(dir.join(out).join("_SUCCESS").exists());
+    }
+    let succeeded: Vec<(String, String)> = jobs.iter().map(|(id, ..)| (id.clone(), "succeeded".to_owned())).collect();
+    assert_eq!(all_jobs(d, &addr), succeeded);
+    let workers_listed = mr_ok(d, &addr, &["workers"]);
+    assert_eq!(workers_listed.lines().count(), 3, "a header and two workers:\n{workers_listed}");
+
+    // The workers drain and exit 0 on SIGTERM; the cluster stops on it too,
+    // and a new one on the same state directory knows every job.
+    for worker in &mut workers {
+        terminate(worker);
+        worker.expect_success();
+    }
+    terminate(&mut cluster);
+    cluster.expect_success();
+    let (mut cluster, addr) = start_cluster(d);
+    assert_eq!(all_jobs(d, &addr), succeeded);
+    let first = status(d, &addr, &jobs[0].0);
+    let summary: serde_json::Value = serde_json::from_str(first["summary_json"].as_str().unwrap()).unwrap();
+    assert_eq!(summary["outputs"].as_array().unwrap().len(), 3, "{summary}");
+    let again = mr_refused(d, &addr, &["submit", "--app", "wordcount", "--output-dir", "out-wc", &inputs[0]]);
+    assert!(again.contains(&jobs[0].0) && again.contains("--overwrite"), "{again}");
+    cluster.kill();
+}
+
+#[test]
+fn a_killed_cluster_resumes_its_running_job_and_keeps_the_queued_one() {
+    let dir = TestDir::new("cluster-restart");
+    let inputs = word_inputs(&dir, 8);
+    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let d = dir.path();
+    let (mut cluster, addr) = start_cluster_at(d, "127.0.0.1:0", &["--max-running", "1"]);
+    let mut worker = start_cluster_worker(d, &addr, &["--slots", "2"]);
+    let mut slow = vec!["--app", "slowcount", "--param", "delay_ms=300", "--output-dir", "out-slow", "--reduces", "2", "--split-size", "0"];
+    slow.extend(&input_refs);
+    let running = submit(d, &addr, &slow);
+    let mut queued_args = vec!["--app", "wordcount", "--output-dir", "out-queued", "--reduces", "2"];
+    queued_args.extend(&input_refs);
+    let queued = submit(d, &addr, &queued_args);
+    wait_until(
+        || status(d, &addr, &running)["progress"]["maps_done"].as_u64().unwrap_or(0) >= 2,
+        || format!("{running} made no progress\n{}\n{}", cluster.describe(), worker.describe()),
+    );
+    assert_eq!(status(d, &addr, &queued)["state"], "queued");
+    cluster.kill();
+    let (mut cluster, addr) = start_cluster_at(d, &addr, &["--max-running", "1"]);
+    for (id, app, out) in [(&running, "slowcount", "out-slow"), (&queued, "wordcount", "out-queued")] {
+        let (code, stdout, stderr) = mr(d, &addr, &["wait", id]);
+        assert_eq!(code, 0, "{id} did not succeed\n{stdout}\n{stderr}\n{}\n{}", cluster.describe(), worker.describe());
+        assert_same_output(&job_output(&dir.join(out), 2), &reference_output(d, app, &input_refs), &dir.listing());
+    }
+    let resumed = status(d, &addr, &running);
+    let summary: serde_json::Value = serde_json::from_str(resumed["summary_json"].as_str().unwrap()).unwrap();
+    assert!(summary["attempts"]["before_restart"].as_u64().unwrap() >= 2, "the resumed job kept its finished maps: {summary}");
+    worker.kill();
+    cluster.kill();
+}
+
+#[test]
+fn a_high_priority_job_goes_first_and_labels_choose_the_workers() {
+    let dir = TestDir::new("cluster-priority");
+    let inputs = word_inputs(&dir, 10);
+    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let d = dir.path();
+    let (mut cluster, addr) = start_cluster(d);
+    let mut worker = start_cluster_worker(d, &addr, &["--slots", "1"]);
+    let mut low =
+        vec!["--priority", "low", "--app", "slowcount", "--param", "delay_ms=200", "--output-dir", "out-low", "--reduces", "1", "--split-size", "0"];
+    low.extend(&input_refs);
+    let low = submit(d, &addr, &low);
+    wait_until(|| status(d, &addr, &low)["progress"]["maps_done"].as_u64().unwrap_or(0) >= 1, || format!("{low} made no progress"));
+    let mut high = vec!["--priority", "high", "--app", "wordcount", "--output-dir", "out-high", "--reduces", "1"];
+    high.extend(&input_refs[..2]);
+    let high = submit(d, &addr, &high);
+    // A job only a `zone=a` worker may run waits for one, saying so.
+    let mut zoned = vec!["--require", "zone=a", "--app", "wordcount", "--output-dir", "out-zoned", "--reduces", "1"];
+    zoned.extend(&input_refs[..1]);
+    let zoned = submit(d, &addr, &zoned);
+    assert_eq!(mr(d, &addr, &["wait", &high]).0, 0);
+    let low_now = status(d, &addr, &low);
+    assert_eq!(low_now["state"], "running", "the high job finished while the low one still ran: {low_now}");
+    let waiting = status(d, &addr, &zoned);
+    assert!(waiting["waiting"].to_string().contains("zone=a"), "{waiting}");
+    let mut zone_a = start_cluster_worker(d, &addr, &["--slots", "1", "--label", "zone=a"]);
+    assert_eq!(mr(d, &addr, &["wait", &zoned]).0, 0);
+    assert_eq!(mr(d, &addr, &["wait", &low]).0, 0);
+    assert_same_output(&job_output(&dir.join("out-low"), 1), &reference_output(d, "slowcount", &input_refs), &dir.listing());
+    assert_same_output(&job_output(&dir.join("out-zoned"), 1), &reference_output(d, "wordcount", &input_refs[..1]), &dir.listing());
+
+    // A running job cancelled: its workers stop its attempts, nothing of it
+    // is published, and they go on with the next job at once.
+    let mut doomed = vec!["--app", "slowcount", "--param", "delay_ms=300", "--output-dir", "out-doomed", "--reduces", "1", "--split-size", "0"];
+    doomed.extend(&input_refs);
+    let doomed = submit(d, &addr, &doomed);
+    wait_until(|| status(d, &addr, &doomed)["progress"]["maps_done"].as_u64().unwrap_or(0) >= 1, || format!("{doomed} made no progress"));
+    mr_ok(d, &addr, &["cancel", &doomed]);
+    assert_eq!(mr(d, &addr, &["wait", &doomed]).0, 3, "wait exits 3 for a cancelled job");
+    assert_eq!(std::fs::read_dir(dir.join("out-doomed")).unwrap().count(), 0, "{}", dir.listing());
+    let mut next = vec!["--app", "wordcount", "--output-dir", "out-next", "--reduces", "1"];
+    next.extend(&input_refs[..1]);
+    let next = submit(d, &addr, &next);
+    let started = Instant::now();
+    assert_eq!(mr(d, &addr, &["wait", &next]).0, 0);
+    assert!(started.elapsed() < Duration::from_secs(10), "the workers were held by the cancelled job: {:?}", started.elapsed());
+    zone_a.kill();
+    worker.kill();
+    cluster.kill();
+}
+
+/// Sends SIGTERM to `process`.
+fn terminate(process: &mut Proc) {
+    // SAFETY: kill(2) with a pid this test started and has not reaped.
+    let sent = unsafe { libc::kill(process.pid() as i32, libc::SIGTERM) };
+    assert_eq!(sent, 0);
 }

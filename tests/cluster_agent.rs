@@ -81,6 +81,9 @@ impl ClusterApi for StandIn {
     async fn workers(self, _: Context) -> Vec<WorkerInfo> {
         Vec::new()
     }
+    async fn logs(self, _: Context, _: JobId, _: Option<String>) -> Result<Vec<String>, String> {
+        Err("not in the stand-in".into())
+    }
     async fn join(self, _: Context, offer: JoinOffer) -> Result<Welcome, String> {
         self.seen.lock().unwrap().joins.push(offer);
         Ok(Welcome { heartbeat_interval: Duration::from_millis(200) })

@@ -17,7 +17,7 @@
 //! ([`Cluster::open`]).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -221,12 +221,7 @@ impl Cluster {
         let summary = serde_json::to_string(&JobSummary::new(&status.report(), &outputs)).ok();
         let outcome = match result {
             Ok(_) => ended(JobState::Succeeded, None, summary),
-            Err(CoordinatorError::Interrupted) if cancelled => {
-                if let Some(job) = state.unfinished.get(&id) {
-                    remove_job_dir(&job.admitted.output_dir);
-                }
-                ended(JobState::Cancelled, Some("cancelled while running".into()), summary)
-            }
+            Err(CoordinatorError::JobFailed(_)) if cancelled => ended(JobState::Cancelled, Some(CANCELLED.into()), summary),
             Err(CoordinatorError::Interrupted) => {
                 tracing::info!(job = %id, "stopped with the cluster; it resumes when the cluster starts again");
                 if let Some(job) = state.unfinished.get_mut(&id) {
@@ -288,11 +283,12 @@ impl Cluster {
         };
         match &mut job.engine {
             Some(engine) => {
-                engine.cancelled = true;
-                if let Some(stop) = engine.stop.take() {
-                    let _ = stop.send(());
+                // Its workers are told and its job directory goes, as at
+                // any failure; a job that has just succeeded stays so.
+                if engine.handle.cancel(CANCELLED) {
+                    engine.cancelled = true;
+                    tracing::info!(job = %id, "cancelling");
                 }
-                tracing::info!(job = %id, "cancelling");
             }
             None => {
                 tracing::info!(job = %id, "cancelled while queued");
@@ -435,6 +431,9 @@ impl Cluster {
     }
 }
 
+/// Why a cancelled running job stopped, as its workers and history say.
+const CANCELLED: &str = "cancelled while running";
+
 /// How often a held `next_job` looks again at the engines.
 const PICK_RETRY: Duration = Duration::from_millis(50);
 
@@ -448,17 +447,6 @@ fn ended(state: JobState, error: Option<String>, summary_json: Option<String>) -
         map_phase_secs: summary.as_ref().and_then(|s| s.map_phase_secs),
         reduce_phase_secs: summary.as_ref().and_then(|s| s.reduce_phase_secs),
         attempts_json: summary.as_ref().and_then(|s| serde_json::to_string(&s.attempts).ok()),
-    }
-}
-
-/// Removes a cancelled job's directory (`<output>/.mr-job`): nothing of
-/// it is resumed or published.
-fn remove_job_dir(output_dir: &Path) {
-    let dir = output_dir.join(crate::job_dir::JOB_DIR_NAME);
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("cannot remove the cancelled job's directory {}: {e}", dir.display());
-        }
     }
 }
 

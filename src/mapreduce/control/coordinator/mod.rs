@@ -218,6 +218,21 @@ impl JobHandle {
     pub fn status(&self) -> StatusHandle {
         StatusHandle(self.0.clone())
     }
+
+    /// Stops the job as failed with `reason` unless it has ended (so, under
+    /// the job's lock, never once its outputs are published): its workers
+    /// are told, as at any end, its running attempts stop, and its job
+    /// directory goes. False if it had ended already.
+    pub fn cancel(&self, reason: &str) -> bool {
+        let mut job = self.0.job();
+        if job.scheduler.job_end().is_some() {
+            return false;
+        }
+        job.scheduler.abort(reason.to_owned());
+        drop(job);
+        self.0.changed.notify_waiters();
+        true
+    }
 }
 
 /// The plugin `app` names (a path, or a bare name for `libNAME.so` beside
