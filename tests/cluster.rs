@@ -23,10 +23,12 @@ fn start_cluster_at(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String) 
     let addr_file = dir.join("cluster.addr");
     let _ = std::fs::remove_file(&addr_file);
     let mut cmd = Command::new(master_bin());
-    cmd.args(["--serve", "--listen", listen, "--state-dir", "state", "--max-load-per-core", "off", "--min-free-disk", "0", "--min-free-memory", "0"])
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .args(extra);
+    cmd.args(["--serve", "--listen", listen, "--state-dir", "state"]).arg("--addr-file").arg(&addr_file).args(extra);
+    for (flag, off) in [("--max-load-per-core", "off"), ("--min-free-disk", "0"), ("--min-free-memory", "0")] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, off]);
+        }
+    }
     let mut cluster = Proc::spawn(&next_label("cluster"), cmd, dir);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -316,6 +318,30 @@ fn a_high_priority_job_goes_first_and_labels_choose_the_workers() {
     assert_eq!(mr(d, &addr, &["wait", &next]).0, 0);
     assert!(started.elapsed() < Duration::from_secs(10), "the workers were held by the cancelled job: {:?}", started.elapsed());
     zone_a.kill();
+    worker.kill();
+    cluster.kill();
+}
+
+#[test]
+fn a_worker_over_a_load_limit_gets_no_tasks_and_the_job_says_why() {
+    let dir = TestDir::new("cluster-load");
+    let inputs = word_inputs(&dir, 1);
+    let d = dir.path();
+    // No machine here has a petabyte of memory available.
+    let (mut cluster, addr) = start_cluster_at(d, "127.0.0.1:0", &["--http", "off", "--min-free-memory", "1024T"]);
+    let mut worker = start_cluster_worker(d, &addr, &["--slots", "1"]);
+    let loaded = || -> bool {
+        let workers: Vec<serde_json::Value> = serde_json::from_str(&mr_ok(d, &addr, &["workers", "--json"])).unwrap();
+        workers.first().is_some_and(|worker| !worker["over_limit"].is_null() && !worker["load"].is_null())
+    };
+    wait_until(loaded, || format!("the worker never reported a load over the limit\n{}", worker.describe()));
+    assert!(mr_ok(d, &addr, &["workers"]).contains("memory"), "mr workers says which limit");
+    let id = submit(d, &addr, &["--app", "wordcount", "--output-dir", "out", &inputs[0]]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = status(d, &addr, &id);
+    assert!(held["waiting"].to_string().contains("over its load limits"), "{held}");
+    assert_eq!(held["progress"]["running"], 0, "{held}");
+    assert_eq!(held["progress"]["maps_done"], 0, "{held}");
     worker.kill();
     cluster.kill();
 }

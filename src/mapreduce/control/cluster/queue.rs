@@ -149,7 +149,7 @@ impl MaxRunning {
 /// Where a job is in the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum JobState {
+pub enum QueueState {
     /// Submitted, waiting for fewer jobs of its level to run.
     Queued,
     /// Its tasks are given to free slots.
@@ -186,7 +186,7 @@ pub struct JobView<'a> {
     /// Its weight within its level (at least 1).
     pub weight: u32,
     /// Queued or running.
-    pub state: JobState,
+    pub state: QueueState,
     /// Tasks of it running now.
     pub running_tasks: u64,
     /// The labels a worker must have to run its tasks.
@@ -245,14 +245,14 @@ struct QueuedJob {
     /// At least 1.
     weight: u32,
     requires: Vec<Label>,
-    state: JobState,
+    state: QueueState,
     /// Counted only while running; saturates at both ends.
     running_tasks: u64,
 }
 
 impl QueuedJob {
     fn is_running(&self) -> bool {
-        self.state == JobState::Running
+        self.state == QueueState::Running
     }
 
     /// Whether this job has fewer running tasks per unit of weight than
@@ -303,7 +303,7 @@ impl Queue {
         if self.find(id).is_some() {
             return Err(QueueError::AlreadySubmitted(id));
         }
-        self.jobs.push(QueuedJob { id, priority, weight, requires, state: JobState::Queued, running_tasks: 0 });
+        self.jobs.push(QueuedJob { id, priority, weight, requires, state: QueueState::Queued, running_tasks: 0 });
         Ok(())
     }
 
@@ -314,8 +314,8 @@ impl Queue {
         let mut started = Vec::new();
         for level in Priority::ALL {
             let free = (self.max_running.of(level) as usize).saturating_sub(self.running_jobs(level));
-            for job in self.jobs.iter_mut().filter(|job| job.priority == level && job.state == JobState::Queued).take(free) {
-                job.state = JobState::Running;
+            for job in self.jobs.iter_mut().filter(|job| job.priority == level && job.state == QueueState::Queued).take(free) {
+                job.state = QueueState::Running;
                 started.push(job.id);
             }
         }
@@ -412,12 +412,12 @@ impl Queue {
     /// How many queued jobs of its level start before queued job `id` (0:
     /// it is next). `None` if it is not queued.
     pub fn position(&self, id: JobId) -> Option<usize> {
-        let job = self.find(id).filter(|job| job.state == JobState::Queued)?;
+        let job = self.find(id).filter(|job| job.state == QueueState::Queued)?;
         Some(
             self.jobs
                 .iter()
                 .take_while(|other| other.id != id)
-                .filter(|other| other.priority == job.priority && other.state == JobState::Queued)
+                .filter(|other| other.priority == job.priority && other.state == QueueState::Queued)
                 .count(),
         )
     }
@@ -627,7 +627,7 @@ mod tests {
         assert_eq!(queue.cancel(JobId(1)), Err(QueueError::AlreadyRunning(JobId(1))));
         assert_eq!(queue.cancel(JobId(3)), Err(QueueError::UnknownJob(JobId(3))));
         let states: Vec<_> = queue.jobs().map(|job| (job.id, job.state)).collect();
-        assert_eq!(states, [(JobId(1), JobState::Running), (JobId(2), JobState::Queued), (JobId(4), JobState::Queued)]);
+        assert_eq!(states, [(JobId(1), QueueState::Running), (JobId(2), QueueState::Queued), (JobId(4), QueueState::Queued)]);
     }
 
     #[test]
@@ -753,7 +753,7 @@ mod tests {
         priority: Priority,
         weight: u32,
         requires: Vec<Label>,
-        state: JobState,
+        state: QueueState,
         running_tasks: u64,
     }
 
@@ -766,7 +766,7 @@ mod tests {
         let mut candidates: Vec<(usize, &(JobId, ModelJob))> = model
             .iter()
             .enumerate()
-            .filter(|(_, (id, job))| job.state == JobState::Running && meets_all(worker.labels, &job.requires) && ready(*id))
+            .filter(|(_, (id, job))| job.state == QueueState::Running && meets_all(worker.labels, &job.requires) && ready(*id))
             .collect();
         candidates.sort_by(|(order_a, (_, a)), (order_b, (_, b))| {
             let share = |job: &ModelJob, other: &ModelJob| u128::from(job.running_tasks) * u128::from(other.weight);
@@ -785,11 +785,11 @@ mod tests {
             .collect();
         prop_assert_eq!(held.as_slice(), model);
         for level in Priority::ALL {
-            let running = model.iter().filter(|(_, job)| job.priority == level && job.state == JobState::Running).count();
+            let running = model.iter().filter(|(_, job)| job.priority == level && job.state == QueueState::Running).count();
             prop_assert!(running <= max_running.of(level) as usize, "{} {} jobs run", running, level);
         }
         for (id, job) in model {
-            prop_assert!(job.state == JobState::Running || job.running_tasks == 0, "{} is queued with running tasks", id);
+            prop_assert!(job.state == QueueState::Running || job.running_tasks == 0, "{} is queued with running tasks", id);
         }
         Ok(())
     }
@@ -811,22 +811,22 @@ mod tests {
                         let known = model.iter().any(|(known, _)| *known == id);
                         prop_assert_eq!(submitted.is_ok(), *weight > 0 && !known);
                         if submitted.is_ok() {
-                            model.push((id, ModelJob { priority: *priority, weight: *weight, requires, state: JobState::Queued, running_tasks: 0 }));
+                            model.push((id, ModelJob { priority: *priority, weight: *weight, requires, state: QueueState::Queued, running_tasks: 0 }));
                         }
                     }
                     Step::StartReady => {
                         let started = queue.start_ready();
                         for id in &started {
                             let job = model.iter_mut().find(|(known, _)| known == id).map(|(_, job)| job);
-                            prop_assert!(job.as_ref().is_some_and(|job| job.state == JobState::Queued), "{} started twice", id);
+                            prop_assert!(job.as_ref().is_some_and(|job| job.state == QueueState::Queued), "{} started twice", id);
                             if let Some(job) = job {
-                                job.state = JobState::Running;
+                                job.state = QueueState::Running;
                             }
                         }
                         // Every level is now at its limit or has no queued job.
                         for level in Priority::ALL {
                             let of_level = |state| model.iter().filter(|(_, job)| job.priority == level && job.state == state).count();
-                            prop_assert!(of_level(JobState::Queued) == 0 || of_level(JobState::Running) == max_running.of(level) as usize);
+                            prop_assert!(of_level(QueueState::Queued) == 0 || of_level(QueueState::Running) == max_running.of(level) as usize);
                         }
                     }
                     Step::Pick { worker, accepts, ready, start } => {
@@ -836,7 +836,7 @@ mod tests {
                         prop_assert_eq!(picked, expected_pick(&model, &view, is_ready));
                         if let Some(id) = picked {
                             let (_, job) = model.iter().find(|(known, _)| *known == id).unwrap();
-                            prop_assert!(job.state == JobState::Running && is_ready(id) && meets_all(view.labels, &job.requires));
+                            prop_assert!(job.state == QueueState::Running && is_ready(id) && meets_all(view.labels, &job.requires));
                             if *start {
                                 prop_assert!(queue.task_started(id));
                                 model.iter_mut().filter(|(known, _)| *known == id).for_each(|(_, job)| job.running_tasks += 1);
@@ -845,7 +845,7 @@ mod tests {
                     }
                     Step::TaskStarted(id) => {
                         let counted = queue.task_started(JobId(*id));
-                        let job = model.iter_mut().find(|(known, job)| known.0 == *id && job.state == JobState::Running);
+                        let job = model.iter_mut().find(|(known, job)| known.0 == *id && job.state == QueueState::Running);
                         prop_assert_eq!(counted, job.is_some());
                         if let Some((_, job)) = job {
                             job.running_tasks += 1;
@@ -853,7 +853,7 @@ mod tests {
                     }
                     Step::TaskEnded(id) => {
                         let counted = queue.task_ended(JobId(*id));
-                        let job = model.iter_mut().find(|(known, job)| known.0 == *id && job.state == JobState::Running && job.running_tasks > 0);
+                        let job = model.iter_mut().find(|(known, job)| known.0 == *id && job.state == QueueState::Running && job.running_tasks > 0);
                         prop_assert_eq!(counted, job.is_some());
                         if let Some((_, job)) = job {
                             job.running_tasks -= 1;
@@ -869,8 +869,8 @@ mod tests {
                         let cancelled = queue.cancel(JobId(*id));
                         match state {
                             None => prop_assert_eq!(cancelled, Err(QueueError::UnknownJob(JobId(*id)))),
-                            Some(JobState::Running) => prop_assert_eq!(cancelled, Err(QueueError::AlreadyRunning(JobId(*id)))),
-                            Some(JobState::Queued) => {
+                            Some(QueueState::Running) => prop_assert_eq!(cancelled, Err(QueueError::AlreadyRunning(JobId(*id)))),
+                            Some(QueueState::Queued) => {
                                 prop_assert_eq!(cancelled, Ok(()));
                                 model.retain(|(known, _)| known.0 != *id);
                             }
