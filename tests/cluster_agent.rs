@@ -92,7 +92,7 @@ impl ClusterApi for StandIn {
         self.seen.lock().unwrap().loads.push(load);
         AgentReply::Continue
     }
-    async fn next_job(self, _: Context) -> Option<JobId> {
+    async fn next_job(self, _: Context, _: Vec<JobId>) -> Option<JobId> {
         let running: Vec<JobId> = self.jobs.iter().filter(|(_, done)| !done.load(Ordering::Acquire)).map(|(id, _)| *id).collect();
         if running.is_empty() {
             tokio::time::sleep(mapreduce::rpc::POLL_WAIT).await;

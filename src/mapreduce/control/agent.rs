@@ -183,7 +183,7 @@ async fn run_slot(slot: usize, agent: &Agent, mut stop: watch::Receiver<bool>) -
             break Ok(());
         }
         retire_ended(&mut process).await;
-        let next_job = |client: ClusterApiClient| async move { client.next_job(call_context()).await };
+        let next_job = |client: ClusterApiClient| async move { client.next_job(call_context(), Vec::new()).await };
         let next = tokio::select! {
             next = agent.cluster.call(next_job) => next,
             _ = stop.wait_for(|stop| *stop) => break Ok(()),

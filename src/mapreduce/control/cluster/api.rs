@@ -154,8 +154,10 @@ pub trait ClusterApi {
     /// A joined worker is alive, under `load`.
     async fn agent_heartbeat(load: Option<Load>) -> AgentReply;
     /// Which job a free slot of the calling worker serves now: one with a
-    /// task ready for it, chosen by priority and fair share; `None` after
-    /// [`crate::rpc::POLL_WAIT`] with none. The slot then asks that job's
-    /// engine for the task (at the job's address).
-    async fn next_job() -> Option<JobId>;
+    /// task ready for it, chosen by priority and fair share, and not one of
+    /// `declined` (jobs this worker cannot serve now: their session would
+    /// not open); `None` after [`crate::rpc::POLL_WAIT`] with none. The
+    /// slot then asks that job's engine for the task (at the job's
+    /// address), which answers at once.
+    async fn next_job(declined: Vec<JobId>) -> Option<JobId>;
 }

@@ -392,13 +392,13 @@ impl Cluster {
 
     /// The job a free slot of worker `id` serves: as soon as one has a task
     /// ready for it, or `None` after [`POLL_WAIT`].
-    pub async fn next_job(&self, worker: &str) -> Option<JobId> {
+    pub async fn next_job(&self, worker: &str, declined: &[JobId]) -> Option<JobId> {
         let give_up = tokio::time::Instant::now() + POLL_WAIT;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(id) = self.pick(worker) {
+            if let Some(id) = self.pick(worker, declined) {
                 return Some(id);
             }
             // Engines do not signal here when their tasks become ready (a
@@ -415,7 +415,7 @@ impl Cluster {
     }
 
     /// One look for a job for a free slot of `worker`.
-    fn pick(&self, worker: &str) -> Option<JobId> {
+    fn pick(&self, worker: &str, declined: &[JobId]) -> Option<JobId> {
         let mut guard = self.state();
         let state = &mut *guard;
         for (id, job) in &state.unfinished {
@@ -426,7 +426,8 @@ impl Cluster {
         let view = state.workers.view(worker)?;
         let unfinished = &state.unfinished;
         state.queue.pick(&view, |id| {
-            unfinished.get(&id).and_then(|job| job.engine.as_ref()).is_some_and(|engine| engine.stop.is_some() && engine.handle.has_task_for(worker))
+            !declined.contains(&id)
+                && unfinished.get(&id).and_then(|job| job.engine.as_ref()).is_some_and(|engine| engine.stop.is_some() && engine.handle.has_task_for(worker))
         })
     }
 }

@@ -188,10 +188,10 @@ impl ClusterApi for ApiServer {
         }
     }
 
-    async fn next_job(self, _: Context) -> Option<JobId> {
+    async fn next_job(self, _: Context, declined: Vec<JobId>) -> Option<JobId> {
         if !self.caller.joined.load(Ordering::Acquire) {
             return None;
         }
-        self.cluster.next_job(&self.caller.worker).await
+        self.cluster.next_job(&self.caller.worker, &declined).await
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::files::Catalog;
 use crate::journal::Record;
-use crate::rpc::{Assignment, AttemptId, JobEnd, JobSpec, TaskId, WorkerId, POLL_WAIT};
+use crate::rpc::{Assignment, AttemptId, JobEnd, JobSpec, TaskId, WorkerId};
 use crate::scheduler::{Owner, Scheduler};
 use crate::status::JobStatus;
 use crate::untrusted::{excerpt, WarningLimit, EXCERPT_CHARS};
@@ -77,6 +77,10 @@ pub(super) struct Shared {
     /// refused, so that nothing of the job is served while its directory
     /// is removed.
     pub(super) closed: watch::Sender<bool>,
+    /// How long a `request_task` is held when no task is ready:
+    /// [`POLL_WAIT`](crate::rpc::POLL_WAIT), or nothing in a cluster, whose slots ask the cluster
+    /// which job to serve and must not sit in one job's wait meanwhile.
+    pub(super) request_hold: Duration,
     /// Reports, uploads and calls refused after the handshake (forged,
     /// stale or malformed): logged at most once per [`REFUSAL_LOG_WINDOW`].
     pub(super) refused_calls: Mutex<WarningLimit>,
@@ -214,9 +218,10 @@ pub(super) fn pin_app(shared: &Shared, sha256: &str) -> Result<(), String> {
 }
 
 /// Answers a `request_task`: a task as soon as one is ready, `Exit` once the
-/// job is over, or `Wait` after [`POLL_WAIT`].
+/// job is over, or `Wait` after `Shared::request_hold` ([`POLL_WAIT`](crate::rpc::POLL_WAIT)
+/// outside a cluster).
 pub(super) async fn hold_until_assigned(shared: &Shared, owner: &Owner) -> Assignment {
-    let give_up = tokio::time::Instant::now() + POLL_WAIT;
+    let give_up = tokio::time::Instant::now() + shared.request_hold;
     loop {
         // Register for wake-ups before looking, so a change between the
         // look and the wait is not missed.

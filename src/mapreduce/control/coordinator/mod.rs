@@ -312,6 +312,7 @@ impl Job {
             claims: Mutex::new(HashMap::new()),
             closed: watch::channel(false).0,
             refused_calls: Mutex::new(WarningLimit::new(REFUSAL_LOG_WINDOW)),
+            request_hold: crate::rpc::POLL_WAIT,
             app_pin: Mutex::new(app_pin),
         });
         Ok(Job { shared, journal_sync, started, reduces: config.reduces, secret: config.secret })
@@ -320,6 +321,17 @@ impl Job {
     /// A handle on the job's status.
     pub fn status(&self) -> StatusHandle {
         StatusHandle(self.shared.clone())
+    }
+
+    /// Answers a `request_task` with no task ready at once, instead of
+    /// holding it up to [`POLL_WAIT`](crate::rpc::POLL_WAIT): for a cluster,
+    /// whose slots ask the cluster which job to serve. Call before taking
+    /// handles.
+    pub fn answering_requests_at_once(mut self) -> Job {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.request_hold = Duration::ZERO;
+        }
+        self
     }
 
     /// The job's door for connections accepted and authenticated
