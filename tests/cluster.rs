@@ -271,53 +271,94 @@ fn a_killed_cluster_resumes_its_running_job_and_keeps_the_queued_one() {
     cluster.kill();
 }
 
+/// When each of job `id`'s attempts started, by its log: (time, task, worker).
+fn attempt_starts(dir: &Path, addr: &str, id: &str) -> Vec<(String, String, String)> {
+    let field = |line: &str, name: &str| line.split(' ').find_map(|word| word.strip_prefix(name)).map(str::to_owned).unwrap_or_default();
+    mr_ok(dir, addr, &["logs", id])
+        .lines()
+        .filter(|line| line.contains(" attempt started "))
+        .map(|line| (line.split(' ').next().unwrap().to_owned(), field(line, "task="), field(line, "worker=")))
+        .collect()
+}
+
 #[test]
 fn a_high_priority_job_goes_first_and_labels_choose_the_workers() {
     let dir = TestDir::new("cluster-priority");
-    let inputs = word_inputs(&dir, 10);
+    let inputs = word_inputs(&dir, 24);
     let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let d = dir.path();
     let (mut cluster, addr) = start_cluster(d);
-    let mut worker = start_cluster_worker(d, &addr, &["--slots", "1"]);
-    let mut low =
-        vec!["--priority", "low", "--app", "slowcount", "--param", "delay_ms=200", "--output-dir", "out-low", "--reduces", "1", "--split-size", "0"];
-    low.extend(&input_refs);
-    let low = submit(d, &addr, &low);
-    wait_until(|| status(d, &addr, &low)["progress"]["maps_done"].as_u64().unwrap_or(0) >= 1, || format!("{low} made no progress"));
-    let mut high = vec!["--priority", "high", "--app", "wordcount", "--output-dir", "out-high", "--reduces", "1"];
-    high.extend(&input_refs[..2]);
-    let high = submit(d, &addr, &high);
+    let mut worker = start_cluster_worker(d, &addr, &["--slots", "2"]);
+    let slow = |priority: &'static str, out: &'static str, inputs: &[&'static str]| -> Vec<&'static str> {
+        let mut args =
+            vec!["--priority", priority, "--app", "slowcount", "--param", "delay_ms=100", "--output-dir", out, "--reduces", "1", "--split-size", "0"];
+        args.extend(inputs);
+        args
+    };
+    let leaked: Vec<&'static str> = input_refs.iter().map(|s| &*Box::leak(s.to_string().into_boxed_str())).collect();
+    let low = submit(d, &addr, &slow("low", "out-low", &leaked));
+    wait_until(|| status(d, &addr, &low)["progress"]["maps_done"].as_u64().unwrap_or(0) >= 2, || format!("{low} made no progress"));
+    let high = submit(d, &addr, &slow("high", "out-high", &leaked[..12]));
     // A job only a `zone=a` worker may run waits for one, saying so.
-    let mut zoned = vec!["--require", "zone=a", "--app", "wordcount", "--output-dir", "out-zoned", "--reduces", "1"];
-    zoned.extend(&input_refs[..1]);
+    let mut zoned = vec!["--require", "zone=a", "--app", "wordcount", "--output-dir", "out-zoned", "--reduces", "2"];
+    zoned.extend(&input_refs[..3]);
     let zoned = submit(d, &addr, &zoned);
     assert_eq!(mr(d, &addr, &["wait", &high]).0, 0);
-    let low_now = status(d, &addr, &low);
-    assert_eq!(low_now["state"], "running", "the high job finished while the low one still ran: {low_now}");
+    assert_eq!(status(d, &addr, &low)["state"], "running", "the high job finished first");
+
+    // While the high job had maps waiting, every free slot went to it: no
+    // low attempt started between its first and its last map's start (one
+    // may have been on its way as the high job came).
+    let high_maps: Vec<String> =
+        attempt_starts(d, &addr, &high).into_iter().filter(|(_, task, _)| task.starts_with("map")).map(|(at, ..)| at).collect();
+    assert_eq!(high_maps.len(), 12, "{high_maps:?}");
+    let (first, last) = (high_maps.iter().min().unwrap().clone(), high_maps.iter().max().unwrap().clone());
+    let low_between = attempt_starts(d, &addr, &low).into_iter().filter(|(at, ..)| *at > first && *at < last).count();
+    assert!(low_between <= 1, "{low_between} low attempts started while the high job had maps waiting ({first} to {last})");
+
     let waiting = status(d, &addr, &zoned);
     assert!(waiting["waiting"].to_string().contains("zone=a"), "{waiting}");
     let mut zone_a = start_cluster_worker(d, &addr, &["--slots", "1", "--label", "zone=a"]);
     assert_eq!(mr(d, &addr, &["wait", &zoned]).0, 0);
+    let zoned_starts = attempt_starts(d, &addr, &zoned);
+    assert_eq!(zoned_starts.len(), 5, "3 maps and 2 reduces: {zoned_starts:?}");
+    assert!(zoned_starts.iter().all(|(_, _, on)| *on == worker_id(&zone_a)), "every task on the zone=a worker: {zoned_starts:?}");
     assert_eq!(mr(d, &addr, &["wait", &low]).0, 0);
     assert_same_output(&job_output(&dir.join("out-low"), 1), &reference_output(d, "slowcount", &input_refs), &dir.listing());
-    assert_same_output(&job_output(&dir.join("out-zoned"), 1), &reference_output(d, "wordcount", &input_refs[..1]), &dir.listing());
+    assert_same_output(&job_output(&dir.join("out-high"), 1), &reference_output(d, "slowcount", &input_refs[..12]), &dir.listing());
+    assert_same_output(&job_output(&dir.join("out-zoned"), 2), &reference_output(d, "wordcount", &input_refs[..3]), &dir.listing());
+    zone_a.kill();
+    worker.kill();
+    cluster.kill();
+}
 
-    // A running job cancelled: its workers stop its attempts, nothing of it
-    // is published, and they go on with the next job at once.
+#[test]
+fn a_cancelled_job_stops_on_its_workers_and_leaves_the_others_alone() {
+    let dir = TestDir::new("cluster-cancel");
+    let inputs = word_inputs(&dir, 10);
+    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let d = dir.path();
+    let (mut cluster, addr) = start_cluster(d);
+    let mut worker = start_cluster_worker(d, &addr, &["--slots", "2"]);
     let mut doomed = vec!["--app", "slowcount", "--param", "delay_ms=300", "--output-dir", "out-doomed", "--reduces", "1", "--split-size", "0"];
     doomed.extend(&input_refs);
     let doomed = submit(d, &addr, &doomed);
+    let mut survivor = vec!["--app", "slowcount", "--param", "delay_ms=100", "--output-dir", "out-survivor", "--reduces", "2", "--split-size", "0"];
+    survivor.extend(&input_refs);
+    let survivor = submit(d, &addr, &survivor);
     wait_until(|| status(d, &addr, &doomed)["progress"]["maps_done"].as_u64().unwrap_or(0) >= 1, || format!("{doomed} made no progress"));
     mr_ok(d, &addr, &["cancel", &doomed]);
     assert_eq!(mr(d, &addr, &["wait", &doomed]).0, 3, "wait exits 3 for a cancelled job");
+    // Its attempts stopped: nothing of it runs on the worker any more.
+    let before = attempt_starts(d, &addr, &doomed).len();
+    assert_eq!(mr(d, &addr, &["wait", &survivor]).0, 0);
+    assert_eq!(attempt_starts(d, &addr, &doomed).len(), before, "no attempt of the cancelled job started after it ended");
     assert_eq!(std::fs::read_dir(dir.join("out-doomed")).unwrap().count(), 0, "{}", dir.listing());
-    let mut next = vec!["--app", "wordcount", "--output-dir", "out-next", "--reduces", "1"];
-    next.extend(&input_refs[..1]);
-    let next = submit(d, &addr, &next);
-    let started = Instant::now();
-    assert_eq!(mr(d, &addr, &["wait", &next]).0, 0);
-    assert!(started.elapsed() < Duration::from_secs(10), "the workers were held by the cancelled job: {:?}", started.elapsed());
-    zone_a.kill();
+    assert_same_output(&job_output(&dir.join("out-survivor"), 2), &reference_output(d, "slowcount", &input_refs), &dir.listing());
+    let cancelled = status(d, &addr, &doomed);
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let again = mr_refused(d, &addr, &["cancel", &doomed]);
+    assert!(again.contains("ended already"), "{again}");
     worker.kill();
     cluster.kill();
 }

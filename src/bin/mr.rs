@@ -167,7 +167,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Logs { id, task } => {
             let lines = client.logs(context(), id, task).await.context("asking for the log")?.map_err(anyhow::Error::msg)?;
             for line in lines {
-                println!("{line}");
+                println!("{}", shown(&line));
             }
         }
         Command::Workers { json } => {
@@ -279,7 +279,7 @@ fn progress_line(info: &JobInfo) -> String {
 
 /// A job, as `mr status` prints it.
 fn describe(info: &JobInfo) -> String {
-    let mut text = format!("{}\n", progress_line(info));
+    let mut text = format!("{}\n", shown(&progress_line(info)));
     text += &format!("  app {}, priority {}, weight {}", info.app.as_deref().unwrap_or("-"), info.priority, info.weight);
     if !info.requires.is_empty() {
         text += &format!(", requires {}", info.requires.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
@@ -296,12 +296,18 @@ fn describe(info: &JobInfo) -> String {
         text += &format!("  also waiting: {why}\n");
     }
     if let Some(error) = &info.error {
-        text += &format!("  {error}\n");
+        text += &format!("  {}\n", shown(error));
     }
     if let Some(summary) = info.summary_json.as_deref().and_then(|json| serde_json::from_str::<JobSummary>(json).ok()) {
         text += &summary.render();
     }
     text
+}
+
+/// Text from the cluster (another process's words: a worker's id, a log
+/// line, an error) as the terminal may show it: no control characters.
+fn shown(text: &str) -> String {
+    mapreduce::untrusted::excerpt(text, usize::MAX)
 }
 
 /// How long ago a Unix time in milliseconds was.
@@ -339,7 +345,7 @@ fn worker_table(workers: &[WorkerInfo]) -> String {
             .map_or(("-".to_owned(), "-".to_owned()), |load| (format!("{:.2}", load.load_average), format!("{} MiB", load.free_memory_bytes >> 20)));
         let labels = worker.labels.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
         let state = worker.over_limit.as_deref().unwrap_or("takes tasks");
-        text += &format!("{:<24} {:>5} {:>6} {:>9} {:<20} {state}\n", worker.id, worker.slots, load, memory, labels);
+        text += &format!("{:<24} {:>5} {:>6} {:>9} {:<20} {}\n", shown(&worker.id), worker.slots, load, memory, shown(&labels), shown(state));
     }
     text
 }

@@ -111,8 +111,8 @@ impl JobFlags {
         if self.max_task_attempts == 0 {
             return Err("--max-task-attempts is at least 1".into());
         }
-        if self.task_timeout.is_zero() {
-            return Err("--task-timeout must be positive".into());
+        if self.task_timeout.is_zero() || self.task_timeout > MAX_TASK_TIMEOUT {
+            return Err(format!("--task-timeout must be positive and at most {} days", MAX_TASK_TIMEOUT.as_secs() / 86_400));
         }
         if let Some(policy) = self.backup_tasks {
             if !(1.0..=1e6).contains(&policy.slowness) {
@@ -145,6 +145,10 @@ impl JobFlags {
         }
     }
 }
+
+/// The longest task timeout: a week (time computed from it must not
+/// overflow).
+pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 
 /// The most reduce tasks a job may have: each is an output file, and the
 /// scheduler keeps a table entry for each.

@@ -10,9 +10,14 @@
 //! pattern must match); the output directory is not a file, not an input
 //! nor inside one, holds no input, and is not another job's (queued,
 //! running, or holding a finished job's outputs, unless `--overwrite`
-//! replaces a finished one's), nor holds outputs this cluster did not
-//! write. The last check needs the history, under the cluster's lock: see
-//! [`check_output_holder`].
+//! replaces a finished one's), nor inside or around another unfinished
+//! job's, nor holds outputs this cluster did not write. Output directories
+//! are compared as the real directories they name (symbolic links
+//! resolved). The job must also be of a size the coordinator can plan (at
+//! most [`MAX_MAP_TASKS`] map tasks, [`MAX_PARAMS`] parameters). The
+//! checks against other jobs need the history and the cluster's table,
+//! under the cluster's lock: see [`check_output_holder`] and
+//! [`check_apart`].
 
 use std::path::{Path, PathBuf};
 
@@ -24,11 +29,20 @@ use crate::rpc::{InputFile, JobApp};
 use crate::untrusted::{excerpt, EXCERPT_CHARS};
 
 /// The most labels a job may require.
-const MAX_REQUIRED_LABELS: usize = 64;
+pub const MAX_REQUIRED_LABELS: usize = 64;
+
+/// The most map tasks a submitted job may have: the coordinator plans each
+/// and keeps it in memory.
+pub const MAX_MAP_TASKS: u64 = 1_000_000;
+
+/// The most parameters a submitted job may have, and their most bytes in all.
+pub const MAX_PARAMS: usize = 1024;
+const MAX_PARAM_BYTES: usize = 1 << 20;
 
 /// A job that passed the checks that need no history: what its engine is
-/// planned from.
-#[derive(Debug, Clone)]
+/// planned from, and what the history keeps of it (as JSON), so that a
+/// restarted cluster runs it on the same inputs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Admitted {
     /// The submission as it came.
     pub submission: Submission,
@@ -36,7 +50,8 @@ pub struct Admitted {
     pub inputs: Vec<InputFile>,
     /// Its app, loaded once and described.
     pub app: (PathBuf, JobApp),
-    /// Its output directory, absolute and without `.` or `..`.
+    /// Its output directory: the real directory it names (absolute,
+    /// symbolic links resolved as far as it exists).
     pub output_dir: PathBuf,
 }
 
@@ -57,11 +72,61 @@ pub fn admit(submission: Submission) -> Result<Admitted, String> {
             return Err(format!("{}: not an absolute path (the client makes paths absolute before it sends them)", shown(path)));
         }
     }
+    check_params(&job.params)?;
     let app = job_app(app)?;
     let inputs = crate::inputs::resolve_inputs(&job.inputs).map_err(|e| e.to_string())?;
-    let output_dir = normalized(&job.output_dir);
+    check_map_tasks(&inputs, job.split_size)?;
+    let output_dir = real(&normalized(&job.output_dir));
     check_output_dir(&output_dir, &job.inputs, &inputs)?;
     Ok(Admitted { submission, inputs, app, output_dir })
+}
+
+/// A job admitted before the cluster restarted, checked again: its app
+/// must still load (described afresh: a rebuilt app makes the job start
+/// over, as its journal's fingerprint says), and its inputs, as resolved
+/// then, still exist. A directory or pattern is not resolved again.
+pub fn readmit(mut admitted: Admitted) -> Result<Admitted, String> {
+    let app = admitted.submission.job.app.as_deref().ok_or("it names no app")?;
+    admitted.app = job_app(app)?;
+    if let Some(gone) = admitted.inputs.iter().find(|input| !input.path.is_file()) {
+        return Err(format!("its input {} is gone", gone.path.display()));
+    }
+    Ok(admitted)
+}
+
+fn check_params(params: &[(String, String)]) -> Result<(), String> {
+    let bytes: usize = params.iter().map(|(key, value)| key.len() + value.len()).sum();
+    if params.len() > MAX_PARAMS || bytes > MAX_PARAM_BYTES {
+        return Err(format!("at most {MAX_PARAMS} --param, of {} KiB in all", MAX_PARAM_BYTES >> 10));
+    }
+    Ok(())
+}
+
+/// The job's map tasks must be few enough to plan: one per split of
+/// `split_size` bytes (one per file for 0).
+fn check_map_tasks(inputs: &[InputFile], split_size: u64) -> Result<(), String> {
+    let tasks: u64 = inputs.iter().map(|input| if split_size == 0 { 1 } else { input.size.div_ceil(split_size).max(1) }).sum();
+    if tasks > MAX_MAP_TASKS {
+        return Err(format!(
+            "{tasks} map tasks (--split-size {split_size} over the inputs) is more than {MAX_MAP_TASKS}: give a larger --split-size"
+        ));
+    }
+    Ok(())
+}
+
+/// A new job's output directory must be apart from every unfinished job's
+/// (`others`, with their ids): not inside one, not holding one. The same
+/// directory is [`check_output_holder`]'s.
+pub fn check_apart<'a>(output_dir: &Path, others: impl IntoIterator<Item = (JobId, &'a Path)>) -> Result<(), String> {
+    for (id, other) in others {
+        if other != output_dir && other.starts_with(output_dir) {
+            return Err(format!("output directory {} holds {id}'s, {}", output_dir.display(), other.display()));
+        }
+        if other != output_dir && output_dir.starts_with(other) {
+            return Err(format!("output directory {} is inside {id}'s, {}", output_dir.display(), other.display()));
+        }
+    }
+    Ok(())
 }
 
 /// The output directory must be a directory if it exists, and apart from
@@ -70,6 +135,10 @@ pub fn admit(submission: Submission) -> Result<Admitted, String> {
 fn check_output_dir(output_dir: &Path, given: &[PathBuf], inputs: &[InputFile]) -> Result<(), String> {
     if output_dir.exists() && !output_dir.is_dir() {
         return Err(format!("output directory {}: exists and is not a directory", output_dir.display()));
+    }
+    // Its nearest existing ancestor must be a directory to make it in.
+    if let Some(file) = output_dir.ancestors().skip(1).find(|ancestor| ancestor.exists()).filter(|ancestor| !ancestor.is_dir()) {
+        return Err(format!("output directory {}: {} is not a directory", output_dir.display(), file.display()));
     }
     let real_output = real(output_dir);
     let found = inputs.iter().map(|input| &input.path);
@@ -198,6 +267,30 @@ mod tests {
         assert!(holding.contains("is inside the output directory"), "{holding}");
         let file = check_output_dir(&input_dir.join("a.txt"), &[], &[]).unwrap_err();
         assert!(file.contains("is not a directory"), "{file}");
+        let under_file = check_output_dir(&input_dir.join("a.txt/out"), &[], &[]).unwrap_err();
+        assert!(under_file.contains("a.txt is not a directory"), "{under_file}");
+        // A symbolic link names the directory it points to.
+        std::os::unix::fs::symlink(&input_dir, dir.path().join("alias")).unwrap();
+        let through_link = check_output_dir(&real(&dir.path().join("alias/out")), &given, &inputs).unwrap_err();
+        assert!(through_link.contains("is inside the input"), "{through_link}");
+    }
+
+    #[test]
+    fn output_directories_of_unfinished_jobs_do_not_nest() {
+        let (a, b) = (Path::new("/data/out"), Path::new("/data/out/sub"));
+        assert!(check_apart(a, [(JobId(1), Path::new("/data/other"))]).is_ok());
+        assert!(check_apart(a, [(JobId(1), a)]).is_ok(), "the same directory is the holder check's");
+        assert!(check_apart(a, [(JobId(2), b)]).unwrap_err().contains("holds job-2's"));
+        assert!(check_apart(b, [(JobId(3), a)]).unwrap_err().contains("inside job-3's"));
+    }
+
+    #[test]
+    fn a_job_too_large_to_plan_is_refused() {
+        let input = |size| InputFile { name: "x".into(), path: "/x".into(), size, modified: None };
+        assert!(check_map_tasks(&[input(1 << 30)], 64 << 20).is_ok());
+        assert!(check_map_tasks(&[input(1 << 30)], 1).unwrap_err().contains("--split-size"));
+        assert!(check_map_tasks(&[input(1 << 30)], 0).is_ok());
+        assert!(check_params(&[("k".into(), "v".repeat(2 << 20))]).is_err());
     }
 
     #[test]

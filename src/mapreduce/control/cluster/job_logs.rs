@@ -2,7 +2,9 @@
 //! appends every line logged inside a job's span (`job{id=job-N}`: its
 //! engine's planning, every call its workers make, its end) to
 //! `<state-dir>/logs/job-N.log`, one line per event, with the task and
-//! attempt it names, so that `mr logs ID --task map-3` finds one task's.
+//! attempt it names (`task=map task 3 attempt=7`), so that `mr logs ID
+//! --task map-3` finds one task's. In a cluster every attempt's start
+//! and success is among them.
 //!
 //! The lines are the coordinator's: what it gave out, what came back, what
 //! it gave up and why (a failed attempt's error is in its line). A worker's
@@ -28,7 +30,10 @@ pub const LOGS_DIR: &str = "logs";
 pub const JOB_SPAN: &str = "job";
 
 /// The most lines `mr logs` is sent at once (the newest).
-pub const MAX_LINES: usize = 10_000;
+pub const MAX_LINES: usize = 2_000;
+
+/// The most bytes of a log's end read for `mr logs`.
+const MAX_READ_BYTES: u64 = 4 << 20;
 
 /// Where job `id`'s log lines are.
 pub fn log_path(state_dir: &Path, id: JobId) -> PathBuf {
@@ -133,16 +138,42 @@ impl Fields {
 /// The lines of job `id`'s log, the newest [`MAX_LINES`] at most; with
 /// `task` (`map-3`, `reduce-0`), only those that name it.
 pub fn read(state_dir: &Path, id: JobId, task: Option<&str>) -> std::io::Result<Vec<String>> {
-    let text = match std::fs::read(log_path(state_dir, id)) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+    let text = match read_end(&log_path(state_dir, id)) {
+        Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
-    let wanted = task.map(|task| format!("task={task} "));
+    let wanted = task.map(|task| format!("task={} ", task_name(task)));
     let lines: Vec<String> =
         text.lines().filter(|line| wanted.as_ref().is_none_or(|wanted| format!("{line} ").contains(wanted.as_str()))).map(str::to_owned).collect();
     let skip = lines.len().saturating_sub(MAX_LINES);
     Ok(lines.into_iter().skip(skip).collect())
+}
+
+/// A task as log lines name it (`map task 3`), from `map-3`, `map 3` or
+/// that name itself.
+fn task_name(task: &str) -> String {
+    let words: Vec<&str> = task.split(['-', ' ']).filter(|word| !word.is_empty() && *word != "task").collect();
+    match words.as_slice() {
+        [kind, number] => format!("{kind} task {number}"),
+        _ => task.to_owned(),
+    }
+}
+
+/// The last [`MAX_READ_BYTES`] of the file at `path`, from its first whole
+/// line.
+fn read_end(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let start = file.metadata()?.len().saturating_sub(MAX_READ_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_READ_BYTES).read_to_end(&mut bytes)?;
+    let whole = match start {
+        0 => &bytes[..],
+        _ => bytes.iter().position(|&b| b == b'\n').and_then(|newline| bytes.get(newline + 1..)).unwrap_or_default(),
+    };
+    Ok(String::from_utf8_lossy(whole).into_owned())
 }
 
 /// Removes the logs of jobs for which `keep` says no (pruned from the
@@ -171,17 +202,20 @@ mod tests {
             tracing::info!("outside any job");
             tracing::info_span!("job", id = %JobId(7)).in_scope(|| {
                 tracing::info!("planned");
-                tracing::warn!(task = "map-3", attempt = 5, "attempt failed: bad\nline");
+                tracing::warn!(task = "map task 3", attempt = 5, "attempt failed: bad\nline");
                 tracing::debug!("too fine");
             });
-            tracing::info_span!("job", id = %JobId(8)).in_scope(|| tracing::info!(task = "reduce-0", "done"));
+            tracing::info_span!("job", id = %JobId(8)).in_scope(|| tracing::info!(task = "reduce task 0", "done"));
         });
         let seven = read(dir.path(), JobId(7), None).unwrap();
         assert_eq!(seven.len(), 2, "{seven:?}");
         assert!(seven[0].ends_with(" INFO planned"), "{seven:?}");
-        assert!(seven[1].contains("WARN attempt failed: bad line task=map-3 attempt=5"), "{seven:?}");
-        assert_eq!(read(dir.path(), JobId(7), Some("map-3")).unwrap().len(), 1);
+        assert!(seven[1].contains("WARN attempt failed: bad line task=map task 3 attempt=5"), "{seven:?}");
+        for name in ["map-3", "map 3", "map task 3"] {
+            assert_eq!(read(dir.path(), JobId(7), Some(name)).unwrap().len(), 1, "{name}");
+        }
         assert!(read(dir.path(), JobId(7), Some("map-30")).unwrap().is_empty());
+        assert_eq!(read(dir.path(), JobId(8), Some("reduce-0")).unwrap().len(), 1);
         assert_eq!(read(dir.path(), JobId(8), None).unwrap().len(), 1);
         assert!(read(dir.path(), JobId(9), None).unwrap().is_empty());
         prune(dir.path(), |id| id != JobId(7));

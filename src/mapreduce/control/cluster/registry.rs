@@ -1,7 +1,10 @@
-//! The standing cluster's state and what changes it: the jobs (queued in
+//! The standing cluster's state and the jobs' lives: the jobs (queued in
 //! the [`Queue`], running in an engine each, all of them in the
 //! [`History`]), and the long-lived [`Workers`]. The listener and the API
 //! handlers ([`super::server`]) call in here; nothing here reads a socket.
+//! Which job a free slot serves, and the workers' comings and goings, are
+//! [`super::lending`]'s; what the API shows of jobs and workers is
+//! [`super::views`]'.
 //!
 //! A job's life: [`Cluster::submit`] admits it ([`super::admission`]),
 //! records it in the history (which gives its id) and queues it; when the
@@ -9,9 +12,9 @@
 //! directory, its journal) and run with no listener of its own
 //! ([`Job::run_without_listener`]), reached through its [`JobHandle`]; when
 //! the engine ends, its outcome and summary go to the history and the next
-//! queued job may start. A cancelled running job is stopped through its
-//! engine's shutdown, and its job directory removed (nothing of it is
-//! published). A cluster stopped by a signal stops its engines the same way
+//! queued job may start. A cancelled running job is stopped as failed
+//! ([`JobHandle::cancel`]): its workers are told, and its job directory
+//! removed (nothing of it is published). A cluster stopped by a signal stops its engines the same way
 //! but keeps their job directories and their `running` state in the
 //! history: a restart plans them again, and each resumes from its journal
 //! ([`Cluster::open`]).
@@ -19,19 +22,18 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{oneshot, Notify};
 use tracing::Instrument;
 
 use crate::cluster::admission::{self, Admitted};
-use crate::cluster::api::{JobInfo, ListFilter, Submission, WorkerInfo};
-use crate::cluster::history::{History, HistoryError, JobFilter, JobOutcome, JobRecord, JobState};
+use crate::cluster::api::Submission;
+use crate::cluster::history::{History, HistoryError, JobOutcome, JobState};
 use crate::cluster::job_logs;
 use crate::cluster::queue::{JobId, MaxRunning, Queue};
-use crate::cluster::workers::{Label, Load, LoadLimits, Workers};
+use crate::cluster::workers::{LoadLimits, Workers};
 use crate::coordinator::{CoordinatorError, Job, JobHandle, JobReport, StatusHandle};
-use crate::rpc::POLL_WAIT;
 use crate::summary::JobSummary;
 
 /// How the cluster is run (`mr-master --serve`'s flags).
@@ -66,44 +68,63 @@ pub enum ClusterError {
 
 /// The cluster: shared by the listener's connections.
 pub struct Cluster {
-    config: ClusterConfig,
+    pub(super) config: ClusterConfig,
     state: Mutex<State>,
     /// Signalled when a job starts or ends or a worker joins: a held
     /// `next_job` looks again.
-    changed: Notify,
+    pub(super) changed: Notify,
+    /// Where engines run: [`Cluster::start_ready`] may be called from a
+    /// blocking thread.
+    runtime: tokio::runtime::Handle,
 }
 
-struct State {
-    history: History,
-    queue: Queue,
-    workers: Workers,
+pub(super) struct State {
+    pub(super) history: History,
+    pub(super) queue: Queue,
+    pub(super) workers: Workers,
     /// Queued and running jobs: what they were submitted with.
-    unfinished: HashMap<JobId, Unfinished>,
+    pub(super) unfinished: HashMap<JobId, Unfinished>,
+    /// Free slots sent to a job that have not had their task yet (see
+    /// [`super::lending`]).
+    pub(super) offers: HashMap<JobId, crate::cluster::lending::Offers>,
+    /// The API connection each joined worker joined on, by a serial number:
+    /// an old connection's close does not remove a worker that joined
+    /// again on a new one.
+    pub(super) joined_on: HashMap<String, u64>,
 }
 
 /// A job that has not ended.
-struct Unfinished {
-    admitted: Admitted,
+pub(super) struct Unfinished {
+    pub(super) admitted: Admitted,
     /// Its engine, once it runs.
-    engine: Option<Engine>,
+    pub(super) engine: Option<Engine>,
     /// The history has it running already (a restart resumes it).
     started_before: bool,
 }
 
 /// A running job's engine, as the cluster holds it.
-struct Engine {
-    handle: JobHandle,
+pub(super) struct Engine {
+    pub(super) handle: JobHandle,
     /// Fired to stop it: a cancel, or the cluster stopping.
     stop: Option<oneshot::Sender<()>>,
     /// Stopped by a cancel (not by the cluster stopping).
     cancelled: bool,
 }
 
+impl Engine {
+    /// Whether it is still to be given work (not stopping).
+    pub(super) fn serving(&self) -> bool {
+        self.stop.is_some() && !self.cancelled
+    }
+}
+
 impl Cluster {
     /// Opens the state directory (locked for this process), and takes up
     /// the jobs its history has unfinished: running ones resume from their
-    /// journals, queued ones stay queued. Runs no job yet: see
-    /// [`Cluster::start_ready`].
+    /// journals, queued ones stay queued. One that cannot be taken up (its
+    /// app or an input gone, its spec unreadable) is recorded failed. Runs
+    /// no job yet: see [`Cluster::start_ready`]. Call it inside the Tokio
+    /// runtime the engines are to run on.
     pub fn open(config: ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
         let history = History::open(&config.state_dir)?;
         let mut queue = Queue::new(config.max_running)?;
@@ -111,13 +132,12 @@ impl Cluster {
         let mut failed = Vec::new();
         for record in history.unfinished()? {
             let id = JobId(record.id);
-            let submission: Submission =
-                serde_json::from_str(&record.spec_json).map_err(|e| ClusterError::BadSpec { id: record.id, why: e.to_string() })?;
-            let (priority, weight, requires) = (submission.priority, submission.weight, submission.requires.clone());
-            // Inputs and app are checked again: either may be gone.
-            match admission::admit(submission) {
+            let readmitted =
+                serde_json::from_str::<Admitted>(&record.spec_json).map_err(|e| format!("its spec cannot be read: {e}")).and_then(admission::readmit);
+            match readmitted {
                 Ok(admitted) => {
-                    queue.submit(id, priority, weight, requires)?;
+                    let submission = &admitted.submission;
+                    queue.submit(id, submission.priority, submission.weight, submission.requires.clone())?;
                     tracing::info!(job = %id, "taken up again ({})", record.state);
                     unfinished.insert(id, Unfinished { admitted, engine: None, started_before: record.state == JobState::Running });
                 }
@@ -125,9 +145,17 @@ impl Cluster {
             }
         }
         let cluster = Arc::new(Cluster {
-            state: Mutex::new(State { history, queue, workers: Workers::new(config.load_limits), unfinished }),
+            state: Mutex::new(State {
+                history,
+                queue,
+                workers: Workers::new(config.load_limits),
+                unfinished,
+                offers: HashMap::new(),
+                joined_on: HashMap::new(),
+            }),
             config,
             changed: Notify::new(),
+            runtime: tokio::runtime::Handle::current(),
         });
         for (id, why) in failed {
             tracing::warn!(job = %id, "cannot be taken up again: {why}");
@@ -137,7 +165,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -147,49 +175,69 @@ impl Cluster {
     }
 
     /// Admits and queues a job; its id, or why it was refused. Blocks on
-    /// the file system (admission, the history's commit).
+    /// the file system (admission, the history's commit, and planning the
+    /// jobs that start).
     pub fn submit(self: &Arc<Self>, submission: Submission) -> Result<JobId, String> {
         let admitted = admission::admit(submission)?;
-        let spec_json = serde_json::to_string(&admitted.submission).map_err(|e| format!("encoding the job: {e}"))?;
+        let spec_json = serde_json::to_string(&admitted).map_err(|e| format!("encoding the job: {e}"))?;
         let mut state = self.state();
         let holder = state.history.output_dir_holder(&admitted.output_dir).map_err(|e| e.to_string())?;
         admission::check_output_holder(&admitted.output_dir, holder.map(|(id, state)| (JobId(id), state)), admitted.submission.overwrite)?;
-        let priority = admitted.submission.priority;
-        let id = JobId(state.history.submit(&spec_json, &admitted.output_dir, &priority.to_string(), SystemTime::now()).map_err(|e| e.to_string())?);
-        let queued = state.queue.submit(id, priority, admitted.submission.weight, admitted.submission.requires.clone());
-        if let Err(e) = queued {
+        admission::check_apart(&admitted.output_dir, state.unfinished.iter().map(|(id, job)| (*id, job.admitted.output_dir.as_path())))?;
+        let submission = &admitted.submission;
+        let id = JobId(
+            state.history.submit(&spec_json, &admitted.output_dir, &submission.priority.to_string(), SystemTime::now()).map_err(|e| e.to_string())?,
+        );
+        if let Err(e) = state.queue.submit(id, submission.priority, submission.weight, submission.requires.clone()) {
             // Cannot happen (a fresh id, a weight checked): keep the history true.
             self.record_end(&mut state, id, ended(JobState::Failed, Some(e.to_string()), None));
             return Err(e.to_string());
         }
-        tracing::info!(job = %id, %priority, output_dir = %admitted.output_dir.display(), "submitted");
+        tracing::info!(job = %id, priority = %submission.priority, output_dir = %admitted.output_dir.display(), "submitted");
         state.unfinished.insert(id, Unfinished { admitted, engine: None, started_before: false });
         drop(state);
         self.start_ready();
         Ok(id)
     }
 
-    /// Starts every queued job the queue lets run now: plans its engine
-    /// and spawns it (on the current Tokio runtime).
+    /// Starts every queued job the queue lets run now, until none is left
+    /// that may: plans its engine (outside the cluster's lock: planning
+    /// reads the job's journal and may publish a job that was done) and
+    /// spawns it on `runtime`. A job that cannot start is recorded failed,
+    /// and its place goes to the next. Blocks on the file system: async
+    /// callers run it on a blocking thread.
     pub fn start_ready(self: &Arc<Self>) {
-        let mut state = self.state();
-        for id in state.queue.start_ready() {
-            if let Err(why) = self.start(&mut state, id) {
-                tracing::warn!(job = %id, "cannot start: {why}");
-                self.record_end(&mut state, id, ended(JobState::Failed, Some(why), None));
+        loop {
+            let starting: Vec<(JobId, Admitted)> = {
+                let mut state = self.state();
+                let ids = state.queue.start_ready();
+                ids.into_iter().filter_map(|id| state.unfinished.get(&id).map(|job| (id, job.admitted.clone()))).collect()
+            };
+            if starting.is_empty() {
+                break;
+            }
+            for (id, admitted) in starting {
+                let planned = plan(id, &admitted);
+                let mut state = self.state();
+                match planned.and_then(|engine| self.install(&mut state, id, engine)) {
+                    Ok(()) => {}
+                    Err(why) => {
+                        tracing::warn!(job = %id, "cannot start: {why}");
+                        self.record_end(&mut state, id, ended(JobState::Failed, Some(why), None));
+                    }
+                }
             }
         }
-        drop(state);
         self.changed.notify_waiters();
     }
 
-    /// Plans job `id`'s engine and spawns it.
-    fn start(self: &Arc<Self>, state: &mut State, id: JobId) -> Result<(), String> {
-        let job = state.unfinished.get_mut(&id).ok_or("not in the cluster's table (a bug)")?;
-        let output_dir = &job.admitted.output_dir;
-        std::fs::create_dir_all(output_dir).map_err(|e| format!("cannot create output directory {}: {e}", output_dir.display()))?;
-        let span = tracing::info_span!(parent: None, job_logs::JOB_SPAN, id = %id);
-        let engine = span.in_scope(|| Job::plan(admission::coordinator_config(&job.admitted))).map_err(|e| e.to_string())?;
+    /// Spawns planned job `id`'s `engine`, unless the job was cancelled
+    /// while it was planned.
+    fn install(self: &Arc<Self>, state: &mut State, id: JobId, engine: Job) -> Result<(), String> {
+        let Some(job) = state.unfinished.get_mut(&id) else {
+            tracing::info!(job = %id, "cancelled while it was planned");
+            return Ok(());
+        };
         let handle = engine.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         job.engine = Some(Engine { handle: handle.clone(), stop: Some(stop), cancelled: false });
@@ -198,14 +246,16 @@ impl Cluster {
         }
         tracing::info!(job = %id, "started");
         let cluster = self.clone();
-        tokio::spawn(
+        let span = job_span(id);
+        self.runtime.spawn(
             async move {
-                let result = engine
-                    .run_without_listener(async move {
-                        let _ = stopped.await;
-                    })
-                    .await;
-                cluster.engine_ended(id, &handle.status(), result);
+                let result = engine.run_without_listener(async move {
+                    let _ = stopped.await;
+                });
+                let result = result.await;
+                let status = handle.status();
+                // Recording the end commits to the history and may plan the next job.
+                let _ = tokio::task::spawn_blocking(move || cluster.engine_ended(id, &status, result)).await;
             }
             .instrument(span),
         );
@@ -218,10 +268,10 @@ impl Cluster {
         let mut state = self.state();
         let cancelled = state.unfinished.get(&id).and_then(|job| job.engine.as_ref()).is_some_and(|engine| engine.cancelled);
         let outputs = result.as_ref().map(|report| report.outputs.clone()).unwrap_or_default();
-        let summary = serde_json::to_string(&JobSummary::new(&status.report(), &outputs)).ok();
+        let summary = JobSummary::new(&status.report(), &outputs);
         let outcome = match result {
-            Ok(_) => ended(JobState::Succeeded, None, summary),
-            Err(CoordinatorError::JobFailed(_)) if cancelled => ended(JobState::Cancelled, Some(CANCELLED.into()), summary),
+            Ok(_) => ended(JobState::Succeeded, None, Some(summary)),
+            Err(CoordinatorError::JobFailed(_)) if cancelled => ended(JobState::Cancelled, Some(CANCELLED.into()), Some(summary)),
             Err(CoordinatorError::Interrupted) => {
                 tracing::info!(job = %id, "stopped with the cluster; it resumes when the cluster starts again");
                 if let Some(job) = state.unfinished.get_mut(&id) {
@@ -229,7 +279,7 @@ impl Cluster {
                 }
                 return;
             }
-            Err(e) => ended(JobState::Failed, Some(e.to_string()), summary),
+            Err(e) => ended(JobState::Failed, Some(e.to_string()), Some(summary)),
         };
         tracing::info!(job = %id, "{}", outcome.state);
         self.record_end(&mut state, id, outcome);
@@ -248,17 +298,17 @@ impl Cluster {
         self.changed.notify_waiters();
     }
 
-    /// Removes finished jobs from the history beyond what is kept.
+    /// Removes finished jobs from the history beyond what is kept, and
+    /// their logs.
     fn prune(&self) {
         if self.config.keep_jobs.is_none() && self.config.keep_for.is_none() {
             return;
         }
-        let pruned = self.state().history.prune(self.config.keep_jobs, self.config.keep_for, SystemTime::now());
-        match pruned {
+        let mut state = self.state();
+        match state.history.prune(self.config.keep_jobs, self.config.keep_for, SystemTime::now()) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!("pruned {n} finished job(s) from the history");
-                let state = self.state();
                 job_logs::prune(&self.config.state_dir, |id| state.history.get(id.0).is_ok_and(|record| record.is_some()));
             }
             Err(e) => tracing::warn!("cannot prune the history: {e}"),
@@ -274,7 +324,9 @@ impl Cluster {
     }
 
     /// Cancels job `id`: a queued one at once, a running one through its
-    /// engine (its end is recorded when the engine returns).
+    /// engine (its end is recorded when the engine returns). Refused for a
+    /// job that has ended, or is ending by itself, or while the cluster
+    /// stops (it resumes at the next start).
     pub fn cancel(&self, id: JobId) -> Result<(), String> {
         let mut state = self.state();
         let Some(job) = state.unfinished.get_mut(&id) else {
@@ -282,20 +334,24 @@ impl Cluster {
             return Err(format!("{id} has ended already: it {}", record.state));
         };
         match &mut job.engine {
+            Some(engine) if engine.stop.is_none() => Err(format!("the cluster is stopping; {id} resumes when it starts again")),
+            Some(engine) if engine.cancelled => Ok(()),
             Some(engine) => {
                 // Its workers are told and its job directory goes, as at
                 // any failure; a job that has just succeeded stays so.
-                if engine.handle.cancel(CANCELLED) {
-                    engine.cancelled = true;
-                    tracing::info!(job = %id, "cancelling");
+                if !engine.handle.cancel(CANCELLED) {
+                    return Err(format!("{id} is ending by itself: see mr status {id}"));
                 }
+                engine.cancelled = true;
+                tracing::info!(job = %id, "cancelling");
+                Ok(())
             }
             None => {
                 tracing::info!(job = %id, "cancelled while queued");
                 self.record_end(&mut state, id, ended(JobState::Cancelled, Some("cancelled while queued".into()), None));
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Stops every running engine for a cluster shutdown: their job
@@ -318,168 +374,36 @@ impl Cluster {
     pub fn job_handle(&self, id: JobId) -> Option<JobHandle> {
         self.state().unfinished.get(&id).and_then(|job| job.engine.as_ref()).map(|engine| engine.handle.clone())
     }
-
-    /// Job `id` as the API shows it.
-    pub fn job(&self, id: JobId) -> Result<JobInfo, String> {
-        let state = self.state();
-        let record = state.history.get(id.0).map_err(|e| e.to_string())?.ok_or_else(|| format!("no job {id} (never submitted, or pruned)"))?;
-        info(&state, record)
-    }
-
-    /// The unfinished jobs in the order they were submitted, then the
-    /// finished ones (newest first) if asked.
-    pub fn jobs(&self, filter: ListFilter) -> Result<Vec<JobInfo>, String> {
-        let state = self.state();
-        let history = &state.history;
-        let mut records = history.unfinished().map_err(|e| e.to_string())?;
-        if filter.finished {
-            let finished =
-                JobFilter { states: Some(vec![JobState::Succeeded, JobState::Failed, JobState::Cancelled]), limit: filter.limit.map(|n| n as usize) };
-            records.extend(history.list(&finished).map_err(|e| e.to_string())?);
-        }
-        records.into_iter().map(|record| info(&state, record)).collect()
-    }
-
-    /// The connected long-lived workers.
-    pub fn workers(&self) -> Vec<WorkerInfo> {
-        let now = Instant::now();
-        self.state()
-            .workers
-            .live()
-            .map(|worker| WorkerInfo {
-                id: worker.id.to_owned(),
-                labels: worker.labels.to_vec(),
-                slots: worker.slots,
-                cores: worker.cores,
-                load: worker.load,
-                over_limit: worker.over_limit.map(|over| over.to_string()),
-                silent_secs: now.saturating_duration_since(worker.last_heard).as_secs_f64(),
-            })
-            .collect()
-    }
-
-    /// Worker `id` joined (or joined again).
-    pub fn worker_joined(&self, id: &str, labels: Vec<Label>, slots: u32, cores: u32) {
-        tracing::info!(worker = %id, slots, "worker joined");
-        self.state().workers.joined(id, labels, slots, cores, Instant::now());
-        self.changed.notify_waiters();
-    }
-
-    /// A heartbeat from worker `id`; false if it has not joined.
-    pub fn worker_heartbeat(&self, id: &str, load: Option<Load>) -> bool {
-        let mut state = self.state();
-        let now = Instant::now();
-        match load {
-            Some(load) => state.workers.heartbeat(id, load, now),
-            None => state.workers.view(id).is_some(),
-        }
-    }
-
-    /// Worker `id`'s connection to the cluster closed.
-    pub fn worker_left(&self, id: &str) {
-        if self.state().workers.left(id) {
-            tracing::info!(worker = %id, "worker left");
-        }
-    }
-
-    /// Forgets workers silent for three heartbeat intervals.
-    pub fn expire_workers(&self) {
-        let silence = self.config.heartbeat_interval * 3;
-        for id in self.state().workers.expire(Instant::now(), silence) {
-            tracing::warn!(worker = %id, "worker silent for {} s: taken for gone", silence.as_secs_f64());
-        }
-    }
-
-    /// The job a free slot of worker `id` serves: as soon as one has a task
-    /// ready for it, or `None` after [`POLL_WAIT`].
-    pub async fn next_job(&self, worker: &str, declined: &[JobId]) -> Option<JobId> {
-        let give_up = tokio::time::Instant::now() + POLL_WAIT;
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(id) = self.pick(worker, declined) {
-                return Some(id);
-            }
-            // Engines do not signal here when their tasks become ready (a
-            // map done lets the reduces go): look again shortly.
-            let wake = give_up.min(tokio::time::Instant::now() + PICK_RETRY);
-            if tokio::time::Instant::now() >= give_up {
-                return None;
-            }
-            tokio::select! {
-                () = &mut changed => {}
-                () = tokio::time::sleep_until(wake) => {}
-            }
-        }
-    }
-
-    /// One look for a job for a free slot of `worker`.
-    fn pick(&self, worker: &str, declined: &[JobId]) -> Option<JobId> {
-        let mut guard = self.state();
-        let state = &mut *guard;
-        for (id, job) in &state.unfinished {
-            if let Some(engine) = &job.engine {
-                state.queue.set_running_tasks(*id, engine.handle.progress().running as u64);
-            }
-        }
-        let view = state.workers.view(worker)?;
-        let unfinished = &state.unfinished;
-        state.queue.pick(&view, |id| {
-            !declined.contains(&id)
-                && unfinished.get(&id).and_then(|job| job.engine.as_ref()).is_some_and(|engine| engine.stop.is_some() && engine.handle.has_task_for(worker))
-        })
-    }
 }
 
 /// Why a cancelled running job stopped, as its workers and history say.
 const CANCELLED: &str = "cancelled while running";
 
-/// How often a held `next_job` looks again at the engines.
-const PICK_RETRY: Duration = Duration::from_millis(50);
+/// The span job `id`'s lines are logged in (see [`job_logs`]).
+pub(super) fn job_span(id: JobId) -> tracing::Span {
+    tracing::info_span!(parent: None, job_logs::JOB_SPAN, id = %id)
+}
+
+/// Plans job `id`'s engine, in its span. A panic in planning (a bug, or a
+/// setting no check foresaw) fails this job only.
+fn plan(id: JobId, admitted: &Admitted) -> Result<Job, String> {
+    let output_dir = &admitted.output_dir;
+    std::fs::create_dir_all(output_dir).map_err(|e| format!("cannot create output directory {}: {e}", output_dir.display()))?;
+    let planning = || Job::plan(admission::coordinator_config(admitted)).map(Job::for_cluster).map_err(|e| e.to_string());
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job_span(id).in_scope(planning))) {
+        Ok(planned) => planned,
+        Err(payload) => Err(format!("planning the job failed (a bug): {}", crate::abi::panic_message(payload.as_ref()))),
+    }
+}
 
 /// A job's end for the history.
-fn ended(state: JobState, error: Option<String>, summary_json: Option<String>) -> JobOutcome {
-    let summary: Option<JobSummary> = summary_json.as_deref().and_then(|json| serde_json::from_str(json).ok());
+fn ended(state: JobState, error: Option<String>, summary: Option<JobSummary>) -> JobOutcome {
     JobOutcome {
         state,
         error,
-        counters_json: summary_json,
+        counters_json: summary.as_ref().and_then(|s| serde_json::to_string(s).ok()),
         map_phase_secs: summary.as_ref().and_then(|s| s.map_phase_secs),
         reduce_phase_secs: summary.as_ref().and_then(|s| s.reduce_phase_secs),
         attempts_json: summary.as_ref().and_then(|s| serde_json::to_string(&s.attempts).ok()),
     }
-}
-
-/// A history record with what only the running cluster knows.
-fn info(state: &State, record: JobRecord) -> Result<JobInfo, String> {
-    let id = JobId(record.id);
-    let submission: Submission = serde_json::from_str(&record.spec_json).map_err(|e| format!("{id}'s spec in the history: {e}"))?;
-    let engine = state.unfinished.get(&id).and_then(|job| job.engine.as_ref());
-    let progress = engine.map(|engine| engine.handle.progress());
-    let waiting = match state.queue.waiting_reasons(id, &state.workers) {
-        Ok(reasons) => reasons.iter().map(ToString::to_string).collect(),
-        Err(_) => Vec::new(),
-    };
-    let outcome = record.outcome.as_ref();
-    Ok(JobInfo {
-        id,
-        state: record.state,
-        priority: submission.priority,
-        weight: submission.weight,
-        requires: submission.requires,
-        app: submission.job.app,
-        output_dir: record.output_dir,
-        submitted_ms: unix_ms(record.submitted),
-        started_ms: record.started.map(unix_ms),
-        ended_ms: record.ended.map(unix_ms),
-        progress,
-        waiting,
-        error: outcome.and_then(|o| o.error.clone()),
-        summary_json: outcome.and_then(|o| o.counters_json.clone()),
-    })
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -15,7 +15,7 @@
 //!
 //! A worker that joined on a connection leaves when it closes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,10 +28,10 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::accept::IdleLimited;
+use crate::cluster::admission::MAX_REQUIRED_LABELS;
 use crate::cluster::api::{AgentReply, ClusterApi, JobInfo, JoinOffer, ListFilter, Submission, Welcome, WorkerInfo};
-use crate::cluster::job_logs;
 use crate::cluster::queue::JobId;
-use crate::cluster::registry::Cluster;
+use crate::cluster::registry::{self, Cluster};
 use crate::cluster::workers::Load;
 use crate::coordinator::contain_panics;
 use crate::handshake::{self, Identity, RefusalLog, Secret, ServerKind};
@@ -46,6 +46,10 @@ const ROUTE_LIMIT: Duration = Duration::from_secs(10);
 /// worker calls every heartbeat interval, a client that waits every
 /// second or so.
 const API_IDLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Calls one API connection may have answered at once (a submission reads
+/// the inputs on a blocking thread; one client must not take them all).
+const MAX_CALLS_AT_ONCE: usize = 8;
 
 /// The most slots or cores a worker may say it has.
 const MAX_SLOTS: u32 = 4096;
@@ -84,8 +88,7 @@ async fn route_connection(cluster: &Arc<Cluster>, mut stream: Stream, identity: 
         Ok(Ok(Some(id))) => match cluster.job_handle(id) {
             Some(job) => {
                 // Its lines go to the job's log (see `job_logs`).
-                let span = tracing::info_span!(parent: None, job_logs::JOB_SPAN, id = %id);
-                let _ = job.serve_connection(stream, identity, peer).instrument(span).await;
+                let _ = job.serve_connection(stream, identity, peer).instrument(registry::job_span(id)).await;
             }
             None => tracing::debug!("a connection from {peer} for {id}, which is not running: closed"),
         },
@@ -99,14 +102,15 @@ async fn route_connection(cluster: &Arc<Cluster>, mut stream: Stream, identity: 
 async fn serve_api(cluster: &Arc<Cluster>, stream: Stream, identity: Identity) {
     let stream = IdleLimited::new(stream, API_IDLE_LIMIT);
     let transport = tarpc::serde_transport::Transport::from((stream, Bincode::default()));
-    let server = ApiServer { cluster: cluster.clone(), caller: Arc::new(Caller { worker: identity.name, joined: AtomicBool::new(false) }) };
-    let caller = server.caller.clone();
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+    let caller = Arc::new(Caller { worker: identity.name, connection: CONNECTIONS.fetch_add(1, Ordering::Relaxed), joined: AtomicBool::new(false) });
+    let server = ApiServer { cluster: cluster.clone(), caller: caller.clone() };
     BaseChannel::with_defaults(transport)
         .execute(server.serve())
-        .for_each_concurrent(None, |request| contain_panics("an API handler", request))
+        .for_each_concurrent(Some(MAX_CALLS_AT_ONCE), |request| contain_panics("an API handler", request))
         .await;
     if caller.joined.load(Ordering::Acquire) {
-        cluster.worker_left(&caller.worker);
+        cluster.worker_left(&caller.worker, caller.connection);
     }
 }
 
@@ -114,6 +118,8 @@ async fn serve_api(cluster: &Arc<Cluster>, stream: Stream, identity: Identity) {
 struct Caller {
     /// The id its handshake gave.
     worker: String,
+    /// This connection's serial number.
+    connection: u64,
     /// Whether it joined as a worker on this connection.
     joined: AtomicBool,
 }
@@ -171,10 +177,10 @@ impl ClusterApi for ApiServer {
         if !(1..=MAX_SLOTS).contains(&offer.slots) || !(1..=MAX_SLOTS).contains(&offer.cores) {
             return Err(format!("slots and cores are from 1 to {MAX_SLOTS}"));
         }
-        if offer.labels.len() > 64 {
-            return Err("at most 64 labels".into());
+        if offer.labels.len() > MAX_REQUIRED_LABELS {
+            return Err(format!("at most {MAX_REQUIRED_LABELS} labels"));
         }
-        self.cluster.worker_joined(&self.caller.worker, offer.labels, offer.slots, offer.cores);
+        self.cluster.worker_joined(&self.caller.worker, self.caller.connection, offer.labels, offer.slots, offer.cores);
         self.caller.joined.store(true, Ordering::Release);
         Ok(Welcome { heartbeat_interval: self.cluster.heartbeat_interval() })
     }

@@ -376,6 +376,18 @@ impl Workers {
         }
     }
 
+    /// Worker `id` is alive, but could not tell its load this time (it
+    /// keeps the last it told); false if no such worker joined.
+    pub fn touch(&mut self, id: &str, now: Instant) -> bool {
+        match self.workers.get_mut(id) {
+            Some(worker) => {
+                worker.last_heard = worker.last_heard.max(now);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Worker `id` left (its connection closed); false if it was not here.
     pub fn left(&mut self, id: &str) -> bool {
         self.workers.remove(id).is_some()

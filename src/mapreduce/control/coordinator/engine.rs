@@ -81,6 +81,9 @@ pub(super) struct Shared {
     /// [`POLL_WAIT`](crate::rpc::POLL_WAIT), or nothing in a cluster, whose slots ask the cluster
     /// which job to serve and must not sit in one job's wait meanwhile.
     pub(super) request_hold: Duration,
+    /// Whether every attempt's start and success is logged at INFO (in a
+    /// cluster, where it goes to the job's own log), not only at DEBUG.
+    pub(super) log_every_attempt: bool,
     /// Reports, uploads and calls refused after the handshake (forged,
     /// stale or malformed): logged at most once per [`REFUSAL_LOG_WINDOW`].
     pub(super) refused_calls: Mutex<WarningLimit>,
@@ -238,7 +241,11 @@ pub(super) async fn hold_until_assigned(shared: &Shared, owner: &Owner) -> Assig
                 other => {
                     if let Some((task, attempt)) = assigned_attempt(&other) {
                         ledger.record(&Record::Assigned { task, attempt, owner: owner.clone() });
-                        status.attempt_started(task, attempt, &owner.worker, scheduler.is_backup(task, attempt), now);
+                        let backup = scheduler.is_backup(task, attempt);
+                        status.attempt_started(task, attempt, &owner.worker, backup, now);
+                        if shared.log_every_attempt {
+                            tracing::info!(%task, attempt, worker = %owner.worker, backup, "attempt started");
+                        }
                         shared.attempt_started.notify_waiters();
                     }
                     return other;

@@ -202,11 +202,17 @@ impl StatusHandle {
 pub struct JobHandle(Arc<Shared>);
 
 impl JobHandle {
-    /// Whether the job would give `worker` a task now (see
-    /// [`Scheduler::has_task_for`]): the standing cluster asks before it
-    /// sends a free slot here.
-    pub fn has_task_for(&self, worker: &str) -> bool {
-        self.0.job().scheduler.has_task_for(worker, Instant::now())
+    /// How many tasks the job would give `worker` now (see
+    /// [`Scheduler::ready_tasks_for`]): the standing cluster asks before it
+    /// sends free slots here.
+    pub fn ready_tasks_for(&self, worker: &str) -> usize {
+        self.0.job().scheduler.ready_tasks_for(worker, Instant::now())
+    }
+
+    /// The id of the next attempt the job gives out (see
+    /// [`Scheduler::next_attempt_id`]).
+    pub fn next_attempt_id(&self) -> crate::rpc::AttemptId {
+        self.0.job().scheduler.next_attempt_id()
     }
 
     /// How far along the job is (tasks done, tasks running).
@@ -313,6 +319,7 @@ impl Job {
             closed: watch::channel(false).0,
             refused_calls: Mutex::new(WarningLimit::new(REFUSAL_LOG_WINDOW)),
             request_hold: crate::rpc::POLL_WAIT,
+            log_every_attempt: false,
             app_pin: Mutex::new(app_pin),
         });
         Ok(Job { shared, journal_sync, started, reduces: config.reduces, secret: config.secret })
@@ -323,13 +330,16 @@ impl Job {
         StatusHandle(self.shared.clone())
     }
 
-    /// Answers a `request_task` with no task ready at once, instead of
-    /// holding it up to [`POLL_WAIT`](crate::rpc::POLL_WAIT): for a cluster,
-    /// whose slots ask the cluster which job to serve. Call before taking
-    /// handles.
-    pub fn answering_requests_at_once(mut self) -> Job {
+    /// The job as a standing cluster runs it: a `request_task` with no task
+    /// ready is answered at once instead of held up to
+    /// [`POLL_WAIT`](crate::rpc::POLL_WAIT) (the cluster's slots ask the
+    /// cluster which job to serve, not one job), and every attempt's start
+    /// and success is logged at INFO (the job's own log). Call before
+    /// taking handles.
+    pub fn for_cluster(mut self) -> Job {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.request_hold = Duration::ZERO;
+            shared.log_every_attempt = true;
         }
         self
     }

@@ -81,6 +81,8 @@ pub(super) fn apply_report(shared: &Shared, owner: &Owner, report: TaskReport) -
         }
     };
     match verdict {
+        // A cluster keeps every attempt's story in the job's log (`mr logs`).
+        ReportVerdict::Accepted if shared.log_every_attempt => tracing::info!(%task, attempt, %worker, "attempt succeeded"),
         ReportVerdict::Accepted => tracing::debug!(%task, attempt, %worker, "report accepted"),
         ReportVerdict::AlreadyDone => tracing::info!(%task, attempt, %worker, "late report for a finished task ignored"),
         ReportVerdict::UnknownAttempt => tracing::debug!(%task, attempt, %worker, "report for an unknown attempt ignored"),

@@ -58,11 +58,19 @@ impl Scheduler {
         self.task_spec(task, attempt)
     }
 
-    /// Whether [`Scheduler::assign`] would give `worker` a task now (call
-    /// `expire` first): the standing cluster asks before it sends a free
-    /// slot to this job.
-    pub fn has_task_for(&self, worker: &str, now: Instant) -> bool {
-        self.job_end().is_none() && (self.has_idle() || self.next_backup(worker, now).is_some())
+    /// How many tasks [`Scheduler::assign`] would give `worker` now, one
+    /// after another (idle tasks, or one backup when none is idle): the
+    /// standing cluster asks before it sends free slots to this job.
+    /// Overdue attempts are not given up here: the job's own loop does
+    /// that as their deadlines pass.
+    pub fn ready_tasks_for(&self, worker: &str, now: Instant) -> usize {
+        if self.job_end().is_some() {
+            return 0;
+        }
+        match self.idle_count() {
+            0 => usize::from(self.next_backup(worker, now).is_some()),
+            idle => idle,
+        }
     }
 
     /// The running attempts of `task` (none unless it is Running).

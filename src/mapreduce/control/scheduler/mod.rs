@@ -305,6 +305,13 @@ impl Scheduler {
         self.failure.get_or_insert(message);
     }
 
+    /// The id the next attempt given out will have: it grows by one per
+    /// attempt, so the difference between two readings counts the
+    /// attempts given out in between.
+    pub fn next_attempt_id(&self) -> AttemptId {
+        self.next_attempt
+    }
+
     /// How the job ended, once it has.
     pub fn job_end(&self) -> Option<JobEnd> {
         if let Some(message) = &self.failure {

@@ -119,14 +119,16 @@ impl Scheduler {
         }
     }
 
-    /// Pops the next assignable task: maps first; reduces only once every
-    /// map is done.
-    /// Whether [`Scheduler::next_idle`] would find a task, without taking it.
-    pub(super) fn has_idle(&self) -> bool {
+    /// How many tasks [`Scheduler::next_idle`] would find one after
+    /// another now, without taking them.
+    pub(super) fn idle_count(&self) -> usize {
         let queue = if self.maps_done == self.maps.len() { &self.idle_reduces } else { &self.idle_maps };
-        queue.iter().any(|&task| self.entry(task).state == TaskState::Idle)
+        let mut seen = std::collections::HashSet::new();
+        queue.iter().filter(|&&task| self.entry(task).state == TaskState::Idle && seen.insert(task)).count()
     }
 
+    /// Pops the next assignable task: maps first; reduces only once every
+    /// map is done.
     pub(super) fn next_idle(&mut self) -> Option<TaskId> {
         let maps_finished = self.maps_done == self.maps.len();
         let queue = if maps_finished { &mut self.idle_reduces } else { &mut self.idle_maps };
