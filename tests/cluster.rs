@@ -387,6 +387,88 @@ fn a_worker_over_a_load_limit_gets_no_tasks_and_the_job_says_why() {
     cluster.kill();
 }
 
+/// The streaming app's parameters for the Python word count in
+/// apps/streaming/examples.
+fn python_word_count_params() -> Vec<String> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/streaming/examples");
+    vec![
+        "--param".into(),
+        format!("map=python3 {}", examples.join("wc_map.py").display()),
+        "--param".into(),
+        format!("reduce=python3 {}", examples.join("wc_reduce.py").display()),
+    ]
+}
+
+/// The output files `mr-out-0..reduces` of `dir`, concatenated in order.
+fn concatenated(dir: &Path, reduces: u32) -> Vec<u8> {
+    (0..reduces).flat_map(|r| std::fs::read(dir.join(format!("mr-out-{r}"))).unwrap()).collect()
+}
+
+#[test]
+fn six_jobs_of_four_apps_on_three_workers_one_killed_match_the_reference() {
+    let dir = TestDir::new("cluster-six");
+    let inputs = word_inputs(&dir, 12);
+    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let d = dir.path();
+    let (mut cluster, addr) = start_cluster(d);
+    let mut workers: Vec<Proc> = (0..3).map(|_| start_cluster_worker(d, &addr, &["--slots", "2"])).collect();
+    let python = python_word_count_params();
+    let python: Vec<&str> = python.iter().map(String::as_str).collect();
+    // (priority, app, output, reduces, extra flags)
+    let jobs: [(&str, &str, &str, u32, Vec<&str>); 5] = [
+        ("low", "slowcount", "out-slow", 2, vec!["--param", "delay_ms=150", "--split-size", "0"]),
+        ("low", "streaming", "out-python", 2, [python.as_slice(), &["--split-size", "0"]].concat()),
+        ("normal", "indexer", "out-index", 3, vec![]),
+        ("normal", "sort", "out-sort", 3, vec!["--split-size", "0"]),
+        ("low", "wordcount", "out-words", 2, vec!["--split-size", "0"]),
+    ];
+    let mut ids = Vec::new();
+    for (priority, app, out, reduces, extra) in &jobs {
+        let reduces_text = reduces.to_string();
+        let mut args = vec!["--priority", priority, "--app", app, "--output-dir", out, "--reduces", &reduces_text];
+        args.extend(extra);
+        args.extend(&input_refs);
+        ids.push(submit(d, &addr, &args));
+    }
+    // A high job comes while the others still have tasks waiting.
+    wait_until(|| status(d, &addr, &ids[0])["progress"]["maps_done"].as_u64().unwrap_or(0) >= 1, || format!("{} made no progress", ids[0]));
+    let mut high_args = vec!["--priority", "high", "--app", "wordcount", "--output-dir", "out-high", "--reduces", "1"];
+    high_args.extend(&input_refs);
+    let high = submit(d, &addr, &high_args);
+    // A worker dies while it runs tasks of two jobs.
+    let victim = worker_id(&workers[0]);
+    let jobs_on_victim = || ids.iter().filter(|id| attempt_starts(d, &addr, id).iter().any(|(_, _, on)| *on == victim)).count();
+    wait_until(|| jobs_on_victim() >= 2, || format!("{victim} never ran tasks of two jobs"));
+    workers[0].kill();
+
+    assert_eq!(mr(d, &addr, &["wait", &high]).0, 0);
+    for (id, (_, app, out, reduces, _)) in ids.iter().zip(&jobs) {
+        let (code, stdout, stderr) = mr(d, &addr, &["wait", id]);
+        assert_eq!(code, 0, "{id} ({app}) did not succeed\n{stdout}\n{stderr}\n{}", cluster.describe());
+        let reference_app = if *app == "streaming" { "wordcount" } else { app };
+        let expected = reference_output(d, reference_app, &input_refs);
+        match *app {
+            // Sort's outputs in order are the sorted input.
+            "sort" => assert_same_output(&sorted_lines(&concatenated(&dir.join(out), *reduces)), &expected, &dir.listing()),
+            _ => assert_same_output(&job_output(&dir.join(out), *reduces), &expected, &dir.listing()),
+        }
+        if *app == "sort" {
+            assert_eq!(concatenated(&dir.join(out), *reduces), expected, "sort's outputs, in order, are sorted");
+        }
+    }
+    assert_same_output(&job_output(&dir.join("out-high"), 1), &reference_output(d, "wordcount", &input_refs), &dir.listing());
+    let ended = |id: &str| status(d, &addr, id)["ended_ms"].as_u64().unwrap();
+    for (id, (priority, ..)) in ids.iter().zip(&jobs) {
+        if *priority == "low" {
+            assert!(ended(&high) < ended(id), "the high job ended after the low {id}");
+        }
+    }
+    for worker in &mut workers[1..] {
+        worker.kill();
+    }
+    cluster.kill();
+}
+
 /// Sends SIGTERM to `process`.
 fn terminate(process: &mut Proc) {
     // SAFETY: kill(2) with a pid this test started and has not reaped.

@@ -318,7 +318,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         keep_for,
     };
     let cluster = Cluster::open(config)?;
-    cluster.start_ready();
+    // Planning the jobs it takes up reads their journals.
+    let starting = cluster.clone();
+    tokio::task::spawn_blocking(move || starting.start_ready()).await.context("starting the jobs taken up")?;
     let expiring = {
         let cluster = cluster.clone();
         tokio::spawn(async move {

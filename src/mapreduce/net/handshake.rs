@@ -522,7 +522,8 @@ where
         REFUSED => {
             let mut reason = vec![0; usize::from(stream.read_u8().await?)];
             stream.read_exact(&mut reason).await?;
-            Err(HandshakeError::Refused(String::from_utf8_lossy(&reason).into_owned()))
+            // The server's words, shown in logs and errors: escaped here.
+            Err(HandshakeError::Refused(crate::untrusted::excerpt(&String::from_utf8_lossy(&reason), MAX_NAME_LEN)))
         }
         _ => Err(HandshakeError::NotOurProtocol),
     }

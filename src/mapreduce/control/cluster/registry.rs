@@ -91,6 +91,9 @@ pub(super) struct State {
     /// an old connection's close does not remove a worker that joined
     /// again on a new one.
     pub(super) joined_on: HashMap<String, u64>,
+    /// Jobs whose end is recorded while their engines still tell their
+    /// workers: their routes stay open until the engines return.
+    pub(super) finishing: HashMap<JobId, JobHandle>,
 }
 
 /// A job that has not ended.
@@ -152,6 +155,7 @@ impl Cluster {
                 unfinished,
                 offers: HashMap::new(),
                 joined_on: HashMap::new(),
+                finishing: HashMap::new(),
             }),
             config,
             changed: Notify::new(),
@@ -184,6 +188,9 @@ impl Cluster {
         let holder = state.history.output_dir_holder(&admitted.output_dir).map_err(|e| e.to_string())?;
         admission::check_output_holder(&admitted.output_dir, holder.map(|(id, state)| (JobId(id), state)), admitted.submission.overwrite)?;
         admission::check_apart(&admitted.output_dir, state.unfinished.iter().map(|(id, job)| (*id, job.admitted.output_dir.as_path())))?;
+        if let Some((id, _)) = state.finishing.iter().find(|(_, handle)| handle.output_dir() == admitted.output_dir) {
+            return Err(format!("output directory {} is {id}'s, which is finishing: try again in a moment", admitted.output_dir.display()));
+        }
         let submission = &admitted.submission;
         let id = JobId(
             state.history.submit(&spec_json, &admitted.output_dir, &submission.priority.to_string(), SystemTime::now()).map_err(|e| e.to_string())?,
@@ -249,23 +256,70 @@ impl Cluster {
         let span = job_span(id);
         self.runtime.spawn(
             async move {
-                let result = engine.run_without_listener(async move {
+                let run = engine.run_without_listener(async move {
                     let _ = stopped.await;
                 });
-                let result = result.await;
+                tokio::pin!(run);
+                // The end is recorded as soon as it is known (the next job
+                // may start); the engine goes on telling its workers, its
+                // routes open until it returns.
+                let returned = tokio::select! {
+                    result = &mut run => Some(result),
+                    () = handle.wait_ended() => None,
+                };
+                let result = match returned {
+                    Some(result) => result,
+                    None => {
+                        let (cluster, handle) = (cluster.clone(), handle.clone());
+                        let _ = tokio::task::spawn_blocking(move || cluster.job_ended(id, &handle)).await;
+                        run.await
+                    }
+                };
                 let status = handle.status();
-                // Recording the end commits to the history and may plan the next job.
-                let _ = tokio::task::spawn_blocking(move || cluster.engine_ended(id, &status, result)).await;
+                let _ = tokio::task::spawn_blocking(move || cluster.engine_returned(id, &status, result)).await;
             }
             .instrument(span),
         );
         Ok(())
     }
 
-    /// Job `id`'s engine returned `result`: records how it ended, unless the
-    /// cluster itself stopped it (it resumes at the next start).
-    fn engine_ended(self: &Arc<Self>, id: JobId, status: &StatusHandle, result: Result<JobReport, CoordinatorError>) {
+    /// Job `id`'s end is known (its engine still tells its workers): records
+    /// it from the engine's status, keeps its routes open until the engine
+    /// returns, and lets the next job start.
+    fn job_ended(self: &Arc<Self>, id: JobId, handle: &JobHandle) {
         let mut state = self.state();
+        let Some(job) = state.unfinished.get(&id) else { return };
+        let cancelled = job.engine.as_ref().is_some_and(|engine| engine.cancelled);
+        let report = handle.status().report();
+        let succeeded = report.job.state == crate::status::JobState::Succeeded;
+        let reduces = job.admitted.submission.job.reduces;
+        let outputs: Vec<PathBuf> = match succeeded {
+            true => (0..reduces).map(|r| job.admitted.output_dir.join(crate::output::output_file_name(r))).collect(),
+            false => Vec::new(),
+        };
+        let summary = Some(JobSummary::new(&report, &outputs));
+        let outcome = match (succeeded, cancelled) {
+            (true, _) => ended(JobState::Succeeded, None, summary),
+            (false, true) => ended(JobState::Cancelled, Some(CANCELLED.into()), summary),
+            (false, false) => ended(JobState::Failed, Some(report.job.error.clone().unwrap_or_default()), summary),
+        };
+        tracing::info!(job = %id, "{}", outcome.state);
+        state.finishing.insert(id, handle.clone());
+        self.record_end(&mut state, id, outcome);
+        drop(state);
+        self.prune();
+        self.start_ready();
+    }
+
+    /// Job `id`'s engine returned `result`: its routes close. Its end is
+    /// recorded if [`Cluster::job_ended`] did not (the engine stopped
+    /// otherwise), unless the cluster itself stopped it (it resumes at the
+    /// next start).
+    fn engine_returned(self: &Arc<Self>, id: JobId, status: &StatusHandle, result: Result<JobReport, CoordinatorError>) {
+        let mut state = self.state();
+        if state.finishing.remove(&id).is_some() {
+            return;
+        }
         let cancelled = state.unfinished.get(&id).and_then(|job| job.engine.as_ref()).is_some_and(|engine| engine.cancelled);
         let outputs = result.as_ref().map(|report| report.outputs.clone()).unwrap_or_default();
         let summary = JobSummary::new(&status.report(), &outputs);
@@ -367,12 +421,16 @@ impl Cluster {
 
     /// Whether every engine has returned (after [`Cluster::stop_all`]).
     pub fn engines_stopped(&self) -> bool {
-        self.state().unfinished.values().all(|job| job.engine.is_none())
+        let state = self.state();
+        state.finishing.is_empty() && state.unfinished.values().all(|job| job.engine.is_none())
     }
 
-    /// The door of running job `id`, for a connection routed to it.
+    /// The door of running (or finishing) job `id`, for a connection
+    /// routed to it.
     pub fn job_handle(&self, id: JobId) -> Option<JobHandle> {
-        self.state().unfinished.get(&id).and_then(|job| job.engine.as_ref()).map(|engine| engine.handle.clone())
+        let state = self.state();
+        let running = state.unfinished.get(&id).and_then(|job| job.engine.as_ref()).map(|engine| engine.handle.clone());
+        running.or_else(|| state.finishing.get(&id).cloned())
     }
 }
 

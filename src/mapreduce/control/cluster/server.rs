@@ -51,6 +51,10 @@ const API_IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// the inputs on a blocking thread; one client must not take them all).
 const MAX_CALLS_AT_ONCE: usize = 8;
 
+/// The most jobs a worker's `next_job` may decline (the rest are not
+/// looked at).
+const MAX_DECLINED: usize = 256;
+
 /// The most slots or cores a worker may say it has.
 const MAX_SLOTS: u32 = 4096;
 
@@ -194,10 +198,14 @@ impl ClusterApi for ApiServer {
         }
     }
 
-    async fn next_job(self, _: Context, declined: Vec<JobId>) -> Option<JobId> {
+    async fn next_job(self, _: Context, mut declined: Vec<JobId>) -> Option<JobId> {
         if !self.caller.joined.load(Ordering::Acquire) {
+            // Held as any answer of none is: a caller that has not joined
+            // must not spin.
+            tokio::time::sleep(crate::rpc::POLL_WAIT).await;
             return None;
         }
+        declined.truncate(MAX_DECLINED);
         self.cluster.next_job(&self.caller.worker, &declined).await
     }
 }

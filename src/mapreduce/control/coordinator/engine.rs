@@ -77,6 +77,9 @@ pub(super) struct Shared {
     /// refused, so that nothing of the job is served while its directory
     /// is removed.
     pub(super) closed: watch::Sender<bool>,
+    /// `true` once the job's end is known (its outputs published, or it
+    /// failed): before its workers are told and its connections closed.
+    pub(super) ended: watch::Sender<bool>,
     /// How long a `request_task` is held when no task is ready:
     /// [`POLL_WAIT`](crate::rpc::POLL_WAIT), or nothing in a cluster, whose slots ask the cluster
     /// which job to serve and must not sit in one job's wait meanwhile.
@@ -128,6 +131,7 @@ pub(super) async fn wait_for_end(shared: &Shared) -> JobEnd {
             }
             if let Some(end) = job.scheduler.job_end() {
                 job.status.job_ended(end.clone(), now);
+                shared.ended.send_replace(true);
                 return end;
             }
             job.scheduler.next_deadline()

@@ -209,6 +209,19 @@ impl JobHandle {
         self.0.job().scheduler.ready_tasks_for(worker, Instant::now())
     }
 
+    /// The directory the job's outputs go to (absolute).
+    pub fn output_dir(&self) -> &std::path::Path {
+        &self.0.output_dir
+    }
+
+    /// Completes once the job's end is known: its outputs published, or it
+    /// failed (cancelled too). Its engine then still tells its workers and
+    /// closes its connections before [`Job::run_without_listener`]
+    /// returns; the standing cluster records the end at once.
+    pub async fn wait_ended(&self) {
+        let _ = self.0.ended.subscribe().wait_for(|ended| *ended).await;
+    }
+
     /// The id of the next attempt the job gives out (see
     /// [`Scheduler::next_attempt_id`]).
     pub fn next_attempt_id(&self) -> crate::rpc::AttemptId {
@@ -317,6 +330,7 @@ impl Job {
             files: Arc::new(JobFiles::new(config.inputs.clone(), config.app.as_ref().map(|(path, _)| path.clone()))),
             claims: Mutex::new(HashMap::new()),
             closed: watch::channel(false).0,
+            ended: watch::channel(false).0,
             refused_calls: Mutex::new(WarningLimit::new(REFUSAL_LOG_WINDOW)),
             request_hold: crate::rpc::POLL_WAIT,
             log_every_attempt: false,
