@@ -83,7 +83,7 @@ impl AppCache {
         fetched.map_err(|e| AppCacheError::Fetch {
             file_name: excerpt(&app.file_name, EXCERPT_CHARS),
             address: address.to_owned(),
-            error: e.to_string(),
+            error: crate::link::peer_error(&e),
         })?;
         tokio::io::AsyncWriteExt::flush(&mut sink).await.map_err(io(staged.path()))?;
         drop(sink);
