@@ -63,6 +63,20 @@ struct StandIn {
     jobs: Arc<Vec<(JobId, Arc<AtomicBool>)>>,
     turn: Arc<AtomicU64>,
     seen: Arc<Mutex<Seen>>,
+    /// A job offered first whenever the worker does not decline it, which
+    /// has no engine: its session cannot open.
+    broken: Option<JobId>,
+    /// With no job left, `next_job` answers at once (as a cluster does to
+    /// a worker that has not joined), not after [`POLL_WAIT`].
+    answer_at_once: bool,
+    /// Every `next_job`'s `declined`.
+    declines: Arc<Mutex<Vec<Vec<JobId>>>>,
+}
+
+impl StandIn {
+    fn new(jobs: Vec<(JobId, Arc<AtomicBool>)>) -> StandIn {
+        StandIn { jobs: Arc::new(jobs), turn: Arc::default(), seen: Arc::default(), broken: None, answer_at_once: false, declines: Arc::default() }
+    }
 }
 
 impl ClusterApi for StandIn {
@@ -92,10 +106,16 @@ impl ClusterApi for StandIn {
         self.seen.lock().unwrap().loads.push(load);
         AgentReply::Continue
     }
-    async fn next_job(self, _: Context, _: Vec<JobId>) -> Option<JobId> {
+    async fn next_job(self, _: Context, declined: Vec<JobId>) -> Option<JobId> {
+        self.declines.lock().unwrap().push(declined.clone());
+        if let Some(broken) = self.broken.filter(|broken| !declined.contains(broken)) {
+            return Some(broken);
+        }
         let running: Vec<JobId> = self.jobs.iter().filter(|(_, done)| !done.load(Ordering::Acquire)).map(|(id, _)| *id).collect();
         if running.is_empty() {
-            tokio::time::sleep(mapreduce::rpc::POLL_WAIT).await;
+            if !self.answer_at_once {
+                tokio::time::sleep(mapreduce::rpc::POLL_WAIT).await;
+            }
             return None;
         }
         let turn = self.turn.fetch_add(1, Ordering::AcqRel) as usize;
@@ -160,11 +180,7 @@ fn a_long_lived_worker_runs_two_jobs_fetches_their_app_once_and_drains_on_sigter
     ];
     let engines: Arc<HashMap<u64, JobHandle>> = Arc::new(jobs.iter().zip(1..).map(|(job, id)| (id, job.handle())).collect());
     let done: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::default()).collect();
-    let api = StandIn {
-        jobs: Arc::new(done.iter().zip(1..).map(|(done, id)| (JobId(id), done.clone())).collect()),
-        turn: Arc::default(),
-        seen: Arc::default(),
-    };
+    let api = StandIn::new(done.iter().zip(1..).map(|(done, id)| (JobId(id), done.clone())).collect());
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -220,4 +236,63 @@ fn a_long_lived_worker_runs_two_jobs_fetches_their_app_once_and_drains_on_sigter
         .filter(|name| name.starts_with("mr-worker-"))
         .collect();
     assert!(leftovers.is_empty(), "the work directory outlived the worker: {leftovers:?}");
+}
+
+/// A job whose session cannot open (here: no engine behind its id) is
+/// declined, so that the cluster offers another, which runs; its failure
+/// is logged once however often it is offered. A slot with no job does
+/// not spin even when the cluster answers `next_job` at once.
+#[test]
+fn a_job_that_cannot_be_served_is_declined_and_an_idle_slot_does_not_spin() {
+    let dir = TestDir::new("cluster-agent-declines");
+    let inputs = write_word_inputs(&dir, 2);
+    let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let expected = reference_output(dir.path(), "wordcount", &names);
+    let out = dir.join("out");
+    let job = Job::plan(config(&inputs.iter().map(|name| dir.join(name)).collect::<Vec<_>>(), out.clone(), job_app("wordcount"))).expect("planning");
+    let engines: Arc<HashMap<u64, JobHandle>> = Arc::new(HashMap::from([(1, job.handle())]));
+    let done: Arc<AtomicBool> = Arc::default();
+    let broken = JobId(7);
+    let api = StandIn { broken: Some(broken), answer_at_once: true, ..StandIn::new(vec![(JobId(1), done.clone())]) };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepting = runtime.spawn(serve_as_cluster(listener, api.clone(), engines));
+    let mut agent = {
+        let mut cmd = std::process::Command::new(worker_bin());
+        cmd.args(["--master", &addr, "--slots", "2", "--work-dir"]).arg(dir.path());
+        Proc::spawn("agent", cmd, dir.path())
+    };
+    let context = |agent: &Proc| format!("{}\n{}", agent.describe(), dir.listing());
+    let result = runtime.block_on(async {
+        let run = async {
+            let result = job.run_without_listener(std::future::pending()).await;
+            done.store(true, Ordering::Release);
+            result
+        };
+        tokio::time::timeout(PROCESS_TIMEOUT, run).await
+    });
+    let report = result
+        .unwrap_or_else(|_| panic!("the job did not end within {PROCESS_TIMEOUT:?}: starved by one that cannot be served?\n{}", context(&agent)))
+        .unwrap_or_else(|e| panic!("the job failed: {e}\n{}", context(&agent)));
+    assert_eq!(report.outputs.len(), 3);
+    assert_same_output(&job_output(&out, 3), &expected, &context(&agent));
+    assert!(api.declines.lock().unwrap().iter().any(|declined| declined.contains(&broken)), "{}", context(&agent));
+
+    // No job left, and the stand-in answers at once: the slots ask at a
+    // walking pace (two slots, one round per 100 ms at most: 20 a second).
+    std::thread::sleep(Duration::from_millis(500));
+    let before = api.declines.lock().unwrap().len();
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = api.declines.lock().unwrap().len() - before;
+    assert!(asked <= 60, "{asked} asks in 2 s: the idle slots spin\n{}", context(&agent));
+
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
+    agent.expect_success();
+    accepting.abort();
+    let log = agent.stderr();
+    let failures = log.lines().filter(|line| line.contains("cannot work for the job") && line.contains("job-7")).count();
+    assert_eq!(failures, 1, "the failure is logged once\n{}", context(&agent));
 }

@@ -45,8 +45,8 @@ use crate::cluster::api::{AgentReply, ClusterApiClient, JoinOffer, Welcome};
 use crate::cluster::queue::JobId;
 use crate::handshake::{self, Identity, ServerKind};
 use crate::job_link;
-use crate::link::{call_context, Dial, Link, LinkLost, Redial, CONNECT_RETRY};
-use crate::rpc::{Assignment, POLL_WAIT};
+use crate::link::{call_context, peer_error, Dial, Link, LinkLost, Redial, CONNECT_RETRY};
+use crate::rpc::Assignment;
 use crate::session::{describe_end, Session, SessionSetup, Sessions, MIN_HEARTBEAT_INTERVAL};
 use crate::slot::{self, SlotThread, Task, SHUTDOWN_WAIT};
 use crate::task_process::{TaskCommand, TaskProcess};
@@ -173,45 +173,59 @@ struct SlotProcess {
     job: Option<(JobId, Weak<Session>)>,
 }
 
+/// The shortest time a slot's round that ran no task takes (asking the
+/// cluster for a job, and that job for a task): a cluster that answers
+/// `next_job` at once (one this worker has not joined yet does), or a job
+/// that answers `Wait` to every offer of it, must not make a slot spin.
+const IDLE_ROUND: Duration = Duration::from_millis(100);
+
 /// One slot: asks the cluster which job to serve, takes one task of it,
 /// runs and reports it, and asks again; until `stop`, or the cluster is
-/// gone for good (the error).
+/// gone for good (the error). A job that answered `Wait` is declined in
+/// the next ask, so that the cluster offers another job if it has one.
 async fn run_slot(slot: usize, agent: &Agent, mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
     let mut process: Option<SlotProcess> = None;
+    let mut waited: Option<JobId> = None;
     let result = loop {
         if *stop.borrow() {
             break Ok(());
         }
+        let round = tokio::time::Instant::now();
         retire_ended(&mut process).await;
-        let next_job = |client: ClusterApiClient| async move { client.next_job(call_context(), Vec::new()).await };
+        let declined = declined(agent.sessions.declined(), waited.take());
+        let next_job = |client: ClusterApiClient| {
+            let declined = declined.clone();
+            async move { client.next_job(call_context(), declined).await }
+        };
         let next = tokio::select! {
             next = agent.cluster.call(next_job) => next,
             _ = stop.wait_for(|stop| *stop) => break Ok(()),
         };
-        let job = match next {
-            Ok(Some(job)) => job,
-            Ok(None) => continue,
+        let served = match next {
+            Ok(Some(job)) => match agent.sessions.get_or_open(job).await {
+                // Draining: the session may have taken a while.
+                Some(_) if *stop.borrow() => break Ok(()),
+                Some(session) => {
+                    let served = serve_one_task(slot, agent, &session, &mut process).instrument(tracing::info_span!("job", %job)).await;
+                    match served {
+                        Ok(served) => served,
+                        Err(e) => break Err(e),
+                    }
+                }
+                // Declined from now on: see `Sessions::get_or_open`.
+                None => Served::Nothing,
+            },
+            Ok(None) => Served::Nothing,
             Err(lost) => break Err(cluster_lost(lost)),
         };
-        let session = match agent.sessions.get_or_open(job).await {
-            Ok(Some(session)) => session,
-            // Ended, or failed to open a moment ago: the cluster may offer
-            // it again at once; not a reason to spin.
-            Ok(None) => {
-                tokio::time::sleep(POLL_WAIT).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("{}", crate::errors::one_line(&e));
-                tokio::time::sleep(POLL_WAIT).await;
-                continue;
-            }
-        };
-        if *stop.borrow() {
-            break Ok(());
+        match served {
+            Served::Task => continue,
+            Served::Wait(job) => waited = Some(job),
+            Served::Nothing => {}
         }
-        if let Err(e) = serve_one_task(slot, agent, &session, &mut process).instrument(tracing::info_span!("job", %job)).await {
-            break Err(e);
+        tokio::select! {
+            () = tokio::time::sleep_until(round + IDLE_ROUND) => {}
+            _ = stop.wait_for(|stop| *stop) => break Ok(()),
         }
     };
     if let Some(process) = process {
@@ -220,37 +234,57 @@ async fn run_slot(slot: usize, agent: &Agent, mut stop: watch::Receiver<bool>) -
     result
 }
 
+/// The jobs a slot declines in its next `next_job`: the worker's, and the
+/// one that just answered `Wait`.
+fn declined(mut declined: Vec<JobId>, waited: Option<JobId>) -> Vec<JobId> {
+    if let Some(job) = waited.filter(|job| !declined.contains(job)) {
+        declined.push(job);
+    }
+    declined
+}
+
+/// What a slot's round did.
+#[derive(Debug, PartialEq, Eq)]
+enum Served {
+    /// Ran a task (or took one and lost it): ask again at once.
+    Task,
+    /// The job had no task for this worker.
+    Wait(JobId),
+    /// No task: no job offered, or its session is not there (any more).
+    Nothing,
+}
+
 /// Asks `session`'s job for one task and, given one, runs it on the slot's
 /// task process and reports it. Fails only if the slot's thread cannot be
 /// started.
-async fn serve_one_task(slot: usize, agent: &Agent, session: &Arc<Session>, process: &mut Option<SlotProcess>) -> Result<(), WorkerError> {
+async fn serve_one_task(slot: usize, agent: &Agent, session: &Arc<Session>, process: &mut Option<SlotProcess>) -> Result<Served, WorkerError> {
     let job = session.job();
     let task = match job_link::request_task(session.link()).await {
         Ok(Assignment::Map(task)) => Task::Map(task),
         Ok(Assignment::Reduce(task)) => Task::Reduce(task),
-        Ok(Assignment::Wait) => return Ok(()),
+        Ok(Assignment::Wait) => return Ok(Served::Wait(job)),
         Ok(Assignment::Exit(end)) => {
-            agent.sessions.end(job, &describe_end(&end));
-            return Ok(());
+            agent.sessions.end(session, &describe_end(&end));
+            return Ok(Served::Nothing);
         }
         Err(lost) => {
-            agent.sessions.end(job, &format!("lost the job: {lost}"));
-            return Ok(());
+            agent.sessions.lost(session, &format!("lost the job: {lost}"));
+            return Ok(Served::Nothing);
         }
     };
     let Some(activity) = session.activity(slot) else {
         tracing::error!("slot {slot} has no place in the session of {job}");
-        return Ok(());
+        return Ok(Served::Nothing);
     };
     let thread = run_job_on(slot, session, process, &agent.task_command).await?;
-    let Some(report) = slot::run_task(thread, session.storage(), activity, task).await else { return Ok(()) };
+    let Some(report) = slot::run_task(thread, session.storage(), activity, task).await else { return Ok(Served::Task) };
     if session.is_ended() {
-        return Ok(());
+        return Ok(Served::Task);
     }
     if let Err(lost) = job_link::report_task(session.link(), report).await {
-        agent.sessions.end(job, &format!("lost the job: {lost}"));
+        agent.sessions.lost(session, &format!("lost the job: {lost}"));
     }
-    Ok(())
+    Ok(Served::Task)
 }
 
 /// The slot's thread, its task process set to run `session`'s job: started
@@ -303,7 +337,8 @@ async fn join(cluster: &ClusterLink, offer: &JoinOffer) -> Result<Welcome, Worke
         let offer = offer.clone();
         async move { client.join(call_context(), offer).await }
     };
-    cluster.call(call).await.map_err(cluster_lost)?.map_err(|why| WorkerError::JoinRefused { master: cluster.address().to_owned(), why })
+    let joined = cluster.call(call).await.map_err(cluster_lost)?;
+    joined.map_err(|why| WorkerError::JoinRefused { master: cluster.address().to_owned(), why: peer_error(&why) })
 }
 
 /// Sends the cluster a heartbeat with the machine's load every `interval`
@@ -354,8 +389,8 @@ impl ClusterDialer {
     async fn open(&self) -> Result<ClusterApiClient, ClusterConnectError> {
         let dialed = handshake::dial_learning(&self.master, self.secret.as_ref(), &self.identity, crate::route::SERVICE_CLUSTER, None).await;
         let (stream, kind) = dialed.map_err(|e| match e.is_transient() {
-            true => ClusterConnectError::Network(e.to_string()),
-            false => ClusterConnectError::Refused(e.to_string()),
+            true => ClusterConnectError::Network(peer_error(&e)),
+            false => ClusterConnectError::Refused(peer_error(&e)),
         })?;
         if kind != ServerKind::Cluster {
             return Err(ClusterConnectError::Refused("the server there is not a cluster (any more)".to_owned()));

@@ -11,7 +11,9 @@
 //! processes of the slots that take its job's tasks, where a plugin that
 //! fails to load fails that job's attempts, not the worker.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use crate::files::{Fetcher, FileRequest};
 use crate::plugin::file_sha256;
@@ -43,16 +45,17 @@ pub enum AppCacheError {
 #[derive(Debug)]
 pub struct AppCache {
     dir: PathBuf,
-    /// Held while fetching, so that two slots that open sessions of jobs
-    /// with the same app at once fetch it once.
-    fetching: tokio::sync::Mutex<()>,
+    /// A lock per app being fetched, by SHA-256, held while fetching it:
+    /// two slots that open sessions of jobs with the same app at once fetch
+    /// it once, and a slow fetch holds up no other app's (nor a cached one).
+    fetching: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl AppCache {
     /// A cache in `dir`, which is made if missing.
     pub fn new(dir: PathBuf) -> Result<AppCache, AppCacheError> {
         std::fs::create_dir_all(&dir).map_err(|source| AppCacheError::Io { path: dir.clone(), source })?;
-        Ok(AppCache { dir, fetching: tokio::sync::Mutex::new(()) })
+        Ok(AppCache { dir, fetching: std::sync::Mutex::default() })
     }
 
     /// The path of `app`'s plugin, fetched with `fetcher` from the job's
@@ -60,8 +63,13 @@ impl AppCache {
     pub async fn get(&self, app: &JobApp, fetcher: &Fetcher, address: &str) -> Result<PathBuf, AppCacheError> {
         let name = cache_file_name(&app.sha256).ok_or_else(|| AppCacheError::BadDigest { sha256: excerpt(&app.sha256, EXCERPT_CHARS) })?;
         let path = self.dir.join(name);
-        let _fetching = self.fetching.lock().await;
         // Only a file whose digest matched was ever put there.
+        if path.is_file() {
+            return Ok(path);
+        }
+        let fetching = self.fetch_lock(&app.sha256);
+        let _fetching = fetching.lock().await;
+        // Fetched by another slot while this one waited?
         if path.is_file() {
             return Ok(path);
         }
@@ -75,7 +83,7 @@ impl AppCache {
         fetched.map_err(|e| AppCacheError::Fetch {
             file_name: excerpt(&app.file_name, EXCERPT_CHARS),
             address: address.to_owned(),
-            error: e.to_string(),
+            error: crate::link::peer_error(&e),
         })?;
         tokio::io::AsyncWriteExt::flush(&mut sink).await.map_err(io(staged.path()))?;
         drop(sink);
@@ -86,6 +94,19 @@ impl AppCache {
         staged.persist(&path).map_err(|e| AppCacheError::Io { path: path.clone(), source: e.error })?;
         tracing::info!(app = %excerpt(&app.file_name, EXCERPT_CHARS), sha256 = %app.sha256, "fetched the app from {address}");
         Ok(path)
+    }
+
+    /// The lock of fetching the app with SHA-256 `sha256`: while a slot
+    /// holds it, the others wait for it; dropped with its last holder.
+    fn fetch_lock(&self, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        fetching.retain(|_, lock| lock.strong_count() > 0);
+        if let Some(lock) = fetching.get(sha256).and_then(Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        fetching.insert(sha256.to_owned(), Arc::downgrade(&lock));
+        lock
     }
 }
 
@@ -101,6 +122,7 @@ pub fn cache_file_name(sha256: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn cache_names_come_from_digests_only() {
@@ -142,5 +164,42 @@ mod tests {
         assert_eq!(file_sha256(&path).unwrap(), sha256);
         let other = JobApp { sha256: "f".repeat(64), ..app };
         assert!(matches!(cache.get(&other, &fetcher, "127.0.0.1:1").await, Err(AppCacheError::Fetch { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_slow_fetch_holds_up_no_other_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(AppCache::new(dir.path().to_owned()).unwrap());
+        let plugin = dir.path().join("source.so");
+        std::fs::write(&plugin, b"not really a plugin").unwrap();
+        let sha256 = file_sha256(&plugin).unwrap();
+        std::fs::copy(&plugin, dir.path().join(cache_file_name(&sha256).unwrap())).unwrap();
+        // A coordinator that accepts and never answers: its fetch hangs.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = silent.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let fetcher = Fetcher::new(None, crate::handshake::Identity::new("test:1".into()));
+        let slow = JobApp { file_name: "libslow.so".into(), sha256: "e".repeat(64), size: 1 };
+        let fetching = {
+            let (cache, fetcher, address) = (cache.clone(), fetcher.clone(), address.clone());
+            tokio::spawn(async move { cache.get(&slow, &fetcher, &address).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!fetching.is_finished(), "the fetch from a silent coordinator hangs");
+        let cached = JobApp { file_name: "libx.so".into(), sha256: sha256.clone(), size: 19 };
+        let got = tokio::time::timeout(Duration::from_secs(2), cache.get(&cached, &fetcher, &address)).await;
+        let path = got.expect("a cached app is had while another app's fetch hangs").unwrap();
+        assert_eq!(file_sha256(&path).unwrap(), sha256);
+        // Another app not cached: fetched (and failing here) without waiting either.
+        let other = JobApp { file_name: "liby.so".into(), sha256: "d".repeat(64), size: 1 };
+        let got = tokio::time::timeout(Duration::from_secs(2), cache.get(&other, &fetcher, "127.0.0.1:1")).await;
+        assert!(matches!(got.expect("another app's fetch does not wait"), Err(AppCacheError::Fetch { .. })));
+        fetching.abort();
+        held.abort();
     }
 }

@@ -13,7 +13,7 @@ use tarpc::client;
 use tarpc::tokio_serde::formats::Bincode;
 
 use crate::handshake::{self, HandshakeError, Identity, Secret, ServerKind};
-use crate::link::{call_context, context_with, Dial, Link, LinkLost, Redial, CONNECT_RETRY};
+use crate::link::{call_context, context_with, peer_error, Dial, Link, LinkLost, Redial, CONNECT_RETRY};
 use crate::rpc::{Assignment, AttemptProgress, CoordinatorClient, HeartbeatReply, JobEnd, TaskReport, CALL_DEADLINE};
 use crate::slot::SlotActivity;
 use crate::worker_config::WorkerError;
@@ -50,15 +50,16 @@ impl Dial for JobDialer {
     async fn dial(&self) -> Result<CoordinatorClient, Redial> {
         let (client, _, _) = open_connection(&self.address, self.secret.as_ref(), &self.identity).await.map_err(|e| match e {
             ConnectError::Network(e) => Redial::Failed(e),
-            ConnectError::Refused(refusal) => Redial::Gone(format!("the coordinator there now refuses this worker: {refusal}")),
+            ConnectError::Refused(refusal) => Redial::Gone(format!("the coordinator there now refuses this worker: {}", peer_error(&refusal))),
         })?;
         let spec = client
             .job(call_context(), self.app_sha256.clone())
             .await
-            .map_err(|e| Redial::Failed(e.to_string()))?
-            .map_err(|why| Redial::Gone(format!("the coordinator there now refuses this worker: {why}")))?;
+            .map_err(|e| Redial::Failed(peer_error(&e)))?
+            .map_err(|why| Redial::Gone(format!("the coordinator there now refuses this worker: {}", peer_error(&why))))?;
         if spec.job_id != self.job_id {
-            return Err(Redial::Gone(format!("the coordinator there now runs another job ({}, not {})", spec.job_id, self.job_id)));
+            let other = crate::untrusted::excerpt(&spec.job_id, crate::untrusted::EXCERPT_CHARS);
+            return Err(Redial::Gone(format!("the coordinator there now runs another job ({other}, not {})", self.job_id)));
         }
         Ok(client)
     }
@@ -77,7 +78,7 @@ pub async fn connect(
     loop {
         match open_connection(master, secret, identity).await {
             Ok(connection) => return Ok(connection),
-            Err(ConnectError::Refused(error)) => return Err(WorkerError::Refused { master: master.to_owned(), error }),
+            Err(ConnectError::Refused(error)) => return Err(WorkerError::Refused { master: master.to_owned(), error: peer_error(&error) }),
             Err(ConnectError::Network(e)) if Instant::now() + CONNECT_RETRY < give_up => {
                 tracing::debug!("coordinator at {master} not reachable yet: {e}");
                 tokio::time::sleep(CONNECT_RETRY).await;
@@ -100,7 +101,7 @@ pub enum ConnectError {
 impl From<HandshakeError> for ConnectError {
     fn from(e: HandshakeError) -> ConnectError {
         match e.is_transient() {
-            true => ConnectError::Network(e.to_string()),
+            true => ConnectError::Network(peer_error(&e)),
             false => ConnectError::Refused(e),
         }
     }

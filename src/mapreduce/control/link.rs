@@ -20,6 +20,7 @@ use tarpc::client::RpcError;
 use tarpc::context;
 
 use crate::rpc::CALL_DEADLINE;
+use crate::untrusted::{excerpt, EXCERPT_CHARS};
 
 /// Pause between connection attempts while the peer is not up (again).
 pub const CONNECT_RETRY: Duration = Duration::from_millis(100);
@@ -111,7 +112,7 @@ impl<D: Dial> Link<D> {
                 Ok(answer) => return Ok(answer),
                 // A peer too busy to answer in time is still there.
                 Err(RpcError::DeadlineExceeded) => tracing::debug!("a call went unanswered; making it again"),
-                Err(e) => self.reconnect(generation, e.to_string()).await?,
+                Err(e) => self.reconnect(generation, peer_error(&e)).await?,
             }
         }
     }
@@ -162,6 +163,16 @@ impl<D: Dial> Link<D> {
     fn lost(&self, error: String) -> LinkLost {
         LinkLost { address: self.address.clone(), error }
     }
+}
+
+/// The most characters of an error's text [`peer_error`] shows.
+const ERROR_CHARS: usize = 4 * EXCERPT_CHARS;
+
+/// `error`'s text, which may carry what a peer sent (a refusal's reason, a
+/// server error's detail), as errors and log lines may show it: cut, and
+/// with control characters escaped ([`crate::untrusted::excerpt`]).
+pub fn peer_error(error: &impl std::fmt::Display) -> String {
+    excerpt(&error.to_string(), ERROR_CHARS)
 }
 
 /// A call's context with the usual deadline, [`CALL_DEADLINE`].

@@ -48,7 +48,7 @@ use tracing::Instrument;
 
 use crate::handshake::{Identity, ServerKind};
 use crate::job_link::{self, JobDialer, JobLink};
-use crate::link::call_context;
+use crate::link::{call_context, peer_error};
 use crate::plugin::{file_sha256, Plugin};
 use crate::rpc::{Assignment, JobEnd};
 use crate::slot::{self, SlotActivity, SlotThread, Task};
@@ -93,12 +93,12 @@ pub async fn run(app: AppSource, config: WorkerConfig, shutdown: impl Future<Out
         };
     }
     let id = identity.name.clone();
-    let lost = |e: tarpc::client::RpcError| WorkerError::CoordinatorLost { master: config.master.clone(), error: e.to_string() };
+    let lost = |e: tarpc::client::RpcError| WorkerError::CoordinatorLost { master: config.master.clone(), error: peer_error(&e) };
     let spec = client
         .job(call_context(), app_sha256.clone())
         .await
         .map_err(lost)?
-        .map_err(|why| WorkerError::AppRefused { master: config.master.clone(), why })?;
+        .map_err(|why| WorkerError::AppRefused { master: config.master.clone(), why: peer_error(&why) })?;
     let base = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let job_storage = crate::job_setup::set_up_storage(&config, &config.master, &base, config.serve_on.as_deref(), &spec, &identity, local).await?;
     let storage = job_storage.storage.clone();
@@ -106,7 +106,7 @@ pub async fn run(app: AppSource, config: WorkerConfig, shutdown: impl Future<Out
         AppSource::Given(plugin) => plugin,
         AppSource::FromJob => {
             let job_app = spec.app.as_ref().ok_or_else(|| WorkerError::NoApp { master: config.master.clone() })?;
-            Arc::new(storage.fetch_app(job_app).await.map_err(WorkerError::Setup)?)
+            Arc::new(storage.fetch_app(job_app).await.map_err(|e| WorkerError::Setup(peer_error(&e)))?)
         }
     };
     tracing::info!(worker = %id, master = %config.master, app = plugin.name(), "connected");
@@ -165,16 +165,26 @@ async fn send_heartbeats(link: &JobLink, slots: &[SlotActivity], interval: std::
 fn job_end(end: JobEnd) -> LoopEnd {
     match end {
         JobEnd::Succeeded => Ok(WorkerExit::JobDone),
-        JobEnd::Failed(message) => Err(WorkerError::JobFailed(message)),
+        JobEnd::Failed(message) => Err(WorkerError::JobFailed(peer_error(&message))),
     }
 }
+
+/// The shortest time between two asks of a slot for a task, when the
+/// first got `Wait`.
+const WAIT_AGAIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One task slot: asks for a task, runs it on the slot's task process,
 /// reports, until the job ends.
 async fn run_slot(thread: &SlotThread, link: &JobLink, storage: &WorkerStorage, activity: &SlotActivity) -> LoopEnd {
     loop {
+        let asked = tokio::time::Instant::now();
         let task = match job_link::request_task(link).await? {
-            Assignment::Wait => continue,
+            // A coordinator holds the call while it has no task; one that
+            // answers at once (a cluster's job does) must not make this spin.
+            Assignment::Wait => {
+                tokio::time::sleep_until(asked + WAIT_AGAIN).await;
+                continue;
+            }
             Assignment::Exit(end) => return job_end(end),
             Assignment::Map(task) => Task::Map(task),
             Assignment::Reduce(task) => Task::Reduce(task),

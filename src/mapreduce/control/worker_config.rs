@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cluster::workers::Label;
-use crate::handshake::{HandshakeError, Secret};
+use crate::handshake::Secret;
 use crate::link::LinkLost;
 use crate::rpc::WorkerId;
 use crate::task_process::TaskCommand;
@@ -82,9 +82,10 @@ pub enum WorkerError {
     #[error("lost the coordinator at {master} before the job ended: {error}")]
     CoordinatorLost { master: String, error: String },
     /// The coordinator's handshake refused this worker, or this worker
-    /// would not trust the coordinator (see [`crate::handshake`]).
+    /// would not trust the coordinator (see [`crate::handshake`]); the
+    /// [`HandshakeError`](crate::handshake::HandshakeError), escaped (a refusal's reason is the peer's).
     #[error("the coordinator at {master} and this worker do not agree: {error}")]
-    Refused { master: String, error: HandshakeError },
+    Refused { master: String, error: String },
     /// The operating system would not start a slot's thread.
     #[error("cannot start a slot thread: {0}")]
     Thread(std::io::Error),
