@@ -3,7 +3,7 @@
 # tests (the app crate's typed API too), no import cycles between modules, the lab's seven end-to-end
 # checks, docs/apps.md's custom app, short chaos runs with and without a
 # shared filesystem (workers and the master killed mid-job; exact output),
-# and a job across three network
+# and a job, then a standing cluster running two jobs, across three network
 # namespaces that share nothing but the network (as root; skipped without
 # ../shared/tools/netns-cluster.sh).
 set -euo pipefail
@@ -27,3 +27,4 @@ MR_SKIP_BUILD=1 scripts/chaos.sh --runs 2 --size 256 --kill-every 0.5 --baseline
 # minutes on a slow day (a worker lived less than the reruns took).
 MR_SKIP_BUILD=1 scripts/chaos.sh --runs 2 --size 128 --kill-every 1 --baseline-runs 1 --no-shared-dir
 scripts/multi-host-test.sh
+scripts/multi-host-cluster-test.sh
