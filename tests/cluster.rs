@@ -469,6 +469,42 @@ fn six_jobs_of_four_apps_on_three_workers_one_killed_match_the_reference() {
     cluster.kill();
 }
 
+#[test]
+fn the_jobs_page_in_headless_chromium_lists_queued_running_and_finished_jobs() {
+    let Some(browser) = chromium() else {
+        assert!(std::env::var_os("MR_REQUIRE_BROWSER").is_none(), "MR_REQUIRE_BROWSER is set but no Chromium was found");
+        eprintln!("skipped: no Chromium (install Debian's chromium package to run this test)");
+        return;
+    };
+    let dir = TestDir::new("cluster-page");
+    let inputs = word_inputs(&dir, 2);
+    let d = dir.path();
+    let (mut cluster, addr) = start_cluster_at(d, "127.0.0.1:0", &["--http", "127.0.0.1:0", "--max-running", "1"]);
+    let url = cluster.stdout().lines().find_map(|line| line.strip_prefix("status page: ").map(str::to_owned)).expect("the status page's URL");
+    let mut worker = start_cluster_worker(d, &addr, &["--slots", "1"]);
+    let finished = submit(d, &addr, &["--app", "wordcount", "--output-dir", "out-done", &inputs[0]]);
+    assert_eq!(mr(d, &addr, &["wait", &finished]).0, 0);
+    // Held in its reduces until the page has been read.
+    let gate = dir.join("gate");
+    let gate_param = format!("reduce_gate_file={}", gate.display());
+    let running = submit(d, &addr, &["--app", "slowcount", "--param", &gate_param, "--output-dir", "out-held", "--reduces", "1", &inputs[0]]);
+    let queued = submit(d, &addr, &["--app", "wordcount", "--output-dir", "out-queued", &inputs[1]]);
+    wait_until(|| status(d, &addr, &running)["progress"]["maps_done"] == 1, || format!("{running} never reached its reduce"));
+    let page = run_chromium(&browser, &dir, "chromium-jobs", &url, &["--dump-dom"]).stdout();
+    for (id, state) in [(&finished, "succeeded"), (&running, "running"), (&queued, "queued")] {
+        assert!(page.contains(&format!("<tr id=\"{id}\" class=\"{state}\">")), "{id} is not listed as {state}:\n{page}");
+    }
+    assert!(page.contains(&format!("href=\"/jobs/{}/\"", running.trim_start_matches("job-"))), "the running job links to its dashboard");
+    // The running job's own dashboard, as a one-job master shows it.
+    let job_page = run_chromium(&browser, &dir, "chromium-job", &format!("{url}jobs/{}/", running.trim_start_matches("job-")), &["--dump-dom"]).stdout();
+    assert!(job_page.contains("id=\"job-state\">running<"), "the job's dashboard shows it running:\n{job_page}");
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(mr(d, &addr, &["wait", &running]).0, 0);
+    assert_eq!(mr(d, &addr, &["wait", &queued]).0, 0);
+    worker.kill();
+    cluster.kill();
+}
+
 /// Sends SIGTERM to `process`.
 fn terminate(process: &mut Proc) {
     // SAFETY: kill(2) with a pid this test started and has not reaped.

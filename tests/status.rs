@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{start_master, start_worker, worker_id, Proc, TestDir};
+use common::{chromium, run_chromium, start_master, start_worker, worker_id, Proc, TestDir};
 use serde_json::Value;
 
 /// A GET request; returns (status code, body). HTTP/1.0, so the body is
@@ -242,36 +242,6 @@ fn a_taken_default_port_falls_back_to_a_free_one_and_off_means_off() {
     worker.expect_success();
     assert!(!master.stdout().contains("status page"), "{}", master.describe());
     assert!(master.stdout().contains("job succeeded"), "{}", master.describe());
-}
-
-/// Debian's Chromium, or `$CHROMIUM`.
-fn chromium() -> Option<PathBuf> {
-    let candidates = [std::env::var("CHROMIUM").ok(), Some("/usr/bin/chromium".into()), Some("/usr/bin/chromium-browser".into())];
-    candidates.into_iter().flatten().map(PathBuf::from).find(|p| p.is_file())
-}
-
-/// Runs headless Chromium on `url` with `args` (e.g. `--dump-dom`), bounded in time.
-fn run_chromium(binary: &Path, dir: &TestDir, label: &str, url: &str, args: &[&str]) -> Proc {
-    let profile = dir.join(&format!("{label}-profile"));
-    let mut cmd = Command::new(binary);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--virtual-time-budget=4000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(args)
-    .arg(url);
-    let mut browser = Proc::spawn(label, cmd, dir.path());
-    let status = browser.wait(Duration::from_secs(60));
-    assert!(status.success(), "chromium failed ({status})\n{}", browser.describe());
-    browser
 }
 
 /// The text of the element with `id` in rendered HTML.

@@ -371,3 +371,33 @@ pub fn write_word_inputs(dir: &TestDir, files: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// Debian's Chromium, or `$CHROMIUM`.
+pub fn chromium() -> Option<PathBuf> {
+    let candidates = [std::env::var("CHROMIUM").ok(), Some("/usr/bin/chromium".into()), Some("/usr/bin/chromium-browser".into())];
+    candidates.into_iter().flatten().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// Runs headless Chromium on `url` with `args` (e.g. `--dump-dom`), bounded in time.
+pub fn run_chromium(binary: &Path, dir: &TestDir, label: &str, url: &str, args: &[&str]) -> Proc {
+    let profile = dir.join(&format!("{label}-profile"));
+    let mut cmd = Command::new(binary);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=4000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .arg(url);
+    let mut browser = Proc::spawn(label, cmd, dir.path());
+    let status = browser.wait(Duration::from_secs(60));
+    assert!(status.success(), "chromium failed ({status})\n{}", browser.describe());
+    browser
+}

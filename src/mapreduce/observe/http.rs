@@ -102,7 +102,9 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7879";
 
 /// The dashboard: one self-contained page (no external assets) that polls
 /// `/api/status`.
-const DASHBOARD: &str = include_str!("dashboard.html");
+/// The one-job dashboard page; it polls `api/status` relative to its own
+/// URL, so the standing cluster serves it per job too.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Binds the status server. `requested` is the address given with `--http`,
 /// or `None` for [`DEFAULT_ADDR`]; if the default is taken (say, by another

@@ -4,7 +4,8 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `/` | a page listing the jobs and the workers, refreshed every 2 s |
+//! | `/` | the jobs page: queued, running and finished jobs (a running one links to its dashboard) and the workers, refreshed every 2 s |
+//! | `/jobs/{id}/` | a running job's dashboard, the one-job page (it polls `/jobs/{id}/api/status`) |
 //! | `/api/jobs` | the unfinished jobs, then the newest 100 finished ones (JSON, as `mr list --all --json`) |
 //! | `/api/jobs/{id}` | one job (as `mr status ID --json`) |
 //! | `/api/jobs/{id}/status` | a running job's full status (the one-job `/api/status` document) |
@@ -31,23 +32,26 @@ const FINISHED_SHOWN: u32 = 100;
 
 /// The routes above, on `cluster`.
 pub fn router(cluster: Arc<Cluster>) -> Router {
-    let (jobs, job, status, workers, metrics, page) = (cluster.clone(), cluster.clone(), cluster.clone(), cluster.clone(), cluster.clone(), cluster);
+    let (jobs, job, status, workers, metrics, page) = (cluster.clone(), cluster.clone(), cluster.clone(), cluster.clone(), cluster.clone(), cluster.clone());
+    let dashboard = cluster;
     Router::new()
         .route("/", get(move || async move { Html(render_page(&page)) }))
         .route("/api/jobs", get(move || async move { answer(listed(&jobs)) }))
         .route("/api/jobs/{id}", get(move |Path(id): Path<String>| async move { answer(parse(&id).and_then(|id| job.job(id))) }))
-        .route(
-            "/api/jobs/{id}/status",
-            get(move |Path(id): Path<String>| async move {
-                let report = parse(&id).and_then(|id| status.job_handle(id).ok_or_else(|| format!("{id} is not running")));
-                answer(report.map(|handle| handle.status().report()))
-            }),
-        )
+        .route("/api/jobs/{id}/status", get(move |Path(id): Path<String>| async move { running_status(&status, &id) }))
+        .route("/jobs/{id}/", get(|| async { Html(crate::http::DASHBOARD) }))
+        .route("/jobs/{id}/api/status", get(move |Path(id): Path<String>| async move { running_status(&dashboard, &id) }))
         .route("/api/workers", get(move || async move { Json(workers.workers()) }))
         .route(
             "/metrics",
             get(move || async move { ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], render_metrics(&metrics)).into_response() }),
         )
+}
+
+/// A running job's full status document, or 404.
+fn running_status(cluster: &Cluster, id: &str) -> Response {
+    let handle = parse(id).and_then(|id| cluster.job_handle(id).ok_or_else(|| format!("{id} is not running")));
+    answer(handle.map(|handle| handle.status().report()))
 }
 
 fn listed(cluster: &Cluster) -> Result<Vec<JobInfo>, String> {
@@ -122,10 +126,16 @@ fn render_page(cluster: &Cluster) -> String {
 
 fn job_row(page: &mut String, job: &JobInfo) {
     let progress = job.progress.map_or_else(String::new, |p| format!("maps {}/{}, reduces {}/{}", p.maps_done, p.maps, p.reduces_done, p.reduces));
+    // A running job's dashboard; any job's record.
+    let link = match job.state {
+        JobState::Running => format!("/jobs/{}/", job.id.0),
+        _ => format!("/api/jobs/{}", job.id.0),
+    };
     let _ = write!(
         page,
-        "<tr><td><a href=\"/api/jobs/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-        job.id.0,
+        "<tr id=\"{}\" class=\"{}\"><td><a href=\"{link}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        job.id,
+        job.state,
         job.id,
         job.state,
         job.priority,
