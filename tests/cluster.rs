@@ -56,6 +56,58 @@ fn http_get(url: &str, path: &str) -> String {
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
 }
 
+/// `POST path` with the JSON `body` to the HTTP server at `url`, with
+/// `bearer` as its `Authorization: Bearer` credential if given: the
+/// status code and the body.
+fn http_post(url: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = bearer.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response.get(9..12).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("POST {path}: {response}"));
+    (code, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+}
+
+/// The URL the cluster printed for its status page.
+fn status_page_url(cluster: &Proc) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(url) = cluster.stdout().lines().find_map(|line| line.strip_prefix("status page: ").map(str::to_owned)) {
+            return url;
+        }
+        assert!(Instant::now() < deadline, "no status page URL\n{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A submission as `mr submit ARGS...` sends it (paths absolute), as JSON.
+fn submission_json(args: &[&str]) -> String {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        job: mapreduce::cli::JobFlags,
+    }
+    let flags = Flags::try_parse_from(std::iter::once("submit").chain(args.iter().copied())).unwrap();
+    let submission = mapreduce::cluster::api::Submission {
+        job: flags.job,
+        priority: mapreduce::cluster::queue::Priority::Normal,
+        weight: 1,
+        requires: Vec::new(),
+        overwrite: false,
+    };
+    serde_json::to_string(&submission).unwrap()
+}
+
 fn start_cluster(dir: &Path) -> (Proc, String) {
     start_cluster_at(dir, "127.0.0.1:0", &["--http", "off"])
 }
@@ -191,6 +243,92 @@ fn a_client_without_the_token_is_refused_saying_so() {
     assert!(not_cluster.contains("not a cluster"), "{not_cluster}");
     master.kill();
     cluster.kill();
+}
+
+#[test]
+fn the_http_api_submits_and_cancels_with_the_bearer_token_only() {
+    let dir = TestDir::new("cluster-http-api");
+    let inputs = word_inputs(&dir, 4);
+    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let d = dir.path();
+    let secret = "a secret of more than sixteen bytes";
+    dir.write("token", format!("{secret}\n"));
+    let token = dir.join("token");
+    let token = token.to_str().unwrap();
+    let (mut cluster, addr) = start_cluster_at(d, "127.0.0.1:0", &["--http", "127.0.0.1:0", "--token-file", token]);
+    let url = status_page_url(&cluster);
+    let out = dir.join("out-http");
+    let mut args = vec!["--app", "wordcount", "--output-dir", out.to_str().unwrap(), "--reduces", "2"];
+    args.extend(&input_refs);
+    let body = submission_json(&args);
+
+    for bearer in [None, Some("not the secret at all, but long")] {
+        let (code, answer) = http_post(&url, "/api/jobs", bearer, &body);
+        assert_eq!(code, 401, "{answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert!(answer["error"].as_str().unwrap().contains("token"), "{answer}");
+    }
+    assert_eq!(http_get(&url, "/api/jobs").trim(), "[]", "nothing was queued");
+    let (code, answer) = http_post(&url, "/api/jobs", Some(secret), "{not json");
+    assert_eq!(code, 400, "{answer}");
+    assert!(serde_json::from_str::<serde_json::Value>(&answer).unwrap()["error"].is_string(), "{answer}");
+
+    let (code, answer) = http_post(&url, "/api/jobs", Some(secret), &body);
+    assert_eq!(code, 201, "{answer}");
+    let id = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["id"].as_u64().unwrap();
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&http_get(&url, "/api/jobs")).unwrap();
+    assert!(listed.iter().any(|job| job["id"] == id), "{listed:?}");
+    // The same output directory again is refused, in one line.
+    let (code, answer) = http_post(&url, "/api/jobs", Some(secret), &body);
+    assert_eq!(code, 400, "{answer}");
+    assert!(!answer.trim_end().contains('\n'), "{answer}");
+
+    let mut worker = start_cluster_worker(d, &addr, &["--slots", "1", "--token-file", token]);
+    let job = format!("job-{id}");
+    let (code, stdout, stderr) = mr(d, &addr, &["--token-file", token, "wait", &job]);
+    assert_eq!(code, 0, "{job} did not succeed\n{stdout}\n{stderr}\n{}", cluster.describe());
+    assert_same_output(&job_output(&out, 2), &reference_output(d, "wordcount", &input_refs), &dir.listing());
+
+    let mut slow = vec!["--app", "slowcount", "--param", "delay_ms=300", "--output-dir", "out-slow", "--reduces", "1", "--split-size", "0"];
+    let out_slow = dir.join("out-slow");
+    slow[5] = out_slow.to_str().unwrap();
+    slow.extend(&input_refs);
+    let (code, answer) = http_post(&url, "/api/jobs", Some(secret), &submission_json(&slow));
+    assert_eq!(code, 201, "{answer}");
+    let slow_id = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["id"].as_u64().unwrap();
+    let cancel = format!("/api/jobs/{slow_id}/cancel");
+    assert_eq!(http_post(&url, &cancel, None, "").0, 401);
+    let (code, answer) = http_post(&url, &cancel, Some(secret), "");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&answer).unwrap()["id"], slow_id, "{answer}");
+    assert_eq!(mr(d, &addr, &["--token-file", token, "wait", &format!("job-{slow_id}")]).0, 3, "wait exits 3 for a cancelled job");
+    let (code, answer) = http_post(&url, &cancel, Some(secret), "");
+    assert_eq!(code, 409, "{answer}");
+    assert!(answer.contains("ended already"), "{answer}");
+    assert_eq!(http_post(&url, "/api/jobs/job-999/cancel", Some(secret), "").0, 404);
+    worker.kill();
+    cluster.kill();
+
+    // Without a token file, the changing endpoints are refused outright.
+    let open = TestDir::new("cluster-http-open");
+    let (mut cluster, _) = start_cluster_at(open.path(), "127.0.0.1:0", &["--http", "127.0.0.1:0"]);
+    let url = status_page_url(&cluster);
+    let (code, answer) = http_post(&url, "/api/jobs", Some(secret), &body);
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("no token"), "{answer}");
+    assert_eq!(http_post(&url, "/api/jobs/1/cancel", None, "").0, 403);
+    assert_eq!(http_get(&url, "/api/jobs").trim(), "[]");
+    cluster.kill();
+}
+
+/// The submission docs/cluster.md shows for `curl` is one the cluster takes.
+#[test]
+fn the_documented_http_submission_parses() {
+    let docs = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cluster.md")).unwrap();
+    let example = docs.split_once("cat > job.json <<'JSON'\n").and_then(|(_, rest)| rest.split_once("\nJSON\n")).expect("the example").0;
+    let submission: mapreduce::cluster::api::Submission = serde_json::from_str(example).unwrap();
+    assert_eq!(submission.job.inputs, [PathBuf::from("/data/books")]);
+    submission.job.check().unwrap();
 }
 
 #[test]
@@ -496,7 +634,8 @@ fn the_jobs_page_in_headless_chromium_lists_queued_running_and_finished_jobs() {
     }
     assert!(page.contains(&format!("href=\"/jobs/{}/\"", running.trim_start_matches("job-"))), "the running job links to its dashboard");
     // The running job's own dashboard, as a one-job master shows it.
-    let job_page = run_chromium(&browser, &dir, "chromium-job", &format!("{url}jobs/{}/", running.trim_start_matches("job-")), &["--dump-dom"]).stdout();
+    let job_page =
+        run_chromium(&browser, &dir, "chromium-job", &format!("{url}jobs/{}/", running.trim_start_matches("job-")), &["--dump-dom"]).stdout();
     assert!(job_page.contains("id=\"job-state\">running<"), "the job's dashboard shows it running:\n{job_page}");
     std::fs::write(&gate, "").unwrap();
     assert_eq!(mr(d, &addr, &["wait", &running]).0, 0);

@@ -334,7 +334,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stop_http = Arc::new(Notify::new());
     if args.http.as_deref() != Some("off") {
         let (listener, url) = bind_http(args.http.as_deref()).await?;
-        let (router, stop) = (mapreduce::cluster::status_page::router(cluster.clone()), stop_http.clone());
+        let (router, stop) = (mapreduce::cluster::status_page::router(cluster.clone(), secret.clone()), stop_http.clone());
         tokio::spawn(async move { http::serve_routes(listener, router, async move { stop.notified().await }).await });
         println!("status page: {url}");
     }

@@ -119,6 +119,14 @@ impl Secret {
         self.tls
     }
 
+    /// Whether `presented` (an HTTP `Authorization: Bearer` credential) is
+    /// this secret, compared in constant time: both are MACed under the
+    /// secret and the tags compared by `hmac`'s verify, so neither the
+    /// bytes nor the length of a wrong guess shows in the time taken.
+    pub fn matches_bearer(&self, presented: &[u8]) -> bool {
+        self.verify(&[b"http bearer", presented], &self.tag(&[b"http bearer", &self.key]))
+    }
+
     fn warn_if_shared(self, path: &Path) -> Result<Secret, SecretError> {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(meta) = std::fs::metadata(path) {
@@ -576,6 +584,15 @@ mod tests {
 
     fn secret(text: &str) -> Secret {
         Secret::from_bytes(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_bearer_matches_the_secret_only() {
+        let key = secret("0123456789abcdef");
+        assert!(key.matches_bearer(b"0123456789abcdef"));
+        assert!(!key.matches_bearer(b"0123456789abcdeF"));
+        assert!(!key.matches_bearer(b"0123456789abcdef0"));
+        assert!(!key.matches_bearer(b""));
     }
 
     /// Runs both halves over an in-memory pipe.

@@ -41,8 +41,12 @@ pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Most header fields a request may have.
 pub const MAX_HEADERS: usize = 32;
 /// Bytes a connection buffers, reading or writing (hyper's least is 8 KiB).
-/// Every route is a GET and reads no body: a request's body is drained
-/// only as far as this buffer holds, then the connection is closed.
+/// It bounds what is buffered at once, not a body's size: a route that
+/// reads a body (the cluster's POSTs, see
+/// [`status_page`](crate::cluster::status_page)) streams it through the
+/// buffer up to its own limit and deadline. A body no route reads (every
+/// GET's) is drained only as far as this buffer holds, then the
+/// connection is closed.
 pub const CONNECTION_BUFFER_BYTES: usize = 16 * 1024;
 /// Longest a connection stays open, however busy: bounds a client that
 /// asks and never reads the answers (the server's writes would otherwise
