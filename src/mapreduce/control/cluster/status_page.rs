@@ -5,7 +5,7 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `GET /` | the jobs page: queued, running and finished jobs (a running one links to its dashboard) and the workers, refreshed every 2 s |
+//! | `GET /` | the jobs page: queued, running and finished jobs (a running one links to its dashboard) and the workers, refreshed every 2 s (by a fetch, not a reload) |
 //! | `GET /jobs/{id}/` | a running job's dashboard, the one-job page (it polls `/jobs/{id}/api/status`) |
 //! | `GET /api/jobs` | the unfinished jobs, then the newest 100 finished ones (JSON, as `mr list --all --json`) |
 //! | `GET /api/jobs/{id}` | one job (as `mr status ID --json`) |
@@ -225,12 +225,31 @@ pub fn render_metrics(cluster: &Cluster) -> String {
     out.into_text()
 }
 
+/// Refreshes the page's tables every 2 s by fetching the page again and
+/// swapping them in. Not `<meta http-equiv="refresh">`: a reload is a new
+/// navigation, which loses the reader's scroll position and never lets a
+/// headless browser's virtual time run out (`--dump-dom` then never
+/// returns); a fetch is an ordinary request, as the job dashboard polls.
+const REFRESH_SCRIPT: &str = r#"<script>
+async function refresh() {
+  try {
+    const response = await fetch("/", { cache: "no-store" });
+    if (response.ok) {
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("tables");
+      if (fresh) document.getElementById("tables").replaceWith(fresh);
+    }
+  } catch (e) {}
+  setTimeout(refresh, 2000);
+}
+setTimeout(refresh, 2000);
+</script>"#;
+
 /// The front page: two tables, every text escaped.
 fn render_page(cluster: &Cluster) -> String {
     let mut page = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
          <title>MapReduce cluster</title><style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}</style></head><body>\
-         <h1>MapReduce cluster</h1><h2>Jobs</h2><table><tr><th>id</th><th>state</th><th>priority</th><th>progress</th><th>waiting</th><th>output</th></tr>",
+         <h1>MapReduce cluster</h1><main id=\"tables\"><h2>Jobs</h2><table><tr><th>id</th><th>state</th><th>priority</th><th>progress</th><th>waiting</th><th>output</th></tr>",
     );
     match listed(cluster) {
         Ok(jobs) => jobs.iter().for_each(|job| job_row(&mut page, job)),
@@ -240,7 +259,9 @@ fn render_page(cluster: &Cluster) -> String {
     }
     page.push_str("</table><h2>Workers</h2><table><tr><th>id</th><th>slots</th><th>labels</th><th>load</th><th>free memory</th><th>state</th></tr>");
     cluster.workers().iter().for_each(|worker| worker_row(&mut page, worker));
-    page.push_str("</table><p>JSON: <a href=\"/api/jobs\">/api/jobs</a>, <a href=\"/api/workers\">/api/workers</a>; <a href=\"/metrics\">/metrics</a></p></body></html>");
+    page.push_str("</table></main><p>JSON: <a href=\"/api/jobs\">/api/jobs</a>, <a href=\"/api/workers\">/api/workers</a>; <a href=\"/metrics\">/metrics</a></p>");
+    page.push_str(REFRESH_SCRIPT);
+    page.push_str("</body></html>");
     page
 }
 
