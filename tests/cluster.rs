@@ -104,6 +104,7 @@ fn submission_json(args: &[&str]) -> String {
         weight: 1,
         requires: Vec::new(),
         overwrite: false,
+        input_jobs: Vec::new(),
     };
     serde_json::to_string(&submission).unwrap()
 }
@@ -649,4 +650,59 @@ fn terminate(process: &mut Proc) {
     // SAFETY: kill(2) with a pid this test started and has not reaped.
     let sent = unsafe { libc::kill(process.pid() as i32, libc::SIGTERM) };
     assert_eq!(sent, 0);
+}
+
+#[test]
+fn a_job_takes_another_jobs_outputs_waiting_for_them_and_failing_with_them() {
+    let dir = TestDir::new("cluster-steps");
+    let inputs = word_inputs(&dir, 2);
+    let d = dir.path();
+    let (mut cluster, addr) = start_cluster_at(d, "127.0.0.1:0", &["--http", "off", "--max-running", "1"]);
+    let mut worker = start_cluster_worker(d, &addr, &["--slots", "2"]);
+    // The first step is held in its reduce until the gate opens.
+    let gate = dir.join("gate");
+    let gate_param = format!("reduce_gate_file={}", gate.display());
+    let first = submit(d, &addr, &["--app", "slowcount", "--param", &gate_param, "--output-dir", "out-a", "--reduces", "1", &inputs[0]]);
+    let second = submit(d, &addr, &["--app", "wordcount", "--input-job", &first, "--output-dir", "out-b", "--reduces", "2"]);
+    let waits = |id: &str| status(d, &addr, id)["waiting"].to_string();
+    assert!(waits(&second).contains(&format!("waits for the output of {first}")), "{}", waits(&second));
+    // A step whose input job is cancelled fails with it.
+    let doomed = submit(d, &addr, &["--app", "wordcount", "--output-dir", "out-e", &inputs[1]]);
+    let orphan = submit(d, &addr, &["--app", "wordcount", "--input-job", &doomed, "--output-dir", "out-f"]);
+    mr_ok(d, &addr, &["cancel", &doomed]);
+    let orphaned = status(d, &addr, &orphan);
+    assert_eq!(orphaned["state"], "failed", "{orphaned}");
+    assert!(orphaned["error"].as_str().unwrap().contains(&format!("its input job {doomed} cancelled")), "{orphaned}");
+    let refused = mr_refused(d, &addr, &["submit", "--app", "wordcount", "--input-job", &doomed, "--output-dir", "out-g"]);
+    assert!(refused.contains("cancelled, so it has no outputs"), "{refused}");
+    let refused = mr_refused(d, &addr, &["submit", "--app", "wordcount", "--input-job", "job-999", "--output-dir", "out-g"]);
+    assert!(refused.contains("no such job"), "{refused}");
+    let refused = mr_refused(d, &addr, &["submit", "--app", "wordcount", "--output-dir", "out-g"]);
+    assert!(refused.contains("no input files given"), "{refused}");
+    // Killed and started again, the cluster still holds the step back.
+    wait_until(|| status(d, &addr, &first)["progress"]["maps_done"] == 1, || format!("{first} never reached its reduce"));
+    cluster.kill();
+    let (mut cluster, addr) = start_cluster_at(d, &addr, &["--http", "off", "--max-running", "1"]);
+    assert_eq!(status(d, &addr, &second)["state"], "queued");
+    assert!(waits(&second).contains(&format!("waits for the output of {first}")), "{}", waits(&second));
+    std::fs::write(&gate, "").unwrap();
+    for id in [&first, &second] {
+        let (code, out, err) = mr(d, &addr, &["wait", id]);
+        assert_eq!(code, 0, "{id} did not succeed\n{out}\n{err}\n{}\n{}", cluster.describe(), worker.describe());
+    }
+    let first_output = "out-a/mr-out-0";
+    assert_same_output(&job_output(&dir.join("out-b"), 2), &reference_output(d, "wordcount", &[first_output]), &dir.listing());
+    // A finished job's outputs are taken at once, beside files.
+    let third = submit(d, &addr, &["--app", "wordcount", "--input-job", &first, "--output-dir", "out-c", "--reduces", "1", &inputs[1]]);
+    assert_eq!(mr(d, &addr, &["wait", &third]).0, 0);
+    assert_same_output(&job_output(&dir.join("out-c"), 1), &reference_output(d, "wordcount", &[first_output, &inputs[1]]), &dir.listing());
+    let refused = mr_refused(d, &addr, &["submit", "--app", "wordcount", "--input-job", &first, "--output-dir", "out-a/sub"]);
+    assert!(refused.contains(&format!("would write over the outputs of {first}")), "{refused}");
+    // Once another job has replaced them, they are no longer the first's.
+    let replacing = submit(d, &addr, &["--app", "wordcount", "--output-dir", "out-a", "--overwrite", "--reduces", "1", &inputs[1]]);
+    assert_eq!(mr(d, &addr, &["wait", &replacing]).0, 0);
+    let refused = mr_refused(d, &addr, &["submit", "--app", "wordcount", "--input-job", &first, "--output-dir", "out-h"]);
+    assert!(refused.contains(&format!("were replaced by {replacing}'s")), "{refused}");
+    worker.kill();
+    cluster.kill();
 }

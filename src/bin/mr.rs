@@ -64,6 +64,12 @@ enum Command {
         /// Replace the outputs a finished job left in the output directory.
         #[arg(long)]
         overwrite: bool,
+        /// Take job ID's outputs as inputs too (repeatable; FILE inputs
+        /// may then be left out): a job that succeeded gives them at
+        /// once; for a queued or running one, this job waits, and fails if
+        /// that one does not succeed.
+        #[arg(long = "input-job", value_name = "ID")]
+        input_jobs: Vec<JobId>,
         /// Wait for the job and exit with its status.
         #[arg(long)]
         wait: bool,
@@ -135,8 +141,8 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = connect(&args).await?;
     match args.command {
-        Command::Submit { job, priority, weight, requires, overwrite, wait } => {
-            let submission = Submission { job: absolute_paths(job)?, priority, weight, requires, overwrite };
+        Command::Submit { job, priority, weight, requires, overwrite, input_jobs, wait } => {
+            let submission = Submission { job: absolute_paths(job, !input_jobs.is_empty())?, priority, weight, requires, overwrite, input_jobs };
             let id = client.submit(context(), submission).await.context("submitting")?.map_err(|why| anyhow!("the job was refused: {why}"))?;
             println!("{id}");
             if wait {
@@ -210,7 +216,7 @@ async fn connect(args: &Args) -> anyhow::Result<ClusterApiClient> {
 /// The job's paths made absolute here, where they were given: the cluster
 /// may run in another directory. An app given as a path is made absolute
 /// too; a bare NAME is looked up beside the cluster's executable.
-fn absolute_paths(mut job: JobFlags) -> anyhow::Result<JobFlags> {
+fn absolute_paths(mut job: JobFlags, has_input_jobs: bool) -> anyhow::Result<JobFlags> {
     let absolute = |path: &Path| std::path::absolute(path).with_context(|| format!("{}", path.display()));
     job.inputs = job.inputs.iter().map(|path| absolute(path)).collect::<anyhow::Result<_>>()?;
     job.output_dir = absolute(&job.output_dir)?;
@@ -219,7 +225,11 @@ fn absolute_paths(mut job: JobFlags) -> anyhow::Result<JobFlags> {
             job.app = Some(absolute(Path::new(app))?.to_string_lossy().into_owned());
         }
     }
-    job.check().map_err(anyhow::Error::msg)?;
+    match has_input_jobs {
+        true => job.check_settings(),
+        false => job.check().map_err(|why| format!("{why} (give input files, or --input-job ID)")),
+    }
+    .map_err(anyhow::Error::msg)?;
     Ok(job)
 }
 

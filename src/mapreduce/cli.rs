@@ -96,7 +96,9 @@ pub struct JobFlags {
     /// patterns (`'logs/*.txt'`, `**` crosses directories; one that matches
     /// nothing is an error); names starting with `.` or `_` found in a walk
     /// or by a pattern are skipped.
-    #[arg(value_name = "FILE", required = true)]
+    /// At least one is needed (`mr submit` may take its inputs from other
+    /// jobs instead, with `--input-job`).
+    #[arg(value_name = "FILE")]
     pub inputs: Vec<PathBuf>,
 }
 
@@ -105,6 +107,15 @@ impl JobFlags {
     /// not, in one line. The ranges are the flag parser's, checked again
     /// for settings that came over the network.
     pub fn check(&self) -> Result<(), String> {
+        if self.inputs.is_empty() {
+            return Err("no input files given".into());
+        }
+        self.check_settings()
+    }
+
+    /// [`JobFlags::check`] but for the inputs, which a cluster's job may
+    /// take from other jobs instead (`mr submit --input-job`).
+    pub fn check_settings(&self) -> Result<(), String> {
         if self.reduces == 0 || self.reduces > MAX_REDUCES {
             return Err(format!("--reduces {} is out of range: from 1 to {MAX_REDUCES}", self.reduces));
         }
@@ -118,9 +129,6 @@ impl JobFlags {
             if !(1.0..=1e6).contains(&policy.slowness) {
                 return Err(format!("--backup-tasks {} is neither 'off' nor a slowness factor from 1 up", policy.slowness));
             }
-        }
-        if self.inputs.is_empty() {
-            return Err("no input files given".into());
         }
         if let Some((key, _)) = self.params.iter().find(|(key, _)| key.is_empty()) {
             return Err(format!("a --param has an empty key ({key:?}=...)"));

@@ -31,6 +31,9 @@ use crate::untrusted::{excerpt, EXCERPT_CHARS};
 /// The most labels a job may require.
 pub const MAX_REQUIRED_LABELS: usize = 64;
 
+/// The most jobs whose outputs one job may take as its input.
+pub const MAX_INPUT_JOBS: usize = 64;
+
 /// The most map tasks a submitted job may have: the coordinator plans each
 /// and keeps it in memory.
 pub const MAX_MAP_TASKS: u64 = 1_000_000;
@@ -53,13 +56,24 @@ pub struct Admitted {
     /// Its output directory: the real directory it names (absolute,
     /// symbolic links resolved as far as it exists).
     pub output_dir: PathBuf,
+    /// Input jobs that have not succeeded yet: it waits for them, out of
+    /// the queue (see [`crate::cluster::steps`]). Their outputs join
+    /// `inputs` as each succeeds.
+    #[serde(default)]
+    pub waits_for: Vec<JobId>,
 }
 
 /// Runs every check of the module's list but the history's; blocks on the
 /// file system.
 pub fn admit(submission: Submission) -> Result<Admitted, String> {
     let job = &submission.job;
-    job.check()?;
+    match submission.input_jobs.is_empty() {
+        true => job.check()?,
+        false => job.check_settings()?,
+    }
+    if submission.input_jobs.len() > MAX_INPUT_JOBS {
+        return Err(format!("at most {MAX_INPUT_JOBS} --input-job"));
+    }
     if submission.weight == 0 {
         return Err("--weight is at least 1".into());
     }
@@ -78,7 +92,7 @@ pub fn admit(submission: Submission) -> Result<Admitted, String> {
     check_map_tasks(&inputs, job.split_size)?;
     let output_dir = real(&normalized(&job.output_dir));
     check_output_dir(&output_dir, &job.inputs, &inputs)?;
-    Ok(Admitted { submission, inputs, app, output_dir })
+    Ok(Admitted { submission, inputs, app, output_dir, waits_for: Vec::new() })
 }
 
 /// A job admitted before the cluster restarted, checked again: its app
@@ -200,7 +214,7 @@ fn normalized(path: &Path) -> PathBuf {
 
 /// `path` with symbolic links resolved as far as it exists: the longest
 /// existing ancestor canonicalized, the rest appended.
-fn real(path: &Path) -> PathBuf {
+pub(super) fn real(path: &Path) -> PathBuf {
     let mut missing = Vec::new();
     let mut existing = path;
     loop {

@@ -33,6 +33,11 @@ pub struct Submission {
     pub requires: Vec<Label>,
     /// Replace the outputs a finished job left in the output directory.
     pub overwrite: bool,
+    /// Jobs whose outputs are inputs of this one (`--input-job`), besides
+    /// `job.inputs`: a finished job's are taken at once, an unfinished
+    /// job's when it succeeds (see [`crate::cluster::steps`]).
+    #[serde(default)]
+    pub input_jobs: Vec<JobId>,
 }
 
 /// A job as `mr status` and `mr list` show it.

@@ -344,6 +344,24 @@ impl History {
         job_id(&self.path, id, "the id SQLite gave")
     }
 
+    /// Replaces queued job `id`'s spec: a job that waited for another's
+    /// output has its inputs now (see [`crate::cluster::steps`]). A job
+    /// that is not queued keeps the spec it ran with.
+    pub fn respecify(&mut self, id: u64, spec_json: &str) -> Result<(), HistoryError> {
+        let row_id = i64::try_from(id).map_err(|_| HistoryError::NoSuchJob { id })?;
+        let changed = self
+            .connection
+            .execute("UPDATE jobs SET spec = ?2 WHERE id = ?1 AND state = ?3", params![row_id, spec_json, JobState::Queued.as_str()])
+            .map_err(sqlite(&self.path))?;
+        match changed {
+            1 => Ok(()),
+            _ => match self.get(id)? {
+                None => Err(HistoryError::NoSuchJob { id }),
+                Some(record) => Err(HistoryError::Transition { id, from: record.state, to: JobState::Queued }),
+            },
+        }
+    }
+
     /// Records that queued job `id` started running. (A running job taken
     /// up again at a restart is running still: it is not started again.)
     pub fn started(&mut self, id: u64, now: SystemTime) -> Result<(), HistoryError> {
@@ -718,6 +736,19 @@ mod tests {
         expected.outcome = Some(ending);
         assert_eq!(history.get(id).unwrap(), Some(expected));
         assert_eq!(history.get(id + 1).unwrap(), None);
+    }
+
+    #[test]
+    fn only_a_queued_job_is_respecified() {
+        let (_dir, mut history) = new_history();
+        let id = history.submit("{\"inputs\":[]}", Path::new("/out"), "normal", at(1)).unwrap();
+        history.respecify(id, "{\"inputs\":[\"/a\"]}").unwrap();
+        assert_eq!(history.get(id).unwrap().unwrap().spec_json, "{\"inputs\":[\"/a\"]}");
+        history.started(id, at(2)).unwrap();
+        let refused = history.respecify(id, "{}").unwrap_err();
+        assert!(matches!(refused, HistoryError::Transition { from: JobState::Running, .. }), "{refused}");
+        assert_eq!(history.get(id).unwrap().unwrap().spec_json, "{\"inputs\":[\"/a\"]}");
+        assert!(matches!(history.respecify(id + 1, "{}"), Err(HistoryError::NoSuchJob { .. })));
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod queue;
 pub mod registry;
 pub mod server;
 pub mod status_page;
+pub mod steps;
 pub mod views;
 pub mod workers;

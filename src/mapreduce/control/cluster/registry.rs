@@ -30,9 +30,9 @@ use tracing::Instrument;
 use crate::cluster::admission::{self, Admitted};
 use crate::cluster::api::Submission;
 use crate::cluster::history::{History, HistoryError, JobOutcome, JobState};
-use crate::cluster::job_logs;
 use crate::cluster::queue::{JobId, MaxRunning, Queue};
 use crate::cluster::workers::{LoadLimits, Workers};
+use crate::cluster::{job_logs, steps};
 use crate::coordinator::{CoordinatorError, Job, JobHandle, JobReport, StatusHandle};
 use crate::summary::JobSummary;
 
@@ -140,7 +140,9 @@ impl Cluster {
             match readmitted {
                 Ok(admitted) => {
                     let submission = &admitted.submission;
-                    queue.submit(id, submission.priority, submission.weight, submission.requires.clone())?;
+                    if admitted.waits_for.is_empty() {
+                        queue.submit(id, submission.priority, submission.weight, submission.requires.clone())?;
+                    }
                     tracing::info!(job = %id, "taken up again ({})", record.state);
                     unfinished.insert(id, Unfinished { admitted, engine: None, started_before: record.state == JobState::Running });
                 }
@@ -165,6 +167,7 @@ impl Cluster {
             tracing::warn!(job = %id, "cannot be taken up again: {why}");
             cluster.record_end(&mut cluster.state(), id, ended(JobState::Failed, Some(format!("after a restart: {why}")), None));
         }
+        cluster.settle_ended_inputs();
         cluster.prune();
         Ok(cluster)
     }
@@ -182,8 +185,7 @@ impl Cluster {
     /// the file system (admission, the history's commit, and planning the
     /// jobs that start).
     pub fn submit(self: &Arc<Self>, submission: Submission) -> Result<JobId, String> {
-        let admitted = admission::admit(submission)?;
-        let spec_json = serde_json::to_string(&admitted).map_err(|e| format!("encoding the job: {e}"))?;
+        let mut admitted = admission::admit(submission)?;
         let mut state = self.state();
         let holder = state.history.output_dir_holder(&admitted.output_dir).map_err(|e| e.to_string())?;
         admission::check_output_holder(&admitted.output_dir, holder.map(|(id, state)| (JobId(id), state)), admitted.submission.overwrite)?;
@@ -191,16 +193,26 @@ impl Cluster {
         if let Some((id, _)) = state.finishing.iter().find(|(_, handle)| handle.output_dir() == admitted.output_dir) {
             return Err(format!("output directory {} is {id}'s, which is finishing: try again in a moment", admitted.output_dir.display()));
         }
+        steps::check_not_over_inputs(&state, &admitted.output_dir)?;
+        steps::take_input_jobs(&state.history, &mut admitted)?;
+        let spec_json = serde_json::to_string(&admitted).map_err(|e| format!("encoding the job: {e}"))?;
         let submission = &admitted.submission;
         let id = JobId(
             state.history.submit(&spec_json, &admitted.output_dir, &submission.priority.to_string(), SystemTime::now()).map_err(|e| e.to_string())?,
         );
-        if let Err(e) = state.queue.submit(id, submission.priority, submission.weight, submission.requires.clone()) {
+        let queued = match admitted.waits_for.is_empty() {
+            true => state.queue.submit(id, submission.priority, submission.weight, submission.requires.clone()),
+            false => Ok(()),
+        };
+        if let Err(e) = queued {
             // Cannot happen (a fresh id, a weight checked): keep the history true.
             self.record_end(&mut state, id, ended(JobState::Failed, Some(e.to_string()), None));
             return Err(e.to_string());
         }
         tracing::info!(job = %id, priority = %submission.priority, output_dir = %admitted.output_dir.display(), "submitted");
+        if !admitted.waits_for.is_empty() {
+            tracing::info!(job = %id, "waits for the outputs of {}", shown_ids(&admitted.waits_for));
+        }
         state.unfinished.insert(id, Unfinished { admitted, engine: None, started_before: false });
         drop(state);
         self.start_ready();
@@ -342,14 +354,36 @@ impl Cluster {
         self.start_ready();
     }
 
-    /// Writes job `id`'s end to the history and forgets it.
+    /// Writes job `id`'s end to the history and forgets it; the jobs
+    /// waiting for its outputs take them, or fail with it.
     fn record_end(&self, state: &mut State, id: JobId, outcome: JobOutcome) {
         state.queue.remove(id);
         state.unfinished.remove(&id);
+        let how = outcome.state;
         if let Err(e) = state.history.ended(id.0, outcome, SystemTime::now()) {
             tracing::error!(job = %id, "cannot record the job's end in the history: {e}");
         }
+        for (waiting, why) in steps::settle_waiting(state, id, how) {
+            self.record_end(state, waiting, ended(JobState::Failed, Some(why), None));
+        }
         self.changed.notify_waiters();
+    }
+
+    /// At a start: jobs that wait for input jobs that ended before the
+    /// cluster stopped (between the end and the waiting job taking the
+    /// outputs) take them now, or fail.
+    fn settle_ended_inputs(&self) {
+        let mut state = self.state();
+        let waited: std::collections::BTreeSet<JobId> = state.unfinished.values().flat_map(|job| job.admitted.waits_for.clone()).collect();
+        for id in waited {
+            if state.unfinished.contains_key(&id) {
+                continue;
+            }
+            let how = state.history.get(id.0).ok().flatten().map_or(JobState::Failed, |record| record.state);
+            for (waiting, why) in steps::settle_waiting(&mut state, id, how) {
+                self.record_end(&mut state, waiting, ended(JobState::Failed, Some(why), None));
+            }
+        }
     }
 
     /// Removes finished jobs from the history beyond what is kept, and
@@ -432,6 +466,11 @@ impl Cluster {
         let running = state.unfinished.get(&id).and_then(|job| job.engine.as_ref()).map(|engine| engine.handle.clone());
         running.or_else(|| state.finishing.get(&id).cloned())
     }
+}
+
+/// `ids` for a log line: `job-1, job-2`.
+fn shown_ids(ids: &[JobId]) -> String {
+    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Why a cancelled running job stopped, as its workers and history say.

@@ -9,6 +9,7 @@ use crate::cluster::api::{JobInfo, ListFilter, WorkerInfo};
 use crate::cluster::history::{JobFilter, JobRecord, JobState};
 use crate::cluster::queue::JobId;
 use crate::cluster::registry::{Cluster, State};
+use crate::cluster::steps;
 
 impl Cluster {
     /// Job `id` as the API shows it.
@@ -60,10 +61,13 @@ fn job_info(state: &State, record: JobRecord) -> Result<JobInfo, String> {
     let submission = admitted.submission;
     let engine = state.unfinished.get(&id).and_then(|job| job.engine.as_ref());
     let progress = engine.map(|engine| engine.handle.progress());
-    let waiting = match state.queue.waiting_reasons(id, &state.workers) {
+    let mut waiting: Vec<String> = match state.queue.waiting_reasons(id, &state.workers) {
         Ok(reasons) => reasons.iter().map(ToString::to_string).collect(),
         Err(_) => Vec::new(),
     };
+    if let Some(job) = state.unfinished.get(&id) {
+        waiting.extend(steps::waiting_reasons(state, &job.admitted));
+    }
     let outcome = record.outcome.as_ref();
     Ok(JobInfo {
         id,
