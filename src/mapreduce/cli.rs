@@ -17,7 +17,12 @@ type Backups = Option<BackupPolicy>;
 /// a job takes the same flags, with the same defaults and checks. A
 /// cluster's client sends them as they are, and [`JobFlags::check`] runs on
 /// both ends: what the flag parser refuses, a peer could still send.
+///
+/// Sent as JSON (the cluster's HTTP API), a field left out takes its
+/// flag's default, as an unsaid flag does, and an unknown field is an
+/// error (a misspelt one must not quietly become a default).
 #[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct JobFlags {
     /// Number of reduce tasks, and so of output files (at least 1).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=MAX_REDUCES as i64))]
@@ -100,6 +105,20 @@ pub struct JobFlags {
     /// jobs instead, with `--input-job`).
     #[arg(value_name = "FILE")]
     pub inputs: Vec<PathBuf>,
+}
+
+/// Every flag at its default, no app and no input: what an empty command
+/// line gives.
+impl Default for JobFlags {
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            job: JobFlags,
+        }
+        // Cannot fail: no flag is required, and every default parses.
+        <Defaults as clap::Parser>::try_parse_from(["job"]).map(|defaults| defaults.job).expect("the flags' defaults parse")
+    }
 }
 
 impl JobFlags {

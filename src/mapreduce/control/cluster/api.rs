@@ -21,7 +21,10 @@ use crate::scheduler::Progress;
 
 /// A job as the client submits it: its flags (paths made absolute by the
 /// client, since the coordinator may run elsewhere), and how it is queued.
+/// As JSON, a field left out takes `mr submit`'s default; an unknown
+/// one is an error.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Submission {
     /// Everything `mr-master` takes for its one job.
     pub job: JobFlags,
@@ -36,8 +39,13 @@ pub struct Submission {
     /// Jobs whose outputs are inputs of this one (`--input-job`), besides
     /// `job.inputs`: a finished job's are taken at once, an unfinished
     /// job's when it succeeds (see [`crate::cluster::steps`]).
-    #[serde(default)]
     pub input_jobs: Vec<JobId>,
+}
+
+impl Default for Submission {
+    fn default() -> Self {
+        Submission { job: JobFlags::default(), priority: Priority::Normal, weight: 1, requires: Vec::new(), overwrite: false, input_jobs: Vec::new() }
+    }
 }
 
 /// A job as `mr status` and `mr list` show it.
@@ -165,4 +173,28 @@ pub trait ClusterApi {
     /// slot then asks that job's engine for the task (at the job's
     /// address), which answers at once.
     async fn next_job(declined: Vec<JobId>) -> Option<JobId>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submission_in_json_takes_the_flags_defaults_for_what_it_leaves_out() {
+        let json = r#"{"job": {"app": "wordcount", "reduces": 2, "output_dir": "/out", "inputs": ["/in"]}, "priority": "high"}"#;
+        let submission: Submission = serde_json::from_str(json).unwrap();
+        assert_eq!((submission.job.reduces, submission.job.app.as_deref()), (2, Some("wordcount")));
+        assert_eq!(submission.priority, Priority::High);
+        assert_eq!(submission.weight, 1);
+        let defaults = JobFlags::default();
+        assert_eq!(submission.job.task_timeout, defaults.task_timeout);
+        assert_eq!(defaults.task_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.split_size, 64 << 20);
+        assert_eq!(defaults.max_task_attempts, 4);
+        submission.job.check().unwrap();
+        let misspelt = serde_json::from_str::<Submission>(r#"{"job": {"reduce": 2}}"#).unwrap_err().to_string();
+        assert!(misspelt.contains("unknown field `reduce`"), "{misspelt}");
+        let misspelt = serde_json::from_str::<Submission>(r#"{"priorty": "high"}"#).unwrap_err().to_string();
+        assert!(misspelt.contains("unknown field `priorty`"), "{misspelt}");
+    }
 }
