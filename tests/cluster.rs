@@ -696,6 +696,12 @@ fn a_job_takes_another_jobs_outputs_waiting_for_them_and_failing_with_them() {
     let third = submit(d, &addr, &["--app", "wordcount", "--input-job", &first, "--output-dir", "out-c", "--reduces", "1", &inputs[1]]);
     assert_eq!(mr(d, &addr, &["wait", &third]).0, 0);
     assert_same_output(&job_output(&dir.join("out-c"), 1), &reference_output(d, "wordcount", &[first_output, &inputs[1]]), &dir.listing());
+    // A map-only step: one output per map, as emitted.
+    let fourth = submit(d, &addr, &["--app", "wordcount", "--input-job", &third, "--output-dir", "out-d", "--reduces", "0"]);
+    assert_eq!(mr(d, &addr, &["wait", &fourth]).0, 0);
+    assert_map_only_output(&dir.join("out-d"), &map_only_reference(d, "wordcount", &["out-c/mr-out-0"]), &dir.listing());
+    let summary: serde_json::Value = serde_json::from_str(status(d, &addr, &fourth)["summary_json"].as_str().unwrap()).unwrap();
+    assert_eq!(summary["outputs"].as_array().map(Vec::len), Some(1), "{summary}");
     let refused = mr_refused(d, &addr, &["submit", "--app", "wordcount", "--input-job", &first, "--output-dir", "out-a/sub"]);
     assert!(refused.contains(&format!("would write over the outputs of {first}")), "{refused}");
     // Once another job has replaced them, they are no longer the first's.

@@ -63,7 +63,7 @@ fn master_reports_an_address_in_use() {
 fn master_rejects_bad_flag_values() {
     let dir = TestDir::new("bad-flags");
     dir.write("in.txt", "x");
-    for args in [["--reduces", "0"], ["--task-timeout", "-1"], ["--task-timeout", "soon"], ["--max-task-failures", "0"]] {
+    for args in [["--reduces", "100001"], ["--task-timeout", "-1"], ["--task-timeout", "soon"], ["--max-task-failures", "0"]] {
         let mut cmd = Command::new(master_bin());
         cmd.args(["--listen", "127.0.0.1:0"]).args(args).arg("in.txt");
         let mut proc = Proc::spawn("master", cmd, dir.path());

@@ -578,3 +578,24 @@ fn a_damaged_compressed_input_fails_the_job_naming_it() {
     worker.expect_failure();
     assert!(!dir.join("mr-out-0").exists());
 }
+
+#[test]
+fn a_map_only_job_writes_each_maps_pairs_as_emitted_one_output_per_map() {
+    let dir = TestDir::new("map-only");
+    let inputs = awkward_inputs(&dir);
+    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let expected = map_only_reference(dir.path(), "wordcount", &input_refs);
+    assert_eq!(expected.len(), 5, "one output per input file");
+    // Outputs of an earlier job with more files do not stay beside these.
+    dir.write(&format!("mr-out-{}", expected.len()), "stale 1\n");
+    run_job_to_completion(&dir, "wordcount", 2, 0, &[], &input_refs);
+    assert_map_only_output(dir.path(), &expected, &dir.listing());
+    // Unsorted: the words in the order the map met them.
+    let unsorted = |output: &Vec<u8>| {
+        let text = String::from_utf8_lossy(output);
+        let keys: Vec<&str> = text.lines().map(|line| line.split(' ').next().unwrap()).collect();
+        keys.windows(2).any(|w| w[0] > w[1])
+    };
+    assert!(expected.iter().any(unsorted), "the reference itself is sorted, so the test proves nothing");
+    assert!(std::fs::read_to_string(dir.join("_SUCCESS")).unwrap().starts_with("job "), "the marker names the job");
+}

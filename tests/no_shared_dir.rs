@@ -167,3 +167,22 @@ fn a_worker_without_an_app_for_a_job_that_names_none_says_so() {
     master.expect_success();
     worker.expect_success();
 }
+
+#[test]
+fn a_map_only_jobs_outputs_are_sent_to_the_master_by_their_maps() {
+    let dir = TestDir::new("map-only-uploads");
+    let inputs = write_inputs(&dir, 4);
+    let mut args = vec!["--reduces", "0", "--app", "wordcount"];
+    args.extend(inputs.iter().map(String::as_str));
+    let (mut master, addr) = start_master(dir.path(), &args);
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    let mut cmd = std::process::Command::new(worker_bin());
+    cmd.args(["--master", &addr, "--no-shared-dir", "--work-dir", "work"]);
+    let mut worker = Proc::spawn("isolated", cmd, dir.path());
+    master.expect_success();
+    worker.expect_success();
+    assert!(worker.stderr().contains("not sharing the job directory"), "{}", worker.describe());
+    let expected = map_only_reference(dir.path(), "wordcount", &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(expected.len(), inputs.len());
+    assert_map_only_output(dir.path(), &expected, &dir.listing());
+}

@@ -185,3 +185,29 @@ fn workers_wait_for_their_restarted_master_and_finish_the_job_with_it() {
     assert_same_output(&job_output(dir.path(), 4), &expected, "workers that stayed through a restart");
     assert!(!dir.join(".mr-job").exists(), "{}", dir.listing());
 }
+
+#[test]
+fn a_map_only_job_killed_mid_job_resumes_with_the_maps_it_had_done() {
+    let dir = TestDir::new("restart-map-only");
+    let inputs = write_inputs(&dir, 6);
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    write_earlier_outputs(&dir);
+    let mut args = vec!["--reduces", "0", "--param", "delay_ms=300"];
+    args.extend(&inputs);
+    let (mut master, addr) = start_master(dir.path(), &args);
+    let mut worker = start_worker("worker-before", dir.path(), &addr, "slowcount");
+    wait_for_journal(&dir, "map_done", 2);
+    master.kill();
+    worker.kill();
+    earlier_outputs_untouched(&dir);
+
+    let master = finish_after_restart(&dir, &args);
+    let log = master.stderr();
+    assert!(log.contains("resuming job") && log.contains(" of 6 map tasks and 0 of 0 reduce tasks"), "{}", master.describe());
+    let kept: u32 = log.split("(start 2): ").nth(1).and_then(|rest| rest.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(kept >= 2, "the maps done before the restart were kept (their outputs committed)\n{}", master.describe());
+    let expected = map_only_reference(dir.path(), "slowcount", &inputs);
+    assert_map_only_output(dir.path(), &expected, &format!("after a restart\n{}", dir.listing()));
+    assert!(!dir.join("mr-out-7").exists(), "an earlier job's extra output should go");
+    assert!(!dir.join(".mr-job").exists(), "job directory left behind\n{}", dir.listing());
+}

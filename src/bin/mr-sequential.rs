@@ -29,6 +29,14 @@ struct Args {
     #[arg(short, long)]
     quiet: bool,
 
+    /// 0 makes the reference of a map-only job (`mr-master --reduces 0`):
+    /// each input's pairs, as its map emitted them, in `mr-out-I` for input
+    /// I (a job's map task M is input M when every input is one split:
+    /// files under `--split-size`, or `--split-size 0`). 1, the default,
+    /// is the one output of every other job.
+    #[arg(long, value_name = "0|1", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1))]
+    reduces: u32,
+
     /// A parameter for the app, `KEY=VALUE` (repeatable), as for `mr-master`.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = mapreduce::cli::parse_param)]
     params: Vec<(String, String)>,
@@ -59,6 +67,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let plugin = Plugin::open(&args.app)?;
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
     std::fs::create_dir_all(&args.output_dir).with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
+    if args.reduces == 0 {
+        anyhow::ensure!(args.summary_json.is_none(), "--summary-json is not written for --reduces 0 (a map-only reference has no counters)");
+        let outputs = mapreduce::sequential::run_sequential_map_only(&plugin, &inputs, Params::new(args.params), &args.output_dir)?;
+        if !args.quiet {
+            println!("map-only: {} outputs in {}", outputs.len(), args.output_dir.display());
+        }
+        return Ok(());
+    }
     let run = mapreduce::sequential::run_sequential(&plugin, &inputs, Params::new(args.params), &args.output_dir)?;
     let summary = JobSummary::of_sequential(&run, inputs.len());
     if !args.quiet {

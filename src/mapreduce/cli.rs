@@ -24,8 +24,11 @@ type Backups = Option<BackupPolicy>;
 #[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobFlags {
-    /// Number of reduce tasks, and so of output files (at least 1).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=MAX_REDUCES as i64))]
+    /// Number of reduce tasks, and so of output files. 0 makes a map-only
+    /// job, as in Hadoop: no shuffle, no reduce; each map task's output is
+    /// an output file of its own (`mr-out-M` for map task M), its pairs in
+    /// the order the map emitted them.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=MAX_REDUCES as i64))]
     pub reduces: u32,
 
     /// The job's app: a path to a plugin (`.so`), or a bare NAME for
@@ -135,8 +138,8 @@ impl JobFlags {
     /// [`JobFlags::check`] but for the inputs, which a cluster's job may
     /// take from other jobs instead (`mr submit --input-job`).
     pub fn check_settings(&self) -> Result<(), String> {
-        if self.reduces == 0 || self.reduces > MAX_REDUCES {
-            return Err(format!("--reduces {} is out of range: from 1 to {MAX_REDUCES}", self.reduces));
+        if self.reduces > MAX_REDUCES {
+            return Err(format!("--reduces {} is out of range: from 0 (map-only) to {MAX_REDUCES}", self.reduces));
         }
         if self.max_task_attempts == 0 {
             return Err("--max-task-attempts is at least 1".into());

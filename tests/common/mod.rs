@@ -244,6 +244,30 @@ pub fn reference_output(cwd: &Path, app: &str, inputs: &[&str]) -> Vec<u8> {
     sorted_lines(&std::fs::read(out_dir.path().join("mr-out-0")).unwrap())
 }
 
+/// `mr-sequential --reduces 0` over `inputs`, run in `cwd`: a map-only
+/// job's reference outputs, one per input file, in order.
+pub fn map_only_reference(cwd: &Path, app: &str, inputs: &[&str]) -> Vec<Vec<u8>> {
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(sequential_bin());
+    cmd.args(["--reduces", "0", "--output-dir"]).arg(out_dir.path()).arg(app).args(inputs);
+    Proc::spawn("sequential-map-only", cmd, cwd).expect_success();
+    let count = std::fs::read_dir(out_dir.path()).unwrap().count();
+    (0..count).map(|m| std::fs::read(out_dir.path().join(format!("mr-out-{m}"))).unwrap()).collect()
+}
+
+/// Checks that `dir` holds a map-only job's outputs equal to `expected`,
+/// byte for byte (their lines in the order the maps emitted them), and no
+/// other `mr-out-*`.
+pub fn assert_map_only_output(dir: &Path, expected: &[Vec<u8>], context: &str) {
+    for (m, expected) in expected.iter().enumerate() {
+        let path = dir.join(format!("mr-out-{m}"));
+        let actual = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}\n{context}", path.display()));
+        assert_same_output(&actual, expected, &format!("mr-out-{m}\n{context}"));
+    }
+    let extra = dir.join(format!("mr-out-{}", expected.len()));
+    assert!(!extra.exists(), "{} is beside the job's outputs\n{context}", extra.display());
+}
+
 /// The lines of all `mr-out-*` files in `dir`, sorted by bytes, after
 /// checking each file is sorted by key and `expected_files` exist.
 pub fn job_output(dir: &Path, expected_files: u32) -> Vec<u8> {

@@ -189,7 +189,9 @@ pub struct JobContext {
     pub params: Params,
     /// The job's input files: (name as given, absolute path), in order.
     pub inputs: Vec<(String, std::path::PathBuf)>,
-    /// Number of reduce partitions.
+    /// Number of reduce partitions; 0 for a map-only job (`--reduces 0`),
+    /// whose map output is the job's output: the partitioner and the
+    /// combiner are not called.
     pub reduces: u32,
     /// The size in bytes of each input when the job was planned, in the
     /// order of `inputs` (empty where nobody planned a job: a unit test).

@@ -193,7 +193,8 @@ pub struct MapTask {
     pub attempt: AttemptId,
     /// The input to map.
     pub input: InputSplit,
-    /// Number of reduce partitions to split the output into.
+    /// Number of reduce partitions to split the output into (0 for a
+    /// map-only job).
     pub reduces: u32,
     /// Directory for this job's intermediate files (shared by all workers).
     pub job_dir: PathBuf,
@@ -202,6 +203,12 @@ pub struct MapTask {
     /// (by byte offset in the input file).
     #[serde(default)]
     pub skip: Option<SkipPlan>,
+    /// Set for a map-only job (`--reduces 0`): the attempt writes its pairs
+    /// as the job's output, in the app's output format and the order they
+    /// were emitted, here (as a reduce writes to its `staged_output`),
+    /// instead of sorted runs for reduces.
+    #[serde(default)]
+    pub staged_output: Option<PathBuf>,
 }
 
 /// Everything a worker needs to run one reduce attempt.

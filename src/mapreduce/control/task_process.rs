@@ -396,6 +396,7 @@ mod tests {
             reduces: 1,
             job_dir: "/nonexistent".into(),
             skip: None,
+            staged_output: None,
         })
     }
 

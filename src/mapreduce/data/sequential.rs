@@ -55,6 +55,36 @@ fn read_input(input: &InputFile) -> std::io::Result<(u64, Vec<u8>)> {
     }
 }
 
+/// A map-only job's reference (`mr-sequential --reduces 0`): maps each of
+/// `inputs` in order and writes its pairs, as emitted, in the app's output
+/// format, to `mr-out-I` for input I, as a map-only job whose every input
+/// is one split writes them. Returns the output files.
+pub fn run_sequential_map_only(plugin: &Plugin, inputs: &[InputFile], params: Params, output_dir: &Path) -> Result<Vec<PathBuf>, SequentialError> {
+    let capabilities = plugin
+        .init(&app_context(params, inputs, 0))
+        .map_err(|failure| SequentialError::App { what: "the app's constructor".to_string(), failure })?;
+    let counters = UserCounters::default();
+    let mut outputs = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.iter().enumerate() {
+        let (_, contents) = read_input(input).map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
+        let path = output_dir.join(output_file_name(index as u32));
+        let mut output = AtomicFile::create(&path).map_err(|source| SequentialError::Output { path: path.clone(), source })?;
+        let mut written: std::io::Result<()> = Ok(());
+        let mut emit = |key: &[u8], value: &[u8]| {
+            if written.is_ok() {
+                written = output.write_reduce_output(capabilities.output, key, value);
+            }
+        };
+        let app_err = |failure| SequentialError::App { what: format!("map of {}", input.name), failure };
+        plugin.start_task(true, index as u32, &counters).map_err(app_err)?;
+        plugin.map(&input.name, &contents, 0, &mut emit, &counters).map_err(app_err)?;
+        plugin.finish_map(&mut emit, &counters).map_err(app_err)?;
+        written.and_then(|()| output.commit()).map_err(|source| SequentialError::Output { path: path.clone(), source })?;
+        outputs.push(path);
+    }
+    Ok(outputs)
+}
+
 /// Runs the app over `inputs` with `params` and writes `mr-out-0` into
 /// `output_dir`. The app is made for a job with one reduce partition; its
 /// combiner and partitioner are not used.

@@ -237,19 +237,26 @@ impl WorkerStorage {
         local
     }
 
-    /// Starts reduce `task`'s output: a file staged in the job directory if
-    /// this worker shares it, else an upload to the coordinator, which
-    /// stages it there as it arrives ([`crate::upload`]). Either way, once
-    /// committed it is at `task.staged_output` as the coordinator names it.
+    /// Starts reduce `task`'s output (see [`WorkerStorage::create_output`]).
     pub fn create_reduce_output(&self, task: &ReduceTask) -> io::Result<AtomicFile> {
+        self.create_output(task.partition, task.attempt, &task.staged_output)
+    }
+
+    /// Starts output `r` of the job, written by `attempt` (a reduce's, or a
+    /// map-only job's map's): a file staged at `staged_output` in the job
+    /// directory if this worker shares it, else an upload to the
+    /// coordinator, which stages it there as it arrives
+    /// ([`crate::upload`]). Either way, once committed it is at
+    /// `staged_output`, as the coordinator names it.
+    pub fn create_output(&self, r: u32, attempt: AttemptId, staged_output: &Path) -> io::Result<AtomicFile> {
         if self.shares_job_dir() {
-            return AtomicFile::create(&task.staged_output);
+            return AtomicFile::create(staged_output);
         }
         let stream = self
             .runtime
             .block_on(self.fetcher.dial(&self.master, SERVICE_UPLOAD))
             .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, format!("connecting to the coordinator to send the output: {e}")))?;
-        let upload = Upload::start(Blocking::new(stream, self.runtime.clone()), task.partition, task.attempt)?;
+        let upload = Upload::start(Blocking::new(stream, self.runtime.clone()), r, attempt)?;
         Ok(AtomicFile::staged_in(Box::new(upload)))
     }
 

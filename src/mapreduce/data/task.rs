@@ -1,7 +1,8 @@
 //! Running one task attempt on a worker: the synchronous data path.
 //!
 //! [`TaskRunner::run_map`] reads an input, calls the app's map, and writes
-//! the sorted runs ([`crate::shuffle`]); [`TaskRunner::run_reduce`] merges a
+//! the sorted runs ([`crate::shuffle`]), or in a map-only job the staged
+//! output file, as a reduce does; [`TaskRunner::run_reduce`] merges a
 //! partition's runs ([`crate::merge`]), calls the app's reduce per key, and
 //! writes the staged output file that the coordinator commits. A slot's task
 //! process ([`crate::task_host`]) runs these on its main thread; the worker
@@ -19,6 +20,7 @@ use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN
 use crate::inputs::check_unchanged;
 use crate::map_output::{stored_size, MapOutputLocation};
 use crate::merge::{MergeError, RunMerger};
+use crate::output::AtomicFile;
 use crate::partition::Partitions;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
@@ -247,12 +249,21 @@ impl TaskRunner {
         let user_counters = UserCounters::reporting_to(progress.shared());
         let app_combiner = AppCombiner { plugin, counters: &user_counters };
         let combiner = (self.combine && capabilities.combiner).then_some(&app_combiner as &dyn Combiner);
-        let mut output = MapOutputWriter::new(config, combiner);
+        let mut output = match &task.staged_output {
+            None => MapSink::Runs { writer: MapOutputWriter::new(config, combiner), partitions: Partitions::new(task.reduces) },
+            Some(path) => MapSink::Output {
+                file: self
+                    .storage
+                    .create_output(task.index, task.attempt, path)
+                    .map_err(|source| TaskError::Output { path: path.clone(), source })?,
+                format: capabilities.output,
+                path: path.clone(),
+            },
+        };
         // The emit callback cannot return an error to the app, so the first
         // one is kept and ends the attempt once map returns.
         let mut failure: Option<TaskError> = None;
         let (mut records, mut bytes) = (0u64, 0u64);
-        let partitions = Partitions::new(task.reduces);
         let emit = &mut |key: &[u8], value: &[u8]| {
             progress.tick();
             records += 1;
@@ -263,9 +274,7 @@ impl TaskRunner {
                 failure = Some(TaskError::Cancelled);
             }
             if failure.is_none() {
-                let pushed =
-                    plugin.partition(key, &partitions).map_err(TaskError::App).and_then(|p| output.push(p, key, value).map_err(TaskError::from));
-                failure = pushed.err();
+                failure = output.push(plugin, key, value).err();
             }
         };
         plugin.start_task(true, task.index, &user_counters)?;
@@ -311,8 +320,15 @@ impl TaskRunner {
         if (1..=REUSED_INPUT_MAX).contains(&buffer.capacity()) {
             INPUT_BUFFER.set(buffer);
         }
-        let runs = self.storage.serve_map_output(task.attempt, output.finish()?);
         (counters.map_output_records, counters.map_output_bytes) = (records, bytes);
+        let runs = match output {
+            MapSink::Runs { writer, .. } => self.storage.serve_map_output(task.attempt, writer.finish()?),
+            MapSink::Output { file, path, .. } => {
+                (counters.output_records, counters.output_bytes) = file.lines_and_bytes_written();
+                file.commit().map_err(|source| TaskError::Output { path, source })?;
+                Vec::new()
+            }
+        };
         for (_, location) in &runs {
             counters.intermediate_bytes += stored_size(location);
         }
@@ -388,6 +404,27 @@ impl TaskRunner {
         output.commit().map_err(output_err)?;
         counters.user = user_counters.take();
         Ok(counters)
+    }
+}
+
+/// Where a map attempt's pairs go: sorted runs for the reduces, or, in a
+/// map-only job, the job's output, in the order they were emitted.
+enum MapSink<'c> {
+    Runs { writer: MapOutputWriter<'c>, partitions: Partitions },
+    Output { file: AtomicFile, format: OutputFormat, path: PathBuf },
+}
+
+impl MapSink<'_> {
+    fn push(&mut self, plugin: &Plugin, key: &[u8], value: &[u8]) -> Result<(), TaskError> {
+        match self {
+            MapSink::Runs { writer, partitions } => {
+                let partition = plugin.partition(key, partitions)?;
+                Ok(writer.push(partition, key, value)?)
+            }
+            MapSink::Output { file, format, path } => {
+                file.write_reduce_output(*format, key, value).map_err(|source| TaskError::Output { path: path.clone(), source })
+            }
+        }
     }
 }
 

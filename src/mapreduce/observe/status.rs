@@ -604,6 +604,17 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The job's output files: one per reduce task, or per map task of a
+    /// map-only job (no reduce task).
+    pub fn output_count(&self) -> u32 {
+        match self.reduces.total {
+            0 => self.maps.total as u32,
+            reduces => reduces as u32,
+        }
+    }
+}
+
+impl Progress {
     fn of(tasks: &[TaskReport], input_bytes: u64, input_bytes_done: u64, elapsed: Duration) -> Progress {
         let count = |kind: TaskKind| {
             let mut counts = TaskCounts::default();

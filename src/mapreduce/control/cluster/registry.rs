@@ -304,9 +304,8 @@ impl Cluster {
         let cancelled = job.engine.as_ref().is_some_and(|engine| engine.cancelled);
         let report = handle.status().report();
         let succeeded = report.job.state == crate::status::JobState::Succeeded;
-        let reduces = job.admitted.submission.job.reduces;
         let outputs: Vec<PathBuf> = match succeeded {
-            true => (0..reduces).map(|r| job.admitted.output_dir.join(crate::output::output_file_name(r))).collect(),
+            true => (0..report.progress.output_count()).map(|r| job.admitted.output_dir.join(crate::output::output_file_name(r))).collect(),
             false => Vec::new(),
         };
         let summary = Some(JobSummary::new(&report, &outputs));

@@ -46,8 +46,8 @@ impl Ledger {
         }
     }
 
-    /// Moves the outputs into the output directory once every reduce is
-    /// done (see [`JobDir::publish`]): journals `Publishing`, synced, first,
+    /// Moves the outputs into the output directory once every task that
+    /// writes one is done (see [`JobDir::publish`]): journals `Publishing`, synced, first,
     /// so that a coordinator killed halfway finishes the move when started
     /// again. A failure stops the job.
     pub(super) fn publish_if_done(&mut self, scheduler: &mut Scheduler) {
@@ -59,7 +59,7 @@ impl Ledger {
             tracing::warn!("{e}");
         }
         self.publishing = true;
-        match self.dir.publish(scheduler.progress().reduces as u32, &self.id) {
+        match self.dir.publish(scheduler.output_count(), &self.id) {
             Ok(()) => self.published = true,
             Err(e) => scheduler.abort(format!("publishing the outputs: {e}")),
         }
@@ -99,21 +99,29 @@ pub(super) fn fingerprint(config: &CoordinatorConfig) -> serde_json::Value {
 pub(super) fn restore(scheduler: &mut Scheduler, status: &mut JobStatus, opened: &Opened, output_dir: &Path, now: Instant) {
     let recovered = &opened.recovered;
     let (mut maps, mut reduces) = (0, 0);
+    // During publication an output may have moved already. Its size must
+    // be what the attempt wrote: a file cut short (a machine that lost
+    // power before writing it back) is made again.
+    let output_present = |r: u32, counters: &crate::counters::Counters| {
+        let whole = |path: PathBuf| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == counters.output_bytes);
+        whole(opened.dir.finished_output(r)) || (recovered.publishing && whole(output_dir.join(output_file_name(r))))
+    };
     for (m, attempt, outputs, counters) in &recovered.maps {
         let task = TaskId::Map(*m);
         let owner = recovered.owner_of(task, *attempt).cloned();
-        if outputs.iter().all(|(_, location)| run_is_present(location)) && scheduler.restore(task, *attempt, owner, outputs.clone(), now) {
+        // A map-only job's map wrote an output of the job, not runs.
+        let present = match scheduler.map_only() {
+            true => output_present(*m, counters),
+            false => outputs.iter().all(|(_, location)| run_is_present(location)),
+        };
+        if present && scheduler.restore(task, *attempt, owner, outputs.clone(), now) {
             status.task_restored(task, counters.clone(), now);
             maps += 1;
         }
     }
     for (r, attempt, counters) in &recovered.reduces {
         let task = TaskId::Reduce(*r);
-        // During publication an output may have moved already. Its size
-        // must be what the attempt wrote: a file cut short (a machine that
-        // lost power before writing it back) is made again.
-        let whole = |path: PathBuf| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == counters.output_bytes);
-        let present = whole(opened.dir.finished_output(*r)) || (recovered.publishing && whole(output_dir.join(output_file_name(*r))));
+        let present = output_present(*r, counters);
         let owner = recovered.owner_of(task, *attempt).cloned();
         if present && scheduler.restore(task, *attempt, owner, Vec::new(), now) {
             status.task_restored(task, counters.clone(), now);

@@ -275,7 +275,8 @@ pub struct Job {
     /// The journal file, to force it to disk every [`JOURNAL_SYNC`].
     journal_sync: Option<std::fs::File>,
     started: Instant,
-    reduces: u32,
+    /// Its output files (see [`Scheduler::output_count`]).
+    outputs: u32,
     /// What [`Job::run`]'s listener admits connections with.
     secret: Option<Secret>,
 }
@@ -302,8 +303,8 @@ impl Job {
         let app_pin = config.app.as_ref().map(|(_, app)| app.sha256.clone()).or_else(|| opened.recovered.app_sha256.clone());
         let journal_sync = opened.journal.sync_handle().ok();
         let mut ledger = Ledger { dir: opened.dir, journal: Some(opened.journal), id: opened.id, publishing: false, published: false };
-        // A job whose every reduce was done before the restart only has
-        // its outputs to move.
+        // A job whose every output was done before the restart only has
+        // them to move.
         ledger.publish_if_done(&mut scheduler);
         let spec = JobSpec {
             job_id: ledger.id.clone(),
@@ -336,7 +337,8 @@ impl Job {
             log_every_attempt: false,
             app_pin: Mutex::new(app_pin),
         });
-        Ok(Job { shared, journal_sync, started, reduces: config.reduces, secret: config.secret })
+        let outputs = shared.job().scheduler.output_count();
+        Ok(Job { shared, journal_sync, started, outputs, secret: config.secret })
     }
 
     /// A handle on the job's status.
@@ -394,7 +396,7 @@ impl Job {
         shutdown: impl Future<Output = ()>,
         serving: impl Future<Output = std::io::Result<()>>,
     ) -> Result<JobReport, CoordinatorError> {
-        let Job { shared, journal_sync, started, reduces, secret: _ } = self;
+        let Job { shared, journal_sync, started, outputs, secret: _ } = self;
         // However this ends, the job's connections are closed.
         let _close = CloseConnectionsOnDrop(&shared);
         // Boxed, so that dropping it below really drops the listener (and
@@ -436,7 +438,7 @@ impl Job {
         drop(serving);
         remove_job_dir_unless_publishing(&shared);
         match end {
-            JobEnd::Succeeded => Ok(JobReport { outputs: (0..reduces).map(|r| shared.output_dir.join(output_file_name(r))).collect(), elapsed }),
+            JobEnd::Succeeded => Ok(JobReport { outputs: (0..outputs).map(|r| shared.output_dir.join(output_file_name(r))).collect(), elapsed }),
             JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
         }
     }

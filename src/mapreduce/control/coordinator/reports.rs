@@ -1,7 +1,8 @@
 //! The engine's half of `report_task`: a worker's report checked
 //! ([`check_report`]), applied to the scheduler, journaled and recorded in
-//! the job's status; a winning reduce's output committed (renamed into
-//! place) under the job's lock before its task is marked done.
+//! the job's status; a winning reduce's output (or a map's, in a map-only
+//! job) committed (renamed into place) under the job's lock before its
+//! task is marked done.
 
 use std::time::Instant;
 
@@ -37,7 +38,7 @@ pub(super) fn apply_report(shared: &Shared, owner: &Owner, report: TaskReport) -
     }
     let now = Instant::now();
     let verdict = match outcome {
-        TaskOutcome::MapDone { outputs, counters } => {
+        TaskOutcome::MapDone { outputs, counters } if !scheduler.map_only() => {
             let verdict = scheduler.complete(task, attempt, outputs.clone(), now);
             if let (ReportVerdict::Accepted, TaskId::Map(m)) = (verdict, task) {
                 ledger.record(&Record::MapDone { task: m, attempt, outputs, counters: counters.clone() });
@@ -45,22 +46,30 @@ pub(super) fn apply_report(shared: &Shared, owner: &Owner, report: TaskReport) -
             record_completion(status, verdict, task, attempt, counters, now);
             verdict
         }
-        TaskOutcome::ReduceDone { counters, .. } => match commit_reduce(scheduler, &ledger.dir, task, attempt, now) {
-            Ok(verdict) => {
-                if let (ReportVerdict::Accepted, TaskId::Reduce(r)) = (verdict, task) {
-                    ledger.record(&Record::ReduceDone { task: r, attempt, counters: counters.clone() });
-                    // Still under the lock: no worker hears "done" before
-                    // the outputs are in place.
-                    ledger.publish_if_done(scheduler);
+        // A map of a map-only job wrote one of the job's outputs: committed
+        // as a reduce's is.
+        TaskOutcome::MapDone { counters, .. } | TaskOutcome::ReduceDone { counters, .. } => {
+            match commit_output(scheduler, &ledger.dir, task, attempt, now) {
+                Ok(verdict) => {
+                    if verdict == ReportVerdict::Accepted {
+                        let counters = counters.clone();
+                        ledger.record(&match task {
+                            TaskId::Map(m) => Record::MapDone { task: m, attempt, outputs: Vec::new(), counters },
+                            TaskId::Reduce(r) => Record::ReduceDone { task: r, attempt, counters },
+                        });
+                        // Still under the lock: no worker hears "done" before
+                        // the outputs are in place.
+                        ledger.publish_if_done(scheduler);
+                    }
+                    record_completion(status, verdict, task, attempt, counters, now);
+                    verdict
                 }
-                record_completion(status, verdict, task, attempt, counters, now);
-                verdict
+                Err((verdict, error)) => {
+                    record_failure(status, verdict, task, attempt, &error, now);
+                    verdict
+                }
             }
-            Err((verdict, error)) => {
-                record_failure(status, verdict, task, attempt, &error, now);
-                verdict
-            }
-        },
+        }
         TaskOutcome::Failed { error, record } => {
             let error = excerpt(&error, MAX_ERROR_CHARS);
             let record = record.map(|mut record| {
@@ -145,19 +154,26 @@ fn record_failure(status: &mut JobStatus, verdict: ReportVerdict, task: TaskId, 
     }
 }
 
-/// Renames a reduce attempt's staged output to `mr-out-<r>` in the job
-/// directory if the attempt wins, then marks the task done. A failed rename
-/// fails the attempt: `Err` carries the scheduler's verdict on that failure
-/// and the error. Only the winner is ever renamed, and the rename happens
-/// under the scheduler lock, so a finished output is never replaced.
-fn commit_reduce(
+/// Renames the staged output of an attempt of the task that writes output
+/// `r` (reduce task `r`, or map task `r` of a map-only job) to
+/// `mr-out-<r>` in the job directory if the attempt wins, then marks the
+/// task done. A failed rename fails the attempt: `Err` carries the
+/// scheduler's verdict on that failure and the error. Only the winner is
+/// ever renamed, and the rename happens under the scheduler lock, so a
+/// finished output is never replaced.
+fn commit_output(
     scheduler: &mut Scheduler,
     job_dir: &JobDir,
     task: TaskId,
     attempt: u64,
     now: Instant,
 ) -> Result<ReportVerdict, (ReportVerdict, String)> {
-    let TaskId::Reduce(r) = task else { return Ok(ReportVerdict::UnknownAttempt) };
+    let r = match task {
+        TaskId::Map(r) | TaskId::Reduce(r) => r,
+    };
+    if scheduler.output_task(r) != Some(task) {
+        return Ok(ReportVerdict::UnknownAttempt);
+    }
     let verdict = scheduler.would_accept_completion(task, attempt);
     if verdict != ReportVerdict::Accepted {
         return Ok(verdict);

@@ -1,7 +1,8 @@
-//! A reduce's output received from a worker that does not share the job
-//! directory (the `U` service, see [`crate::upload`]): who may send it,
-//! where it is staged, and taking it as it arrives. The worker's report
-//! then commits it as any other (see [`super::reports`]).
+//! A reduce's output (or a map's, in a map-only job) received from a
+//! worker that does not share the job directory (the `U` service, see
+//! [`crate::upload`]): who may send it, where it is staged, and taking it
+//! as it arrives. The worker's report then commits it as any other (see
+//! [`super::reports`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,7 +30,8 @@ pub(super) fn take_upload(shared: &Shared, owner: &Owner, mut stream: Blocking) 
     let header_deadline = Instant::now() + files::STALL_LIMIT;
     let mut header_awaited = || Instant::now() < header_deadline && shared.job().scheduler.job_end().is_none();
     let (r, attempt) = upload::read_header(&mut stream, &mut header_awaited)?;
-    let task = TaskId::Reduce(r);
+    // Output `r` is reduce task `r`'s, or map task `r`'s in a map-only job.
+    let task = shared.job().scheduler.output_task(r).unwrap_or(TaskId::Reduce(r));
     let outcome = upload_destination(shared, owner, task, attempt).and_then(|staged| {
         let mut still_wanted = || shared.job().scheduler.would_accept_completion(task, attempt) == ReportVerdict::Accepted;
         receive_into(&mut stream, &staged, &mut still_wanted).map_err(|e| match e.kind() {
@@ -52,7 +54,7 @@ fn upload_destination(shared: &Shared, owner: &Owner, task: TaskId, attempt: Att
     let mut job = shared.job();
     let JobState { scheduler, status, .. } = &mut *job;
     let checked = match task {
-        TaskId::Reduce(r) if r < scheduler.progress().reduces as u32 => check_owner(scheduler, owner, task, attempt).map(|()| r),
+        TaskId::Map(r) | TaskId::Reduce(r) if scheduler.output_task(r) == Some(task) => check_owner(scheduler, owner, task, attempt).map(|()| r),
         _ => Err(format!("there is no {task}")),
     };
     let r = match checked {

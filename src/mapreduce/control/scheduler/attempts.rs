@@ -133,6 +133,7 @@ impl Scheduler {
                 reduces: self.reduces.len() as u32,
                 job_dir: self.job_dir.clone(),
                 skip: self.skip_plan(task, attempt),
+                staged_output: self.map_only().then(|| self.staged_output(m, attempt)),
             }),
             TaskId::Reduce(r) => Assignment::Reduce(ReduceTask {
                 partition: r,

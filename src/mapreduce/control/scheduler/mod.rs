@@ -219,9 +219,10 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A job with one map task per input split and `reduces` reduce tasks,
-    /// whose intermediate files go to `job_dir`.
+    /// whose intermediate files go to `job_dir`. With no reduce task the
+    /// job is map-only: each map's output is an output of the job, staged
+    /// and committed as a reduce's is (see [`Scheduler::map_only`]).
     pub fn new(config: SchedulerConfig, splits: Vec<InputSplit>, reduces: u32, job_dir: PathBuf) -> Scheduler {
-        assert!(reduces > 0, "a job needs at least one reduce task");
         let map_count = splits.len();
         Scheduler {
             config,
@@ -316,7 +317,7 @@ impl Scheduler {
     pub fn job_end(&self) -> Option<JobEnd> {
         if let Some(message) = &self.failure {
             Some(JobEnd::Failed(message.clone()))
-        } else if self.reduces_done == self.reduces.len() {
+        } else if self.maps_done == self.maps.len() && self.reduces_done == self.reduces.len() {
             Some(JobEnd::Succeeded)
         } else {
             None
@@ -344,10 +345,28 @@ impl Scheduler {
         &self.splits[m as usize]
     }
 
-    /// Where reduce attempt `attempt` of partition `r` writes its output
-    /// before the coordinator commits it.
+    /// Where attempt `attempt` of the task that writes output `r` (reduce
+    /// task `r`; map task `r` of a map-only job) writes it before the
+    /// coordinator commits it.
     pub fn staged_output(&self, r: u32, attempt: AttemptId) -> PathBuf {
         self.job_dir.join(format!("out-{r}.attempt-{attempt}"))
+    }
+
+    /// Whether the job is map-only (`--reduces 0`): its map tasks write
+    /// its outputs, one each, and nothing is shuffled.
+    pub fn map_only(&self) -> bool {
+        self.reduces.is_empty()
+    }
+
+    /// The job's output files: one per reduce task, or per map task of a
+    /// map-only job.
+    pub fn output_count(&self) -> u32 {
+        (if self.map_only() { self.maps.len() } else { self.reduces.len() }) as u32
+    }
+
+    /// The task that writes output `r`, if the job has one.
+    pub fn output_task(&self, r: u32) -> Option<TaskId> {
+        (r < self.output_count()).then_some(if self.map_only() { TaskId::Map(r) } else { TaskId::Reduce(r) })
     }
 
     /// Who `attempt` of `task` was given to (by this coordinator, or by

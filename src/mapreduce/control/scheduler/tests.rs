@@ -131,6 +131,27 @@ fn maps_first_then_reduces_then_exit() {
 }
 
 #[test]
+fn a_map_only_job_ends_with_its_maps_each_staging_an_output_of_its_own() {
+    let now = Instant::now();
+    let mut s = scheduler(2, 0);
+    assert!(s.map_only());
+    assert_eq!((s.output_count(), s.output_task(1), s.output_task(2)), (2, Some(TaskId::Map(1)), None));
+    let first = map_task(&mut s, "w1", now);
+    let second = map_task(&mut s, "w2", now);
+    assert_eq!(first.staged_output, Some(s.staged_output(0, first.attempt)));
+    assert_eq!(second.staged_output, Some(s.staged_output(1, second.attempt)));
+    assert_eq!(s.job_end(), None, "no reduce task does not mean done");
+    s.complete(TaskId::Map(0), first.attempt, vec![], now);
+    assert_eq!(s.job_end(), None);
+    s.complete(TaskId::Map(1), second.attempt, vec![], now);
+    assert_eq!(s.job_end(), Some(JobEnd::Succeeded));
+    assert_eq!(s.assign(&owner("w1"), now), Assignment::Exit(JobEnd::Succeeded));
+    // A job with reduces stages no map output.
+    let mut with_reduces = scheduler(1, 1);
+    assert_eq!(map_task(&mut with_reduces, "w", now).staged_output, None);
+}
+
+#[test]
 fn a_job_without_inputs_goes_straight_to_reduce() {
     let now = Instant::now();
     let mut s = scheduler(0, 1);
