@@ -33,6 +33,26 @@ Cases (--cases takes a comma-separated subset of these names):
   tls-hosts-10gbit, tls-hosts-1gbit
              the same with every host's link shaped to that rate (tc tbf,
              both directions), as between machines
+  cluster-small
+             100 wordcount jobs of 1 MiB each (one file of a 100 MiB corpus
+             each) submitted back to back to a standing cluster
+             (mr-master --serve, 2 long-lived workers x 1 slot), timed from
+             the first `mr submit` to the last job's end in the cluster's
+             history; against the same 100 jobs one after another with the
+             one-job command (mr-master + 2 workers each) and with
+             mr-sequential (the work itself: what the cluster adds per job
+             is its time per job less mr-sequential's). Every job's output
+             is compared with mr-sequential's
+  cluster-fair
+             fair share and priorities on a standing cluster, taking turns
+             run by run: one wordcount over 1 GiB in 64 files alone on 1
+             worker x 1 slot; two of them of equal priority submitted
+             together to 2 workers x 1 slot (each should take no longer than
+             the one alone with half the slots); and the same 1 GiB job at
+             low priority on 2 workers x 1 slot with a 1 MiB job submitted
+             at high priority once 2 of its maps are done (its first
+             attempt should start, counted from `mr submit`, within the
+             large job's median map task, read from `mr logs`)
 
 Corpora are generated deterministically by examples/make_corpus.rs under
 target/bench-corpus/ (kept between runs): book text from
@@ -41,8 +61,10 @@ target/bench-corpus/ (kept between runs): book text from
 
 import argparse
 import datetime
+import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -113,6 +135,24 @@ class Measure:
                     raise RuntimeError(f"{label} exited {code}")
         return time.monotonic() - self.start
 
+    def stop(self, grace=30.0):
+        """Stops every process still running, the last started first (so
+        workers drain and leave before their cluster stops), and reaps it:
+        SIGTERM, then SIGKILL to any still running `grace` seconds after
+        the first SIGTERM."""
+        deadline = time.monotonic() + grace
+        for label, proc in reversed(self.procs):
+            if proc.returncode is not None:
+                continue
+            proc.terminate()
+            # WNOWAIT leaves an exited process to reap, with its usage.
+            while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                if time.monotonic() >= deadline:
+                    proc.kill()
+                    break
+                time.sleep(0.005)
+            self.reap(proc, label)
+
 
 def run_single(label, args, cwd=None, env=None):
     m = Measure()
@@ -145,6 +185,114 @@ def run_job(app, inputs, out_dir, workers=2, slots=1, master_flags=()):
     wall = m.finish()
     addr_file.unlink()
     return wall, m
+
+
+# The longest a cluster, a worker or an `mr` call of a cluster case may run
+# (`timeout`), should this script die without stopping them.
+CLUSTER_LIMIT_SECS = 900
+MR_CALL_LIMIT_SECS = 60
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class Cluster:
+    """A standing cluster (`mr-master --serve`) on a free port, its state
+    in a fresh `state_dir`, with `workers` long-lived workers of `slots`
+    slots each, all in one Measure with the `mr submit` calls. Load limits
+    are off (this machine is shared and loaded), as in tests/cluster.rs.
+    Used in a `with` block, which stops the workers and the cluster and
+    reaps them, even on error."""
+
+    def __init__(self, state_dir, workers=2, slots=1):
+        shutil.rmtree(state_dir, ignore_errors=True)
+        os.makedirs(state_dir)
+        self.measure = Measure()
+        addr_file = Path(state_dir) / "addr"
+        limit = ["timeout", str(CLUSTER_LIMIT_SECS)]
+        try:
+            with open(Path(state_dir) / "cluster.log", "wb") as log:
+                master = self.measure.spawn("cluster", [*limit, BIN / "mr-master", "--serve", "--state-dir", state_dir,
+                                                        "--listen", "127.0.0.1:0", "--addr-file", addr_file, "--http", "off",
+                                                        "--max-load-per-core", "off", "--min-free-disk", "0", "--min-free-memory", "0"],
+                                            stdout=subprocess.DEVNULL, stderr=log)
+            self.addr = wait_for_address(master, addr_file)
+            for i in range(workers):
+                with open(Path(state_dir) / f"worker{i}.log", "wb") as log:
+                    self.measure.spawn(f"worker{i}", [*limit, BIN / "mr-worker", "--master", self.addr, "--slots", str(slots)],
+                                       stdout=subprocess.DEVNULL, stderr=log)
+            self.wait_for_workers(workers)
+        except BaseException:
+            self.measure.stop()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.measure.stop()
+
+    def mr(self, *args):
+        """`mr ARGS...` (not measured): its stdout."""
+        run = subprocess.run(["timeout", str(MR_CALL_LIMIT_SECS), BIN / "mr", "--master", self.addr, *map(str, args)],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"mr {' '.join(map(str, args))} exited {run.returncode}: {run.stderr.strip()}")
+        return run.stdout
+
+    def wait_for_workers(self, count):
+        deadline = time.monotonic() + MR_CALL_LIMIT_SECS
+        while len(json.loads(self.mr("workers", "--json"))) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fewer than {count} workers joined the cluster")
+            time.sleep(0.05)
+
+    def submit(self, *args):
+        """`mr submit ARGS...` (measured): the job's id."""
+        proc = self.measure.spawn("mr", ["timeout", str(MR_CALL_LIMIT_SECS), BIN / "mr", "--master", self.addr, "submit", *map(str, args)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.stdout.read(), proc.stderr.read()
+        if self.measure.reap(proc, "mr") != 0 or not out.startswith("job-"):
+            raise RuntimeError(f"mr submit {' '.join(map(str, args))} failed: {err.strip()}")
+        return out.strip()
+
+    def status(self, job):
+        return json.loads(self.mr("status", job, "--json"))
+
+    def wait(self, jobs, poll=0.1):
+        """Waits for every one of `jobs` to end, polling the history: each
+        one's entry (`mr list --all --json`), by id. Raises if one did not
+        succeed."""
+        ids = {int(job.removeprefix("job-")): job for job in jobs}
+        deadline = time.monotonic() + CLUSTER_LIMIT_SECS
+        while True:
+            listed = {entry["id"]: entry for entry in json.loads(self.mr("list", "--all", "--limit", "100000", "--json"))}
+            ended = {ids[i]: listed[i] for i in ids if i in listed and listed[i]["state"] in FINISHED}
+            if len(ended) == len(ids):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(ids) - len(ended)} jobs did not end in {CLUSTER_LIMIT_SECS} s")
+            time.sleep(poll)
+        failed = [f"{job} {e['state']}: {e['error']}" for job, e in ended.items() if e["state"] != "succeeded"]
+        if failed:
+            raise RuntimeError("; ".join(failed))
+        return ended
+
+    def attempts(self, job):
+        """From `mr logs`: [(kind, task, attempt, started, ended or None)]
+        for each attempt, times in seconds since the epoch."""
+        found = {}
+        for line in self.mr("logs", job).splitlines():
+            match = ATTEMPT_LINE.search(line)
+            if match:
+                at = datetime.datetime.fromisoformat(line.split()[0]).timestamp()
+                what, kind, task, attempt = match.group(1), match.group(2), int(match.group(3)), int(match.group(4))
+                if what == "started":
+                    found[attempt] = [kind, task, attempt, at, None]
+                elif attempt in found:
+                    found[attempt][4] = at
+        return [tuple(a) for a in sorted(found.values(), key=lambda a: a[3])]
+
+
+ATTEMPT_LINE = re.compile(r"attempt (started|succeeded) task=(map|reduce) task (\d+) attempt=(\d+)")
 
 
 class Hosts:
@@ -303,8 +451,10 @@ def line_count(path):
 
 
 class Row:
-    def __init__(self, case, program, size, walls, cpus, rss, note=""):
+    def __init__(self, case, program, size, walls, cpus, rss, note="", figures=None):
         self.case, self.program, self.size, self.note = case, program, size, note
+        # Figures the targets are stated in, besides wall time (medians of the runs).
+        self.figures = figures or {}
         self.wall = statistics.median(walls)
         self.cpu = statistics.median(cpus)
         self.rss = rss
@@ -444,6 +594,151 @@ def scaling_case(runs, rows, work):
         rows.append(Row("scaling", f"mapreduce, {workers} worker{'s' if workers > 1 else ''}", size, walls, cpus, rss))
 
 
+def one_after_another(fns):
+    """Runs each of `fns` (which return what run_job does) in turn: their
+    total wall time and, in one Measure, their CPU and peak RSS."""
+    total = Measure()
+    for fn in fns:
+        _, m = fn()
+        total.cpu += m.cpu
+        for k, v in m.rss.items():
+            total.rss[k] = max(total.rss.get(k, 0), v)
+    return time.monotonic() - total.start, total
+
+
+def differing_outputs(pairs):
+    """Those of the (job output directory, mr-sequential output directory)
+    `pairs` whose output lines, sorted, differ: one shell for them all."""
+    script = "\n".join(f"cmp -s <(cat '{a}'/mr-out-* | sort) <(sort '{b}'/mr-out-0) || echo '{a}'" for a, b in pairs)
+    run = shell(script)
+    return run.stdout.split()
+
+
+SMALL_JOBS = 100
+CLUSTER_SMALL = "mapreduce, 2 workers × 1 slot, standing cluster, 100 jobs submitted together"
+
+
+def cluster_small_case(runs, rows, work):
+    """100 jobs of 1 MiB: on a standing cluster, with the one-job command,
+    and with mr-sequential (the work itself)."""
+    data = corpus("books", SMALL_JOBS, SMALL_JOBS)
+    files = sorted(f for f in data.iterdir() if f.is_file() and not f.name.startswith("."))
+    size = corpus_bytes(data)
+    cluster_out, one_out, seq_out = work / "cluster-small", work / "cluster-small.one-job", work / "cluster-small.seq"
+    details = []  # per cluster run: (submitting s, job run times s)
+
+    def on_cluster():
+        shutil.rmtree(cluster_out, ignore_errors=True)
+        with Cluster(work / "cluster-small.state", workers=2, slots=1) as cluster:
+            start = time.time()
+            jobs = [cluster.submit("--app", "wordcount", "--output-dir", cluster_out / str(i), f) for i, f in enumerate(files)]
+            submitting = time.time() - start
+            ended = cluster.wait(jobs)
+        wall = max(e["ended_ms"] for e in ended.values()) / 1000 - start
+        details.append((submitting, [(e["ended_ms"] - e["started_ms"]) / 1000 for e in ended.values()]))
+        return wall, cluster.measure
+
+    def one_job_each():
+        return one_after_another([lambda i=i, f=f: run_job("wordcount", [f], one_out / str(i)) for i, f in enumerate(files)])
+
+    def sequential():
+        return one_after_another([lambda i=i, f=f: run_single("mr-sequential", [str(BIN / "mr-sequential"), "-q", "--output-dir", str(seq_out / str(i)),
+                                                                               "wordcount", str(f)])
+                                  for i, f in enumerate(files)])
+
+    cluster, one_job, seq = take_turns(runs, [on_cluster, one_job_each, sequential])
+    for what, out in (("standing cluster", cluster_out), ("one-job command", one_out)):
+        wrong = differing_outputs([(out / str(i), seq_out / str(i)) for i in range(len(files))])
+        check(f"cluster-small: {what} vs mr-sequential ({len(wrong)} of {len(files)} jobs differ: {' '.join(wrong[:3])})", not wrong)
+    per_job = lambda walls: statistics.median(walls) / SMALL_JOBS * 1000
+    submitting = statistics.median(d[0] for d in details)
+    job_time = statistics.median(t for d in details for t in d[1]) * 1000
+    rows.append(Row("cluster-small", CLUSTER_SMALL, size, *cluster,
+                    note=f"{60 * SMALL_JOBS / statistics.median(cluster[0]):.0f} jobs/min, {per_job(cluster[0]):.1f} ms per job; "
+                         f"submitting took {submitting:.2f} s; median job {job_time:.0f} ms from its start to its end "
+                         f"(up to 4 run at once); CPU: cluster, workers and `mr submit`s",
+                    figures={"per_job_ms": per_job(cluster[0])}))
+    rows.append(Row("cluster-small", "mr-master + 2 workers per job, 100 jobs one after another", size, *one_job,
+                    note=f"{60 * SMALL_JOBS / statistics.median(one_job[0]):.0f} jobs/min, {per_job(one_job[0]):.1f} ms per job"))
+    rows.append(Row("cluster-small", "mr-sequential per job, 100 jobs one after another (the work itself)", size, *seq,
+                    note=f"{per_job(seq[0]):.1f} ms per job", figures={"per_job_ms": per_job(seq[0])}))
+
+
+FAIR_ALONE = "mapreduce, 1 worker × 1 slot, standing cluster, one job alone"
+FAIR_TOGETHER = "mapreduce, 2 workers × 1 slot, standing cluster, two jobs of equal priority together"
+FAIR_PRIORITY = "mapreduce, this job at low priority on 2 workers × 1 slot, a 1 MiB one submitted at high priority during it"
+
+
+def cluster_fair_case(name, mib, files, runs, rows, work):
+    """Fair share and priorities on a standing cluster: `mib` MiB of books
+    in `files` files per job."""
+    data = corpus("books", mib, files)
+    small = corpus("books", 1, 1)
+    size = corpus_bytes(data)
+    ref = work / f"{name}.wc-limit"
+    run_single("wc-limit", [str(WC_LIMIT), str(ref), str(data)])
+    small_ref = work / f"{name}.small.seq"
+    run_single("mr-sequential", [str(BIN / "mr-sequential"), "-q", "--output-dir", str(small_ref), "wordcount", str(small)])
+    out = lambda what: work / f"{name}.{what}"
+    together_times = []  # per run: each job's time from its submission to its end, s
+    # Per run: from `mr submit` to the high job's first attempt and from
+    # its admission, the low job's median map task (s), and how many of the
+    # low job's maps started after that attempt (none: it did not have to
+    # wait for a map's slot, and the figure says little).
+    priority_figures = []
+
+    def alone():
+        with Cluster(out("state"), workers=1, slots=1) as cluster:
+            shutil.rmtree(out("alone"), ignore_errors=True)
+            ended = cluster.wait([cluster.submit("--app", "wordcount", "--output-dir", out("alone"), data)])
+        [e] = ended.values()
+        return (e["ended_ms"] - e["submitted_ms"]) / 1000, cluster.measure
+
+    def together():
+        with Cluster(out("state"), workers=2, slots=1) as cluster:
+            for job in ("a", "b"):
+                shutil.rmtree(out(job), ignore_errors=True)
+            ended = cluster.wait([cluster.submit("--app", "wordcount", "--output-dir", out(job), data) for job in ("a", "b")])
+        together_times.append([(e["ended_ms"] - e["submitted_ms"]) / 1000 for e in ended.values()])
+        wall = (max(e["ended_ms"] for e in ended.values()) - min(e["submitted_ms"] for e in ended.values())) / 1000
+        return wall, cluster.measure
+
+    def priority():
+        with Cluster(out("state"), workers=2, slots=1) as cluster:
+            for job in ("low", "high"):
+                shutil.rmtree(out(job), ignore_errors=True)
+            low = cluster.submit("--app", "wordcount", "--priority", "low", "--output-dir", out("low"), data)
+            deadline = time.monotonic() + MR_CALL_LIMIT_SECS
+            while (cluster.status(low)["progress"] or {}).get("maps_done", 0) < 2:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name}: the low-priority job did not get 2 maps done")
+                time.sleep(0.005)
+            asked = time.time()
+            high = cluster.submit("--app", "wordcount", "--priority", "high", "--output-dir", out("high"), small)
+            ended = cluster.wait([low, high])
+            first = min(a[3] for a in cluster.attempts(high))
+            maps = [a for a in cluster.attempts(low) if a[0] == "map"]
+        priority_figures.append((first - asked, first - ended[high]["submitted_ms"] / 1000,
+                                 statistics.median(a[4] - a[3] for a in maps if a[4] is not None), sum(a[3] > first for a in maps)))
+        return (ended[low]["ended_ms"] - ended[low]["submitted_ms"]) / 1000, cluster.measure
+
+    results = take_turns(runs, [alone, together, priority])
+    for job in ("alone", "a", "b", "low"):
+        check(f"{name}: job {job} vs wc-limit", same_lines(out(job), ref))
+    check(f"{name}: the high-priority job vs mr-sequential", not differing_outputs([(out("high"), small_ref)]))
+    a, b = (statistics.median(t[i] for t in together_times) for i in (0, 1))
+    since_submit, since_admission, task, maps_after = (statistics.median(f[i] for f in priority_figures) for i in range(4))
+    rows.append(Row(name, FAIR_ALONE, size, *results[0], note="from submission to end"))
+    rows.append(Row(name, FAIR_TOGETHER, 2 * size, *results[1],
+                    note=f"both from submission to the last end; each from its submission: {a:.2f} s and {b:.2f} s",
+                    figures={"each": [a, b]}))
+    rows.append(Row(name, FAIR_PRIORITY, size, *results[2],
+                    note=f"the low job from submission to end; the high job's first attempt started {since_submit * 1000:.0f} ms "
+                         f"after `mr submit` ({since_admission * 1000:.0f} ms after admission); the low job's median map task "
+                         f"{task * 1000:.0f} ms, {maps_after:.0f} of its {files} maps started after that",
+                    figures={"start_s": since_submit, "admitted_s": since_admission, "task_s": task}))
+
+
 CASES = {
     "wc-1g": lambda r, rows, w: wc_case("wc-1g", 1024, 64, r, rows, w, with_spark=True, with_seq=True),
     "wc-256m": lambda r, rows, w: wc_case("wc-256m", 256, 32, r, rows, w),
@@ -464,6 +759,8 @@ CASES = {
     "grep-1g": grep_case,
     "tiny": tiny_case,
     "scaling": scaling_case,
+    "cluster-small": cluster_small_case,
+    "cluster-fair": lambda r, rows, w: cluster_fair_case("cluster-fair", 1024, 64, r, rows, w),
 }
 
 
@@ -533,6 +830,24 @@ def derived(rows):
             if local and remote and remote.wall == remote.wall:
                 ratio = remote.wall / local.wall
                 target(f"{case}: across hosts ({what}) vs one host", f"{ratio:.2f}× its wall time", "≤ 1.3×", ratio <= 1.3)
+    cluster = by.get(("cluster-small", CLUSTER_SMALL))
+    seq = next((r for r in rows if r.case == "cluster-small" and r.program.startswith("mr-sequential")), None)
+    if cluster and seq:
+        added = cluster.figures["per_job_ms"] - seq.figures["per_job_ms"]
+        target("cluster-small: time the cluster adds per job over the work itself (mr-sequential, one job after another)",
+               f"{added:.1f} ms ({cluster.figures['per_job_ms']:.1f} ms per job against {seq.figures['per_job_ms']:.1f} ms)", "≤ 50 ms", added <= 50)
+    for case in [c for c in dict.fromkeys(r.case for r in rows) if c.startswith("cluster-fair")]:
+        alone, together, priority = by.get((case, FAIR_ALONE)), by.get((case, FAIR_TOGETHER)), by.get((case, FAIR_PRIORITY))
+        if alone and together:
+            ratio = max(together.figures["each"]) / alone.wall
+            each = " and ".join(f"{t:.2f} s" for t in together.figures["each"])
+            target(f"{case}: each of two equal jobs together vs one alone with half the slots",
+                   f"{ratio:.2f}× ({each} vs {alone.wall:.2f} s)", "≤ 1.2×", ratio <= 1.2)
+        if priority:
+            start, task = priority.figures["start_s"], priority.figures["task_s"]
+            target(f"{case}: a high-priority job's first attempt after `mr submit`, during a low-priority job",
+                   f"{start * 1000:.0f} ms, {priority.figures['admitted_s'] * 1000:.0f} ms of it after admission "
+                   f"(the low job's median map task {task * 1000:.0f} ms)", "≤ one task", start <= task)
     one, two = by.get(("scaling", "mapreduce, 1 worker")), by.get(("scaling", "mapreduce, 2 workers"))
     if one and two:
         speedup = one.wall / two.wall
