@@ -317,10 +317,24 @@ impl Scheduler {
     pub fn job_end(&self) -> Option<JobEnd> {
         if let Some(message) = &self.failure {
             Some(JobEnd::Failed(message.clone()))
-        } else if self.maps_done == self.maps.len() && self.reduces_done == self.reduces.len() {
+        } else if self.outputs_done() {
             Some(JobEnd::Succeeded)
         } else {
             None
+        }
+    }
+
+    /// Whether every task that writes one of the job's outputs is done:
+    /// every reduce, or every map of a map-only job. A map whose output
+    /// was lost after the reduces had read it may be running again; the
+    /// job does not wait for it, and it must not end the job later
+    /// without the outputs being published (only an output's commit
+    /// publishes them).
+    fn outputs_done(&self) -> bool {
+        if self.map_only() {
+            self.maps_done == self.maps.len()
+        } else {
+            self.reduces_done == self.reduces.len()
         }
     }
 

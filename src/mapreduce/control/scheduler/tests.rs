@@ -91,6 +91,28 @@ fn maps_whose_output_only_a_lost_worker_served_run_again_while_reduces_need_them
 }
 
 #[test]
+fn a_job_whose_reduces_are_done_succeeds_even_with_a_map_to_run_again() {
+    let now = Instant::now();
+    let mut s = scheduler(2, 2);
+    let (_, a0) = take_map(&mut s, "gone", now);
+    let (_, a1) = take_map(&mut s, "stays", now);
+    s.complete(TaskId::Map(0), a0, vec![(0, served(0, 0, false)), (1, served(0, 1, false))], now);
+    s.complete(TaskId::Map(1), a1, vec![(0, served(1, 0, false)), (1, served(1, 1, false))], now);
+    let r0 = take_reduce(&mut s, "stays", now);
+    let r1 = take_reduce(&mut s, "stays", now);
+    s.complete(TaskId::Reduce(0), r0.attempt, vec![], now);
+    // Reduce 1 has read map 0's output when map 0's worker is lost: the
+    // map is queued again, and then reduce 1 finishes without it.
+    assert_eq!(s.forget_outputs_of("gone"), vec![(0, a0)]);
+    assert_eq!(s.job_end(), None);
+    s.complete(TaskId::Reduce(1), r1.attempt, vec![], now);
+    // The job ends with its last output (which is where it is published),
+    // not later, when the map it no longer needs would have run again.
+    assert_eq!(s.job_end(), Some(JobEnd::Succeeded));
+    assert_eq!(s.assign(&owner("stays"), now), Assignment::Exit(JobEnd::Succeeded));
+}
+
+#[test]
 fn attempts_given_up_or_beaten_are_abandoned() {
     let now = Instant::now();
     let mut s = scheduler(3, 1);
