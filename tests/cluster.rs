@@ -662,7 +662,12 @@ fn a_job_takes_another_jobs_outputs_waiting_for_them_and_failing_with_them() {
     // The first step is held in its reduce until the gate opens.
     let gate = dir.join("gate");
     let gate_param = format!("reduce_gate_file={}", gate.display());
+    std::fs::create_dir(dir.join("out-a")).unwrap();
+    std::fs::write(dir.join("out-a/notes.txt"), "not an output\n").unwrap();
     let first = submit(d, &addr, &["--app", "slowcount", "--param", &gate_param, "--output-dir", "out-a", "--reduces", "1", &inputs[0]]);
+    // What a running job writes is not read before it is whole.
+    let refused = mr_refused(d, &addr, &["submit", "--app", "wordcount", "--output-dir", "out-z", "out-a/notes.txt"]);
+    assert!(refused.contains(&format!("is in the output directory of {first}, which has not ended")), "{refused}");
     let second = submit(d, &addr, &["--app", "wordcount", "--input-job", &first, "--output-dir", "out-b", "--reduces", "2"]);
     let waits = |id: &str| status(d, &addr, id)["waiting"].to_string();
     assert!(waits(&second).contains(&format!("waits for the output of {first}")), "{}", waits(&second));
@@ -692,8 +697,13 @@ fn a_job_takes_another_jobs_outputs_waiting_for_them_and_failing_with_them() {
     }
     let first_output = "out-a/mr-out-0";
     assert_same_output(&job_output(&dir.join("out-b"), 2), &reference_output(d, "wordcount", &[first_output]), &dir.listing());
-    // A finished job's outputs are taken at once, beside files.
-    let third = submit(d, &addr, &["--app", "wordcount", "--input-job", &first, "--output-dir", "out-c", "--reduces", "1", &inputs[1]]);
+    // A finished job's outputs are taken at once, beside files, and once
+    // however often the job is named.
+    let third = submit(
+        d,
+        &addr,
+        &["--app", "wordcount", "--input-job", &first, "--input-job", &first, "--output-dir", "out-c", "--reduces", "1", &inputs[1]],
+    );
     assert_eq!(mr(d, &addr, &["wait", &third]).0, 0);
     assert_same_output(&job_output(&dir.join("out-c"), 1), &reference_output(d, "wordcount", &[first_output, &inputs[1]]), &dir.listing());
     // A map-only step: one output per map, as emitted.

@@ -512,13 +512,113 @@ fn streaming_word_count_in_python_equals_the_rust_word_count() {
 }
 
 #[test]
-fn a_streaming_command_that_fails_fails_its_task_naming_it() {
+fn a_streaming_command_that_fails_fails_its_task_naming_it_with_its_last_error_lines() {
     let dir = TestDir::new("streaming-fails");
     dir.write("in.txt", "some words\n");
-    let (mut master, addr) = start_master(dir.path(), &["--max-task-attempts", "1", "--param", "map=cat", "--param", "reduce=exit 3", "in.txt"]);
-    let _worker = start_worker("worker", dir.path(), &addr, "streaming");
+    let reduce = "reduce=cat > /dev/null; echo first >&2; echo cannot go on >&2; exit 3";
+    let (mut master, addr) = start_master(dir.path(), &["--max-task-attempts", "1", "--param", "map=cat", "--param", reduce, "in.txt"]);
+    let mut worker = start_worker("worker", dir.path(), &addr, "streaming");
     let err = master.expect_failure();
-    assert!(err.contains("\"exit 3\" exited with exit status: 3"), "{}", master.describe());
+    assert!(err.contains("exited with exit status: 3; its last lines of standard error: first | cannot go on"), "{}", master.describe());
+    worker.wait(Duration::from_secs(30));
+    assert!(worker.stderr().contains("reduce task 0: cannot go on"), "{}", worker.describe());
+}
+
+fn streaming_example(script: &str) -> String {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/streaming/examples");
+    format!("python3 {}", examples.join(script).display())
+}
+
+#[test]
+fn a_streaming_inverted_index_named_by_mapreduce_map_input_file_equals_the_indexer() {
+    let dir = TestDir::new("streaming-index");
+    let mut inputs = awkward_inputs(&dir);
+    dir.write("book.txt", skewed_text(5_000, 3));
+    dir.write("book.txt.gz", compressed("book.txt.gz", skewed_text(3_000, 4).as_bytes()));
+    inputs.extend(["book.txt".to_owned(), "book.txt.gz".to_owned()]);
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let expected = reference_output(dir.path(), "indexer", &inputs);
+    let (map, reduce) = (format!("map={}", streaming_example("ix_map.py")), format!("reduce={}", streaming_example("ix_reduce.py")));
+    let output = run_job(&dir, "streaming", 2, 3, &["--param", &map, "--param", &reduce, "--split-size", "4K"], &inputs);
+    assert_same_output(&output, &expected, &dir.listing());
+}
+
+#[test]
+fn a_streaming_map_learns_where_its_input_begins_and_how_long_it_is() {
+    let dir = TestDir::new("streaming-env");
+    let text = skewed_text(20_000, 5);
+    dir.write("book.txt", &text);
+    let packed = compressed("small.txt.gz", b"one line\n");
+    dir.write("small.txt.gz", &packed);
+    // One line per map task, printed at its end: the file, start, length
+    // and task number.
+    let map =
+        "map=cat > /dev/null; echo \"$mapreduce_map_input_file $mapreduce_map_input_start $mapreduce_map_input_length $mapreduce_task_partition\"";
+    run_job_to_completion(&dir, "streaming", 2, 1, &["--param", map, "--param", "reduce=cat", "--split-size", "16K"], &["book.txt", "small.txt.gz"]);
+    let output = std::fs::read(dir.join("mr-out-0")).unwrap();
+    let mut book: Vec<(u64, u64)> = Vec::new();
+    let mut tasks = std::collections::BTreeSet::new();
+    for line in String::from_utf8(output).unwrap().lines() {
+        let fields: Vec<&str> = line.trim_end_matches('\t').split(' ').collect();
+        let [file, start, length, task] = fields[..] else { panic!("a bad line: {line:?}") };
+        assert!(tasks.insert(task.to_owned()), "task {task} twice");
+        match file {
+            "book.txt" => book.push((start.parse().unwrap(), length.parse().unwrap())),
+            "small.txt.gz" => assert_eq!((start, length), ("0", packed.len().to_string().as_str())),
+            other => panic!("an unknown input {other:?}"),
+        }
+    }
+    // The book's tasks cover it, one after another, without a gap.
+    book.sort();
+    assert!(book.len() > 4, "{book:?}");
+    let mut next = 0;
+    for (start, length) in book {
+        assert_eq!(start, next, "tasks do not follow each other");
+        next = start + length;
+    }
+    assert_eq!(next, text.len() as u64);
+}
+
+#[test]
+fn a_streaming_combiner_shrinks_what_is_shuffled_and_changes_no_output() {
+    let dir = TestDir::new("streaming-combiner");
+    let inputs = awkward_inputs(&dir);
+    dir.write("data/book.txt", skewed_text(20_000, 7));
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let expected = reference_output(dir.path(), "wordcount", &inputs);
+    let (map, reduce) = (format!("map={}", streaming_example("wc_map.py")), format!("reduce={}", streaming_example("wc_reduce.py")));
+    let combiner = format!("combiner={}", streaming_example("wc_combine.py"));
+    let mut shuffled = Vec::new();
+    for extra in [None, Some(combiner.as_str())] {
+        let mut flags = vec!["--param", &map, "--param", &reduce, "--summary-json", "job.json"];
+        flags.extend(extra.iter().flat_map(|combiner| ["--param", combiner]));
+        let output = run_job(&dir, "streaming", 2, 3, &flags, &inputs);
+        assert_same_output(&output, &expected, &dir.listing());
+        let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
+        shuffled.push(summary["counters"]["map_output_records"].as_u64().unwrap());
+    }
+    // Each map task's pairs were summed per word before the shuffle.
+    assert!(shuffled[1] * 5 < shuffled[0], "{shuffled:?}");
+}
+
+#[test]
+fn streaming_keys_of_several_fields_are_sorted_whole_and_partitioned_by_their_first() {
+    let dir = TestDir::new("streaming-fields");
+    let mut text = String::new();
+    for i in 0..600u32 {
+        text.push_str(&format!("g{}.k{:03}.v{i}\n", i % 7, (i * 37) % 600));
+    }
+    dir.write("in.txt", &text);
+    let flags = ["--param", "map=cat", "--param", "reduce=cat", "--param", "separator=.", "--param", "key_fields=2", "--param", "partition_fields=1"];
+    run_job_to_completion(&dir, "streaming", 2, 3, &flags, &["in.txt"]);
+    for r in 0..3u32 {
+        let output = std::fs::read_to_string(dir.join(&format!("mr-out-{r}"))).unwrap();
+        let mut expected: Vec<&str> =
+            text.lines().filter(|line| mapreduce_app::partition::partition_of(line.split('.').next().unwrap().as_bytes(), 3) == r).collect();
+        // Sorted by the key's two fields (each key once).
+        expected.sort_by_key(|line| line.rsplit_once('.').unwrap().0);
+        assert_eq!(output.lines().collect::<Vec<_>>(), expected, "mr-out-{r}");
+    }
 }
 
 /// `text` compressed as a file named `name` would be: by its extension.

@@ -1,183 +1,278 @@
 //! Streaming: MapReduce apps written in any language, as Hadoop Streaming
-//! runs them. `--param map=CMD` and `--param reduce=CMD` are shell commands
-//! (run with `sh -c`, from the worker's directory):
+//! runs them. Parameters (`--param KEY=VALUE`):
 //!
-//! - The map command runs once per map task: the task's input (a whole
-//!   file or a split of one, whole lines) is its standard input, and each
-//!   line it prints is a pair, `key<TAB>value` (a line without a tab is a
-//!   key with an empty value).
-//! - The reduce command runs once per reduce task: its standard input is
-//!   every pair of the partition as `key<TAB>value` lines, sorted by key
-//!   (the values of one key in a row), and what it prints is the task's
-//!   output, verbatim.
+//! - `map=CMD` (required): a shell command (run with `sh -c`, from the
+//!   worker's directory), started once per map task attempt. The task's
+//!   input (a whole file or a split of one, whole lines; a compressed file
+//!   unpacked) is its standard input, and each line it prints is a pair.
+//!   Its environment names its input as Hadoop's does:
+//!   `mapreduce_map_input_file` (also `map_input_file`), the input file's
+//!   path; `mapreduce_map_input_start`, where in the file the task's lines
+//!   begin; `mapreduce_map_input_length`, how many bytes the task reads
+//!   (a compressed file is read whole: 0 and its stored size). Every
+//!   command also has `mapreduce_task_partition`, the task's number.
+//! - `reduce=CMD` (required unless the job has `--reduces 0`): started
+//!   once per reduce task attempt; its standard input is every pair of
+//!   the partition as `key SEPARATOR value` lines, sorted by key (the
+//!   values of one key in a row), and what it prints is the task's output,
+//!   verbatim.
+//! - `combiner=CMD`: run on a map task's pairs before they are shuffled,
+//!   as Hadoop's `-combiner`: it reads them sorted by key, as a reduce
+//!   command does, and prints pairs, as a map command does, which are
+//!   shuffled in their place. It is run once per buffer of pairs (16 MiB)
+//!   and at the task's end, so it may see a key more than once per task,
+//!   and its output must be a valid input to itself and to the reduce.
+//! - `separator=SEP` (a tab; `\t` is read as a tab), `key_fields=N` (1):
+//!   a printed line's key is the line up to its N-th separator, its value
+//!   the rest after it (a line with fewer separators is all key, with an
+//!   empty value), as Hadoop's `stream.map.output.field.separator` and
+//!   `stream.num.map.output.key.fields`.
+//! - `partition_fields=M` (all the key's fields): the reduce of a pair is
+//!   chosen by the key's first M fields only, as Hadoop's
+//!   `KeyFieldBasedPartitioner` with `-k1,M`; the reduce still sees keys
+//!   sorted by all their fields.
 //!
-//! A command that exits with a non-zero status fails the task attempt (the
-//! message names the command and the status); its standard error goes to
-//! the worker's. No combiner: every pair the map prints is shuffled.
+//! A command that exits with a non-zero status fails the task attempt: the
+//! message names the command, its status and its last lines of standard
+//! error, which also go to the worker's, each line after the task's name.
+//! A command that stops reading its input early is judged by its status
+//! alone. With skipping (`--skip-bad-records`), a task running again to
+//! skip records feeds its map command line by line, and a bad record is
+//! found only where the command fails while it is being fed.
+
+mod command;
+mod fields;
 
 use std::cell::RefCell;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::collections::HashMap;
 
 use mapreduce::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, TaskInfo, TaskKind, Values};
 
-/// The streaming app: two shell commands.
+use command::{run_over, Running, FEED_CHUNK};
+use fields::Fields;
+
+/// Bytes of pairs a map task holds for its combiner before running it.
+const COMBINE_BUFFER: usize = 16 << 20;
+
+/// The streaming app: its commands and how their lines are split.
 pub struct Streaming {
     map_command: String,
     reduce_command: String,
+    combiner_command: Option<String>,
+    fields: Fields,
+    /// The stored size of each compressed input, by name: a compressed
+    /// file is one map task, whose length is the whole file's.
+    compressed_sizes: HashMap<String, u64>,
 }
 
 impl Streaming {
-    /// Reads the `map` and `reduce` parameters.
+    /// Reads the parameters (see the crate's documentation).
     pub fn new(job: &JobContext) -> Result<Streaming, AppError> {
-        Ok(Streaming { map_command: job.params.require("map")?.to_string(), reduce_command: job.params.require("reduce")?.to_string() })
+        let params = &job.params;
+        let reduce_command = match (params.get("reduce"), job.reduces) {
+            (Some(command), _) => command.to_owned(),
+            (None, 0) => String::new(),
+            (None, _) => return Err("--param reduce=CMD is needed (or --reduces 0 for a map-only job)".into()),
+        };
+        let compressed_sizes = job
+            .inputs
+            .iter()
+            .zip(&job.input_sizes)
+            .filter(|((_, path), _)| is_compressed(path))
+            .map(|((name, _), size)| (name.clone(), *size))
+            .collect();
+        Ok(Streaming {
+            map_command: params.require("map")?.to_owned(),
+            reduce_command,
+            combiner_command: params.get("combiner").map(str::to_owned),
+            fields: Fields::new(params.get("separator"), params.get("key_fields"), params.get("partition_fields"))?,
+            compressed_sizes,
+        })
     }
-}
 
-/// Starts `command` under `sh -c` with piped standard input and output.
-fn spawn(command: &str) -> Result<Child, AppError> {
-    Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {command:?}: {e}").into())
-}
-
-/// Waits for `child` and turns a failure into the task's error.
-fn wait(mut child: Child, command: &str) -> AppResult {
-    let status = child.wait().map_err(|e| format!("waiting for {command:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{command:?} exited with {status}").into())
+    /// The map command, started for the input `input` begins.
+    fn start_map(&self, task: u32, input: &MapInput<'_>) -> Result<Running, AppError> {
+        let (start, length) = match self.compressed_sizes.get(input.filename) {
+            Some(size) => (0, *size),
+            None => (input.offset, input.contents.len() as u64),
+        };
+        let env = [
+            ("mapreduce_map_input_file", input.filename.to_owned()),
+            ("map_input_file", input.filename.to_owned()),
+            ("mapreduce_map_input_start", start.to_string()),
+            ("mapreduce_map_input_length", length.to_string()),
+            ("mapreduce_task_partition", task.to_string()),
+        ];
+        Running::start(&self.map_command, &env, &format!("map task {task}: "))
     }
-}
 
-/// Feeds `input` to a child's standard input on a thread of its own, so
-/// that the child's output is read while it is being fed.
-fn feed(mut stdin: ChildStdin, input: Vec<u8>) -> JoinHandle<std::io::Result<()>> {
-    std::thread::spawn(move || stdin.write_all(&input))
-}
-
-/// The reduce command of the reduce task running on this thread.
-struct Reducer {
-    child: Child,
-    /// Pairs go here, `key<TAB>value` lines.
-    stdin: std::io::BufWriter<ChildStdin>,
-    /// What the command has printed and the task has not written yet,
-    /// filled by `reader`.
-    printed: Arc<Mutex<Vec<u8>>>,
-    reader: JoinHandle<std::io::Result<()>>,
-}
-
-impl Reducer {
-    fn start(command: &str) -> Result<Reducer, AppError> {
-        let mut child = spawn(command)?;
-        let stdin = std::io::BufWriter::new(child.stdin.take().expect("piped"));
-        let mut stdout = child.stdout.take().expect("piped");
-        let printed = Arc::new(Mutex::new(Vec::new()));
-        let sink = printed.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buffer = [0u8; 64 * 1024];
-            loop {
-                match stdout.read(&mut buffer)? {
-                    0 => return Ok(()),
-                    n => sink.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buffer[..n]),
-                }
+    /// Hands the whole lines of `printed` to `sink` as pairs, keeping a
+    /// last line without its newline in `printed` (unless `at_end`).
+    fn take_lines(&self, printed: &mut Vec<u8>, at_end: bool, mut sink: impl FnMut(&[u8], &[u8])) {
+        let whole = match printed.iter().rposition(|&b| b == b'\n') {
+            _ if at_end => printed.len(),
+            Some(newline) => newline + 1,
+            None => return,
+        };
+        for line in printed.get(..whole).unwrap_or_default().split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
             }
-        });
-        Ok(Reducer { child, stdin, printed, reader })
-    }
-
-    /// Moves what the command has printed so far to `out`.
-    fn drain(&self, out: &mut Vec<u8>) {
-        out.append(&mut self.printed.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-
-    /// The error for a failed write of pairs: the command's exit status if
-    /// it has exited (the likelier story), else the write's error.
-    fn write_failed(&mut self, command: &str, error: std::io::Error) -> AppError {
-        match self.child.try_wait() {
-            Ok(Some(status)) if !status.success() => format!("{command:?} exited with {status}").into(),
-            _ => format!("writing to {command:?}: {error}").into(),
+            let (key, value) = self.fields.split(line);
+            sink(key, value);
         }
+        printed.drain(..whole);
     }
+}
+
+/// Whether `path` names a compressed file (which the framework unpacks).
+fn is_compressed(path: &std::path::Path) -> bool {
+    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    matches!(extension.as_deref(), Some("gz" | "bz2" | "zst" | "zstd"))
+}
+
+/// A map task attempt's state on its thread.
+struct Mapper {
+    task: u32,
+    /// The map command, once the first input has come.
+    running: Option<Running>,
+    /// What the command printed after its last whole line.
+    printed: Vec<u8>,
+    /// Pairs held for the combiner, as `key SEPARATOR value` lines, with
+    /// where each key ends.
+    held: Held,
+}
+
+/// Pairs held for a combiner: their bytes, and each pair's (start, key
+/// end, end) in them.
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    pairs: Vec<(usize, usize, usize)>,
+}
+
+impl Held {
+    fn push(&mut self, fields: &Fields, key: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        fields.write_pair(key, value, &mut self.bytes);
+        self.pairs.push((start, start + key.len(), self.bytes.len()));
+    }
+
+    /// The held pairs as lines sorted by key (equal keys in the order they
+    /// came), emptying the buffer.
+    fn sorted_lines(&mut self) -> Vec<u8> {
+        let bytes = &self.bytes;
+        let key = |&(start, key_end, _): &(usize, usize, usize)| bytes.get(start..key_end).unwrap_or_default();
+        self.pairs.sort_by(|a, b| key(a).cmp(key(b)));
+        let mut lines = Vec::with_capacity(bytes.len());
+        for &(start, _, end) in &self.pairs {
+            lines.extend_from_slice(bytes.get(start..end).unwrap_or_default());
+        }
+        self.bytes.clear();
+        self.pairs.clear();
+        lines
+    }
+}
+
+/// What a task attempt holds between calls.
+enum Task {
+    Map(Mapper),
+    Reduce { running: Running, lines: Vec<u8> },
 }
 
 thread_local! {
     /// Every call of a task attempt runs on the thread that started it.
-    static REDUCER: RefCell<Option<Reducer>> = const { RefCell::new(None) };
+    static TASK: RefCell<Option<Task>> = const { RefCell::new(None) };
+}
+
+impl Streaming {
+    /// Passes the pairs in `printed` on: to `emit`, or to the combiner's
+    /// buffer, running the combiner when it is full (or `at_end`).
+    fn pass_on(&self, mapper: &mut Mapper, at_end: bool, emit: &mut Emitter<'_>) -> AppResult {
+        let Mapper { task, printed, held, .. } = mapper;
+        match &self.combiner_command {
+            None => self.take_lines(printed, at_end, |key, value| emit.emit(key, value)),
+            Some(combiner) => {
+                self.take_lines(printed, at_end, |key, value| held.push(&self.fields, key, value));
+                if held.bytes.len() >= COMBINE_BUFFER || (at_end && !held.pairs.is_empty()) {
+                    let env = [("mapreduce_task_partition", task.to_string())];
+                    let mut combined = run_over(combiner, &env, &format!("map task {task} combiner: "), &held.sorted_lines())?;
+                    self.take_lines(&mut combined, true, |key, value| emit.emit(key, value));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl App for Streaming {
     fn start_task(&self, task: TaskInfo) -> AppResult {
-        // A reducer left by an attempt that failed on this thread goes first.
-        if let Some(mut old) = REDUCER.take() {
-            let _ = old.child.kill();
-            let _ = old.child.wait();
-        }
-        if task.kind == TaskKind::Reduce {
-            REDUCER.set(Some(Reducer::start(&self.reduce_command)?));
-        }
+        // What an attempt that failed on this thread left goes first (its
+        // command is killed as it is dropped).
+        TASK.take();
+        let started = match task.kind {
+            TaskKind::Map => Task::Map(Mapper { task: task.index, running: None, printed: Vec::new(), held: Held::default() }),
+            TaskKind::Reduce => {
+                let env = [("mapreduce_task_partition", task.index.to_string())];
+                let running = Running::start(&self.reduce_command, &env, &format!("reduce task {}: ", task.index))?;
+                Task::Reduce { running, lines: Vec::new() }
+            }
+        };
+        TASK.set(Some(started));
         Ok(())
     }
 
     fn map(&self, input: &MapInput<'_>, emit: &mut Emitter<'_>) -> AppResult {
-        let mut child = spawn(&self.map_command)?;
-        let feeder = feed(child.stdin.take().expect("piped"), input.contents.to_vec());
-        let mut lines = BufReader::new(child.stdout.take().expect("piped"));
-        let mut line = Vec::new();
-        while lines.read_until(b'\n', &mut line)? > 0 {
-            let pair = line.strip_suffix(b"\n").unwrap_or(&line);
-            match pair.iter().position(|&b| b == b'\t') {
-                Some(tab) => emit.emit(&pair[..tab], &pair[tab + 1..]),
-                None => emit.emit(pair, b""),
+        TASK.with_borrow_mut(|task| {
+            let Some(Task::Map(mapper)) = task else { return Err("map called outside a map task".into()) };
+            if mapper.running.is_none() {
+                mapper.running = Some(self.start_map(mapper.task, input)?);
             }
-            line.clear();
+            for chunk in input.contents.chunks(FEED_CHUNK) {
+                let running = mapper.running.as_mut().ok_or("the map command is gone")?;
+                running.feed(chunk)?;
+                running.take_printed(&mut mapper.printed);
+                self.pass_on(mapper, false, emit)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn finish_map(&self, emit: &mut Emitter<'_>) -> AppResult {
+        let Some(Task::Map(mut mapper)) = TASK.take() else { return Err("no map task was started".into()) };
+        if let Some(running) = mapper.running.take() {
+            running.finish(&mut mapper.printed)?;
         }
-        // A command that exits without reading all of its input breaks the
-        // pipe: not an error in itself, its exit status says how it went.
-        let _ = feeder.join();
-        wait(child, &self.map_command)
+        self.pass_on(&mut mapper, true, emit)
+    }
+
+    fn has_partitioner(&self) -> bool {
+        self.fields.partitions_by_prefix()
+    }
+
+    fn partition(&self, key: &[u8], partitions: u32) -> u32 {
+        mapreduce::partition::partition_of(self.fields.partition_key(key), partitions)
     }
 
     fn reduce(&self, key: &[u8], values: &mut Values<'_>, out: &mut Vec<u8>) -> AppResult {
-        REDUCER.with_borrow_mut(|reducer| {
-            let reducer = reducer.as_mut().ok_or("reduce called outside a reduce task")?;
+        TASK.with_borrow_mut(|task| {
+            let Some(Task::Reduce { running, lines }) = task else { return Err("reduce called outside a reduce task".into()) };
             while let Some(value) = values.next() {
-                let written = (|| {
-                    reducer.stdin.write_all(key)?;
-                    reducer.stdin.write_all(b"\t")?;
-                    reducer.stdin.write_all(value)?;
-                    reducer.stdin.write_all(b"\n")
-                })();
-                if let Err(e) = written {
-                    // Give a command that is exiting the moment to do so.
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    return Err(reducer.write_failed(&self.reduce_command, e));
+                self.fields.write_pair(key, value, lines);
+                if lines.len() >= FEED_CHUNK {
+                    running.feed(lines)?;
+                    lines.clear();
                 }
             }
-            reducer.drain(out);
+            running.take_printed(out);
             Ok(())
         })
     }
 
     fn finish_reduce(&self, out: &mut Vec<u8>) -> AppResult {
-        let Some(reducer) = REDUCER.take() else { return Err("no reduce command was started".into()) };
-        let Reducer { child, stdin, printed, reader } = reducer;
-        // Closing its input tells the command the pairs are over. Its exit
-        // status explains a failure best, so it is checked first.
-        let written = stdin.into_inner().map(drop).map_err(|e| e.into_error());
-        let read = reader.join().map_err(|_| "the reader of the reduce command's output panicked")?;
-        wait(child, &self.reduce_command)?;
-        written.map_err(|e| format!("writing to {:?}: {e}", self.reduce_command))?;
-        read.map_err(|e| format!("reading from {:?}: {e}", self.reduce_command))?;
-        out.append(&mut printed.lock().unwrap_or_else(|p| p.into_inner()));
-        Ok(())
+        let Some(Task::Reduce { mut running, lines }) = TASK.take() else { return Err("no reduce command was started".into()) };
+        running.feed(&lines)?;
+        running.finish(out)
     }
 
     fn output_format(&self) -> OutputFormat {

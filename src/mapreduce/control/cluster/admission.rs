@@ -118,7 +118,7 @@ fn check_params(params: &[(String, String)]) -> Result<(), String> {
 
 /// The job's map tasks must be few enough to plan: one per split of
 /// `split_size` bytes (one per file for 0).
-fn check_map_tasks(inputs: &[InputFile], split_size: u64) -> Result<(), String> {
+pub(super) fn check_map_tasks(inputs: &[InputFile], split_size: u64) -> Result<(), String> {
     let tasks: u64 = inputs.iter().map(|input| if split_size == 0 { 1 } else { input.size.div_ceil(split_size).max(1) }).sum();
     if tasks > MAX_MAP_TASKS {
         return Err(format!(

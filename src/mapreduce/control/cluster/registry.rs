@@ -194,6 +194,7 @@ impl Cluster {
             return Err(format!("output directory {} is {id}'s, which is finishing: try again in a moment", admitted.output_dir.display()));
         }
         steps::check_not_over_inputs(&state, &admitted.output_dir)?;
+        steps::check_not_reading_outputs(&state, &admitted.inputs)?;
         steps::take_input_jobs(&state.history, &mut admitted)?;
         let spec_json = serde_json::to_string(&admitted).map_err(|e| format!("encoding the job: {e}"))?;
         let submission = &admitted.submission;
@@ -356,14 +357,19 @@ impl Cluster {
     /// Writes job `id`'s end to the history and forgets it; the jobs
     /// waiting for its outputs take them, or fail with it.
     fn record_end(&self, state: &mut State, id: JobId, outcome: JobOutcome) {
-        state.queue.remove(id);
-        state.unfinished.remove(&id);
-        let how = outcome.state;
-        if let Err(e) = state.history.ended(id.0, outcome, SystemTime::now()) {
-            tracing::error!(job = %id, "cannot record the job's end in the history: {e}");
-        }
-        for (waiting, why) in steps::settle_waiting(state, id, how) {
-            self.record_end(state, waiting, ended(JobState::Failed, Some(why), None));
+        // A chain of steps fails link by link: a worklist, not recursion,
+        // however long the chain.
+        let mut ending = vec![(id, outcome)];
+        while let Some((id, outcome)) = ending.pop() {
+            state.queue.remove(id);
+            state.unfinished.remove(&id);
+            let how = outcome.state;
+            if let Err(e) = state.history.ended(id.0, outcome, SystemTime::now()) {
+                tracing::error!(job = %id, "cannot record the job's end in the history: {e}");
+            }
+            for (waiting, why) in steps::settle_waiting(state, id, how) {
+                ending.push((waiting, ended(JobState::Failed, Some(why), None)));
+            }
         }
         self.changed.notify_waiters();
     }

@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cluster::admission::{real, Admitted};
+use crate::cluster::admission::{check_map_tasks, real, Admitted};
 use crate::cluster::history::{History, JobState};
 use crate::cluster::queue::JobId;
 use crate::cluster::registry::State;
@@ -31,10 +31,13 @@ use crate::summary::JobSummary;
 /// over or around an input job's outputs.
 pub(super) fn take_input_jobs(history: &History, admitted: &mut Admitted) -> Result<(), String> {
     let mut waits_for = Vec::new();
+    let mut seen = Vec::new();
     for &id in &admitted.submission.input_jobs.clone() {
-        if waits_for.contains(&id) {
+        // `--input-job 3 --input-job 3` reads job-3's outputs once.
+        if seen.contains(&id) {
             continue;
         }
+        seen.push(id);
         let record = history.get(id.0).map_err(|e| e.to_string())?.ok_or_else(|| format!("--input-job {id}: no such job"))?;
         check_apart_from_input(&admitted.output_dir, id, &record.output_dir)?;
         match record.state {
@@ -44,7 +47,7 @@ pub(super) fn take_input_jobs(history: &History, admitted: &mut Admitted) -> Res
         }
     }
     admitted.waits_for = waits_for;
-    Ok(())
+    check_map_tasks(&admitted.inputs, admitted.submission.job.split_size)
 }
 
 /// A job may not write into, around or over its input job's outputs.
@@ -80,6 +83,11 @@ pub(super) fn outputs_of(history: &History, id: JobId) -> Result<Vec<InputFile>,
     let paths: Vec<PathBuf> = summary.outputs.iter().map(|output| output.path.clone()).collect();
     let inputs = crate::inputs::resolve_inputs(&paths).map_err(|e| format!("{id}'s outputs: {e}"))?;
     for (input, output) in inputs.iter().zip(&summary.outputs) {
+        // What the job wrote is a regular file; a link put in its place
+        // since would make workers read whatever it points to.
+        if !std::fs::symlink_metadata(&input.path).is_ok_and(|metadata| metadata.file_type().is_file()) {
+            return Err(format!("{id}'s output {} is no longer the file it wrote", input.path.display()));
+        }
         if input.size != output.bytes {
             return Err(format!(
                 "{id}'s output {} changed since it was written ({} bytes then, {} now)",
@@ -156,6 +164,25 @@ pub(super) fn check_not_over_inputs(state: &State, output_dir: &Path) -> Result<
     for (id, job) in &state.unfinished {
         if let Some(input) = job.admitted.inputs.iter().find(|input| real(&input.path).starts_with(output_dir)) {
             return Err(format!("output directory {} holds {}, an input of {id}, which has not ended", output_dir.display(), input.path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// A new job must not read where an unfinished job writes: none of its
+/// inputs lies in an unfinished or finishing job's output directory,
+/// where it would read outputs before they are whole (`--input-job` is
+/// the way to read them once they are).
+pub(super) fn check_not_reading_outputs(state: &State, inputs: &[InputFile]) -> Result<(), String> {
+    let unfinished = state.unfinished.iter().map(|(id, job)| (*id, job.admitted.output_dir.clone()));
+    let finishing = state.finishing.iter().map(|(id, handle)| (*id, handle.output_dir().to_path_buf()));
+    for (id, output_dir) in unfinished.chain(finishing) {
+        if let Some(input) = inputs.iter().find(|input| real(&input.path).starts_with(&output_dir)) {
+            return Err(format!(
+                "input {} is in the output directory of {id}, which has not ended: read its outputs with --input-job {}",
+                input.path.display(),
+                id.0
+            ));
         }
     }
     Ok(())
