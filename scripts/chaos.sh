@@ -146,7 +146,9 @@ run_job() { # app chaos dir
   local flags reduces
   flags=$(master_flags "$app")
   reduces=$(echo "$flags" | awk '{print $2}')
-  local master_args=(--addr-file "$dir/addr" --output-dir "$dir/out" --task-timeout "$TASK_TIMEOUT"
+  # --overwrite: a master killed after publishing, before it exited, is
+  # started again over its own outputs, and runs the job again.
+  local master_args=(--addr-file "$dir/addr" --output-dir "$dir/out" --overwrite --task-timeout "$TASK_TIMEOUT"
     --max-task-attempts 10 --http off -q $flags "${INPUTS[@]}")
   # Far more attempts die here than in real life (every kill takes the
   # running ones with it), so the bound is raised from its default of 4.

@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --help|-h) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --*=*) MASTER_FLAGS+=("$1"); shift ;;
     # mr-master's flags that take no value
-    --no-combine|--quiet|-q) MASTER_FLAGS+=("$1"); shift ;;
+    --no-combine|--quiet|-q|--overwrite|--fresh|--no-tls) MASTER_FLAGS+=("$1"); shift ;;
     --*) MASTER_FLAGS+=("$1" "$2"); shift 2 ;;
     *) break ;;
   esac

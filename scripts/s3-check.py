@@ -7,6 +7,12 @@ from the environment (e.g. `. DIR/env` as written by scripts/s3-server.sh).
   s3-check.py check         run the feature checks; exit 1 if a required one fails
   s3-check.py ready BUCKET  create BUCKET, write/read/delete a probe object
                             (used by s3-server.sh to wait for readiness)
+  s3-check.py mb BUCKET     create BUCKET (an existing one is fine)
+  s3-check.py put BUCKET/KEY FILE   upload FILE as an object
+  s3-check.py ls BUCKET[/PREFIX]    print `KEY SIZE` for each object under it
+  s3-check.py get BUCKET/KEY        write the object to standard output
+Tests set up and inspect buckets with it, independently of the framework's
+own client.
 """
 import datetime, hashlib, hmac, os, re, sys, urllib.parse, http.client, uuid
 
@@ -201,9 +207,50 @@ def check():
     return 1 if failures else 0
 
 
+def expect_ok(what, status, body):
+    if status not in (200, 204):
+        sys.exit(f"s3-check.py: {what}: {status} {body[:300]!r}")
+
+
+def list_objects(bucket, prefix):
+    """Every (key, size) under prefix, following continuation tokens."""
+    found, token = [], None
+    while True:
+        query = {"list-type": "2", "prefix": prefix}
+        if token:
+            query["continuation-token"] = token
+        s, _, b = req("GET", f"/{bucket}", query=query)
+        expect_ok(f"list {bucket}/{prefix}", s, b)
+        text = b.decode()
+        for block in re.findall(r"<Contents>(.*?)</Contents>", text, re.S):
+            key = re.search(r"<Key>(.*?)</Key>", block, re.S).group(1)
+            size = re.search(r"<Size>(\d+)</Size>", block).group(1)
+            found.append((key.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"), int(size)))
+        token = re.search(r"<NextContinuationToken>(.*?)</NextContinuationToken>", text)
+        if not token:
+            return found
+        token = token.group(1)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "ready":
         ready(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "mb":
+        s, _, b = req("PUT", f"/{sys.argv[2]}")
+        if s != 409:
+            expect_ok(f"create bucket {sys.argv[2]}", s, b)
+    elif len(sys.argv) == 4 and sys.argv[1] == "put":
+        with open(sys.argv[3], "rb") as f:
+            s, _, b = req("PUT", f"/{sys.argv[2]}", body=f.read())
+        expect_ok(f"put {sys.argv[2]}", s, b)
+    elif len(sys.argv) == 3 and sys.argv[1] == "ls":
+        bucket, _, prefix = sys.argv[2].partition("/")
+        for key, size in list_objects(bucket, prefix):
+            print(key, size)
+    elif len(sys.argv) == 3 and sys.argv[1] == "get":
+        s, _, b = req("GET", f"/{sys.argv[2]}")
+        expect_ok(f"get {sys.argv[2]}", s, b)
+        sys.stdout.buffer.write(b)
     elif len(sys.argv) == 2 and sys.argv[1] == "check":
         sys.exit(check())
     else:

@@ -37,6 +37,7 @@ fn config(inputs: &[std::path::PathBuf], output_dir: std::path::PathBuf, app: (s
         split_bytes: 0,
         reduces: 3,
         output_dir,
+        object_storage: None,
         scheduler: SchedulerConfig { task_timeout: Duration::from_secs(5), ..SchedulerConfig::default() },
         params: mapreduce::Params::default(),
         map_buffer_bytes: 1 << 20,

@@ -78,7 +78,16 @@ fn more_reduces_than_keys_gives_empty_files_and_stale_outputs_go() {
     dir.write("mr-out-7", "stale 1\n");
     dir.write("mr-out-12", "stale 2\n");
     dir.write("mr-out-notes", "mine");
-    let (mut master, addr) = start_master(dir.path(), &["--reduces", "5", "one.txt"]);
+    // Never replaced silently: refused, naming what is there.
+    let mut refused = std::process::Command::new(master_bin());
+    refused.args(["--listen", "127.0.0.1:0", "--reduces", "5", "one.txt"]);
+    let error = Proc::spawn("refused", refused, dir.path()).expect_failure();
+    assert!(
+        error.contains("output directory . holds an earlier job's outputs (mr-out-12, ...): give another --output-dir, or --overwrite"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(dir.join("mr-out-7")).unwrap(), b"stale 1\n");
+    let (mut master, addr) = start_master(dir.path(), &["--reduces", "5", "--overwrite", "one.txt"]);
     let mut worker = start_worker("worker", dir.path(), &addr, "wordcount");
     master.expect_success();
     worker.expect_success();
@@ -248,7 +257,7 @@ fn split_and_unsplit_runs_agree_with_the_reference() {
     for (app, reduces) in [("wordcount", 3), ("indexer", 2)] {
         let expected = reference_output(dir.path(), app, &["in"]);
         for split in ["0", "4K", "1000"] {
-            let output = run_job(&dir, app, 2, reduces, &["--split-size", split], &["in"]);
+            let output = run_job(&dir, app, 2, reduces, &["--split-size", split, "--overwrite"], &["in"]);
             assert_same_output(&output, &expected, &format!("{app} with --split-size {split}\n{}", dir.listing()));
         }
         if app == "indexer" {
@@ -688,7 +697,7 @@ fn a_map_only_job_writes_each_maps_pairs_as_emitted_one_output_per_map() {
     assert_eq!(expected.len(), 5, "one output per input file");
     // Outputs of an earlier job with more files do not stay beside these.
     dir.write(&format!("mr-out-{}", expected.len()), "stale 1\n");
-    run_job_to_completion(&dir, "wordcount", 2, 0, &[], &input_refs);
+    run_job_to_completion(&dir, "wordcount", 2, 0, &["--overwrite"], &input_refs);
     assert_map_only_output(dir.path(), &expected, &dir.listing());
     // Unsorted: the words in the order the map met them.
     let unsorted = |output: &Vec<u8>| {

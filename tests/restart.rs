@@ -80,7 +80,7 @@ fn a_master_killed_mid_job_resumes_from_its_journal_and_the_outputs_appear_toget
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let expected = reference_output(dir.path(), "wordcount", &inputs);
     write_earlier_outputs(&dir);
-    let mut args = vec!["--reduces", "4", "--param", "reduce_delay_ms=300", "--summary-json", "summary.json"];
+    let mut args = vec!["--reduces", "4", "--param", "reduce_delay_ms=300", "--summary-json", "summary.json", "--overwrite"];
     args.extend(&inputs);
 
     kill_after_a_reduce(&dir, &args);
@@ -131,7 +131,7 @@ fn a_failed_job_leaves_the_output_directory_as_it_was() {
     let dir = TestDir::new("failed-untouched");
     dir.write("in.txt", "fine\nPANIC-IN-MAP\n");
     write_earlier_outputs(&dir);
-    let (mut master, addr) = start_master(dir.path(), &["--reduces", "2", "--max-task-attempts", "2", "in.txt"]);
+    let (mut master, addr) = start_master(dir.path(), &["--reduces", "2", "--max-task-attempts", "2", "--overwrite", "in.txt"]);
     let _worker = start_worker("worker", dir.path(), &addr, "faulty");
     master.expect_failure();
     earlier_outputs_untouched(&dir);
@@ -192,7 +192,7 @@ fn a_map_only_job_killed_mid_job_resumes_with_the_maps_it_had_done() {
     let inputs = write_inputs(&dir, 6);
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     write_earlier_outputs(&dir);
-    let mut args = vec!["--reduces", "0", "--param", "delay_ms=300"];
+    let mut args = vec!["--reduces", "0", "--param", "delay_ms=300", "--overwrite"];
     args.extend(&inputs);
     let (mut master, addr) = start_master(dir.path(), &args);
     let mut worker = start_worker("worker-before", dir.path(), &addr, "slowcount");

@@ -236,7 +236,7 @@ fn a_taken_default_port_falls_back_to_a_free_one_and_off_means_off() {
     worker.expect_success();
     master.kill();
 
-    let (mut master, addr) = start_master(dir.path(), &["--http", "off", "in.txt"]);
+    let (mut master, addr) = start_master(dir.path(), &["--http", "off", "--overwrite", "in.txt"]);
     let mut worker = start_worker("worker2", dir.path(), &addr, "wordcount");
     master.expect_success();
     worker.expect_success();

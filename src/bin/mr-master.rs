@@ -13,7 +13,10 @@ use clap::Parser;
 use mapreduce::cli::{self, JobFlags};
 use mapreduce::coordinator::{CoordinatorConfig, Job};
 use mapreduce::http;
+use mapreduce::job_dir;
 use mapreduce::progress::{self, ProgressMode};
+use mapreduce::remote::{self, ObjectUrl};
+use mapreduce::remote_output;
 use mapreduce::summary::JobSummary;
 use mapreduce::Params;
 use tokio::sync::Notify;
@@ -53,6 +56,21 @@ struct Args {
     /// same job (same inputs, unchanged, and settings) resumes where it was.
     #[arg(long)]
     fresh: bool,
+
+    /// Replace what an earlier job left in the output directory (its
+    /// `mr-out-*` files and `_SUCCESS`) when this job's outputs are
+    /// published. Without it such a directory is refused, as Hadoop
+    /// refuses an existing output directory; resuming this same job needs
+    /// no flag.
+    #[arg(long)]
+    overwrite: bool,
+
+    /// With an output on object storage (`--output-dir s3://BUCKET/PREFIX`):
+    /// the local directory that holds the job (its journal, and the
+    /// outputs until they are committed). Default: `.mr-s3/BUCKET/PREFIX`
+    /// under the current directory, where a restarted master finds it.
+    #[arg(long, value_name = "DIR")]
+    staging_dir: Option<PathBuf>,
 
     /// Also write the bound address to this file (atomically) once the
     /// server accepts connections.
@@ -196,7 +214,7 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(mut args: Args) -> anyhow::Result<()> {
     args.job.check().map_err(anyhow::Error::msg)?;
     let inputs = mapreduce::inputs::resolve_inputs(&args.job.inputs)?;
     let secret = mapreduce::cli::read_secret(args.token_file.as_deref(), args.no_tls).map_err(anyhow::Error::msg)?;
@@ -206,11 +224,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if secret.is_none() && !addr.ip().is_loopback() {
         bail!("listening on {addr}, which other machines can reach, needs a shared secret: give --token-file FILE (or MR_TOKEN_FILE), and the same file to every worker");
     }
+    // Outputs on object storage: the job is staged in a local directory,
+    // and committed under the prefix once done.
+    let object_storage = match remote::is_url(&args.job.output_dir) {
+        true => Some(ObjectUrl::parse(&args.job.output_dir.to_string_lossy())?),
+        false => None,
+    };
+    if let Some(prefix) = &object_storage {
+        let staging = args.staging_dir.clone().unwrap_or_else(|| remote_output::staging_dir(prefix));
+        let resuming = staging.join(job_dir::JOB_DIR_NAME).exists();
+        if let Some(earlier) = remote_output::earlier_outputs(prefix)?.filter(|_| !args.overwrite && !resuming) {
+            bail!(job_dir::refuse_earlier_outputs(Path::new(&prefix.to_string()), &earlier));
+        }
+        args.job.output_dir = staging;
+    }
+    let staged = object_storage.is_some().then(|| args.job.output_dir.clone());
     let output_dir = &args.job.output_dir;
     if output_dir.exists() && !output_dir.is_dir() {
         bail!("output directory {}: exists and is not a directory", output_dir.display());
     }
     std::fs::create_dir_all(output_dir).with_context(|| format!("cannot create output directory {}", output_dir.display()))?;
+    let resuming = output_dir.join(job_dir::JOB_DIR_NAME).exists();
+    if let Some(earlier) = job_dir::earlier_outputs(output_dir).filter(|_| !args.overwrite && !resuming && object_storage.is_none()) {
+        bail!(job_dir::refuse_earlier_outputs(output_dir, &earlier));
+    }
     let http = match args.http.as_deref() {
         Some("off") => None,
         requested => Some(bind_http(requested).await?),
@@ -226,6 +263,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         combine: !job.no_combine,
         compression: job.compress,
         output_dir: job.output_dir,
+        object_storage,
         fresh: args.fresh,
         secret,
         app,
@@ -266,7 +304,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     }
     result?;
+    if let Some(staged) = staged {
+        remove_empty_staging(&staged);
+    }
     Ok(())
+}
+
+/// Removes a staging directory the job has left empty, and the folders
+/// above it (`.mr-s3/BUCKET/...`) that only held it.
+fn remove_empty_staging(staged: &Path) {
+    let mut dir = Some(staged);
+    while let Some(empty) = dir.filter(|dir| !dir.as_os_str().is_empty() && std::fs::remove_dir(dir).is_ok()) {
+        dir = empty.parent();
+    }
 }
 
 fn serve_main(args: ServeArgs) -> ExitCode {

@@ -217,6 +217,9 @@ async fn connect(args: &Args) -> anyhow::Result<ClusterApiClient> {
 /// may run in another directory. An app given as a path is made absolute
 /// too; a bare NAME is looked up beside the cluster's executable.
 fn absolute_paths(mut job: JobFlags, has_input_jobs: bool) -> anyhow::Result<JobFlags> {
+    if let Some(url) = job.inputs.iter().chain([&job.output_dir]).find(|path| mapreduce::remote::is_url(path)) {
+        anyhow::bail!("{}: object storage (s3://) is read and written by a job of its own (mr-master), not yet by a cluster's jobs", url.display());
+    }
     let absolute = |path: &Path| std::path::absolute(path).with_context(|| format!("{}", path.display()));
     job.inputs = job.inputs.iter().map(|path| absolute(path)).collect::<anyhow::Result<_>>()?;
     job.output_dir = absolute(&job.output_dir)?;

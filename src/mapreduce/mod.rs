@@ -23,6 +23,7 @@
 //! | loading a plugin and calling it safely | [`plugin`] |
 //! | word splitting with the lab's semantics (from `mapreduce-app`) | [`text`] |
 //! | input arguments → input files | [`inputs`] |
+//! | inputs on object storage (`s3://`): listing, ranged reads, retries | [`remote`] |
 //! | input files → map tasks (splits), and reading one | [`split`] |
 //! | input files mapped into memory, safe if one shrinks | [`mapped_input`] |
 //! | the RPC contract and its messages | [`rpc`] |
@@ -37,6 +38,7 @@
 //! | serving files (map output, inputs, the app) and fetching them | [`files`] |
 //! | a reduce's output sent to the coordinator as it is written | [`upload`] |
 //! | the job directory: lock, resume or clean, publishing outputs | [`job_dir`] |
+//! | outputs committed to object storage (temporary keys, a `_SUCCESS` manifest) | [`remote_output`] |
 //! | the coordinator's journal of finished tasks, for restarts | [`journal`] |
 //! | the job as observers see it (progress, status API, summary) | [`status`] |
 //! | live progress in the terminal | [`progress`] |
@@ -87,12 +89,12 @@ pub mod net;
 pub mod observe;
 
 pub use control::{
-    agent, app_cache, backup, cluster, coordinator, inputs, job_dir, job_files, job_link, job_setup, journal, link, machine_load, report_check, rpc,
-    scheduler, session, slot, task_host, task_process, task_protocol, worker, worker_config,
+    agent, app_cache, backup, cluster, coordinator, inputs, job_dir, job_files, job_link, job_setup, journal, link, machine_load, remote_output,
+    report_check, rpc, scheduler, session, slot, task_host, task_process, task_protocol, worker, worker_config,
 };
 pub(crate) use data::radix_sort;
 pub use data::{
-    codec, fan_in, map_output, mapped_input, merge, output, plugin, runfile, sequential, shuffle, skipping, split, storage, task, work_dir,
+    codec, fan_in, map_output, mapped_input, merge, output, plugin, remote, runfile, sequential, shuffle, skipping, split, storage, task, work_dir,
 };
 pub use net::{accept, files, handshake, route, secure, upload};
 pub use observe::{http, metrics, progress, status, summary};

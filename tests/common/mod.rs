@@ -185,11 +185,16 @@ pub fn start_master(cwd: &Path, args: &[&str]) -> (Proc, String) {
 /// Starts a master listening on `listen` (a restarted master takes its
 /// predecessor's address, where the workers look for it).
 pub fn start_master_at(cwd: &Path, listen: &str, args: &[&str]) -> (Proc, String) {
+    start_master_with_env(cwd, listen, args, &[])
+}
+
+/// [`start_master_at`] with `env` added to the master's environment.
+pub fn start_master_with_env(cwd: &Path, listen: &str, args: &[&str], env: &[(String, String)]) -> (Proc, String) {
     let addr_file = cwd.join("master.addr");
     // A previous job's address would send the workers to a dead port.
     let _ = std::fs::remove_file(&addr_file);
     let mut cmd = Command::new(master_bin());
-    cmd.arg("--listen").arg(listen).arg("--addr-file").arg(&addr_file).args(args);
+    cmd.arg("--listen").arg(listen).arg("--addr-file").arg(&addr_file).args(args).envs(env.iter().map(|(k, v)| (k, v)));
     let mut master = Proc::spawn("master", cmd, cwd);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -14,11 +14,18 @@
 //! explicitly is always used. Every file is opened once here, so an unreadable input is reported
 //! before any work starts, and paths are made absolute against the current
 //! directory, so workers running elsewhere read the same files.
+//!
+//! An argument may also be an object URL, `s3://BUCKET/KEY` (see
+//! [`crate::remote`]): an object, or a prefix taken as a directory (every
+//! object under `KEY/`, sorted, hidden names left out), or a pattern whose
+//! glob characters are matched against keys (`s3://b/logs/2026-*/*.gz`).
+//! Each object is named by its URL and read where it is, by every worker.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::remote::{self, ObjectInfo, ObjectUrl};
 use crate::rpc::InputFile;
 
 /// An input argument that cannot be used.
@@ -40,12 +47,19 @@ pub enum InputError {
     /// A glob pattern that matches no input.
     #[error("input pattern {pattern}: matches no files")]
     NoMatch { pattern: String },
+    /// An object URL that names no object, or cannot be read.
+    #[error("input {0}")]
+    Remote(#[from] crate::remote::RemoteError),
 }
 
 /// Resolves input arguments to input files, in argument order.
 pub fn resolve_inputs(args: &[PathBuf]) -> Result<Vec<InputFile>, InputError> {
     let mut inputs = Vec::new();
     for arg in args {
+        if remote::is_url(arg) {
+            add_remote(&arg.to_string_lossy(), &mut inputs)?;
+            continue;
+        }
         match std::fs::metadata(arg) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && is_pattern(arg) => expand_pattern(arg, &mut inputs)?,
             Err(source) => return Err(InputError::Unreadable { path: arg.clone(), source }),
@@ -112,6 +126,63 @@ fn expand_pattern(pattern: &Path, inputs: &mut Vec<InputFile>) -> Result<(), Inp
         return Err(InputError::NoMatch { pattern: text });
     }
     Ok(())
+}
+
+/// Adds the objects `url` names: itself, what lies under it as under a
+/// directory, or what it matches as a pattern (see the module's
+/// documentation); an error if there is nothing.
+fn add_remote(url: &str, inputs: &mut Vec<InputFile>) -> Result<(), InputError> {
+    let parsed = ObjectUrl::parse(url)?;
+    let before = inputs.len();
+    if is_pattern(Path::new(&parsed.key)) {
+        let compiled = glob::Pattern::new(&parsed.key).map_err(|source| InputError::BadPattern { pattern: url.to_owned(), source })?;
+        let options = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+        // Listed from the last whole folder before the first glob character.
+        let literal = parsed.key.split(['*', '?', '[']).next().unwrap_or_default();
+        let folder = ObjectUrl { bucket: parsed.bucket.clone(), key: literal.rsplit_once('/').map_or("", |(folder, _)| folder).to_owned() };
+        for object in remote::list(&folder)? {
+            let key = object.url.key.as_str();
+            // The key itself, or a folder it lies in, matches.
+            let matched = !hidden_below(key, folder.key.len())
+                && key.match_indices('/').filter_map(|(at, _)| key.get(..at)).chain([key]).any(|candidate| compiled.matches_with(candidate, options));
+            if matched {
+                inputs.push(remote_input(object));
+            }
+        }
+        if inputs.len() == before {
+            return Err(InputError::NoMatch { pattern: url.to_owned() });
+        }
+        return Ok(());
+    }
+    if !parsed.key.is_empty() && !parsed.key.ends_with('/') {
+        if let Some(object) = remote::head(&parsed)? {
+            inputs.push(remote_input(object));
+            return Ok(());
+        }
+    }
+    let folder_length = parsed.key.trim_end_matches('/').len();
+    for object in remote::list(&parsed)? {
+        if !hidden_below(&object.url.key, folder_length) {
+            inputs.push(remote_input(object));
+        }
+    }
+    if inputs.len() == before {
+        return Err(remote::RemoteError::NotFound { url: url.to_owned() }.into());
+    }
+    Ok(())
+}
+
+/// Whether a name in `key` past its first `folder_length` bytes starts
+/// with `.` or `_` (`_SUCCESS`, `_temporary/`), as a walk of a directory
+/// leaves such names out.
+fn hidden_below(key: &str, folder_length: usize) -> bool {
+    key.get(folder_length..).unwrap_or_default().split('/').any(|name| name.starts_with(['.', '_']))
+}
+
+/// The input an object is, named by its URL.
+fn remote_input(object: ObjectInfo) -> InputFile {
+    let url = object.url.to_string();
+    InputFile { name: url.clone(), path: PathBuf::from(url), size: object.size, modified: Some(object.modified) }
 }
 
 fn is_hidden(path: &Path) -> bool {

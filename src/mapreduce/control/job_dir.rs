@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 use crate::counters::Counters;
 use crate::journal::{Journal, JournalError, Record};
 use crate::map_output::MapOutputLocation;
-use crate::output::{output_file_name, stale_outputs, write_atomically, TEMP_PREFIX};
+use crate::output::{is_output_name, output_file_name, stale_outputs, write_atomically, TEMP_PREFIX};
+use crate::remote::ObjectUrl;
 use crate::rpc::{AttemptId, TaskId};
 use crate::scheduler::Owner;
 
@@ -72,6 +73,9 @@ pub enum JobDirError {
     /// The journal could not be written.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// Committing the outputs to object storage failed.
+    #[error("publishing the outputs to object storage: {0}")]
+    Remote(#[from] crate::remote::RemoteError),
 }
 
 /// A map task an earlier coordinator finished: the task, its winning
@@ -127,6 +131,9 @@ pub struct JobDir {
     /// The journal says an earlier coordinator began publishing: outputs
     /// missing here may be in the output directory already.
     publication_begun: bool,
+    /// Where the outputs are committed instead of the output directory,
+    /// which then only stages the job (see [`crate::remote_output`]).
+    object_storage: Option<ObjectUrl>,
 }
 
 impl JobDir {
@@ -143,7 +150,7 @@ impl JobDir {
             Ok(false) => return Err(JobDirError::Busy { output_dir: output_dir.to_owned(), lock: lock_path }),
             Err(source) => return Err(JobDirError::Io { path: lock_path, source }),
         }
-        let mut dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock, publication_begun: false };
+        let mut dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock, publication_begun: false, object_storage: None };
         remove_leftovers(output_dir);
         let journal_path = dir.path.join(JOURNAL);
         let earlier = journal_path.exists().then(|| Journal::replay(&journal_path));
@@ -174,6 +181,15 @@ impl JobDir {
         Ok(Opened { dir, journal, id, epoch, recovered, discarded: None })
     }
 
+    /// Makes [`JobDir::publish`] commit the outputs under `prefix` on
+    /// object storage, first removing what earlier runs left there
+    /// half-written; the output directory then only stages the job.
+    pub fn publish_to(&mut self, prefix: ObjectUrl) -> Result<(), JobDirError> {
+        crate::remote_output::remove_temporary(&prefix)?;
+        self.object_storage = Some(prefix);
+        Ok(())
+    }
+
     /// The directory's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -193,6 +209,9 @@ impl JobDir {
     /// and the output directory is as before. The journal must say
     /// `Publishing` (synced) first.
     pub fn publish(&self, reduces: u32, id: &str) -> Result<(), JobDirError> {
+        if let Some(prefix) = &self.object_storage {
+            return Ok(crate::remote_output::publish(&self.path, reduces, id, prefix)?);
+        }
         let mut moves = Moves::default();
         let published = self.set_aside_earlier_outputs(reduces, &mut moves).and_then(|()| self.move_in(reduces, id, &mut moves));
         if published.is_err() {
@@ -313,6 +332,28 @@ impl Moves {
 /// Where publishing sets aside what an earlier job left in the output
 /// directory, inside the job directory (removed with it).
 const PREVIOUS: &str = "previous";
+
+/// What an earlier job left in `output_dir`, if anything: the name of
+/// its first output file (`mr-out-*`), and the job `_SUCCESS` names, for a
+/// refusal to write over it (as Hadoop refuses an existing output
+/// directory). A `_SUCCESS` whose outputs were all removed holds nothing.
+pub fn earlier_outputs(output_dir: &Path) -> Option<(String, Option<String>)> {
+    let entries = std::fs::read_dir(output_dir).ok()?;
+    let mut outputs: Vec<String> =
+        entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).filter(|name| is_output_name(name)).collect();
+    outputs.sort();
+    let first = outputs.into_iter().next()?;
+    let job = std::fs::read_to_string(output_dir.join(SUCCESS_MARKER))
+        .ok()
+        .and_then(|marker| marker.trim().strip_prefix("job ").map(|id| id.chars().take(64).collect()));
+    Some((first, job))
+}
+
+/// One line refusing to write over [`earlier_outputs`] in `output_dir`.
+pub fn refuse_earlier_outputs(output_dir: &Path, (first, job): &(String, Option<String>)) -> String {
+    let whose = job.as_ref().map_or_else(|| "an earlier job's outputs".to_owned(), |id| format!("the outputs of job {id}"));
+    format!("output directory {} holds {whose} ({first}, ...): give another --output-dir, or --overwrite to replace them", output_dir.display())
+}
 
 /// Removes, as far as it can, what a master killed at the wrong moment
 /// leaves in the output directory: job directories whose removal was cut

@@ -14,6 +14,7 @@ pub mod job_setup;
 pub mod journal;
 pub mod link;
 pub mod machine_load;
+pub mod remote_output;
 pub mod report_check;
 pub mod rpc;
 pub mod scheduler;

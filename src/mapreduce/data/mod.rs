@@ -9,6 +9,7 @@ pub mod merge;
 pub mod output;
 pub mod plugin;
 pub(crate) mod radix_sort;
+pub mod remote;
 pub mod runfile;
 pub mod sequential;
 pub mod shuffle;

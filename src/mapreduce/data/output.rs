@@ -133,6 +133,11 @@ pub fn output_file_name(r: u32) -> String {
     format!("mr-out-{r}")
 }
 
+/// Whether `name` is a job's output file's, `mr-out-<r>`.
+pub fn is_output_name(name: &str) -> bool {
+    name.strip_prefix("mr-out-").is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The partition of an output file name (`mr-out-<r>` gives `r`).
 pub fn parse_output_file_name(name: &str) -> Option<u32> {
     let digits = name.strip_prefix("mr-out-")?;

@@ -16,6 +16,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use crate::codec::Codec;
 use crate::inputs::check_unchanged;
 use crate::mapped_input::{self, MappedInput};
+use crate::remote::ObjectUrl;
 use crate::rpc::{InputFile, InputSplit};
 
 /// How much larger than `split_bytes` a file (or its last split) may be
@@ -66,6 +67,9 @@ pub fn read_split(split: &InputSplit) -> io::Result<(u64, Vec<u8>)> {
 /// returns the file offset at which the lines begin.
 pub fn read_split_into(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result<u64> {
     contents.clear();
+    if crate::remote::is_url(&split.file.path) {
+        return read_remote_split(split, contents);
+    }
     let mut file = open_unchanged(&split.file)?;
     let begin = if split.start == 0 { 0 } else { line_start_at_or_after(&mut file, split.start)? };
     let Some(end) = split.end else {
@@ -85,6 +89,78 @@ pub fn read_split_into(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result
         finish_line(&mut file, contents)?;
     }
     Ok(begin)
+}
+
+/// [`read_split_into`] for an object on object storage: one ranged read of
+/// the split, from the byte before it (does a line start at its start?)
+/// through [`LINE_SLACK`] past its end (the line that crosses it), and
+/// more reads only for a line longer than that.
+fn read_remote_split(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result<u64> {
+    let url = ObjectUrl::parse(&split.file.path.to_string_lossy()).map_err(io::Error::other)?;
+    let size = split.file.size;
+    let from = split.start.min(size).saturating_sub(1);
+    let mut window = RemoteWindow { url: &url, size, from, data: Vec::new() };
+    window.read_to(split.end.map_or(size, |end| end.saturating_add(LINE_SLACK)))?;
+    let begin = if split.start == 0 { 0 } else { window.past_newline_from(from)? };
+    let Some(end) = split.end.map(|end| end.min(size)) else {
+        window.read_to(size)?;
+        contents.extend_from_slice(window.bytes(begin, size));
+        return Ok(begin);
+    };
+    if begin >= end {
+        // No line starts in this split (a line longer than the split).
+        return Ok(begin);
+    }
+    let stop = window.past_newline_from((end - 1).max(begin))?;
+    contents.extend_from_slice(window.bytes(begin, stop));
+    Ok(begin)
+}
+
+/// Bytes `from..from + data.len()` of an object, read on as needed.
+struct RemoteWindow<'a> {
+    url: &'a ObjectUrl,
+    size: u64,
+    from: u64,
+    data: Vec<u8>,
+}
+
+impl RemoteWindow<'_> {
+    /// Reads on to offset `to` (or the object's end). An object shorter
+    /// than planned has changed since.
+    fn read_to(&mut self, to: u64) -> io::Result<()> {
+        let (have, to) = (self.from + self.data.len() as u64, to.min(self.size));
+        if to <= have {
+            return Ok(());
+        }
+        crate::remote::read_range(self.url, have..to, &mut self.data).map_err(io::Error::other)?;
+        if self.from + (self.data.len() as u64) < to {
+            return Err(io::Error::other(format!("changed since the job was planned: shorter than its {} bytes", self.size)));
+        }
+        Ok(())
+    }
+
+    /// Just past the first newline at or after offset `at`; the object's
+    /// size if there is none.
+    fn past_newline_from(&mut self, at: u64) -> io::Result<u64> {
+        let mut searched = at;
+        loop {
+            let have = self.from + self.data.len() as u64;
+            let unsearched = self.data.get((searched - self.from) as usize..).unwrap_or_default();
+            if let Some(i) = unsearched.iter().position(|&b| b == b'\n') {
+                return Ok(searched + i as u64 + 1);
+            }
+            if have >= self.size {
+                return Ok(self.size);
+            }
+            searched = have;
+            self.read_to(have + LINE_SLACK)?;
+        }
+    }
+
+    /// Bytes `begin..end` of the object (read already).
+    fn bytes(&self, begin: u64, end: u64) -> &[u8] {
+        self.data.get((begin - self.from) as usize..(end - self.from) as usize).unwrap_or_default()
+    }
 }
 
 /// The byte range of the lines `split` owns, `(begin, end)`, by the same

@@ -460,6 +460,12 @@ impl WorkerStorage {
     /// coordinator. Called off the runtime.
     pub fn read_input(&self, input: u32, offset: u64, len: u64) -> Result<Vec<u8>, String> {
         let path = self.inputs.get(input as usize).ok_or("no such input")?;
+        if crate::remote::is_url(path) {
+            let url = crate::remote::ObjectUrl::parse(&path.to_string_lossy()).map_err(|e| e.to_string())?;
+            let mut bytes = Vec::new();
+            crate::remote::read_range(&url, offset..offset.saturating_add(len), &mut bytes).map_err(|e| e.to_string())?;
+            return Ok(bytes);
+        }
         match mapreduce_app::job_inputs::read_range(path, offset, len) {
             Ok(bytes) => Ok(bytes),
             Err(e) if self.served_input(path, &e).is_none() => Err(format!("{}: {e}", path.display())),

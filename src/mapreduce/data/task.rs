@@ -213,7 +213,10 @@ impl TaskRunner {
         let split = &task.input;
         let input_err = |source| TaskError::Input { path: split.file.path.clone(), source };
         // A file this machine does not have comes from the coordinator.
+        // An object on object storage is read where it is, by ranges.
+        let remote = crate::remote::is_url(&split.file.path);
         let (mapped, served_input) = match map_split(split) {
+            _ if remote => (None, None),
             Ok(mapped) => (mapped, None),
             Err(e) => match self.storage.served_input(&split.file.path, &e) {
                 Some(input) => (None, Some(input)),
@@ -307,7 +310,7 @@ impl TaskRunner {
         }
         // Changed in place while the map read it (same or larger size)?
         // (The coordinator checks a file it serves.)
-        if !fetched {
+        if !fetched && !remote {
             std::fs::metadata(&split.file.path).and_then(|now| check_unchanged(&split.file, &now)).map_err(input_err)?;
         }
         if let Some(e) = failure {

@@ -100,9 +100,16 @@ pub struct SkippedRecord {
     pub record: String,
 }
 
-/// The output files at `paths`, with their sizes.
+/// The output files at `paths` (local, or objects' URLs), with their sizes.
 fn output_files(paths: &[PathBuf]) -> Vec<OutputFile> {
-    paths.iter().map(|path| OutputFile { path: path.clone(), bytes: std::fs::metadata(path).map_or(0, |m| m.len()) }).collect()
+    let size = |path: &PathBuf| match crate::remote::is_url(path) {
+        true => crate::remote::ObjectUrl::parse(&path.to_string_lossy())
+            .ok()
+            .and_then(|url| crate::remote::head(&url).ok().flatten())
+            .map_or(0, |object| object.size),
+        false => std::fs::metadata(path).map_or(0, |m| m.len()),
+    };
+    paths.iter().map(|path| OutputFile { path: path.clone(), bytes: size(path) }).collect()
 }
 
 /// One output file.

@@ -179,21 +179,11 @@ pub fn check_output_holder(output_dir: &Path, holder: Option<(JobId, JobState)>,
         Some((id, _)) if !overwrite => {
             Err(format!("output directory {dir} holds the outputs of {id}: give another --output-dir, or --overwrite to replace them"))
         }
-        None if !overwrite && holds_outputs(output_dir) => Err(format!(
+        None if !overwrite && crate::job_dir::earlier_outputs(output_dir).is_some() => Err(format!(
             "output directory {dir} holds the outputs of a job this cluster did not run: give another --output-dir, or --overwrite to replace them"
         )),
         _ => Ok(()),
     }
-}
-
-/// Whether `dir` has a job's outputs in it: `_SUCCESS` or an `mr-out-*`.
-fn holds_outputs(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        name == crate::job_dir::SUCCESS_MARKER || name.starts_with("mr-out-")
-    })
 }
 
 /// `path` without `.` and `..` components, as far as words can tell
@@ -244,6 +234,7 @@ pub fn coordinator_config(admitted: &Admitted) -> CoordinatorConfig {
         split_bytes: job.split_size,
         reduces: job.reduces,
         output_dir: admitted.output_dir.clone(),
+        object_storage: None,
         scheduler: job.scheduler_config(),
         params: crate::Params::new(job.params.clone()),
         map_buffer_bytes: job.map_buffer,

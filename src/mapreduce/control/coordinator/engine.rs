@@ -53,6 +53,8 @@ pub(super) struct Shared {
     /// sleep past it, or forever, when no worker is left to ask for work).
     pub(super) attempt_started: Notify,
     pub(super) output_dir: PathBuf,
+    /// Where the outputs are committed instead, on object storage.
+    pub(super) object_storage: Option<crate::remote::ObjectUrl>,
     /// Workers heard from that have not been told `Exit` yet; `run` waits
     /// (up to `EXIT_GRACE`) for this to empty once the job is over.
     pub(super) not_yet_exited: Mutex<HashSet<WorkerId>>,
@@ -98,6 +100,15 @@ pub(super) const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 impl Shared {
     pub(super) fn job(&self) -> MutexGuard<'_, JobState> {
         lock(&self.job)
+    }
+
+    /// Where the published output `name` is: in the output directory, or
+    /// its URL on object storage.
+    pub(super) fn output_path(&self, name: &str) -> PathBuf {
+        match &self.object_storage {
+            Some(prefix) => PathBuf::from(prefix.join(name).to_string()),
+            None => self.output_dir.join(name),
+        }
     }
 
     pub(super) fn not_yet_exited(&self) -> MutexGuard<'_, HashSet<WorkerId>> {

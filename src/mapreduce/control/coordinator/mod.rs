@@ -128,6 +128,9 @@ pub struct CoordinatorConfig {
     /// Where `mr-out-*` go; the job's intermediate files live in a hidden
     /// subdirectory of it while the job runs.
     pub output_dir: PathBuf,
+    /// Where the outputs are committed instead, on object storage; then
+    /// `output_dir` is the local staging directory that holds the job.
+    pub object_storage: Option<crate::remote::ObjectUrl>,
     /// Timeouts and failure limits.
     pub scheduler: SchedulerConfig,
     /// Parameters for the app.
@@ -288,7 +291,10 @@ impl Job {
         let started = Instant::now();
         // Workers may run in other directories: every path they are sent is absolute.
         let output_dir = std::path::absolute(&config.output_dir).map_err(|source| JobDirError::Io { path: config.output_dir.clone(), source })?;
-        let opened = JobDir::open(&output_dir, fingerprint(&config), config.fresh)?;
+        let mut opened = JobDir::open(&output_dir, fingerprint(&config), config.fresh)?;
+        if let Some(prefix) = &config.object_storage {
+            opened.dir.publish_to(prefix.clone())?;
+        }
         if let Some(why) = &opened.discarded {
             tracing::warn!("the job directory {} held another job, removed: {why}", opened.dir.path().display());
         }
@@ -325,6 +331,7 @@ impl Job {
             changed: Notify::new(),
             attempt_started: Notify::new(),
             output_dir,
+            object_storage: config.object_storage.clone(),
             not_yet_exited: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
             idle_limit: (config.scheduler.task_timeout * 2).max(MIN_IDLE_LIMIT),
@@ -438,7 +445,7 @@ impl Job {
         drop(serving);
         remove_job_dir_unless_publishing(&shared);
         match end {
-            JobEnd::Succeeded => Ok(JobReport { outputs: (0..outputs).map(|r| shared.output_dir.join(output_file_name(r))).collect(), elapsed }),
+            JobEnd::Succeeded => Ok(JobReport { outputs: (0..outputs).map(|r| shared.output_path(&output_file_name(r))).collect(), elapsed }),
             JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
         }
     }
