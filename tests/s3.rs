@@ -216,3 +216,59 @@ fn a_wrong_secret_is_refused_by_the_server_and_named_in_one_line() {
     assert!(error.contains("s3://auth/in") && error.lines().count() == 1, "{error}");
     assert!(error.contains("403") || error.contains("Forbidden") || error.contains("SignatureDoesNotMatch"), "{error}");
 }
+
+/// A worker of `app` at `addr` with the server's environment.
+fn s3_worker(label: &str, dir: &TestDir, addr: &str, app: &str, env: &[(String, String)]) -> Proc {
+    let mut cmd = Command::new(worker_bin());
+    cmd.arg("--master").arg(addr).arg(app).envs(env.iter().map(|(k, v)| (k, v)));
+    Proc::spawn(label, cmd, dir.path())
+}
+
+/// Waits until the staged job's journal holds `what` `count` times.
+fn wait_for_journal(journal: &Path, what: &str, count: usize) {
+    wait_until(
+        || std::fs::read_to_string(journal).unwrap_or_default().matches(&format!("{{\"{what}\"")).count() >= count,
+        || format!("the journal {} never held {count} {what}", journal.display()),
+    );
+}
+
+#[test]
+fn a_killed_worker_and_a_restarted_master_still_commit_the_exact_outputs() {
+    let s3 = server();
+    let dir = TestDir::new("s3-faults");
+    write_inputs(&dir);
+    s3.make_bucket("faults");
+    s3.upload_tree(&dir.join("data"), "faults/in");
+    let expected = reference_output(dir.path(), "wordcount", &["data"]);
+    let args = [
+        "--output-dir",
+        "s3://faults/out",
+        "--reduces",
+        "3",
+        "--split-size",
+        "2K",
+        "--task-timeout",
+        "3",
+        "--param",
+        "delay_ms=150",
+        "s3://faults/in",
+    ];
+    let journal = dir.join(".mr-s3/faults/out/.mr-job/journal");
+    let (mut master, addr) = start_master_with_env(dir.path(), "127.0.0.1:0", &args, &s3.env);
+    let mut doomed = s3_worker("doomed", &dir, &addr, "slowcount", &s3.env);
+    let mut survivor = s3_worker("survivor", &dir, &addr, "slowcount", &s3.env);
+    wait_for_journal(&journal, "map_done", 3);
+    doomed.kill();
+    wait_for_journal(&journal, "map_done", 6);
+    master.kill();
+    assert!(s3.list("faults/out").is_empty(), "nothing is committed before the job ends");
+    // Started again on the same address with the same job: it resumes from
+    // its staged journal, and the surviving worker finds it there.
+    let (mut master, _) = start_master_with_env(dir.path(), &addr, &args, &s3.env);
+    master.expect_success();
+    survivor.wait(std::time::Duration::from_secs(60));
+    assert!(master.stdout().contains("before restart") || master.stderr().contains("resum"), "{}", master.describe());
+    assert_same_output(&s3.job_output("faults/out", 3), &expected, &master.describe());
+    let keys: Vec<String> = s3.list("faults/out").into_iter().map(|(key, _)| key).collect();
+    assert_eq!(keys, ["out/_SUCCESS", "out/mr-out-0", "out/mr-out-1", "out/mr-out-2"]);
+}
