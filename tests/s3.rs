@@ -11,10 +11,20 @@ use std::sync::OnceLock;
 
 use common::*;
 
-/// The test process's S3 server: started once, stopped by the script's
-/// watcher when this process exits.
+/// An S3 server: the test process's own, started once and stopped by the
+/// script's watcher when this process exits, or one of a test's own
+/// (`dir` set), stopped when dropped.
 struct S3Server {
     env: Vec<(String, String)>,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = self.script("stop", dir);
+        }
+    }
 }
 
 fn root() -> PathBuf {
@@ -25,24 +35,51 @@ fn server() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
         let dir = tempfile::Builder::new().prefix("mr-s3-").tempdir().unwrap().keep();
+        S3Server { env: S3Server::start(&dir), dir: None }
+    })
+}
+
+impl S3Server {
+    /// A server of the calling test's own, in a fresh directory.
+    fn own() -> S3Server {
+        let dir = tempfile::Builder::new().prefix("mr-s3-own-").tempdir().unwrap().keep();
+        S3Server { env: S3Server::start(&dir), dir: Some(dir) }
+    }
+
+    /// Starts a server in `dir`; returns its environment.
+    fn start(dir: &Path) -> Vec<(String, String)> {
         let started = Command::new(root().join("scripts/s3-server.sh"))
             .arg("start")
-            .arg(&dir)
+            .arg(dir)
             .env("S3_SERVER_WATCH_PID", std::process::id().to_string())
             .output()
             .unwrap();
         assert!(started.status.success(), "the S3 server did not start: {}", String::from_utf8_lossy(&started.stderr));
         let env_file = std::fs::read_to_string(dir.join("env")).unwrap();
-        let env = env_file
+        env_file
             .split_whitespace()
             .filter_map(|word| word.split_once('='))
             .map(|(name, value)| (name.to_owned(), value.trim_matches(['"', '\'']).to_owned()))
-            .collect();
-        S3Server { env }
-    })
-}
+            .collect()
+    }
 
-impl S3Server {
+    /// Runs `scripts/s3-server.sh COMMAND DIR`; panics if it fails.
+    fn script(&self, command: &str, dir: &Path) -> std::process::Output {
+        let output = Command::new(root().join("scripts/s3-server.sh")).arg(command).arg(dir).output().unwrap();
+        assert!(output.status.success(), "s3-server.sh {command}: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    /// Stops a test's own server at once (connections are refused).
+    fn kill(&self) {
+        self.script("kill", self.dir.as_ref().expect("a test's own server"));
+    }
+
+    /// Starts a killed server again, on the same endpoint, with its data.
+    fn revive(&self) {
+        self.script("revive", self.dir.as_ref().expect("a test's own server"));
+    }
+
     /// Runs scripts/s3-check.py (its own S3 client) with `args`.
     fn check(&self, args: &[&str]) -> Vec<u8> {
         let output =
@@ -133,6 +170,8 @@ fn reference_over(dir: &TestDir, app: &str, inputs: &[&str], env: &[(String, Str
 fn write_inputs(dir: &TestDir) {
     dir.write("data/a.txt", "the quick brown fox\njumps over the lazy dog\nthe end\n");
     dir.write("data/sub/b.txt", "Straße 東京 tʰe ǅemal\nno newline at end");
+    // A key the client must not encode again: non-ASCII, and `~`.
+    dir.write("data/été~1.txt", "où est le café\n");
     let mut book = String::new();
     for i in 0..6000u32 {
         book.push_str(&format!("w{} x{} ", (i * 7919) % 613, i % 17));
@@ -271,4 +310,63 @@ fn a_killed_worker_and_a_restarted_master_still_commit_the_exact_outputs() {
     assert_same_output(&s3.job_output("faults/out", 3), &expected, &master.describe());
     let keys: Vec<String> = s3.list("faults/out").into_iter().map(|(key, _)| key).collect();
     assert_eq!(keys, ["out/_SUCCESS", "out/mr-out-0", "out/mr-out-1", "out/mr-out-2"]);
+}
+
+#[test]
+fn an_input_object_written_again_after_planning_fails_the_attempt_that_reads_it() {
+    let s3 = server();
+    let dir = TestDir::new("s3-changed");
+    dir.write("in.txt", "one two three\n");
+    dir.write("longer.txt", "one two three four five\n");
+    s3.make_bucket("changed");
+    s3.check(&["put", "changed/in.txt", &dir.join("in.txt").to_string_lossy()]);
+    let args = ["--output-dir", "out", "--max-task-attempts", "1", "s3://changed/in.txt"];
+    let (mut master, addr) = start_master_with_env(dir.path(), "127.0.0.1:0", &args, &s3.env);
+    // Planned; now the object is replaced before any map reads it.
+    s3.check(&["put", "changed/in.txt", &dir.join("longer.txt").to_string_lossy()]);
+    let mut worker = s3_worker("worker", &dir, &addr, "wordcount", &s3.env);
+    let error = master.expect_failure();
+    worker.wait(std::time::Duration::from_secs(30));
+    assert!(error.contains("s3://changed/in.txt: changed since the job was planned (14 bytes then, 24 now"), "{}", master.describe());
+}
+
+#[test]
+fn a_server_down_for_seconds_is_waited_for_and_one_down_for_good_fails_the_commit_leaving_no_final_key() {
+    let s3 = S3Server::own();
+    let dir = TestDir::new("s3-outage");
+    write_inputs(&dir);
+    s3.make_bucket("outage");
+    s3.upload_tree(&dir.join("data"), "outage/in");
+    let expected = reference_output(dir.path(), "wordcount", &["data"]);
+    let journal = dir.join(".mr-s3/outage/out/.mr-job/journal");
+    // Down for a few seconds while maps read their splits: their requests
+    // are tried again until it is back.
+    let args = ["--output-dir", "s3://outage/out", "--reduces", "2", "--split-size", "2K", "--param", "delay_ms=100", "s3://outage/in"];
+    let (mut master, addr) = start_master_with_env(dir.path(), "127.0.0.1:0", &args, &s3.env);
+    let mut worker = s3_worker("worker", &dir, &addr, "slowcount", &s3.env);
+    wait_for_journal(&journal, "map_done", 2);
+    s3.kill();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    s3.revive();
+    master.expect_success();
+    worker.wait(std::time::Duration::from_secs(60));
+    assert_same_output(&s3.job_output("outage/out", 2), &expected, &master.describe());
+
+    // Down for good when the outputs are to be committed: the job fails
+    // naming the URL, and no final key appears.
+    let gate = dir.join("gate");
+    let gate_param = format!("reduce_gate_file={}", gate.display());
+    let args = ["--output-dir", "s3://outage/out2", "--reduces", "2", "--param", &gate_param, "s3://outage/in/a.txt"];
+    let mut env = s3.env.clone();
+    env.push(("MR_S3_RETRY_SECS".into(), "2".into()));
+    let (mut master, addr) = start_master_with_env(dir.path(), "127.0.0.1:0", &args, &env);
+    let mut worker = s3_worker("worker2", &dir, &addr, "slowcount", &env);
+    wait_for_journal(&dir.join(".mr-s3/outage/out2/.mr-job/journal"), "map_done", 1);
+    s3.kill();
+    std::fs::write(&gate, "").unwrap();
+    let error = master.expect_failure();
+    worker.wait(std::time::Duration::from_secs(60));
+    assert!(error.contains("publishing the outputs to object storage: s3://outage/out2/_temporary/"), "{}", master.describe());
+    s3.revive();
+    assert_eq!(s3.list("outage/out2"), Vec::<(String, u64)>::new());
 }

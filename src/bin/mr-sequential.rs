@@ -66,6 +66,9 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let plugin = Plugin::open(&args.app)?;
     let inputs = mapreduce::inputs::resolve_inputs(&args.inputs)?;
+    if mapreduce::remote::is_url(&args.output_dir) {
+        anyhow::bail!("--output-dir {}: mr-sequential writes to a local directory (it reads s3:// inputs)", args.output_dir.display());
+    }
     std::fs::create_dir_all(&args.output_dir).with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
     if args.reduces == 0 {
         anyhow::ensure!(args.summary_json.is_none(), "--summary-json is not written for --reduces 0 (a map-only reference has no counters)");

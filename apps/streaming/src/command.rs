@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -34,7 +35,19 @@ impl Running {
     /// Lines of its standard error go to the worker's after `tag` (which
     /// task they are from).
     pub fn start(command: &str, env: &[(&str, String)], tag: &str) -> Result<Running, AppError> {
-        let mut child = Command::new("sh")
+        let mut shell = Command::new("sh");
+        // A group of its own, so that a pipeline (`a | b`) or anything the
+        // command starts is killed with it; and killed if the task process
+        // dies first (the worker kills a hung attempt's task process).
+        shell.process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            shell.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = shell
             .arg("-c")
             .arg(command)
             .envs(env.iter().map(|(name, value)| (name, value)))
@@ -130,7 +143,19 @@ impl Drop for Running {
     /// killed, not left behind.
     fn drop(&mut self) {
         if self.reader.is_some() {
-            let _ = self.child.kill();
+            // Its buffered input is dropped unwritten: a flush could wait
+            // forever on a command that hangs, the likely reason it is
+            // being dropped.
+            if let Some(stdin) = self.stdin.take() {
+                drop(stdin.into_parts());
+            }
+            if let Ok(group) = i32::try_from(self.child.id()) {
+                // SAFETY: kill has no memory effects; the group is the
+                // command's own (process_group(0) at its start).
+                unsafe {
+                    libc::kill(-group, libc::SIGKILL);
+                }
+            }
             let _ = self.child.wait();
         }
     }

@@ -90,7 +90,21 @@ impl Fields {
 /// `given` with `\t` read as a tab and `\\` as a backslash (a tab is hard
 /// to give on a command line); `None` if it is empty.
 fn unescape(given: &str) -> Option<Vec<u8>> {
-    let text = given.replace("\\t", "\t").replace("\\\\", "\\");
+    let mut text = String::new();
+    let mut chars = given.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some('t')) => {
+                text.push('\t');
+                chars.next();
+            }
+            ('\\', Some('\\')) => {
+                text.push('\\');
+                chars.next();
+            }
+            _ => text.push(c),
+        }
+    }
     (!text.is_empty()).then(|| text.into_bytes())
 }
 
@@ -113,6 +127,7 @@ mod tests {
         two.write_pair(b"x::y", b"z", &mut line);
         assert_eq!(line, b"x::y::z\n");
         assert_eq!(Fields::new(Some("\\t"), None, None).unwrap(), tab);
+        assert_eq!(unescape("\\\\t"), Some(b"\\t".to_vec()), "an escaped backslash, then t");
     }
 
     #[test]

@@ -90,20 +90,20 @@ impl Streaming {
         })
     }
 
-    /// The map command, started for the input `input` begins.
-    fn start_map(&self, task: u32, input: &MapInput<'_>) -> Result<Running, AppError> {
+    /// The map command's environment for the input `input` begins
+    /// (the combiner's too).
+    fn map_env(&self, task: u32, input: &MapInput<'_>) -> Vec<(&'static str, String)> {
         let (start, length) = match self.compressed_sizes.get(input.filename) {
             Some(size) => (0, *size),
             None => (input.offset, input.contents.len() as u64),
         };
-        let env = [
+        vec![
             ("mapreduce_map_input_file", input.filename.to_owned()),
             ("map_input_file", input.filename.to_owned()),
             ("mapreduce_map_input_start", start.to_string()),
             ("mapreduce_map_input_length", length.to_string()),
             ("mapreduce_task_partition", task.to_string()),
-        ];
-        Running::start(&self.map_command, &env, &format!("map task {task}: "))
+        ]
     }
 
     /// Hands the whole lines of `printed` to `sink` as pairs, keeping a
@@ -136,6 +136,8 @@ struct Mapper {
     task: u32,
     /// The map command, once the first input has come.
     running: Option<Running>,
+    /// The map command's environment, for the combiner.
+    env: Vec<(&'static str, String)>,
     /// What the command printed after its last whole line.
     printed: Vec<u8>,
     /// Pairs held for the combiner, as `key SEPARATOR value` lines, with
@@ -189,14 +191,13 @@ impl Streaming {
     /// Passes the pairs in `printed` on: to `emit`, or to the combiner's
     /// buffer, running the combiner when it is full (or `at_end`).
     fn pass_on(&self, mapper: &mut Mapper, at_end: bool, emit: &mut Emitter<'_>) -> AppResult {
-        let Mapper { task, printed, held, .. } = mapper;
+        let Mapper { task, printed, held, env, .. } = mapper;
         match &self.combiner_command {
             None => self.take_lines(printed, at_end, |key, value| emit.emit(key, value)),
             Some(combiner) => {
                 self.take_lines(printed, at_end, |key, value| held.push(&self.fields, key, value));
                 if held.bytes.len() >= COMBINE_BUFFER || (at_end && !held.pairs.is_empty()) {
-                    let env = [("mapreduce_task_partition", task.to_string())];
-                    let mut combined = run_over(combiner, &env, &format!("map task {task} combiner: "), &held.sorted_lines())?;
+                    let mut combined = run_over(combiner, env, &format!("map task {task} combiner: "), &held.sorted_lines())?;
                     self.take_lines(&mut combined, true, |key, value| emit.emit(key, value));
                 }
             }
@@ -211,7 +212,7 @@ impl App for Streaming {
         // command is killed as it is dropped).
         TASK.take();
         let started = match task.kind {
-            TaskKind::Map => Task::Map(Mapper { task: task.index, running: None, printed: Vec::new(), held: Held::default() }),
+            TaskKind::Map => Task::Map(Mapper { task: task.index, running: None, env: Vec::new(), printed: Vec::new(), held: Held::default() }),
             TaskKind::Reduce => {
                 let env = [("mapreduce_task_partition", task.index.to_string())];
                 let running = Running::start(&self.reduce_command, &env, &format!("reduce task {}: ", task.index))?;
@@ -226,7 +227,9 @@ impl App for Streaming {
         TASK.with_borrow_mut(|task| {
             let Some(Task::Map(mapper)) = task else { return Err("map called outside a map task".into()) };
             if mapper.running.is_none() {
-                mapper.running = Some(self.start_map(mapper.task, input)?);
+                mapper.env = self.map_env(mapper.task, input);
+                let tag = format!("map task {}: ", mapper.task);
+                mapper.running = Some(Running::start(&self.map_command, &mapper.env, &tag)?);
             }
             for chunk in input.contents.chunks(FEED_CHUNK) {
                 let running = mapper.running.as_mut().ok_or("the map command is gone")?;

@@ -184,8 +184,8 @@ impl JobDir {
     /// Makes [`JobDir::publish`] commit the outputs under `prefix` on
     /// object storage, first removing what earlier runs left there
     /// half-written; the output directory then only stages the job.
-    pub fn publish_to(&mut self, prefix: ObjectUrl) -> Result<(), JobDirError> {
-        crate::remote_output::remove_temporary(&prefix)?;
+    pub fn publish_to(&mut self, prefix: ObjectUrl, id: &str) -> Result<(), JobDirError> {
+        crate::remote_output::remove_temporary(&prefix, id)?;
         self.object_storage = Some(prefix);
         Ok(())
     }

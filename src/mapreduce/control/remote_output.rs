@@ -23,8 +23,8 @@
 //! temporary ones, and the job fails naming the URL and the error: a
 //! failed or cancelled job leaves no final keys. A coordinator killed
 //! midway publishes again when it is restarted (its journal says it was
-//! publishing); any coordinator starting on the prefix first removes the
-//! temporary objects an earlier run left ([`remove_temporary`]).
+//! publishing); a coordinator resuming the job first removes the
+//! temporary objects its earlier runs left ([`remove_temporary`]).
 
 use std::path::{Path, PathBuf};
 
@@ -60,8 +60,15 @@ pub fn publish(job_dir: &Path, outputs: u32, id: &str, prefix: &ObjectUrl) -> Re
             }
         }
     }
-    let removed = remove_under(&temporary);
-    committed.and(removed)
+    // The outputs are whole once _SUCCESS is there: a temporary object
+    // that cannot be removed then is only litter.
+    match (committed, remove_under(&temporary)) {
+        (Ok(()), Err(e)) => {
+            tracing::warn!("cannot remove the temporary objects under {temporary}: {e}");
+            Ok(())
+        }
+        (committed, _) => committed,
+    }
 }
 
 fn commit(
@@ -94,9 +101,12 @@ fn commit(
     remote::put(&success, manifest.into_bytes())
 }
 
-/// Removes the temporary objects under `prefix` that earlier runs left.
-pub fn remove_temporary(prefix: &ObjectUrl) -> Result<(), RemoteError> {
-    remove_under(&prefix.join(TEMPORARY))
+/// Removes the temporary objects that earlier runs of job `id` left
+/// under `prefix` (those of other jobs are theirs: a job that died while
+/// publishing leaves its own, which `mr-master --fresh` on it does not
+/// reach; they lie under `_temporary/`, which inputs leave out).
+pub fn remove_temporary(prefix: &ObjectUrl, id: &str) -> Result<(), RemoteError> {
+    remove_under(&prefix.join(TEMPORARY).join(id))
 }
 
 fn remove_under(folder: &ObjectUrl) -> Result<(), RemoteError> {
@@ -126,7 +136,7 @@ pub fn earlier_outputs(prefix: &ObjectUrl) -> Result<Option<(String, Option<Stri
     let mut marker = Vec::new();
     let job = match remote::head(&prefix.join(SUCCESS))? {
         Some(object) => {
-            remote::read_range(&object.url, 0..object.size.min(200), &mut marker)?;
+            remote::read_range(&object.url, 0..object.size.min(200), None, &mut marker)?;
             String::from_utf8_lossy(&marker).lines().next().and_then(|line| line.strip_prefix("job ")).map(|id| id.chars().take(64).collect())
         }
         None => None,

@@ -25,8 +25,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
+use object_store::ClientConfigKey;
 use object_store::{BackoffConfig, ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig};
 
 /// The scheme of an object URL.
@@ -41,11 +42,29 @@ pub enum RemoteError {
         /// The text given.
         url: String,
     },
+    /// A setting in the environment that is not one.
+    #[error("{name}={value:?}: give a number of seconds")]
+    Setting {
+        /// The variable.
+        name: &'static str,
+        /// Its value (cut).
+        value: String,
+    },
     /// The object does not exist.
     #[error("{url}: no such object")]
     NotFound {
         /// The object's URL.
         url: String,
+    },
+    /// The object was written again since the job was planned.
+    #[error("{url}: changed since the job was planned ({then} bytes then, {now} now, or written again)")]
+    Changed {
+        /// The object's URL.
+        url: String,
+        /// Its size when the job was planned.
+        then: u64,
+        /// Its size now.
+        now: u64,
     },
     /// The request failed (after its retries).
     #[error("{url}: {source}")]
@@ -88,8 +107,12 @@ impl ObjectUrl {
         ObjectUrl { bucket: self.bucket.clone(), key }
     }
 
-    fn key(&self) -> Key {
-        Key::from(self.key.as_str())
+    /// The key as the client takes it: as is, not percent-encoded again
+    /// (keys come from listings as they are stored), so that `été.txt` or
+    /// `a~1` names the object listed. A key the client cannot take (an
+    /// empty part, as in `a//b`) is an error naming the URL.
+    fn key(&self) -> Result<Key, RemoteError> {
+        Key::parse(self.key.trim_end_matches('/')).map_err(|_| RemoteError::BadUrl { url: self.to_string() })
     }
 }
 
@@ -117,7 +140,7 @@ pub struct ObjectInfo {
 
 /// The object at `url`, if there is one.
 pub fn head(url: &ObjectUrl) -> Result<Option<ObjectInfo>, RemoteError> {
-    let (store, key) = (client(url)?, url.key());
+    let (store, key) = (client(url)?, url.key()?);
     match run(async move { store.head(&key).await }) {
         Ok(meta) => Ok(Some(info(&url.bucket, meta))),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -129,31 +152,69 @@ pub fn head(url: &ObjectUrl) -> Result<Option<ObjectInfo>, RemoteError> {
 /// `logs/...`), sorted by key.
 pub fn list(prefix: &ObjectUrl) -> Result<Vec<ObjectInfo>, RemoteError> {
     let store = client(prefix)?;
-    let key = (!prefix.key.trim_end_matches('/').is_empty()).then(|| Key::from(prefix.key.trim_end_matches('/')));
+    let key = match prefix.key.trim_end_matches('/').is_empty() {
+        true => None,
+        false => Some(prefix.key()?),
+    };
     let metas: Vec<ObjectMeta> = run(async move { store.list(key.as_ref()).try_collect().await }).map_err(|source| failed(prefix, source))?;
     let mut objects: Vec<ObjectInfo> = metas.into_iter().map(|meta| info(&prefix.bucket, meta)).collect();
     objects.sort_by(|a, b| a.url.cmp(&b.url));
     Ok(objects)
 }
 
-/// Bytes `range` of the object at `url`, appended to `out`. A range past
-/// the object's end is cut at it.
-pub fn read_range(url: &ObjectUrl, range: Range<u64>, out: &mut Vec<u8>) -> Result<(), RemoteError> {
-    if range.is_empty() {
-        return Ok(());
+/// What a read expects of the object: the size and time it had when the
+/// job was planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    /// Its size then.
+    pub size: u64,
+    /// When it had last been written then.
+    pub modified: Option<SystemTime>,
+}
+
+/// Bytes `range` of the object at `url`, appended to `out`, read in
+/// pieces of at most [`READ_PIECE`] bytes (each request is bounded in
+/// time). A range past the object's end is cut at it. With `planned`,
+/// every piece checks that the object is the one the job was planned with
+/// (same size, same time): one written again since fails the read, so
+/// that no map mixes two versions of its input.
+pub fn read_range(url: &ObjectUrl, range: Range<u64>, planned: Option<Planned>, out: &mut Vec<u8>) -> Result<(), RemoteError> {
+    let mut at = range.start;
+    while at < range.end {
+        let piece = at..range.end.min(at.saturating_add(READ_PIECE));
+        let (store, key) = (client(url)?, url.key()?);
+        let options = object_store::GetOptions { range: Some(piece.clone().into()), ..Default::default() };
+        let fetched = run(async move {
+            let got = store.get_opts(&key, options).await?;
+            let meta = got.meta.clone();
+            Ok::<_, object_store::Error>((meta, got.bytes().await?))
+        });
+        let (meta, bytes) = fetched.map_err(|source| match source {
+            object_store::Error::NotFound { .. } => RemoteError::NotFound { url: url.to_string() },
+            source => failed(url, source),
+        })?;
+        if let Some(planned) = planned {
+            let modified = SystemTime::from(meta.last_modified);
+            if meta.size != planned.size || planned.modified.is_some_and(|then| then != modified) {
+                return Err(RemoteError::Changed { url: url.to_string(), then: planned.size, now: meta.size });
+            }
+        }
+        out.extend_from_slice(&bytes);
+        if (bytes.len() as u64) < piece.end - piece.start {
+            // The object ends here.
+            return Ok(());
+        }
+        at = piece.end;
     }
-    let (store, key) = (client(url)?, url.key());
-    let bytes = run(async move { store.get_range(&key, range).await }).map_err(|source| match source {
-        object_store::Error::NotFound { .. } => RemoteError::NotFound { url: url.to_string() },
-        source => failed(url, source),
-    })?;
-    out.extend_from_slice(&bytes);
     Ok(())
 }
 
+/// The most bytes one GET asks for.
+pub const READ_PIECE: u64 = 64 << 20;
+
 /// Writes `bytes` as the object at `url`, replacing any.
 pub fn put(url: &ObjectUrl, bytes: Vec<u8>) -> Result<(), RemoteError> {
-    let (store, key) = (client(url)?, url.key());
+    let (store, key) = (client(url)?, url.key()?);
     run(async move { store.put(&key, bytes.into()).await }).map(drop).map_err(|source| failed(url, source))
 }
 
@@ -161,7 +222,7 @@ pub fn put(url: &ObjectUrl, bytes: Vec<u8>) -> Result<(), RemoteError> {
 /// one), replacing any; returns its size.
 pub fn upload(file: &Path, url: &ObjectUrl) -> Result<u64, RemoteError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (store, key, file) = (client(url)?, url.key(), file.to_owned());
+    let (store, key, file) = (client(url)?, url.key()?, file.to_owned());
     let uploaded = run(async move {
         let mut local = tokio::fs::File::open(&file).await?;
         let mut remote = object_store::buffered::BufWriter::new(store, key);
@@ -183,13 +244,13 @@ pub fn upload(file: &Path, url: &ObjectUrl) -> Result<u64, RemoteError> {
 /// Copies the object at `from` to `to` (within one bucket), replacing
 /// any there.
 pub fn copy(from: &ObjectUrl, to: &ObjectUrl) -> Result<(), RemoteError> {
-    let (store, from_key, to_key) = (client(to)?, from.key(), to.key());
+    let (store, from_key, to_key) = (client(to)?, from.key()?, to.key()?);
     run(async move { store.copy(&from_key, &to_key).await }).map_err(|source| failed(to, source))
 }
 
 /// Deletes the object at `url`; one that is not there is no error.
 pub fn delete(url: &ObjectUrl) -> Result<(), RemoteError> {
-    let (store, key) = (client(url)?, url.key());
+    let (store, key) = (client(url)?, url.key()?);
     match run(async move { store.delete(&key).await }) {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(source) => Err(failed(url, source)),
@@ -218,7 +279,10 @@ fn client(url: &ObjectUrl) -> Result<Arc<AmazonS3>, RemoteError> {
     }
     let client = AmazonS3Builder::from_env()
         .with_bucket_name(&url.bucket)
-        .with_retry(retry_config())
+        // One request may move a 64 MiB piece or copy a large output on
+        // the server: longer than the client's 30 s default allows.
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "300s")
+        .with_retry(retry_config()?)
         .build()
         .map_err(|source| failed(&ObjectUrl { bucket: url.bucket.clone(), key: String::new() }, source))?;
     let client = Arc::new(client);
@@ -227,13 +291,20 @@ fn client(url: &ObjectUrl) -> Result<Arc<AmazonS3>, RemoteError> {
 }
 
 /// How failed requests are tried again (see the module's documentation).
-fn retry_config() -> RetryConfig {
-    let seconds = std::env::var("MR_S3_RETRY_SECS").ok().and_then(|text| text.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0);
-    RetryConfig {
+fn retry_config() -> Result<RetryConfig, RemoteError> {
+    let retry_timeout = match std::env::var("MR_S3_RETRY_SECS") {
+        Err(_) => Duration::from_secs(30),
+        Ok(text) => text
+            .parse::<f64>()
+            .ok()
+            .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+            .ok_or_else(|| RemoteError::Setting { name: "MR_S3_RETRY_SECS", value: text.chars().take(40).collect() })?,
+    };
+    Ok(RetryConfig {
         backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2), base: 2.0 },
         max_retries: 10,
-        retry_timeout: Duration::from_secs_f64(seconds.unwrap_or(30.0)),
-    }
+        retry_timeout,
+    })
 }
 
 /// Runs `request` on the requests' runtime and waits for it.

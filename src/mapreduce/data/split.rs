@@ -99,7 +99,8 @@ fn read_remote_split(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result<u
     let url = ObjectUrl::parse(&split.file.path.to_string_lossy()).map_err(io::Error::other)?;
     let size = split.file.size;
     let from = split.start.min(size).saturating_sub(1);
-    let mut window = RemoteWindow { url: &url, size, from, data: Vec::new() };
+    let planned = crate::remote::Planned { size, modified: split.file.modified };
+    let mut window = RemoteWindow { url: &url, planned, from, data: Vec::new() };
     window.read_to(split.end.map_or(size, |end| end.saturating_add(LINE_SLACK)))?;
     let begin = if split.start == 0 { 0 } else { window.past_newline_from(from)? };
     let Some(end) = split.end.map(|end| end.min(size)) else {
@@ -116,10 +117,11 @@ fn read_remote_split(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result<u
     Ok(begin)
 }
 
-/// Bytes `from..from + data.len()` of an object, read on as needed.
+/// Bytes `from..from + data.len()` of an object, read on as needed, each
+/// read checking the object is as planned.
 struct RemoteWindow<'a> {
     url: &'a ObjectUrl,
-    size: u64,
+    planned: crate::remote::Planned,
     from: u64,
     data: Vec<u8>,
 }
@@ -128,13 +130,13 @@ impl RemoteWindow<'_> {
     /// Reads on to offset `to` (or the object's end). An object shorter
     /// than planned has changed since.
     fn read_to(&mut self, to: u64) -> io::Result<()> {
-        let (have, to) = (self.from + self.data.len() as u64, to.min(self.size));
+        let (have, to) = (self.from + self.data.len() as u64, to.min(self.planned.size));
         if to <= have {
             return Ok(());
         }
-        crate::remote::read_range(self.url, have..to, &mut self.data).map_err(io::Error::other)?;
+        crate::remote::read_range(self.url, have..to, Some(self.planned), &mut self.data).map_err(io::Error::other)?;
         if self.from + (self.data.len() as u64) < to {
-            return Err(io::Error::other(format!("changed since the job was planned: shorter than its {} bytes", self.size)));
+            return Err(io::Error::other(format!("changed since the job was planned: shorter than its {} bytes", self.planned.size)));
         }
         Ok(())
     }
@@ -149,8 +151,8 @@ impl RemoteWindow<'_> {
             if let Some(i) = unsearched.iter().position(|&b| b == b'\n') {
                 return Ok(searched + i as u64 + 1);
             }
-            if have >= self.size {
-                return Ok(self.size);
+            if have >= self.planned.size {
+                return Ok(self.planned.size);
             }
             searched = have;
             self.read_to(have + LINE_SLACK)?;

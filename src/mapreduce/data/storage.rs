@@ -461,9 +461,11 @@ impl WorkerStorage {
     pub fn read_input(&self, input: u32, offset: u64, len: u64) -> Result<Vec<u8>, String> {
         let path = self.inputs.get(input as usize).ok_or("no such input")?;
         if crate::remote::is_url(path) {
+            // As a file read: what there is of the range (nothing past the end).
             let url = crate::remote::ObjectUrl::parse(&path.to_string_lossy()).map_err(|e| e.to_string())?;
+            let size = crate::remote::head(&url).map_err(|e| e.to_string())?.ok_or_else(|| format!("{url}: no such object"))?.size;
             let mut bytes = Vec::new();
-            crate::remote::read_range(&url, offset..offset.saturating_add(len), &mut bytes).map_err(|e| e.to_string())?;
+            crate::remote::read_range(&url, offset.min(size)..offset.saturating_add(len).min(size), None, &mut bytes).map_err(|e| e.to_string())?;
             return Ok(bytes);
         }
         match mapreduce_app::job_inputs::read_range(path, offset, len) {

@@ -215,8 +215,8 @@ impl TaskRunner {
         // A file this machine does not have comes from the coordinator.
         // An object on object storage is read where it is, by ranges.
         let remote = crate::remote::is_url(&split.file.path);
-        let (mapped, served_input) = match map_split(split) {
-            _ if remote => (None, None),
+        let mapped = if remote { Ok(None) } else { map_split(split) };
+        let (mapped, served_input) = match mapped {
             Ok(mapped) => (mapped, None),
             Err(e) => match self.storage.served_input(&split.file.path, &e) {
                 Some(input) => (None, Some(input)),

@@ -293,7 +293,7 @@ impl Job {
         let output_dir = std::path::absolute(&config.output_dir).map_err(|source| JobDirError::Io { path: config.output_dir.clone(), source })?;
         let mut opened = JobDir::open(&output_dir, fingerprint(&config), config.fresh)?;
         if let Some(prefix) = &config.object_storage {
-            opened.dir.publish_to(prefix.clone())?;
+            opened.dir.publish_to(prefix.clone(), &opened.id)?;
         }
         if let Some(why) = &opened.discarded {
             tracing::warn!("the job directory {} held another job, removed: {why}", opened.dir.path().display());
