@@ -195,7 +195,7 @@ pub fn read_range(url: &ObjectUrl, range: Range<u64>, planned: Option<Planned>, 
         })?;
         if let Some(planned) = planned {
             let modified = SystemTime::from(meta.last_modified);
-            if meta.size != planned.size || planned.modified.is_some_and(|then| then != modified) {
+            if meta.size != planned.size || planned.modified.is_some_and(|then| whole_seconds(then) != whole_seconds(modified)) {
                 return Err(RemoteError::Changed { url: url.to_string(), then: planned.size, now: meta.size });
             }
         }
@@ -207,6 +207,12 @@ pub fn read_range(url: &ObjectUrl, range: Range<u64>, planned: Option<Planned>, 
         at = piece.end;
     }
     Ok(())
+}
+
+/// `time` in whole seconds since the epoch: a listing may give times in
+/// milliseconds where a GET's `Last-Modified` header has seconds only.
+fn whole_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 /// The most bytes one GET asks for.
