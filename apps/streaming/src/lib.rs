@@ -114,11 +114,10 @@ impl Streaming {
             Some(newline) => newline + 1,
             None => return,
         };
-        for line in printed.get(..whole).unwrap_or_default().split(|&b| b == b'\n') {
-            if line.is_empty() {
-                continue;
-            }
-            let (key, value) = self.fields.split(line);
+        // Every line is a pair, an empty one too (an empty key and value,
+        // as Hadoop Streaming reads it).
+        for line in printed.get(..whole).unwrap_or_default().split_inclusive(|&b| b == b'\n') {
+            let (key, value) = self.fields.split(line.strip_suffix(b"\n").unwrap_or(line));
             sink(key, value);
         }
         printed.drain(..whole);
@@ -284,3 +283,28 @@ impl App for Streaming {
 }
 
 mapreduce::export_app!(Streaming, Streaming::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_lines_become_pairs_an_empty_one_too_and_a_cut_line_waits_for_its_end() {
+        let app = Streaming {
+            map_command: String::new(),
+            reduce_command: String::new(),
+            combiner_command: None,
+            fields: Fields::new(None, None, None).unwrap(),
+            compressed_sizes: HashMap::new(),
+        };
+        let mut pairs = Vec::new();
+        let mut printed = b"a\t1\n\nno tab\ncut".to_vec();
+        app.take_lines(&mut printed, false, |k, v| pairs.push((k.to_vec(), v.to_vec())));
+        assert_eq!(printed, b"cut", "the cut line waits");
+        printed.extend_from_slice(b" line\t2");
+        app.take_lines(&mut printed, true, |k, v| pairs.push((k.to_vec(), v.to_vec())));
+        assert!(printed.is_empty());
+        let expected: Vec<(&[u8], &[u8])> = vec![(b"a", b"1"), (b"", b""), (b"no tab", b""), (b"cut line", b"2")];
+        assert_eq!(pairs, expected.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect::<Vec<_>>());
+    }
+}
