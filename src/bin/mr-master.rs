@@ -231,23 +231,24 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         false => None,
     };
     if let Some(prefix) = &object_storage {
-        let staging = args.staging_dir.clone().unwrap_or_else(|| remote_output::staging_dir(prefix));
-        let resuming = staging.join(job_dir::JOB_DIR_NAME).exists();
-        if let Some(earlier) = remote_output::earlier_outputs(prefix)?.filter(|_| !args.overwrite && !resuming) {
-            bail!(job_dir::refuse_earlier_outputs(Path::new(&prefix.to_string()), &earlier));
-        }
-        args.job.output_dir = staging;
+        args.job.output_dir = args.staging_dir.clone().unwrap_or_else(|| remote_output::staging_dir(prefix));
     }
     let staged = object_storage.is_some().then(|| args.job.output_dir.clone());
     let output_dir = &args.job.output_dir;
+    // Resuming this same job (its job directory is there) needs no --overwrite.
+    if !args.overwrite && !output_dir.join(job_dir::JOB_DIR_NAME).exists() {
+        let (shown, earlier) = match &object_storage {
+            Some(prefix) => (PathBuf::from(prefix.to_string()), remote_output::earlier_outputs(prefix)?),
+            None => (output_dir.clone(), job_dir::earlier_outputs(output_dir)),
+        };
+        if let Some(earlier) = earlier {
+            bail!(job_dir::refuse_earlier_outputs(&shown, &earlier));
+        }
+    }
     if output_dir.exists() && !output_dir.is_dir() {
         bail!("output directory {}: exists and is not a directory", output_dir.display());
     }
     std::fs::create_dir_all(output_dir).with_context(|| format!("cannot create output directory {}", output_dir.display()))?;
-    let resuming = output_dir.join(job_dir::JOB_DIR_NAME).exists();
-    if let Some(earlier) = job_dir::earlier_outputs(output_dir).filter(|_| !args.overwrite && !resuming && object_storage.is_none()) {
-        bail!(job_dir::refuse_earlier_outputs(output_dir, &earlier));
-    }
     let http = match args.http.as_deref() {
         Some("off") => None,
         requested => Some(bind_http(requested).await?),

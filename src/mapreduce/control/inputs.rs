@@ -80,6 +80,10 @@ fn add_input(path: &Path, metadata: &std::fs::Metadata, inputs: &mut Vec<InputFi
     }
 }
 
+/// How patterns match, on files and keys alike: `*` does not cross `/`.
+const GLOB_OPTIONS: glob::MatchOptions =
+    glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+
 fn is_pattern(arg: &Path) -> bool {
     arg.to_str().is_some_and(|text| text.contains(['*', '?', '[']))
 }
@@ -93,7 +97,7 @@ fn is_pattern(arg: &Path) -> bool {
 fn expand_pattern(pattern: &Path, inputs: &mut Vec<InputFile>) -> Result<(), InputError> {
     let text = pattern.to_string_lossy().into_owned();
     let compiled = glob::Pattern::new(&text).map_err(|source| InputError::BadPattern { pattern: text.clone(), source })?;
-    let options = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+    let options = GLOB_OPTIONS;
     let root: PathBuf = pattern.components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
     let depth = pattern.components().count() - root.components().count();
     let unbounded = text.contains("**");
@@ -136,7 +140,7 @@ fn add_remote(url: &str, inputs: &mut Vec<InputFile>) -> Result<(), InputError> 
     let before = inputs.len();
     if is_pattern(Path::new(&parsed.key)) {
         let compiled = glob::Pattern::new(&parsed.key).map_err(|source| InputError::BadPattern { pattern: url.to_owned(), source })?;
-        let options = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+        let options = GLOB_OPTIONS;
         // Listed from the last whole folder before the first glob character.
         let literal = parsed.key.split(['*', '?', '[']).next().unwrap_or_default();
         let folder = ObjectUrl { bucket: parsed.bucket.clone(), key: literal.rsplit_once('/').map_or("", |(folder, _)| folder).to_owned() };
@@ -176,7 +180,7 @@ fn add_remote(url: &str, inputs: &mut Vec<InputFile>) -> Result<(), InputError> 
 /// with `.` or `_` (`_SUCCESS`, `_temporary/`), as a walk of a directory
 /// leaves such names out.
 fn hidden_below(key: &str, folder_length: usize) -> bool {
-    key.get(folder_length..).unwrap_or_default().split('/').any(|name| name.starts_with(['.', '_']))
+    key.get(folder_length..).unwrap_or_default().split('/').any(|name| is_hidden(Path::new(name)))
 }
 
 /// The input an object is, named by its URL.

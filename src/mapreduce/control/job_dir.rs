@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use crate::counters::Counters;
 use crate::journal::{Journal, JournalError, Record};
 use crate::map_output::MapOutputLocation;
-use crate::output::{is_output_name, output_file_name, stale_outputs, write_atomically, TEMP_PREFIX};
+use crate::output::{is_output_name, marked_job, output_file_name, stale_outputs, success_line, write_atomically, TEMP_PREFIX};
 use crate::remote::ObjectUrl;
 use crate::rpc::{AttemptId, TaskId};
 use crate::scheduler::Owner;
@@ -41,7 +41,7 @@ use crate::scheduler::Owner;
 /// The job directory's name inside the output directory.
 pub const JOB_DIR_NAME: &str = ".mr-job";
 /// The marker written beside a job's outputs once they are all in place.
-pub const SUCCESS_MARKER: &str = "_SUCCESS";
+pub use crate::output::SUCCESS_MARKER;
 /// The journal's name in the job directory.
 pub const JOURNAL: &str = "journal";
 const LOCK: &str = "lock";
@@ -258,7 +258,7 @@ impl JobDir {
         // The renames reach the disk before the marker says they happened.
         File::open(&self.output_dir).and_then(|d| d.sync_all()).map_err(io_err(&self.output_dir))?;
         let marker = self.output_dir.join(SUCCESS_MARKER);
-        write_atomically(&marker, format!("job {id}\n").as_bytes()).map_err(io_err(&marker))
+        write_atomically(&marker, success_line(id).as_bytes()).map_err(io_err(&marker))
     }
 
     /// Removes the directory and everything in it (the lock stays held
@@ -343,9 +343,7 @@ pub fn earlier_outputs(output_dir: &Path) -> Option<(String, Option<String>)> {
         entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).filter(|name| is_output_name(name)).collect();
     outputs.sort();
     let first = outputs.into_iter().next()?;
-    let job = std::fs::read_to_string(output_dir.join(SUCCESS_MARKER))
-        .ok()
-        .and_then(|marker| marker.trim().strip_prefix("job ").map(|id| id.chars().take(64).collect()));
+    let job = std::fs::read_to_string(output_dir.join(SUCCESS_MARKER)).ok().as_deref().and_then(marked_job);
     Some((first, job))
 }
 

@@ -28,13 +28,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::output::{is_output_name, output_file_name};
+use crate::output::{is_output_name, marked_job, output_file_name, success_line, SUCCESS_MARKER as SUCCESS};
 use crate::remote::{self, ObjectUrl, RemoteError};
 
 /// Where temporary objects go, under the output prefix.
 const TEMPORARY: &str = "_temporary";
-/// The marker of a whole output, under the output prefix.
-const SUCCESS: &str = "_SUCCESS";
 
 /// The default local staging directory of output prefix `prefix`:
 /// `.mr-s3/BUCKET/PREFIX` under the current directory, the same path for
@@ -79,7 +77,7 @@ fn commit(
     temporary: &ObjectUrl,
     written: &mut Vec<ObjectUrl>,
 ) -> Result<(), RemoteError> {
-    let mut manifest = format!("job {id}\n");
+    let mut manifest = success_line(id);
     let mut uploaded = Vec::new();
     for r in 0..outputs {
         let name = output_file_name(r);
@@ -137,7 +135,7 @@ pub fn earlier_outputs(prefix: &ObjectUrl) -> Result<Option<(String, Option<Stri
     let job = match remote::head(&prefix.join(SUCCESS))? {
         Some(object) => {
             remote::read_range(&object.url, 0..object.size.min(200), None, &mut marker)?;
-            String::from_utf8_lossy(&marker).lines().next().and_then(|line| line.strip_prefix("job ")).map(|id| id.chars().take(64).collect())
+            marked_job(&String::from_utf8_lossy(&marker))
         }
         None => None,
     };

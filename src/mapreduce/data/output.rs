@@ -133,6 +133,21 @@ pub fn output_file_name(r: u32) -> String {
     format!("mr-out-{r}")
 }
 
+/// The marker of a whole output directory or prefix (Hadoop's): its first
+/// line names the job whose outputs are there.
+pub const SUCCESS_MARKER: &str = "_SUCCESS";
+
+/// The first line of a `_SUCCESS` marker for job `id`.
+pub fn success_line(id: &str) -> String {
+    format!("job {id}\n")
+}
+
+/// The job a `_SUCCESS` marker's text names (cut to 64 characters: the
+/// text may be anyone's).
+pub fn marked_job(marker: &str) -> Option<String> {
+    marker.lines().next()?.trim().strip_prefix("job ").map(|id| id.chars().take(64).collect())
+}
+
 /// Whether `name` is a job's output file's, `mr-out-<r>`.
 pub fn is_output_name(name: &str) -> bool {
     name.strip_prefix("mr-out-").is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
