@@ -43,6 +43,7 @@ fn config(inputs: &[std::path::PathBuf], output_dir: std::path::PathBuf, app: (s
         map_buffer_bytes: 1 << 20,
         combine: true,
         compression: Default::default(),
+        output_compression: Default::default(),
         fresh: false,
         app: Some(app),
         secret: None,

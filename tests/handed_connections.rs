@@ -34,6 +34,7 @@ fn config(inputs: &[std::path::PathBuf], output_dir: std::path::PathBuf) -> Coor
         map_buffer_bytes: 1 << 20,
         combine: true,
         compression: Default::default(),
+        output_compression: Default::default(),
         fresh: false,
         app: None,
         secret: None,

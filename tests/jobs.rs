@@ -688,6 +688,51 @@ fn a_damaged_compressed_input_fails_the_job_naming_it() {
     assert!(!dir.join("mr-out-0").exists());
 }
 
+/// The text of the compressed file at `path`, unpacked by its extension.
+fn unpacked(path: &std::path::Path) -> Vec<u8> {
+    let stored = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let codec = mapreduce::codec::Codec::of(path).unwrap_or_else(|| panic!("{} is not named as compressed", path.display()));
+    mapreduce::codec::decompress_all(codec, &stored[..]).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn compressed_outputs_unpack_to_the_plain_outputs_and_replace_them() {
+    let dir = TestDir::new("compressed-outputs");
+    for i in 0..3 {
+        dir.write(&format!("in/{i}.txt"), skewed_text(20_000, 90 + i));
+    }
+    let expected = reference_output(dir.path(), "wordcount", &["in"]);
+    run_job_to_completion(&dir, "wordcount", 2, 3, &["--output-dir", "out"], &["in"]);
+    let plain = job_output(&dir.join("out"), 3);
+    assert_same_output(&plain, &expected, "the plain job");
+    for (codec, extension) in [("gz", "gz"), ("zst", "zst")] {
+        // Over the plain job's outputs: they are set aside, not mixed in.
+        run_job_to_completion(&dir, "wordcount", 2, 3, &["--output-dir", "out", "--overwrite", "--output-compression", codec], &["in"]);
+        let mut all = Vec::new();
+        for r in 0..3 {
+            all.extend(unpacked(&dir.join(&format!("out/mr-out-{r}.{extension}"))));
+            assert!(!dir.join(&format!("out/mr-out-{r}")).exists(), "the plain output {r} stayed beside the {codec} ones\n{}", dir.listing());
+        }
+        assert_same_output(&sorted_lines(&all), &expected, &format!("--output-compression {codec}\n{}", dir.listing()));
+        let summary = std::fs::read_to_string(dir.join("out/_SUCCESS")).unwrap();
+        assert!(summary.starts_with("job "), "{summary}");
+        // The reference writes the same, and a later job reads it back.
+        let reference_dir = format!("ref-{codec}");
+        let mut cmd = std::process::Command::new(sequential_bin());
+        cmd.args(["--output-compression", codec, "--output-dir", &reference_dir, "wordcount", "in"]);
+        Proc::spawn("sequential", cmd, dir.path()).expect_success();
+        assert_same_output(&sorted_lines(&unpacked(&dir.join(&format!("{reference_dir}/mr-out-0.{extension}")))), &expected, "mr-sequential");
+        let compressed_output = format!("{reference_dir}/mr-out-0.{extension}");
+        dir.write(&format!("{reference_dir}.txt"), unpacked(&dir.join(&compressed_output)));
+        let read_back = reference_output(dir.path(), "wordcount", &[&compressed_output]);
+        assert_same_output(&read_back, &reference_output(dir.path(), "wordcount", &[&format!("{reference_dir}.txt")]), "read back by its extension");
+    }
+    let mut cmd = std::process::Command::new(sequential_bin());
+    cmd.args(["--output-compression", "lzma", "wordcount", "in"]);
+    let err = Proc::spawn("sequential", cmd, dir.path()).expect_failure();
+    assert!(err.contains("unknown output compression \"lzma\": expected none, gz or zst"), "{err}");
+}
+
 #[test]
 fn a_map_only_job_writes_each_maps_pairs_as_emitted_one_output_per_map() {
     let dir = TestDir::new("map-only");

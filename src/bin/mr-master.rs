@@ -263,6 +263,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         map_buffer_bytes: job.map_buffer,
         combine: !job.no_combine,
         compression: job.compress,
+        output_compression: job.output_compression,
         output_dir: job.output_dir,
         object_storage,
         fresh: args.fresh,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use mapreduce::output::OutputCompression;
 use mapreduce::plugin::Plugin;
 use mapreduce::summary::JobSummary;
 use mapreduce::Params;
@@ -36,6 +37,11 @@ struct Args {
     /// is the one output of every other job.
     #[arg(long, value_name = "0|1", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1))]
     reduces: u32,
+
+    /// Compression of the output: `none`, `gz` or `zst`, as for
+    /// `mr-master` (`mr-out-0.gz`, `mr-out-0.zst`).
+    #[arg(long, value_name = "CODEC", default_value = "none", value_parser = OutputCompression::parse)]
+    output_compression: OutputCompression,
 
     /// A parameter for the app, `KEY=VALUE` (repeatable), as for `mr-master`.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = mapreduce::cli::parse_param)]
@@ -72,13 +78,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.output_dir).with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
     if args.reduces == 0 {
         anyhow::ensure!(args.summary_json.is_none(), "--summary-json is not written for --reduces 0 (a map-only reference has no counters)");
-        let outputs = mapreduce::sequential::run_sequential_map_only(&plugin, &inputs, Params::new(args.params), &args.output_dir)?;
+        let outputs = mapreduce::sequential::run_sequential_map_only(&plugin, &inputs, Params::new(args.params), &args.output_dir, args.output_compression)?;
         if !args.quiet {
             println!("map-only: {} outputs in {}", outputs.len(), args.output_dir.display());
         }
         return Ok(());
     }
-    let run = mapreduce::sequential::run_sequential(&plugin, &inputs, Params::new(args.params), &args.output_dir)?;
+    let run = mapreduce::sequential::run_sequential(&plugin, &inputs, Params::new(args.params), &args.output_dir, args.output_compression)?;
     let summary = JobSummary::of_sequential(&run, inputs.len());
     if !args.quiet {
         print!("{}", summary.render());

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::backup::BackupPolicy;
+use crate::output::OutputCompression;
 use crate::runfile::Compression;
 use crate::scheduler::SchedulerConfig;
 
@@ -87,6 +88,12 @@ pub struct JobFlags {
     /// (see docs/performance.md).
     #[arg(long, value_name = "CODEC", default_value = "none")]
     pub compress: Compression,
+
+    /// Compression of the output files: `none`, `gz` (gzip) or `zst`
+    /// (Zstandard). Compressed outputs are named `mr-out-R.gz` or
+    /// `mr-out-R.zst`, and a later job reads them back by that extension.
+    #[arg(long, value_name = "CODEC", default_value = "none", value_parser = OutputCompression::parse)]
+    pub output_compression: OutputCompression,
 
     /// Do not use the app's combiner even if it has one (the output is the
     /// same; more data goes through the shuffle).

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use crate::counters::Counters;
 use crate::journal::{Journal, JournalError, Record};
 use crate::map_output::MapOutputLocation;
-use crate::output::{is_output_name, marked_job, output_file_name, stale_outputs, success_line, write_atomically, TEMP_PREFIX};
+use crate::output::{is_output_name, marked_job, output_file_name, stale_outputs, success_line, write_atomically, OutputCompression, TEMP_PREFIX};
 use crate::remote::ObjectUrl;
 use crate::rpc::{AttemptId, TaskId};
 use crate::scheduler::Owner;
@@ -134,6 +134,8 @@ pub struct JobDir {
     /// Where the outputs are committed instead of the output directory,
     /// which then only stages the job (see [`crate::remote_output`]).
     object_storage: Option<ObjectUrl>,
+    /// How the outputs are compressed, which names them when published.
+    output_compression: OutputCompression,
 }
 
 impl JobDir {
@@ -150,7 +152,7 @@ impl JobDir {
             Ok(false) => return Err(JobDirError::Busy { output_dir: output_dir.to_owned(), lock: lock_path }),
             Err(source) => return Err(JobDirError::Io { path: lock_path, source }),
         }
-        let mut dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock, publication_begun: false, object_storage: None };
+        let mut dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock, publication_begun: false, object_storage: None, output_compression: OutputCompression::None };
         remove_leftovers(output_dir);
         let journal_path = dir.path.join(JOURNAL);
         let earlier = journal_path.exists().then(|| Journal::replay(&journal_path));
@@ -190,6 +192,17 @@ impl JobDir {
         Ok(())
     }
 
+    /// Names the published outputs for `compression` (`mr-out-<r>.gz`):
+    /// the finished outputs are written compressed already.
+    pub fn compress_outputs(&mut self, compression: OutputCompression) {
+        self.output_compression = compression;
+    }
+
+    /// What reduce `r`'s output is called once published.
+    pub fn published_name(&self, r: u32) -> String {
+        self.output_compression.output_file_name(r)
+    }
+
     /// The directory's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -210,7 +223,7 @@ impl JobDir {
     /// `Publishing` (synced) first.
     pub fn publish(&self, reduces: u32, id: &str) -> Result<(), JobDirError> {
         if let Some(prefix) = &self.object_storage {
-            return Ok(crate::remote_output::publish(&self.path, reduces, id, prefix)?);
+            return Ok(crate::remote_output::publish(&self.path, reduces, id, prefix, self.output_compression)?);
         }
         let mut moves = Moves::default();
         let published = self.set_aside_earlier_outputs(reduces, &mut moves).and_then(|()| self.move_in(reduces, id, &mut moves));
@@ -232,8 +245,8 @@ impl JobDir {
     fn set_aside_earlier_outputs(&self, reduces: u32, moves: &mut Moves) -> Result<(), JobDirError> {
         let previous = self.path.join(PREVIOUS);
         std::fs::create_dir_all(&previous).map_err(io_err(&previous))?;
-        let replaced = (0..reduces).filter(|&r| !self.moved_out_before(r)).map(output_file_name);
-        let stale = stale_outputs(&self.output_dir, reduces).map_err(io_err(&self.output_dir))?;
+        let replaced = (0..reduces).filter(|&r| !self.moved_out_before(r)).map(|r| self.published_name(r));
+        let stale = stale_outputs(&self.output_dir, reduces, self.output_compression).map_err(io_err(&self.output_dir))?;
         for name in std::iter::once(SUCCESS_MARKER.to_owned()).chain(replaced).chain(stale) {
             let earlier = self.output_dir.join(&name);
             if std::fs::symlink_metadata(&earlier).is_ok() {
@@ -247,7 +260,7 @@ impl JobDir {
     /// `_SUCCESS` once they are all there.
     fn move_in(&self, reduces: u32, id: &str, moves: &mut Moves) -> Result<(), JobDirError> {
         for r in 0..reduces {
-            let (from, to) = (self.finished_output(r), self.output_dir.join(output_file_name(r)));
+            let (from, to) = (self.finished_output(r), self.output_dir.join(self.published_name(r)));
             if self.moved_out_before(r) && to.is_file() {
                 // Moved before the coordinator was restarted; undone with the rest.
                 moves.done.push((from, to));

@@ -28,7 +28,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::output::{is_output_name, marked_job, output_file_name, success_line, SUCCESS_MARKER as SUCCESS};
+use crate::output::{is_output_name, marked_job, output_file_name, success_line, OutputCompression, SUCCESS_MARKER as SUCCESS};
 use crate::remote::{self, ObjectUrl, RemoteError};
 
 /// Where temporary objects go, under the output prefix.
@@ -46,11 +46,12 @@ pub fn staging_dir(prefix: &ObjectUrl) -> PathBuf {
 }
 
 /// Commits the finished outputs `mr-out-0 ..` (`outputs` of them) in
-/// `job_dir` to `prefix`, as job `id` (see the module's documentation).
-pub fn publish(job_dir: &Path, outputs: u32, id: &str, prefix: &ObjectUrl) -> Result<(), RemoteError> {
+/// `job_dir` to `prefix`, as job `id` (see the module's documentation),
+/// named for their `compression`.
+pub fn publish(job_dir: &Path, outputs: u32, id: &str, prefix: &ObjectUrl, compression: OutputCompression) -> Result<(), RemoteError> {
     let temporary = prefix.join(TEMPORARY).join(id);
     let mut written = Vec::new();
-    let committed = commit(job_dir, outputs, id, prefix, &temporary, &mut written);
+    let committed = commit(job_dir, outputs, compression, id, prefix, &temporary, &mut written);
     if committed.is_err() {
         for url in written.iter().rev() {
             if let Err(e) = remote::delete(url) {
@@ -72,6 +73,7 @@ pub fn publish(job_dir: &Path, outputs: u32, id: &str, prefix: &ObjectUrl) -> Re
 fn commit(
     job_dir: &Path,
     outputs: u32,
+    compression: OutputCompression,
     id: &str,
     prefix: &ObjectUrl,
     temporary: &ObjectUrl,
@@ -80,8 +82,8 @@ fn commit(
     let mut manifest = success_line(id);
     let mut uploaded = Vec::new();
     for r in 0..outputs {
-        let name = output_file_name(r);
-        let bytes = remote::upload(&job_dir.join(&name), &temporary.join(&name))?;
+        let name = compression.output_file_name(r);
+        let bytes = remote::upload(&job_dir.join(output_file_name(r)), &temporary.join(&name))?;
         manifest.push_str(&format!("{name} {bytes}\n"));
         uploaded.push(name);
     }

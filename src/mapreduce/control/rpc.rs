@@ -95,6 +95,9 @@ pub struct JobSpec {
     pub combine: bool,
     /// How intermediate runs are compressed (`--compress`).
     pub compression: crate::runfile::Compression,
+    /// How the job's outputs are compressed (`--output-compression`).
+    #[serde(default)]
+    pub output_compression: crate::output::OutputCompression,
     /// How often a worker sends a heartbeat: a fraction of the task
     /// timeout, so that a live worker is never taken for a silent one.
     pub heartbeat_interval: Duration,

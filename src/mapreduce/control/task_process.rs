@@ -361,6 +361,7 @@ mod tests {
             map_buffer_bytes: 1 << 20,
             combine: false,
             compression: Default::default(),
+            output_compression: Default::default(),
             heartbeat_interval: Duration::from_millis(250),
             job_dir: "/nonexistent".into(),
             app: None,

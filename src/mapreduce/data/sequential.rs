@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::app::{OutputFormat, Params, VecValues};
 use crate::counters::{count_lines, Counters, UserCounters};
-use crate::output::{output_file_name, AtomicFile};
+use crate::output::{AtomicFile, OutputCompression};
 use crate::plugin::{AppFailure, Plugin};
 use crate::rpc::{app_context, InputFile};
 
@@ -61,8 +61,15 @@ fn read_input(input: &InputFile) -> std::io::Result<(u64, Vec<u8>)> {
 /// A map-only job's reference (`mr-sequential --reduces 0`): maps each of
 /// `inputs` in order and writes its pairs, as emitted, in the app's output
 /// format, to `mr-out-I` for input I, as a map-only job whose every input
-/// is one split writes them. Returns the output files.
-pub fn run_sequential_map_only(plugin: &Plugin, inputs: &[InputFile], params: Params, output_dir: &Path) -> Result<Vec<PathBuf>, SequentialError> {
+/// is one split writes them, compressed as `compression` says. Returns the
+/// output files.
+pub fn run_sequential_map_only(
+    plugin: &Plugin,
+    inputs: &[InputFile],
+    params: Params,
+    output_dir: &Path,
+    compression: OutputCompression,
+) -> Result<Vec<PathBuf>, SequentialError> {
     let capabilities = plugin
         .init(&app_context(params, inputs, 0))
         .map_err(|failure| SequentialError::App { what: "the app's constructor".to_string(), failure })?;
@@ -70,8 +77,8 @@ pub fn run_sequential_map_only(plugin: &Plugin, inputs: &[InputFile], params: Pa
     let mut outputs = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.iter().enumerate() {
         let (_, contents) = read_input(input).map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
-        let path = output_dir.join(output_file_name(index as u32));
-        let mut output = AtomicFile::create(&path).map_err(|source| SequentialError::Output { path: path.clone(), source })?;
+        let path = output_dir.join(compression.output_file_name(index as u32));
+        let mut output = AtomicFile::create_compressed(&path, compression).map_err(|source| SequentialError::Output { path: path.clone(), source })?;
         let mut written: std::io::Result<()> = Ok(());
         let mut emit = |key: &[u8], value: &[u8]| {
             if written.is_ok() {
@@ -82,16 +89,23 @@ pub fn run_sequential_map_only(plugin: &Plugin, inputs: &[InputFile], params: Pa
         plugin.start_task(true, index as u32, &counters).map_err(app_err)?;
         plugin.map(&input.name, &contents, 0, &mut emit, &counters).map_err(app_err)?;
         plugin.finish_map(&mut emit, &counters).map_err(app_err)?;
-        written.and_then(|()| output.commit()).map_err(|source| SequentialError::Output { path: path.clone(), source })?;
+        written.and_then(|()| output.commit().map(|_| ())).map_err(|source| SequentialError::Output { path: path.clone(), source })?;
         outputs.push(path);
     }
     Ok(outputs)
 }
 
 /// Runs the app over `inputs` with `params` and writes `mr-out-0` into
-/// `output_dir`. The app is made for a job with one reduce partition; its
-/// combiner and partitioner are not used.
-pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, output_dir: &Path) -> Result<SequentialRun, SequentialError> {
+/// `output_dir` (`mr-out-0.gz` or `.zst` when `compression` says so). The
+/// app is made for a job with one reduce partition; its combiner and
+/// partitioner are not used.
+pub fn run_sequential(
+    plugin: &Plugin,
+    inputs: &[InputFile],
+    params: Params,
+    output_dir: &Path,
+    compression: OutputCompression,
+) -> Result<SequentialRun, SequentialError> {
     let started = Instant::now();
     let capabilities = plugin
         .init(&app_context(params, inputs, 1))
@@ -122,9 +136,9 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
     let mapped = Instant::now();
     pairs.sort_by(|a, b| key(a).cmp(key(b)));
 
-    let path = output_dir.join(output_file_name(0));
+    let path = output_dir.join(compression.output_file_name(0));
     let output_err = |source| SequentialError::Output { path: path.clone(), source };
-    let mut output = AtomicFile::create(&path).map_err(output_err)?;
+    let mut output = AtomicFile::create_compressed(&path, compression).map_err(output_err)?;
     let mut result = Vec::new();
     let reduce_err = |what: String| move |failure| SequentialError::App { what, failure };
     plugin.start_task(false, 0, &counters).map_err(reduce_err("the reduce task".to_string()))?;
@@ -140,9 +154,9 @@ pub fn run_sequential(plugin: &Plugin, inputs: &[InputFile], params: Params, out
     plugin.finish_reduce(&mut result, &counters).map_err(reduce_err("the end of the reduce task".to_string()))?;
     output.write_reduce_output(OutputFormat::Raw, &[], &result).map_err(output_err)?;
     totals.reduce_input_records = pairs.len() as u64;
-    (totals.output_records, totals.output_bytes) = output.lines_and_bytes_written();
     totals.user = counters.take();
-    output.commit().map_err(output_err)?;
+    let written = output.commit().map_err(output_err)?;
+    (totals.output_records, totals.output_bytes) = (written.lines, written.bytes);
     let (map_secs, reduce_secs) = ((mapped - started).as_secs_f64(), mapped.elapsed().as_secs_f64());
     Ok(SequentialRun { output: path, map_secs, reduce_secs, counters: totals })
 }

@@ -36,7 +36,7 @@ use futures::StreamExt;
 
 use crate::files::{Catalog, FetchError, Fetcher, FileRange, FileRequest};
 use crate::map_output::{open_run, MapOutputLocation};
-use crate::output::AtomicFile;
+use crate::output::{AtomicFile, OutputCompression};
 use crate::plugin::{file_sha256, Plugin};
 use crate::rpc::{AttemptId, InputFile, InputSplit, JobApp, MapTask, ReduceTask};
 use crate::runfile::{RunError, RunRange, RunReader};
@@ -238,8 +238,8 @@ impl WorkerStorage {
     }
 
     /// Starts reduce `task`'s output (see [`WorkerStorage::create_output`]).
-    pub fn create_reduce_output(&self, task: &ReduceTask) -> io::Result<AtomicFile> {
-        self.create_output(task.partition, task.attempt, &task.staged_output)
+    pub fn create_reduce_output(&self, task: &ReduceTask, compression: OutputCompression) -> io::Result<AtomicFile> {
+        self.create_output(task.partition, task.attempt, &task.staged_output, compression)
     }
 
     /// Starts output `r` of the job, written by `attempt` (a reduce's, or a
@@ -247,17 +247,18 @@ impl WorkerStorage {
     /// directory if this worker shares it, else an upload to the
     /// coordinator, which stages it there as it arrives
     /// ([`crate::upload`]). Either way, once committed it is at
-    /// `staged_output`, as the coordinator names it.
-    pub fn create_output(&self, r: u32, attempt: AttemptId, staged_output: &Path) -> io::Result<AtomicFile> {
+    /// `staged_output`, as the coordinator names it, compressed as
+    /// `compression` says.
+    pub fn create_output(&self, r: u32, attempt: AttemptId, staged_output: &Path, compression: OutputCompression) -> io::Result<AtomicFile> {
         if self.shares_job_dir() {
-            return AtomicFile::create(staged_output);
+            return AtomicFile::create_compressed(staged_output, compression);
         }
         let stream = self
             .runtime
             .block_on(self.fetcher.dial(&self.master, SERVICE_UPLOAD))
             .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, format!("connecting to the coordinator to send the output: {e}")))?;
         let upload = Upload::start(Blocking::new(stream, self.runtime.clone()), r, attempt)?;
-        Ok(AtomicFile::staged_in(Box::new(upload)))
+        AtomicFile::staged_in(Box::new(upload), compression)
     }
 
     /// Makes every run of a reduce attempt readable here: those it can

@@ -20,7 +20,7 @@ use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN
 use crate::inputs::check_unchanged;
 use crate::map_output::{stored_size, MapOutputLocation};
 use crate::merge::{MergeError, RunMerger};
-use crate::output::AtomicFile;
+use crate::output::{AtomicFile, OutputCompression};
 use crate::partition::Partitions;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
@@ -172,6 +172,8 @@ pub struct TaskRunner {
     /// The job allows the app's combiner (it may still have none).
     combine: bool,
     compression: Compression,
+    /// How the job's outputs are compressed.
+    output_compression: OutputCompression,
     /// Why the app could not be made for this job, if it could not.
     init_error: Option<AppFailure>,
     /// Where attempts' files go, and how runs and inputs are fetched.
@@ -188,7 +190,7 @@ impl TaskRunner {
             tracing::error!("the app refused this job: {e}");
         }
         let map_buffer_bytes = usize::try_from(job.map_buffer_bytes).unwrap_or(usize::MAX);
-        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, compression: job.compression, init_error, storage }
+        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, compression: job.compression, output_compression: job.output_compression, init_error, storage }
     }
 
     /// Where attempts' files go.
@@ -257,7 +259,7 @@ impl TaskRunner {
             Some(path) => MapSink::Output {
                 file: self
                     .storage
-                    .create_output(task.index, task.attempt, path)
+                    .create_output(task.index, task.attempt, path, self.output_compression)
                     .map_err(|source| TaskError::Output { path: path.clone(), source })?,
                 format: capabilities.output,
                 path: path.clone(),
@@ -327,8 +329,8 @@ impl TaskRunner {
         let runs = match output {
             MapSink::Runs { writer, .. } => self.storage.serve_map_output(task.attempt, writer.finish()?),
             MapSink::Output { file, path, .. } => {
-                (counters.output_records, counters.output_bytes) = file.lines_and_bytes_written();
-                file.commit().map_err(|source| TaskError::Output { path, source })?;
+                let written = file.commit().map_err(|source| TaskError::Output { path, source })?;
+                (counters.output_records, counters.output_bytes) = (written.lines, written.bytes);
                 Vec::new()
             }
         };
@@ -364,7 +366,7 @@ impl TaskRunner {
         let mut merger = RunMerger::new(readers)?;
         let path = &task.staged_output;
         let output_err = |source| TaskError::Output { path: path.clone(), source };
-        let mut output = self.storage.create_reduce_output(task).map_err(output_err)?;
+        let mut output = self.storage.create_reduce_output(task, self.output_compression).map_err(output_err)?;
         let user_counters = UserCounters::reporting_to(progress.shared());
         let (mut key, mut value) = (Vec::new(), Vec::new());
         let mut cursor = task.skip.as_ref().map(open_cursor).transpose()?;
@@ -403,8 +405,8 @@ impl TaskRunner {
         self.plugin.finish_reduce(&mut value, &user_counters)?;
         output.write_reduce_output(OutputFormat::Raw, &[], &value).map_err(output_err)?;
         counters.reduce_input_records = merger.records_read();
-        (counters.output_records, counters.output_bytes) = output.lines_and_bytes_written();
-        output.commit().map_err(output_err)?;
+        let written = output.commit().map_err(output_err)?;
+        (counters.output_records, counters.output_bytes) = (written.lines, written.bytes);
         counters.user = user_counters.take();
         Ok(counters)
     }

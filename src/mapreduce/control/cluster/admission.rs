@@ -240,6 +240,7 @@ pub fn coordinator_config(admitted: &Admitted) -> CoordinatorConfig {
         map_buffer_bytes: job.map_buffer,
         combine: !job.no_combine,
         compression: job.compress,
+        output_compression: job.output_compression,
         fresh: false,
         app: Some(admitted.app.clone()),
         // The cluster's listener checks the secret; the engine has none.

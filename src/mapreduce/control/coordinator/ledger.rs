@@ -11,7 +11,6 @@ use std::time::Instant;
 use crate::job_dir::{JobDir, Opened};
 use crate::journal::{Journal, Record};
 use crate::map_output::run_is_present;
-use crate::output::output_file_name;
 use crate::rpc::{JobEnd, TaskId};
 use crate::scheduler::Scheduler;
 use crate::status::JobStatus;
@@ -90,6 +89,7 @@ pub(super) fn fingerprint(config: &CoordinatorConfig) -> serde_json::Value {
         "split_bytes": config.split_bytes,
         "reduces": config.reduces,
         "params": config.params,
+        "output_compression": config.output_compression,
         "app": config.app.as_ref().map(|(_, app)| &app.sha256),
     })
 }
@@ -104,7 +104,7 @@ pub(super) fn restore(scheduler: &mut Scheduler, status: &mut JobStatus, opened:
     // power before writing it back) is made again.
     let output_present = |r: u32, counters: &crate::counters::Counters| {
         let whole = |path: PathBuf| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == counters.output_bytes);
-        whole(opened.dir.finished_output(r)) || (recovered.publishing && whole(output_dir.join(output_file_name(r))))
+        whole(opened.dir.finished_output(r)) || (recovered.publishing && whole(output_dir.join(opened.dir.published_name(r))))
     };
     for (m, attempt, outputs, counters) in &recovered.maps {
         let task = TaskId::Map(*m);

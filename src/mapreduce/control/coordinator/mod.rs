@@ -85,7 +85,7 @@ use crate::app::Params;
 use crate::handshake::Secret;
 use crate::job_dir::{JobDir, JobDirError};
 use crate::job_files::JobFiles;
-use crate::output::output_file_name;
+use crate::output::OutputCompression;
 use crate::rpc::{InputFile, JobApp, JobEnd, JobSpec};
 use crate::runfile::Compression;
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -141,6 +141,8 @@ pub struct CoordinatorConfig {
     pub combine: bool,
     /// How intermediate runs are compressed.
     pub compression: Compression,
+    /// How the outputs are compressed, and so named.
+    pub output_compression: OutputCompression,
     /// Start over even if the output directory holds this job, half done
     /// by an earlier coordinator (`--fresh`).
     pub fresh: bool,
@@ -292,6 +294,7 @@ impl Job {
         // Workers may run in other directories: every path they are sent is absolute.
         let output_dir = std::path::absolute(&config.output_dir).map_err(|source| JobDirError::Io { path: config.output_dir.clone(), source })?;
         let mut opened = JobDir::open(&output_dir, fingerprint(&config), config.fresh)?;
+        opened.dir.compress_outputs(config.output_compression);
         if let Some(prefix) = &config.object_storage {
             opened.dir.publish_to(prefix.clone(), &opened.id)?;
         }
@@ -320,6 +323,7 @@ impl Job {
             map_buffer_bytes: config.map_buffer_bytes,
             combine: config.combine,
             compression: config.compression,
+            output_compression: config.output_compression,
             heartbeat_interval: heartbeat_interval(config.scheduler.task_timeout),
             job_dir: ledger.dir.path().to_owned(),
             app: config.app.as_ref().map(|(_, app)| app.clone()),
@@ -445,7 +449,7 @@ impl Job {
         drop(serving);
         remove_job_dir_unless_publishing(&shared);
         match end {
-            JobEnd::Succeeded => Ok(JobReport { outputs: (0..outputs).map(|r| shared.output_path(&output_file_name(r))).collect(), elapsed }),
+            JobEnd::Succeeded => Ok(JobReport { outputs: (0..outputs).map(|r| shared.output_path(&shared.spec.output_compression.output_file_name(r))).collect(), elapsed }),
             JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
         }
     }
