@@ -526,15 +526,17 @@ fn a_worker_over_a_load_limit_gets_no_tasks_and_the_job_says_why() {
     cluster.kill();
 }
 
-/// The streaming app's parameters for the Python word count in
-/// apps/streaming/examples.
+/// The streaming app's flags for the Python word count in
+/// apps/streaming/examples, its scripts shipped with the job.
 fn python_word_count_params() -> Vec<String> {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/streaming/examples");
     vec![
+        "--files".into(),
+        format!("{},{}", examples.join("wc_map.py").display(), examples.join("wc_reduce.py").display()),
         "--param".into(),
-        format!("map=python3 {}", examples.join("wc_map.py").display()),
+        "map=python3 wc_map.py".into(),
         "--param".into(),
-        format!("reduce=python3 {}", examples.join("wc_reduce.py").display()),
+        "reduce=python3 wc_reduce.py".into(),
     ]
 }
 

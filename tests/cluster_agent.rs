@@ -44,6 +44,7 @@ fn config(inputs: &[std::path::PathBuf], output_dir: std::path::PathBuf, app: (s
         combine: true,
         compression: Default::default(),
         output_compression: Default::default(),
+        files: Vec::new(),
         fresh: false,
         app: Some(app),
         secret: None,

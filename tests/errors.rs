@@ -31,6 +31,25 @@ fn master_refuses_a_missing_input_before_doing_anything() {
 }
 
 #[test]
+fn master_refuses_a_missing_or_doubled_shipped_file() {
+    let dir = TestDir::new("missing-shipped");
+    dir.write("here.txt", "x");
+    dir.write("a/same.txt", "1");
+    dir.write("b/same.txt", "2");
+    let mut cmd = Command::new(master_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--files", "here.txt,not-there.txt", "here.txt"]);
+    let line = one_line_failure("master", cmd, &dir);
+    assert!(line.contains("--files not-there.txt: No such file or directory"), "{line}");
+    let mut cmd = Command::new(master_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--files", "a/same.txt", "--files", "b/same.txt", "here.txt"]);
+    let line = one_line_failure("master", cmd, &dir);
+    assert!(line.contains("--files b/same.txt: has the same name as a/same.txt"), "{line}");
+    let mut left = stray_files(dir.path());
+    left.sort();
+    assert_eq!(left, ["a", "b", "here.txt"], "nothing may be created");
+}
+
+#[test]
 fn master_refuses_an_unreadable_input() {
     let dir = TestDir::new("unreadable-input");
     let path = dir.write("secret.txt", "x");

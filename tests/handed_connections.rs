@@ -35,6 +35,7 @@ fn config(inputs: &[std::path::PathBuf], output_dir: std::path::PathBuf) -> Coor
         combine: true,
         compression: Default::default(),
         output_compression: Default::default(),
+        files: Vec::new(),
         fresh: false,
         app: None,
         secret: None,

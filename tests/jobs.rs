@@ -611,6 +611,52 @@ fn a_streaming_combiner_shrinks_what_is_shuffled_and_changes_no_output() {
 }
 
 #[test]
+fn shipped_files_are_where_streaming_commands_run_combiner_included() {
+    let dir = TestDir::new("streaming-files");
+    let inputs = awkward_inputs(&dir);
+    dir.write("data/book.txt", skewed_text(20_000, 11));
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let counts = reference_output(dir.path(), "wordcount", &inputs);
+    // Every fifth word is a stop word, which the shipped filter drops.
+    let lines: Vec<&[u8]> = counts.split(|&b| b == b'\n').filter(|line| !line.is_empty()).collect();
+    let stop: Vec<&[u8]> = lines.iter().step_by(5).map(|line| line.split(|&b| b == b' ').next().unwrap()).collect();
+    let expected: Vec<u8> = lines.iter().skip(1).enumerate().filter(|(i, _)| (i + 1) % 5 != 0).flat_map(|(_, line)| [*line, b"\n"].concat()).collect();
+    dir.write("ship/stop.txt", stop.iter().flat_map(|word| [*word, b"\n"].concat()).collect::<Vec<u8>>());
+    dir.write(
+        "ship/drop_stop_words.py",
+        "import sys\nstop = set(open('stop.txt', 'rb').read().split(b'\\n'))\n\
+         for line in sys.stdin.buffer:\n    if line.split(b'\\t')[0] not in stop:\n        sys.stdout.buffer.write(line)\n",
+    );
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/streaming/examples");
+    for script in ["wc_map.py", "wc_combine.py", "wc_reduce.py"] {
+        std::fs::copy(examples.join(script), dir.join(&format!("ship/{script}"))).unwrap();
+    }
+    // The commands name the shipped files as they are in the task's
+    // directory: none of them is in the worker's.
+    let files = "ship/wc_map.py,ship/wc_combine.py,ship/wc_reduce.py,ship/drop_stop_words.py";
+    let flags = [
+        "--files",
+        files,
+        "--files",
+        "ship/stop.txt",
+        "--param",
+        "map=python3 wc_map.py | python3 drop_stop_words.py",
+        "--param",
+        "combiner=python3 wc_combine.py",
+        "--param",
+        "reduce=python3 wc_reduce.py",
+        "--summary-json",
+        "job.json",
+    ];
+    let output = run_job(&dir, "streaming", 2, 3, &flags, &inputs);
+    assert_same_output(&output, &sorted_lines(&expected), &dir.listing());
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
+    let word_count: u64 = expected.split(|&b| b == b'\n').filter_map(|line| std::str::from_utf8(line).ok()?.rsplit(' ').next()?.parse::<u64>().ok()).sum();
+    assert!(summary["counters"]["map_output_records"].as_u64().unwrap() * 5 < word_count, "the combiner ran: {summary}");
+
+}
+
+#[test]
 fn streaming_keys_of_several_fields_are_sorted_whole_and_partitioned_by_their_first() {
     let dir = TestDir::new("streaming-fields");
     let mut text = String::new();

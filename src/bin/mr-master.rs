@@ -264,6 +264,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         combine: !job.no_combine,
         compression: job.compress,
         output_compression: job.output_compression,
+        files: mapreduce::shipped::plan(&job.files).map_err(anyhow::Error::msg)?,
         output_dir: job.output_dir,
         object_storage,
         fresh: args.fresh,

@@ -48,7 +48,7 @@ enum Command {
     /// as `mr wait` does). Takes every per-job flag of mr-master.
     Submit {
         #[command(flatten)]
-        job: JobFlags,
+        job: Box<JobFlags>,
         /// The job's level in the queue: high, normal or low. A higher
         /// level's ready tasks always go first.
         #[arg(long, value_name = "LEVEL", default_value = "normal")]
@@ -142,7 +142,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = connect(&args).await?;
     match args.command {
         Command::Submit { job, priority, weight, requires, overwrite, input_jobs, wait } => {
-            let submission = Submission { job: absolute_paths(job, !input_jobs.is_empty())?, priority, weight, requires, overwrite, input_jobs };
+            let submission = Submission { job: absolute_paths(*job, !input_jobs.is_empty())?, priority, weight, requires, overwrite, input_jobs };
             let id = client.submit(context(), submission).await.context("submitting")?.map_err(|why| anyhow!("the job was refused: {why}"))?;
             println!("{id}");
             if wait {
@@ -223,6 +223,7 @@ fn absolute_paths(mut job: JobFlags, has_input_jobs: bool) -> anyhow::Result<Job
     let absolute = |path: &Path| std::path::absolute(path).with_context(|| format!("{}", path.display()));
     job.inputs = job.inputs.iter().map(|path| absolute(path)).collect::<anyhow::Result<_>>()?;
     job.output_dir = absolute(&job.output_dir)?;
+    job.files = job.files.iter().map(|path| absolute(path)).collect::<anyhow::Result<_>>()?;
     if let Some(app) = &job.app {
         if app.contains('/') || app.ends_with(".so") {
             job.app = Some(absolute(Path::new(app))?.to_string_lossy().into_owned());

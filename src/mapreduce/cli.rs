@@ -95,6 +95,14 @@ pub struct JobFlags {
     #[arg(long, value_name = "CODEC", default_value = "none", value_parser = OutputCompression::parse)]
     pub output_compression: OutputCompression,
 
+    /// Files to ship with the job, as Hadoop Streaming's `-files`
+    /// (comma-separated or repeated): every worker fetches them from the
+    /// master into a directory of the job's, where Streaming runs its
+    /// commands; an app finds it in the environment variable
+    /// `MR_JOB_FILES`. At most 256 files and 1 GiB in all.
+    #[arg(long, value_name = "FILE[,FILE]", value_delimiter = ',')]
+    pub files: Vec<PathBuf>,
+
     /// Do not use the app's combiner even if it has one (the output is the
     /// same; more data goes through the shuffle).
     #[arg(long)]

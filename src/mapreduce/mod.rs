@@ -39,6 +39,7 @@
 //! | a reduce's output sent to the coordinator as it is written | [`upload`] |
 //! | the job directory: lock, resume or clean, publishing outputs | [`job_dir`] |
 //! | outputs committed to object storage (temporary keys, a `_SUCCESS` manifest) | [`remote_output`] |
+//! | files shipped with a job (`--files`): checked, served, fetched by workers | [`shipped`] |
 //! | the coordinator's journal of finished tasks, for restarts | [`journal`] |
 //! | the job as observers see it (progress, status API, summary) | [`status`] |
 //! | live progress in the terminal | [`progress`] |
@@ -90,7 +91,7 @@ pub mod observe;
 
 pub use control::{
     agent, app_cache, backup, cluster, coordinator, inputs, job_dir, job_files, job_link, job_setup, journal, link, machine_load, remote_output,
-    report_check, rpc, scheduler, session, slot, task_host, task_process, task_protocol, worker, worker_config,
+    report_check, rpc, scheduler, session, shipped, slot, task_host, task_process, task_protocol, worker, worker_config,
 };
 pub(crate) use data::radix_sort;
 pub use data::{

@@ -30,8 +30,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `command` under `sh -c`, in the worker's directory, with
-    /// `env` added to its environment.
+    /// Starts `command` under `sh -c`, with `env` added to its
+    /// environment, in the directory of the job's shipped files if it
+    /// ships any (`--files`, as Hadoop Streaming's `-files`), else in the
+    /// worker's directory.
     /// Lines of its standard error go to the worker's after `tag` (which
     /// task they are from).
     pub fn start(command: &str, env: &[(&str, String)], tag: &str) -> Result<Running, AppError> {
@@ -46,6 +48,9 @@ impl Running {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
+        }
+        if let Some(dir) = mapreduce::JobContext::files_dir() {
+            shell.current_dir(dir);
         }
         let mut child = shell
             .arg("-c")

@@ -1,8 +1,9 @@
 //! Streaming: MapReduce apps written in any language, as Hadoop Streaming
 //! runs them. Parameters (`--param KEY=VALUE`):
 //!
-//! - `map=CMD` (required): a shell command (run with `sh -c`, from the
-//!   worker's directory), started once per map task attempt. The task's
+//! - `map=CMD` (required): a shell command (run with `sh -c`, in the
+//!   directory of the files shipped with the job if it ships any, else in
+//!   the worker's), started once per map task attempt. The task's
 //!   input (a whole file or a split of one, whole lines; a compressed file
 //!   unpacked) is its standard input, and each line it prints is a pair.
 //!   Its environment names its input as Hadoop's does:

@@ -182,6 +182,12 @@ impl Params {
     }
 }
 
+/// The environment variable that names, in the process that runs an
+/// app's tasks, the directory holding the files shipped with the job
+/// (`--files`, as Hadoop's distributed cache): an absolute path, set only
+/// for a job that ships files. See [`JobContext::files_dir`].
+pub const JOB_FILES_VAR: &str = "MR_JOB_FILES";
+
 /// What an app's constructor knows about its job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobContext {
@@ -199,6 +205,13 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// The directory holding the files shipped with the job (`--files`),
+    /// by their own names, in the process that runs the app's tasks; `None`
+    /// where the job ships none (or outside a task process).
+    pub fn files_dir() -> Option<std::path::PathBuf> {
+        std::env::var_os(JOB_FILES_VAR).map(std::path::PathBuf::from)
+    }
+
     /// The size of input number `input` when the job was planned (or, in
     /// a unit test that gave no sizes, its size now).
     pub fn input_size(&self, input: usize) -> std::io::Result<u64> {

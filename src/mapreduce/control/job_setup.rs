@@ -2,7 +2,8 @@
 //! directory of its own, a file server for the map output it keeps there,
 //! and its [`WorkerStorage`], which decides whether it shares the job
 //! directory with the coordinator; then the message that starts a slot's
-//! task process for the job ([`child_start`]). The one-job worker does
+//! task process for the job ([`child_start`]). A job's shipped files are
+//! fetched here too, before the first task. The one-job worker does
 //! this once ([`crate::worker`]); a long-lived worker once per job it
 //! works for ([`crate::session`]), since attempt ids, and so the names of
 //! attempts' files, are unique only within a job.
@@ -19,6 +20,9 @@ use crate::storage::{ServedOutputs, StorageConfig, WorkerStorage};
 use crate::task_protocol::{ChildStart, ChildStorage, PROTOCOL_VERSION};
 use crate::work_dir::WorkDir;
 use crate::worker_config::{WorkerConfig, WorkerError};
+
+/// The work directory's folder for the job's shipped files (`--files`).
+const SHIPPED_DIR: &str = "files";
 
 /// One job's storage on this worker.
 pub struct JobStorage {
@@ -83,7 +87,7 @@ pub async fn set_up_storage(
         "{}",
         if shared { "sharing the job directory with the coordinator" } else { "not sharing the job directory: map output is served from here" }
     );
-    let child = ChildStorage {
+    let mut child = ChildStorage {
         work_dir: work_dir.path().to_owned(),
         shared_job_dir: shared.then(|| spec.job_dir.clone()),
         server: server.to_string(),
@@ -91,6 +95,7 @@ pub async fn set_up_storage(
         run_stall_limit: spec.heartbeat_interval * 2,
         master: master.to_owned(),
         fetch_memory: config.fetch_memory,
+        files_dir: None,
     };
     let storage = WorkerStorage::new(StorageConfig {
         work_dir: child.work_dir.clone(),
@@ -104,5 +109,12 @@ pub async fn set_up_storage(
         fetch_memory: config.fetch_memory,
         runtime: tokio::runtime::Handle::current(),
     });
+    if !spec.files.is_empty() {
+        // Absolute: the task processes run the app's commands in it.
+        let dir = std::path::absolute(work_dir.path().join(SHIPPED_DIR)).map_err(|e| setup("the shipped files' directory", e))?;
+        crate::shipped::fetch(&storage, &spec.files, &dir).await.map_err(WorkerError::Setup)?;
+        tracing::info!(files = spec.files.len(), dir = %dir.display(), "fetched the job's shipped files");
+        child.files_dir = Some(dir);
+    }
     Ok(JobStorage { storage: Arc::new(storage), work_dir, child, file_server })
 }

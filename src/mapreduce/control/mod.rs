@@ -19,6 +19,7 @@ pub mod report_check;
 pub mod rpc;
 pub mod scheduler;
 pub mod session;
+pub mod shipped;
 pub mod slot;
 pub mod task_host;
 pub mod task_process;

@@ -107,6 +107,24 @@ pub struct JobSpec {
     /// The app, when the coordinator names it (`mr-master --app`): a
     /// worker started without one fetches it from the coordinator.
     pub app: Option<JobApp>,
+    /// Files shipped with the job (`--files`): every worker fetches them
+    /// from the coordinator into a directory of the job's, where
+    /// Streaming's commands run.
+    #[serde(default)]
+    pub files: Vec<ShippedFile>,
+}
+
+/// A file shipped with the job (`--files`), which the coordinator serves
+/// as [`crate::files::FileRequest::Shipped`] by its index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShippedFile {
+    /// Its name in the task's directory: the file's own name.
+    pub name: String,
+    /// Its size in bytes when the job was planned.
+    pub size: u64,
+    /// Its SHA-256 when the job was planned, in hex: a fetched copy must
+    /// have the same.
+    pub sha256: String,
 }
 
 /// The app plugin the coordinator serves for the job.

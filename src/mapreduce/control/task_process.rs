@@ -243,6 +243,9 @@ impl TaskProcess {
         let (ours, theirs) = UnixStream::pair()?;
         let mut command = Command::new(&self.command.program);
         command.args(&self.command.args).stdin(Stdio::null());
+        if let Some(dir) = &self.start.storage.files_dir {
+            command.env(crate::shipped::FILES_DIR_VAR, dir);
+        }
         command.arg0(format!("mr-worker (task process, slot {})", self.start.slot));
         let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
         // SAFETY: between fork and exec only async-signal-safe calls (dup2,
@@ -365,6 +368,7 @@ mod tests {
             heartbeat_interval: Duration::from_millis(250),
             job_dir: "/nonexistent".into(),
             app: None,
+            files: Vec::new(),
         };
         let storage = ChildStorage {
             work_dir: "/nonexistent".into(),
@@ -373,6 +377,7 @@ mod tests {
             run_stall_limit: Duration::from_secs(1),
             master: "127.0.0.1:1".into(),
             fetch_memory: 0,
+            files_dir: None,
         };
         let start = ChildStart {
             version: PROTOCOL_VERSION,

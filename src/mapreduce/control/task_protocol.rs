@@ -118,6 +118,10 @@ pub struct ChildStorage {
     pub master: String,
     /// Bytes of runs one reduce attempt may fetch into memory.
     pub fetch_memory: u64,
+    /// Where the job's shipped files are (`--files`), an absolute path;
+    /// `None` for a job that ships none.
+    #[serde(default)]
+    pub files_dir: Option<PathBuf>,
 }
 
 /// One attempt for a task process to run, its files already placed by

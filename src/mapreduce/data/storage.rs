@@ -38,7 +38,7 @@ use crate::files::{Catalog, FetchError, Fetcher, FileRange, FileRequest};
 use crate::map_output::{open_run, MapOutputLocation};
 use crate::output::{AtomicFile, OutputCompression};
 use crate::plugin::{file_sha256, Plugin};
-use crate::rpc::{AttemptId, InputFile, InputSplit, JobApp, MapTask, ReduceTask};
+use crate::rpc::{AttemptId, InputFile, InputSplit, JobApp, MapTask, ReduceTask, ShippedFile};
 use crate::runfile::{RunError, RunRange, RunReader};
 use crate::secure::Blocking;
 use crate::upload::{Upload, SERVICE_UPLOAD};
@@ -454,6 +454,25 @@ impl WorkerStorage {
             return Err(format!("the app fetched from the coordinator has sha256 {sha256}, not the job's {}", app.sha256));
         }
         Plugin::load(&dest).map_err(|e| e.to_string())
+    }
+
+    /// Fetches shipped file number `index` (`file`) from the coordinator to
+    /// `dest` and checks it is the job's (its size and SHA-256).
+    pub async fn fetch_shipped(&self, index: u32, file: &ShippedFile, dest: &Path) -> Result<(), String> {
+        let fetch = async {
+            let mut sink = tokio::fs::File::create(dest).await?;
+            self.fetcher.fetch(&self.master, FileRequest::Shipped { index }, &mut sink).await?;
+            // A tokio file finishes its last write in the background.
+            tokio::io::AsyncWriteExt::flush(&mut sink).await?;
+            Ok::<(), crate::files::FetchError>(())
+        };
+        fetch.await.map_err(|e| format!("fetching the shipped file {} from the coordinator: {e}", file.name))?;
+        let size = std::fs::metadata(dest).map_err(|e| format!("{}: {e}", dest.display()))?.len();
+        let sha256 = file_sha256(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        if size != file.size || sha256 != file.sha256 {
+            return Err(format!("the shipped file {} fetched from the coordinator has {size} bytes and sha256 {sha256}, not the job's {} and {}", file.name, file.size, file.sha256));
+        }
+        Ok(())
     }
 
     /// Up to `len` bytes at `offset` of input number `input`, for the app's

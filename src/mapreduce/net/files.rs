@@ -109,6 +109,11 @@ pub enum FileRequest {
     },
     /// The job's app plugin.
     Plugin,
+    /// File number `index` of those shipped with the job (`--files`).
+    Shipped {
+        /// The file's index in the job's list.
+        index: u32,
+    },
 }
 
 impl FileRequest {
@@ -120,6 +125,7 @@ impl FileRequest {
             FileRequest::InputSplit { input, start, end } => (2, u64::from(input), start, end),
             FileRequest::Plugin => (3, 0, 0, 0),
             FileRequest::InputRange { input, offset, len } => (4, u64::from(input), offset, len),
+            FileRequest::Shipped { index } => (5, u64::from(index), 0, 0),
         };
         let fields = std::iter::once(kind).chain([a, b, c].into_iter().flat_map(u64::to_le_bytes));
         let mut bytes = [0; Self::SIZE];
@@ -141,7 +147,7 @@ impl FileRequest {
             // runs past its end as far as it goes; a split in which no line
             // starts (inside a longer one) owns nothing, from the next line.
             FileRequest::InputSplit { start, end, .. } => offset >= start && (end == u64::MAX || offset <= end || len == 0),
-            FileRequest::Plugin => offset == 0,
+            FileRequest::Plugin | FileRequest::Shipped { .. } => offset == 0,
         }
     }
 
@@ -167,6 +173,7 @@ impl FileRequest {
             2 => Some(FileRequest::InputSplit { input: u32::try_from(a).ok()?, start: b, end: c }),
             3 => Some(FileRequest::Plugin),
             4 => Some(FileRequest::InputRange { input: u32::try_from(a).ok()?, offset: b, len: c }),
+            5 => Some(FileRequest::Shipped { index: u32::try_from(a).ok()? }),
             _ => None,
         }
     }
@@ -884,6 +891,7 @@ mod tests {
                 (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(input, start, end)| FileRequest::InputSplit { input, start, end }),
                 (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(input, offset, len)| FileRequest::InputRange { input, offset, len }),
                 Just(FileRequest::Plugin),
+                any::<u32>().prop_map(|index| FileRequest::Shipped { index }),
             ]
         }
 

@@ -25,7 +25,7 @@ use crate::cluster::api::Submission;
 use crate::cluster::history::JobState;
 use crate::cluster::queue::JobId;
 use crate::coordinator::{job_app, CoordinatorConfig};
-use crate::rpc::{InputFile, JobApp};
+use crate::rpc::{InputFile, JobApp, ShippedFile};
 use crate::untrusted::{excerpt, EXCERPT_CHARS};
 
 /// The most labels a job may require.
@@ -61,6 +61,9 @@ pub struct Admitted {
     /// `inputs` as each succeeds.
     #[serde(default)]
     pub waits_for: Vec<JobId>,
+    /// The files it ships (`--files`), checked and described.
+    #[serde(default)]
+    pub files: Vec<(PathBuf, ShippedFile)>,
 }
 
 /// Runs every check of the module's list but the history's; blocks on the
@@ -92,7 +95,8 @@ pub fn admit(submission: Submission) -> Result<Admitted, String> {
     check_map_tasks(&inputs, job.split_size)?;
     let output_dir = real(&normalized(&job.output_dir));
     check_output_dir(&output_dir, &job.inputs, &inputs)?;
-    Ok(Admitted { submission, inputs, app, output_dir, waits_for: Vec::new() })
+    let files = crate::shipped::plan(&submission.job.files)?;
+    Ok(Admitted { submission, inputs, app, output_dir, waits_for: Vec::new(), files })
 }
 
 /// A job admitted before the cluster restarted, checked again: its app
@@ -241,6 +245,7 @@ pub fn coordinator_config(admitted: &Admitted) -> CoordinatorConfig {
         combine: !job.no_combine,
         compression: job.compress,
         output_compression: job.output_compression,
+        files: admitted.files.clone(),
         fresh: false,
         app: Some(admitted.app.clone()),
         // The cluster's listener checks the secret; the engine has none.

@@ -90,6 +90,7 @@ pub(super) fn fingerprint(config: &CoordinatorConfig) -> serde_json::Value {
         "reduces": config.reduces,
         "params": config.params,
         "output_compression": config.output_compression,
+        "files": config.files.iter().map(|(_, file)| &file.sha256).collect::<Vec<_>>(),
         "app": config.app.as_ref().map(|(_, app)| &app.sha256),
     })
 }

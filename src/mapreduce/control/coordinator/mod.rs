@@ -86,7 +86,7 @@ use crate::handshake::Secret;
 use crate::job_dir::{JobDir, JobDirError};
 use crate::job_files::JobFiles;
 use crate::output::OutputCompression;
-use crate::rpc::{InputFile, JobApp, JobEnd, JobSpec};
+use crate::rpc::{InputFile, JobApp, JobEnd, JobSpec, ShippedFile};
 use crate::runfile::Compression;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::split::plan_splits;
@@ -143,6 +143,9 @@ pub struct CoordinatorConfig {
     pub compression: Compression,
     /// How the outputs are compressed, and so named.
     pub output_compression: OutputCompression,
+    /// Files shipped with the job (`--files`), as [`crate::shipped::plan`]
+    /// found them: where they are here, and what workers are told.
+    pub files: Vec<(PathBuf, ShippedFile)>,
     /// Start over even if the output directory holds this job, half done
     /// by an earlier coordinator (`--fresh`).
     pub fresh: bool,
@@ -327,6 +330,7 @@ impl Job {
             heartbeat_interval: heartbeat_interval(config.scheduler.task_timeout),
             job_dir: ledger.dir.path().to_owned(),
             app: config.app.as_ref().map(|(_, app)| app.clone()),
+            files: config.files.iter().map(|(_, file)| file.clone()).collect(),
         };
         tracing::info!(inputs = config.inputs.len(), maps = map_count, reduces = config.reduces, job_dir = %ledger.dir.path().display(), "job planned");
         let shared = Arc::new(Shared {
@@ -339,7 +343,7 @@ impl Job {
             not_yet_exited: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
             idle_limit: (config.scheduler.task_timeout * 2).max(MIN_IDLE_LIMIT),
-            files: Arc::new(JobFiles::new(config.inputs.clone(), config.app.as_ref().map(|(path, _)| path.clone()))),
+            files: Arc::new(JobFiles::new(config.inputs.clone(), config.app.as_ref().map(|(path, _)| path.clone()), config.files.clone())),
             claims: Mutex::new(HashMap::new()),
             closed: watch::channel(false).0,
             ended: watch::channel(false).0,

@@ -1,0 +1,107 @@
+//! Files shipped with a job (`--files`, as Hadoop Streaming's `-files`):
+//! the coordinator checks and describes them when it plans the job and
+//! serves them ([`crate::job_files`]); every worker fetches them into a
+//! directory of the job's own before its first task, checks each against
+//! its SHA-256, and its task processes name that directory to the app in
+//! [`FILES_DIR_VAR`] (`MR_JOB_FILES`; Streaming runs its commands there).
+
+use std::path::{Path, PathBuf};
+
+use crate::plugin::file_sha256;
+use crate::rpc::ShippedFile;
+use crate::storage::WorkerStorage;
+
+/// How many files a job may ship.
+pub const MAX_FILES: usize = 256;
+
+/// How many bytes a job may ship, all files together: every worker
+/// fetches all of them.
+pub const MAX_BYTES: u64 = 1 << 30;
+
+/// The environment variable that names, in a task process, the directory
+/// that holds the job's shipped files (set only for a job that ships any).
+pub use mapreduce_app::app::JOB_FILES_VAR as FILES_DIR_VAR;
+
+/// Checks and describes the files to ship: each a regular file, no two
+/// with the same name, within [`MAX_FILES`] and [`MAX_BYTES`]. `Err` says
+/// which file, and why, in one line.
+pub fn plan(paths: &[PathBuf]) -> Result<Vec<(PathBuf, ShippedFile)>, String> {
+    if paths.len() > MAX_FILES {
+        return Err(format!("--files: {} files given, at most {MAX_FILES} may be shipped", paths.len()));
+    }
+    let mut planned: Vec<(PathBuf, ShippedFile)> = Vec::with_capacity(paths.len());
+    let mut total = 0u64;
+    for path in paths {
+        let refuse = |why: String| format!("--files {}: {why}", path.display());
+        let name = path.file_name().and_then(|name| name.to_str()).filter(|name| is_plain_name(name));
+        let name = name.ok_or_else(|| refuse("not a file name a task's directory can hold".into()))?.to_owned();
+        let meta = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(refuse("not a regular file".into()));
+        }
+        if let Some((other, _)) = planned.iter().find(|(_, file)| file.name == name) {
+            return Err(refuse(format!("has the same name as {}: a task's directory holds one file of a name", other.display())));
+        }
+        total += meta.len();
+        if total > MAX_BYTES {
+            return Err(refuse(format!("the shipped files come to more than {MAX_BYTES} bytes, which every worker would fetch")));
+        }
+        let sha256 = file_sha256(path).map_err(|e| refuse(e.to_string()))?;
+        planned.push((path.clone(), ShippedFile { name, size: meta.len(), sha256 }));
+    }
+    Ok(planned)
+}
+
+/// Whether `name` is one file name: not empty, `.` or `..`, and without
+/// a `/` or a NUL. A name comes from the coordinator, so a worker checks
+/// it too before making a path of it.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+/// Fetches the job's shipped `files` from the coordinator into `dir`
+/// (made here), each checked by its size and SHA-256. `Err` names the
+/// file and what went wrong.
+pub async fn fetch(storage: &WorkerStorage, files: &[ShippedFile], dir: &Path) -> Result<(), String> {
+    if files.len() > MAX_FILES {
+        return Err(format!("the coordinator ships {} files, more than {MAX_FILES}", files.len()));
+    }
+    tokio::fs::create_dir_all(dir).await.map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    for (index, file) in files.iter().enumerate() {
+        if !is_plain_name(&file.name) {
+            return Err(format!("the coordinator ships a file named {:?}, which is not one file name", file.name));
+        }
+        let dest = dir.join(&file.name);
+        if dest.exists() {
+            return Err(format!("the coordinator ships two files named {}", file.name));
+        }
+        storage.fetch_shipped(index as u32, file, &dest).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_files_are_described_and_bad_ones_refused_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.txt"), dir.path().join("sub/a.txt"));
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(&a, "abc").unwrap();
+        std::fs::write(&b, "x").unwrap();
+        let planned = plan(std::slice::from_ref(&a)).unwrap();
+        let sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".to_string();
+        assert_eq!(planned, vec![(a.clone(), ShippedFile { name: "a.txt".into(), size: 3, sha256 })]);
+        let twice = plan(&[a.clone(), b.clone()]).unwrap_err();
+        assert!(twice.contains(&format!("--files {}: has the same name as {}", b.display(), a.display())), "{twice}");
+        let missing = plan(&[dir.path().join("none")]).unwrap_err();
+        assert!(missing.starts_with(&format!("--files {}: No such file", dir.path().join("none").display())), "{missing}");
+        assert!(plan(&[dir.path().join("sub")]).unwrap_err().ends_with("not a regular file"));
+        assert!(plan(&[PathBuf::from("/")]).unwrap_err().contains("not a file name"));
+        for bad in ["", ".", "..", "a/b", "../x"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+    }
+}
