@@ -40,6 +40,7 @@
 //! | the job directory: lock, resume or clean, publishing outputs | [`job_dir`] |
 //! | outputs committed to object storage (temporary keys, a `_SUCCESS` manifest) | [`remote_output`] |
 //! | files shipped with a job (`--files`): checked, served, fetched by workers | [`shipped`] |
+//! | where inputs are stored (local files, object storage), behind one trait | [`input_store`] |
 //! | the coordinator's journal of finished tasks, for restarts | [`journal`] |
 //! | the job as observers see it (progress, status API, summary) | [`status`] |
 //! | live progress in the terminal | [`progress`] |
@@ -95,7 +96,7 @@ pub use control::{
 };
 pub(crate) use data::radix_sort;
 pub use data::{
-    codec, fan_in, map_output, mapped_input, merge, output, plugin, remote, runfile, sequential, shuffle, skipping, split, storage, task, work_dir,
+    codec, fan_in, input_store, map_output, mapped_input, merge, output, plugin, remote, runfile, sequential, shuffle, skipping, split, storage, task, work_dir,
 };
 pub use net::{accept, files, handshake, route, secure, upload};
 pub use observe::{http, metrics, progress, status, summary};

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod fan_in;
+pub mod input_store;
 pub mod map_output;
 pub mod mapped_input;
 pub mod merge;

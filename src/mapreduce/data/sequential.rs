@@ -48,10 +48,8 @@ pub struct SequentialRun {
 /// The size of `input` as stored, and its text: its bytes, unpacked if it
 /// is compressed.
 fn read_input(input: &InputFile) -> std::io::Result<(u64, Vec<u8>)> {
-    let bytes = match crate::remote::is_url(&input.path) {
-        true => crate::split::read_split(&crate::rpc::InputSplit::whole(input.clone()))?.1,
-        false => std::fs::read(&input.path)?,
-    };
+    let mut bytes = Vec::new();
+    crate::input_store::store_for(&input.path).read_range(input, 0..input.size, &mut bytes)?;
     match crate::codec::Codec::of(&input.path) {
         None => Ok((bytes.len() as u64, bytes)),
         Some(codec) => Ok((bytes.len() as u64, crate::codec::decompress_all(codec, &bytes[..])?)),

@@ -8,15 +8,15 @@
 //! changes no result (apps that need whole documents, like the indexer,
 //! still see every line under the document's name). A split is read in
 //! place from its file mapped into memory ([`map_split`]) where it can be,
-//! and copied into a buffer ([`read_split`]) otherwise.
+//! and copied into a buffer by ranges from its input's store
+//! ([`read_split`], [`crate::input_store`]) otherwise.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
 use crate::codec::Codec;
-use crate::inputs::check_unchanged;
+use crate::input_store::{open_unchanged, store_for, InputStore};
 use crate::mapped_input::{self, MappedInput};
-use crate::remote::ObjectUrl;
 use crate::rpc::{InputFile, InputSplit};
 
 /// How much larger than `split_bytes` a file (or its last split) may be
@@ -47,14 +47,6 @@ pub fn plan_splits(inputs: &[InputFile], split_bytes: u64) -> Vec<InputSplit> {
     splits
 }
 
-/// Opens an input file, checking it is as it was when the job was planned
-/// ([`check_unchanged`]).
-fn open_unchanged(input: &InputFile) -> io::Result<File> {
-    let file = File::open(&input.path)?;
-    check_unchanged(input, &file.metadata()?)?;
-    Ok(file)
-}
-
 /// Reads the lines `split` owns; returns them and the file offset at
 /// which they begin.
 pub fn read_split(split: &InputSplit) -> io::Result<(u64, Vec<u8>)> {
@@ -64,43 +56,16 @@ pub fn read_split(split: &InputSplit) -> io::Result<(u64, Vec<u8>)> {
 }
 
 /// [`read_split`] into `contents` (cleared first), reusing its memory;
-/// returns the file offset at which the lines begin.
+/// returns the file offset at which the lines begin. The split is read
+/// from its input's store ([`store_for`]) by ranges: one of the split,
+/// from the byte before it (does a line start at its start?) through
+/// [`LINE_SLACK`] past its end (the line that crosses it), and more only
+/// for a line longer than that.
 pub fn read_split_into(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result<u64> {
     contents.clear();
-    if crate::remote::is_url(&split.file.path) {
-        return read_remote_split(split, contents);
-    }
-    let mut file = open_unchanged(&split.file)?;
-    let begin = if split.start == 0 { 0 } else { line_start_at_or_after(&mut file, split.start)? };
-    let Some(end) = split.end else {
-        file.seek(SeekFrom::Start(begin))?;
-        contents.reserve(split.file.size.saturating_sub(begin) as usize);
-        file.read_to_end(contents)?;
-        return Ok(begin);
-    };
-    if begin >= end {
-        // No line starts in this split (a line longer than the split).
-        return Ok(begin);
-    }
-    file.seek(SeekFrom::Start(begin))?;
-    contents.reserve((end - begin) as usize);
-    (&mut file).take(end - begin).read_to_end(contents)?;
-    if contents.len() as u64 == end - begin && contents.last() != Some(&b'\n') {
-        finish_line(&mut file, contents)?;
-    }
-    Ok(begin)
-}
-
-/// [`read_split_into`] for an object on object storage: one ranged read of
-/// the split, from the byte before it (does a line start at its start?)
-/// through [`LINE_SLACK`] past its end (the line that crosses it), and
-/// more reads only for a line longer than that.
-fn read_remote_split(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result<u64> {
-    let url = ObjectUrl::parse(&split.file.path.to_string_lossy()).map_err(io::Error::other)?;
     let size = split.file.size;
     let from = split.start.min(size).saturating_sub(1);
-    let planned = crate::remote::Planned { size, modified: split.file.modified };
-    let mut window = RemoteWindow { url: &url, planned, from, data: Vec::new() };
+    let mut window = Window { store: store_for(&split.file.path), input: &split.file, from, data: Vec::new() };
     window.read_to(split.end.map_or(size, |end| end.saturating_add(LINE_SLACK)))?;
     let begin = if split.start == 0 { 0 } else { window.past_newline_from(from)? };
     let Some(end) = split.end.map(|end| end.min(size)) else {
@@ -117,31 +82,31 @@ fn read_remote_split(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result<u
     Ok(begin)
 }
 
-/// Bytes `from..from + data.len()` of an object, read on as needed, each
-/// read checking the object is as planned.
-struct RemoteWindow<'a> {
-    url: &'a ObjectUrl,
-    planned: crate::remote::Planned,
+/// Bytes `from..from + data.len()` of an input, read on as needed from its
+/// store, each read checking the input is as planned.
+struct Window<'a> {
+    store: &'a dyn InputStore,
+    input: &'a InputFile,
     from: u64,
     data: Vec<u8>,
 }
 
-impl RemoteWindow<'_> {
-    /// Reads on to offset `to` (or the object's end). An object shorter
-    /// than planned has changed since.
+impl Window<'_> {
+    /// Reads on to offset `to` (or the input's planned end). An input
+    /// shorter than planned has changed since.
     fn read_to(&mut self, to: u64) -> io::Result<()> {
-        let (have, to) = (self.from + self.data.len() as u64, to.min(self.planned.size));
+        let (have, to) = (self.from + self.data.len() as u64, to.min(self.input.size));
         if to <= have {
             return Ok(());
         }
-        crate::remote::read_range(self.url, have..to, Some(self.planned), &mut self.data).map_err(io::Error::other)?;
+        self.store.read_range(self.input, have..to, &mut self.data)?;
         if self.from + (self.data.len() as u64) < to {
-            return Err(io::Error::other(format!("changed since the job was planned: shorter than its {} bytes", self.planned.size)));
+            return Err(io::Error::other(format!("changed since the job was planned: shorter than its {} bytes", self.input.size)));
         }
         Ok(())
     }
 
-    /// Just past the first newline at or after offset `at`; the object's
+    /// Just past the first newline at or after offset `at`; the input's
     /// size if there is none.
     fn past_newline_from(&mut self, at: u64) -> io::Result<u64> {
         let mut searched = at;
@@ -151,15 +116,15 @@ impl RemoteWindow<'_> {
             if let Some(i) = unsearched.iter().position(|&b| b == b'\n') {
                 return Ok(searched + i as u64 + 1);
             }
-            if have >= self.planned.size {
-                return Ok(self.planned.size);
+            if have >= self.input.size {
+                return Ok(self.input.size);
             }
             searched = have;
             self.read_to(have + LINE_SLACK)?;
         }
     }
 
-    /// Bytes `begin..end` of the object (read already).
+    /// Bytes `begin..end` of the input (read already).
     fn bytes(&self, begin: u64, end: u64) -> &[u8] {
         self.data.get((begin - self.from) as usize..(end - self.from) as usize).unwrap_or_default()
     }
@@ -270,23 +235,6 @@ fn line_start_at_or_after(file: &mut File, offset: u64) -> io::Result<u64> {
             return Ok(position + i as u64 + 1);
         }
         position += n as u64;
-    }
-}
-
-/// Appends the rest of the current line (through its newline, or to the end
-/// of the file).
-fn finish_line(file: &mut File, contents: &mut Vec<u8>) -> io::Result<()> {
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        if let Some(i) = chunk[..n].iter().position(|&b| b == b'\n') {
-            contents.extend_from_slice(&chunk[..=i]);
-            return Ok(());
-        }
-        contents.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -93,9 +93,9 @@ pub struct WorkerStorage {
     run_fetcher: Fetcher,
     /// The coordinator, which serves the inputs.
     master: String,
-    /// The job's input paths, in the job's order: how the coordinator
+    /// The job's inputs, in the job's order: how the coordinator
     /// numbers them when asked for one.
-    inputs: Vec<PathBuf>,
+    inputs: Vec<InputFile>,
     /// Bytes of runs one reduce attempt fetches into memory, at most; it
     /// fetches the rest into files. Merging a run from memory saves writing
     /// it to the disk and reading it back (and the disk's own work).
@@ -139,7 +139,7 @@ impl WorkerStorage {
             run_fetcher: config.fetcher.clone().with_stall_limit(config.run_stall_limit),
             fetcher: config.fetcher,
             master: config.master,
-            inputs: config.inputs.into_iter().map(|input| input.path).collect(),
+            inputs: config.inputs,
             fetch_memory: config.fetch_memory,
             runtime: config.runtime,
         }
@@ -386,7 +386,7 @@ impl WorkerStorage {
         if !matches!(error.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied) {
             return None;
         }
-        self.inputs.iter().position(|p| p == path).and_then(|i| u32::try_from(i).ok())
+        self.inputs.iter().position(|input| input.path == path).and_then(|i| u32::try_from(i).ok())
     }
 
     /// Fetches the lines `split` of input number `input` owns from the
@@ -479,24 +479,17 @@ impl WorkerStorage {
     /// constructor: from the file if this worker can open it, else from the
     /// coordinator. Called off the runtime.
     pub fn read_input(&self, input: u32, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-        let path = self.inputs.get(input as usize).ok_or("no such input")?;
-        if crate::remote::is_url(path) {
-            // As a file read: what there is of the range (nothing past the end).
-            let url = crate::remote::ObjectUrl::parse(&path.to_string_lossy()).map_err(|e| e.to_string())?;
-            let size = crate::remote::head(&url).map_err(|e| e.to_string())?.ok_or_else(|| format!("{url}: no such object"))?.size;
-            let mut bytes = Vec::new();
-            crate::remote::read_range(&url, offset.min(size)..offset.saturating_add(len).min(size), None, &mut bytes).map_err(|e| e.to_string())?;
-            return Ok(bytes);
-        }
-        match mapreduce_app::job_inputs::read_range(path, offset, len) {
-            Ok(bytes) => Ok(bytes),
-            Err(e) if self.served_input(path, &e).is_none() => Err(format!("{}: {e}", path.display())),
+        let file = self.inputs.get(input as usize).ok_or("no such input")?;
+        let mut bytes = Vec::new();
+        match crate::input_store::store_for(&file.path).read_range(file, offset..offset.saturating_add(len), &mut bytes) {
+            Ok(()) => Ok(bytes),
+            Err(e) if self.served_input(&file.path, &e).is_none() => Err(format!("{}: {e}", file.path.display())),
             Err(_) => {
-                let mut bytes = Vec::new();
+                bytes.clear();
                 let request = FileRequest::InputRange { input, offset, len };
                 self.runtime
                     .block_on(self.fetcher.fetch_to_vec(&self.master, request, &mut bytes, None))
-                    .map_err(|e| format!("{} is not readable here, and fetching it from the coordinator failed: {e}", path.display()))?;
+                    .map_err(|e| format!("{} is not readable here, and fetching it from the coordinator failed: {e}", file.path.display()))?;
                 Ok(bytes)
             }
         }

@@ -17,7 +17,7 @@ use crate::app::{OutputFormat, ValueSource};
 use crate::codec::{for_each_piece, Codec};
 use crate::counters::{Counters, UserCounters};
 use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN, SCRATCH_LABEL};
-use crate::inputs::check_unchanged;
+use crate::input_store::store_for;
 use crate::map_output::{stored_size, MapOutputLocation};
 use crate::merge::{MergeError, RunMerger};
 use crate::output::{AtomicFile, OutputCompression};
@@ -216,8 +216,8 @@ impl TaskRunner {
         let input_err = |source| TaskError::Input { path: split.file.path.clone(), source };
         // A file this machine does not have comes from the coordinator.
         // An object on object storage is read where it is, by ranges.
-        let remote = crate::remote::is_url(&split.file.path);
-        let mapped = if remote { Ok(None) } else { map_split(split) };
+        let store = store_for(&split.file.path);
+        let mapped = if store.maps_in_place() { map_split(split) } else { Ok(None) };
         let (mapped, served_input) = match mapped {
             Ok(mapped) => (mapped, None),
             Err(e) => match self.storage.served_input(&split.file.path, &e) {
@@ -312,8 +312,8 @@ impl TaskRunner {
         }
         // Changed in place while the map read it (same or larger size)?
         // (The coordinator checks a file it serves.)
-        if !fetched && !remote {
-            std::fs::metadata(&split.file.path).and_then(|now| check_unchanged(&split.file, &now)).map_err(input_err)?;
+        if !fetched {
+            store.check_unchanged(&split.file).map_err(input_err)?;
         }
         if let Some(e) = failure {
             return Err(e);

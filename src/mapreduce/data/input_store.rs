@@ -1,0 +1,126 @@
+//! Where a job's inputs are stored, behind one trait: files on a
+//! filesystem this process sees ([`LocalFiles`]) or objects on S3-compatible
+//! object storage ([`ObjectStorage`]). The code that reads inputs (a map's
+//! split, a range for an app's constructor, the reference run's whole
+//! input) asks [`store_for`] an input's path and reads byte ranges from
+//! what it gets, without knowing which store it is. Every read checks that
+//! the input is as it was when the job was planned, so that no task mixes
+//! two versions of a file.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::inputs::check_unchanged;
+use crate::remote::{self, ObjectUrl, Planned};
+use crate::rpc::InputFile;
+
+/// A place inputs are read from.
+pub trait InputStore: Sync {
+    /// Appends bytes `range` of `input` to `out` (fewer where the input
+    /// ends), failing if it changed since the job was planned.
+    fn read_range(&self, input: &InputFile, range: Range<u64>, out: &mut Vec<u8>) -> io::Result<()>;
+
+    /// Whether a split of its inputs may be read in place, mapped into
+    /// memory ([`crate::split::map_split`]), rather than by ranges.
+    fn maps_in_place(&self) -> bool;
+
+    /// Checks, after a read that did not check as it went (in place),
+    /// that `input` is still as planned.
+    fn check_unchanged(&self, input: &InputFile) -> io::Result<()>;
+}
+
+/// Files on a filesystem this process sees.
+pub struct LocalFiles;
+
+/// Objects on object storage, named by `s3://` URLs ([`crate::remote`]).
+pub struct ObjectStorage;
+
+/// The store that holds the input at `path`.
+pub fn store_for(path: &Path) -> &'static dyn InputStore {
+    match remote::is_url(path) {
+        true => &ObjectStorage,
+        false => &LocalFiles,
+    }
+}
+
+/// Opens an input file, checking it is as it was when the job was planned.
+pub fn open_unchanged(input: &InputFile) -> io::Result<File> {
+    let file = File::open(&input.path)?;
+    check_unchanged(input, &file.metadata()?)?;
+    Ok(file)
+}
+
+impl InputStore for LocalFiles {
+    fn read_range(&self, input: &InputFile, range: Range<u64>, out: &mut Vec<u8>) -> io::Result<()> {
+        let file = open_unchanged(input)?;
+        let end = range.end.min(file.metadata()?.len());
+        out.reserve(end.saturating_sub(range.start) as usize);
+        let mut at = range.start;
+        let mut chunk = vec![0u8; (end.saturating_sub(at) as usize).clamp(1, 1 << 20)];
+        while at < end {
+            let want = chunk.len().min((end - at) as usize);
+            let n = file.read_at(&mut chunk[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    fn maps_in_place(&self) -> bool {
+        true
+    }
+
+    fn check_unchanged(&self, input: &InputFile) -> io::Result<()> {
+        check_unchanged(input, &std::fs::metadata(&input.path)?)
+    }
+}
+
+impl InputStore for ObjectStorage {
+    fn read_range(&self, input: &InputFile, range: Range<u64>, out: &mut Vec<u8>) -> io::Result<()> {
+        let url = ObjectUrl::parse(&input.path.to_string_lossy()).map_err(io::Error::other)?;
+        let planned = Planned { size: input.size, modified: input.modified };
+        let range = range.start.min(input.size)..range.end.min(input.size);
+        remote::read_range(&url, range, Some(planned), out).map_err(io::Error::other)
+    }
+
+    fn maps_in_place(&self) -> bool {
+        false
+    }
+
+    fn check_unchanged(&self, _input: &InputFile) -> io::Result<()> {
+        // Every ranged read checked the object's size and time.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_range_is_read_whole_cut_at_the_end_and_refused_once_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, "0123456789").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let input = InputFile { name: "in.txt".into(), path: path.clone(), size: 10, modified: meta.modified().ok() };
+        let store = store_for(&path);
+        let mut out = b"x".to_vec();
+        store.read_range(&input, 3..7, &mut out).unwrap();
+        assert_eq!(out, b"x3456");
+        out.clear();
+        store.read_range(&input, 8..100, &mut out).unwrap();
+        assert_eq!(out, b"89");
+        std::fs::write(&path, "0123456789ab").unwrap();
+        let changed = store.read_range(&input, 0..2, &mut out).unwrap_err();
+        assert!(changed.to_string().contains("changed since the job was planned"), "{changed}");
+        assert!(store.check_unchanged(&input).is_err());
+        assert!(!store_for(Path::new("s3://bucket/key")).maps_in_place());
+    }
+}
