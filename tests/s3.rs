@@ -374,3 +374,39 @@ fn a_server_down_for_seconds_is_waited_for_and_one_down_for_good_fails_the_commi
     s3.revive();
     assert_eq!(s3.list("outage/out2"), Vec::<(String, u64)>::new());
 }
+
+#[test]
+fn a_clusters_job_reads_its_inputs_from_object_storage() {
+    let s3 = server();
+    let dir = TestDir::new("s3-cluster");
+    write_inputs(&dir);
+    s3.make_bucket("cluster");
+    s3.upload_tree(&dir.join("data"), "cluster/in");
+    let envs = || s3.env.iter().map(|(k, v)| (k.clone(), v.clone()));
+    let addr_file = dir.join("cluster.addr");
+    let mut cmd = Command::new(master_bin());
+    cmd.args(["--serve", "--listen", "127.0.0.1:0", "--state-dir", "state", "--http", "off", "--max-load-per-core", "off"])
+        .args(["--min-free-disk", "0", "--min-free-memory", "0"])
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .envs(envs());
+    let mut cluster = Proc::spawn("cluster", cmd, dir.path());
+    wait_for_file(&addr_file, "the cluster's address");
+    let addr = std::fs::read_to_string(&addr_file).unwrap().trim().to_owned();
+    let mut cmd = Command::new(worker_bin());
+    cmd.arg("--master").arg(&addr).args(["--slots", "2"]).envs(envs());
+    let mut worker = Proc::spawn("cluster-worker", cmd, dir.path());
+    let mr = |label: &str, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mr"));
+        cmd.arg("--master").arg(&addr).args(args);
+        Proc::spawn(label, cmd, dir.path())
+    };
+    let args = ["submit", "--wait", "--app", "wordcount", "--reduces", "2", "--split-size", "4K", "--output-dir", "out", "s3://cluster/in"];
+    mr("submit", &args).expect_success();
+    assert_same_output(&job_output(&dir.join("out"), 2), &reference_output(dir.path(), "wordcount", &["data"]), &cluster.describe());
+    // Outputs go to a directory: an s3:// one is refused in one line.
+    let refused = mr("refused", &["submit", "--app", "wordcount", "--output-dir", "s3://cluster/out", "s3://cluster/in"]).expect_failure();
+    assert!(refused.contains("--output-dir s3://cluster/out: a cluster's jobs read inputs on object storage"), "{refused}");
+    worker.kill();
+    cluster.kill();
+}

@@ -215,12 +215,19 @@ async fn connect(args: &Args) -> anyhow::Result<ClusterApiClient> {
 
 /// The job's paths made absolute here, where they were given: the cluster
 /// may run in another directory. An app given as a path is made absolute
-/// too; a bare NAME is looked up beside the cluster's executable.
+/// too; a bare NAME is looked up beside the cluster's executable. Inputs
+/// on object storage (`s3://`) are sent as they are.
 fn absolute_paths(mut job: JobFlags, has_input_jobs: bool) -> anyhow::Result<JobFlags> {
-    if let Some(url) = job.inputs.iter().chain([&job.output_dir]).find(|path| mapreduce::remote::is_url(path)) {
-        anyhow::bail!("{}: object storage (s3://) is read and written by a job of its own (mr-master), not yet by a cluster's jobs", url.display());
+    if mapreduce::remote::is_url(&job.output_dir) {
+        anyhow::bail!(
+            "--output-dir {}: a cluster's jobs read inputs on object storage (s3://) but write their outputs to a directory; a job of its own (mr-master) can write them there",
+            job.output_dir.display()
+        );
     }
-    let absolute = |path: &Path| std::path::absolute(path).with_context(|| format!("{}", path.display()));
+    let absolute = |path: &Path| match mapreduce::remote::is_url(path) {
+        true => Ok(path.to_owned()),
+        false => std::path::absolute(path).with_context(|| format!("{}", path.display())),
+    };
     job.inputs = job.inputs.iter().map(|path| absolute(path)).collect::<anyhow::Result<_>>()?;
     job.output_dir = absolute(&job.output_dir)?;
     job.files = job.files.iter().map(|path| absolute(path)).collect::<anyhow::Result<_>>()?;

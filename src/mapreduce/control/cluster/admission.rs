@@ -84,7 +84,10 @@ pub fn admit(submission: Submission) -> Result<Admitted, String> {
         return Err(format!("at most {MAX_REQUIRED_LABELS} --require labels"));
     }
     let app = job.app.as_deref().ok_or("a job of a cluster names its app (--app NAME|PATH): the cluster's workers have none of their own")?;
-    for path in job.inputs.iter().chain([&job.output_dir]) {
+    if crate::remote::is_url(&job.output_dir) {
+        return Err(format!("--output-dir {}: a cluster's jobs write their outputs to a directory (inputs may be on s3://)", shown(&job.output_dir)));
+    }
+    for path in job.inputs.iter().filter(|path| !crate::remote::is_url(path)).chain([&job.output_dir]) {
         if !path.is_absolute() {
             return Err(format!("{}: not an absolute path (the client makes paths absolute before it sends them)", shown(path)));
         }
@@ -106,10 +109,20 @@ pub fn admit(submission: Submission) -> Result<Admitted, String> {
 pub fn readmit(mut admitted: Admitted) -> Result<Admitted, String> {
     let app = admitted.submission.job.app.as_deref().ok_or("it names no app")?;
     admitted.app = job_app(app)?;
-    if let Some(gone) = admitted.inputs.iter().find(|input| !input.path.is_file()) {
+    if let Some(gone) = admitted.inputs.iter().find(|input| !input_exists(&input.path)) {
         return Err(format!("its input {} is gone", gone.path.display()));
     }
     Ok(admitted)
+}
+
+/// Whether an input is still there: a file, or an object (a server that
+/// cannot be asked counts as there: the job's reads will tell).
+fn input_exists(path: &Path) -> bool {
+    if !crate::remote::is_url(path) {
+        return path.is_file();
+    }
+    let Ok(url) = crate::remote::ObjectUrl::parse(&path.to_string_lossy()) else { return false };
+    !matches!(crate::remote::head(&url), Ok(None))
 }
 
 fn check_params(params: &[(String, String)]) -> Result<(), String> {
