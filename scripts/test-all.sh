@@ -3,9 +3,10 @@
 # tests (the app crate's typed API too), no import cycles between modules, the lab's seven end-to-end
 # checks, docs/apps.md's custom app, short chaos runs with and without a
 # shared filesystem (workers and the master killed mid-job; exact output),
-# and a job, then a standing cluster running two jobs, across three network
+# a job, then a standing cluster running two jobs, across three network
 # namespaces that share nothing but the network (as root; skipped without
-# ../shared/tools/netns-cluster.sh).
+# ../shared/tools/netns-cluster.sh), and the Compose cluster across
+# containers (images made here; skipped without a Docker engine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all --check
@@ -28,3 +29,4 @@ MR_SKIP_BUILD=1 scripts/chaos.sh --runs 2 --size 256 --kill-every 0.5 --baseline
 MR_SKIP_BUILD=1 scripts/chaos.sh --runs 2 --size 128 --kill-every 1 --baseline-runs 1 --no-shared-dir
 scripts/multi-host-test.sh
 scripts/multi-host-cluster-test.sh
+MR_SKIP_BUILD=1 scripts/compose-test.sh

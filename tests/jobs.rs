@@ -620,7 +620,8 @@ fn shipped_files_are_where_streaming_commands_run_combiner_included() {
     // Every fifth word is a stop word, which the shipped filter drops.
     let lines: Vec<&[u8]> = counts.split(|&b| b == b'\n').filter(|line| !line.is_empty()).collect();
     let stop: Vec<&[u8]> = lines.iter().step_by(5).map(|line| line.split(|&b| b == b' ').next().unwrap()).collect();
-    let expected: Vec<u8> = lines.iter().skip(1).enumerate().filter(|(i, _)| (i + 1) % 5 != 0).flat_map(|(_, line)| [*line, b"\n"].concat()).collect();
+    let expected: Vec<u8> =
+        lines.iter().skip(1).enumerate().filter(|(i, _)| (i + 1) % 5 != 0).flat_map(|(_, line)| [*line, b"\n"].concat()).collect();
     dir.write("ship/stop.txt", stop.iter().flat_map(|word| [*word, b"\n"].concat()).collect::<Vec<u8>>());
     dir.write(
         "ship/drop_stop_words.py",
@@ -651,9 +652,9 @@ fn shipped_files_are_where_streaming_commands_run_combiner_included() {
     let output = run_job(&dir, "streaming", 2, 3, &flags, &inputs);
     assert_same_output(&output, &sorted_lines(&expected), &dir.listing());
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
-    let word_count: u64 = expected.split(|&b| b == b'\n').filter_map(|line| std::str::from_utf8(line).ok()?.rsplit(' ').next()?.parse::<u64>().ok()).sum();
+    let word_count: u64 =
+        expected.split(|&b| b == b'\n').filter_map(|line| std::str::from_utf8(line).ok()?.rsplit(' ').next()?.parse::<u64>().ok()).sum();
     assert!(summary["counters"]["map_output_records"].as_u64().unwrap() * 5 < word_count, "the combiner ran: {summary}");
-
 }
 
 #[test]

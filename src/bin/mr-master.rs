@@ -143,17 +143,17 @@ struct ServeArgs {
 
     /// A worker whose load average per core is above this gets no new
     /// tasks until it is back under (`off`: no limit).
-    #[arg(long, value_name = "LOAD|off", default_value = "2", value_parser = parse_load_limit)]
+    #[arg(long, value_name = "LOAD|off", env = "MR_MAX_LOAD_PER_CORE", default_value = "2", value_parser = parse_load_limit)]
     max_load_per_core: f64,
 
     /// A worker with less memory available than this gets no new tasks
     /// (suffixes K, M, G).
-    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = cli::parse_bytes)]
+    #[arg(long, value_name = "BYTES", env = "MR_MIN_FREE_MEMORY", default_value = "256M", value_parser = cli::parse_bytes)]
     min_free_memory: u64,
 
     /// A worker with less free space in its work directory than this gets
     /// no new tasks (suffixes K, M, G).
-    #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = cli::parse_bytes)]
+    #[arg(long, value_name = "BYTES", env = "MR_MIN_FREE_DISK", default_value = "1G", value_parser = cli::parse_bytes)]
     min_free_disk: u64,
 
     /// Finished jobs kept in the history: the newest N.

@@ -78,7 +78,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.output_dir).with_context(|| format!("cannot create output directory {}", args.output_dir.display()))?;
     if args.reduces == 0 {
         anyhow::ensure!(args.summary_json.is_none(), "--summary-json is not written for --reduces 0 (a map-only reference has no counters)");
-        let outputs = mapreduce::sequential::run_sequential_map_only(&plugin, &inputs, Params::new(args.params), &args.output_dir, args.output_compression)?;
+        let outputs =
+            mapreduce::sequential::run_sequential_map_only(&plugin, &inputs, Params::new(args.params), &args.output_dir, args.output_compression)?;
         if !args.quiet {
             println!("map-only: {} outputs in {}", outputs.len(), args.output_dir.display());
         }

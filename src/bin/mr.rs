@@ -124,6 +124,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Whether the cluster's status page answers (`GET /api/workers`, 200
+    /// within 5 s): exits 0 if so, 1 with the reason if not. Needs no
+    /// token: a container's health check.
+    Health {
+        /// The status page's address (`mr-master --serve --http`).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7879")]
+        http: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +147,9 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Command::Health { http } = &args.command {
+        return health(http).await;
+    }
     let client = connect(&args).await?;
     match args.command {
         Command::Submit { job, priority, weight, requires, overwrite, input_jobs, wait } => {
@@ -176,6 +187,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", shown(&line));
             }
         }
+        Command::Health { http } => return health(&http).await,
         Command::Workers { json } => {
             let workers = client.workers(context()).await.context("listing workers")?;
             if json {
@@ -242,6 +254,26 @@ fn absolute_paths(mut job: JobFlags, has_input_jobs: bool) -> anyhow::Result<Job
     }
     .map_err(anyhow::Error::msg)?;
     Ok(job)
+}
+
+/// `mr health`: one `GET /api/workers` of the status page at `http`.
+async fn health(http: &str) -> anyhow::Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(http).await?;
+        stream.write_all(format!("GET /api/workers HTTP/1.0\r\nHost: {http}\r\n\r\n").as_bytes()).await?;
+        // "HTTP/1.1 200"
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    let head = tokio::time::timeout(Duration::from_secs(5), probe)
+        .await
+        .map_err(|_| anyhow!("status page {http}: no answer within 5 s"))?
+        .with_context(|| format!("status page {http}"))?;
+    anyhow::ensure!(head.starts_with(b"HTTP/1.") && head.ends_with(b" 200"), "status page {http}: answered {:?}", String::from_utf8_lossy(&head));
+    println!("healthy");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn job(client: &ClusterApiClient, id: JobId) -> anyhow::Result<JobInfo> {

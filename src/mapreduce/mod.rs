@@ -96,7 +96,8 @@ pub use control::{
 };
 pub(crate) use data::radix_sort;
 pub use data::{
-    codec, fan_in, input_store, map_output, mapped_input, merge, output, plugin, remote, runfile, sequential, shuffle, skipping, split, storage, task, work_dir,
+    codec, fan_in, input_store, map_output, mapped_input, merge, output, plugin, remote, runfile, sequential, shuffle, skipping, split, storage,
+    task, work_dir,
 };
 pub use net::{accept, files, handshake, route, secure, upload};
 pub use observe::{http, metrics, progress, status, summary};

@@ -152,7 +152,14 @@ impl JobDir {
             Ok(false) => return Err(JobDirError::Busy { output_dir: output_dir.to_owned(), lock: lock_path }),
             Err(source) => return Err(JobDirError::Io { path: lock_path, source }),
         }
-        let mut dir = JobDir { path, output_dir: output_dir.to_owned(), _lock: lock, publication_begun: false, object_storage: None, output_compression: OutputCompression::None };
+        let mut dir = JobDir {
+            path,
+            output_dir: output_dir.to_owned(),
+            _lock: lock,
+            publication_begun: false,
+            object_storage: None,
+            output_compression: OutputCompression::None,
+        };
         remove_leftovers(output_dir);
         let journal_path = dir.path.join(JOURNAL);
         let earlier = journal_path.exists().then(|| Journal::replay(&journal_path));

@@ -76,7 +76,8 @@ pub fn run_sequential_map_only(
     for (index, input) in inputs.iter().enumerate() {
         let (_, contents) = read_input(input).map_err(|source| SequentialError::Input { path: input.path.clone(), source })?;
         let path = output_dir.join(compression.output_file_name(index as u32));
-        let mut output = AtomicFile::create_compressed(&path, compression).map_err(|source| SequentialError::Output { path: path.clone(), source })?;
+        let mut output =
+            AtomicFile::create_compressed(&path, compression).map_err(|source| SequentialError::Output { path: path.clone(), source })?;
         let mut written: std::io::Result<()> = Ok(());
         let mut emit = |key: &[u8], value: &[u8]| {
             if written.is_ok() {

@@ -470,7 +470,10 @@ impl WorkerStorage {
         let size = std::fs::metadata(dest).map_err(|e| format!("{}: {e}", dest.display()))?.len();
         let sha256 = file_sha256(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
         if size != file.size || sha256 != file.sha256 {
-            return Err(format!("the shipped file {} fetched from the coordinator has {size} bytes and sha256 {sha256}, not the job's {} and {}", file.name, file.size, file.sha256));
+            return Err(format!(
+                "the shipped file {} fetched from the coordinator has {size} bytes and sha256 {sha256}, not the job's {} and {}",
+                file.name, file.size, file.sha256
+            ));
         }
         Ok(())
     }

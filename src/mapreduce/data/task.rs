@@ -190,7 +190,15 @@ impl TaskRunner {
             tracing::error!("the app refused this job: {e}");
         }
         let map_buffer_bytes = usize::try_from(job.map_buffer_bytes).unwrap_or(usize::MAX);
-        TaskRunner { plugin, map_buffer_bytes, combine: job.combine, compression: job.compression, output_compression: job.output_compression, init_error, storage }
+        TaskRunner {
+            plugin,
+            map_buffer_bytes,
+            combine: job.combine,
+            compression: job.compression,
+            output_compression: job.output_compression,
+            init_error,
+            storage,
+        }
     }
 
     /// Where attempts' files go.

@@ -306,7 +306,9 @@ impl Cluster {
         let report = handle.status().report();
         let succeeded = report.job.state == crate::status::JobState::Succeeded;
         let outputs: Vec<PathBuf> = match succeeded {
-            true => (0..report.progress.output_count()).map(|r| job.admitted.output_dir.join(job.admitted.submission.job.output_compression.output_file_name(r))).collect(),
+            true => (0..report.progress.output_count())
+                .map(|r| job.admitted.output_dir.join(job.admitted.submission.job.output_compression.output_file_name(r)))
+                .collect(),
             false => Vec::new(),
         };
         let summary = Some(JobSummary::new(&report, &outputs));

@@ -453,7 +453,10 @@ impl Job {
         drop(serving);
         remove_job_dir_unless_publishing(&shared);
         match end {
-            JobEnd::Succeeded => Ok(JobReport { outputs: (0..outputs).map(|r| shared.output_path(&shared.spec.output_compression.output_file_name(r))).collect(), elapsed }),
+            JobEnd::Succeeded => Ok(JobReport {
+                outputs: (0..outputs).map(|r| shared.output_path(&shared.spec.output_compression.output_file_name(r))).collect(),
+                elapsed,
+            }),
             JobEnd::Failed(message) => Err(CoordinatorError::JobFailed(message)),
         }
     }
