@@ -148,6 +148,7 @@ fn add_remote(url: &str, inputs: &mut Vec<InputFile>) -> Result<(), InputError> 
             let key = object.url.key.as_str();
             // The key itself, or a folder it lies in, matches.
             let matched = !hidden_below(key, folder.key.len())
+                && !is_folder_marker(&object)
                 && key.match_indices('/').filter_map(|(at, _)| key.get(..at)).chain([key]).any(|candidate| compiled.matches_with(candidate, options));
             if matched {
                 inputs.push(remote_input(object));
@@ -166,7 +167,7 @@ fn add_remote(url: &str, inputs: &mut Vec<InputFile>) -> Result<(), InputError> 
     }
     let folder_length = parsed.key.trim_end_matches('/').len();
     for object in remote::list(&parsed)? {
-        if !hidden_below(&object.url.key, folder_length) {
+        if !hidden_below(&object.url.key, folder_length) && !is_folder_marker(&object) {
             inputs.push(remote_input(object));
         }
     }
@@ -181,6 +182,12 @@ fn add_remote(url: &str, inputs: &mut Vec<InputFile>) -> Result<(), InputError> 
 /// leaves such names out.
 fn hidden_below(key: &str, folder_length: usize) -> bool {
     key.get(folder_length..).unwrap_or_default().split('/').any(|name| is_hidden(Path::new(name)))
+}
+
+/// Whether an object is the empty `name/` that consoles and tools make to
+/// show a folder, not data.
+fn is_folder_marker(object: &ObjectInfo) -> bool {
+    object.url.key.ends_with('/') && object.size == 0
 }
 
 /// The input an object is, named by its URL.
