@@ -23,6 +23,7 @@ cd "$ROOT"
 say() { echo "compose-test: $*"; }
 fail() { say "FAILED: $*"; exit 1; }
 
+command -v python3 > /dev/null || fail "python3 is needed (ports, inputs, the S3 client)"
 if ! command -v docker > /dev/null || ! timeout 20 docker info > /dev/null 2>&1; then
   say "skipped: no Docker engine answers (docker info)"
   exit 0
@@ -44,8 +45,14 @@ scripts/docker-build.sh
 BIN=$ROOT/target/release
 work=$(mktemp -d /var/tmp/mr-compose-test.XXXXXX)
 project=mrtest$$
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-export MR_COMPOSE_SECRETS=$work/secrets MR_PORT=$(free_port) MR_HTTP_PORT=$(free_port) MR_S3_PORT=$(free_port)
+# Three distinct free ports, held open together while they are picked.
+ports=$(python3 -c '
+import socket
+held = [socket.socket() for _ in range(3)]
+for s in held: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))') || fail "cannot find free ports"
+read -r MR_PORT MR_HTTP_PORT MR_S3_PORT <<< "$ports"
+export MR_COMPOSE_SECRETS=$work/secrets MR_PORT MR_HTTP_PORT MR_S3_PORT
 # A loaded 2-core test machine must not keep tasks from the workers.
 export MR_MAX_LOAD_PER_CORE=off MR_MIN_FREE_MEMORY=0 MR_MIN_FREE_DISK=0
 compose() { timeout "${TIMEOUT:-120}" "${COMPOSE[@]}" -p "$project" -f "$ROOT/compose.yaml" "$@"; }
@@ -141,7 +148,7 @@ docker kill "${workers[0]}" > /dev/null
 docker network disconnect "${project}_default" "${workers[1]}"
 say "killed worker ${workers[0]:0:12}, cut off worker ${workers[1]:0:12}"
 for _ in $(seq 120); do [ "$(maps_done)" -ge 8 ] && break; sleep 0.25; done
-state=$(mr status "$slow" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+state=$(mr status "$slow" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])') || fail "mr status $slow failed"
 [ "$state" = running ] || fail "the slow job was $state, not running, when the coordinator was to be restarted"
 compose restart coordinator > /dev/null 2>&1
 say "restarted the coordinator mid-job"

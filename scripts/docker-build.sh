@@ -74,6 +74,8 @@ build -f Dockerfile -t "mapreduce:$TAG" "$context/mapreduce"
 say "built mapreduce:$TAG ($(docker image inspect -f '{{.Size}}' "mapreduce:$TAG" | awk '{printf "%.0f MB", $1/1e6}'))"
 
 weed=$(scripts/s3-server.sh weed-path "$context")
+# The static binary itself, not a shim or wrapper script that finds it.
+[ "$(head -c 4 "$weed" | od -An -c | tr -d ' ')" = '177ELF' ] || die "$weed is not the weed executable (an ELF binary)"
 mkdir -p "$context/seaweedfs"
 cp "$weed" "$context/seaweedfs/weed"
 cp docker/seaweedfs/entrypoint.sh "$context/seaweedfs/"

@@ -623,11 +623,13 @@ fn shipped_files_are_where_streaming_commands_run_combiner_included() {
     let expected: Vec<u8> =
         lines.iter().skip(1).enumerate().filter(|(i, _)| (i + 1) % 5 != 0).flat_map(|(_, line)| [*line, b"\n"].concat()).collect();
     dir.write("ship/stop.txt", stop.iter().flat_map(|word| [*word, b"\n"].concat()).collect::<Vec<u8>>());
-    dir.write(
+    let filter = dir.write(
         "ship/drop_stop_words.py",
-        "import sys\nstop = set(open('stop.txt', 'rb').read().split(b'\\n'))\n\
+        "#!/usr/bin/env python3\nimport sys\nstop = set(open('stop.txt', 'rb').read().split(b'\\n'))\n\
          for line in sys.stdin.buffer:\n    if line.split(b'\\t')[0] not in stop:\n        sys.stdout.buffer.write(line)\n",
     );
+    // Executable, it stays so where it is shipped (run as ./drop_stop_words.py).
+    std::fs::set_permissions(&filter, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/streaming/examples");
     for script in ["wc_map.py", "wc_combine.py", "wc_reduce.py"] {
         std::fs::copy(examples.join(script), dir.join(&format!("ship/{script}"))).unwrap();
@@ -641,7 +643,7 @@ fn shipped_files_are_where_streaming_commands_run_combiner_included() {
         "--files",
         "ship/stop.txt",
         "--param",
-        "map=python3 wc_map.py | python3 drop_stop_words.py",
+        "map=python3 wc_map.py | ./drop_stop_words.py",
         "--param",
         "combiner=python3 wc_combine.py",
         "--param",

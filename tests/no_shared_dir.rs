@@ -192,3 +192,37 @@ fn a_map_only_jobs_outputs_are_sent_to_the_master_by_their_maps() {
     assert_eq!(expected.len(), inputs.len());
     assert_map_only_output(dir.path(), &expected, &dir.listing());
 }
+
+#[test]
+fn compressed_outputs_are_sent_to_the_master_compressed_by_reduces_and_by_map_only_maps() {
+    let dir = TestDir::new("compressed-uploads");
+    let inputs = write_inputs(&dir, 4);
+    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    let unpack = |path: std::path::PathBuf| {
+        let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), dir.listing()));
+        let codec = mapreduce::codec::Codec::of(&path).unwrap();
+        mapreduce::codec::decompress_all(codec, &stored[..]).unwrap()
+    };
+    for (reduces, codec) in [("2", "gz"), ("0", "zst")] {
+        let out = format!("out-{codec}");
+        let mut args = vec!["--reduces", reduces, "--app", "wordcount", "--output-compression", codec, "--output-dir", &out];
+        args.extend(&input_refs);
+        let (mut master, addr) = start_master(dir.path(), &args);
+        let mut cmd = std::process::Command::new(worker_bin());
+        cmd.args(["--master", &addr, "--no-shared-dir", "--work-dir", "work"]);
+        let mut worker = Proc::spawn("isolated", cmd, dir.path());
+        master.expect_success();
+        worker.expect_success();
+        assert!(worker.stderr().contains("not sharing the job directory"), "{}", worker.describe());
+        if reduces == "0" {
+            let expected = map_only_reference(dir.path(), "wordcount", &input_refs);
+            for (m, expected) in expected.iter().enumerate() {
+                assert_eq!(&unpack(dir.join(&format!("{out}/mr-out-{m}.{codec}"))), expected, "map {m}");
+            }
+        } else {
+            let all: Vec<u8> = (0..2).flat_map(|r| unpack(dir.join(&format!("{out}/mr-out-{r}.{codec}")))).collect();
+            assert_same_output(&sorted_lines(&all), &reference_output(dir.path(), "wordcount", &input_refs), &dir.listing());
+        }
+    }
+}

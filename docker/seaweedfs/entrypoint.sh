@@ -12,7 +12,13 @@ read_var() { # NAME: the value of NAME, or the content of the file NAME_FILE nam
 }
 access=$(read_var AWS_ACCESS_KEY_ID)
 secret=$(read_var AWS_SECRET_ACCESS_KEY)
+for key in "$access" "$secret"; do
+  case "$key" in
+    *[!A-Za-z0-9+/=_.-]*) echo "seaweedfs: S3 keys may hold only letters, digits and + / = _ . -" >&2; exit 1 ;;
+  esac
+done
 mkdir -p /data/store
+umask 077
 cat > /data/s3.json <<JSON
 {"identities": [{"name": "mapreduce",
   "credentials": [{"accessKey": "$access", "secretKey": "$secret"}],

@@ -79,7 +79,7 @@ impl AppCache {
         };
         let staged = tempfile::Builder::new().prefix(".fetching-").tempfile_in(&self.dir).map_err(io(&self.dir))?;
         let mut sink = tokio::fs::File::from_std(staged.reopen().map_err(io(staged.path()))?);
-        let fetched = fetcher.fetch(address, FileRequest::Plugin, &mut sink).await;
+        let fetched = fetcher.fetch(address, FileRequest::Plugin { size: app.size }, &mut sink).await;
         fetched.map_err(|e| AppCacheError::Fetch {
             file_name: excerpt(&app.file_name, EXCERPT_CHARS),
             address: address.to_owned(),

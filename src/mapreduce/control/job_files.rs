@@ -44,12 +44,12 @@ impl Catalog for JobFiles {
                 let offset = offset.min(meta.len());
                 Ok(FileRange { path: file.path.clone(), offset, len: len.min(meta.len() - offset) })
             }
-            FileRequest::Plugin => {
+            FileRequest::Plugin { .. } => {
                 let path = self.app.clone().ok_or("the job names no app (mr-master --app)")?;
                 let len = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
                 Ok(FileRange { path, offset: 0, len })
             }
-            FileRequest::Shipped { index } => {
+            FileRequest::Shipped { index, .. } => {
                 let (path, file) = self.shipped.get(index as usize).ok_or_else(|| format!("the job ships no file number {index}"))?;
                 let len = std::fs::metadata(path).map_err(|e| format!("shipped file {}: {e}", path.display()))?.len();
                 if len != file.size {

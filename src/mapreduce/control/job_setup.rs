@@ -112,7 +112,11 @@ pub async fn set_up_storage(
     if !spec.files.is_empty() {
         // Absolute: the task processes run the app's commands in it.
         let dir = std::path::absolute(work_dir.path().join(SHIPPED_DIR)).map_err(|e| setup("the shipped files' directory", e))?;
-        crate::shipped::fetch(&storage, &spec.files, &dir).await.map_err(WorkerError::Setup)?;
+        if let Err(e) = crate::shipped::fetch(&storage, &spec.files, &dir).await {
+            // A detached server would serve on, unseen.
+            file_server.abort();
+            return Err(WorkerError::Setup(e));
+        }
         tracing::info!(files = spec.files.len(), dir = %dir.display(), "fetched the job's shipped files");
         child.files_dir = Some(dir);
     }

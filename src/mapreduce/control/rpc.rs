@@ -125,6 +125,9 @@ pub struct ShippedFile {
     /// Its SHA-256 when the job was planned, in hex: a fetched copy must
     /// have the same.
     pub sha256: String,
+    /// Whether it was executable (a script run as `./map.py`).
+    #[serde(default)]
+    pub executable: bool,
 }
 
 /// The app plugin the coordinator serves for the job.

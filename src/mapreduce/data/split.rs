@@ -65,20 +65,21 @@ pub fn read_split_into(split: &InputSplit, contents: &mut Vec<u8>) -> io::Result
     contents.clear();
     let size = split.file.size;
     let from = split.start.min(size).saturating_sub(1);
-    let mut window = Window { store: store_for(&split.file.path), input: &split.file, from, data: Vec::new() };
+    // Read straight into `contents`, trimmed to the lines at the end: no
+    // second buffer of the split's size.
+    let mut window = Window { store: store_for(&split.file.path), input: &split.file, from, data: contents };
     window.read_to(split.end.map_or(size, |end| end.saturating_add(LINE_SLACK)))?;
     let begin = if split.start == 0 { 0 } else { window.past_newline_from(from)? };
-    let Some(end) = split.end.map(|end| end.min(size)) else {
-        window.read_to(size)?;
-        contents.extend_from_slice(window.bytes(begin, size));
-        return Ok(begin);
-    };
-    if begin >= end {
+    let stop = match split.end.map(|end| end.min(size)) {
+        None => {
+            window.read_to(size)?;
+            size
+        }
         // No line starts in this split (a line longer than the split).
-        return Ok(begin);
-    }
-    let stop = window.past_newline_from((end - 1).max(begin))?;
-    contents.extend_from_slice(window.bytes(begin, stop));
+        Some(end) if begin >= end => begin,
+        Some(end) => window.past_newline_from((end - 1).max(begin))?,
+    };
+    window.keep(begin, stop);
     Ok(begin)
 }
 
@@ -88,7 +89,7 @@ struct Window<'a> {
     store: &'a dyn InputStore,
     input: &'a InputFile,
     from: u64,
-    data: Vec<u8>,
+    data: &'a mut Vec<u8>,
 }
 
 impl Window<'_> {
@@ -99,7 +100,7 @@ impl Window<'_> {
         if to <= have {
             return Ok(());
         }
-        self.store.read_range(self.input, have..to, &mut self.data)?;
+        self.store.read_range(self.input, have..to, self.data)?;
         if self.from + (self.data.len() as u64) < to {
             return Err(io::Error::other(format!("changed since the job was planned: shorter than its {} bytes", self.input.size)));
         }
@@ -124,9 +125,11 @@ impl Window<'_> {
         }
     }
 
-    /// Bytes `begin..end` of the input (read already).
-    fn bytes(&self, begin: u64, end: u64) -> &[u8] {
-        self.data.get((begin - self.from) as usize..(end - self.from) as usize).unwrap_or_default()
+    /// Keeps bytes `begin..end` of the input (read already), and nothing else.
+    fn keep(self, begin: u64, end: u64) {
+        let (begin, end) = ((begin - self.from) as usize, (end - self.from) as usize);
+        self.data.truncate(end.max(begin));
+        self.data.drain(..begin.min(self.data.len()));
     }
 }
 

@@ -446,7 +446,7 @@ impl WorkerStorage {
         let dest = self.work_dir.join(Path::new(&app.file_name).file_name().unwrap_or("app.so".as_ref()));
         let fetch = async {
             let mut file = tokio::fs::File::create(&dest).await?;
-            self.fetcher.fetch(&self.master, FileRequest::Plugin, &mut file).await
+            self.fetcher.fetch(&self.master, FileRequest::Plugin { size: app.size }, &mut file).await
         };
         fetch.await.map_err(|e| format!("fetching the job's app {} from the coordinator: {e}", app.file_name))?;
         let sha256 = file_sha256(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
@@ -461,14 +461,16 @@ impl WorkerStorage {
     pub async fn fetch_shipped(&self, index: u32, file: &ShippedFile, dest: &Path) -> Result<(), String> {
         let fetch = async {
             let mut sink = tokio::fs::File::create(dest).await?;
-            self.fetcher.fetch(&self.master, FileRequest::Shipped { index }, &mut sink).await?;
+            self.fetcher.fetch(&self.master, FileRequest::Shipped { index, size: file.size }, &mut sink).await?;
             // A tokio file finishes its last write in the background.
             tokio::io::AsyncWriteExt::flush(&mut sink).await?;
             Ok::<(), crate::files::FetchError>(())
         };
         fetch.await.map_err(|e| format!("fetching the shipped file {} from the coordinator: {e}", file.name))?;
-        let size = std::fs::metadata(dest).map_err(|e| format!("{}: {e}", dest.display()))?.len();
-        let sha256 = file_sha256(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        // Hashing up to a GiB is not for the runtime's threads.
+        let path = dest.to_owned();
+        let measured = tokio::task::spawn_blocking(move || Ok::<_, io::Error>((std::fs::metadata(&path)?.len(), file_sha256(&path)?))).await;
+        let (size, sha256) = measured.map_err(|e| e.to_string())?.map_err(|e| format!("{}: {e}", dest.display()))?;
         if size != file.size || sha256 != file.sha256 {
             return Err(format!(
                 "the shipped file {} fetched from the coordinator has {size} bytes and sha256 {sha256}, not the job's {} and {}",

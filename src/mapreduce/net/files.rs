@@ -107,12 +107,18 @@ pub enum FileRequest {
         /// Bytes wanted (fewer at the end of the file).
         len: u64,
     },
-    /// The job's app plugin.
-    Plugin,
-    /// File number `index` of those shipped with the job (`--files`).
+    /// The job's app plugin, of `size` bytes (as the job describes it).
+    Plugin {
+        /// Its size: an answer of any other length is refused unread.
+        size: u64,
+    },
+    /// File number `index` of those shipped with the job (`--files`), of
+    /// `size` bytes.
     Shipped {
         /// The file's index in the job's list.
         index: u32,
+        /// Its size: an answer of any other length is refused unread.
+        size: u64,
     },
 }
 
@@ -123,9 +129,9 @@ impl FileRequest {
         let (kind, a, b, c) = match *self {
             FileRequest::AttemptOutput { attempt, offset, len } => (1, attempt, offset, len),
             FileRequest::InputSplit { input, start, end } => (2, u64::from(input), start, end),
-            FileRequest::Plugin => (3, 0, 0, 0),
+            FileRequest::Plugin { size } => (3, size, 0, 0),
             FileRequest::InputRange { input, offset, len } => (4, u64::from(input), offset, len),
-            FileRequest::Shipped { index } => (5, u64::from(index), 0, 0),
+            FileRequest::Shipped { index, size } => (5, u64::from(index), size, 0),
         };
         let fields = std::iter::once(kind).chain([a, b, c].into_iter().flat_map(u64::to_le_bytes));
         let mut bytes = [0; Self::SIZE];
@@ -147,7 +153,8 @@ impl FileRequest {
             // runs past its end as far as it goes; a split in which no line
             // starts (inside a longer one) owns nothing, from the next line.
             FileRequest::InputSplit { start, end, .. } => offset >= start && (end == u64::MAX || offset <= end || len == 0),
-            FileRequest::Plugin | FileRequest::Shipped { .. } => offset == 0,
+            // The whole file, exactly as large as the job says.
+            FileRequest::Plugin { size } | FileRequest::Shipped { size, .. } => offset == 0 && len == size,
         }
     }
 
@@ -159,6 +166,7 @@ impl FileRequest {
         let bound = match *self {
             FileRequest::AttemptOutput { len: asked, .. } | FileRequest::InputRange { len: asked, .. } if asked != u64::MAX => asked,
             FileRequest::InputSplit { start, end, .. } if end != u64::MAX => end.saturating_sub(start),
+            FileRequest::Plugin { size } | FileRequest::Shipped { size, .. } => size,
             _ => UNBOUNDED_RESERVE as u64,
         };
         usize::try_from(len.min(bound)).map_or(RESERVE_AHEAD_LIMIT, |bytes| bytes.min(RESERVE_AHEAD_LIMIT))
@@ -171,9 +179,9 @@ impl FileRequest {
         match kind {
             1 => Some(FileRequest::AttemptOutput { attempt: a, offset: b, len: c }),
             2 => Some(FileRequest::InputSplit { input: u32::try_from(a).ok()?, start: b, end: c }),
-            3 => Some(FileRequest::Plugin),
+            3 => Some(FileRequest::Plugin { size: a }),
             4 => Some(FileRequest::InputRange { input: u32::try_from(a).ok()?, offset: b, len: c }),
-            5 => Some(FileRequest::Shipped { index: u32::try_from(a).ok()? }),
+            5 => Some(FileRequest::Shipped { index: u32::try_from(a).ok()?, size: b }),
             _ => None,
         }
     }
@@ -771,7 +779,8 @@ mod tests {
             FileRequest::AttemptOutput { attempt: 77, offset: 3, len: u64::MAX },
             FileRequest::InputSplit { input: 4, start: 1 << 40, end: u64::MAX },
             FileRequest::InputRange { input: 2, offset: 5, len: 1 << 20 },
-            FileRequest::Plugin,
+            FileRequest::Plugin { size: 0 },
+            FileRequest::Shipped { index: 3, size: 1 << 33 },
         ] {
             assert_eq!(FileRequest::decode(&request.encode()), Some(request));
         }
@@ -834,20 +843,22 @@ mod tests {
 
     #[tokio::test]
     async fn an_unbounded_answer_is_stored_as_it_arrives_not_as_announced() {
-        // The app's length is not in the request: a server may announce
-        // 1 EiB, but memory grows only with what it sends before it stops.
+        // A split to the end of its file has no length in the request: a
+        // server may announce 1 EiB, but memory grows only with what it
+        // sends before it stops.
+        let request = FileRequest::InputSplit { input: 0, start: 0, end: u64::MAX };
         let mut wire = answer(0, 1 << 60, b"");
         wire.truncate(17);
         wire.extend_from_slice(&[1; 5000]);
         let addr = hostile_server(wire).await;
         let fetcher = Fetcher::new(None, Identity::new("worker".into())).with_stall_limit(Duration::from_secs(2));
         let mut memory = Vec::new();
-        let fetched = fetcher.fetch_to_vec(&addr, FileRequest::Plugin, &mut memory, None).await;
+        let fetched = fetcher.fetch_to_vec(&addr, request, &mut memory, None).await;
         assert!(matches!(fetched, Err(FetchError::Network(_))), "{fetched:?}");
         assert!(memory.capacity() <= 2 * UNBOUNDED_RESERVE, "reserved {} bytes", memory.capacity());
         // A refusal's reason is bounded by its u16 length.
         let addr = hostile_server(vec![1, 0xff, 0xff, b'x']).await;
-        let fetched = fetcher.fetch_to_vec(&addr, FileRequest::Plugin, &mut memory, None).await;
+        let fetched = fetcher.fetch_to_vec(&addr, request, &mut memory, None).await;
         assert!(matches!(fetched, Err(FetchError::Network(_))), "{fetched:?}");
     }
 
@@ -861,9 +872,13 @@ mod tests {
         assert!(range.admits(10, 50) && range.admits(10, 3) && range.admits(7, 0) && !range.admits(10, 51) && !range.admits(11, 3));
         let split = FileRequest::InputSplit { input: 0, start: 100, end: 200 };
         assert!(split.admits(100, 500) && split.admits(150, 0) && split.admits(900, 0) && !split.admits(99, 1) && !split.admits(201, 1));
-        assert!(FileRequest::Plugin.admits(0, 1 << 40) && !FileRequest::Plugin.admits(1, 1));
+        let app = FileRequest::Plugin { size: 1 << 40 };
+        assert!(app.admits(0, 1 << 40) && !app.admits(0, (1 << 40) + 1) && !app.admits(1, 1));
+        let shipped = FileRequest::Shipped { index: 2, size: 10 };
+        assert!(shipped.admits(0, 10) && !shipped.admits(0, 1 << 60) && !shipped.admits(0, 9));
         assert_eq!(run.reserve_for(100), 100);
-        assert_eq!(FileRequest::Plugin.reserve_for(1 << 60), UNBOUNDED_RESERVE);
+        assert_eq!(split.reserve_for(1 << 60), 100);
+        assert_eq!(FileRequest::InputSplit { input: 0, start: 0, end: u64::MAX }.reserve_for(1 << 60), UNBOUNDED_RESERVE);
         assert_eq!(split.reserve_for(1 << 60), 100);
     }
 
@@ -890,8 +905,8 @@ mod tests {
                 (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(attempt, offset, len)| FileRequest::AttemptOutput { attempt, offset, len }),
                 (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(input, start, end)| FileRequest::InputSplit { input, start, end }),
                 (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(input, offset, len)| FileRequest::InputRange { input, offset, len }),
-                Just(FileRequest::Plugin),
-                any::<u32>().prop_map(|index| FileRequest::Shipped { index }),
+                any::<u64>().prop_map(|size| FileRequest::Plugin { size }),
+                (any::<u32>(), any::<u64>()).prop_map(|(index, size)| FileRequest::Shipped { index, size }),
             ]
         }
 

@@ -87,7 +87,7 @@ pub fn admit(submission: Submission) -> Result<Admitted, String> {
     if crate::remote::is_url(&job.output_dir) {
         return Err(format!("--output-dir {}: a cluster's jobs write their outputs to a directory (inputs may be on s3://)", shown(&job.output_dir)));
     }
-    for path in job.inputs.iter().filter(|path| !crate::remote::is_url(path)).chain([&job.output_dir]) {
+    for path in job.inputs.iter().filter(|path| !crate::remote::is_url(path)).chain([&job.output_dir]).chain(&job.files) {
         if !path.is_absolute() {
             return Err(format!("{}: not an absolute path (the client makes paths absolute before it sends them)", shown(path)));
         }

@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::job_dir::{JobDir, Opened};
 use crate::journal::{Journal, Record};
 use crate::map_output::run_is_present;
+use crate::output::OutputCompression;
 use crate::rpc::{JobEnd, TaskId};
 use crate::scheduler::Scheduler;
 use crate::status::JobStatus;
@@ -84,15 +85,22 @@ pub(super) fn remove_job_dir_unless_publishing(shared: &Shared) {
 /// that a job resumed with another build starts over instead of mixing
 /// two apps' outputs (a job without `--app` keeps its journaled pin).
 pub(super) fn fingerprint(config: &CoordinatorConfig) -> serde_json::Value {
-    serde_json::json!({
+    let mut fingerprint = serde_json::json!({
         "inputs": config.inputs,
         "split_bytes": config.split_bytes,
         "reduces": config.reduces,
         "params": config.params,
-        "output_compression": config.output_compression,
-        "files": config.files.iter().map(|(_, file)| &file.sha256).collect::<Vec<_>>(),
         "app": config.app.as_ref().map(|(_, app)| &app.sha256),
-    })
+    });
+    // Named only when set, so that a job journaled before these settings
+    // existed still resumes.
+    if config.output_compression != OutputCompression::None {
+        fingerprint["output_compression"] = serde_json::json!(config.output_compression);
+    }
+    if !config.files.is_empty() {
+        fingerprint["files"] = config.files.iter().map(|(_, file)| serde_json::json!([file.name, file.sha256])).collect();
+    }
+    fingerprint
 }
 
 /// Marks done what an earlier coordinator finished, as its journal says,

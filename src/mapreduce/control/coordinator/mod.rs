@@ -289,6 +289,9 @@ pub struct Job {
     secret: Option<Secret>,
 }
 
+/// Where in the job directory the shipped files' copies are served from.
+const SHIPPED_DIR: &str = "shipped";
+
 impl Job {
     /// Plans a job: splits the inputs into map tasks and creates the job
     /// directory. The job's clock starts here.
@@ -304,6 +307,8 @@ impl Job {
         if let Some(why) = &opened.discarded {
             tracing::warn!("the job directory {} held another job, removed: {why}", opened.dir.path().display());
         }
+        // Served from copies: a file changed later reaches no worker.
+        let shipped = crate::shipped::stage(&config.files, &opened.dir.path().join(SHIPPED_DIR)).map_err(CoordinatorError::JobFailed)?;
         let splits = plan_splits(&config.inputs, config.split_bytes);
         let map_count = splits.len();
         let mut scheduler = Scheduler::new(config.scheduler, splits, config.reduces, opened.dir.path().to_owned());
@@ -343,7 +348,7 @@ impl Job {
             not_yet_exited: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
             idle_limit: (config.scheduler.task_timeout * 2).max(MIN_IDLE_LIMIT),
-            files: Arc::new(JobFiles::new(config.inputs.clone(), config.app.as_ref().map(|(path, _)| path.clone()), config.files.clone())),
+            files: Arc::new(JobFiles::new(config.inputs.clone(), config.app.as_ref().map(|(path, _)| path.clone()), shipped)),
             claims: Mutex::new(HashMap::new()),
             closed: watch::channel(false).0,
             ended: watch::channel(false).0,
