@@ -660,6 +660,26 @@ fn shipped_files_are_where_streaming_commands_run_combiner_included() {
 }
 
 #[test]
+fn a_streaming_map_that_prints_slowly_after_its_input_is_progressing_not_hung() {
+    let dir = TestDir::new("streaming-slow-printer");
+    dir.write("in.txt", "some words\n");
+    // All its input read at once, then a line every 0.4 s for 4 s: longer
+    // than the task timeout, but never silent for as long.
+    let map = "map=cat > /dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do echo \"w$i\"; sleep 0.4; done";
+    for combiner in [None, Some("combiner=cat")] {
+        let mut flags = vec!["--task-timeout", "2", "--max-task-attempts", "1", "--param", map, "--param", "reduce=cat"];
+        flags.extend(combiner.iter().flat_map(|combiner| ["--param", combiner]));
+        run_job_to_completion(&dir, "streaming", 1, 1, &flags, &["in.txt"]);
+        let output = std::fs::read_to_string(dir.join("mr-out-0")).unwrap();
+        let mut words: Vec<&str> = output.lines().map(|line| line.trim_end_matches('\t')).collect();
+        words.sort();
+        let mut expected: Vec<String> = (1..=10).map(|i| format!("w{i}")).collect();
+        expected.sort();
+        assert_eq!(words, expected, "{combiner:?}");
+    }
+}
+
+#[test]
 fn streaming_keys_of_several_fields_are_sorted_whole_and_partitioned_by_their_first() {
     let dir = TestDir::new("streaming-fields");
     let mut text = String::new();

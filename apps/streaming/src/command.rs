@@ -27,6 +27,8 @@ pub struct Running {
     reader: Option<JoinHandle<std::io::Result<()>>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stderr_reader: Option<JoinHandle<()>>,
+    /// How closing its input went, once it was closed.
+    closed: std::io::Result<()>,
 }
 
 impl Running {
@@ -66,7 +68,7 @@ impl Running {
         let reader = child.stdout.take().map(|stdout| spawn_reader(stdout, printed.clone()));
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let stderr_reader = child.stderr.take().map(|stderr| spawn_stderr_reader(stderr, tag.to_owned(), stderr_tail.clone()));
-        Ok(Running { command: command.to_owned(), child, stdin, printed, reader, stderr_tail, stderr_reader })
+        Ok(Running { command: command.to_owned(), child, stdin, printed, reader, stderr_tail, stderr_reader, closed: Ok(()) })
     }
 
     /// Writes `bytes` to the command's standard input. A command that has
@@ -89,13 +91,35 @@ impl Running {
         out.append(&mut lock(&self.printed));
     }
 
+    /// Closes the command's input (it has had all of it), waits up to
+    /// `wait` for it to exit, and moves what it printed meanwhile to
+    /// `out`; true once it has exited ([`Running::finish`] then ends it).
+    /// Called in a loop, it passes a command's output on as it comes.
+    pub fn run_on(&mut self, wait: std::time::Duration, out: &mut Vec<u8>) -> bool {
+        self.close_input();
+        let exited = matches!(self.child.try_wait(), Ok(Some(_)) | Err(_));
+        if !exited {
+            std::thread::sleep(wait);
+        }
+        self.take_printed(out);
+        exited
+    }
+
+    /// Flushes and closes the command's input, once.
+    fn close_input(&mut self) {
+        if let Some(stdin) = self.stdin.take() {
+            self.closed = stdin.into_inner().map(drop).map_err(|e| e.into_error());
+        }
+    }
+
     /// Closes the command's input, waits for it to exit and for its output
     /// to be read, and moves the rest of its output to `out`. A command
     /// that exits with a non-zero status fails, its last lines of standard
     /// error in the message.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), AppError> {
         // Its exit status explains a failure best, so it is checked first.
-        let closed = self.stdin.take().map_or(Ok(()), |stdin| stdin.into_inner().map(drop).map_err(|e| e.into_error()));
+        self.close_input();
+        let closed = std::mem::replace(&mut self.closed, Ok(()));
         let read = self.reader.take().map_or(Ok(Ok(())), JoinHandle::join);
         let status = self.child.wait().map_err(|e| format!("waiting for {:?}: {e}", self.command))?;
         if let Some(stderr_reader) = self.stderr_reader.take() {

@@ -33,6 +33,9 @@
 //!   `KeyFieldBasedPartitioner` with `-k1,M`; the reduce still sees keys
 //!   sorted by all their fields.
 //!
+//! A map command's pairs are passed on as it prints them, and its lines
+//! counted (`map_command_lines`): the attempt's progress while it computes.
+//!
 //! A command that exits with a non-zero status fails the task attempt: the
 //! message names the command, its status and its last lines of standard
 //! error, which also go to the worker's, each line after the task's name.
@@ -51,6 +54,10 @@ use mapreduce::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputF
 
 use command::{run_over, Running, FEED_CHUNK};
 use fields::Fields;
+
+/// How often a map command that has all its input is looked at, for what
+/// it printed and whether it exited.
+const PRINTED_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Bytes of pairs a map task holds for its combiner before running it.
 const COMBINE_BUFFER: usize = 16 << 20;
@@ -122,6 +129,16 @@ impl Streaming {
             sink(key, value);
         }
         printed.drain(..whole);
+    }
+}
+
+/// Counts the lines a map command printed (`map_command_lines`, before
+/// any combiner): the attempt's progress even while a combiner holds its
+/// pairs back.
+fn count_printed(printed: &[u8]) {
+    let lines = printed.iter().filter(|&&b| b == b'\n').count() as u64;
+    if lines > 0 {
+        mapreduce::counters::increment("map_command_lines", lines);
     }
 }
 
@@ -234,7 +251,9 @@ impl App for Streaming {
             for chunk in input.contents.chunks(FEED_CHUNK) {
                 let running = mapper.running.as_mut().ok_or("the map command is gone")?;
                 running.feed(chunk)?;
+                let before = mapper.printed.len();
                 running.take_printed(&mut mapper.printed);
+                count_printed(&mapper.printed[before..]);
                 self.pass_on(mapper, false, emit)?;
             }
             Ok(())
@@ -243,8 +262,23 @@ impl App for Streaming {
 
     fn finish_map(&self, emit: &mut Emitter<'_>) -> AppResult {
         let Some(Task::Map(mut mapper)) = TASK.take() else { return Err("no map task was started".into()) };
-        if let Some(running) = mapper.running.take() {
+        if let Some(mut running) = mapper.running.take() {
+            // Pairs go on as the command prints them, not only at its exit:
+            // they are the attempt's progress while it computes (one that
+            // reads all its input before it prints would otherwise look
+            // hung for as long as it computes).
+            loop {
+                let before = mapper.printed.len();
+                let exited = running.run_on(PRINTED_POLL, &mut mapper.printed);
+                count_printed(&mapper.printed[before..]);
+                if exited {
+                    break;
+                }
+                self.pass_on(&mut mapper, false, emit)?;
+            }
+            let before = mapper.printed.len();
             running.finish(&mut mapper.printed)?;
+            count_printed(&mapper.printed[before..]);
         }
         self.pass_on(&mut mapper, true, emit)
     }
