@@ -24,9 +24,12 @@ const SECRET: &str = "correct horse battery staple";
 /// What the relay does to the connections it carries.
 #[derive(Clone)]
 enum Tamper {
-    /// Replace the job's plugin with `evil_plugin`, and the genuine hash
-    /// with the evil one wherever it appears (both ways).
-    SwapApp { genuine_hash: String, evil_hash: String, evil_plugin: Arc<Vec<u8>> },
+    /// Replace the job's plugin with `evil_plugin`, the genuine hash with
+    /// the evil one wherever it appears (both ways), and the job's
+    /// description of its plugin (hash, then size: bincode puts the size,
+    /// as a varint, right after the hash) with the evil one's, so that the
+    /// worker asks for, and takes, a plugin of the evil size.
+    SwapApp { genuine_hash: String, evil_hash: String, genuine_size: u64, evil_plugin: Arc<Vec<u8>> },
     /// Flip one bit of the byte at this offset of what the coordinator sends.
     FlipByteAt(usize),
 }
@@ -90,7 +93,7 @@ fn relay_connection(client: TcpStream, mut server: TcpStream, tamper: Tamper, ta
             std::thread::spawn(move || copy(&mut from_client, &mut to_server));
             copy(&mut server, &mut to_client);
         }
-        Tamper::SwapApp { genuine_hash, evil_hash, evil_plugin } => {
+        Tamper::SwapApp { genuine_hash, evil_hash, genuine_size, evil_plugin } => {
             let (service_tx, service_rx) = mpsc::channel();
             let (plugin_asked_tx, plugin_asked_rx) = mpsc::channel();
             let (evil_for_client, genuine_for_client) = (evil_hash.clone(), genuine_hash.clone());
@@ -131,12 +134,26 @@ fn relay_connection(client: TcpStream, mut server: TcpStream, tamper: Tamper, ta
                     }
                 }
                 Ok(_) => {
-                    let swapped = replacing(&mut server, &mut to_client, genuine_hash.as_bytes(), evil_hash.as_bytes());
+                    let described = |hash: &str, size: u64| [hash.as_bytes(), &bincode_varint(size)].concat();
+                    let (genuine, evil) = (described(&genuine_hash, genuine_size), described(&evil_hash, evil_plugin.len() as u64));
+                    assert_eq!(genuine.len(), evil.len(), "the relay replaces bytes in place: both sizes take the same varint width");
+                    let swapped = replacing(&mut server, &mut to_client, &genuine, &evil);
                     tally.hashes_swapped.fetch_add(swapped, Ordering::SeqCst);
                 }
                 Err(_) => {}
             }
         }
+    }
+}
+
+/// `value` as bincode's variable-length integer (what tarpc's transport
+/// writes): one byte below 251, else a marker and 2, 4 or 8 bytes.
+fn bincode_varint(value: u64) -> Vec<u8> {
+    match value {
+        0..=250 => vec![value as u8],
+        251..=0xffff => [&[251u8][..], &(value as u16).to_le_bytes()].concat(),
+        0x1_0000..=0xffff_ffff => [&[252u8][..], &(value as u32).to_le_bytes()].concat(),
+        _ => [&[253u8][..], &value.to_le_bytes()].concat(),
     }
 }
 
@@ -224,7 +241,12 @@ fn start_fetching_worker(dir: &TestDir, addr: &str, flags: &[&str]) -> Proc {
 
 fn swap_app_tamper() -> Tamper {
     let hash = |app: &str| mapreduce::plugin::file_sha256(&plugin(app)).unwrap();
-    Tamper::SwapApp { genuine_hash: hash("wordcount"), evil_hash: hash("indexer"), evil_plugin: Arc::new(std::fs::read(plugin("indexer")).unwrap()) }
+    Tamper::SwapApp {
+        genuine_hash: hash("wordcount"),
+        evil_hash: hash("indexer"),
+        genuine_size: std::fs::metadata(plugin("wordcount")).unwrap().len(),
+        evil_plugin: Arc::new(std::fs::read(plugin("indexer")).unwrap()),
+    }
 }
 
 /// Runs a word count whose worker reaches the coordinator only through a
