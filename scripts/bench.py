@@ -31,6 +31,11 @@ Cases (--cases takes a comma-separated subset of these names):
   tiny       2,000 one-line files, 2 workers: scheduling time per task
   scaling    wordcount over 1 GiB with 1 worker vs 2 workers (taking turns
              run by run)
+  cores      wordcount over 1 GiB at 1, 2, 4, ... cores up to this machine's
+             (os.sched_getaffinity): one worker with N slots, N one-slot
+             workers and wc-limit -t N, taking turns; one case per step
+             (cores-N), each row with its speedup and efficiency against its
+             own 1-core run and its peak RSS
   tls-hosts  wordcount over 1 GiB on 2 hosts sharing nothing, TLS vs
              --no-tls (the cost of encryption)
   tls-hosts-10gbit, tls-hosts-1gbit
@@ -629,6 +634,43 @@ def scaling_case(runs, rows, work):
         rows.append(Row("scaling", f"mapreduce, {workers} worker{'s' if workers > 1 else ''}", size, walls, cpus, rss))
 
 
+def core_steps():
+    """1, 2, 4, ... below this machine's cores, then all of them."""
+    cores = len(os.sched_getaffinity(0))
+    steps, n = [], 1
+    while n < cores:
+        steps.append(n)
+        n *= 2
+    return steps + [cores]
+
+
+def cores_case(runs, rows, work):
+    """Word count over 1 GiB of books at each of `core_steps()`: one worker
+    with N slots (the row the step's others are divided by), N one-slot
+    workers, and wc-limit with N threads, taking turns run by run. The
+    notes give each program's speedup over its own 1-core median and its
+    efficiency (speedup ÷ N), and the largest process's peak RSS."""
+    data = corpus("books", 1024, 64)
+    size = corpus_bytes(data)
+    one_core = {}
+    for n in core_steps():
+        slots_out, workers_out, ref = work / f"cores-{n}.slots", work / f"cores-{n}.workers", work / f"cores-{n}.wc-limit"
+        programs = [
+            ("slots", f"mapreduce, 1 worker × {n} slot{'s' if n > 1 else ''}", lambda: run_job("wordcount", [data], slots_out, workers=1, slots=n)),
+            ("workers", f"mapreduce, {n} one-slot worker{'s' if n > 1 else ''}", lambda: run_job("wordcount", [data], workers_out, workers=n, slots=1)),
+            ("wc-limit", f"wc-limit -t {n}", lambda: run_single("wc-limit", [str(WC_LIMIT), "-t", str(n), str(ref), str(data)])),
+        ]
+        results = take_turns(runs, [run for _, _, run in programs])
+        check(f"cores-{n}: one worker's slots vs wc-limit", same_lines(slots_out, ref))
+        check(f"cores-{n}: one-slot workers vs wc-limit", same_lines(workers_out, ref))
+        for (kind, label, _), (walls, cpus, rss) in zip(programs, results):
+            wall = statistics.median(walls)
+            one_core.setdefault(kind, wall)
+            speedup = one_core[kind] / wall
+            note = f"{n} core{'s' if n > 1 else ''}: speedup {speedup:.2f}×, efficiency {speedup / n:.0%}; peak RSS {max(rss.values(), default=0) / MiB:.0f} MiB"
+            rows.append(Row(f"cores-{n}", label, size, walls, cpus, rss, note=note, base=kind == "slots"))
+
+
 def one_after_another(fns):
     """Runs each of `fns` (which return what run_job does) in turn: their
     total wall time and, in one Measure, their CPU and peak RSS."""
@@ -1142,6 +1184,7 @@ CASES = {
     "grep-1g": grep_case,
     "tiny": tiny_case,
     "scaling": scaling_case,
+    "cores": cores_case,
     "cluster-small": cluster_small_case,
     "cluster-fair": lambda r, rows, w: cluster_fair_case("cluster-fair", 1024, 64, r, rows, w),
     "s3-1g": s3_case,
