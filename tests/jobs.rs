@@ -680,6 +680,24 @@ fn a_streaming_map_that_prints_slowly_after_its_input_is_progressing_not_hung() 
 }
 
 #[test]
+fn streaming_commands_report_counters_and_status_as_hadoop_streaming_does() {
+    let dir = TestDir::new("streaming-reporter");
+    dir.write("a.txt", "x\ny\n");
+    dir.write("b.txt", "z\n");
+    // Each map counts its lines in a counter of its own; the reduce
+    // computes for 4 s after its last input, under a 2 s task timeout,
+    // saying it is alive every 0.4 s.
+    let map = "map=n=$(wc -l); echo \"reporter:counter:app,lines,$n\" >&2; echo k";
+    let reduce = "reduce=cat > /dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do echo reporter:status:busy >&2; sleep 0.4; done; echo done";
+    let flags = ["--task-timeout", "2", "--max-task-attempts", "1", "--param", map, "--param", reduce, "--summary-json", "job.json"];
+    run_job_to_completion(&dir, "streaming", 1, 1, &flags, &["a.txt", "b.txt"]);
+    assert_eq!(std::fs::read_to_string(dir.join("mr-out-0")).unwrap(), "done\n");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
+    assert_eq!(summary["counters"]["user"]["app.lines"], 3, "{summary}");
+    assert_eq!(summary["counters"]["user"]["reporter_status_lines"], 10, "{summary}");
+}
+
+#[test]
 fn streaming_keys_of_several_fields_are_sorted_whole_and_partitioned_by_their_first() {
     let dir = TestDir::new("streaming-fields");
     let mut text = String::new();

@@ -2,6 +2,9 @@
 //! read from its standard output by a thread of its own (so that feeding
 //! never waits on a full output pipe), and its standard error passed on to
 //! the worker's while its last lines are kept for the failure message.
+//! Standard error lines of Hadoop Streaming's reporter protocol are taken
+//! as reports instead ([`Report`]): `reporter:counter:GROUP,COUNTER,AMOUNT`
+//! and `reporter:status:MESSAGE`.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,6 +30,8 @@ pub struct Running {
     reader: Option<JoinHandle<std::io::Result<()>>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stderr_reader: Option<JoinHandle<()>>,
+    /// What it reported on its standard error that the caller has not taken.
+    reports: Arc<Mutex<Vec<Report>>>,
     /// How closing its input went, once it was closed.
     closed: std::io::Result<()>,
 }
@@ -67,8 +72,9 @@ impl Running {
         let printed = Arc::new(Mutex::new(Vec::new()));
         let reader = child.stdout.take().map(|stdout| spawn_reader(stdout, printed.clone()));
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let stderr_reader = child.stderr.take().map(|stderr| spawn_stderr_reader(stderr, tag.to_owned(), stderr_tail.clone()));
-        Ok(Running { command: command.to_owned(), child, stdin, printed, reader, stderr_tail, stderr_reader, closed: Ok(()) })
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let stderr_reader = child.stderr.take().map(|stderr| spawn_stderr_reader(stderr, tag.to_owned(), stderr_tail.clone(), reports.clone()));
+        Ok(Running { command: command.to_owned(), child, stdin, printed, reader, stderr_tail, stderr_reader, reports, closed: Ok(()) })
     }
 
     /// Writes `bytes` to the command's standard input. A command that has
@@ -84,6 +90,11 @@ impl Running {
                 self.write_failed(error)
             }
         }
+    }
+
+    /// What the command has reported so far (taken: each report once).
+    pub fn take_reports(&self) -> Vec<Report> {
+        std::mem::take(&mut *lock(&self.reports))
     }
 
     /// Moves what the command has printed so far to `out`.
@@ -113,10 +124,10 @@ impl Running {
     }
 
     /// Closes the command's input, waits for it to exit and for its output
-    /// to be read, and moves the rest of its output to `out`. A command
-    /// that exits with a non-zero status fails, its last lines of standard
-    /// error in the message.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), AppError> {
+    /// to be read, and moves the rest of its output to `out`; returns the
+    /// reports not taken yet. A command that exits with a non-zero status
+    /// fails, its last lines of standard error in the message.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<Vec<Report>, AppError> {
         // Its exit status explains a failure best, so it is checked first.
         self.close_input();
         let closed = std::mem::replace(&mut self.closed, Ok(()));
@@ -137,7 +148,7 @@ impl Running {
         }
         read.map_err(|_| "the reader of a command's output panicked")?.map_err(|e| format!("reading from {:?}: {e}", self.command))?;
         self.take_printed(out);
-        Ok(())
+        Ok(self.take_reports())
     }
 
     fn write_failed(&mut self, error: std::io::Error) -> Result<(), AppError> {
@@ -198,7 +209,7 @@ pub fn run_over(command: &str, env: &[(&str, String)], tag: &str, input: &[u8]) 
     for chunk in input.chunks(FEED_CHUNK) {
         running.feed(chunk)?;
     }
-    running.finish(&mut out)?;
+    crate::apply(&running.finish(&mut out)?);
     Ok(out)
 }
 
@@ -223,14 +234,53 @@ fn spawn_reader(mut stdout: impl Read + Send + 'static, sink: Arc<Mutex<Vec<u8>>
     })
 }
 
+/// A line of Hadoop Streaming's reporter protocol on a command's
+/// standard error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// `reporter:counter:GROUP,COUNTER,AMOUNT`: add AMOUNT to the app's
+    /// counter `GROUP.COUNTER`.
+    Counter(String, u64),
+    /// `reporter:status:MESSAGE`: the command is alive and working.
+    Status,
+}
+
+/// The longest counter name (`GROUP.COUNTER`) a command may report.
+const MAX_COUNTER_NAME: usize = 128;
+
+impl Report {
+    /// The report a standard error line makes, if it is one (a malformed
+    /// `reporter:` line is an ordinary line).
+    fn parse(line: &[u8]) -> Option<Report> {
+        let text = std::str::from_utf8(line).ok()?.trim_end_matches(['\n', '\r']);
+        if text.starts_with("reporter:status:") {
+            return Some(Report::Status);
+        }
+        let mut fields = text.strip_prefix("reporter:counter:")?.splitn(3, ',');
+        let (group, counter, amount) = (fields.next()?, fields.next()?, fields.next()?.trim().parse().ok()?);
+        let name = format!("{group}.{counter}");
+        (!group.is_empty() && !counter.is_empty() && name.len() <= MAX_COUNTER_NAME).then_some(Report::Counter(name, amount))
+    }
+}
+
 /// Passes the command's standard error on to the worker's, line by line,
 /// and keeps the last [`STDERR_TAIL_LINES`] (each cut to
-/// [`STDERR_LINE_BYTES`]).
-fn spawn_stderr_reader(stderr: impl Read + Send + 'static, tag: String, tail: Arc<Mutex<VecDeque<String>>>) -> JoinHandle<()> {
+/// [`STDERR_LINE_BYTES`]); reporter lines go to `reports` instead.
+fn spawn_stderr_reader(
+    stderr: impl Read + Send + 'static,
+    tag: String,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    reports: Arc<Mutex<Vec<Report>>>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stderr);
         let mut line = Vec::new();
         while lines.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            if let Some(report) = Report::parse(&line) {
+                lock(&reports).push(report);
+                line.clear();
+                continue;
+            }
             {
                 let mut worker_stderr = std::io::stderr().lock();
                 let _ = worker_stderr.write_all(tag.as_bytes());
@@ -260,6 +310,20 @@ fn spawn_stderr_reader(stderr: impl Read + Send + 'static, tag: String, tail: Ar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reporter_lines_are_reports_and_malformed_ones_are_not() {
+        assert_eq!(Report::parse(b"reporter:counter:app,rows,12\n"), Some(Report::Counter("app.rows".into(), 12)));
+        assert_eq!(Report::parse(b"reporter:status:half way\n"), Some(Report::Status));
+        for line in [&b"reporter:counter:app,rows\n"[..], b"reporter:counter:,rows,1", b"reporter:counter:a,b,-1", b"counter:a,b,1", b"\xff"] {
+            assert_eq!(Report::parse(line), None, "{:?}", String::from_utf8_lossy(line));
+        }
+        let mut running = Running::start("echo 'reporter:counter:g,c,5' >&2; echo 'reporter:status:x' >&2; echo plain >&2", &[], "").unwrap();
+        let mut out = Vec::new();
+        while !running.run_on(std::time::Duration::from_millis(10), &mut out) {}
+        let reports = [running.take_reports(), running.finish(&mut out).unwrap()].concat();
+        assert!(reports.contains(&Report::Counter("g.c".into(), 5)) && reports.contains(&Report::Status), "{reports:?}");
+    }
 
     #[test]
     fn a_command_reads_its_input_and_its_environment() {

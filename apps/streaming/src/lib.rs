@@ -35,6 +35,10 @@
 //!
 //! A map command's pairs are passed on as it prints them, and its lines
 //! counted (`map_command_lines`): the attempt's progress while it computes.
+//! Every command may write Hadoop Streaming's reporter lines on its
+//! standard error: `reporter:counter:GROUP,COUNTER,AMOUNT` (the counter
+//! `GROUP.COUNTER`) and `reporter:status:MESSAGE` (counted in
+//! `reporter_status_lines`); both are progress.
 //!
 //! A command that exits with a non-zero status fails the task attempt: the
 //! message names the command, its status and its last lines of standard
@@ -52,7 +56,7 @@ use std::collections::HashMap;
 
 use mapreduce::{App, AppError, AppResult, Emitter, JobContext, MapInput, OutputFormat, TaskInfo, TaskKind, Values};
 
-use command::{run_over, Running, FEED_CHUNK};
+use command::{run_over, Report, Running, FEED_CHUNK};
 use fields::Fields;
 
 /// How often a map command that has all its input is looked at, for what
@@ -139,6 +143,17 @@ fn count_printed(printed: &[u8]) {
     let lines = printed.iter().filter(|&&b| b == b'\n').count() as u64;
     if lines > 0 {
         mapreduce::counters::increment("map_command_lines", lines);
+    }
+}
+
+/// Applies a command's reports: its counters are added to the app's, and
+/// a status line counts in `reporter_status_lines`; either is progress.
+fn apply(reports: &[Report]) {
+    for report in reports {
+        match report {
+            Report::Counter(name, amount) => mapreduce::counters::increment(name, *amount),
+            Report::Status => mapreduce::counters::increment("reporter_status_lines", 1),
+        }
     }
 }
 
@@ -254,6 +269,7 @@ impl App for Streaming {
                 let before = mapper.printed.len();
                 running.take_printed(&mut mapper.printed);
                 count_printed(&mapper.printed[before..]);
+                apply(&running.take_reports());
                 self.pass_on(mapper, false, emit)?;
             }
             Ok(())
@@ -271,13 +287,14 @@ impl App for Streaming {
                 let before = mapper.printed.len();
                 let exited = running.run_on(PRINTED_POLL, &mut mapper.printed);
                 count_printed(&mapper.printed[before..]);
+                apply(&running.take_reports());
                 if exited {
                     break;
                 }
                 self.pass_on(&mut mapper, false, emit)?;
             }
             let before = mapper.printed.len();
-            running.finish(&mut mapper.printed)?;
+            apply(&running.finish(&mut mapper.printed)?);
             count_printed(&mapper.printed[before..]);
         }
         self.pass_on(&mut mapper, true, emit)
@@ -302,6 +319,7 @@ impl App for Streaming {
                 }
             }
             running.take_printed(out);
+            apply(&running.take_reports());
             Ok(())
         })
     }
@@ -309,7 +327,13 @@ impl App for Streaming {
     fn finish_reduce(&self, out: &mut Vec<u8>) -> AppResult {
         let Some(Task::Reduce { mut running, lines }) = TASK.take() else { return Err("no reduce command was started".into()) };
         running.feed(&lines)?;
-        running.finish(out)
+        // Its reports are its progress while it computes after its last
+        // input (its output is the reduce's file, written at the end).
+        while !running.run_on(PRINTED_POLL, out) {
+            apply(&running.take_reports());
+        }
+        apply(&running.finish(out)?);
+        Ok(())
     }
 
     fn output_format(&self) -> OutputFormat {
