@@ -16,31 +16,9 @@ fn mr_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mr"))
 }
 
-/// Starts a cluster in `dir` with its state in `dir/state`, listening on
-/// `listen`; returns it and its address once it accepts connections. Load
-/// limits are off: tests run side by side on a small machine.
+/// Starts a cluster in `dir` (see [`start_cluster_with`]).
 fn start_cluster_at(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String) {
-    let addr_file = dir.join("cluster.addr");
-    let _ = std::fs::remove_file(&addr_file);
-    let mut cmd = Command::new(master_bin());
-    cmd.args(["--serve", "--listen", listen, "--state-dir", "state"]).arg("--addr-file").arg(&addr_file).args(extra);
-    for (flag, off) in [("--max-load-per-core", "off"), ("--min-free-disk", "0"), ("--min-free-memory", "0")] {
-        if !extra.contains(&flag) {
-            cmd.args([flag, off]);
-        }
-    }
-    let mut cluster = Proc::spawn(&next_label("cluster"), cmd, dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-            return (cluster, addr.trim().to_owned());
-        }
-        if let Some(status) = cluster.try_exit() {
-            panic!("the cluster exited ({status}) before listening\n{}", cluster.describe());
-        }
-        assert!(Instant::now() < deadline, "the cluster did not write its address\n{}", cluster.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    start_cluster_with(&next_label("cluster"), dir, listen, extra, &[])
 }
 
 /// `GET path` from the HTTP server at `url` (`http://HOST:PORT/`): the body.

@@ -382,19 +382,9 @@ fn a_clusters_job_reads_its_inputs_from_object_storage() {
     write_inputs(&dir);
     s3.make_bucket("cluster");
     s3.upload_tree(&dir.join("data"), "cluster/in");
-    let envs = || s3.env.iter().map(|(k, v)| (k.clone(), v.clone()));
-    let addr_file = dir.join("cluster.addr");
-    let mut cmd = Command::new(master_bin());
-    cmd.args(["--serve", "--listen", "127.0.0.1:0", "--state-dir", "state", "--http", "off", "--max-load-per-core", "off"])
-        .args(["--min-free-disk", "0", "--min-free-memory", "0"])
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .envs(envs());
-    let mut cluster = Proc::spawn("cluster", cmd, dir.path());
-    wait_for_file(&addr_file, "the cluster's address");
-    let addr = std::fs::read_to_string(&addr_file).unwrap().trim().to_owned();
+    let (mut cluster, addr) = start_cluster_with("cluster", dir.path(), "127.0.0.1:0", &["--http", "off"], &s3.env);
     let mut cmd = Command::new(worker_bin());
-    cmd.arg("--master").arg(&addr).args(["--slots", "2"]).envs(envs());
+    cmd.arg("--master").arg(&addr).args(["--slots", "2"]).envs(s3.env.iter().map(|(k, v)| (k, v)));
     let mut worker = Proc::spawn("cluster-worker", cmd, dir.path());
     let mr = |label: &str, args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mr"));

@@ -187,7 +187,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", shown(&line));
             }
         }
-        Command::Health { http } => return health(&http).await,
+        // Answered before connecting, above.
+        Command::Health { .. } => {}
         Command::Workers { json } => {
             let workers = client.workers(context()).await.context("listing workers")?;
             if json {

@@ -209,6 +209,36 @@ pub fn start_master_with_env(cwd: &Path, listen: &str, args: &[&str], env: &[(St
     }
 }
 
+/// Starts a cluster (`mr-master --serve`) in `dir`, its log files named
+/// `label`, its state in `dir/state`, listening on `listen`, with `extra`
+/// flags and `env` added to its environment; returns it and its address
+/// once it accepts connections. Load limits are off unless `extra` sets
+/// them: tests run side by side on a small machine.
+pub fn start_cluster_with(label: &str, dir: &Path, listen: &str, extra: &[&str], env: &[(String, String)]) -> (Proc, String) {
+    let addr_file = dir.join("cluster.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let mut cmd = Command::new(master_bin());
+    cmd.args(["--serve", "--listen", listen, "--state-dir", "state"]).arg("--addr-file").arg(&addr_file).args(extra);
+    for (flag, off) in [("--max-load-per-core", "off"), ("--min-free-disk", "0"), ("--min-free-memory", "0")] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, off]);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut cluster = Proc::spawn(label, cmd, dir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+            return (cluster, addr.trim().to_owned());
+        }
+        if let Some(status) = cluster.try_exit() {
+            panic!("the cluster exited ({status}) before listening\n{}", cluster.describe());
+        }
+        assert!(Instant::now() < deadline, "the cluster did not write its address\n{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The id `mr-worker` gives itself: `host:pid`.
 pub fn worker_id(worker: &Proc) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();

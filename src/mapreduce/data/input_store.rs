@@ -8,9 +8,8 @@
 //! two versions of a file.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::inputs::check_unchanged;
@@ -55,20 +54,11 @@ pub fn open_unchanged(input: &InputFile) -> io::Result<File> {
 
 impl InputStore for LocalFiles {
     fn read_range(&self, input: &InputFile, range: Range<u64>, out: &mut Vec<u8>) -> io::Result<()> {
-        let file = open_unchanged(input)?;
+        let mut file = open_unchanged(input)?;
         let end = range.end.min(file.metadata()?.len());
         out.reserve(end.saturating_sub(range.start) as usize);
-        let mut at = range.start;
-        let mut chunk = vec![0u8; (end.saturating_sub(at) as usize).clamp(1, 1 << 20)];
-        while at < end {
-            let want = chunk.len().min((end - at) as usize);
-            let n = file.read_at(&mut chunk[..want], at)?;
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&chunk[..n]);
-            at += n as u64;
-        }
+        file.seek(SeekFrom::Start(range.start))?;
+        file.take(end.saturating_sub(range.start)).read_to_end(out)?;
         Ok(())
     }
 

@@ -441,40 +441,40 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Ticking<'_, W> {
 
 impl WorkerStorage {
     /// Fetches the job's app plugin from the coordinator into the work
-    /// directory, checks it is the job's (its SHA-256), and loads it.
+    /// directory, checks it is the job's (its size and SHA-256), and loads it.
     pub async fn fetch_app(&self, app: &JobApp) -> Result<Plugin, String> {
         let dest = self.work_dir.join(Path::new(&app.file_name).file_name().unwrap_or("app.so".as_ref()));
-        let fetch = async {
-            let mut file = tokio::fs::File::create(&dest).await?;
-            self.fetcher.fetch(&self.master, FileRequest::Plugin { size: app.size }, &mut file).await
-        };
-        fetch.await.map_err(|e| format!("fetching the job's app {} from the coordinator: {e}", app.file_name))?;
-        let sha256 = file_sha256(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-        if sha256 != app.sha256 {
-            return Err(format!("the app fetched from the coordinator has sha256 {sha256}, not the job's {}", app.sha256));
-        }
+        let what = format!("the job's app {}", app.file_name);
+        self.fetch_checked(FileRequest::Plugin { size: app.size }, &dest, &what, app.size, &app.sha256).await?;
         Plugin::load(&dest).map_err(|e| e.to_string())
     }
 
     /// Fetches shipped file number `index` (`file`) from the coordinator to
     /// `dest` and checks it is the job's (its size and SHA-256).
     pub async fn fetch_shipped(&self, index: u32, file: &ShippedFile, dest: &Path) -> Result<(), String> {
+        let what = format!("the shipped file {}", file.name);
+        self.fetch_checked(FileRequest::Shipped { index, size: file.size }, dest, &what, file.size, &file.sha256).await
+    }
+
+    /// Fetches what `request` asks the coordinator for to `dest` and checks
+    /// it is what the job describes: `size` bytes with hash `sha256`.
+    /// `what` names it in errors.
+    async fn fetch_checked(&self, request: FileRequest, dest: &Path, what: &str, size: u64, sha256: &str) -> Result<(), String> {
         let fetch = async {
             let mut sink = tokio::fs::File::create(dest).await?;
-            self.fetcher.fetch(&self.master, FileRequest::Shipped { index, size: file.size }, &mut sink).await?;
+            self.fetcher.fetch(&self.master, request, &mut sink).await?;
             // A tokio file finishes its last write in the background.
             tokio::io::AsyncWriteExt::flush(&mut sink).await?;
-            Ok::<(), crate::files::FetchError>(())
+            Ok::<(), FetchError>(())
         };
-        fetch.await.map_err(|e| format!("fetching the shipped file {} from the coordinator: {e}", file.name))?;
+        fetch.await.map_err(|e| format!("fetching {what} from the coordinator: {e}"))?;
         // Hashing up to a GiB is not for the runtime's threads.
         let path = dest.to_owned();
         let measured = tokio::task::spawn_blocking(move || Ok::<_, io::Error>((std::fs::metadata(&path)?.len(), file_sha256(&path)?))).await;
-        let (size, sha256) = measured.map_err(|e| e.to_string())?.map_err(|e| format!("{}: {e}", dest.display()))?;
-        if size != file.size || sha256 != file.sha256 {
+        let (found_size, found_sha256) = measured.map_err(|e| e.to_string())?.map_err(|e| format!("{}: {e}", dest.display()))?;
+        if found_size != size || found_sha256 != sha256 {
             return Err(format!(
-                "the shipped file {} fetched from the coordinator has {size} bytes and sha256 {sha256}, not the job's {} and {}",
-                file.name, file.size, file.sha256
+                "{what} fetched from the coordinator has {found_size} bytes and sha256 {found_sha256}, not the job's {size} and {sha256}"
             ));
         }
         Ok(())
