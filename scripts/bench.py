@@ -205,6 +205,7 @@ def run_job(app, inputs, out_dir, workers=2, slots=1, master_flags=(), env=None)
     m = Measure()
     with open(log_path, "wb") as log:
         master = m.spawn("master", [str(BIN / "mr-master"), "--listen", "127.0.0.1:0", "--addr-file", str(addr_file),
+                                    "--summary-json", f"{out_dir}.summary.json",
                                     "--output-dir", str(out_dir), *master_flags, *map(str, inputs)],
                          stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
@@ -222,6 +223,13 @@ def run_job(app, inputs, out_dir, workers=2, slots=1, master_flags=(), env=None)
         raise RuntimeError(f"{app} job into {out_dir}: {e}; the master's last lines:\n" + "\n".join(tail)) from None
     addr_file.unlink()
     return wall, m
+
+
+def worker_peaks(out_dir):
+    """Each worker's peak memory, itself and its task processes, in bytes,
+    as the summary of the last job run_job ran into `out_dir` says."""
+    summary = json.loads(Path(f"{out_dir}.summary.json").read_text())
+    return [w["peak_rss_bytes"] or 0 for w in summary.get("workers", [])]
 
 
 # The longest a cluster, a worker or an `mr` call of a cluster case may run
@@ -668,6 +676,9 @@ def cores_case(runs, rows, work):
             one_core.setdefault(kind, wall)
             speedup = one_core[kind] / wall
             note = f"{n} core{'s' if n > 1 else ''}: speedup {speedup:.2f}×, efficiency {speedup / n:.0%}; peak RSS {max(rss.values(), default=0) / MiB:.0f} MiB"
+            if kind != "wc-limit":
+                peaks = worker_peaks(slots_out if kind == "slots" else workers_out)
+                note += f"; each worker with its task processes (last run's summary): {', '.join(f'{p / MiB:.0f}' for p in peaks)} MiB"
             rows.append(Row(f"cores-{n}", label, size, walls, cpus, rss, note=note, base=kind == "slots"))
 
 

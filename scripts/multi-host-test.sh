@@ -97,9 +97,11 @@ chmod 600 "$WORK/token" "$WORK/wrong-token"
 MASTER_PID=$!
 wait_for "[[ -s '$WORK/addr' ]]" 20 || fail "the master did not start"
 
+# One slot each: host 2 is cut off while its one reduce runs and before
+# the other reduces have fetched its maps' output.
 worker() { # HOST-INDEX LOG TOKEN-FILE: runs the app the master names (--app)
   "$TOOL" exec "$NAME-$1" --private /srv/mr --private /tmp -- timeout 120 \
-    env RUST_LOG=info,mapreduce=debug "$BIN/mr-worker" --master "$MASTER" --token-file "$3" 2>"$WORK/$2"
+    env RUST_LOG=info,mapreduce=debug "$BIN/mr-worker" --master "$MASTER" --slots 1 --token-file "$3" 2>"$WORK/$2"
 }
 
 # A worker with another secret: refused, and says so; so does the master.

@@ -91,7 +91,8 @@ fn a_stopped_worker_loses_its_task_and_another_finishes_the_job() {
     args.extend(["--param", "delay_ms=1500", "--param", "tick_ms=50", "--param", &started_param]);
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
-    let mut stopped = start_worker("stopped", dir.path(), &addr, "slowcount");
+    // One slot: the one map it runs is the one attempt lost with it.
+    let mut stopped = start_worker_with("stopped", dir.path(), &addr, "slowcount", &["--slots", "1"]);
     wait_for_file(&started, "the first map");
     // Stopped mid-map: no heartbeats, no report, connection still open.
     signal(&stopped, "STOP");
@@ -120,7 +121,7 @@ fn a_straggler_gets_a_backup_that_wins_so_the_job_does_not_wait_for_it() {
     args.extend(["--param", "delay_ms=300", "--param", &started_param]);
     args.extend(inputs.iter().map(String::as_str));
     let (mut master, addr) = start_master(dir.path(), &args);
-    let mut straggler = start_worker("straggler", dir.path(), &addr, "slowcount");
+    let mut straggler = start_worker_with("straggler", dir.path(), &addr, "slowcount", &["--slots", "1"]);
     wait_for_file(&started, "the first map");
     signal(&straggler, "STOP");
     let mut healthy = start_worker_with("healthy", dir.path(), &addr, "slowcount", &["--slots", "2"]);

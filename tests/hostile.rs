@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use mapreduce::handshake::Identity;
+use mapreduce::memory_budget::WorkerMemory;
 use mapreduce::rpc::{AttemptProgress, CoordinatorClient, TaskId, TaskOutcome, TaskReport};
 use mapreduce::scheduler::ATTEMPTS_PER_EPOCH;
 use mapreduce::skipping::BadRecord;
@@ -69,9 +70,11 @@ async fn attack(addr: &str, rogue: &Identity) {
         AttemptProgress { task: TaskId::Map(0), attempt: 1, units: u64::MAX },
         AttemptProgress { task: TaskId::Reduce(0), attempt: 0, units: 1 },
     ];
-    client.heartbeat(ctx(), bogus.to_vec()).await.expect("the coordinator answers a heartbeat");
+    // Memory figures are only shown: absurd ones are shown as they are.
+    let absurd = WorkerMemory { peak_rss_bytes: Some(u64::MAX), budget_bytes: Some(0) };
+    client.heartbeat(ctx(), bogus.to_vec(), absurd).await.expect("the coordinator answers a heartbeat");
     for report in forged_reports() {
-        client.report_task(ctx(), report).await.expect("the coordinator answers a report");
+        client.report_task(ctx(), report, absurd).await.expect("the coordinator answers a report");
     }
     for partition in [0, 1, u32::MAX] {
         for attempt in attempt_ids() {

@@ -125,7 +125,7 @@ fn reports_count_only_from_the_worker_an_attempt_was_given_to() {
         let transport = tarpc::serde_transport::Transport::from((stream, tarpc::tokio_serde::formats::Bincode::default()));
         let client = CoordinatorClient::new(tarpc::client::Config::default(), transport).spawn();
         for report in forged_reports(&dir) {
-            client.report_task(tarpc::context::current(), report).await.unwrap();
+            client.report_task(tarpc::context::current(), report, Default::default()).await.unwrap();
         }
         // Nor send an output for a reduce attempt of another's: tried while
         // the worker's reduce runs (held at the gate, its output begun).

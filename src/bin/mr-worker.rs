@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use mapreduce::cli;
 use mapreduce::cluster::workers::Label;
+use mapreduce::memory_budget::{self, SlotMemory};
 use mapreduce::plugin::Plugin;
 use mapreduce::task_process::TaskCommand;
 use mapreduce::worker::{self, AppSource, WorkerConfig, WorkerExit};
@@ -54,12 +55,20 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
     reconnect_timeout: Duration,
 
-    /// Tasks to run at once in this process (each on its own thread), so
-    /// that one worker per machine can use every core. Default: the
-    /// machine's available cores for a cluster; 1 for a one-job
-    /// coordinator (as the lab's tests expect).
+    /// Tasks to run at once (each slot runs its tasks in a task process of
+    /// its own), so that one worker per machine uses every core. Default:
+    /// the cores this process may run on.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     slots: Option<u16>,
+
+    /// Memory this worker and its task processes may hold resident, in
+    /// bytes (suffixes K, M, G): shared equally among the slots, it bounds
+    /// each task's buffers (a map's input and output buffer, a reduce's
+    /// fetched runs, a merge's readers), so that tasks spill to disk
+    /// earlier rather than grow. Default: half the machine's memory (or of
+    /// its container's limit). 0 sets no budget.
+    #[arg(long, value_name = "BYTES", env = "MR_WORKER_MEMORY", value_parser = cli::parse_bytes)]
+    memory: Option<u64>,
 
     /// What this worker offers a cluster's jobs, which may require labels
     /// of the workers that run their tasks: KEY (`gpu`) or KEY=VALUE
@@ -94,8 +103,9 @@ struct Args {
     no_shared_dir: bool,
 
     /// Bytes of map output one reduce may fetch into memory from other
-    /// workers (suffixes K, M, G); runs past that are fetched into the work
-    /// directory, and all are merged from where they are.
+    /// workers (suffixes K, M, G; at most a quarter of its slot's share of
+    /// --memory); runs past that are fetched into the work directory, and
+    /// all are merged from where they are.
     #[arg(long, value_name = "BYTES", default_value = "128M", value_parser = cli::parse_bytes)]
     fetch_memory: u64,
 
@@ -134,7 +144,20 @@ fn main() -> ExitCode {
         };
     }
     let _span = tracing::info_span!("worker", id = %worker::worker_id()).entered();
-    match run(args) {
+    let slots = args.slots.map_or_else(cores, usize::from);
+    let memory = match args.memory {
+        Some(0) => None,
+        Some(bytes) => Some(bytes),
+        None => memory_budget::default_budget(),
+    };
+    let slot_memory = match memory.map(|bytes| memory_budget::divide(bytes, slots)).transpose() {
+        Ok(share) => share.unwrap_or_else(SlotMemory::unbounded),
+        Err(e) => {
+            eprintln!("mr-worker: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args, slots, memory, slot_memory) {
         Ok(WorkerExit::JobDone) => {
             tracing::info!("exiting: the job is done");
             ExitCode::SUCCESS
@@ -151,8 +174,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// The cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 #[tokio::main]
-async fn run(args: Args) -> anyhow::Result<WorkerExit> {
+async fn run(args: Args, slots: usize, memory: Option<u64>, slot_memory: SlotMemory) -> anyhow::Result<WorkerExit> {
     let secret = mapreduce::cli::read_secret(args.token_file.as_deref(), args.no_tls).map_err(anyhow::Error::msg)?;
     // A plugin given here is loaded before connecting: a bad one fails at once.
     let app = match &args.app {
@@ -171,11 +199,13 @@ async fn run(args: Args) -> anyhow::Result<WorkerExit> {
         work_dir: args.work_dir,
         serve_on: args.serve_on,
         use_shared_dir: !args.no_shared_dir,
-        fetch_memory: args.fetch_memory,
+        fetch_memory: args.fetch_memory.min(slot_memory.fetch),
         master: args.master,
         connect_timeout: args.connect_timeout,
         reconnect_timeout: args.reconnect_timeout,
-        slots: args.slots.map(usize::from),
+        slots,
+        memory,
+        slot_memory,
         labels: args.labels,
         drain_timeout: args.drain_timeout,
     };

@@ -26,6 +26,7 @@
 //! | inputs on object storage (`s3://`): listing, ranged reads, retries | [`remote`] |
 //! | input files → map tasks (splits), and reading one | [`split`] |
 //! | input files mapped into memory, safe if one shrinks | [`mapped_input`] |
+//! | a worker's memory budget, divided among its slots; peak resident memory | [`memory_budget`] |
 //! | the RPC contract and its messages | [`rpc`] |
 //! | scheduling: the task state machine (no I/O) | [`scheduler`] |
 //! | when a straggler gets a backup attempt | [`backup`] |
@@ -96,8 +97,8 @@ pub use control::{
 };
 pub(crate) use data::radix_sort;
 pub use data::{
-    codec, fan_in, input_store, map_output, mapped_input, merge, output, plugin, remote, runfile, sequential, shuffle, skipping, split, storage,
-    task, work_dir,
+    codec, fan_in, input_store, map_output, mapped_input, memory_budget, merge, output, plugin, remote, runfile, sequential, shuffle, skipping,
+    split, storage, task, work_dir,
 };
 pub use net::{accept, files, handshake, route, secure, upload};
 pub use observe::{http, metrics, progress, status, summary};

@@ -46,6 +46,7 @@ use crate::cluster::queue::JobId;
 use crate::handshake::{self, Identity, ServerKind};
 use crate::job_link;
 use crate::link::{call_context, peer_error, Dial, Link, LinkLost, Redial, CONNECT_RETRY};
+use crate::memory_budget::MemoryGauge;
 use crate::rpc::Assignment;
 use crate::session::{describe_end, Session, SessionSetup, Sessions, MIN_HEARTBEAT_INTERVAL};
 use crate::slot::{self, SlotThread, Task, SHUTDOWN_WAIT};
@@ -62,7 +63,7 @@ type ClusterLink = Link<ClusterDialer>;
 /// the cluster is gone for good.
 pub async fn run(config: WorkerConfig, identity: Identity, shutdown: impl Future<Output = ()> + Send) -> Result<WorkerExit, WorkerError> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let slots = config.slots.unwrap_or(cores).max(1);
+    let slots = config.slots.max(1);
     let serve_on = sessions_serve_on(config.serve_on.as_deref())?;
     let base = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let setup = |what: String, e: std::io::Error| WorkerError::Setup(format!("{what}: {e}"));
@@ -80,7 +81,8 @@ pub async fn run(config: WorkerConfig, identity: Identity, shutdown: impl Future
     tracing::info!(slots, labels = %labels.join(","), work_dir = %work_dir.path().display(), "joined the cluster at {}", config.master);
 
     let (drain_timeout, task_command) = (config.drain_timeout, config.task_command.clone());
-    let sessions = Arc::new(Sessions::new(SessionSetup { base: work_dir.path().to_owned(), serve_on, apps, slots, config, identity }));
+    let gauge = MemoryGauge::new(config.memory, slots);
+    let sessions = Arc::new(Sessions::new(SessionSetup { base: work_dir.path().to_owned(), serve_on, apps, slots, config, identity, gauge }));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<WorkerError>();
     let heartbeat = {
@@ -276,12 +278,12 @@ async fn serve_one_task(slot: usize, agent: &Agent, session: &Arc<Session>, proc
         tracing::error!("slot {slot} has no place in the session of {job}");
         return Ok(Served::Nothing);
     };
-    let thread = run_job_on(slot, session, process, &agent.task_command).await?;
+    let thread = run_job_on(slot, session, process, agent).await?;
     let Some(report) = slot::run_task(thread, session.storage(), activity, task).await else { return Ok(Served::Task) };
     if session.is_ended() {
         return Ok(Served::Task);
     }
-    if let Err(lost) = job_link::report_task(session.link(), report).await {
+    if let Err(lost) = job_link::report_task(session.link(), report, agent.sessions.gauge().read()).await {
         agent.sessions.lost(session, &format!("lost the job: {lost}"));
     }
     Ok(Served::Task)
@@ -293,10 +295,10 @@ async fn run_job_on<'a>(
     slot: usize,
     session: &Arc<Session>,
     process: &'a mut Option<SlotProcess>,
-    command: &TaskCommand,
+    agent: &Agent,
 ) -> Result<&'a SlotThread, WorkerError> {
     let job = (session.job(), Arc::downgrade(session));
-    let fresh = TaskProcess::new(command.clone(), session.child_start(slot));
+    let fresh = TaskProcess::new(agent.task_command.clone(), session.child_start(slot), agent.sessions.gauge().slot(slot));
     match process {
         Some(current) => {
             if current.job.as_ref().map(|(id, _)| *id) != Some(session.job()) {

@@ -14,6 +14,7 @@ use tarpc::tokio_serde::formats::Bincode;
 
 use crate::handshake::{self, HandshakeError, Identity, Secret, ServerKind};
 use crate::link::{call_context, context_with, peer_error, Dial, Link, LinkLost, Redial, CONNECT_RETRY};
+use crate::memory_budget::WorkerMemory;
 use crate::rpc::{Assignment, AttemptProgress, CoordinatorClient, HeartbeatReply, JobEnd, TaskReport, CALL_DEADLINE};
 use crate::slot::SlotActivity;
 use crate::worker_config::WorkerError;
@@ -124,12 +125,12 @@ pub async fn open_connection(
 /// Sends one heartbeat with the progress of the attempts `slots` run for
 /// this job, and stops those the coordinator no longer needs. Returns how
 /// the job ended, once the coordinator says it did.
-pub async fn send_heartbeat(link: &JobLink, slots: &[SlotActivity]) -> Result<Option<JobEnd>, LinkLost> {
+pub async fn send_heartbeat(link: &JobLink, slots: &[SlotActivity], memory: WorkerMemory) -> Result<Option<JobEnd>, LinkLost> {
     let running: Vec<AttemptProgress> = slots.iter().filter_map(SlotActivity::snapshot).collect();
     tracing::trace!(?running, "heartbeat");
     let heartbeat = |client: CoordinatorClient| {
         let running = running.clone();
-        async move { client.heartbeat(call_context(), running).await }
+        async move { client.heartbeat(call_context(), running, memory).await }
     };
     match link.call(heartbeat).await? {
         HeartbeatReply::Continue => Ok(None),
@@ -150,10 +151,10 @@ pub async fn request_task(link: &JobLink) -> Result<Assignment, LinkLost> {
 
 /// Reports an attempt's end. Reports are idempotent: one whose answer was
 /// late is sent again.
-pub async fn report_task(link: &JobLink, report: TaskReport) -> Result<(), LinkLost> {
+pub async fn report_task(link: &JobLink, report: TaskReport, memory: WorkerMemory) -> Result<(), LinkLost> {
     let send_report = move |client: CoordinatorClient| {
         let report = report.clone();
-        async move { client.report_task(context_with(CALL_DEADLINE), report).await }
+        async move { client.report_task(context_with(CALL_DEADLINE), report, memory).await }
     };
     link.call(send_report).await
 }

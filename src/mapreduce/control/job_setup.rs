@@ -50,6 +50,7 @@ pub fn child_start(config: &WorkerConfig, identity: &Identity, spec: &JobSpec, p
         token_file: config.token_file.clone(),
         tls: config.secret.as_ref().is_none_or(Secret::encrypts),
         storage,
+        memory: config.slot_memory,
     }
 }
 

@@ -33,15 +33,7 @@ pub fn parse_loadavg(text: &str) -> Option<f64> {
 /// `MemAvailable` of `/proc/meminfo` (`MemAvailable:  8123456 kB`), in
 /// bytes. Kernels before 3.14 have none: `None` there.
 pub fn parse_mem_available(text: &str) -> Option<u64> {
-    let line = text.lines().find_map(|line| line.strip_prefix("MemAvailable:"))?;
-    let mut fields = line.split_ascii_whitespace();
-    let amount: u64 = fields.next()?.parse().ok()?;
-    let unit = match fields.next() {
-        None => 1,
-        Some("kB") => 1024,
-        Some(_) => return None,
-    };
-    amount.checked_mul(unit)
+    crate::memory_budget::meminfo_field(text, "MemAvailable")
 }
 
 /// Bytes free to unprivileged users on the file system of `path`.

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
 use crate::map_output::MapOutputLocation;
+use crate::memory_budget::WorkerMemory;
 use crate::skipping::SkipPlan;
 
 /// Identifies a worker process in logs and the task table: `host:pid`.
@@ -371,12 +372,14 @@ pub trait Coordinator {
     /// the task timeout loses its attempts; so does an attempt whose units
     /// stop growing for that long. Once the job is over the answer is
     /// `Exit`, which is how a worker busy with a straggling attempt learns
-    /// the end.
-    async fn heartbeat(running: Vec<AttemptProgress>) -> HeartbeatReply;
+    /// the end. `memory` is the worker's peak memory and budget, for the
+    /// summary and `/metrics`.
+    async fn heartbeat(running: Vec<AttemptProgress>, memory: WorkerMemory) -> HeartbeatReply;
 
     /// Reports how an attempt ended. When it returns, a winning reduce's
     /// output has been committed. Late and duplicate reports are ignored, so
     /// a worker may repeat a report whose answer it did not receive. A
     /// report about an attempt given to another worker is ignored.
-    async fn report_task(report: TaskReport);
+    /// `memory` is as in a heartbeat (the peak the attempt's end left).
+    async fn report_task(report: TaskReport, memory: WorkerMemory);
 }

@@ -38,6 +38,7 @@ use crate::files::Fetcher;
 use crate::handshake::Identity;
 use crate::job_link::{self, ConnectError, JobDialer, JobLink};
 use crate::link::{call_context, peer_error};
+use crate::memory_budget::MemoryGauge;
 use crate::rpc::{JobEnd, JobSpec};
 use crate::slot::SlotActivity;
 use crate::storage::WorkerStorage;
@@ -99,6 +100,8 @@ pub struct SessionSetup {
     pub apps: AppCache,
     /// The worker's slots.
     pub slots: usize,
+    /// The worker's memory, as its heartbeats and reports tell each job.
+    pub gauge: MemoryGauge,
 }
 
 /// One job's session (see the module docs).
@@ -280,6 +283,11 @@ impl Sessions {
         }
     }
 
+    /// The worker's memory gauge.
+    pub fn gauge(&self) -> &MemoryGauge {
+        &self.setup.gauge
+    }
+
     /// Attempts running now, in every session.
     pub fn running(&self) -> usize {
         let sessions: Vec<Arc<Session>> = lock(&self.open).values().filter_map(|cell| cell.get().cloned()).collect();
@@ -304,7 +312,7 @@ impl Sessions {
 
     /// Opens `job`'s session and starts its heartbeat.
     async fn open_session(self: &Arc<Self>, job: JobId) -> Result<Arc<Session>, Unopened> {
-        let SessionSetup { config, identity, base, serve_on, apps, slots } = &self.setup;
+        let SessionSetup { config, identity, base, serve_on, apps, slots, .. } = &self.setup;
         let address = crate::route::job_address(&config.master, job.0);
         let failed = Unopened::Failed;
         let (client, local, _) = job_link::open_connection(&address, config.secret.as_ref(), identity).await.map_err(|e| match e {
@@ -462,7 +470,8 @@ async fn send_heartbeats(sessions: Weak<Sessions>, session: Weak<Session>, inter
     loop {
         ticker.tick().await;
         let Some(session) = session.upgrade().filter(|session| !session.is_ended()) else { return };
-        let (over, why) = match job_link::send_heartbeat(&session.link, &session.activity).await {
+        let Some(memory) = sessions.upgrade().map(|sessions| sessions.gauge().read()) else { return };
+        let (over, why) = match job_link::send_heartbeat(&session.link, &session.activity, memory).await {
             Ok(None) => continue,
             Ok(Some(end)) => (true, describe_end(&end)),
             Err(lost) => (false, format!("lost the job: {lost}")),

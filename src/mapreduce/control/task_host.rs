@@ -140,7 +140,7 @@ fn set_up(start: &ChildStart) -> Result<(TaskRunner, tokio::runtime::Runtime), S
         runtime: runtime.handle().clone(),
     });
     let plugin = Plugin::load(&start.plugin).map_err(|e| e.to_string())?;
-    Ok((TaskRunner::new(Arc::new(plugin), &start.job, Arc::new(storage)), runtime))
+    Ok((TaskRunner::new(Arc::new(plugin), &start.job, Arc::new(storage), start.memory), runtime))
 }
 
 fn send(writer: &Writer, message: &FromChild) -> Result<(), TaskHostError> {

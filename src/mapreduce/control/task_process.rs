@@ -30,9 +30,10 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crate::memory_budget::TaskProcessPeak;
 use crate::rpc::TaskOutcome;
 use crate::task::TaskProgress;
 use crate::task_protocol::{
@@ -80,6 +81,9 @@ pub struct TaskProcess {
     command: TaskCommand,
     start: ChildStart,
     child: Option<RunningChild>,
+    /// The slot's task processes' peak memory, noted here, read by the
+    /// worker's heartbeats.
+    peak: Arc<TaskProcessPeak>,
 }
 
 /// A started task process.
@@ -109,9 +113,10 @@ enum Broken {
 
 impl TaskProcess {
     /// A slot's task process, to be started with `command` and told
-    /// `start`; nothing runs until [`TaskProcess::start`] or the first attempt.
-    pub fn new(command: TaskCommand, start: ChildStart) -> TaskProcess {
-        TaskProcess { command, start, child: None }
+    /// `start`, its memory noted in `peak`; nothing runs until
+    /// [`TaskProcess::start`] or the first attempt.
+    pub fn new(command: TaskCommand, start: ChildStart, peak: Arc<TaskProcessPeak>) -> TaskProcess {
+        TaskProcess { command, start, child: None, peak }
     }
 
     /// Starts the process if none runs, so that it makes the app while
@@ -169,6 +174,8 @@ impl TaskProcess {
     fn send_and_wait(&mut self, attempt: ChildAttempt, progress: &TaskProgress) -> Result<AttemptEnd, Broken> {
         // A process that died between attempts is not this attempt's doing.
         if let Some(child) = &mut self.child {
+            // Its mark is gone once it is reaped.
+            self.peak.note();
             if !matches!(child.process.try_wait(), Ok(None)) {
                 tracing::warn!("the slot's task process ended while idle; starting another");
                 self.stop(true);
@@ -190,7 +197,10 @@ impl TaskProcess {
                 Ok(Ok(FromChild::Progress { attempt, units })) if attempt == id => progress.raise_to(units),
                 // From the previous attempt, sent just before its end.
                 Ok(Ok(FromChild::Progress { .. })) => {}
-                Ok(Ok(FromChild::Done { attempt, outcome, served })) if attempt == id => return Ok(AttemptEnd { outcome, served }),
+                Ok(Ok(FromChild::Done { attempt, outcome, served })) if attempt == id => {
+                    self.peak.note();
+                    return Ok(AttemptEnd { outcome, served });
+                }
                 Ok(Ok(other)) => return Err(Broken::Protocol(format!("{} during attempt {id}", message_kind(&other)))),
                 Ok(Err(FrameError::Closed)) | Ok(Err(FrameError::Io(_))) | Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Broken::Died),
                 Ok(Err(e)) => return Err(Broken::Protocol(e.to_string())),
@@ -226,6 +236,7 @@ impl TaskProcess {
     /// reported; any other is killed at once.
     fn stop(&mut self, exiting: bool) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
+        self.peak.ending();
         let deadline = Instant::now() + EXIT_WAIT;
         while exiting && Instant::now() < deadline {
             match child.process.try_wait() {
@@ -271,6 +282,7 @@ impl TaskProcess {
             tracing::debug!("the task process did not take its start message: {e}");
         }
         tracing::debug!(pid = process.id(), "started a task process");
+        self.peak.started(process.id());
         Ok(RunningChild { process, socket, messages, ready: false })
     }
 }
@@ -389,8 +401,9 @@ mod tests {
             token_file: None,
             tls: true,
             storage,
+            memory: crate::memory_budget::SlotMemory::unbounded(),
         };
-        TaskProcess::new(TaskCommand { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()] }, start)
+        TaskProcess::new(TaskCommand { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()] }, start, Arc::default())
     }
 
     fn map_attempt(attempt: u64) -> ChildAttempt {

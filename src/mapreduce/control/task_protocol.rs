@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::memory_budget::SlotMemory;
 use crate::rpc::{AttemptId, JobSpec, MapTask, ReduceTask, TaskOutcome};
 
 /// The version of these messages; `Start` and `Ready` must carry it.
@@ -100,6 +101,9 @@ pub struct ChildStart {
     pub tls: bool,
     /// Where attempts' files go and how runs are fetched.
     pub storage: ChildStorage,
+    /// What the slot's attempts may buffer: its share of the worker's
+    /// memory budget.
+    pub memory: SlotMemory,
 }
 
 /// A worker's storage settings, as a task process rebuilds them

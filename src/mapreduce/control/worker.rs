@@ -49,6 +49,7 @@ use tracing::Instrument;
 use crate::handshake::{Identity, ServerKind};
 use crate::job_link::{self, JobDialer, JobLink};
 use crate::link::{call_context, peer_error};
+use crate::memory_budget::MemoryGauge;
 use crate::plugin::{file_sha256, Plugin};
 use crate::rpc::{Assignment, JobEnd};
 use crate::slot::{self, SlotActivity, SlotThread, Task};
@@ -114,14 +115,15 @@ pub async fn run(app: AppSource, config: WorkerConfig, shutdown: impl Future<Out
     let dialer = JobDialer { address: config.master.clone(), secret: config.secret.clone(), identity, job_id: spec.job_id.clone(), app_sha256 };
     let link = Arc::new(dialer.into_link(client, config.reconnect_timeout));
     let interval = spec.heartbeat_interval;
-    let slots: Arc<[SlotActivity]> = (0..config.slots.unwrap_or(1).max(1)).map(|_| SlotActivity::default()).collect();
+    let slots: Arc<[SlotActivity]> = (0..config.slots.max(1)).map(|_| SlotActivity::default()).collect();
+    let gauge = MemoryGauge::new(config.memory, slots.len());
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<LoopEnd>();
     // Spawned tasks do not inherit the caller's span (`worker{id=...}`): pass it on.
     {
-        let (link, slots, end_tx) = (link.clone(), slots.clone(), end_tx.clone());
+        let (link, slots, gauge, end_tx) = (link.clone(), slots.clone(), gauge.clone(), end_tx.clone());
         tokio::spawn(
             async move {
-                let _ = end_tx.send(send_heartbeats(&link, &slots, interval).await);
+                let _ = end_tx.send(send_heartbeats(&link, &slots, &gauge, interval).await);
             }
             .instrument(tracing::Span::current()),
         );
@@ -129,13 +131,13 @@ pub async fn run(app: AppSource, config: WorkerConfig, shutdown: impl Future<Out
     let mut stoppers = Vec::new();
     for slot in 0..slots.len() {
         // Each task process makes the app itself, while its slot asks for work.
-        let process = TaskProcess::new(config.task_command.clone(), crate::task_protocol::ChildStart { slot, ..start.clone() });
+        let process = TaskProcess::new(config.task_command.clone(), crate::task_protocol::ChildStart { slot, ..start.clone() }, gauge.slot(slot));
         let thread = SlotThread::spawn(slot, process).map_err(WorkerError::Thread)?;
         stoppers.push(thread.stopper());
-        let (link, storage, slots, end_tx) = (link.clone(), storage.clone(), slots.clone(), end_tx.clone());
+        let (link, storage, slots, gauge, end_tx) = (link.clone(), storage.clone(), slots.clone(), gauge.clone(), end_tx.clone());
         tokio::spawn(
             async move {
-                let _ = end_tx.send(run_slot(&thread, &link, &storage, &slots[slot]).await);
+                let _ = end_tx.send(run_slot(&thread, &link, &storage, &slots[slot], &gauge).await);
             }
             .instrument(tracing::Span::current()),
         );
@@ -151,12 +153,12 @@ pub async fn run(app: AppSource, config: WorkerConfig, shutdown: impl Future<Out
 
 /// Sends a heartbeat every `interval` until the coordinator says the job is
 /// over or is gone for good.
-async fn send_heartbeats(link: &JobLink, slots: &[SlotActivity], interval: std::time::Duration) -> LoopEnd {
+async fn send_heartbeats(link: &JobLink, slots: &[SlotActivity], gauge: &MemoryGauge, interval: std::time::Duration) -> LoopEnd {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Some(end) = job_link::send_heartbeat(link, slots).await? {
+        if let Some(end) = job_link::send_heartbeat(link, slots, gauge.read()).await? {
             return job_end(end);
         }
     }
@@ -175,7 +177,7 @@ const WAIT_AGAIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One task slot: asks for a task, runs it on the slot's task process,
 /// reports, until the job ends.
-async fn run_slot(thread: &SlotThread, link: &JobLink, storage: &WorkerStorage, activity: &SlotActivity) -> LoopEnd {
+async fn run_slot(thread: &SlotThread, link: &JobLink, storage: &WorkerStorage, activity: &SlotActivity, gauge: &MemoryGauge) -> LoopEnd {
     loop {
         let asked = tokio::time::Instant::now();
         let task = match job_link::request_task(link).await? {
@@ -190,7 +192,7 @@ async fn run_slot(thread: &SlotThread, link: &JobLink, storage: &WorkerStorage, 
             Assignment::Reduce(task) => Task::Reduce(task),
         };
         if let Some(report) = slot::run_task(thread, storage, activity, task).await {
-            job_link::report_task(link, report).await?;
+            job_link::report_task(link, report, gauge.read()).await?;
         }
     }
 }

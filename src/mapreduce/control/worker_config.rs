@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::cluster::workers::Label;
 use crate::handshake::Secret;
 use crate::link::LinkLost;
+use crate::memory_budget::SlotMemory;
 use crate::rpc::WorkerId;
 use crate::task_process::TaskCommand;
 
@@ -24,10 +25,13 @@ pub struct WorkerConfig {
     /// connection breaks mid-job (a restarted coordinator resumes the job);
     /// zero gives up at once.
     pub reconnect_timeout: Duration,
-    /// Tasks this process runs at once (at least 1); `None`: 1 for a
-    /// one-job coordinator (as the lab's tests expect), the machine's
-    /// available cores for a cluster.
-    pub slots: Option<usize>,
+    /// Tasks this process runs at once (at least 1).
+    pub slots: usize,
+    /// The worker's memory budget in bytes (`--memory`), `None` for none,
+    /// and each slot's share of it ([`crate::memory_budget`]).
+    pub memory: Option<u64>,
+    /// What each slot's tasks may buffer, from `memory`.
+    pub slot_memory: SlotMemory,
     /// What this worker offers a cluster's jobs (`--label`); unused with a
     /// one-job coordinator.
     pub labels: Vec<Label>,
@@ -53,7 +57,8 @@ pub struct WorkerConfig {
     /// here; `false` acts as if no filesystem were shared.
     pub use_shared_dir: bool,
     /// Bytes of runs one reduce attempt may fetch into memory from other
-    /// workers; it fetches the rest into the work directory.
+    /// workers (at most its slot's share allows); it fetches the rest into
+    /// the work directory.
     pub fetch_memory: u64,
 }
 

@@ -77,18 +77,20 @@ impl Read for Named<'_> {
     }
 }
 
-/// How many pieces long a line may be before reading it fails.
+/// How many pieces long a line may be before reading it fails, unless the
+/// caller says otherwise.
 pub const MAX_LINE_FACTOR: usize = 4;
 
 /// Reads `text` to its end in pieces of whole lines, each at least
 /// `piece_bytes` long unless it is the last (a line longer than that is
-/// one piece, up to [`MAX_LINE_FACTOR`] pieces), calling `each(offset,
+/// one piece, up to `longest_line` bytes), calling `each(offset,
 /// piece)` with the piece's position in the text. `buffer` holds the pieces
 /// (kept for reuse). Returns how many bytes there were. An error from
 /// `each` stops the reading.
 pub fn for_each_piece<E>(
     text: &mut dyn Read,
     piece_bytes: usize,
+    longest_line: usize,
     buffer: &mut Vec<u8>,
     mut each: impl FnMut(u64, &[u8]) -> Result<(), E>,
 ) -> Result<u64, PieceError<E>> {
@@ -104,7 +106,7 @@ pub fn for_each_piece<E>(
                 break Some(from + newline + 1);
             }
             scanned = buffer.len();
-            if scanned >= piece_bytes.saturating_mul(MAX_LINE_FACTOR) {
+            if scanned >= longest_line.max(piece_bytes) {
                 return Err(PieceError::LineTooLong { offset, limit: scanned });
             }
             if read_some(text, buffer, piece_bytes).map_err(PieceError::Read)? == 0 {
@@ -201,7 +203,7 @@ mod tests {
     fn pieces(text: &[u8], piece_bytes: usize) -> Vec<(u64, Vec<u8>)> {
         let mut found = Vec::new();
         let mut buffer = Vec::new();
-        let total = for_each_piece::<()>(&mut &text[..], piece_bytes, &mut buffer, |offset, piece| {
+        let total = for_each_piece::<()>(&mut &text[..], piece_bytes, piece_bytes * MAX_LINE_FACTOR, &mut buffer, |offset, piece| {
             found.push((offset, piece.to_vec()));
             Ok(())
         })
@@ -270,11 +272,11 @@ mod tests {
     fn a_line_without_end_fails_instead_of_growing_without_bound() {
         let mut endless = std::io::repeat(b'x');
         let mut buffer = Vec::new();
-        let result = for_each_piece::<()>(&mut endless, 1000, &mut buffer, |_, _| Ok(()));
+        let result = for_each_piece::<()>(&mut endless, 1000, 4000, &mut buffer, |_, _| Ok(()));
         assert!(matches!(result, Err(PieceError::LineTooLong { offset: 0, limit }) if limit >= 4000), "{result:?}");
         assert!(buffer.capacity() < 4000 + (1 << 20) + 1000);
         let mut reader = (&b"ok\n"[..]).chain(std::io::repeat(b'y'));
-        let err = for_each_piece::<()>(&mut reader, 10, &mut buffer, |_, _| Ok(())).unwrap_err();
+        let err = for_each_piece::<()>(&mut reader, 10, 40, &mut buffer, |_, _| Ok(())).unwrap_err();
         let message = err.into_io().unwrap().to_string();
         assert!(message.starts_with("a line longer than 4") && message.ends_with("bytes at offset 0 of the unpacked text"), "{message}");
     }
@@ -283,7 +285,7 @@ mod tests {
     fn an_error_from_the_caller_stops_the_reading() {
         let mut buffer = Vec::new();
         let mut calls = 0;
-        let result = for_each_piece(&mut &b"a\nb\nc\n"[..], 1, &mut buffer, |_, _| {
+        let result = for_each_piece(&mut &b"a\nb\nc\n"[..], 1, 4, &mut buffer, |_, _| {
             calls += 1;
             Err("stop")
         });

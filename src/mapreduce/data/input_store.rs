@@ -89,6 +89,53 @@ impl InputStore for ObjectStorage {
     }
 }
 
+/// Bytes `range` of an input as a [`Read`], fetched from its store a
+/// chunk at a time (each read checks the input is as planned): for inputs
+/// read in pieces, never whole, to stay within a task's memory.
+pub struct RangeReader<'a> {
+    store: &'a dyn InputStore,
+    input: &'a InputFile,
+    /// The next offset to fetch, and where to stop.
+    at: u64,
+    end: u64,
+    /// The most bytes one fetch asks for.
+    chunk_bytes: usize,
+    /// Fetched and not yet read: `chunk[taken..]`.
+    chunk: Vec<u8>,
+    taken: usize,
+}
+
+impl<'a> RangeReader<'a> {
+    /// Reads `range` of `input` from `store`, up to `chunk_bytes` (at
+    /// least 64 KiB, at most 8 MiB) per fetch.
+    pub fn new(store: &'a dyn InputStore, input: &'a InputFile, range: Range<u64>, chunk_bytes: usize) -> RangeReader<'a> {
+        let chunk_bytes = chunk_bytes.clamp(64 << 10, 8 << 20);
+        RangeReader { store, input, at: range.start, end: range.end, chunk_bytes, chunk: Vec::new(), taken: 0 }
+    }
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.taken == self.chunk.len() && self.at < self.end {
+            self.chunk.clear();
+            self.taken = 0;
+            let to = self.end.min(self.at.saturating_add(self.chunk_bytes as u64));
+            self.store.read_range(self.input, self.at..to, &mut self.chunk)?;
+            if self.chunk.is_empty() {
+                // The input ends before the range does: the reader's caller
+                // sees the short count.
+                self.at = self.end;
+            }
+            self.at += self.chunk.len() as u64;
+        }
+        let unread = self.chunk.get(self.taken..).unwrap_or_default();
+        let n = unread.len().min(buf.len());
+        buf[..n].copy_from_slice(&unread[..n]);
+        self.taken += n;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

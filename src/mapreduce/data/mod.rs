@@ -6,6 +6,7 @@ pub mod fan_in;
 pub mod input_store;
 pub mod map_output;
 pub mod mapped_input;
+pub mod memory_budget;
 pub mod merge;
 pub mod output;
 pub mod plugin;

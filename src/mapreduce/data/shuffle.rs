@@ -9,7 +9,7 @@
 //! partition's spills are merged ([`crate::merge`], combining again) into one
 //! final run. Either way the map produces one key-sorted run per non-empty
 //! partition, and its memory never exceeds the budget plus one block per
-//! spill being merged (at most [`crate::fan_in::MERGE_FAN_IN`] at once). A spill, and the map's final output, is one file
+//! spill being merged (at most [`crate::fan_in::MERGE_FAN_IN`] at once, fewer under a tight memory budget). A spill, and the map's final output, is one file
 //! holding the runs of all its partitions back to back
 //! ([`crate::runfile`]).
 //!
@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use crate::app::ValueSource;
 use crate::cpu::prefetch;
-use crate::fan_in::{open_with_bounded_fan_in, Scratch, MERGE_FAN_IN};
+use crate::fan_in::{open_with_bounded_fan_in, Scratch};
 use crate::map_output::MapOutputLocation;
 use crate::merge::{MergeError, RunMerger};
 use crate::plugin::AppFailure;
@@ -127,6 +127,8 @@ pub struct MapOutputConfig {
     pub attempt: AttemptId,
     /// How runs (spills and final) are compressed.
     pub compression: Compression,
+    /// The most spills one merge reads at once.
+    pub fan_in: usize,
 }
 
 /// Collects a map task's output within a memory budget and writes it as one
@@ -300,7 +302,7 @@ impl<'c> MapOutputWriter<'c> {
                 continue;
             }
             let scratch_prefix = self.config.dir.join(format!("map-{}.attempt-{}.partition-{partition}", self.config.map, self.config.attempt));
-            let scratch = Scratch { prefix: &scratch_prefix, compression: self.config.compression, fan_in: MERGE_FAN_IN };
+            let scratch = Scratch { prefix: &scratch_prefix, compression: self.config.compression, fan_in: self.config.fan_in };
             let open = |_, (path, range): &(PathBuf, RunRange)| Ok::<_, ShuffleError>(RunReader::open_range(path, *range)?);
             let readers = open_with_bounded_fan_in(spill_runs, &scratch, open, |readers, writer| self.merge_runs(readers, writer))?;
             writer.begin_run()?;
@@ -357,6 +359,12 @@ impl Drop for MapOutputWriter<'_> {
     }
 }
 
+/// Frees the buffers the last map on this thread kept for the next: for a
+/// task that needs none of them (a reduce), within a memory budget.
+pub fn release_spare_buffers() {
+    drop(SPARE_BUFFERS.take());
+}
+
 /// Values borrowed from the buffer's arena.
 struct SliceValues<'a, I: Iterator<Item = &'a [u8]>> {
     values: I,
@@ -391,7 +399,15 @@ mod tests {
     }
 
     fn config(dir: &Path, reduces: u32, buffer_bytes: usize) -> MapOutputConfig {
-        MapOutputConfig { reduces, buffer_bytes, dir: dir.to_owned(), map: 4, attempt: 9, compression: Compression::Lz4 }
+        MapOutputConfig {
+            reduces,
+            buffer_bytes,
+            dir: dir.to_owned(),
+            map: 4,
+            attempt: 9,
+            compression: Compression::Lz4,
+            fan_in: crate::fan_in::MERGE_FAN_IN,
+        }
     }
 
     fn read_all(location: &MapOutputLocation) -> Vec<(String, String)> {

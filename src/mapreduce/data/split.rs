@@ -11,11 +11,10 @@
 //! and copied into a buffer by ranges from its input's store
 //! ([`read_split`], [`crate::input_store`]) otherwise.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 
-use crate::codec::Codec;
-use crate::input_store::{open_unchanged, store_for, InputStore};
+use crate::codec::{for_each_piece, Codec, PieceError};
+use crate::input_store::{open_unchanged, store_for, InputStore, RangeReader};
 use crate::mapped_input::{self, MappedInput};
 use crate::rpc::{InputFile, InputSplit};
 
@@ -135,18 +134,50 @@ impl Window<'_> {
 
 /// The byte range of the lines `split` owns, `(begin, end)`, by the same
 /// rule as [`read_split`]: what the coordinator sends a worker that cannot
-/// read the file.
+/// read the file, and what a map reads in pieces
+/// ([`read_split_in_pieces`]). Found by ranged reads from the input's
+/// store, which check that it is as planned.
 pub fn owned_range(split: &InputSplit) -> io::Result<(u64, u64)> {
-    let mut file = open_unchanged(&split.file)?;
-    let size = file.metadata()?.len();
-    let begin = if split.start == 0 { 0 } else { line_start_at_or_after(&mut file, split.start)? };
+    let (store, input) = (store_for(&split.file.path), &split.file);
+    store.check_unchanged(input)?;
+    let size = input.size;
+    let begin = if split.start == 0 { 0 } else { line_start_at_or_after(store, input, split.start)? };
     let end = match split.end {
         None => size,
         // No line starts in the split (a line longer than the split).
         Some(end) if begin >= end => begin,
-        Some(end) => line_start_at_or_after(&mut file, end)?,
+        Some(end) => line_start_at_or_after(store, input, end)?,
     };
     Ok((begin, end.max(begin)))
+}
+
+/// The bytes of the input a split's lines may span: what reading it whole
+/// takes, before the line that crosses its end is cut.
+pub fn split_span(split: &InputSplit) -> u64 {
+    let size = split.file.size;
+    let end = split.end.map_or(size, |end| end.saturating_add(LINE_SLACK).min(size));
+    end.saturating_sub(split.start.min(size))
+}
+
+/// Reads the lines `split` owns in pieces of about `piece_bytes` (whole
+/// lines: each ends at the first line end past the size), calling
+/// `each(file offset, piece)`; for a split too large to hold whole in a
+/// task's memory. Returns the bytes read. A line longer than
+/// `longest_line` is an error.
+pub fn read_split_in_pieces<E>(
+    split: &InputSplit,
+    (piece_bytes, longest_line): (usize, usize),
+    buffer: &mut Vec<u8>,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<u64, PieceError<E>> {
+    let store = store_for(&split.file.path);
+    let (begin, end) = owned_range(split).map_err(PieceError::Read)?;
+    let mut reader = RangeReader::new(store, &split.file, begin..end, piece_bytes);
+    let read = for_each_piece(&mut reader, piece_bytes, longest_line, buffer, |at, piece| each(begin + at, piece))?;
+    if read != end - begin {
+        return Err(PieceError::Read(io::Error::other("the file shrank while the map read it")));
+    }
+    Ok(read)
 }
 
 /// A split's lines, read in place from its file mapped into memory.
@@ -224,20 +255,22 @@ pub fn map_split(split: &InputSplit) -> io::Result<Option<MappedSplit>> {
 }
 
 /// The offset of the first line that starts at or after `offset` (> 0):
-/// just past the first newline at or after `offset - 1`, or the end of file.
-fn line_start_at_or_after(file: &mut File, offset: u64) -> io::Result<u64> {
-    file.seek(SeekFrom::Start(offset - 1))?;
+/// just past the first newline at or after `offset - 1`, or the end of
+/// the input.
+fn line_start_at_or_after(store: &dyn InputStore, input: &InputFile, offset: u64) -> io::Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
     let mut position = offset - 1;
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut chunk = Vec::new();
     loop {
-        let n = file.read(&mut chunk)?;
-        if n == 0 {
+        chunk.clear();
+        store.read_range(input, position..position.saturating_add(CHUNK), &mut chunk)?;
+        if chunk.is_empty() {
             return Ok(position);
         }
-        if let Some(i) = chunk[..n].iter().position(|&b| b == b'\n') {
+        if let Some(i) = chunk.iter().position(|&b| b == b'\n') {
             return Ok(position + i as u64 + 1);
         }
-        position += n as u64;
+        position += chunk.len() as u64;
     }
 }
 

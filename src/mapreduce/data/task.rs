@@ -14,20 +14,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::app::{OutputFormat, ValueSource};
-use crate::codec::{for_each_piece, Codec};
+use crate::codec::{for_each_piece, Codec, PieceError};
 use crate::counters::{Counters, UserCounters};
-use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, MERGE_FAN_IN, SCRATCH_LABEL};
-use crate::input_store::store_for;
+use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, SCRATCH_LABEL};
+use crate::input_store::{open_unchanged, store_for, RangeReader};
 use crate::map_output::{stored_size, MapOutputLocation};
+use crate::memory_budget::{self, SlotMemory};
 use crate::merge::{MergeError, RunMerger};
 use crate::output::{AtomicFile, OutputCompression};
 use crate::partition::Partitions;
 use crate::plugin::{AppFailure, Capabilities, Plugin};
 use crate::rpc::{JobSpec, MapTask, ReduceTask};
 use crate::runfile::{Compression, RunError};
-use crate::shuffle::{Combiner, MapOutputConfig, MapOutputWriter, ShuffleError};
+use crate::shuffle::{release_spare_buffers, Combiner, MapOutputConfig, MapOutputWriter, ShuffleError};
 use crate::skipping::{for_each_line, RecordCursor, SkipPlan};
-use crate::split::{map_split, read_split_into, MappedSplit};
+use crate::split::{map_split, read_split_in_pieces, read_split_into, split_span, MappedSplit};
 use crate::storage::{FetchProgress, LocalRun, WorkerStorage};
 
 /// Why an attempt failed.
@@ -178,18 +179,21 @@ pub struct TaskRunner {
     init_error: Option<AppFailure>,
     /// Where attempts' files go, and how runs and inputs are fetched.
     storage: Arc<WorkerStorage>,
+    /// What an attempt may buffer: its slot's share of the worker's memory.
+    memory: SlotMemory,
 }
 
 impl TaskRunner {
-    /// Makes the app for `job` (calls its constructor once). A constructor
-    /// failure is kept and reported as the failure of every task.
-    pub fn new(plugin: Arc<Plugin>, job: &JobSpec, storage: Arc<WorkerStorage>) -> TaskRunner {
+    /// Makes the app for `job` (calls its constructor once), for attempts
+    /// that buffer within `memory`. A constructor failure is kept and
+    /// reported as the failure of every task.
+    pub fn new(plugin: Arc<Plugin>, job: &JobSpec, storage: Arc<WorkerStorage>, memory: SlotMemory) -> TaskRunner {
         let read_input = |input, offset, len| storage.read_input(input, offset, len);
         let init_error = plugin.init_with_inputs(&job.app_context(), &read_input).err();
         if let Some(e) = &init_error {
             tracing::error!("the app refused this job: {e}");
         }
-        let map_buffer_bytes = usize::try_from(job.map_buffer_bytes).unwrap_or(usize::MAX);
+        let map_buffer_bytes = usize::try_from(job.map_buffer_bytes.min(memory.map_buffer)).unwrap_or(usize::MAX);
         TaskRunner {
             plugin,
             map_buffer_bytes,
@@ -198,6 +202,7 @@ impl TaskRunner {
             output_compression: job.output_compression,
             init_error,
             storage,
+            memory,
         }
     }
 
@@ -223,9 +228,16 @@ impl TaskRunner {
         let split = &task.input;
         let input_err = |source| TaskError::Input { path: split.file.path.clone(), source };
         // A file this machine does not have comes from the coordinator.
-        // An object on object storage is read where it is, by ranges.
+        // An object on object storage is read where it is, by ranges. A
+        // split larger than the slot's memory holds is read in pieces.
         let store = store_for(&split.file.path);
-        let mapped = if store.maps_in_place() { map_split(split) } else { Ok(None) };
+        let in_pieces = split_span(split) > self.memory.input_bytes;
+        let mapped = match (store.maps_in_place(), in_pieces) {
+            (true, false) => map_split(split),
+            // Read below; here only whether it can be read at all.
+            (true, true) => open_unchanged(&split.file).map(|_| None),
+            (false, _) => Ok(None),
+        };
         let (mapped, served_input) = match mapped {
             Ok(mapped) => (mapped, None),
             Err(e) => match self.storage.served_input(&split.file.path, &e) {
@@ -235,19 +247,22 @@ impl TaskRunner {
         };
         let fetched = served_input.is_some();
         let mut buffer = Vec::new();
-        let (offset, contents) = match (&mapped, served_input) {
-            (Some(mapped), _) => (mapped.offset(), mapped.bytes()),
+        // The input held whole, and where in the file it starts; `None`
+        // for one read in pieces.
+        let whole = match (&mapped, served_input) {
+            (Some(mapped), _) => Some((mapped.offset(), mapped.bytes())),
             (None, Some(input)) => {
                 buffer = INPUT_BUFFER.take();
                 let offset = self
                     .storage
                     .fetch_input(input, split, &mut buffer)
                     .map_err(|e| input_err(io::Error::other(format!("not readable here, and fetching it from the coordinator failed: {e}"))))?;
-                (offset, &buffer[..])
+                Some((offset, &buffer[..]))
             }
+            (None, None) if in_pieces => None,
             (None, None) => {
                 buffer = INPUT_BUFFER.take();
-                (read_split_into(split, &mut buffer).map_err(input_err)?, &buffer[..])
+                Some((read_split_into(split, &mut buffer).map_err(input_err)?, &buffer[..]))
             }
         };
         let mut counters = Counters::default();
@@ -258,6 +273,7 @@ impl TaskRunner {
             map: task.index,
             attempt: task.attempt,
             compression: self.compression,
+            fan_in: self.memory.fan_in,
         };
         let user_counters = UserCounters::reporting_to(progress.shared());
         let app_combiner = AppCombiner { plugin, counters: &user_counters };
@@ -291,29 +307,45 @@ impl TaskRunner {
             }
         };
         plugin.start_task(true, task.index, &user_counters)?;
-        // Bytes read from the input file (stored, compressed or not), as
-        // Hadoop counts them: what the phase's progress is measured in.
-        counters.map_input_bytes = contents.len() as u64;
+        let (mut input_records, mut skipped) = (0u64, 0u64);
         let mut map_piece = |piece: &[u8], at: u64| -> Result<(), TaskError> {
             // A piece of a compressed file shows progress however rarely
             // the app emits, and a given-up attempt stops between pieces.
             progress.check()?;
             progress.tick();
-            counters.map_input_records += crate::counters::count_lines(piece);
+            input_records += crate::counters::count_lines(piece);
             match &task.skip {
                 None => plugin.map(&split.file.name, piece, at, &mut *emit, &user_counters)?,
-                Some(plan) => counters.skipped_records += map_line_by_line(plugin, &split.file.name, (piece, at), plan, &mut *emit, &user_counters)?,
+                Some(plan) => skipped += map_line_by_line(plugin, &split.file.name, (piece, at), plan, &mut *emit, &user_counters)?,
             }
             Ok(())
         };
-        match Codec::of(&split.file.path) {
-            None => map_piece(contents, offset)?,
-            Some(codec) => {
-                let mut text = codec.decoder(contents).map_err(input_err)?;
-                for_each_piece(&mut *text, UNPACKED_PIECE_BYTES, &mut Vec::new(), |at, piece| map_piece(piece, at))
-                    .map_err(|stopped| stopped.into_io().map_or_else(|e| e, input_err))?;
+        let stopped = |stopped: PieceError<TaskError>| stopped.into_io().map_or_else(|e| e, input_err);
+        let unpacked_piece = UNPACKED_PIECE_BYTES.min(self.memory.input_piece_bytes());
+        let (file_piece, longest_line) = (self.memory.input_piece_bytes(), self.memory.longest_line(unpacked_piece));
+        // Bytes read from the input file (stored, compressed or not), as
+        // Hadoop counts them: what the phase's progress is measured in.
+        let input_bytes = match (whole, Codec::of(&split.file.path)) {
+            (Some((offset, contents)), None) => {
+                map_piece(contents, offset)?;
+                contents.len() as u64
             }
-        }
+            (Some((_, contents)), Some(codec)) => {
+                let mut text = codec.decoder(contents).map_err(input_err)?;
+                for_each_piece(&mut *text, unpacked_piece, longest_line, &mut Vec::new(), |at, piece| map_piece(piece, at)).map_err(stopped)?;
+                contents.len() as u64
+            }
+            (None, None) => {
+                read_split_in_pieces(split, (file_piece, longest_line), &mut Vec::new(), |at, piece| map_piece(piece, at)).map_err(stopped)?
+            }
+            (None, Some(codec)) => {
+                let mut compressed = RangeReader::new(store, &split.file, 0..split.file.size, file_piece);
+                let mut text = codec.decoder(&mut compressed).map_err(input_err)?;
+                for_each_piece(&mut *text, unpacked_piece, longest_line, &mut Vec::new(), |at, piece| map_piece(piece, at)).map_err(stopped)?;
+                split.file.size
+            }
+        };
+        (counters.map_input_bytes, counters.map_input_records, counters.skipped_records) = (input_bytes, input_records, skipped);
         plugin.finish_map(emit, &user_counters)?;
         if mapped.as_ref().is_some_and(MappedSplit::changed) {
             return Err(input_err(io::Error::other("the file shrank while the map read it")));
@@ -354,6 +386,11 @@ impl TaskRunner {
     /// returns the attempt's counters.
     pub fn run_reduce(&self, task: &ReduceTask, progress: &TaskProgress) -> Result<Counters, TaskError> {
         let capabilities = self.capabilities()?;
+        // Nothing the maps on this thread kept for reuse is needed here:
+        // the reduce's buffers take its place within the slot's memory.
+        release_spare_buffers();
+        drop(INPUT_BUFFER.take());
+        memory_budget::release_freed();
         let mut counters = Counters { reduce_input_bytes: task.runs.iter().map(|(_, location)| stored_size(location)).sum(), ..Counters::default() };
         progress.tick();
         let (runs, _fetched) = self.storage.localize(task.attempt, &task.runs, progress.fetch_progress()).map_err(|lost| match lost {
@@ -361,7 +398,7 @@ impl TaskRunner {
             None => TaskError::Cancelled,
         })?;
         let scratch_prefix = self.storage.scratch_prefix(task);
-        let scratch = Scratch { prefix: &scratch_prefix, compression: self.compression, fan_in: MERGE_FAN_IN };
+        let scratch = Scratch { prefix: &scratch_prefix, compression: self.compression, fan_in: self.memory.fan_in };
         let open = |map_task, run: &&LocalRun| {
             progress.tick();
             run.open().map_err(|source| TaskError::MapOutputLost { map_task, source })

@@ -67,6 +67,18 @@ pub fn render(report: &StatusReport) -> String {
     out.sample("mapreduce_workers_alive", &[], report.workers.iter().filter(|w| w.alive).count() as f64);
     out.family("mapreduce_workers_seen", "gauge", "Workers that have called the coordinator during the job.");
     out.sample("mapreduce_workers_seen", &[], report.workers.len() as f64);
+    out.family("mapreduce_worker_peak_rss_bytes", "gauge", "Peak resident memory of a worker and its task processes, as it last said.");
+    for w in &report.workers {
+        if let Some(peak) = w.peak_rss_bytes {
+            out.sample("mapreduce_worker_peak_rss_bytes", &[("worker", &w.id)], peak as f64);
+        }
+    }
+    out.family("mapreduce_worker_memory_budget_bytes", "gauge", "A worker's memory budget (mr-worker --memory).");
+    for w in &report.workers {
+        if let Some(budget) = w.memory_budget_bytes {
+            out.sample("mapreduce_worker_memory_budget_bytes", &[("worker", &w.id)], budget as f64);
+        }
+    }
 
     for (name, value) in report.counters.builtin() {
         let metric = format!("mapreduce_{name}_total");

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
+use crate::memory_budget::WorkerMemory;
 use crate::rpc::{AttemptId, InputFile, JobEnd, TaskId, WorkerId};
 use crate::scheduler::{AttemptLoss, Scheduler, TaskState};
 
@@ -132,6 +133,8 @@ struct WorkerRecord {
     exited: bool,
     /// Its connection closed (until it calls again).
     disconnected: bool,
+    /// Its peak memory and budget, as it last said.
+    memory: WorkerMemory,
 }
 
 /// Workers that left without finishing a task kept in the table, at most.
@@ -191,11 +194,21 @@ impl JobStatus {
             current: BTreeSet::new(),
             exited: false,
             disconnected: false,
+            memory: WorkerMemory::default(),
         });
         record.last_seen = now;
         record.disconnected = false;
         if address.is_some() {
             record.address = address;
+        }
+    }
+
+    /// `worker` says this of its memory (its peak only grows: a late
+    /// message does not lower it).
+    pub fn worker_memory(&mut self, worker: &str, memory: WorkerMemory) {
+        if let Some(record) = self.workers.get_mut(worker) {
+            let peak = record.memory.peak_rss_bytes.max(memory.peak_rss_bytes);
+            record.memory = WorkerMemory { peak_rss_bytes: peak, budget_bytes: memory.budget_bytes };
         }
     }
 
@@ -454,6 +467,8 @@ impl JobStatus {
                     alive: !w.exited && !w.disconnected && self.ended.is_none() && silent < self.alive_window,
                     tasks_done: w.tasks_done,
                     current: w.current.iter().map(|&(task, attempt)| CurrentAttempt { task: task_label_of(task), attempt }).collect(),
+                    peak_rss_bytes: w.memory.peak_rss_bytes,
+                    memory_budget_bytes: w.memory.budget_bytes,
                 }
             })
             .collect();
@@ -723,6 +738,13 @@ pub struct WorkerReport {
     pub tasks_done: u64,
     /// Attempts it is running now.
     pub current: Vec<CurrentAttempt>,
+    /// Its peak resident memory, itself and its task processes, as it
+    /// last said (see [`crate::memory_budget`]).
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
+    /// Its memory budget (`mr-worker --memory`), if it has one.
+    #[serde(default)]
+    pub memory_budget_bytes: Option<u64>,
 }
 
 /// An attempt a worker is running.

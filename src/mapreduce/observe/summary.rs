@@ -15,6 +15,10 @@ use crate::status::{task_label, AttemptOutcome, JobState, StatusReport};
 /// lists them all.
 const RETRIES_SHOWN: usize = 10;
 
+/// Workers whose peak memory the text summary lists one by one; past
+/// this many it shows the largest.
+const WORKERS_SHOWN: usize = 4;
+
 /// What a finished job did; built from its final [`StatusReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSummary {
@@ -43,6 +47,21 @@ pub struct JobSummary {
     pub counters: Counters,
     /// The output files, `mr-out-0` first, with their sizes.
     pub outputs: Vec<OutputFile>,
+    /// Each worker's peak memory, in the order of their ids.
+    #[serde(default)]
+    pub workers: Vec<WorkerMemoryUse>,
+}
+
+/// The most memory one worker held during the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerMemoryUse {
+    /// `host:pid`.
+    pub worker: String,
+    /// Its peak resident memory, itself and its task processes, as it last
+    /// said (see [`crate::memory_budget`]); `None` if it never said.
+    pub peak_rss_bytes: Option<u64>,
+    /// Its budget (`mr-worker --memory`), if it had one.
+    pub budget_bytes: Option<u64>,
 }
 
 /// Attempts of a job by outcome.
@@ -139,6 +158,7 @@ impl JobSummary {
             skipped_records: Vec::new(),
             counters: run.counters.clone(),
             outputs: output_files(std::slice::from_ref(&run.output)),
+            workers: Vec::new(),
         }
     }
 
@@ -196,6 +216,11 @@ impl JobSummary {
             skipped_records,
             counters: report.counters.clone(),
             outputs,
+            workers: report
+                .workers
+                .iter()
+                .map(|w| WorkerMemoryUse { worker: w.id.clone(), peak_rss_bytes: w.peak_rss_bytes, budget_bytes: w.memory_budget_bytes })
+                .collect(),
         }
     }
 
@@ -273,6 +298,26 @@ impl JobSummary {
             }
             _ => out.push_str("output: none\n"),
         }
+        self.render_memory(&mut out);
         out
+    }
+
+    /// The workers' peak memory: each one's, for a few; the largest, for many.
+    fn render_memory(&self, out: &mut String) {
+        let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20));
+        let describe = |w: &WorkerMemoryUse| {
+            let peak = w.peak_rss_bytes.map_or_else(|| "unknown".to_owned(), mib);
+            let budget = w.budget_bytes.map_or_else(|| "no budget".to_owned(), |b| format!("budget {}", mib(b)));
+            format!("{} on {} ({budget})", peak, crate::untrusted::excerpt(&w.worker, 64))
+        };
+        let shown: Vec<String> = match self.workers.len() {
+            0 => return,
+            1..=WORKERS_SHOWN => self.workers.iter().map(describe).collect(),
+            n => {
+                let largest = self.workers.iter().max_by_key(|w| w.peak_rss_bytes).map(describe).unwrap_or_default();
+                vec![format!("largest {largest}, of {n} workers")]
+            }
+        };
+        let _ = writeln!(out, "peak memory of each worker and its task processes: {}", shown.join("; "));
     }
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tarpc::context::Context;
 
+use crate::memory_budget::WorkerMemory;
 use crate::rpc::{Assignment, AttemptProgress, Coordinator, HeartbeatReply, JobSpec, TaskId, TaskReport, WorkerId};
 use crate::scheduler::{Owner, ReportVerdict};
 use crate::untrusted::excerpt;
@@ -40,6 +41,11 @@ impl CoordinatorServer {
         let now = Instant::now();
         job.scheduler.heard_from(worker, now);
         job.status.worker_seen(worker, self.peer.clone(), now);
+    }
+
+    /// `worker` says this of its memory.
+    fn memory_reported(&self, worker: &str, memory: WorkerMemory) {
+        self.shared.job().status.worker_memory(worker, memory);
     }
 
     /// `worker` was told the job is over.
@@ -88,9 +94,10 @@ impl Coordinator for CoordinatorServer {
         assignment
     }
 
-    async fn heartbeat(self, _: Context, running: Vec<AttemptProgress>) -> HeartbeatReply {
+    async fn heartbeat(self, _: Context, running: Vec<AttemptProgress>, memory: WorkerMemory) -> HeartbeatReply {
         let worker = self.worker.clone();
         self.heard_from(&worker);
+        self.memory_reported(&worker, memory);
         let (end, abandoned) = {
             let mut job = self.shared.job();
             job.scheduler.heartbeat(&self.owner, &running, Instant::now());
@@ -106,9 +113,10 @@ impl Coordinator for CoordinatorServer {
         }
     }
 
-    async fn report_task(self, _: Context, report: TaskReport) {
+    async fn report_task(self, _: Context, report: TaskReport, memory: WorkerMemory) {
         let worker = self.worker.clone();
         self.heard_from(&worker);
+        self.memory_reported(&worker, memory);
         let shared = &self.shared;
         let verdict = apply_report(shared, &self.owner, report);
         if verdict == ReportVerdict::Accepted {
