@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use crate::files::Fetcher;
 use crate::handshake::Identity;
+use crate::memory_budget::SlotMemory;
 use crate::plugin::Plugin;
 use crate::rpc::{AttemptId, TaskId, TaskOutcome};
 use crate::storage::{ServedOutputs, StorageConfig, WorkerStorage};
@@ -70,6 +71,7 @@ pub fn run() -> Result<(), TaskHostError> {
         Err(e) => return Err(TaskHostError::Start(e)),
     };
     let writer: Writer = Arc::new(Mutex::new(socket.try_clone().map_err(TaskHostError::Write)?));
+    crate::fan_in::raise_descriptor_limit();
     // Lines read as the worker's own: `worker{id=...}:task{...}: ...`.
     let span = tracing::info_span!("worker", id = %start.identity_name);
     let _entered = span.enter();
@@ -140,7 +142,9 @@ fn set_up(start: &ChildStart) -> Result<(TaskRunner, tokio::runtime::Runtime), S
         runtime: runtime.handle().clone(),
     });
     let plugin = Plugin::load(&start.plugin).map_err(|e| e.to_string())?;
-    Ok((TaskRunner::new(Arc::new(plugin), &start.job, Arc::new(storage), start.memory), runtime))
+    // The budget's fan-in, as far as this process's descriptors allow.
+    let memory = SlotMemory { fan_in: start.memory.fan_in.min(crate::fan_in::descriptor_fan_in()), ..start.memory };
+    Ok((TaskRunner::new(Arc::new(plugin), &start.job, Arc::new(storage), memory), runtime))
 }
 
 fn send(writer: &Writer, message: &FromChild) -> Result<(), TaskHostError> {

@@ -26,9 +26,42 @@ use std::path::{Path, PathBuf};
 use crate::merge::{MergeError, RunMerger};
 use crate::runfile::{Compression, RunError, RunReader, RunWriter};
 
-/// The most runs one merge reads at once. Two reduce slots then hold about
-/// 130 run files open, and each reader holds one block of memory.
-pub const MERGE_FAN_IN: usize = 64;
+/// The most runs one merge reads at once, where the task's memory
+/// ([`crate::memory_budget`]) and its process's descriptors
+/// ([`descriptor_fan_in`]) allow; each reader holds one block of memory and
+/// one open file. It was 64: a job of more than 64 maps (a sort over 6 GiB
+/// in 64 MiB splits has 96) then wrote and read about half of every
+/// reduce's input again in a first pass, work that grows faster than the
+/// data; 512 readers take 32 to 72 MiB, and a merge's loser tree is only
+/// three levels deeper.
+pub const MERGE_FAN_IN: usize = 512;
+
+/// The fan-in this process's open-file limit allows: half its soft limit
+/// (the other half for its connections, the output and scratch files, and
+/// a map's spills beside a merge), at most [`MERGE_FAN_IN`] and at least 2.
+pub fn descriptor_fan_in() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes only the struct it is given, alive for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return MERGE_FAN_IN.min(64);
+    }
+    usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX).clamp(2, MERGE_FAN_IN)
+}
+
+/// Raises this process's soft open-file limit to its hard limit (best
+/// effort): a reduce merging hundreds of runs in one pass needs more than
+/// the usual soft 1,024 once it also holds its connections.
+pub fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read or write only the struct they
+    // are given, alive for each call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
 
 /// The label [`MergeError`] carries for a failure reading a scratch run:
 /// not any map task's fault (labels of given runs are the caller's).
