@@ -65,7 +65,7 @@ fn stuck_map() -> Stuck {
     }
 }
 
-/// Runs the job of `stuck` with `flags` on one worker of one slot; returns
+/// Runs the job of `stuck` with `flags` on one worker of two slots; returns
 /// the master, the worker and how long the master took.
 fn run_stuck_job(dir: &TestDir, stuck: &Stuck, flags: &[&str]) -> (Proc, Proc, Duration) {
     for (name, contents) in stuck.inputs {

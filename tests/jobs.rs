@@ -317,7 +317,7 @@ fn corrupt_and_truncated_map_output_is_detected_and_the_map_rerun() {
     let expected = reference_output(dir.path(), "early_exit", &["in"]);
     // One worker with one slot: reduce 1 starts only after reduce 0's 3 s.
     let (mut master, addr) = start_master(dir.path(), &["--reduces", "2", "in"]);
-    let mut worker = start_worker("worker", dir.path(), &addr, "early_exit");
+    let mut worker = start_worker_with("worker", dir.path(), &addr, "early_exit", &["--slots", "1"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let (mut flipped_done, mut cut_done) = (false, false);
     while !(flipped_done && cut_done) {

@@ -64,7 +64,7 @@ fn relay_connection(client: TcpStream, mut server: TcpStream, tamper: Tamper, ta
     tally.connections.fetch_add(1, Ordering::SeqCst);
     let (mut to_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let mut from_client = client;
-    // The server's plain preamble: "MRh2" and its flags.
+    // The server's plain preamble: "MRh3" and its flags.
     let mut preamble = [0; 5];
     if server.read_exact(&mut preamble).is_err() || to_client.write_all(&preamble).is_err() {
         return;

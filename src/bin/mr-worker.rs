@@ -144,14 +144,8 @@ fn main() -> ExitCode {
         };
     }
     let _span = tracing::info_span!("worker", id = %worker::worker_id()).entered();
-    let slots = args.slots.map_or_else(cores, usize::from);
-    let memory = match args.memory {
-        Some(0) => None,
-        Some(bytes) => Some(bytes),
-        None => memory_budget::default_budget(),
-    };
-    let slot_memory = match memory.map(|bytes| memory_budget::divide(bytes, slots)).transpose() {
-        Ok(share) => share.unwrap_or_else(SlotMemory::unbounded),
+    let (slots, memory, slot_memory) = match plan_memory(args.slots, args.memory) {
+        Ok(plan) => plan,
         Err(e) => {
             eprintln!("mr-worker: error: {e}");
             return ExitCode::from(2);
@@ -172,6 +166,36 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The slots, the memory budget (`None` for none) and each slot's share,
+/// from `--slots` and `--memory` as given. Without `--slots`, a worker runs
+/// as many slots as it has cores and its budget allows (saying so when
+/// the budget allows fewer); with it, a budget too small is an error.
+fn plan_memory(slots: Option<u16>, memory: Option<u64>) -> Result<(usize, Option<u64>, SlotMemory), memory_budget::BudgetTooSmall> {
+    let (budget, defaulted) = match memory {
+        Some(0) => return Ok((slots.map_or_else(cores, usize::from), None, SlotMemory::unbounded())),
+        Some(bytes) => (bytes, false),
+        None => match memory_budget::default_budget() {
+            Some(bytes) => (bytes, true),
+            None => {
+                tracing::warn!("cannot read this machine's memory: no memory budget (give --memory to set one)");
+                return Ok((slots.map_or_else(cores, usize::from), None, SlotMemory::unbounded()));
+            }
+        },
+    };
+    let slots = match slots {
+        Some(slots) => usize::from(slots),
+        None => {
+            let (cores, allowed) = (cores(), memory_budget::slots_within(budget));
+            if allowed < cores {
+                tracing::warn!("{} MiB of memory allows {allowed} slots of this machine's {cores} cores", budget >> 20);
+            }
+            cores.min(allowed).max(1)
+        }
+    };
+    let share = memory_budget::divide(budget, slots).map_err(|e| memory_budget::BudgetTooSmall { defaulted, ..e })?;
+    Ok((slots, Some(budget), share))
 }
 
 /// The cores this process may run on.
@@ -199,7 +223,7 @@ async fn run(args: Args, slots: usize, memory: Option<u64>, slot_memory: SlotMem
         work_dir: args.work_dir,
         serve_on: args.serve_on,
         use_shared_dir: !args.no_shared_dir,
-        fetch_memory: args.fetch_memory.min(slot_memory.fetch),
+        fetch_memory: args.fetch_memory.min(slot_memory.fetch_bytes),
         master: args.master,
         connect_timeout: args.connect_timeout,
         reconnect_timeout: args.reconnect_timeout,

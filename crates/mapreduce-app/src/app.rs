@@ -283,6 +283,21 @@ use crate::text::WordSink;
 /// memory (about 100 bytes a key) whatever the input.
 pub const MAX_COUNTED_KEYS: usize = 1 << 20;
 
+/// The environment variable by which a worker with a memory budget lowers
+/// [`MAX_COUNTED_KEYS`] for its task processes (a number of keys, at least
+/// 1,024).
+pub const COUNTED_KEYS_VAR: &str = "MR_COUNTED_KEYS";
+
+/// The keys an [`Emitter`] holds before it emits them in this process:
+/// [`MAX_COUNTED_KEYS`], or fewer where the worker says so.
+fn counted_keys_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let said = std::env::var(COUNTED_KEYS_VAR).ok().and_then(|n| n.parse::<usize>().ok());
+        said.map_or(MAX_COUNTED_KEYS, |n| n.clamp(1024, MAX_COUNTED_KEYS))
+    })
+}
+
 impl<'a> Emitter<'a> {
     /// Wraps a closure that receives each emitted pair. The framework builds
     /// emitters; apps only need this to unit-test their `map` in-process
@@ -299,12 +314,13 @@ impl<'a> Emitter<'a> {
     /// Adds `n` to `key`'s count: the fast path for counting apps. Counts
     /// are summed in a hash table inside the map task and emitted as pairs
     /// `(key, decimal sum)` when the task's map returns (or when the table
-    /// holds [`MAX_COUNTED_KEYS`] keys), instead of one pair per call, which
+    /// holds [`MAX_COUNTED_KEYS`] keys, or fewer within a worker's memory
+    /// budget), instead of one pair per call, which
     /// spares the shuffle from sorting and combining them. Use it only if the
     /// app's combiner and reduce sum decimal values, so that one pair
     /// `(key, "3")` means the same as three pairs `(key, "1")`.
     pub fn count(&mut self, key: impl AsRef<[u8]>, n: u64) {
-        if self.counts.add(key.as_ref(), n) && self.counts.len() >= MAX_COUNTED_KEYS {
+        if self.counts.add(key.as_ref(), n) && self.counts.len() >= counted_keys_limit() {
             self.flush_counts();
         }
     }
@@ -326,7 +342,7 @@ impl<'a> Emitter<'a> {
                 self.words += 1;
                 let Emitter { sink, counts } = &mut *self.emitter;
                 // Only a new key can fill the table.
-                if counts.add_from(self.text, start, end - start, 1) && counts.len() >= MAX_COUNTED_KEYS {
+                if counts.add_from(self.text, start, end - start, 1) && counts.len() >= counted_keys_limit() {
                     flush(counts, sink);
                 }
             }

@@ -174,7 +174,7 @@ impl TaskProcess {
     fn send_and_wait(&mut self, attempt: ChildAttempt, progress: &TaskProgress) -> Result<AttemptEnd, Broken> {
         // A process that died between attempts is not this attempt's doing.
         if let Some(child) = &mut self.child {
-            // Its mark is gone once it is reaped.
+            // Its mark is gone once it has exited: read it while it may still run.
             self.peak.note();
             if !matches!(child.process.try_wait(), Ok(None)) {
                 tracing::warn!("the slot's task process ended while idle; starting another");
@@ -256,6 +256,9 @@ impl TaskProcess {
         command.args(&self.command.args).stdin(Stdio::null());
         if let Some(dir) = &self.start.storage.files_dir {
             command.env(crate::shipped::FILES_DIR_VAR, dir);
+        }
+        if let Some(keys) = self.start.memory.counted_keys() {
+            command.env(crate::app::COUNTED_KEYS_VAR, keys.to_string());
         }
         command.arg0(format!("mr-worker (task process, slot {})", self.start.slot));
         let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);

@@ -149,7 +149,7 @@ impl<E> PieceError<E> {
             PieceError::Read(e) => Ok(e),
             PieceError::Stopped(e) => Err(e),
             PieceError::LineTooLong { offset, limit } => {
-                Ok(io::Error::new(io::ErrorKind::InvalidData, format!("a line longer than {limit} bytes at offset {offset} of the unpacked text")))
+                Ok(io::Error::new(io::ErrorKind::InvalidData, format!("a line longer than {limit} bytes at offset {offset} of the text (unpacked, for a compressed input): more than a map task holds at once")))
             }
         }
     }
@@ -278,7 +278,11 @@ mod tests {
         let mut reader = (&b"ok\n"[..]).chain(std::io::repeat(b'y'));
         let err = for_each_piece::<()>(&mut reader, 10, 40, &mut buffer, |_, _| Ok(())).unwrap_err();
         let message = err.into_io().unwrap().to_string();
-        assert!(message.starts_with("a line longer than 4") && message.ends_with("bytes at offset 0 of the unpacked text"), "{message}");
+        assert!(
+            message.starts_with("a line longer than 4")
+                && message.ends_with("bytes at offset 0 of the text (unpacked, for a compressed input): more than a map task holds at once"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -105,11 +105,17 @@ pub struct RangeReader<'a> {
     taken: usize,
 }
 
+/// The least a [`RangeReader`] fetches at once: each fetch of a local file
+/// opens it, and each of an object is a request.
+const MIN_CHUNK_BYTES: usize = 64 << 10;
+/// The most a [`RangeReader`] fetches at once: its memory.
+const MAX_CHUNK_BYTES: usize = 8 << 20;
+
 impl<'a> RangeReader<'a> {
     /// Reads `range` of `input` from `store`, up to `chunk_bytes` (at
-    /// least 64 KiB, at most 8 MiB) per fetch.
+    /// least [`MIN_CHUNK_BYTES`], at most [`MAX_CHUNK_BYTES`]) per fetch.
     pub fn new(store: &'a dyn InputStore, input: &'a InputFile, range: Range<u64>, chunk_bytes: usize) -> RangeReader<'a> {
-        let chunk_bytes = chunk_bytes.clamp(64 << 10, 8 << 20);
+        let chunk_bytes = chunk_bytes.clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES);
         RangeReader { store, input, at: range.start, end: range.end, chunk_bytes, chunk: Vec::new(), taken: 0 }
     }
 }
@@ -120,7 +126,11 @@ impl Read for RangeReader<'_> {
             self.chunk.clear();
             self.taken = 0;
             let to = self.end.min(self.at.saturating_add(self.chunk_bytes as u64));
-            self.store.read_range(self.input, self.at..to, &mut self.chunk)?;
+            if let Err(e) = self.store.read_range(self.input, self.at..to, &mut self.chunk) {
+                // Nothing of a failed fetch is served: a retry fetches it again.
+                self.chunk.clear();
+                return Err(e);
+            }
             if self.chunk.is_empty() {
                 // The input ends before the range does: the reader's caller
                 // sees the short count.

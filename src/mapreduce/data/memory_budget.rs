@@ -10,20 +10,26 @@
 //!
 //! | what | of a slot's share |
 //! |---|---|
-//! | a map's split held whole (larger ones are read in pieces of a quarter of that) | 1/4 |
+//! | a map's split held whole (larger ones, and any line, are read in pieces of a quarter of that, a line up to the whole quarter) | 1/4 |
 //! | a map's output buffer, and the radix sort's scratch beside it | 1/4, and up to as much again |
 //! | a reduce's runs fetched into memory (the rest go to disk) | 1/4 |
-//! | a merge's readers, one block each | 1/8 |
-//! | a line longer than a piece, while it is mapped | up to 1/2 |
+//! | a merge's readers, about 144 KiB each (a block, and a compressed one) | 1/8 |
 //!
-//! and the rest is the app's own. A map and a reduce never run at once in a
+//! and the rest is the app's own, of which a map's count table
+//! ([`crate::app::Emitter::count`], about 100 bytes a key) is told to hold
+//! at most a quarter of the share before it emits its counts. A map and a reduce never run at once in a
 //! slot, and a reduce frees what maps kept for reuse before it starts.
 //!
 //! What is measured is the peak: each process's `VmHWM` (its resident
-//! high-water mark), summed over the worker and every task process its
-//! slots have had. That sum is at least the true peak of the whole (the
-//! processes' peaks need not have come at once), so a figure within the
-//! budget shows the worker stayed within it.
+//! high-water mark), summed over the worker and the task processes its
+//! slots have had. A task process's mark is read at every heartbeat and at
+//! the end of every attempt, and kept; the kernel forgets it once the
+//! process exits, so one that dies mid-attempt counts as of its last
+//! reading, or as the largest child the worker has reaped
+//! (`getrusage(RUSAGE_CHILDREN)`), whichever is more. Since the processes'
+//! peaks need not come at once, the sum is at least the true peak of the
+//! whole but for that one gap. It covers the worker's life: a long-lived
+//! worker of a cluster reports the peak of every job it has served.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,12 +39,13 @@ use serde::{Deserialize, Serialize};
 use crate::runfile::BLOCK_BYTES;
 
 /// What the worker process holds resident with no task running: its
-/// runtime's threads, its file server and connections.
-pub const WORKER_BASE_BYTES: u64 = 16 << 20;
+/// runtime's threads, its file server and connections (9 MiB measured in a
+/// release build; a debug build's code is about three times the size).
+pub const WORKER_BASE_BYTES: u64 = if cfg!(debug_assertions) { 32 << 20 } else { 16 << 20 };
 
 /// What a task process holds resident before its first task: its code,
-/// the app's, and its runtime.
-pub const TASK_PROCESS_BASE_BYTES: u64 = 12 << 20;
+/// the app's, and its runtime (7 MiB measured with the word count, release).
+pub const TASK_PROCESS_BASE_BYTES: u64 = if cfg!(debug_assertions) { 40 << 20 } else { 12 << 20 };
 
 /// The smallest share of a slot: below it a map's buffer would spill every
 /// few thousand records.
@@ -52,15 +59,15 @@ const MIN_FAN_IN: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotMemory {
     /// The slot's whole share, in bytes.
-    pub share: u64,
+    pub share_bytes: u64,
     /// The largest split a map reads whole; a larger one (or a compressed
     /// input larger than this) is read in pieces of a quarter of it.
     pub input_bytes: u64,
     /// The most a map buffers (the job's `--map-buffer` if smaller).
-    pub map_buffer: u64,
+    pub map_buffer_bytes: u64,
     /// The most of its runs a reduce fetches into memory (the worker's
     /// `--fetch-memory` if smaller).
-    pub fetch: u64,
+    pub fetch_bytes: u64,
     /// The most runs one merge reads at once.
     pub fan_in: usize,
 }
@@ -71,7 +78,7 @@ impl SlotMemory {
         // A run reader holds a block, and a compressed run's packed block.
         let per_reader = 2 * BLOCK_BYTES as u64 + 16 * 1024;
         let fan_in = usize::try_from(share / 8 / per_reader).unwrap_or(usize::MAX).clamp(MIN_FAN_IN, crate::fan_in::MERGE_FAN_IN);
-        SlotMemory { share, input_bytes: share / 4, map_buffer: share / 4, fetch: share / 4, fan_in }
+        SlotMemory { share_bytes: share, input_bytes: share / 4, map_buffer_bytes: share / 4, fetch_bytes: share / 4, fan_in }
     }
 
     /// The piece a split too large to hold whole is read in: pieces are
@@ -81,41 +88,58 @@ impl SlotMemory {
         usize::try_from(self.input_bytes / 4).unwrap_or(usize::MAX).max(1)
     }
 
-    /// The longest line a map in pieces of `piece_bytes` takes: half the
-    /// slot's share (the output buffer beside it has a quarter), or, with
-    /// no budget, [`MAX_LINE_FACTOR`](crate::codec::MAX_LINE_FACTOR) pieces.
-    pub fn longest_line(&self, piece_bytes: usize) -> usize {
-        match self.share {
-            u64::MAX => piece_bytes.saturating_mul(crate::codec::MAX_LINE_FACTOR),
-            share => usize::try_from(share / 2).unwrap_or(usize::MAX),
-        }
+    /// The longest line a map reads in pieces: the input's quarter of the
+    /// share; `None` without a budget (the reader's own limit holds).
+    pub fn longest_line_bytes(&self) -> Option<usize> {
+        self.is_bounded().then(|| usize::try_from(self.input_bytes).unwrap_or(usize::MAX))
+    }
+
+    /// The keys a map's count table ([`crate::app::Emitter::count`]) may
+    /// hold, at about 100 bytes a key, in a quarter of the share (part of
+    /// the app's rest); `None` without a budget.
+    pub fn counted_keys(&self) -> Option<u64> {
+        self.is_bounded().then_some(self.share_bytes / 4 / 100)
+    }
+
+    /// Whether a budget bounds the slot.
+    pub fn is_bounded(&self) -> bool {
+        self.share_bytes != u64::MAX
     }
 
     /// No bound worth the name: every buffer as the job and flags ask.
     pub fn unbounded() -> SlotMemory {
-        SlotMemory { share: u64::MAX, input_bytes: u64::MAX, map_buffer: u64::MAX, fetch: u64::MAX, fan_in: crate::fan_in::MERGE_FAN_IN }
+        let all = u64::MAX;
+        SlotMemory { share_bytes: all, input_bytes: all, map_buffer_bytes: all, fetch_bytes: all, fan_in: crate::fan_in::MERGE_FAN_IN }
     }
 }
 
 /// A budget too small for the slots asked of it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "--memory {} is too small for {slots} slot{}: the worker needs {} of its own and {} per slot (give --memory {} or more, or fewer --slots)",
-    mib(*budget),
+    "{} is too small for {slots} slot{}: the worker needs {} of its own and {} per slot (give --memory {} or more, or fewer --slots)",
+    if *defaulted { format!("the default --memory ({}, half this machine's memory)", mib_down(*budget)) } else { format!("--memory {}", mib_down(*budget)) },
     if *slots == 1 { "" } else { "s" },
-    mib(WORKER_BASE_BYTES),
-    mib(TASK_PROCESS_BASE_BYTES + MIN_SLOT_BYTES),
-    mib(minimum_budget(*slots))
+    mib_up(WORKER_BASE_BYTES),
+    mib_up(TASK_PROCESS_BASE_BYTES + MIN_SLOT_BYTES),
+    mib_up(minimum_budget(*slots))
 )]
 pub struct BudgetTooSmall {
-    /// The budget given, in bytes.
+    /// The budget, in bytes.
     pub budget: u64,
+    /// Whether it is the default rather than given.
+    pub defaulted: bool,
     /// The slots asked for.
     pub slots: usize,
 }
 
+/// The most slots `budget` bytes allow (0 for a budget below one slot's).
+pub fn slots_within(budget: u64) -> usize {
+    let per_slot = TASK_PROCESS_BASE_BYTES + MIN_SLOT_BYTES;
+    usize::try_from(budget.saturating_sub(WORKER_BASE_BYTES) / per_slot).unwrap_or(usize::MAX)
+}
+
 /// The smallest budget for `slots` slots.
-pub fn minimum_budget(slots: usize) -> u64 {
+pub const fn minimum_budget(slots: usize) -> u64 {
     WORKER_BASE_BYTES + (slots as u64).saturating_mul(TASK_PROCESS_BASE_BYTES + MIN_SLOT_BYTES)
 }
 
@@ -123,7 +147,7 @@ pub fn minimum_budget(slots: usize) -> u64 {
 pub fn divide(budget: u64, slots: usize) -> Result<SlotMemory, BudgetTooSmall> {
     let slots_u64 = slots.max(1) as u64;
     if budget < minimum_budget(slots.max(1)) {
-        return Err(BudgetTooSmall { budget, slots });
+        return Err(BudgetTooSmall { budget, defaulted: false, slots });
     }
     let for_tasks = budget - WORKER_BASE_BYTES - slots_u64 * TASK_PROCESS_BASE_BYTES;
     Ok(SlotMemory::of_share(for_tasks / slots_u64))
@@ -214,9 +238,11 @@ impl TaskProcessPeak {
         self.pid.store(0, Ordering::Relaxed);
     }
 
-    /// The slot's peak so far.
+    /// The slot's peak so far, its running process's reading kept (the
+    /// process may die before the next).
     pub fn peak(&self) -> u64 {
-        self.running_peak().unwrap_or(0).max(self.noted.load(Ordering::Relaxed))
+        let running = self.running_peak().unwrap_or(0);
+        self.noted.fetch_max(running, Ordering::Relaxed).max(running)
     }
 
     fn running_peak(&self) -> Option<u64> {
@@ -247,9 +273,24 @@ impl MemoryGauge {
 
     /// The worker's memory now.
     pub fn read(&self) -> WorkerMemory {
-        let peak_rss_bytes = peak_rss(None).map(|own| own + self.slots.iter().map(|slot| slot.peak()).sum::<u64>());
+        let slots = self.slots.iter().map(|slot| slot.peak()).sum::<u64>().max(largest_reaped_child());
+        let peak_rss_bytes = peak_rss(None).map(|own| own + slots);
         WorkerMemory { peak_rss_bytes, budget_bytes: self.budget }
     }
+}
+
+/// The peak resident memory of the largest child this process has reaped:
+/// what the kernel still knows of a task process that died mid-attempt.
+fn largest_reaped_child() -> u64 {
+    // SAFETY: all-zero bytes are a valid `rusage` (a plain C struct of
+    // integers), which getrusage overwrites.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only the struct it is given, alive for the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0;
+    }
+    // In KiB on Linux.
+    u64::try_from(usage.ru_maxrss).unwrap_or(0).saturating_mul(1024)
 }
 
 /// Gives memory that a finished task freed back to the system, so that
@@ -263,9 +304,14 @@ pub fn release_freed() {
     }
 }
 
-/// Bytes as MiB for messages: `48 MiB`.
-fn mib(bytes: u64) -> String {
+/// Bytes as whole MiB for messages, rounded up (a requirement) or down (a
+/// budget): `48 MiB`.
+fn mib_up(bytes: u64) -> String {
     format!("{} MiB", bytes.div_ceil(1 << 20))
+}
+
+fn mib_down(bytes: u64) -> String {
+    format!("{} MiB", bytes >> 20)
 }
 
 #[cfg(test)]
@@ -275,8 +321,10 @@ mod tests {
     #[test]
     fn a_budget_is_shared_equally_after_the_processes_own_memory() {
         let slot = divide(WORKER_BASE_BYTES + 4 * TASK_PROCESS_BASE_BYTES + 4 * (64 << 20), 4).unwrap();
-        assert_eq!(slot.share, 64 << 20);
-        assert_eq!((slot.input_bytes, slot.map_buffer, slot.fetch), (16 << 20, 16 << 20, 16 << 20));
+        assert_eq!(slot.share_bytes, 64 << 20);
+        assert_eq!((slot.input_bytes, slot.map_buffer_bytes, slot.fetch_bytes), (16 << 20, 16 << 20, 16 << 20));
+        assert_eq!(slot.longest_line_bytes(), Some(16 << 20));
+        assert_eq!(SlotMemory::unbounded().longest_line_bytes(), None);
         assert_eq!(slot.input_piece_bytes(), 4 << 20);
         // 8 MiB of readers at ~144 KiB each.
         assert_eq!(slot.fan_in, 56);
@@ -286,10 +334,31 @@ mod tests {
 
     #[test]
     fn a_budget_below_the_minimum_is_refused_with_the_minimum() {
-        assert_eq!(divide(minimum_budget(2), 2).unwrap().share, MIN_SLOT_BYTES);
-        let e = divide(50 << 20, 2).unwrap_err();
-        assert_eq!(e.to_string(), "--memory 50 MiB is too small for 2 slots: the worker needs 16 MiB of its own and 20 MiB per slot (give --memory 56 MiB or more, or fewer --slots)");
+        let (worker, per_slot) = (WORKER_BASE_BYTES >> 20, (TASK_PROCESS_BASE_BYTES + MIN_SLOT_BYTES) >> 20);
+        assert_eq!(divide(minimum_budget(2), 2).unwrap().share_bytes, MIN_SLOT_BYTES);
+        // One byte short: the budget rounds down, the need up.
+        let e = divide(minimum_budget(2) - 1, 2).unwrap_err();
+        let (given, least) = ((minimum_budget(2) >> 20) - 1, minimum_budget(2) >> 20);
+        assert_eq!(
+            e.to_string(),
+            format!("--memory {given} MiB is too small for 2 slots: the worker needs {worker} MiB of its own and {per_slot} MiB per slot (give --memory {least} MiB or more, or fewer --slots)")
+        );
         assert_eq!(divide(10 << 20, 1).unwrap_err().to_string().split(':').next(), Some("--memory 10 MiB is too small for 1 slot"));
+        let defaulted = BudgetTooSmall { budget: 40 << 20, defaulted: true, slots: 16 };
+        assert!(
+            defaulted.to_string().starts_with("the default --memory (40 MiB, half this machine's memory) is too small for 16 slots"),
+            "{defaulted}"
+        );
+    }
+
+    #[test]
+    fn the_slots_a_budget_allows_are_those_it_can_divide_among() {
+        for slots in 1..=8 {
+            assert_eq!(slots_within(minimum_budget(slots)), slots);
+            assert_eq!(slots_within(minimum_budget(slots) - 1), slots - 1);
+            assert!(divide(minimum_budget(slots), slots).is_ok());
+        }
+        assert_eq!(slots_within(0), 0);
     }
 
     #[test]

@@ -166,14 +166,19 @@ pub fn split_span(split: &InputSplit) -> u64 {
 /// `longest_line` is an error.
 pub fn read_split_in_pieces<E>(
     split: &InputSplit,
-    (piece_bytes, longest_line): (usize, usize),
+    piece_bytes: usize,
+    longest_line: usize,
     buffer: &mut Vec<u8>,
     mut each: impl FnMut(u64, &[u8]) -> Result<(), E>,
 ) -> Result<u64, PieceError<E>> {
     let store = store_for(&split.file.path);
     let (begin, end) = owned_range(split).map_err(PieceError::Read)?;
     let mut reader = RangeReader::new(store, &split.file, begin..end, piece_bytes);
-    let read = for_each_piece(&mut reader, piece_bytes, longest_line, buffer, |at, piece| each(begin + at, piece))?;
+    let read = for_each_piece(&mut reader, piece_bytes, longest_line, buffer, |at, piece| each(begin + at, piece)).map_err(|e| match e {
+        // Where in the file, not in the split's lines.
+        PieceError::LineTooLong { offset, limit } => PieceError::LineTooLong { offset: begin + offset, limit },
+        other => other,
+    })?;
     if read != end - begin {
         return Err(PieceError::Read(io::Error::other("the file shrank while the map read it")));
     }
@@ -402,6 +407,40 @@ mod tests {
             let (begin, end) = owned_range(&split).unwrap();
             assert_eq!((begin, &text.as_bytes()[begin as usize..end as usize]), (offset, &lines[..]), "{split}");
         }
+    }
+
+    #[test]
+    fn a_split_read_in_pieces_is_the_split_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        // Lines of 0 to 300 bytes, some empty, and no newline at the end.
+        let mut text: String = (0..1500).map(|i| format!("{}\n", "y".repeat((i * 37) % 301))).collect();
+        text.push_str("last");
+        std::fs::write(&path, &text).unwrap();
+        let input = InputFile { name: "in.txt".into(), path, size: text.len() as u64, modified: None };
+        for split_bytes in [0, 1000, 4096, 65_536] {
+            for split in plan_splits(std::slice::from_ref(&input), split_bytes) {
+                let (offset, whole) = read_split(&split).unwrap();
+                for piece_bytes in [1, 7, 500, 1 << 20] {
+                    let (mut joined, mut next) = (Vec::new(), offset);
+                    let read = read_split_in_pieces::<()>(&split, piece_bytes, 4096, &mut Vec::new(), |at, piece| {
+                        assert_eq!(at, next, "{split}: a piece starts where the last ended");
+                        assert!(piece.ends_with(b"\n") || at + piece.len() as u64 == input.size, "{split}: pieces are whole lines");
+                        next += piece.len() as u64;
+                        joined.extend_from_slice(piece);
+                        Ok(())
+                    });
+                    assert_eq!(read.ok(), Some(whole.len() as u64), "{split} in pieces of {piece_bytes}");
+                    assert_eq!(joined, whole, "{split} in pieces of {piece_bytes}");
+                }
+            }
+        }
+        // A line longer than the limit is refused, at an offset in the file
+        // (past the split's start), not in the split.
+        let split = InputSplit { file: input.clone(), start: 1000, end: None };
+        let error = read_split_in_pieces::<()>(&split, 10, 100, &mut Vec::new(), |_, _| Ok(())).unwrap_err();
+        let begin = owned_range(&split).unwrap().0;
+        assert!(matches!(error, PieceError::LineTooLong { offset, .. } if offset >= begin && offset < input.size), "{error:?}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::app::{OutputFormat, ValueSource};
-use crate::codec::{for_each_piece, Codec, PieceError};
+use crate::codec::{for_each_piece, Codec, PieceError, MAX_LINE_FACTOR};
 use crate::counters::{Counters, UserCounters};
 use crate::fan_in::{copy_merged, open_with_bounded_fan_in, Scratch, SCRATCH_LABEL};
 use crate::input_store::{open_unchanged, store_for, RangeReader};
@@ -193,7 +193,7 @@ impl TaskRunner {
         if let Some(e) = &init_error {
             tracing::error!("the app refused this job: {e}");
         }
-        let map_buffer_bytes = usize::try_from(job.map_buffer_bytes.min(memory.map_buffer)).unwrap_or(usize::MAX);
+        let map_buffer_bytes = usize::try_from(job.map_buffer_bytes.min(memory.map_buffer_bytes)).unwrap_or(usize::MAX);
         TaskRunner {
             plugin,
             map_buffer_bytes,
@@ -259,7 +259,9 @@ impl TaskRunner {
                     .map_err(|e| input_err(io::Error::other(format!("not readable here, and fetching it from the coordinator failed: {e}"))))?;
                 Some((offset, &buffer[..]))
             }
-            (None, None) if in_pieces => None,
+            // Within a budget, also a split whose edge line was too long to
+            // map: read whole, that line would be held however long.
+            (None, None) if in_pieces || self.memory.is_bounded() => None,
             (None, None) => {
                 buffer = INPUT_BUFFER.take();
                 Some((read_split_into(split, &mut buffer).map_err(input_err)?, &buffer[..]))
@@ -321,8 +323,10 @@ impl TaskRunner {
             Ok(())
         };
         let stopped = |stopped: PieceError<TaskError>| stopped.into_io().map_or_else(|e| e, input_err);
-        let unpacked_piece = UNPACKED_PIECE_BYTES.min(self.memory.input_piece_bytes());
-        let (file_piece, longest_line) = (self.memory.input_piece_bytes(), self.memory.longest_line(unpacked_piece));
+        let (file_piece, unpacked_piece) = (self.memory.input_piece_bytes(), UNPACKED_PIECE_BYTES.min(self.memory.input_piece_bytes()));
+        let longest_line = self.memory.longest_line_bytes().unwrap_or(unpacked_piece.saturating_mul(MAX_LINE_FACTOR));
+        // Pieces go in the buffer a whole input would have used.
+        let mut pieces = if whole.is_none() { INPUT_BUFFER.take() } else { Vec::new() };
         // Bytes read from the input file (stored, compressed or not), as
         // Hadoop counts them: what the phase's progress is measured in.
         let input_bytes = match (whole, Codec::of(&split.file.path)) {
@@ -332,16 +336,14 @@ impl TaskRunner {
             }
             (Some((_, contents)), Some(codec)) => {
                 let mut text = codec.decoder(contents).map_err(input_err)?;
-                for_each_piece(&mut *text, unpacked_piece, longest_line, &mut Vec::new(), |at, piece| map_piece(piece, at)).map_err(stopped)?;
+                for_each_piece(&mut *text, unpacked_piece, longest_line, &mut pieces, |at, piece| map_piece(piece, at)).map_err(stopped)?;
                 contents.len() as u64
             }
-            (None, None) => {
-                read_split_in_pieces(split, (file_piece, longest_line), &mut Vec::new(), |at, piece| map_piece(piece, at)).map_err(stopped)?
-            }
+            (None, None) => read_split_in_pieces(split, file_piece, longest_line, &mut pieces, |at, piece| map_piece(piece, at)).map_err(stopped)?,
             (None, Some(codec)) => {
                 let mut compressed = RangeReader::new(store, &split.file, 0..split.file.size, file_piece);
                 let mut text = codec.decoder(&mut compressed).map_err(input_err)?;
-                for_each_piece(&mut *text, unpacked_piece, longest_line, &mut Vec::new(), |at, piece| map_piece(piece, at)).map_err(stopped)?;
+                for_each_piece(&mut *text, unpacked_piece, longest_line, &mut pieces, |at, piece| map_piece(piece, at)).map_err(stopped)?;
                 split.file.size
             }
         };
@@ -362,8 +364,10 @@ impl TaskRunner {
         progress.tick();
         // A buffer taken for reading goes back for the next task; large
         // ones give their memory back before the output is merged.
-        if (1..=REUSED_INPUT_MAX).contains(&buffer.capacity()) {
-            INPUT_BUFFER.set(buffer);
+        for kept in [buffer, pieces] {
+            if (1..=REUSED_INPUT_MAX).contains(&kept.capacity()) {
+                INPUT_BUFFER.set(kept);
+            }
         }
         (counters.map_output_records, counters.map_output_bytes) = (records, bytes);
         let runs = match output {

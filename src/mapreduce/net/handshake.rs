@@ -16,12 +16,12 @@
 //!
 //! ```text
 //! client                                    server
-//!   | <---------- "MRh2" flags               | plain; flags bit 0: a secret is required,
+//!   | <---------- "MRh3" flags               | plain; flags bit 0: a secret is required,
 //!   |                                        |        bit 1: the connection is encrypted,
 //!   |                                        |        bit 2: the server is a standing cluster
 //!   | ======= TLS 1.3 handshake ==========   | if bit 1; all that follows inside it
 //!   | <---------- nonce_s[32]                |
-//!   | "MRh2" flags nonce_c[32] incarnation[16] name_len name tag_c[32] -->
+//!   | "MRh3" flags nonce_c[32] incarnation[16] name_len name tag_c[32] -->
 //!   | <------ 0 tag_s[32]   (admitted)       | tag_c = HMAC(K, "client" B nonce_s nonce_c incarnation name)
 //!   | <------ 1 len reason  (refused)        | tag_s = HMAC(K, "server" B nonce_c nonce_s)
 //! ```
@@ -45,7 +45,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::secure::{self, Secured, Stream, BINDING_LEN};
 
-const MAGIC: &[u8; 4] = b"MRh2";
+/// Changed whenever the RPC messages change (3: heartbeats and reports
+/// carry the worker's memory), so that mismatched builds are refused at the
+/// handshake rather than failing to decode each other's calls.
+const MAGIC: &[u8; 4] = b"MRh3";
 const NONCE_LEN: usize = 32;
 const TAG_LEN: usize = 32;
 /// Longest process name a client may give (a worker id is `host:pid`).

@@ -52,7 +52,8 @@ pub struct JobSummary {
     pub workers: Vec<WorkerMemoryUse>,
 }
 
-/// The most memory one worker held during the job.
+/// The most memory one worker has held since it started (a long-lived
+/// worker of a cluster: over every job it has served).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerMemoryUse {
     /// `host:pid`.
