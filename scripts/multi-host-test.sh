@@ -120,7 +120,7 @@ def connect():
     preamble = b""
     while len(preamble) < 5:
         preamble += s.recv(5 - len(preamble))
-    assert preamble[:4] == b"MRh2" and preamble[4] & 1 and preamble[4] & 2, f"the master must ask for a secret and encrypt: {preamble!r}"
+    assert preamble[:4] == b"MRh3" and preamble[4] & 1 and preamble[4] & 2, f"the master must ask for a secret and encrypt: {preamble!r}"
     return s
 # TLS needs no secret (any certificate is taken); the handshake inside does.
 tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -131,7 +131,7 @@ nonce = b""
 while len(nonce) < 32:
     nonce += s.recv(32 - len(nonce))
 name = b"forger:1"
-s.sendall(b"MRh2" + bytes([0]) + bytes(32) + bytes(16) + bytes([len(name)]) + name + bytes(32))
+s.sendall(b"MRh3" + bytes([0]) + bytes(32) + bytes(16) + bytes([len(name)]) + name + bytes(32))
 answer = s.recv(300)
 assert answer[:1] == b"\x01", f"expected a refusal, got {answer!r}"
 print("refused:", answer[2:].decode())
