@@ -27,6 +27,9 @@ Cases (--cases takes a comma-separated subset of these names):
              words, vs wc-limit
   sort-1g    sort over 1 GiB of lines vs GNU sort --parallel=2 -S 256M,
              with the peak RSS of every process
+  sort-growth  sort over 1 and 3 GiB (64 and 192 maps), --compress none
+             and lz4, vs GNU sort at both sizes, taking turns: the time at
+             3 GiB over the time at 1 GiB
   grep-1g    grep over 1 GiB for a rare pattern vs GNU grep
   tiny       2,000 one-line files, 2 workers: scheduling time per task
   scaling    wordcount over 1 GiB with 1 worker vs 2 workers (taking turns
@@ -591,6 +594,36 @@ def sort_case(runs, rows, work):
     outputs = " ".join(f"'{out}/mr-out-{r}'" for r in range(10))
     check("sort: concatenated outputs vs GNU sort", shell(f"cat {outputs} | cmp -s - '{ref}'").returncode == 0)
     rows.append(Row("sort-1g", "GNU sort --parallel=2 -S 256M", size, walls, cpus, rss))
+
+
+def sort_growth_case(runs, rows, work):
+    """Sort over 1 GiB and over 3 GiB of books (16 MiB files: 64 and 192
+    maps), each with `--compress none` and `lz4`, against GNU sort at both
+    sizes, all taking turns run by run: how the cost grows with the data
+    (the 3 GiB row's notes give its time over the 1 GiB one's)."""
+    gnu_env = dict(os.environ, LC_ALL="C")
+    tmp = work / "sort-tmp"
+    tmp.mkdir(exist_ok=True)
+    programs = []
+    for gib in (1, 3):
+        data = corpus("books", 1024 * gib, 64 * gib)
+        files = sorted(str(f) for f in data.iterdir() if f.is_file() and not f.name.startswith("."))
+        for codec in ("none", "lz4"):
+            out = work / f"sort-growth-{gib}g-{codec}"
+            programs.append((gib, f"mapreduce, 2 workers, --compress {codec}", data, out,
+                             lambda data=data, out=out, codec=codec: run_job("sort", [data], out, master_flags=("--compress", codec))))
+        ref = work / f"sort-growth-{gib}g.gnu"
+        programs.append((gib, "GNU sort --parallel=2 -S 256M", data, ref, lambda files=files, ref=ref: run_single(
+            "sort", ["sort", "--parallel=2", "-S", "256M", "-T", str(tmp), "-o", str(ref), *files], env=gnu_env)))
+    results = take_turns(runs, [fn for *_, fn in programs])
+    medians = {}
+    for (gib, label, data, out, _), (walls, cpus, rss) in zip(programs, results):
+        medians[(gib, label)] = statistics.median(walls)
+        if label.startswith("mapreduce"):
+            outputs = " ".join(f"'{out}/mr-out-{r}'" for r in range(10))
+            check(f"sort-growth {gib} GiB: {label} vs GNU sort", shell(f"cat {outputs} | cmp -s - '{work}/sort-growth-{gib}g.gnu'").returncode == 0)
+        note = "" if gib == 1 else f"{medians[(3, label)] / medians[(1, label)]:.2f}× the 1 GiB time for 3× the data"
+        rows.append(Row(f"sort-growth-{gib}g", label, corpus_bytes(data), walls, cpus, rss, note=note, base=label.endswith("none")))
 
 
 # Two lines in a pass over the eight books: about 600 in 1 GiB.
@@ -1187,6 +1220,7 @@ CASES = {
     "mixed-1g": lambda r, rows, w: wc_case("mixed-1g", 1024, 64, r, rows, w, script="mixed"),
     "zipf-accented-1g": lambda r, rows, w: wc_case("zipf-accented-1g", 1024, 64, r, rows, w, mode="zipf", script="accented"),
     "sort-1g": sort_case,
+    "sort-growth": sort_growth_case,
     "wc-1g-hosts": lambda r, rows, w: hosts_case("wc-1g-hosts", "wordcount", r, rows, w),
     "tls-hosts": lambda r, rows, w: tls_case("tls-hosts", r, rows, w),
     "tls-hosts-10gbit": lambda r, rows, w: tls_case("tls-hosts-10gbit", r, rows, w, rate="10gbit"),
