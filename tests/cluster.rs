@@ -336,6 +336,17 @@ fn jobs_by_id_on_long_lived_workers_match_the_reference_and_outlive_a_restart() 
     assert_eq!(all_jobs(d, &addr), succeeded);
     let workers_listed = mr_ok(d, &addr, &["workers"]);
     assert_eq!(workers_listed.lines().count(), 3, "a header and two workers:\n{workers_listed}");
+    // Each worker tells the cluster its peak memory (with its task
+    // processes) and its budget (the default: half the machine's).
+    wait_until(
+        || {
+            let listed: Vec<serde_json::Value> = serde_json::from_str(&mr_ok(d, &addr, &["workers", "--json"])).unwrap();
+            listed
+                .iter()
+                .all(|w| w["memory"]["peak_rss_bytes"].as_u64().is_some_and(|peak| peak > 4 << 20) && w["memory"]["budget_bytes"].as_u64().is_some())
+        },
+        || format!("no worker said its memory: {}", mr_ok(d, &addr, &["workers", "--json"])),
+    );
 
     // The workers drain and exit 0 on SIGTERM; the cluster stops on it too,
     // and a new one on the same state directory knows every job.

@@ -105,7 +105,7 @@ impl ClusterApi for StandIn {
         self.seen.lock().unwrap().joins.push(offer);
         Ok(Welcome { heartbeat_interval: Duration::from_millis(200) })
     }
-    async fn agent_heartbeat(self, _: Context, load: Option<Load>) -> AgentReply {
+    async fn agent_heartbeat(self, _: Context, load: Option<Load>, _memory: mapreduce::memory_budget::WorkerMemory) -> AgentReply {
         self.seen.lock().unwrap().loads.push(load);
         AgentReply::Continue
     }

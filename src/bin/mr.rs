@@ -392,14 +392,16 @@ fn job_table(jobs: &[JobInfo]) -> String {
 }
 
 fn worker_table(workers: &[WorkerInfo]) -> String {
-    let mut text = format!("{:<24} {:>5} {:>6} {:>9} {:<20} {}\n", "WORKER", "SLOTS", "LOAD", "FREE MEM", "LABELS", "STATE");
+    let mut text = format!("{:<24} {:>5} {:>6} {:>9} {:>9} {:<20} {}\n", "WORKER", "SLOTS", "LOAD", "FREE MEM", "PEAK MEM", "LABELS", "STATE");
     for worker in workers {
         let (load, memory) = worker
             .load
             .map_or(("-".to_owned(), "-".to_owned()), |load| (format!("{:.2}", load.load_average), format!("{} MiB", load.free_memory_bytes >> 20)));
+        let peak = worker.memory.peak_rss_bytes.map_or("-".to_owned(), |peak| format!("{} MiB", peak >> 20));
         let labels = worker.labels.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
         let state = worker.over_limit.as_deref().unwrap_or("takes tasks");
-        text += &format!("{:<24} {:>5} {:>6} {:>9} {:<20} {}\n", shown(&worker.id), worker.slots, load, memory, shown(&labels), shown(state));
+        text +=
+            &format!("{:<24} {:>5} {:>6} {:>9} {:>9} {:<20} {}\n", shown(&worker.id), worker.slots, load, memory, peak, shown(&labels), shown(state));
     }
     text
 }

@@ -8,7 +8,7 @@
 //!   | handshake, 'C' ------------------>  |  one connection for the cluster's API
 //!   | join(labels, slots, cores) ------>  |
 //!   | <--------- Welcome{interval} -----  |
-//!   | agent_heartbeat(load) ----------->  |  every interval, from its own loop;
+//!   | agent_heartbeat(load, memory) --->  |  every interval, from its own loop;
 //!   | <------ Continue / JoinAgain -----  |  JoinAgain: join again
 //!   | next_job() ---------------------->  |  per free slot (held up to 1 s)
 //!   | <------------- Some(job N) -------  |
@@ -86,11 +86,11 @@ pub async fn run(config: WorkerConfig, identity: Identity, shutdown: impl Future
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<WorkerError>();
     let heartbeat = {
-        let (cluster, fatal_tx, work_dir) = (cluster.clone(), fatal_tx.clone(), work_dir.path().to_owned());
+        let (cluster, fatal_tx, work_dir, gauge) = (cluster.clone(), fatal_tx.clone(), work_dir.path().to_owned(), sessions.gauge().clone());
         let interval = welcome.heartbeat_interval;
         tokio::spawn(
             async move {
-                let _ = fatal_tx.send(send_heartbeats(&cluster, &offer, interval, &work_dir).await);
+                let _ = fatal_tx.send(send_heartbeats(&cluster, &offer, interval, &work_dir, &gauge).await);
             }
             .instrument(tracing::Span::current()),
         )
@@ -346,14 +346,15 @@ async fn join(cluster: &ClusterLink, offer: &JoinOffer) -> Result<Welcome, Worke
 /// Sends the cluster a heartbeat with the machine's load every `interval`
 /// (joining again when the cluster asks), until the cluster is gone for
 /// good or refuses this worker: the error.
-async fn send_heartbeats(cluster: &ClusterLink, offer: &JoinOffer, interval: Duration, work_dir: &Path) -> WorkerError {
+async fn send_heartbeats(cluster: &ClusterLink, offer: &JoinOffer, interval: Duration, work_dir: &Path, gauge: &MemoryGauge) -> WorkerError {
     let mut interval = interval.max(MIN_HEARTBEAT_INTERVAL);
     loop {
         tokio::time::sleep(interval).await;
         // Off the runtime: statvfs on a hung network file system blocks.
         let dir = work_dir.to_owned();
         let load = tokio::task::spawn_blocking(move || crate::machine_load::read(&dir)).await.ok().flatten();
-        let heartbeat = |client: ClusterApiClient| async move { client.agent_heartbeat(call_context(), load).await };
+        let memory = gauge.read();
+        let heartbeat = |client: ClusterApiClient| async move { client.agent_heartbeat(call_context(), load, memory).await };
         match cluster.call(heartbeat).await {
             Ok(AgentReply::Continue) => {}
             Ok(AgentReply::JoinAgain) => {

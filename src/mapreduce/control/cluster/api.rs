@@ -17,6 +17,7 @@ use crate::cli::JobFlags;
 use crate::cluster::history::JobState;
 use crate::cluster::queue::{JobId, Priority};
 use crate::cluster::workers::{Label, Load};
+use crate::memory_budget::WorkerMemory;
 use crate::scheduler::Progress;
 
 /// A job as the client submits it: its flags (paths made absolute by the
@@ -96,6 +97,9 @@ pub struct WorkerInfo {
     pub cores: u32,
     /// Its latest load, once it sent one.
     pub load: Option<Load>,
+    /// Its peak memory and budget, as it last said.
+    #[serde(default)]
+    pub memory: WorkerMemory,
     /// Why it takes no new tasks, if it does not.
     pub over_limit: Option<String>,
     /// Seconds since it was last heard from.
@@ -164,8 +168,8 @@ pub trait ClusterApi {
     async fn logs(id: JobId, task: Option<String>) -> Result<Vec<String>, String>;
     /// A long-lived worker joins the pool (the caller, by its handshake).
     async fn join(offer: JoinOffer) -> Result<Welcome, String>;
-    /// A joined worker is alive, under `load`.
-    async fn agent_heartbeat(load: Option<Load>) -> AgentReply;
+    /// A joined worker is alive, under `load`, and has held `memory`.
+    async fn agent_heartbeat(load: Option<Load>, memory: WorkerMemory) -> AgentReply;
     /// Which job a free slot of the calling worker serves now: one with a
     /// task ready for it, chosen by priority and fair share, and not one of
     /// `declined` (jobs this worker cannot serve now: their session would

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::queue::JobId;
 use crate::cluster::registry::{Cluster, State};
 use crate::cluster::workers::{Label, Load};
+use crate::memory_budget::WorkerMemory;
 use crate::rpc::POLL_WAIT;
 
 /// How often a held `next_job` looks again at the engines.
@@ -55,13 +56,17 @@ impl Cluster {
 
     /// A heartbeat from worker `id`, with its load if it could read it;
     /// false if it has not joined.
-    pub fn worker_heartbeat(&self, id: &str, load: Option<Load>) -> bool {
+    pub fn worker_heartbeat(&self, id: &str, load: Option<Load>, memory: WorkerMemory) -> bool {
         let mut state = self.state();
         let now = Instant::now();
-        match load {
+        let known = match load {
             Some(load) => state.workers.heartbeat(id, load, now),
             None => state.workers.touch(id, now),
+        };
+        if known {
+            state.workers.memory_reported(id, memory);
         }
+        known
     }
 
     /// Worker `id`'s API connection `connection` closed: it left, unless it

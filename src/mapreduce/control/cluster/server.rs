@@ -35,6 +35,7 @@ use crate::cluster::registry::{self, Cluster};
 use crate::cluster::workers::Load;
 use crate::coordinator::contain_panics;
 use crate::handshake::{self, Identity, RefusalLog, Secret, ServerKind};
+use crate::memory_budget::WorkerMemory;
 use crate::route::{self, SERVICE_CLUSTER, SERVICE_JOB};
 use crate::secure::Stream;
 use crate::untrusted::{excerpt, EXCERPT_CHARS};
@@ -189,9 +190,9 @@ impl ClusterApi for ApiServer {
         Ok(Welcome { heartbeat_interval: self.cluster.heartbeat_interval() })
     }
 
-    async fn agent_heartbeat(self, _: Context, load: Option<Load>) -> AgentReply {
+    async fn agent_heartbeat(self, _: Context, load: Option<Load>, memory: WorkerMemory) -> AgentReply {
         let sane = load.is_none_or(|load| load.load_average.is_finite() && load.load_average >= 0.0);
-        if sane && self.caller.joined.load(Ordering::Acquire) && self.cluster.worker_heartbeat(&self.caller.worker, load) {
+        if sane && self.caller.joined.load(Ordering::Acquire) && self.cluster.worker_heartbeat(&self.caller.worker, load, memory) {
             AgentReply::Continue
         } else {
             AgentReply::JoinAgain

@@ -218,6 +218,18 @@ pub fn render_metrics(cluster: &Cluster) -> String {
     for (id, load) in &loads {
         out.sample("mapreduce_worker_free_memory_bytes", &[("worker", id)], load.free_memory_bytes as f64);
     }
+    out.family("mapreduce_worker_peak_rss_bytes", "gauge", "Peak resident memory of a worker and its task processes since it started.");
+    for worker in &workers {
+        if let Some(peak) = worker.memory.peak_rss_bytes {
+            out.sample("mapreduce_worker_peak_rss_bytes", &[("worker", &worker.id)], peak as f64);
+        }
+    }
+    out.family("mapreduce_worker_memory_budget_bytes", "gauge", "A worker's memory budget (mr-worker --memory).");
+    for worker in &workers {
+        if let Some(budget) = worker.memory.budget_bytes {
+            out.sample("mapreduce_worker_memory_budget_bytes", &[("worker", &worker.id)], budget as f64);
+        }
+    }
     out.family("mapreduce_worker_free_disk_bytes", "gauge", "Free space in a worker's work directory.");
     for (id, load) in &loads {
         out.sample("mapreduce_worker_free_disk_bytes", &[("worker", id)], load.free_disk_bytes as f64);
@@ -257,7 +269,7 @@ fn render_page(cluster: &Cluster) -> String {
             let _ = write!(page, "<tr><td colspan=6>{}</td></tr>", escape(&why));
         }
     }
-    page.push_str("</table><h2>Workers</h2><table><tr><th>id</th><th>slots</th><th>labels</th><th>load</th><th>free memory</th><th>state</th></tr>");
+    page.push_str("</table><h2>Workers</h2><table><tr><th>id</th><th>slots</th><th>labels</th><th>load</th><th>free memory</th><th>peak memory</th><th>state</th></tr>");
     cluster.workers().iter().for_each(|worker| worker_row(&mut page, worker));
     page.push_str("</table></main><p>JSON: <a href=\"/api/jobs\">/api/jobs</a>, <a href=\"/api/workers\">/api/workers</a>; <a href=\"/metrics\">/metrics</a></p>");
     page.push_str(REFRESH_SCRIPT);
@@ -291,9 +303,10 @@ fn worker_row(page: &mut String, worker: &WorkerInfo) {
     let (load, memory) = worker
         .load
         .map_or((String::new(), String::new()), |load| (format!("{:.2}", load.load_average), format!("{} MiB", load.free_memory_bytes >> 20)));
+    let peak = worker.memory.peak_rss_bytes.map_or(String::new(), |peak| format!("{} MiB", peak >> 20));
     let _ = write!(
         page,
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{load}</td><td>{memory}</td><td>{}</td></tr>",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{load}</td><td>{memory}</td><td>{peak}</td><td>{}</td></tr>",
         escape(&worker.id),
         worker.slots,
         escape(&labels),

@@ -47,6 +47,7 @@ impl Cluster {
                 slots: worker.slots,
                 cores: worker.cores,
                 load: worker.load,
+                memory: worker.memory,
                 over_limit: worker.over_limit.map(|over| over.to_string()),
                 silent_secs: now.saturating_duration_since(worker.last_heard).as_secs_f64(),
             })

@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::memory_budget::WorkerMemory;
 use crate::progress::human_bytes;
 use crate::rpc::WorkerId;
 use crate::untrusted::{excerpt, EXCERPT_CHARS};
@@ -320,6 +321,8 @@ pub struct LiveWorker<'a> {
     pub cores: u32,
     /// The load of its latest heartbeat; `None` before the first.
     pub load: Option<Load>,
+    /// Its peak memory and budget, as it last said.
+    pub memory: WorkerMemory,
     /// Why it takes no new tasks now, if it does not.
     pub over_limit: Option<OverLimit>,
     /// When it was last heard from (joined or sent a heartbeat).
@@ -334,6 +337,7 @@ struct WorkerEntry {
     cores: u32,
     /// `None` until its first heartbeat.
     load: Option<Load>,
+    memory: WorkerMemory,
     last_heard: Instant,
 }
 
@@ -360,7 +364,7 @@ impl Workers {
     /// it takes tasks: holding it back would only delay the first task by
     /// a heartbeat, and that heartbeat stops new tasks if it is loaded.
     pub fn joined(&mut self, id: &str, labels: Vec<Label>, slots: u32, cores: u32, now: Instant) {
-        self.workers.insert(id.to_owned(), WorkerEntry { labels, slots, cores, load: None, last_heard: now });
+        self.workers.insert(id.to_owned(), WorkerEntry { labels, slots, cores, load: None, memory: WorkerMemory::default(), last_heard: now });
     }
 
     /// A heartbeat from `id` carrying its `load`; false if no such worker
@@ -373,6 +377,14 @@ impl Workers {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Worker `id` says this of its memory (its peak only grows).
+    pub fn memory_reported(&mut self, id: &str, memory: WorkerMemory) {
+        if let Some(worker) = self.workers.get_mut(id) {
+            let peak_rss_bytes = worker.memory.peak_rss_bytes.max(memory.peak_rss_bytes);
+            worker.memory = WorkerMemory { peak_rss_bytes, budget_bytes: memory.budget_bytes };
         }
     }
 
@@ -423,6 +435,7 @@ impl Workers {
             slots: worker.slots,
             cores: worker.cores,
             load: worker.load,
+            memory: worker.memory,
             over_limit: self.over_limit(worker),
             last_heard: worker.last_heard,
         })
