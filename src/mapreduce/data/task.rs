@@ -259,9 +259,11 @@ impl TaskRunner {
                     .map_err(|e| input_err(io::Error::other(format!("not readable here, and fetching it from the coordinator failed: {e}"))))?;
                 Some((offset, &buffer[..]))
             }
-            // Within a budget, also a split whose edge line was too long to
-            // map: read whole, that line would be held however long.
-            (None, None) if in_pieces || self.memory.is_bounded() => None,
+            // Within a budget, also a local split whose edge line was too
+            // long to map: read whole, that line would be held however
+            // long. (An object's split that fits is read whole, in one
+            // request rather than one per piece.)
+            (None, None) if in_pieces || (self.memory.is_bounded() && store.maps_in_place()) => None,
             (None, None) => {
                 buffer = INPUT_BUFFER.take();
                 Some((read_split_into(split, &mut buffer).map_err(input_err)?, &buffer[..]))
