@@ -173,17 +173,18 @@ fn main() -> ExitCode {
 /// as many slots as it has cores and its budget allows (saying so when
 /// the budget allows fewer); with it, a budget too small is an error.
 fn plan_memory(slots: Option<u16>, memory: Option<u64>) -> Result<(usize, Option<u64>, SlotMemory), memory_budget::BudgetTooSmall> {
-    let (budget, defaulted) = match memory {
-        Some(0) => return Ok((slots.map_or_else(cores, usize::from), None, SlotMemory::unbounded())),
-        Some(bytes) => (bytes, false),
-        None => match memory_budget::default_budget() {
-            Some(bytes) => (bytes, true),
-            None => {
+    let budget = match memory {
+        Some(0) => None,
+        Some(bytes) => Some((bytes, false)),
+        None => {
+            let default = memory_budget::default_budget();
+            if default.is_none() {
                 tracing::warn!("cannot read this machine's memory: no memory budget (give --memory to set one)");
-                return Ok((slots.map_or_else(cores, usize::from), None, SlotMemory::unbounded()));
             }
-        },
+            default.map(|bytes| (bytes, true))
+        }
     };
+    let Some((budget, defaulted)) = budget else { return Ok((slots.map_or_else(cores, usize::from), None, SlotMemory::unbounded())) };
     let slots = match slots {
         Some(slots) => usize::from(slots),
         None => {

@@ -196,15 +196,22 @@ pub fn start_master_with_env(cwd: &Path, listen: &str, args: &[&str], env: &[(St
     let mut cmd = Command::new(master_bin());
     cmd.arg("--listen").arg(listen).arg("--addr-file").arg(&addr_file).args(args).envs(env.iter().map(|(k, v)| (k, v)));
     let mut master = Proc::spawn("master", cmd, cwd);
+    let addr = wait_for_address(&mut master, &addr_file, "master");
+    (master, addr)
+}
+
+/// The address `server` writes to `addr_file` once it listens (within
+/// 20 s); panics, naming it `what`, if it exits or takes longer.
+fn wait_for_address(server: &mut Proc, addr_file: &Path, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-            return (master, addr.trim().to_string());
+        if let Ok(addr) = std::fs::read_to_string(addr_file) {
+            return addr.trim().to_owned();
         }
-        if let Some(status) = master.try_exit() {
-            panic!("master exited ({status}) before listening\n{}", master.describe());
+        if let Some(status) = server.try_exit() {
+            panic!("{what} exited ({status}) before listening\n{}", server.describe());
         }
-        assert!(Instant::now() < deadline, "master did not write its address\n{}", master.describe());
+        assert!(Instant::now() < deadline, "{what} did not write its address\n{}", server.describe());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -226,17 +233,8 @@ pub fn start_cluster_with(label: &str, dir: &Path, listen: &str, extra: &[&str],
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let mut cluster = Proc::spawn(label, cmd, dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-            return (cluster, addr.trim().to_owned());
-        }
-        if let Some(status) = cluster.try_exit() {
-            panic!("the cluster exited ({status}) before listening\n{}", cluster.describe());
-        }
-        assert!(Instant::now() < deadline, "the cluster did not write its address\n{}", cluster.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let addr = wait_for_address(&mut cluster, &addr_file, "the cluster");
+    (cluster, addr)
 }
 
 /// The id `mr-worker` gives itself: `host:pid`.

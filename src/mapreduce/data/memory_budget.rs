@@ -207,6 +207,14 @@ pub struct WorkerMemory {
     pub budget_bytes: Option<u64>,
 }
 
+impl WorkerMemory {
+    /// What is known once a worker that said `self` says `newer`: its
+    /// newer budget, and the higher peak (a late message never lowers it).
+    pub fn then(self, newer: WorkerMemory) -> WorkerMemory {
+        WorkerMemory { peak_rss_bytes: self.peak_rss_bytes.max(newer.peak_rss_bytes), budget_bytes: newer.budget_bytes }
+    }
+}
+
 /// The peak resident memory of one slot's task processes, past and
 /// present: the slot's thread notes each one's high-water mark before it
 /// ends, and the heartbeat reads the running one's.
@@ -227,9 +235,7 @@ impl TaskProcessPeak {
     /// Notes the running task process's mark (before it is reaped, when
     /// the kernel forgets it).
     pub fn note(&self) {
-        if let Some(peak) = self.running_peak() {
-            self.noted.fetch_max(peak, Ordering::Relaxed);
-        }
+        self.peak();
     }
 
     /// The running task process is about to be reaped: noted, and not read again.
@@ -359,6 +365,14 @@ mod tests {
             assert!(divide(minimum_budget(slots), slots).is_ok());
         }
         assert_eq!(slots_within(0), 0);
+    }
+
+    #[test]
+    fn a_workers_peak_only_grows_and_its_budget_is_its_latest() {
+        let said = |peak, budget| WorkerMemory { peak_rss_bytes: peak, budget_bytes: budget };
+        assert_eq!(said(Some(50), Some(100)).then(said(Some(40), Some(200))), said(Some(50), Some(200)));
+        assert_eq!(said(Some(50), None).then(said(None, None)), said(Some(50), None));
+        assert_eq!(WorkerMemory::default().then(said(Some(7), Some(9))), said(Some(7), Some(9)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::memory_budget::WorkerMemory;
 use crate::status::{AttemptOutcome, JobState, StatusReport, TaskKind};
 
 /// Upper bounds, in seconds, of the task duration histogram's buckets.
@@ -67,18 +68,12 @@ pub fn render(report: &StatusReport) -> String {
     out.sample("mapreduce_workers_alive", &[], report.workers.iter().filter(|w| w.alive).count() as f64);
     out.family("mapreduce_workers_seen", "gauge", "Workers that have called the coordinator during the job.");
     out.sample("mapreduce_workers_seen", &[], report.workers.len() as f64);
-    out.family("mapreduce_worker_peak_rss_bytes", "gauge", "Peak resident memory of a worker and its task processes, as it last said.");
-    for w in &report.workers {
-        if let Some(peak) = w.peak_rss_bytes {
-            out.sample("mapreduce_worker_peak_rss_bytes", &[("worker", &w.id)], peak as f64);
-        }
-    }
-    out.family("mapreduce_worker_memory_budget_bytes", "gauge", "A worker's memory budget (mr-worker --memory).");
-    for w in &report.workers {
-        if let Some(budget) = w.memory_budget_bytes {
-            out.sample("mapreduce_worker_memory_budget_bytes", &[("worker", &w.id)], budget as f64);
-        }
-    }
+    let memory: Vec<(&str, WorkerMemory)> = report
+        .workers
+        .iter()
+        .map(|w| (w.id.as_str(), WorkerMemory { peak_rss_bytes: w.peak_rss_bytes, budget_bytes: w.memory_budget_bytes }))
+        .collect();
+    worker_memory(&mut out, &memory);
 
     for (name, value) in report.counters.builtin() {
         let metric = format!("mapreduce_{name}_total");
@@ -103,6 +98,23 @@ pub fn render(report: &StatusReport) -> String {
         out.histogram("mapreduce_task_duration_seconds", kind.name(), &durations);
     }
     out.text
+}
+
+/// The workers' peak memory and budgets, as each last said: one job's
+/// workers, or a cluster's.
+pub fn worker_memory(out: &mut Exposition, workers: &[(&str, WorkerMemory)]) {
+    out.family("mapreduce_worker_peak_rss_bytes", "gauge", "Peak resident memory of a worker and its task processes since it started.");
+    for (id, memory) in workers {
+        if let Some(peak) = memory.peak_rss_bytes {
+            out.sample("mapreduce_worker_peak_rss_bytes", &[("worker", id)], peak as f64);
+        }
+    }
+    out.family("mapreduce_worker_memory_budget_bytes", "gauge", "A worker's memory budget (mr-worker --memory).");
+    for (id, memory) in workers {
+        if let Some(budget) = memory.budget_bytes {
+            out.sample("mapreduce_worker_memory_budget_bytes", &[("worker", id)], budget as f64);
+        }
+    }
 }
 
 /// Text being written in the exposition format: families and their

@@ -207,8 +207,7 @@ impl JobStatus {
     /// message does not lower it).
     pub fn worker_memory(&mut self, worker: &str, memory: WorkerMemory) {
         if let Some(record) = self.workers.get_mut(worker) {
-            let peak = record.memory.peak_rss_bytes.max(memory.peak_rss_bytes);
-            record.memory = WorkerMemory { peak_rss_bytes: peak, budget_bytes: memory.budget_bytes };
+            record.memory = record.memory.then(memory);
         }
     }
 

@@ -218,18 +218,8 @@ pub fn render_metrics(cluster: &Cluster) -> String {
     for (id, load) in &loads {
         out.sample("mapreduce_worker_free_memory_bytes", &[("worker", id)], load.free_memory_bytes as f64);
     }
-    out.family("mapreduce_worker_peak_rss_bytes", "gauge", "Peak resident memory of a worker and its task processes since it started.");
-    for worker in &workers {
-        if let Some(peak) = worker.memory.peak_rss_bytes {
-            out.sample("mapreduce_worker_peak_rss_bytes", &[("worker", &worker.id)], peak as f64);
-        }
-    }
-    out.family("mapreduce_worker_memory_budget_bytes", "gauge", "A worker's memory budget (mr-worker --memory).");
-    for worker in &workers {
-        if let Some(budget) = worker.memory.budget_bytes {
-            out.sample("mapreduce_worker_memory_budget_bytes", &[("worker", &worker.id)], budget as f64);
-        }
-    }
+    let memory: Vec<(&str, _)> = workers.iter().map(|worker| (worker.id.as_str(), worker.memory)).collect();
+    crate::metrics::worker_memory(&mut out, &memory);
     out.family("mapreduce_worker_free_disk_bytes", "gauge", "Free space in a worker's work directory.");
     for (id, load) in &loads {
         out.sample("mapreduce_worker_free_disk_bytes", &[("worker", id)], load.free_disk_bytes as f64);

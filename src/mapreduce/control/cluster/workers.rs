@@ -383,8 +383,7 @@ impl Workers {
     /// Worker `id` says this of its memory (its peak only grows).
     pub fn memory_reported(&mut self, id: &str, memory: WorkerMemory) {
         if let Some(worker) = self.workers.get_mut(id) {
-            let peak_rss_bytes = worker.memory.peak_rss_bytes.max(memory.peak_rss_bytes);
-            worker.memory = WorkerMemory { peak_rss_bytes, budget_bytes: memory.budget_bytes };
+            worker.memory = worker.memory.then(memory);
         }
     }
 
